@@ -1,0 +1,213 @@
+"""``ml-env``: the command line front. Thin: parse, call the core, print, exit.
+
+Every command takes ``--json`` (machine-readable result on stdout; progress on stderr).
+User errors print one line ``ml-env: error: <file>: <key>: <message>`` and exit non-zero
+without a traceback; the exit code is the error's (2 for a bad spec or usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import MlEnvError
+
+__all__ = ["main", "build_parser"]
+
+
+def _env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", default=_env_default("ML_ENV_REGISTRY"), help="registry host[:port] to push to (env ML_ENV_REGISTRY); without it the image stays in the local engine")
+    p.add_argument("--repository", help="repository in the registry (default ml-envs/<name>)")
+    p.add_argument("--pin-base", action="store_true", help="resolve the base tag to its digest and hash that (a moved tag means a new hash)")
+    p.add_argument("--locked", action="store_true", help="install exactly the lock file beside the spec")
+    p.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .build import CACHE_BACKENDS
+
+    parser = argparse.ArgumentParser(prog="ml-env", description="Content-addressed ML environment images.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build an environment (or reuse it when its hash is already in the registry)")
+    b.add_argument("spec", help="environment file (envs/NAME.toml)")
+    _add_build_options(b)
+    b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    b.add_argument("--upgrade", action="store_true", help="re-resolve unpinned packages (no cache for the build) and rewrite the lock")
+    b.add_argument("--cache", choices=CACHE_BACKENDS, default=_env_default("ML_ENV_CACHE", "auto"), help="BuildKit cache backend (default auto: registry, else local, else inline)")
+    b.add_argument("--cache-ref", help="registry cache reference (default <repo>:buildcache)")
+    b.add_argument("--cache-dir", type=Path, help="directory for --cache local")
+    b.add_argument("--ca-bundle", type=Path, default=_env_default("ML_ENV_CA_BUNDLE"), help="extra CA bundle for pip during the build, as a build secret (env ML_ENV_CA_BUNDLE); never stored in the image")
+    b.add_argument("--network", default=_env_default("ML_ENV_BUILD_NETWORK"), help="build network, e.g. host (env ML_ENV_BUILD_NETWORK)")
+    b.add_argument("--build-on-check-error", action="store_true", help="build when the 'already built?' check fails instead of stopping")
+    b.add_argument("--log-dir", type=Path, default=Path(".ml-env/logs"), help="where build logs are saved")
+    b.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log (it is still saved)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("plan", help="print the Dockerfile, hash and image tag without building")
+    p.add_argument("spec")
+    _add_build_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    h = sub.add_parser("hash", help="print the environment's content hash")
+    h.add_argument("spec")
+    h.add_argument("--pin-base", action="store_true")
+    h.add_argument("--locked", action="store_true")
+    h.add_argument("--canonical", action="store_true", help="also print the canonical JSON that is hashed")
+    h.add_argument("--insecure", action="store_true")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hash)
+
+    e = sub.add_parser("explain", help="list the fields that make two specs' hashes differ")
+    e.add_argument("a")
+    e.add_argument("b")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_explain)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ml-env {version('ml-env-tasks')}"
+    except PackageNotFoundError:  # pragma: no cover
+        return "ml-env (source)"
+
+
+def _opts(args: argparse.Namespace, **extra: Any) -> Any:
+    from .build import BuildOptions
+
+    kw: dict[str, Any] = {}
+    for f in ("registry", "repository", "pin_base", "locked", "insecure"):
+        if hasattr(args, f):
+            kw[f] = getattr(args, f)
+    kw.update(extra)
+    return BuildOptions(**kw)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import Reporter, build
+
+    opts = _opts(
+        args,
+        force=args.force,
+        upgrade=args.upgrade,
+        cache=args.cache,
+        cache_ref=args.cache_ref,
+        cache_dir=args.cache_dir,
+        ca_bundle=args.ca_bundle,
+        network=args.network,
+        build_on_check_error=args.build_on_check_error,
+        log_dir=args.log_dir,
+    )
+    result = build(args.spec, opts, Reporter(stream_logs=not args.quiet))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        state = "built" if result.built else "up to date (not rebuilt)"
+        print(f"{result.image}@{result.digest}  {state}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .build import plan
+    from .dockerfile import describe, plan_json
+
+    _env, p, ref = plan(args.spec, _opts(args))
+    print(plan_json(p, ref) if args.json else f"# image: {ref}\n" + describe(p), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from .build import load_env
+    from .hashing import canonical, canonical_json, env_hash
+
+    env = load_env(args.spec, _opts(args))
+    h = env_hash(env)
+    if args.json:
+        out: dict[str, Any] = {"name": env.name, "hash": h}
+        if args.canonical:
+            out["canonical"] = canonical(env)
+        print(json.dumps(out, indent=2))
+    else:
+        print(h)
+        if args.canonical:
+            print(canonical_json(env))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import spec
+    from .hashing import env_hash, explain
+
+    a, b = spec.load(args.a), spec.load(args.b)
+    diffs = explain(a, b)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "a": {"path": args.a, "hash": env_hash(a)},
+                    "b": {"path": args.b, "hash": env_hash(b)},
+                    "same": not diffs,
+                    "differences": [{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs],
+                },
+                indent=2,
+            )
+        )
+    elif not diffs:
+        print(f"same hash {env_hash(a)}")
+    else:
+        for d in diffs:
+            print(d)
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    from .hashing import _MISSING
+
+    return None if v is _MISSING else v
+
+
+def run(argv: Sequence[str] | None, *, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    parser = parser_factory()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except MlEnvError as e:
+        report_error(e, json_mode=getattr(args, "json", False))
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ml-env: interrupted", file=sys.stderr)
+        return 130
+
+
+def report_error(e: MlEnvError, *, json_mode: bool = False) -> None:
+    if e.details:
+        print(e.details, file=sys.stderr)
+    print(f"ml-env: error: {e}", file=sys.stderr)
+    if json_mode:
+        print(json.dumps({"error": str(e), "file": e.file, "key": e.key, "line": e.line, "exit_code": e.exit_code}))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,300 @@
+"""The one place that talks to Docker and buildx (through python-on-whales).
+
+It checks capabilities up front (engine reachable, buildx present, builder driver, containerd
+image store), translates python-on-whales' ``DockerException`` into our errors once, and keeps
+the tail of build logs so a failed build says why. python-on-whales is imported lazily: the
+"already built" path never pays for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BuildError, EngineError, RegistryAuthError, RegistryError
+
+if TYPE_CHECKING:
+    from python_on_whales import DockerClient
+
+__all__ = ["Capabilities", "Engine", "credential_helper_get"]
+
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    server_version: str
+    containerd_store: bool
+    buildx_version: str
+    driver: str
+
+    @property
+    def cache_backends(self) -> tuple[str, ...]:
+        """What ``--cache-to`` this builder can export (docs: docker driver needs the containerd store)."""
+        if self.driver != "docker" or self.containerd_store:
+            return ("inline", "registry", "local", "gha")
+        return ("inline",)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    metadata: dict[str, Any]
+    steps: int  # RUN/COPY-like steps seen
+    cached: int  # of which CACHED
+
+    @property
+    def digest(self) -> str | None:
+        return self.metadata.get("containerimage.digest")
+
+    @property
+    def all_cached(self) -> bool:
+        return self.steps > 0 and self.cached == self.steps
+
+
+class Engine:
+    def __init__(self, *, config_dir: str | Path | None = None) -> None:
+        try:
+            from python_on_whales import DockerClient
+        except ImportError as e:  # pragma: no cover - a broken install
+            raise EngineError(f"python-on-whales is not installed: {e}") from None
+        self.docker: DockerClient = DockerClient(config=str(config_dir) if config_dir else None)
+        self._caps: Capabilities | None = None
+
+    # errors --------------------------------------------------------------------------------
+    def _translate(self, e: Exception, what: str) -> Exception:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            from python_on_whales.client_config import ClientNotFoundError
+        except ImportError:  # pragma: no cover
+            ClientNotFoundError = ()  # type: ignore[assignment,misc]  # noqa: N806
+        if ClientNotFoundError and isinstance(e, ClientNotFoundError):
+            return EngineError("the docker client is not installed", hint="run `nox -s lab` or install docker-cli")
+        if isinstance(e, DockerException):
+            err = _text(e.stderr) or _text(e.stdout) or ""
+            if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
+                return EngineError("the Docker engine is not reachable", hint="start it, or run `nox -s lab`", details=err)
+            if "'buildx' is not a docker command" in err or "unknown command: docker buildx" in err:
+                return EngineError("docker buildx is not installed", hint="install the docker-buildx package")
+            if "unauthorized" in err or "authentication required" in err:
+                return RegistryAuthError(f"{what}: the registry refused the credentials", details=_tail(err))
+            return EngineError(f"{what} failed: {_last_error_line(err)}", details=_tail(err))
+        return e
+
+    # capabilities --------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        if self._caps is not None:
+            return self._caps
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            info = self.docker.system.info()
+        except (DockerException, Exception) as e:  # ClientNotFoundError is not a DockerException
+            raise self._translate(e, "docker info") from None
+        status = json.dumps([list(x) for x in (info.driver_status or [])])
+        try:
+            bx = self.docker.buildx.version()
+            builder = self.docker.buildx.inspect()
+        except DockerException as e:
+            raise self._translate(e, "docker buildx") from None
+        version = str(bx).split()[1] if len(str(bx).split()) > 1 else str(bx)
+        self._caps = Capabilities(
+            server_version=info.server_version or "?",
+            containerd_store="io.containerd.snapshotter" in status,
+            buildx_version=version,
+            driver=builder.driver or "docker",
+        )
+        return self._caps
+
+    # build ---------------------------------------------------------------------------------
+    def build(
+        self,
+        context: Path,
+        *,
+        tags: list[str],
+        push: bool,
+        labels: dict[str, str],
+        secrets: list[str],
+        network: str | None,
+        cache_from: list[dict[str, str]],
+        cache_to: dict[str, str] | None,
+        no_cache: bool,
+        on_line: Callable[[str], None],
+    ) -> BuildOutcome:
+        """Run one buildx build, streaming plain progress lines to ``on_line``.
+
+        Raises BuildError with the last lines of the log when the build fails.
+        """
+        from python_on_whales.exceptions import DockerException
+
+        metadata_file = context.parent / f"{context.name}.metadata.json"
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        steps: set[str] = set()
+        cached: set[str] = set()
+        try:
+            stream = self.docker.buildx.build(
+                context,
+                tags=tags,
+                push=push,
+                labels=labels,
+                secrets=secrets,
+                network=network,
+                cache_from=cache_from or None,
+                cache_to=cache_to,
+                cache=not no_cache,
+                metadata_file=metadata_file,
+                progress="plain",
+                stream_logs=True,
+            )
+            assert not isinstance(stream, (str, type(None)))
+            for raw in _lines(stream):
+                tail.append(raw)
+                on_line(raw)
+                _count_step(raw, steps, cached)
+        except DockerException as e:
+            err = "\n".join(tail) or _text(e.stderr)
+            failing = _failing_step(list(tail))
+            if "Cannot connect to the Docker daemon" in err:
+                raise EngineError("the Docker engine is not reachable", hint="start it, or run `nox -s lab`") from None
+            if "unauthorized" in err or "authentication required" in err or "401 Unauthorized" in err:
+                raise RegistryAuthError(
+                    "the build could not authenticate to a registry (pulling the base or pushing the image)",
+                    details=err,
+                ) from None
+            msg = "the build failed"
+            if failing:
+                msg += f" at step: {failing}"
+            raise BuildError(msg, details=err) from None
+        meta: dict[str, Any] = {}
+        if metadata_file.exists():
+            meta = json.loads(metadata_file.read_text() or "{}")
+            metadata_file.unlink()
+        return BuildOutcome(meta, len(steps), len(cached & steps))
+
+    # images and containers -----------------------------------------------------------------
+    def run_capture(self, image: str, command: list[str], *, entrypoint: str | None = None) -> str:
+        """Run a short command in a throwaway container (no network) and return its stdout."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            out = self.docker.run(image, command, remove=True, networks=["none"], entrypoint=entrypoint)
+        except DockerException as e:
+            raise self._translate(e, f"running {' '.join(command)} in {image}") from None
+        return str(out)
+
+    def local_image_id(self, ref: str) -> str | None:
+        from python_on_whales.exceptions import DockerException, NoSuchImage
+
+        try:
+            return self.docker.image.inspect(ref).id
+        except NoSuchImage:
+            return None
+        except DockerException as e:
+            raise self._translate(e, f"docker image inspect {ref}") from None
+
+    def remove_image(self, ref: str) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.image.remove(ref, force=True)
+        except DockerException:
+            pass
+
+    def history(self, ref: str) -> str:
+        """Every layer's ``created by`` text, for checks that nothing secret went into the image.
+
+        python-on-whales does not implement ``image.history``; the Engine API (docker-py) does.
+        """
+        import docker
+        import docker.errors
+
+        try:
+            client = docker.from_env()
+            try:
+                return "\n".join(str(h.get("CreatedBy", "")) for h in client.api.history(ref))
+            finally:
+                client.close()
+        except docker.errors.DockerException as e:
+            raise EngineError(f"docker history {ref} failed: {e}") from None
+
+    def prune_builder(self) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.buildx.prune(all=True)
+        except DockerException as e:
+            raise self._translate(e, "docker buildx prune") from None
+
+
+def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> tuple[str, str] | None:
+    """Ask ``docker-credential-<name>`` for a registry's credentials (the docker config protocol)."""
+    exe = f"docker-credential-{name}"
+    try:
+        p = subprocess.run([exe, "get"], input=host, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise RegistryError(f"credential helper {exe} named in the docker config is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise RegistryError(f"credential helper {exe} did not answer in 30s") from None
+    if p.returncode != 0:
+        if missing_ok or "credentials not found" in (p.stdout + p.stderr).lower():
+            return None
+        raise RegistryError(f"credential helper {exe} failed for {host}")
+    data = json.loads(p.stdout)
+    user, secret = data.get("Username", ""), data.get("Secret", "")
+    return ("<token>" if user == "<token>" else user), secret
+
+
+def _lines(stream: Iterator[str]) -> Iterator[str]:
+    for chunk in stream:
+        for line in chunk.splitlines():
+            yield line
+
+
+def _count_step(line: str, steps: set[str], cached: set[str]) -> None:
+    # plain progress: "#7 [3/5] RUN ..." then "#7 CACHED" or "#7 DONE 1.2s"
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("#"):
+        return
+    if parts[1].startswith("[") and "/" in parts[1] and len(parts) > 2:
+        body = parts[2].split(" ", 1)[0] if not parts[2].startswith("stage-") else parts[2].split(" ", 2)[1]
+        if body in ("RUN", "COPY", "ADD"):
+            steps.add(parts[0])
+    elif parts[1] == "CACHED":
+        cached.add(parts[0])
+
+
+def _failing_step(tail: list[str]) -> str | None:
+    for line in reversed(tail):
+        if "ERROR: failed to solve:" in line or line.startswith("ERROR:"):
+            s = line.split("failed to solve:", 1)[-1].strip()
+            return s[:300]
+    return None
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, list):
+        return "\n".join(map(str, v))
+    return str(v)
+
+
+def _tail(s: str, n: int = TAIL_LINES) -> str:
+    return "\n".join(s.splitlines()[-n:])
+
+
+def _last_error_line(s: str) -> str:
+    lines = [x for x in s.splitlines() if x.strip()]
+    for x in reversed(lines):
+        if "error" in x.lower():
+            return x.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "unknown error"

@@ -1,0 +1,88 @@
+"""One error root for everything a user can get wrong or the world can break.
+
+Fronts (CLI, nox, GitHub Actions) turn these into one clear line, an exit code and, where a
+file is at fault, an annotation. No traceback is shown for an ``MlEnvError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MlEnvError",
+    "SpecError",
+    "EngineError",
+    "BuildError",
+    "RegistryError",
+    "RegistryAuthError",
+    "RegistryUnreachable",
+]
+
+
+class MlEnvError(Exception):
+    """Base of every error the library raises on purpose. ``exit_code`` is what fronts exit with."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+        details: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.key = key
+        self.line = line
+        self.hint = hint
+        self.details = details
+
+    @property
+    def where(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file if self.line is None else f"{self.file}:{self.line}")
+        if self.key:
+            parts.append(self.key)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class SpecError(MlEnvError):
+    """The environment file (or a file it references) is malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class EngineError(MlEnvError):
+    """The Docker engine or buildx is missing, unreachable or lacks a needed capability."""
+
+    exit_code = 3
+
+
+class BuildError(MlEnvError):
+    """A build step failed; ``details`` carries the tail of the build log."""
+
+    exit_code = 1
+
+
+class RegistryError(MlEnvError):
+    """A registry answered with an error that is not "not found"."""
+
+    exit_code = 4
+
+
+class RegistryAuthError(RegistryError):
+    """Credentials are missing or were refused."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be reached after bounded retries."""

@@ -1,0 +1,44 @@
+"""Keep secrets out of logs: every line the build prints or saves passes through a Redactor."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+__all__ = ["Redactor", "MASK"]
+
+MASK = "***"
+
+
+class Redactor:
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self._secrets: set[str] = set()
+        for s in secrets or []:
+            self.add(s)
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 4:
+            self._secrets.add(secret)
+
+    def add_url(self, url: str) -> None:
+        """A private index URL: the URL, its host and any credentials in it are all secret."""
+        self.add(url)
+        self.add(url.rstrip("/"))
+        parts = urlsplit(url)
+        self.add(parts.netloc)
+        if parts.hostname:
+            self.add(parts.hostname)
+        if parts.password:
+            self.add(parts.password)
+        if parts.username:
+            self.add(parts.username)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        return frozenset(self._secrets)
+
+    def __call__(self, text: str) -> str:
+        # longest first, so a URL is masked whole before its host is
+        for s in sorted(self._secrets, key=len, reverse=True):
+            if s in text:
+                text = text.replace(s, MASK)
+        return text
