@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 __all__ = ["Redactor", "MASK"]
 
 MASK = "***"
+# credentials inside any URL (pip prints "https://user:****@host/"): the user part is secret too
+_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
 
 
 class Redactor:
@@ -41,4 +44,4 @@ class Redactor:
         for s in sorted(self._secrets, key=len, reverse=True):
             if s in text:
                 text = text.replace(s, MASK)
-        return text
+        return _USERINFO.sub(MASK + "@", text)

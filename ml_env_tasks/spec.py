@@ -458,7 +458,8 @@ class _Validator:
             try:
                 req = Requirement(item)
             except InvalidRequirement as e:
-                raise self.err(f"{where}[{i}]", f"{item!r} is not a valid requirement: {e}") from None
+                reason = str(e).splitlines()[0]
+                raise self.err(f"{where}[{i}]", f"{item!r} is not a valid requirement: {reason}") from None
             if req.url and ("@" in (urlsplit(req.url).netloc or "")):
                 raise self.err(f"{where}[{i}]", "a URL with credentials must not be written here", hint="use a private index via index_url_env or a local wheel")
             name = canonicalize_name(req.name)

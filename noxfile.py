@@ -1,0 +1,79 @@
+"""The project's own sessions: lab, demo, tests, lint, bench. It also imports the reusable
+sessions (env_build, env_plan, env_hash) exactly as a user's noxfile would.
+
+Quick start (as root on Debian bookworm):
+    python3 -m pip install -q -e '.[test]' && nox -s demo
+    python3 -m pip install -q -e '.[test]' && nox -s tests
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))
+
+import ml_env_tasks.nox  # noqa: E402,F401  (dogfooding: the reusable sessions)
+
+nox.options.sessions = ["tests"]
+LAB_ENV = ROOT / ".lab" / "env.json"
+
+
+def lab_up(session: nox.Session) -> dict:
+    session.run(sys.executable, str(ROOT / "ci/lab/lab.py"), "up", external=True)
+    return json.loads(LAB_ENV.read_text())
+
+
+def lab_build_args(lab: dict) -> list[str]:
+    args = ["--registry", lab["registry"], "--network", lab["build_network"]]
+    if lab.get("ca_bundle"):
+        args += ["--ca-bundle", lab["ca_bundle"]]
+    return args
+
+
+@nox.session(venv_backend="none")
+def lab(session: nox.Session) -> None:
+    """Bring the lab up (engine, registries, base images); `-- down` stops what it started."""
+    action = session.posargs[0] if session.posargs else "up"
+    session.run(sys.executable, str(ROOT / "ci/lab/lab.py"), action, external=True)
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """End to end on the embedded default: lab up, build envs/sklearn.toml, then show the no-op rebuild."""
+    lab = lab_up(session)
+    args = ["build", "envs/sklearn.toml", *lab_build_args(lab)]
+    session.log("first build (builds, or reuses an image built earlier with the same hash)")
+    session.run("ml-env", *args, external=True)
+    t0 = time.monotonic()
+    session.run("ml-env", *args, "--json", external=True)
+    session.log(f"second build of the unchanged environment: {time.monotonic() - t0:.2f}s, nothing rebuilt")
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The test suite: unit tests, then tests against the real lab (marker `docker`)."""
+    lab_up(session)
+    env = {"ML_ENV_LAB": str(LAB_ENV)}
+    session.run(sys.executable, "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.run("ruff", "check", ".", external=True)
+    session.run("ruff", "format", "--check", ".", external=True)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the baseline tool in the same run; ratios to stdout and .bench/*.json."""
+    lab_up(session)
+    session.run(sys.executable, str(ROOT / "tests/bench/bench_build.py"), *session.posargs, external=True,
+                env={"ML_ENV_LAB": str(LAB_ENV)})
