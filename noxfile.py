@@ -9,7 +9,6 @@ Quick start (as root on Debian bookworm):
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -75,5 +74,10 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against the baseline tool in the same run; ratios to stdout and .bench/*.json."""
     lab_up(session)
-    session.run(sys.executable, str(ROOT / "tests/bench/bench_build.py"), *session.posargs, external=True,
-                env={"ML_ENV_LAB": str(LAB_ENV)})
+    session.run(
+        sys.executable,
+        str(ROOT / "tests/bench/bench_build.py"),
+        *session.posargs,
+        external=True,
+        env={"ML_ENV_LAB": str(LAB_ENV)},
+    )

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .errors import BuildError, EngineError, MlEnvError, RegistryAuthError, RegistryError, RegistryUnreachable, SpecError
+from .errors import (
+    BuildError,
+    EngineError,
+    MlEnvError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachable,
+    SpecError,
+)
 
 __all__ = [
     "BuildError",

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,9 @@ def plan(path: str | Path, opts: BuildOptions) -> tuple[Environment, BuildPlan, 
 def pin_base(env: Environment, opts: BuildOptions) -> Environment:
     b = env.base
     if b.image is None:
-        raise SpecError("--pin-base needs base.image (a base Dockerfile has no single tag to pin)", file=str(env.path), key="base")
+        raise SpecError(
+            "--pin-base needs base.image (a base Dockerfile has no single tag to pin)", file=str(env.path), key="base"
+        )
     ref = parse_ref(b.image)
     if ref.digest:
         return env.with_base_digest(ref.digest)
@@ -173,15 +175,24 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
         if found is not None:
             lock = _lock_from_registry_if_missing(env, ref, opts, rep)
             return BuildResult(
-                ref, found, p.hash, built=False, cache_hit=True, name=env.name, lock_path=lock,
-                seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned),
+                ref,
+                found,
+                p.hash,
+                built=False,
+                cache_hit=True,
+                name=env.name,
+                lock_path=lock,
+                seconds=time.monotonic() - t0,
+                unpinned=tuple(env.unpinned),
             )
 
     with _build_lock(p.hash, opts):
         if not (opts.force or opts.upgrade):
             found = _exists(ref, opts, rep)
             if found is not None:  # built by a concurrent build while we waited
-                return BuildResult(ref, found, p.hash, built=False, cache_hit=True, name=env.name, seconds=time.monotonic() - t0)
+                return BuildResult(
+                    ref, found, p.hash, built=False, cache_hit=True, name=env.name, seconds=time.monotonic() - t0
+                )
         return _build(env, p, ref, opts, rep, t0)
 
 
@@ -268,16 +279,31 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             labels = _labels(env, p)
             try:
                 first = engine.build(
-                    context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
-                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
+                    context,
+                    tags=[ref],
+                    push=False,
+                    labels=labels,
+                    secrets=secrets,
+                    network=opts.network,
+                    cache_from=cache_from,
+                    cache_to=None,
+                    no_cache=opts.upgrade,
+                    on_line=on_line,
                 )
                 lock_text = _read_lock(engine, env, p, ref)
                 if env.lock is not None:
                     _check_locked(env, lock_text)
                 labels["ml-env.lock"] = lock_text
                 second = engine.build(
-                    context, tags=_extra_tags(ref, opts, backend), push=bool(opts.registry), labels=labels,
-                    secrets=secrets, network=opts.network, cache_from=[], cache_to=cache_to, no_cache=False,
+                    context,
+                    tags=_extra_tags(ref, opts, backend),
+                    push=bool(opts.registry),
+                    labels=labels,
+                    secrets=secrets,
+                    network=opts.network,
+                    cache_from=[],
+                    cache_to=cache_to,
+                    no_cache=False,
                     on_line=on_line,
                 )
             except MlEnvError as e:
@@ -297,9 +323,17 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             lock_written = str(lp)
         rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s")
         return BuildResult(
-            ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=backend,
-            lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
-            seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned),
+            ref,
+            digest,
+            p.hash,
+            built=True,
+            cache_hit=first.all_cached,
+            name=env.name,
+            cache_backend=backend,
+            lock_path=lock_written or (str(env.lock.path) if env.lock else None),
+            log_path=str(log_path),
+            seconds=time.monotonic() - t0,
+            unpinned=tuple(env.unpinned),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -320,7 +354,9 @@ def _secrets(env: Environment, opts: BuildOptions, d: Path, redactor: Redactor) 
         out.append(f"id={SECRET_CA},src={ca}")
     ix = env.index
     if not ix.empty:
-        index = ix.index_url or (_env_secret(ix.index_url_env, env, "python.index_url_env") if ix.index_url_env else None)
+        index = ix.index_url or (
+            _env_secret(ix.index_url_env, env, "python.index_url_env") if ix.index_url_env else None
+        )
         extras = list(ix.extra_index_urls) + [
             _env_secret(n, env, f"python.extra_index_urls_env[{i}]") for i, n in enumerate(ix.extra_index_urls_env)
         ]
@@ -354,7 +390,9 @@ def _docker_config(env: Environment, workdir: Path, redactor: Redactor) -> Path 
     if src.exists():
         with contextlib.suppress(OSError, ValueError):
             cfg = json.loads(src.read_text())
-    cfg.setdefault("auths", {})[reg.address] = {"auth": base64.b64encode(f"{reg.username}:{password}".encode()).decode()}
+    cfg.setdefault("auths", {})[reg.address] = {
+        "auth": base64.b64encode(f"{reg.username}:{password}".encode()).decode()
+    }
     d = workdir / "docker-config"
     d.mkdir(mode=0o700)
     fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -363,7 +401,9 @@ def _docker_config(env: Environment, workdir: Path, redactor: Redactor) -> Path 
     return d
 
 
-def _cache(env: Environment, opts: BuildOptions, caps: Any, ref: str) -> tuple[str, list[dict[str, str]], dict[str, str] | None]:
+def _cache(
+    env: Environment, opts: BuildOptions, caps: Any, ref: str
+) -> tuple[str, list[dict[str, str]], dict[str, str] | None]:
     want = opts.cache
     supported = caps.cache_backends
     if want == "none":
@@ -389,12 +429,18 @@ def _cache(env: Environment, opts: BuildOptions, caps: Any, ref: str) -> tuple[s
             raise MlEnvError("the registry cache needs --registry or --cache-ref")
         return want, [{"type": "registry", "ref": cref}], {"type": "registry", "ref": cref, "mode": "max"}
     if want == "local":
-        d = Path(opts.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml-env" / "buildcache" / env.name)
+        d = Path(
+            opts.cache_dir
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml-env" / "buildcache" / env.name
+        )
         d.mkdir(parents=True, exist_ok=True)
         src = [{"type": "local", "src": str(d)}] if (d / "index.json").exists() else []
         return want, src, {"type": "local", "dest": str(d), "mode": "max"}
     if want == "gha":
-        if not (os.environ.get("ACTIONS_RUNTIME_TOKEN") and (os.environ.get("ACTIONS_CACHE_URL") or os.environ.get("ACTIONS_RESULTS_URL"))):
+        if not (
+            os.environ.get("ACTIONS_RUNTIME_TOKEN")
+            and (os.environ.get("ACTIONS_CACHE_URL") or os.environ.get("ACTIONS_RESULTS_URL"))
+        ):
             raise EngineError(
                 "the gha cache needs ACTIONS_RUNTIME_TOKEN and ACTIONS_CACHE_URL, which GitHub Actions gives a step "
                 "only through actions/github-script or crazy-max/ghaction-github-runtime",
@@ -425,7 +471,9 @@ def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
 def _read_lock(engine: Any, env: Environment, p: BuildPlan, ref: str) -> str:
     body = ""
     if p.python is not None:
-        out = engine.run_capture(ref, [p.python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], entrypoint="")
+        out = engine.run_capture(
+            ref, [p.python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], entrypoint=""
+        )
         body = "".join(sorted(line.strip() + "\n" for line in out.splitlines() if "==" in line))
     return LOCK_HEADER + f"# environment: {env.name}\n" + body
 
@@ -438,8 +486,10 @@ def _check_locked(env: Environment, got: str) -> None:
     moved = sorted(f"{n} {want[n]} -> {v}" for n, v in have.items() if n in want and want[n] != v)
     if extra or moved:
         raise BuildError(
-            "the image does not match the lock: " + "; ".join(
-                ([f"not in the lock: {', '.join(extra)}"] if extra else []) + ([f"changed: {', '.join(moved)}"] if moved else [])
+            "the image does not match the lock: "
+            + "; ".join(
+                ([f"not in the lock: {', '.join(extra)}"] if extra else [])
+                + ([f"changed: {', '.join(moved)}"] if moved else [])
             ),
             file=str(env.lock.path),
             hint="the spec changed since the lock was written; build without --locked to refresh it",
@@ -458,7 +508,7 @@ def _verify_pushed(ref: str, digest: str | None, opts: BuildOptions) -> str:
 
 def _log_path(env: Environment, p: BuildPlan, opts: BuildOptions) -> Path:
     opts.log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return opts.log_dir / f"{env.name}-{p.hash[:12]}-{stamp}.log"
 
 

@@ -25,9 +25,17 @@ def _env_default(name: str, default: str | None = None) -> str | None:
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", default=_env_default("ML_ENV_REGISTRY"), help="registry host[:port] to push to (env ML_ENV_REGISTRY); without it the image stays in the local engine")
+    p.add_argument(
+        "--registry",
+        default=_env_default("ML_ENV_REGISTRY"),
+        help="registry host[:port] to push to (env ML_ENV_REGISTRY); without it the image stays in the local engine",
+    )
     p.add_argument("--repository", help="repository in the registry (default ml-envs/<name>)")
-    p.add_argument("--pin-base", action="store_true", help="resolve the base tag to its digest and hash that (a moved tag means a new hash)")
+    p.add_argument(
+        "--pin-base",
+        action="store_true",
+        help="resolve the base tag to its digest and hash that (a moved tag means a new hash)",
+    )
     p.add_argument("--locked", action="store_true", help="install exactly the lock file beside the spec")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
 
@@ -43,13 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("spec", help="environment file (envs/NAME.toml)")
     _add_build_options(b)
     b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    b.add_argument("--upgrade", action="store_true", help="re-resolve unpinned packages (no cache for the build) and rewrite the lock")
-    b.add_argument("--cache", choices=CACHE_BACKENDS, default=_env_default("ML_ENV_CACHE", "auto"), help="BuildKit cache backend (default auto: registry, else local, else inline)")
+    b.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="re-resolve unpinned packages (no cache for the build) and rewrite the lock",
+    )
+    b.add_argument(
+        "--cache",
+        choices=CACHE_BACKENDS,
+        default=_env_default("ML_ENV_CACHE", "auto"),
+        help="BuildKit cache backend (default auto: registry, else local, else inline)",
+    )
     b.add_argument("--cache-ref", help="registry cache reference (default <repo>:buildcache)")
     b.add_argument("--cache-dir", type=Path, help="directory for --cache local")
-    b.add_argument("--ca-bundle", type=Path, default=_env_default("ML_ENV_CA_BUNDLE"), help="extra CA bundle for pip during the build, as a build secret (env ML_ENV_CA_BUNDLE); never stored in the image")
-    b.add_argument("--network", default=_env_default("ML_ENV_BUILD_NETWORK"), help="build network, e.g. host (env ML_ENV_BUILD_NETWORK)")
-    b.add_argument("--build-on-check-error", action="store_true", help="build when the 'already built?' check fails instead of stopping")
+    b.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=_env_default("ML_ENV_CA_BUNDLE"),
+        help="extra CA bundle for pip during the build, as a build secret (env ML_ENV_CA_BUNDLE); never stored in the image",
+    )
+    b.add_argument(
+        "--network",
+        default=_env_default("ML_ENV_BUILD_NETWORK"),
+        help="build network, e.g. host (env ML_ENV_BUILD_NETWORK)",
+    )
+    b.add_argument(
+        "--build-on-check-error",
+        action="store_true",
+        help="build when the 'already built?' check fails instead of stopping",
+    )
     b.add_argument("--log-dir", type=Path, default=Path(".ml-env/logs"), help="where build logs are saved")
     b.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log (it is still saved)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class Engine:
         if isinstance(e, DockerException):
             err = _text(e.stderr) or _text(e.stdout) or ""
             if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
-                return EngineError("the Docker engine is not reachable", hint="start it, or run `nox -s lab`", details=err)
+                return EngineError(
+                    "the Docker engine is not reachable", hint="start it, or run `nox -s lab`", details=err
+                )
             if "'buildx' is not a docker command" in err or "unknown command: docker buildx" in err:
                 return EngineError("docker buildx is not installed", hint="install the docker-buildx package")
             if "unauthorized" in err or "authentication required" in err:
@@ -253,21 +256,27 @@ def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> 
 
 def _lines(stream: Iterator[str]) -> Iterator[str]:
     for chunk in stream:
-        for line in chunk.splitlines():
-            yield line
+        yield from chunk.splitlines()
 
 
 def _count_step(line: str, steps: set[str], cached: set[str]) -> None:
-    # plain progress: "#7 [3/5] RUN ..." then "#7 CACHED" or "#7 DONE 1.2s"
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("#"):
+    """Count build steps and those that did not run.
+
+    Plain progress says ``#7 [3/5] RUN ...`` and then either ``#7 CACHED`` (local cache) or,
+    for a layer taken from an imported cache (registry/local after a prune), lines like
+    ``#7 sha256:<blob> 29kB / 29kB done``; a step that runs prints no blob lines.
+    """
+    m = _STEP.match(line)
+    if m:
+        steps.add(m.group(1))
         return
-    if parts[1].startswith("[") and "/" in parts[1] and len(parts) > 2:
-        body = parts[2].split(" ", 1)[0] if not parts[2].startswith("stage-") else parts[2].split(" ", 2)[1]
-        if body in ("RUN", "COPY", "ADD"):
-            steps.add(parts[0])
-    elif parts[1] == "CACHED":
-        cached.add(parts[0])
+    m = _CACHED.match(line)
+    if m and (m.group(2) == "CACHED" or m.group(1) in steps):
+        cached.add(m.group(1))
+
+
+_STEP = re.compile(r"^(#\d+) \[(?:[\w.-]+ )?\d+/\d+\] (?:RUN|COPY|ADD)\b")
+_CACHED = re.compile(r"^(#\d+) (CACHED$|sha256:[0-9a-f]{64} )")
 
 
 def _failing_step(tail: list[str]) -> str | None:

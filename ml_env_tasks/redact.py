@@ -28,7 +28,11 @@ class Redactor:
         self.add(url.rstrip("/"))
         parts = urlsplit(url)
         self.add(parts.netloc)
-        if parts.hostname:
+        hostport = parts.netloc.rpartition("@")[2]
+        self.add(hostport)
+        self.add(f"{parts.scheme}://{hostport}{parts.path}".rstrip("/"))
+        # a bare host name is secret too, unless it is an address that says nothing (127.0.0.1)
+        if parts.hostname and not re.fullmatch(r"[0-9.:\[\]a-f]+", parts.hostname):
             self.add(parts.hostname)
         if parts.password:
             self.add(parts.password)

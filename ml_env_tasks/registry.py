@@ -172,7 +172,9 @@ class RegistryClient:
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
 
     # low level
-    def request(self, method: str, path: str, *, scope: str, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, scope: str, ok: tuple[int, ...] = (200,), **kw: Any
+    ) -> requests.Response:
         url = path if path.startswith("http") else self.base + path
         headers = dict(kw.pop("headers", {}) or {})
         attempt = 0
@@ -181,7 +183,9 @@ class RegistryClient:
             if scope in self._auth:
                 headers["Authorization"] = self._auth[scope]
             try:
-                resp = self.session.request(method, url, headers=headers, timeout=self.timeout, allow_redirects=True, **kw)
+                resp = self.session.request(
+                    method, url, headers=headers, timeout=self.timeout, allow_redirects=True, **kw
+                )
             except (requests.ConnectionError, requests.Timeout) as e:
                 attempt += 1
                 if attempt > self.retries:
@@ -288,7 +292,9 @@ class RegistryClient:
         return ManifestInfo(digest, r.headers.get("Content-Type", ""), len(body)), body
 
     def get_blob(self, repository: str, digest: str) -> bytes:
-        r = self.request("GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404))
+        r = self.request(
+            "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404)
+        )
         if r.status_code == 404:
             raise RegistryError(f"blob {digest} not found in {self.host}/{repository}")
         return r.content

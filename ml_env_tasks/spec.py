@@ -312,7 +312,9 @@ class _Validator:
         assert name is not None
         if not NAME_RE.match(name):
             raise self.err(
-                "name", f"{name!r} is not a valid environment name", hint="lowercase letters, digits, '.', '_', '-'; at most 63"
+                "name",
+                f"{name!r} is not a valid environment name",
+                hint="lowercase letters, digits, '.', '_', '-'; at most 63",
             )
         version = d.get("version")
         if version is not None:
@@ -336,7 +338,7 @@ class _Validator:
         )
         for i, ref in enumerate(requirements):
             try:
-                ref.text
+                ref.data.decode("utf-8")
             except UnicodeDecodeError:
                 raise self.err(f"python.requirements[{i}]", f"{ref.path} is not UTF-8 text") from None
         conda_rel = self.string(py, "conda_file", "python.conda_file")
@@ -348,7 +350,11 @@ class _Validator:
         for i, w in enumerate(self.strings(py, "wheels", "python.wheels")):
             where = f"python.wheels[{i}]"
             if "://" in w:
-                raise self.err(where, "must be a local wheel file, not a URL", hint="private wheels are copied into the build context")
+                raise self.err(
+                    where,
+                    "must be a local wheel file, not a URL",
+                    hint="private wheels are copied into the build context",
+                )
             if not w.endswith(".whl"):
                 raise self.err(where, f"{w!r} is not a .whl file")
             ref = self.file(w, where, what="wheel")
@@ -378,7 +384,7 @@ class _Validator:
         shm = docker.get("shm_size")
         if shm is not None:
             if isinstance(shm, bool) or not isinstance(shm, (str, int)) or not SHM_RE.match(str(shm)):
-                raise self.err("docker.shm_size", f"{shm!r} is not a size", hint="e.g. \"2g\" or \"512m\"")
+                raise self.err("docker.shm_size", f"{shm!r} is not a size", hint='e.g. "2g" or "512m"')
             shm = str(shm)
         build_args = self.string_map(docker, "build_args", "docker.build_args")
         for k in build_args:
@@ -461,7 +467,11 @@ class _Validator:
                 reason = str(e).splitlines()[0]
                 raise self.err(f"{where}[{i}]", f"{item!r} is not a valid requirement: {reason}") from None
             if req.url and ("@" in (urlsplit(req.url).netloc or "")):
-                raise self.err(f"{where}[{i}]", "a URL with credentials must not be written here", hint="use a private index via index_url_env or a local wheel")
+                raise self.err(
+                    f"{where}[{i}]",
+                    "a URL with credentials must not be written here",
+                    hint="use a private index via index_url_env or a local wheel",
+                )
             name = canonicalize_name(req.name)
             req.name = name
             text = str(req)
@@ -489,7 +499,9 @@ class _Validator:
                     "credentials must not be written in the environment file",
                     hint="put the whole URL in an environment variable and name it in index_url_env / extra_index_urls_env",
                 )
-        for key, n in [("python.index_url_env", url_env)] + [(f"python.extra_index_urls_env[{i}]", n) for i, n in enumerate(extra_env)]:
+        for key, n in [("python.index_url_env", url_env)] + [
+            (f"python.extra_index_urls_env[{i}]", n) for i, n in enumerate(extra_env)
+        ]:
             if n is not None and not ENV_NAME_RE.match(n):
                 raise self.err(key, f"{n!r} is not an environment variable name")
         return IndexConfig(url, url_env, tuple(extra), tuple(extra_env))
@@ -543,7 +555,9 @@ class _Validator:
 
 def check_image_ref(ref: str, file: str | None, key: str) -> None:
     if ref != ref.strip() or not IMAGE_RE.match(ref):
-        raise SpecError(f"{ref!r} is not a valid image reference", file=file, key=key, hint="e.g. registry:5000/team/image:tag")
+        raise SpecError(
+            f"{ref!r} is not a valid image reference", file=file, key=key, hint="e.g. registry:5000/team/image:tag"
+        )
 
 
 def check_base_dockerfile(text: str, file: str | None, key: str) -> None:

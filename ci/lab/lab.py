@@ -87,7 +87,9 @@ def read_pid(name: str) -> int | None:
 def start(name: str, cmd: list[str]) -> int:
     LAB.mkdir(parents=True, exist_ok=True)
     logf = open(LAB / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     (LAB / f"{name}.pid").write_text(str(proc.pid))
     log(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
     return proc.pid
@@ -304,7 +306,15 @@ def base_python() -> None:
         run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."])
         tmp.rename(cache)
         shutil.rmtree(rootfs, ignore_errors=True)
-    import_and_push(cache, BASE_PYTHON, ["ENV LANG=C.UTF-8", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]'])
+    import_and_push(
+        cache,
+        BASE_PYTHON,
+        [
+            "ENV LANG=C.UTF-8",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            'CMD ["python3"]',
+        ],
+    )
 
 
 def base_tiny() -> None:
@@ -407,7 +417,9 @@ def status() -> None:
     for name in ("dockerd", "registry-plain", "registry-auth"):
         pid = read_pid(name)
         log(f"{name}: {'pid ' + str(pid) if pid else 'not started by the lab'}")
-    log(f"engine: {'up' if engine_up() else 'down'}; :5000 {registry_answers(PLAIN_PORT)}; :5001 {registry_answers(AUTH_PORT)}")
+    log(
+        f"engine: {'up' if engine_up() else 'down'}; :5000 {registry_answers(PLAIN_PORT)}; :5001 {registry_answers(AUTH_PORT)}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -29,7 +29,9 @@ build_args = { MODE = "fast" }
 
 def load(tmp_path: Path, text: str = FULL):
     (tmp_path / "req.txt").write_text("numpy==2.1.3\n")
-    (tmp_path / "conda.yml").write_text("name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - tomli==2.0.2\n")
+    (tmp_path / "conda.yml").write_text(
+        "name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - tomli==2.0.2\n"
+    )
     (tmp_path / "w-1-py3-none-any.whl").write_bytes(b"PK\x03\x04")
     f = tmp_path / "env.toml"
     f.write_text(text)
@@ -41,7 +43,17 @@ def test_layer_order_and_mounts(tmp_path: Path) -> None:
     p = render(env)
     df = p.dockerfile
     assert not df.lstrip().startswith("# syntax")
-    order = ["FROM ", "ARG MODE", "apt-get install", "-m venv", "conda/requirements.txt", "requirements/", "packages/requirements.txt", "wheels/*.whl", "ENV GREETING"]
+    order = [
+        "FROM ",
+        "ARG MODE",
+        "apt-get install",
+        "-m venv",
+        "conda/requirements.txt",
+        "requirements/",
+        "packages/requirements.txt",
+        "wheels/*.whl",
+        "ENV GREETING",
+    ]
     positions = [df.index(x) for x in order]
     assert positions == sorted(positions), df
     assert "--mount=type=secret,id=ml-env-ca,required=false" in df
@@ -108,3 +120,54 @@ def test_redactor_masks_urls_hosts_and_passwords() -> None:
     line = "Looking in indexes: https://bob:****@pypi.corp.example/simple/ and t0ps3cret at pypi.corp.example"
     out = r(line)
     assert "t0ps3cret" not in out and "pypi.corp.example" not in out and "bob" not in out
+
+
+def test_step_counting_reads_plain_progress() -> None:
+    from ml_env_tasks.engine import _count_step
+
+    steps: set[str] = set()
+    cached: set[str] = set()
+    for line in [
+        "#4 [stage-0 1/3] FROM 127.0.0.1:5000/base/debian-python:bookworm",
+        "#7 [stage-0 2/3] RUN python3 -m venv /opt/ml-env",
+        "#7 CACHED",
+        "#8 [stage-0 3/3] RUN --mount=type=bind,source=ml-env/packages pip install",
+        "#8 sha256:f1ba7c5e199e111020434019107f8534b3793c48b99136bcd90deada5d377e9b 29.38kB / 29.38kB done",
+        "#9 [2/2] RUN true",
+        "#9 0.123 some output",
+        "#9 DONE 0.1s",
+    ]:
+        _count_step(line, steps, cached)
+    assert steps == {"#7", "#8", "#9"}
+    assert cached == {"#7", "#8"}
+
+
+def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
+    import pytest
+
+    from ml_env_tasks.build import BuildOptions, _cache
+    from ml_env_tasks.engine import Capabilities
+    from ml_env_tasks.errors import EngineError
+
+    f = tmp_path / "e.toml"
+    f.write_text('name = "t"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
+    env = spec.load(f)
+    ref = "127.0.0.1:5000/ml-envs/t:abc"
+    containerd = Capabilities("26.1.5", True, "0.13.1", "docker")
+    classic = Capabilities("26.1.5", False, "0.13.1", "docker")
+    reg = BuildOptions(registry="127.0.0.1:5000", cache_dir=tmp_path / "c")
+    assert _cache(env, reg, containerd, ref)[0] == "registry"
+    assert _cache(env, reg, containerd, ref)[2] == {
+        "type": "registry",
+        "ref": "127.0.0.1:5000/ml-envs/t:buildcache",
+        "mode": "max",
+    }
+    assert _cache(env, BuildOptions(cache_dir=tmp_path / "c"), containerd, "ml-envs/t:abc")[0] == "local"
+    name, src, dst = _cache(env, reg, classic, ref)
+    assert (
+        name == "inline"
+        and dst == {"type": "inline"}
+        and src == [{"type": "registry", "ref": "127.0.0.1:5000/ml-envs/t:buildcache"}]
+    )
+    with pytest.raises(EngineError, match="'registry' is not supported.*classic image store"):
+        _cache(env, BuildOptions(registry="r:5000", cache="registry"), classic, ref)

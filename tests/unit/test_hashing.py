@@ -101,13 +101,21 @@ def test_hash_ignores(tmp_path: Path, old: str, new: str) -> None:
 @pytest.mark.parametrize(
     "old,new,field",
     [
-        ('image = "127.0.0.1:5000/base/debian-python:bookworm"', 'image = "127.0.0.1:5000/base/debian-python:trixie"', "base.image"),
+        (
+            'image = "127.0.0.1:5000/base/debian-python:bookworm"',
+            'image = "127.0.0.1:5000/base/debian-python:trixie"',
+            "base.image",
+        ),
         ('"scikit-learn==1.5.2"', '"scikit-learn==1.5.1"', "python.packages"),
         ('"curl"]', '"curl", "git"]', "apt"),
         ('A = "1"', 'A = "2"', "env.A"),
         ('"com.example.team" = "ml"', '"com.example.team" = "data"', "labels.com.example.team"),
         ('X = "y"', 'X = "z"', "build_args.X"),
-        ('extra_index_urls_env = ["CORP_INDEX"]', 'extra_index_urls_env = ["OTHER"]', "python.index.extra_index_urls_env"),
+        (
+            'extra_index_urls_env = ["CORP_INDEX"]',
+            'extra_index_urls_env = ["OTHER"]',
+            "python.index.extra_index_urls_env",
+        ),
         ("[python]", "[python]\nuser_managed_dependencies = true", "python.user_managed"),
     ],
 )

@@ -41,17 +41,47 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("image-int", 'name = "x"\n[base]\nimage = 4\n', {}, "base.image"),
     ("dockerfile-missing", 'name = "x"\n[base]\ndockerfile = "nope/Dockerfile"\n', {}, "base.dockerfile"),
     ("dockerfile-dir", 'name = "x"\n[base]\ndockerfile = "adir"\n', {"adir/f": b""}, "base.dockerfile"),
-    ("dockerfile-empty", 'name = "x"\n[base]\ndockerfile = "Dockerfile"\n', {"Dockerfile": b"# nothing\n"}, "base.dockerfile"),
+    (
+        "dockerfile-empty",
+        'name = "x"\n[base]\ndockerfile = "Dockerfile"\n',
+        {"Dockerfile": b"# nothing\n"},
+        "base.dockerfile",
+    ),
     ("dockerfile-no-from", 'name = "x"\n[base]\ndockerfile_text = "RUN true"\n', {}, "base.dockerfile_text"),
-    ("dockerfile-syntax", 'name = "x"\n[base]\ndockerfile_text = "# syntax=docker/dockerfile:1\\nFROM a"\n', {}, "base.dockerfile_text"),
+    (
+        "dockerfile-syntax",
+        'name = "x"\n[base]\ndockerfile_text = "# syntax=docker/dockerfile:1\\nFROM a"\n',
+        {},
+        "base.dockerfile_text",
+    ),
     ("dockerfile-cycle", 'name = "x"\n[base]\ndockerfile_text = "FROM base AS base"\n', {}, "base.dockerfile_text"),
     ("dockerfile-copy-ctx", 'name = "x"\n[base]\ndockerfile_text = "FROM a\\nCOPY x /x"\n', {}, "base.dockerfile_text"),
-    ("dockerfile-from-empty", 'name = "x"\n[base]\ndockerfile_text = "FROM --platform=linux/amd64"\n', {}, "base.dockerfile_text"),
-    ("dockerfile-binary", 'name = "x"\n[base]\ndockerfile = "Dockerfile"\n', {"Dockerfile": b"\xff\xfe\x00F"}, "base.dockerfile"),
-    ("registry-password", OK + '[base.registry]\naddress = "r.io"\nusername = "u"\npassword = "hunter2"\n', {}, "base.registry.password"),
+    (
+        "dockerfile-from-empty",
+        'name = "x"\n[base]\ndockerfile_text = "FROM --platform=linux/amd64"\n',
+        {},
+        "base.dockerfile_text",
+    ),
+    (
+        "dockerfile-binary",
+        'name = "x"\n[base]\ndockerfile = "Dockerfile"\n',
+        {"Dockerfile": b"\xff\xfe\x00F"},
+        "base.dockerfile",
+    ),
+    (
+        "registry-password",
+        OK + '[base.registry]\naddress = "r.io"\nusername = "u"\npassword = "hunter2"\n',
+        {},
+        "base.registry.password",
+    ),
     ("registry-no-address", OK + '[base.registry]\nusername = "u"\npassword_env = "P"\n', {}, "base.registry.address"),
     ("registry-half", OK + '[base.registry]\naddress = "r.io"\nusername = "u"\n', {}, "base.registry"),
-    ("registry-bad-env", OK + '[base.registry]\naddress = "r.io"\nusername = "u"\npassword_env = "not valid"\n', {}, "base.registry.password_env"),
+    (
+        "registry-bad-env",
+        OK + '[base.registry]\naddress = "r.io"\nusername = "u"\npassword_env = "not valid"\n',
+        {},
+        "base.registry.password_env",
+    ),
     ("registry-address-path", OK + '[base.registry]\naddress = "r.io/x"\n', {}, "base.registry.address"),
     ("python-not-table", 'python = "3.11"\n' + OK, {}, "python"),
     ("python-unknown", OK + "[python]\nversion = '3.11'\n", {}, "python.version"),
@@ -63,25 +93,55 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("packages-url-creds", OK + "[python]\npackages = ['pkg @ https://u:p@host/pkg.whl']\n", {}, "python.packages[0]"),
     ("requirements-missing", OK + "[python]\nrequirements = ['req.txt']\n", {}, "python.requirements[0]"),
     ("requirements-dir", OK + "[python]\nrequirements = ['d']\n", {"d/x": b""}, "python.requirements[0]"),
-    ("requirements-binary", OK + "[python]\nrequirements = ['r.txt']\n", {"r.txt": b"\xff\xfe"}, "python.requirements[0]"),
+    (
+        "requirements-binary",
+        OK + "[python]\nrequirements = ['r.txt']\n",
+        {"r.txt": b"\xff\xfe"},
+        "python.requirements[0]",
+    ),
     ("user-managed-str", OK + "[python]\nuser_managed_dependencies = 'yes'\n", {}, "python.user_managed_dependencies"),
     ("interpreter-bad", OK + "[python]\ninterpreter = 'python3; rm -rf /'\n", {}, "python.interpreter"),
     ("wheel-url", OK + "[python]\nwheels = ['https://x/y.whl']\n", {}, "python.wheels[0]"),
     ("wheel-not-whl", OK + "[python]\nwheels = ['a.tar.gz']\n", {"a.tar.gz": b"x"}, "python.wheels[0]"),
     ("wheel-missing", OK + "[python]\nwheels = ['a-1-py3-none-any.whl']\n", {}, "python.wheels[0]"),
-    ("wheel-not-zip", OK + "[python]\nwheels = ['a-1-py3-none-any.whl']\n", {"a-1-py3-none-any.whl": b"nope"}, "python.wheels[0]"),
+    (
+        "wheel-not-zip",
+        OK + "[python]\nwheels = ['a-1-py3-none-any.whl']\n",
+        {"a-1-py3-none-any.whl": b"nope"},
+        "python.wheels[0]",
+    ),
     ("index-creds", OK + "[python]\nindex_url = 'https://u:tok@idx/simple'\n", {}, "python.index_url"),
     ("index-not-url", OK + "[python]\nindex_url = 'idx/simple'\n", {}, "python.index_url"),
     ("index-both", OK + "[python]\nindex_url = 'https://idx/simple'\nindex_url_env = 'IDX'\n", {}, "python.index_url"),
-    ("extra-index-creds", OK + "[python]\nextra_index_urls = ['https://x@idx/simple']\n", {}, "python.extra_index_urls[0]"),
+    (
+        "extra-index-creds",
+        OK + "[python]\nextra_index_urls = ['https://x@idx/simple']\n",
+        {},
+        "python.extra_index_urls[0]",
+    ),
     ("extra-index-env-bad", OK + "[python]\nextra_index_urls_env = ['1BAD']\n", {}, "python.extra_index_urls_env[0]"),
     ("index-token-query", OK + "[python]\nindex_url = 'https://idx/simple?token=abc'\n", {}, "python.index_url"),
     ("conda-missing", OK + "[python]\nconda_file = 'env.yml'\n", {}, "python.conda_file"),
     ("conda-bad-yaml", OK + "[python]\nconda_file = 'env.yml'\n", {"env.yml": b"a: [b\n"}, "python.conda_file"),
     ("conda-not-mapping", OK + "[python]\nconda_file = 'env.yml'\n", {"env.yml": b"- a\n"}, "python.conda_file"),
-    ("conda-other-pkg", OK + "[python]\nconda_file = 'env.yml'\n", {"env.yml": b"dependencies:\n  - python=3.11\n  - numpy=1.26\n"}, "python.conda_file"),
-    ("conda-bad-pip", OK + "[python]\nconda_file = 'env.yml'\n", {"env.yml": b"dependencies:\n  - pip:\n    - 'bad req !!'\n"}, "python.conda_file:pip[0]"),
-    ("conda-pip-option", OK + "[python]\nconda_file = 'env.yml'\n", {"env.yml": b"dependencies:\n  - pip:\n    - --index-url https://x\n"}, "python.conda_file"),
+    (
+        "conda-other-pkg",
+        OK + "[python]\nconda_file = 'env.yml'\n",
+        {"env.yml": b"dependencies:\n  - python=3.11\n  - numpy=1.26\n"},
+        "python.conda_file",
+    ),
+    (
+        "conda-bad-pip",
+        OK + "[python]\nconda_file = 'env.yml'\n",
+        {"env.yml": b"dependencies:\n  - pip:\n    - 'bad req !!'\n"},
+        "python.conda_file:pip[0]",
+    ),
+    (
+        "conda-pip-option",
+        OK + "[python]\nconda_file = 'env.yml'\n",
+        {"env.yml": b"dependencies:\n  - pip:\n    - --index-url https://x\n"},
+        "python.conda_file",
+    ),
     ("apt-not-table", "apt = ['curl']\n" + OK, {}, "apt"),
     ("apt-bad-name", OK + "[apt]\npackages = ['curl; rm -rf /']\n", {}, "apt.packages[0]"),
     ("apt-upper", OK + "[apt]\npackages = ['Curl']\n", {}, "apt.packages[0]"),
@@ -91,7 +151,12 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("env-list-value", OK + "[env]\nA = [1]\n", {}, "env.A"),
     ("env-bool-value", OK + "[env]\nA = true\n", {}, "env.A"),
     ("labels-reserved", OK + '[labels]\n"ml-env.hash" = "x"\n', {}, "labels.ml-env.hash"),
-    ("labels-oci-reserved", OK + '[labels]\n"org.opencontainers.image.title" = "x"\n', {}, "labels.org.opencontainers.image.title"),
+    (
+        "labels-oci-reserved",
+        OK + '[labels]\n"org.opencontainers.image.title" = "x"\n',
+        {},
+        "labels.org.opencontainers.image.title",
+    ),
     ("labels-bad-key", OK + '[labels]\n"Bad Key" = "x"\n', {}, "labels.Bad Key"),
     ("docker-unknown", OK + "[docker]\ngpus = 1\n", {}, "docker.gpus"),
     ("shm-bad", OK + "[docker]\nshm_size = 'lots'\n", {}, "docker.shm_size"),
@@ -175,3 +240,20 @@ def test_cli_json_error(tmp_path: Path) -> None:
 
     out = json.loads(p.stdout)
     assert out["exit_code"] == 2 and out["file"].endswith("missing.toml")
+
+
+def test_no_engine_is_one_clear_error(tmp_path: Path) -> None:
+    import os
+
+    f = tmp_path / "env.toml"
+    f.write_text(OK)
+    p = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.cli", "build", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-such-docker.sock"},
+    )
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("ml-env: error: the Docker engine is not reachable")

@@ -1,0 +1,198 @@
+"""Test helpers for the real lab: workspaces that clean up, wheels, a private index, a fault proxy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml_env_tasks.build import BuildOptions
+from ml_env_tasks.registry import RegistryClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Workspace:
+    lab: dict
+    dir: Path
+    repo: str
+    extra_repos: list[tuple[str, str]] = field(default_factory=list)  # (host, repo) to clean
+
+    def spec(self, text: str, name: str = "env.toml", files: dict[str, bytes] | None = None) -> Path:
+        for n, data in (files or {}).items():
+            p = self.dir / n
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        f = self.dir / name
+        f.write_text(text)
+        return f
+
+    def opts(self, **kw) -> BuildOptions:
+        base = dict(
+            registry=self.lab["registry"],
+            repository=self.repo,
+            network=self.lab["build_network"],
+            ca_bundle=Path(self.lab["ca_bundle"]) if self.lab.get("ca_bundle") else None,
+            log_dir=self.dir / "logs",
+            lock_dir=self.dir / "locks",
+        )
+        base.update(kw)
+        return BuildOptions(**base)
+
+    def cli_args(self) -> list[str]:
+        args = ["--registry", self.lab["registry"], "--repository", self.repo, "--network", self.lab["build_network"]]
+        args += ["--log-dir", str(self.dir / "logs")]
+        if self.lab.get("ca_bundle"):
+            args += ["--ca-bundle", self.lab["ca_bundle"]]
+        return args
+
+
+def delete_repository(host: str, repo: str, credentials: tuple[str, str] | None = None) -> None:
+    """Delete every tag's manifest of a test repository (the lab registries allow delete)."""
+    client = RegistryClient(host, retries=1, credentials=credentials or True)
+    r = client.request("GET", f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull", ok=(200, 404))
+    if r.status_code != 200:
+        return
+    for tag in r.json().get("tags") or []:
+        info = client.head_manifest(repo, tag)
+        if info:
+            client.request(
+                "DELETE",
+                f"/v2/{repo}/manifests/{info.digest}",
+                scope=f"repository:{repo}:delete,pull,push",
+                ok=(202, 404),
+            )
+
+
+def make_wheel(directory: Path, name: str, version: str, body: str = "VALUE = 42\n") -> Path:
+    """A real, minimal pure-Python wheel (PEP 427), made here so no index is needed to get one."""
+    dist = f"{name}-{version}"
+    files = {
+        f"{name}/__init__.py": body.encode(),
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: ml-env-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    files[f"{dist}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    out = directory / f"{dist}-py3-none-any.whl"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+@contextmanager
+def private_index(root: Path, wheels: list[Path], user: str, token: str) -> Iterator[str]:
+    """A PEP 503 simple index on loopback that demands basic auth. Yields its URL with credentials."""
+    simple = root / "simple"
+    for w in wheels:
+        project = w.name.split("-")[0].replace("_", "-")
+        d = simple / project
+        d.mkdir(parents=True, exist_ok=True)
+        (d / w.name).write_bytes(w.read_bytes())
+        (d / "index.html").write_text(f'<html><body><a href="{w.name}">{w.name}</a></body></html>')
+    expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def do_GET(self):
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="private"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://{user}:{token}@127.0.0.1:{server.server_address[1]}/simple/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def fault_proxy(
+    upstream: str, *, fail_first: int = 0, always_fail: bool = False, status: int = 503
+) -> Iterator[tuple[str, list[int]]]:
+    """An HTTP proxy on loopback in front of a registry that answers `status` to the first N
+    requests (or to all). Yields its host:port and the list of statuses it sent."""
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self):
+            with lock:
+                n = len(seen)
+                fail = always_fail or n < fail_first
+                seen.append(status if fail else 0)
+            if fail:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            req = urllib.request.Request(f"http://{upstream}{self.path}", data=body, method=self.command)
+            for k, v in self.headers.items():
+                if k.lower() not in ("host", "connection"):
+                    req.add_header(k, v)
+            try:
+                resp = urllib.request.urlopen(req, timeout=30)
+                code, headers, data = resp.status, resp.headers, resp.read()
+            except urllib.error.HTTPError as e:
+                code, headers, data = e.code, e.headers, e.read()
+            with lock:
+                seen[-1] = code
+            self.send_response(code)
+            for k, v in headers.items():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, *a):
+            pass
+
+    import urllib.error  # noqa: F401
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
