@@ -1,0 +1,202 @@
+"""GitHub Actions: the one place that turns library results into outputs, job summaries,
+log groups and annotations. The composite actions under ``ci/github/`` call
+``python -m ml_env_tasks.gha <command>``, which reads its inputs from ``INPUT_*`` environment
+variables (never interpolated into a shell line).
+
+Escaping follows actions/toolkit ``command.ts``: data escapes ``%``, CR, LF; properties also
+escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random delimiter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import MlEnvError
+
+__all__ = [
+    "escape_data",
+    "escape_property",
+    "command",
+    "set_output",
+    "append_summary",
+    "group",
+    "mask",
+    "annotate_error",
+    "locate_key",
+    "main",
+]
+
+
+def escape_data(s: str) -> str:
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(s: str) -> str:
+    return escape_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+def command(name: str, message: str = "", out: TextIO | None = None, **props: Any) -> None:
+    """Print ``::name k=v,...::message`` with toolkit escaping; None properties are left out."""
+    p = ",".join(f"{k}={escape_property(str(v))}" for k, v in props.items() if v is not None)
+    print(f"::{name}{' ' + p if p else ''}::{escape_data(message)}", file=out or sys.stdout, flush=True)
+
+
+def set_output(name: str, value: str) -> None:
+    path = os.environ.get("GITHUB_OUTPUT")
+    if not path:
+        raise MlEnvError("GITHUB_OUTPUT is not set: not running as a GitHub Actions step")
+    with open(path, "a", encoding="utf-8") as f:
+        if "\n" in value or "\r" in value:
+            delim = f"ghadelimiter_{uuid.uuid4()}"
+            f.write(f"{name}<<{delim}\n{value}\n{delim}\n")
+        else:
+            f.write(f"{name}={value}\n")
+
+
+def append_summary(markdown: str) -> None:
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(markdown.rstrip("\n") + "\n\n")
+
+
+@contextlib.contextmanager
+def group(title: str) -> Iterator[None]:
+    print(f"::group::{escape_data(title)}", flush=True)
+    try:
+        yield
+    finally:
+        print("::endgroup::", flush=True)
+
+
+def mask(value: str | None) -> None:
+    if value:
+        for line in value.splitlines():
+            if line.strip():
+                command("add-mask", line)
+
+
+def locate_key(path: str | Path, key: str | None) -> int | None:
+    """The line of a dotted TOML key (``python.packages[2]``) in a file, for annotations."""
+    if not key:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    parts = [re.sub(r"\[\d+\]$", "", p) for p in key.split(":")[0].split(".")]
+    leaf = parts[-1]
+    table = ".".join(parts[:-1])
+    current = ""
+    fallback = None
+    for i, raw in enumerate(lines, 1):
+        s = raw.strip()
+        m = re.match(r"^\[+\s*([^\]]+?)\s*\]+", s)
+        if m:
+            current = m.group(1).strip().strip('"')
+            if current in (".".join(parts), table):
+                fallback = fallback or i
+            continue
+        km = re.match(r'^"?([A-Za-z0-9_.\- ]+?)"?\s*=', s)
+        if km:
+            k = km.group(1)
+            full = f"{current}.{k}" if current else k
+            if full == ".".join(parts) or (current == table and k == leaf):
+                return i
+            if table and full == table:
+                fallback = fallback or i
+    return fallback
+
+
+def annotate_error(e: MlEnvError) -> None:
+    line = e.line or (locate_key(e.file, e.key) if e.file else None)
+    msg = str(e)
+    if e.details:
+        msg += "\n" + "\n".join(e.details.splitlines()[-15:])
+    command("error", msg, file=e.file, line=line, title=f"ml-env: {type(e).__name__}")
+
+
+# --- entry points for the composite actions ----------------------------------------------
+
+
+def _input(name: str, default: str = "") -> str:
+    return os.environ.get(f"INPUT_{name.upper().replace('-', '_')}", default).strip()
+
+
+def _flag(name: str) -> bool:
+    return _input(name, "false").lower() in ("true", "1", "yes")
+
+
+def build_action() -> int:
+    from .build import BuildOptions, Reporter, build
+
+    spec_path = _input("spec")
+    if not spec_path:
+        raise MlEnvError("input 'spec' is required")
+    opts = BuildOptions(
+        registry=_input("registry") or None,
+        repository=_input("repository") or None,
+        cache=_input("cache", "auto") or "auto",
+        cache_ref=_input("cache-ref") or None,
+        ca_bundle=Path(_input("ca-bundle")) if _input("ca-bundle") else None,
+        network=_input("network") or None,
+        force=_flag("force"),
+        pin_base=_flag("pin-base"),
+        locked=_flag("locked"),
+        upgrade=_flag("upgrade"),
+        log_dir=Path(_input("log-dir", ".ml-env/logs") or ".ml-env/logs"),
+    )
+    with group(f"ml-env build {spec_path}"):
+        result = build(spec_path, opts, Reporter(stream_logs=True, out=sys.stdout))
+    for k in ("image", "digest", "hash"):
+        set_output(k, str(getattr(result, k) or ""))
+    set_output("built", "true" if result.built else "false")
+    set_output("cache-hit", "true" if result.cache_hit else "false")
+    set_output("ref", f"{result.image}@{result.digest}")
+    state = "built" if result.built else "reused (hash already in the registry)"
+    append_summary(
+        f"### ml-env build: `{result.name}`\n\n"
+        "| field | value |\n|---|---|\n"
+        f"| environment | `{spec_path}` |\n"
+        f"| image | `{result.image}` |\n"
+        f"| digest | `{result.digest}` |\n"
+        f"| hash | `{result.hash}` |\n"
+        f"| result | {state} |\n"
+        f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
+        f"| time | {result.seconds:.1f}s |\n"
+        + (f"| unpinned | {', '.join(result.unpinned)} |\n" if result.unpinned else "")
+    )
+    if result.unpinned:
+        command(
+            "warning",
+            f"unpinned packages: {', '.join(result.unpinned)}; the lock records their versions",
+            file=spec_path,
+        )
+    return 0
+
+
+ACTIONS = {"build": build_action}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ACTIONS:
+        print(f"usage: python -m ml_env_tasks.gha {{{','.join(ACTIONS)}}}", file=sys.stderr)
+        return 2
+    try:
+        return ACTIONS[argv[0]]()
+    except MlEnvError as e:
+        annotate_error(e)
+        print(f"ml-env: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Execute ci/github/build/action.yml's steps as a runner would, against the real lab."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_action(
+    action: Path, inputs: dict[str, str], tmp: Path
+) -> tuple[subprocess.CompletedProcess, dict[str, str], str]:
+    """Run the composite action's steps with `${{ inputs.* }}` resolved; return outputs and summary."""
+    doc = yaml.safe_load(action.read_text())
+    values = {k: str(v.get("default", "")) for k, v in doc["inputs"].items()}
+    values.update(inputs)
+    out_file, summary = tmp / "github_output", tmp / "step_summary"
+    out_file.write_text("")
+    summary.write_text("")
+
+    def expr(s: str) -> str:
+        s = re.sub(r"\$\{\{\s*inputs\.([\w-]+)\s*\}\}", lambda m: values[m.group(1)], s)
+        return s.replace("${{ github.action_path }}", str(action.parent))
+
+    proc = None
+    for step in doc["runs"]["steps"]:
+        cond = step.get("if")
+        if cond:
+            m = re.fullmatch(r"inputs\.([\w-]+) == '(\w+)'", cond)
+            assert m, f"unsupported if: {cond}"
+            if values[m.group(1)] != m.group(2):
+                continue
+        env = {**os.environ, "GITHUB_OUTPUT": str(out_file), "GITHUB_STEP_SUMMARY": str(summary)}
+        env.update({k: expr(str(v)) for k, v in (step.get("env") or {}).items()})
+        proc = subprocess.run(
+            [step["shell"], "-e", "-c", step["run"]], env=env, capture_output=True, text=True, timeout=900
+        )
+        if proc.returncode != 0:
+            break
+    assert proc is not None
+    outputs = dict(line.split("=", 1) for line in out_file.read_text().splitlines() if "=" in line)
+    return proc, outputs, summary.read_text()
+
+
+def test_build_action_outputs_and_summary(ws) -> None:
+    f = ws.spec(f'name = "act"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[env]\nACTION = "1"\n')
+    inputs = {
+        "spec": str(f),
+        "registry": ws.lab["registry"],
+        "repository": ws.repo,
+        "network": ws.lab["build_network"],
+        "install": "false",
+        "python": os.environ.get("PYTHON", "python3"),
+    }
+    action = ROOT / "ci/github/build/action.yml"
+    proc, outputs, summary = run_action(action, inputs, ws.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert outputs["built"] == "true"
+    assert outputs["image"] == f"{ws.lab['registry']}/{ws.repo}:{outputs['hash']}"
+    assert outputs["digest"].startswith("sha256:") and outputs["ref"] == f"{outputs['image']}@{outputs['digest']}"
+    assert "::group::ml-env build" in proc.stdout and "::endgroup::" in proc.stdout
+    assert "| digest | `" + outputs["digest"] + "` |" in summary
+    again, outputs2, summary2 = run_action(action, inputs, ws.dir)
+    assert outputs2["built"] == "false" and outputs2["digest"] == outputs["digest"]
+    assert "reused" in summary2
+
+
+def test_build_action_annotates_the_spec_line(ws) -> None:
+    f = ws.spec(f'name = "act"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[apt]\npackages = ["Bad Name"]\n')
+    inputs = {"spec": str(f), "registry": ws.lab["registry"], "install": "false", "python": "python3"}
+    proc, outputs, _ = run_action(ROOT / "ci/github/build/action.yml", inputs, ws.dir)
+    assert proc.returncode == 2
+    assert re.search(r"^::error file=[^,]*e?nv\.toml,line=5,title=ml-env%3A SpecError::", proc.stdout, re.M), (
+        proc.stdout
+    )
+    assert "image" not in outputs

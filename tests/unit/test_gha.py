@@ -1,0 +1,75 @@
+"""GitHub Actions helpers: toolkit escaping, outputs, annotations, and the action files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml_env_tasks import gha
+from ml_env_tasks.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
+ACTIONS = sorted((ROOT / "ci" / "github").glob("*/action.yml"))
+
+
+def test_escaping_matches_the_toolkit() -> None:
+    assert gha.escape_data("50%\r\nnext") == "50%25%0D%0Anext"
+    assert gha.escape_property("a:b,c%\n") == "a%3Ab%2Cc%25%0A"
+
+
+def test_command_format(capsys: pytest.CaptureFixture[str]) -> None:
+    gha.command("error", "bad: thing\nmore", file="envs/a,b.toml", line=3, col=None)
+    assert capsys.readouterr().out == "::error file=envs/a%2Cb.toml,line=3::bad: thing%0Amore\n"
+
+
+def test_outputs_single_and_multiline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(out))
+    gha.set_output("image", "r:5000/x:1")
+    gha.set_output("lock", "a==1\nb==2")
+    text = out.read_text()
+    assert text.startswith("image=r:5000/x:1\n")
+    m = re.search(r"lock<<(ghadelimiter_[0-9a-f-]{36})\na==1\nb==2\n\1\n", text)
+    assert m, text
+
+
+def test_locate_key(tmp_path: Path) -> None:
+    f = tmp_path / "e.toml"
+    f.write_text('name = "x"\n\n[base]\nimage = "a"\n\n[python]\npackages = ["ok", "bad !!"]\n[env]\nA = "1"\n')
+    assert gha.locate_key(f, "name") == 1
+    assert gha.locate_key(f, "base.image") == 4
+    assert gha.locate_key(f, "python.packages[1]") == 7
+    assert gha.locate_key(f, "env.A") == 9
+    assert gha.locate_key(f, "python.conda_file") == 6  # absent key: its table
+
+
+def test_error_annotation_points_at_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "e.toml"
+    f.write_text('name = "x"\n[python]\npackages = ["bad !!"]\n')
+    gha.annotate_error(SpecError("not a valid requirement", file=str(f), key="python.packages[0]"))
+    out = capsys.readouterr().out
+    assert out.startswith(f"::error file={gha.escape_property(str(f))},line=3,title=ml-env%3A SpecError::")
+
+
+@pytest.mark.parametrize("path", ACTIONS, ids=[p.parent.name for p in ACTIONS])
+def test_action_files_are_well_formed(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    assert doc["runs"]["using"] == "composite"
+    for name, spec in doc["inputs"].items():
+        assert spec.get("description"), f"input {name} has no description"
+    ids = {s.get("id") for s in doc["runs"]["steps"]}
+    for step in doc["runs"]["steps"]:
+        if "run" in step:
+            assert step.get("shell"), f"step {step.get('name')} has no shell"
+            assert "${{" not in step["run"], "inputs reach scripts through env, never interpolated"
+    for name, out in doc["outputs"].items():
+        assert out.get("description")
+        m = re.fullmatch(r"\$\{\{ steps\.([\w-]+)\.outputs\.([\w-]+) \}\}", out["value"])
+        assert m and m.group(1) in ids, f"output {name} maps to no step"
+
+
+def test_there_is_a_build_action() -> None:
+    assert ROOT / "ci/github/build/action.yml" in ACTIONS
