@@ -74,10 +74,9 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against the baseline tool in the same run; ratios to stdout and .bench/*.json."""
     lab_up(session)
-    session.run(
-        sys.executable,
-        str(ROOT / "tests/bench/bench_build.py"),
-        *session.posargs,
-        external=True,
-        env={"ML_ENV_LAB": str(LAB_ENV)},
-    )
+    available = sorted(p.stem.removeprefix("bench_") for p in (ROOT / "tests/bench").glob("bench_*.py"))
+    for name in session.posargs or available:
+        if name not in available:
+            session.error(f"no benchmark {name!r}; have: {', '.join(available)}")
+        script = ROOT / "tests/bench" / f"bench_{name}.py"
+        session.run(sys.executable, str(script), external=True, env={"ML_ENV_LAB": str(LAB_ENV)})
