@@ -257,15 +257,18 @@ class RegistryClient:
             raise RegistryError(f"registry {self.host} asks for unsupported auth {scheme!r}")
 
     # manifests
-    def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
-        """The manifest's digest if it exists, None if the registry says it does not; raises otherwise."""
-        r = self.request(
-            "HEAD",
+    def _manifest(self, method: str, repository: str, reference: str) -> requests.Response:
+        return self.request(
+            method,
             f"/v2/{repository}/manifests/{reference}",
             scope=f"repository:{repository}:pull",
             ok=(200, 404),
             headers={"Accept": ", ".join(MANIFEST_TYPES)},
         )
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
+        """The manifest's digest if it exists, None if the registry says it does not; raises otherwise."""
+        r = self._manifest("HEAD", repository, reference)
         if r.status_code == 404:
             return None
         digest = r.headers.get("Docker-Content-Digest")
@@ -278,13 +281,7 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> tuple[ManifestInfo, bytes] | None:
         import hashlib
 
-        r = self.request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=f"repository:{repository}:pull",
-            ok=(200, 404),
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-        )
+        r = self._manifest("GET", repository, reference)
         if r.status_code == 404:
             return None
         body = r.content

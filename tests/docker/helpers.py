@@ -8,6 +8,8 @@ import http.server
 import io
 import socket
 import threading
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +79,18 @@ def delete_repository(host: str, repo: str, credentials: tuple[str, str] | None 
             )
 
 
+@contextmanager
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve a handler on a free loopback port in a thread; yields the port, stops on exit."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def make_wheel(directory: Path, name: str, version: str, body: str = "VALUE = 42\n") -> Path:
     """A real, minimal pure-Python wheel (PEP 427), made here so no index is needed to get one."""
     dist = f"{name}-{version}"
@@ -127,14 +141,8 @@ def private_index(root: Path, wheels: list[Path], user: str, token: str) -> Iter
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://{user}:{token}@127.0.0.1:{server.server_address[1]}/simple/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as port:
+        yield f"http://{user}:{token}@127.0.0.1:{port}/simple/"
 
 
 @contextmanager
@@ -186,13 +194,5 @@ def fault_proxy(
         def log_message(self, *a):
             pass
 
-    import urllib.error  # noqa: F401
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as port:
+        yield f"127.0.0.1:{port}", seen
