@@ -105,6 +105,64 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("b")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_explain)
+
+    t = sub.add_parser(
+        "train",
+        help="run a training script inside an environment (built or reused by hash)",
+        usage="ml-env train --env ENV --source DIR --script FILE [options] [-- SCRIPT ARGS...]",
+    )
+    t.add_argument("--env", required=True, help="environment file (built or reused) or an image reference/digest")
+    t.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        help="source directory, snapshotted (honours .amlignore, else .dockerignore/.gitignore)",
+    )
+    t.add_argument("--script", required=True, help="script path inside --source")
+    t.add_argument("--experiment", help="experiment name (default: the script's name)")
+    t.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="read-only input at /mnt/inputs/NAME ($ML_ENV_INPUT_NAME)",
+    )
+    t.add_argument(
+        "--env-var", action="append", default=[], metavar="NAME=VALUE", help="environment variable (recorded)"
+    )
+    t.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass $NAME from this environment (never recorded or printed)",
+    )
+    t.add_argument("--cpus", type=float)
+    t.add_argument("--memory", help="memory limit, e.g. 4g")
+    t.add_argument("--shm-size", help="shared memory (default: the environment's docker.shm_size)")
+    t.add_argument("--gpus", help="e.g. all; an error when the engine has no GPUs")
+    t.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    t.add_argument("--runs-dir", type=Path, default=Path(_env_default("ML_ENV_RUNS_DIR", "runs") or "runs"))
+    t.add_argument("--user", help="uid:gid in the container (default: yours, so outputs are yours)")
+    t.add_argument("--max-snapshot-mb", type=float, default=2000)
+    _add_build_options(t)
+    t.add_argument("--ca-bundle", type=Path, default=_env_default("ML_ENV_CA_BUNDLE"))
+    t.add_argument("--network", default=_env_default("ML_ENV_BUILD_NETWORK"))
+    t.add_argument("--json", action="store_true", help="print the run record as JSON at the end")
+    t.set_defaults(func=cmd_train, script_args=[])
+
+    r = sub.add_parser("runs", help="run history")
+    rsub = r.add_subparsers(dest="runs_command", metavar="{list,show}")
+    rl = rsub.add_parser("list", help="list runs")
+    rl.add_argument("--runs-dir", type=Path, default=Path(_env_default("ML_ENV_RUNS_DIR", "runs") or "runs"))
+    rl.add_argument("--experiment")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(func=cmd_runs_list)
+    rs = rsub.add_parser("show", help="show one run")
+    rs.add_argument("run_id")
+    rs.add_argument("--runs-dir", type=Path, default=Path(_env_default("ML_ENV_RUNS_DIR", "runs") or "runs"))
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_runs_show)
     return parser
 
 
@@ -205,6 +263,85 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .build import BuildOptions
+    from .runs import RunOptions, parse_pairs, train
+
+    inputs = {k: Path(v) for k, v in parse_pairs(args.input, "--input").items()}
+    opts = RunOptions(
+        env=args.env,
+        source=args.source,
+        script=args.script,
+        args=tuple(args.script_args),
+        experiment=args.experiment,
+        inputs=inputs,
+        env_vars=parse_pairs(args.env_var, "--env-var"),
+        secrets=tuple(args.secret),
+        cpus=args.cpus,
+        memory=args.memory,
+        shm_size=args.shm_size,
+        gpus=args.gpus,
+        timeout=args.timeout,
+        runs_dir=args.runs_dir,
+        user=args.user,
+        snapshot_max_mb=args.max_snapshot_mb,
+        build=BuildOptions(
+            registry=args.registry,
+            repository=args.repository,
+            pin_base=args.pin_base,
+            locked=args.locked,
+            insecure=args.insecure,
+            ca_bundle=args.ca_bundle,
+            network=args.network,
+        ),
+    )
+    out = sys.stderr if args.json else sys.stdout
+    result = train(opts, on_line=lambda line: print(line, file=out, flush=True))
+    if args.json:
+        print(json.dumps(result.record, indent=2))
+    else:
+        print(f"run {result.run_id}: {result.status}; outputs in {result.outputs}")
+    return result.cli_exit_code
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    runs = [r for r in list_runs(args.runs_dir) if not args.experiment or r.get("experiment") == args.experiment]
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    print(f"{'RUN':52} {'STATUS':10} {'EXIT':>4}  {'STARTED':24} METRICS")
+    for r in runs:
+        metrics = ", ".join(f"{k}={v}" for k, v in list((r.get("metrics") or {}).items())[:3])
+        code = "" if r.get("exit_code") is None else str(r["exit_code"])
+        print(f"{r['run_id']:52} {r['status']:10} {code:>4}  {r.get('started', ''):24} {metrics}")
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from .runs import load_run
+
+    r = load_run(args.runs_dir, args.run_id)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    env = r["environment"]
+    print(f"run:         {r['run_id']}  ({r['experiment']})")
+    print(f"status:      {r['status']}  exit {r.get('exit_code')}" + (f"  ({r['reason']})" if r.get("reason") else ""))
+    print(f"environment: {env.get('name') or '-'}  {env['image']}  {env.get('digest') or ''}")
+    print(
+        f"source:      {r['source']['path']}  snapshot {r['source']['snapshot_hash'][:16]}  git {r['source'].get('git_commit') or '-'}{' (dirty)' if r['source'].get('git_dirty') else ''}"
+    )
+    print(f"command:     {' '.join(r['command'])}")
+    print(f"time:        {r['started']} -> {r.get('ended') or '(running)'}")
+    for k, v in (r.get("metrics") or {}).items():
+        print(f"metric:      {k} = {v}")
+    for o in r.get("outputs") or []:
+        print(f"output:      {o['path']}  {o['bytes']} bytes")
+    return 0
+
+
 def _jsonable(v: Any) -> Any:
     from .hashing import _MISSING
 
@@ -213,7 +350,14 @@ def _jsonable(v: Any) -> Any:
 
 def run(argv: Sequence[str] | None, *, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
     parser = parser_factory()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if argv and argv[0] == "train" and "--" in argv:
+        i = argv.index("--")
+        argv, script_args = argv[:i], argv[i + 1 :]
     args = parser.parse_args(argv)
+    if script_args:
+        args.script_args = script_args
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

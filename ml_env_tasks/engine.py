@@ -9,6 +9,7 @@ the tail of build logs so a failed build says why. python-on-whales is imported 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import re
 import subprocess
@@ -232,6 +233,134 @@ class Engine:
             self.docker.buildx.prune(all=True)
         except DockerException as e:
             raise self._translate(e, "docker buildx prune") from None
+
+
+class Containers:
+    """Containers for training runs (create, copy in, start, stream, wait, stop, remove).
+
+    Kept beside :class:`Engine` so every docker call stays in this module.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.docker = engine.docker
+
+    def create(
+        self,
+        image: str,
+        command: list[str],
+        *,
+        name: str,
+        env_file: Path | None,
+        envs: dict[str, str],
+        volumes: list[tuple[str, str, str]],
+        labels: dict[str, str],
+        workdir: str,
+        user: str | None,
+        cpus: float | None,
+        memory: str | None,
+        shm_size: str | None,
+        gpus: str | None,
+    ) -> str:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            c = self.docker.container.create(
+                image,
+                command,
+                name=name,
+                env_files=[env_file] if env_file else [],
+                envs=envs,
+                volumes=volumes,
+                labels=labels,
+                workdir=workdir,
+                user=user,
+                cpus=cpus,
+                memory=memory,
+                shm_size=shm_size,
+                gpus=gpus,
+                pull="missing",
+            )
+        except DockerException as e:
+            raise self.engine._translate(e, f"creating a container from {image}") from None
+        return c.id
+
+    def copy_in(self, cid: str, src_dir: Path, dest: str) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.container.copy(f"{src_dir}/.", (cid, dest))
+        except DockerException as e:
+            raise self.engine._translate(e, f"copying the source snapshot into {cid[:12]}") from None
+
+    def start(self, cid: str) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.container.start(cid)
+        except DockerException as e:
+            raise self.engine._translate(e, "starting the run container") from None
+
+    def logs(self, cid: str) -> Iterator[str]:
+        """Follow stdout and stderr, line by line, until the container stops."""
+        buf = b""
+        for _source, chunk in self.docker.container.logs(cid, follow=True, stream=True):  # type: ignore[union-attr]
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace")
+        if buf:
+            yield buf.decode(errors="replace")
+
+    def wait(self, cid: str) -> int:
+        return int(self.docker.container.wait(cid))  # type: ignore[arg-type]
+
+    def stop(self, cid: str, timeout: int = 10) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        with contextlib.suppress(DockerException):
+            self.docker.container.stop(cid, time=timeout)
+
+    def remove(self, cid: str) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        with contextlib.suppress(DockerException):
+            self.docker.container.remove(cid, force=True, volumes=True)
+
+    def exists(self, cid: str) -> bool:
+        return bool(self.docker.container.exists(cid))
+
+    def state(self, cid: str) -> dict[str, Any]:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            st = self.docker.container.inspect(cid).state
+            return {"oom_killed": bool(st.oom_killed), "error": st.error or "", "exit_code": st.exit_code}
+        except DockerException:
+            return {}
+
+    def image_digest(self, ref: str) -> str | None:
+        """The repository digest of a local image (for a run against an image without a spec)."""
+        from python_on_whales.exceptions import DockerException, NoSuchImage
+
+        try:
+            img = self.docker.image.inspect(ref)
+        except NoSuchImage:
+            return None
+        except DockerException as e:
+            raise self.engine._translate(e, f"docker image inspect {ref}") from None
+        for d in img.repo_digests or []:
+            return d.split("@", 1)[1]
+        return img.id
+
+    def gpus_available(self) -> bool:
+        """A GPU runtime is registered with the engine (nvidia) or a GPU device node exists."""
+        try:
+            info = self.docker.system.info()
+            runtimes = info.runtimes or {}
+        except Exception:
+            runtimes = {}
+        return "nvidia" in runtimes or Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
 
 
 def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> tuple[str, str] | None:
