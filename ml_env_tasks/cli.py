@@ -24,25 +24,49 @@ def _env_default(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def _add_build_options(p: argparse.ArgumentParser) -> None:
+def _add_build_options(p: argparse.ArgumentParser, *, building: bool = True) -> None:
+    """The options that say where an environment's image lives and, with ``building``, how to build it."""
+    from .build import CACHE_BACKENDS
+
     p.add_argument(
         "--registry",
         default=_env_default("ML_ENV_REGISTRY"),
         help="registry host[:port] to push to (env ML_ENV_REGISTRY); without it the image stays in the local engine",
     )
     p.add_argument("--repository", help="repository in the registry (default ml-envs/<name>)")
-    p.add_argument(
-        "--pin-base",
-        action="store_true",
-        help="resolve the base tag to its digest and hash that (a moved tag means a new hash)",
-    )
+    p.add_argument("--pin-base", action="store_true", help="hash the base tag's digest (a moved tag means a new hash)")
     p.add_argument("--locked", action="store_true", help="install exactly the lock file beside the spec")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
+    if not building:
+        return
+    p.add_argument(
+        "--cache",
+        choices=CACHE_BACKENDS,
+        default=_env_default("ML_ENV_CACHE", "auto"),
+        help="BuildKit cache backend (default auto: registry, else local, else inline)",
+    )
+    p.add_argument("--cache-ref", help="registry cache reference (default <repo>:buildcache)")
+    p.add_argument("--cache-dir", type=Path, help="directory for --cache local")
+    p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=_env_default("ML_ENV_CA_BUNDLE"),
+        help="extra CA bundle for pip during the build, a build secret (env ML_ENV_CA_BUNDLE); never stored in the image",
+    )
+    p.add_argument(
+        "--network",
+        default=_env_default("ML_ENV_BUILD_NETWORK"),
+        help="build network, e.g. host (env ML_ENV_BUILD_NETWORK)",
+    )
+    p.add_argument(
+        "--build-on-check-error",
+        action="store_true",
+        help="build when the 'already built?' check fails instead of stopping",
+    )
+    p.add_argument("--log-dir", type=Path, default=Path(".ml-env/logs"), help="where build logs are saved")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .build import CACHE_BACKENDS
-
     parser = argparse.ArgumentParser(prog="ml-env", description="Content-addressed ML environment images.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,38 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-resolve unpinned packages (no cache for the build) and rewrite the lock",
     )
-    b.add_argument(
-        "--cache",
-        choices=CACHE_BACKENDS,
-        default=_env_default("ML_ENV_CACHE", "auto"),
-        help="BuildKit cache backend (default auto: registry, else local, else inline)",
-    )
-    b.add_argument("--cache-ref", help="registry cache reference (default <repo>:buildcache)")
-    b.add_argument("--cache-dir", type=Path, help="directory for --cache local")
-    b.add_argument(
-        "--ca-bundle",
-        type=Path,
-        default=_env_default("ML_ENV_CA_BUNDLE"),
-        help="extra CA bundle for pip during the build, as a build secret (env ML_ENV_CA_BUNDLE); never stored in the image",
-    )
-    b.add_argument(
-        "--network",
-        default=_env_default("ML_ENV_BUILD_NETWORK"),
-        help="build network, e.g. host (env ML_ENV_BUILD_NETWORK)",
-    )
-    b.add_argument(
-        "--build-on-check-error",
-        action="store_true",
-        help="build when the 'already built?' check fails instead of stopping",
-    )
-    b.add_argument("--log-dir", type=Path, default=Path(".ml-env/logs"), help="where build logs are saved")
     b.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log (it is still saved)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_build)
 
     p = sub.add_parser("plan", help="print the Dockerfile, hash and image tag without building")
     p.add_argument("spec")
-    _add_build_options(p)
+    _add_build_options(p, building=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
@@ -146,8 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--user", help="uid:gid in the container (default: yours, so outputs are yours)")
     t.add_argument("--max-snapshot-mb", type=float, default=2000)
     _add_build_options(t)
-    t.add_argument("--ca-bundle", type=Path, default=_env_default("ML_ENV_CA_BUNDLE"))
-    t.add_argument("--network", default=_env_default("ML_ENV_BUILD_NETWORK"))
     t.add_argument("--json", action="store_true", help="print the run record as JSON at the end")
     t.set_defaults(func=cmd_train, script_args=[])
 
@@ -175,33 +172,35 @@ def _version() -> str:
         return "ml-env (source)"
 
 
-def _opts(args: argparse.Namespace, **extra: Any) -> Any:
+_BUILD_FIELDS = (
+    "registry",
+    "repository",
+    "pin_base",
+    "locked",
+    "insecure",
+    "cache",
+    "cache_ref",
+    "cache_dir",
+    "ca_bundle",
+    "network",
+    "build_on_check_error",
+    "log_dir",
+    "force",
+    "upgrade",
+)
+
+
+def _opts(args: argparse.Namespace) -> Any:
+    """BuildOptions from whichever build options this command took."""
     from .build import BuildOptions
 
-    kw: dict[str, Any] = {}
-    for f in ("registry", "repository", "pin_base", "locked", "insecure"):
-        if hasattr(args, f):
-            kw[f] = getattr(args, f)
-    kw.update(extra)
-    return BuildOptions(**kw)
+    return BuildOptions(**{f: getattr(args, f) for f in _BUILD_FIELDS if hasattr(args, f)})
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import Reporter, build
 
-    opts = _opts(
-        args,
-        force=args.force,
-        upgrade=args.upgrade,
-        cache=args.cache,
-        cache_ref=args.cache_ref,
-        cache_dir=args.cache_dir,
-        ca_bundle=args.ca_bundle,
-        network=args.network,
-        build_on_check_error=args.build_on_check_error,
-        log_dir=args.log_dir,
-    )
-    result = build(args.spec, opts, Reporter(stream_logs=not args.quiet))
+    result = build(args.spec, _opts(args), Reporter(stream_logs=not args.quiet))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -264,7 +263,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .build import BuildOptions
     from .runs import RunOptions, parse_pairs, train
 
     inputs = {k: Path(v) for k, v in parse_pairs(args.input, "--input").items()}
@@ -285,15 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         runs_dir=args.runs_dir,
         user=args.user,
         snapshot_max_mb=args.max_snapshot_mb,
-        build=BuildOptions(
-            registry=args.registry,
-            repository=args.repository,
-            pin_base=args.pin_base,
-            locked=args.locked,
-            insecure=args.insecure,
-            ca_bundle=args.ca_bundle,
-            network=args.network,
-        ),
+        build=_opts(args),
     )
     out = sys.stderr if args.json else sys.stdout
     result = train(opts, on_line=lambda line: print(line, file=out, flush=True))

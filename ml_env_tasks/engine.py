@@ -236,14 +236,30 @@ class Engine:
 
 
 class Containers:
-    """Containers for training runs (create, copy in, start, stream, wait, stop, remove).
+    """Containers for training runs, through the Engine API (docker-py).
 
-    Kept beside :class:`Engine` so every docker call stays in this module.
+    A run is several calls (create, copy in, start, follow logs, wait, inspect, remove); over the
+    socket they cost milliseconds each, where a CLI process per call costs tens of them.
+    python-on-whales stays the tool for builds (docker-py has no BuildKit).
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.docker = engine.docker
+    def __init__(self, engine: Engine | None = None) -> None:
+        import docker
+        import docker.errors
+
+        self.errors = docker.errors
+        try:
+            self.client = docker.from_env(timeout=300)
+            self.api = self.client.api
+            self.api.ping()
+        except docker.errors.DockerException as e:
+            raise EngineError(
+                "the Docker engine is not reachable", hint="start it, or run `nox -s lab`", details=str(e)
+            ) from None
+
+    def _fail(self, e: Exception, what: str) -> EngineError:
+        explanation = getattr(e, "explanation", None) or str(e)
+        return EngineError(f"{what} failed: {explanation}")
 
     def create(
         self,
@@ -251,7 +267,6 @@ class Containers:
         command: list[str],
         *,
         name: str,
-        env_file: Path | None,
         envs: dict[str, str],
         volumes: list[tuple[str, str, str]],
         labels: dict[str, str],
@@ -262,49 +277,74 @@ class Containers:
         shm_size: str | None,
         gpus: str | None,
     ) -> str:
-        from python_on_whales.exceptions import DockerException
+        from docker.types import DeviceRequest
 
+        devices = None
+        if gpus:
+            count = -1 if gpus == "all" else int(gpus) if gpus.isdigit() else None
+            ids = None if count is not None else [x for x in gpus.replace("device=", "").split(",") if x]
+            devices = [DeviceRequest(count=count if ids is None else None, device_ids=ids, capabilities=[["gpu"]])]
+        host_config = self.api.create_host_config(
+            binds=[f"{src}:{dst}:{mode}" for src, dst, mode in volumes],
+            nano_cpus=int(cpus * 1e9) if cpus else None,
+            mem_limit=memory,
+            shm_size=shm_size,
+            device_requests=devices,
+        )
         try:
-            c = self.docker.container.create(
+            self._ensure_image(image)
+            c = self.api.create_container(
                 image,
                 command,
                 name=name,
-                env_files=[env_file] if env_file else [],
-                envs=envs,
-                volumes=volumes,
+                environment=envs,
                 labels=labels,
-                workdir=workdir,
-                user=user,
-                cpus=cpus,
-                memory=memory,
-                shm_size=shm_size,
-                gpus=gpus,
-                pull="missing",
+                working_dir=workdir,
+                user=user or "",
+                host_config=host_config,
             )
-        except DockerException as e:
-            raise self.engine._translate(e, f"creating a container from {image}") from None
-        return c.id
+        except self.errors.DockerException as e:
+            raise self._fail(e, f"creating a container from {image}") from None
+        return str(c["Id"])
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.api.inspect_image(image)
+        except self.errors.ImageNotFound:
+            repo, _, ref = image.rpartition("@") if "@" in image else image.rpartition(":")
+            if "/" in ref:  # "host:port/repo" without a tag
+                repo, ref = image, "latest"
+            self.api.pull(repo, tag=ref)
 
     def copy_in(self, cid: str, src_dir: Path, dest: str) -> None:
-        from python_on_whales.exceptions import DockerException
+        """Stream ``src_dir`` as a tar into the container (created, not started)."""
+        import io
+        import tarfile
 
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(str(src_dir), arcname=".")
         try:
-            self.docker.container.copy(f"{src_dir}/.", (cid, dest))
-        except DockerException as e:
-            raise self.engine._translate(e, f"copying the source snapshot into {cid[:12]}") from None
+            self.api.put_archive(cid, dest, buf.getvalue())
+        except self.errors.NotFound:
+            # the directory does not exist in the image: send it with its own name
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(str(src_dir), arcname=dest.strip("/").rsplit("/", 1)[-1])
+            self.api.put_archive(cid, "/" + "/".join(dest.strip("/").split("/")[:-1]), buf.getvalue())
+        except self.errors.DockerException as e:
+            raise self._fail(e, "copying the source snapshot into the container") from None
 
     def start(self, cid: str) -> None:
-        from python_on_whales.exceptions import DockerException
-
         try:
-            self.docker.container.start(cid)
-        except DockerException as e:
-            raise self.engine._translate(e, "starting the run container") from None
+            self.api.start(cid)
+        except self.errors.DockerException as e:
+            raise self._fail(e, "starting the run container") from None
 
     def logs(self, cid: str) -> Iterator[str]:
         """Follow stdout and stderr, line by line, until the container stops."""
         buf = b""
-        for _source, chunk in self.docker.container.logs(cid, follow=True, stream=True):  # type: ignore[union-attr]
+        for chunk in self.api.logs(cid, stream=True, follow=True, stdout=True, stderr=True):
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
@@ -313,54 +353,52 @@ class Containers:
             yield buf.decode(errors="replace")
 
     def wait(self, cid: str) -> int:
-        return int(self.docker.container.wait(cid))  # type: ignore[arg-type]
+        return int(self.api.wait(cid)["StatusCode"])
 
     def stop(self, cid: str, timeout: int = 10) -> None:
-        from python_on_whales.exceptions import DockerException
+        import docker
 
-        with contextlib.suppress(DockerException):
-            self.docker.container.stop(cid, time=timeout)
+        # a client of its own: stop is called from a timer or signal thread
+        with contextlib.suppress(docker.errors.DockerException):
+            docker.from_env(timeout=timeout + 30).api.stop(cid, timeout=timeout)
 
     def remove(self, cid: str) -> None:
-        from python_on_whales.exceptions import DockerException
-
-        with contextlib.suppress(DockerException):
-            self.docker.container.remove(cid, force=True, volumes=True)
-
-    def exists(self, cid: str) -> bool:
-        return bool(self.docker.container.exists(cid))
+        with contextlib.suppress(self.errors.DockerException):
+            self.api.remove_container(cid, force=True, v=True)
 
     def state(self, cid: str) -> dict[str, Any]:
-        from python_on_whales.exceptions import DockerException
-
         try:
-            st = self.docker.container.inspect(cid).state
-            return {"oom_killed": bool(st.oom_killed), "error": st.error or "", "exit_code": st.exit_code}
-        except DockerException:
+            st = self.api.inspect_container(cid)["State"]
+        except self.errors.DockerException:
             return {}
+        return {
+            "oom_killed": bool(st.get("OOMKilled")),
+            "error": st.get("Error") or "",
+            "exit_code": st.get("ExitCode"),
+        }
 
     def image_digest(self, ref: str) -> str | None:
         """The repository digest of a local image (for a run against an image without a spec)."""
-        from python_on_whales.exceptions import DockerException, NoSuchImage
-
         try:
-            img = self.docker.image.inspect(ref)
-        except NoSuchImage:
+            img = self.api.inspect_image(ref)
+        except self.errors.ImageNotFound:
             return None
-        except DockerException as e:
-            raise self.engine._translate(e, f"docker image inspect {ref}") from None
-        for d in img.repo_digests or []:
-            return d.split("@", 1)[1]
-        return img.id
+        except self.errors.DockerException as e:
+            raise self._fail(e, f"inspecting {ref}") from None
+        for d in img.get("RepoDigests") or []:
+            return str(d).split("@", 1)[1]
+        return str(img["Id"])
 
     def gpus_available(self) -> bool:
         """A GPU runtime is registered with the engine (nvidia) or a GPU device node exists."""
         try:
-            info = self.docker.system.info()
-            runtimes = info.runtimes or {}
-        except Exception:
+            runtimes = self.api.info().get("Runtimes") or {}
+        except self.errors.DockerException:
             runtimes = {}
         return "nvidia" in runtimes or Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
+
+    def list_by_label(self, label: str) -> list[str]:
+        return [c["Id"] for c in self.api.containers(all=True, filters={"label": label})]
 
 
 def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> tuple[str, str] | None:

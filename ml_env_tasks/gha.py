@@ -134,13 +134,15 @@ def _flag(name: str) -> bool:
     return _input(name, "false").lower() in ("true", "1", "yes")
 
 
-def build_action() -> int:
-    from .build import BuildOptions, Reporter, build
+def _lines(name: str) -> list[str]:
+    return [x.strip() for x in _input(name).splitlines() if x.strip() and not x.strip().startswith("#")]
 
-    spec_path = _input("spec")
-    if not spec_path:
-        raise MlEnvError("input 'spec' is required")
-    opts = BuildOptions(
+
+def _build_options() -> Any:
+    """BuildOptions from the inputs every action that builds shares."""
+    from .build import BuildOptions
+
+    return BuildOptions(
         registry=_input("registry") or None,
         repository=_input("repository") or None,
         cache=_input("cache", "auto") or "auto",
@@ -153,6 +155,15 @@ def build_action() -> int:
         upgrade=_flag("upgrade"),
         log_dir=Path(_input("log-dir", ".ml-env/logs") or ".ml-env/logs"),
     )
+
+
+def build_action() -> int:
+    from .build import Reporter, build
+
+    spec_path = _input("spec")
+    if not spec_path:
+        raise MlEnvError("input 'spec' is required")
+    opts = _build_options()
     with group(f"ml-env build {spec_path}"):
         result = build(spec_path, opts, Reporter(stream_logs=True, out=sys.stdout))
     for k in ("image", "digest", "hash"):
@@ -182,7 +193,54 @@ def build_action() -> int:
     return 0
 
 
-ACTIONS = {"build": build_action}
+def train_action() -> int:
+    import shlex
+
+    from .runs import RunOptions, parse_pairs, train
+
+    for required in ("env", "source", "script"):
+        if not _input(required):
+            raise MlEnvError(f"input '{required}' is required")
+    secrets = _lines("secrets")
+    for name in secrets:
+        mask(os.environ.get(name))
+    timeout = _input("timeout")
+    opts = RunOptions(
+        env=_input("env"),
+        source=Path(_input("source")),
+        script=_input("script"),
+        args=tuple(shlex.split(_input("args"))),
+        experiment=_input("experiment") or None,
+        inputs={k: Path(v) for k, v in parse_pairs(_lines("inputs"), "input").items()},
+        env_vars=parse_pairs(_lines("env-vars"), "env-var"),
+        secrets=tuple(secrets),
+        timeout=float(timeout) if timeout else None,
+        shm_size=_input("shm-size") or None,
+        runs_dir=Path(_input("runs-dir", "runs") or "runs"),
+        build=_build_options(),
+    )
+    with group(f"ml-env train {opts.script}"):
+        result = train(opts, on_line=lambda line: print(line, flush=True))
+    set_output("run-id", result.run_id)
+    set_output("status", result.status)
+    set_output("exit-code", "" if result.exit_code is None else str(result.exit_code))
+    set_output("outputs", str(result.outputs))
+    rec = result.record
+    rows = "".join(f"| {k} | {v} |\n" for k, v in (rec.get("metrics") or {}).items()) or "| (none) | |\n"
+    append_summary(
+        f"### ml-env train: `{result.run_id}`\n\n"
+        f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
+        f"| field | value |\n|---|---|\n| environment | `{rec['environment']['image']}` |\n"
+        f"| source snapshot | `{rec['source']['snapshot_hash'][:16]}` ({rec['source']['files']} files) |\n"
+        f"| command | `{' '.join(rec['command'])}` |\n| outputs | `{result.outputs}` |\n\n"
+        f"| metric | value |\n|---|---|\n{rows}"
+    )
+    if result.status != "completed":
+        command("error", f"run {result.run_id} {result.status}: {rec.get('reason') or ''}", title="ml-env train")
+    return result.cli_exit_code
+
+
+ACTIONS = {"build": build_action, "train": train_action}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
     nox -s env_build -- envs/sklearn.toml --registry localhost:5000
     nox -s env_plan -- envs/sklearn.toml
     nox -s env_hash -- envs/sklearn.toml
+    nox -s train -- --env envs/sklearn.toml --source src --script train.py -- --alpha 0.5
+    nox -s runs -- list
 
 The sessions only drive Docker and registries, so they need no virtualenv
 (``venv_backend="none"``): they call the same core as the ``ml-env`` CLI, in-process, with the
@@ -31,7 +33,7 @@ def run_cli(session: nox.Session, command: str, default_args: list[str] | None =
 def _session(name: str, command: str, doc: str) -> Callable[[nox.Session], None]:
     def session_fn(session: nox.Session) -> None:
         if not session.posargs:
-            session.error(f"usage: nox -s {name} -- SPEC [options]; see `ml-env {command} --help`")
+            session.error(f"usage: nox -s {name} -- ARGS; see `ml-env {command} --help`")
         run_cli(session, command)
 
     session_fn.__doc__ = doc
@@ -43,6 +45,8 @@ SESSIONS: dict[str, tuple[str, str]] = {
     "env_build": ("build", "Build an environment image, or reuse it when its hash is already in the registry."),
     "env_plan": ("plan", "Print an environment's Dockerfile, hash and image tag without building."),
     "env_hash": ("hash", "Print an environment's content hash."),
+    "train": ("train", "Run a training script inside an environment: -- --env E --source D --script S [-- ARGS]."),
+    "runs": ("runs", "Show run history: -- list | show RUN."),
 }
 
 for _name, (_command, _doc) in SESSIONS.items():

@@ -274,9 +274,9 @@ class LocalDockerRunner:
     """
 
     def __init__(self) -> None:
-        from .engine import Containers, Engine
+        from .engine import Containers
 
-        self.containers = Containers(Engine())
+        self.containers = Containers()
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> tuple[str, int | None, str | None]:
         c = self.containers
@@ -291,30 +291,23 @@ class LocalDockerRunner:
             "HOME": "/tmp",
             **{f"ML_ENV_INPUT_{name.upper()}": f"{INPUTS_DIR}/{name}" for name in job.inputs},
         }
-        with tempfile.TemporaryDirectory(prefix="ml-env-secrets-") as sd:
-            env_file = None
-            if job.secret_names:
-                # secrets travel in a 0600 file, not on a command line; the container is removed after
-                env_file = Path(sd) / "secrets.env"
-                fd = os.open(env_file, os.O_WRONLY | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    for n in job.secret_names:
-                        f.write(f"{n}={os.environ[n]}\n")
-            cid = c.create(
-                job.image,
-                job.command,
-                name=f"ml-env-run-{job.run_id}"[:128],
-                env_file=env_file,
-                envs=envs,
-                volumes=volumes,
-                labels={"ml-env.run": job.run_id},
-                workdir=CODE_DIR,
-                user=job.user,
-                cpus=job.cpus,
-                memory=job.memory,
-                shm_size=job.shm_size,
-                gpus=job.gpus,
-            )
+        # secret values go in the API request body only (no command line, no file); the
+        # container that holds them is removed at the end of the run, whatever happens
+        envs.update({n: os.environ[n] for n in job.secret_names})
+        cid = c.create(
+            job.image,
+            job.command,
+            name=f"ml-env-run-{job.run_id}"[:128],
+            envs=envs,
+            volumes=volumes,
+            labels={"ml-env.run": job.run_id},
+            workdir=CODE_DIR,
+            user=job.user,
+            cpus=job.cpus,
+            memory=job.memory,
+            shm_size=job.shm_size,
+            gpus=job.gpus,
+        )
         stop_reason: list[str] = []
 
         def stop(reason: str) -> None:
@@ -395,11 +388,11 @@ def _resolve_env(opts: RunOptions, info: Callable[[str], None]) -> dict[str, Any
             "python": python,
             "shm_size": env.shm_size,
         }
-    from .engine import Containers, Engine
+    from .engine import Containers
     from .spec import check_image_ref
 
     check_image_ref(opts.env, None, "--env")
-    c = Containers(Engine())
+    c = Containers()
     digest = c.image_digest(opts.env)
     if digest is None:
         from .registry import RegistryClient, parse_ref
@@ -443,6 +436,8 @@ def train(
         )
     env = _resolve_env(opts, say)
     outputs.mkdir(parents=True)
+    user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
+    _give_outputs_to(outputs, user)
     git = git_info(opts.source)
     redactor = Redactor([os.environ[n] for n in opts.secrets])
     record: dict[str, Any] = {
@@ -510,7 +505,7 @@ def train(
             outputs=outputs,
             env_vars=dict(opts.env_vars),
             secret_names=tuple(opts.secrets),
-            user=opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}",
+            user=user,
             cpus=opts.cpus,
             memory=opts.memory,
             shm_size=record["resources"]["shm_size"],
@@ -553,6 +548,23 @@ def _finish(
             files.append({"path": p.relative_to(outputs).as_posix(), "bytes": p.stat().st_size, "sha256": _file_sha(p)})
     record["outputs"] = files
     write_json_atomic(run_dir / "run.json", record)
+
+
+def _give_outputs_to(outputs: Path, user: str) -> None:
+    """The container's user must be able to write the outputs: hand the directory to that uid."""
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", user)
+    if not m:
+        return  # a user name: resolved inside the image, nothing to hand over here
+    uid, gid = int(m.group(1)), int(m.group(2) or m.group(1))
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        return
+    try:
+        os.chown(outputs, uid, gid)
+    except PermissionError:
+        raise MlEnvError(
+            f"--user {user}: cannot give the outputs directory {outputs} to that uid (not root)",
+            hint="leave --user unset to run as yourself",
+        ) from None
 
 
 def _validate(opts: RunOptions) -> None:

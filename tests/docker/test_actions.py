@@ -81,3 +81,40 @@ def test_build_action_annotates_the_spec_line(ws) -> None:
         proc.stdout
     )
     assert "image" not in outputs
+
+
+def test_train_action_outputs_and_metrics_summary(ws) -> None:
+    env = ws.spec(f'name = "acttrain"\n[base]\nimage = "{ws.lab["base_image_python"]}"\n', name="t.toml")
+    src = ws.dir / "src"
+    src.mkdir()
+    (src / "fit.py").write_text(
+        "import os, sys, json\n"
+        "print('args', sys.argv[1:])\n"
+        "open(os.environ['ML_ENV_OUTPUT_DIR'] + '/metrics.json', 'w').write(json.dumps({'rmse': 1.5}))\n"
+        "print('ML_ENV_METRIC r2=0.9')\n"
+        "sys.exit(int(os.environ.get('FAIL', '0')))\n"
+    )
+    inputs = {
+        "env": str(env),
+        "source": str(src),
+        "script": "fit.py",
+        "args": "--alpha '0.5 0.6'",
+        "env-vars": "MODE=ci\n",
+        "runs-dir": str(ws.dir / "runs"),
+        "registry": ws.lab["registry"],
+        "repository": ws.repo,
+        "network": ws.lab["build_network"],
+        "install": "false",
+    }
+    action = ROOT / "ci/github/train/action.yml"
+    proc, outputs, summary = run_action(action, inputs, ws.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert outputs["status"] == "completed" and outputs["exit-code"] == "0"
+    assert Path(outputs["outputs"]).joinpath("metrics.json").exists()
+    assert (ws.dir / "runs" / outputs["run-id"] / "run.json").exists()
+    assert "args ['--alpha', '0.5 0.6']" in proc.stdout
+    assert "| rmse | 1.5 |" in summary and "| r2 | 0.9 |" in summary
+    failing, out2, summary2 = run_action(action, {**inputs, "env-vars": "FAIL=5"}, ws.dir)
+    assert failing.returncode == 5
+    assert out2["status"] == "failed" and "**failed** (exit 5)" in summary2
+    assert "::error title=ml-env train::run " in failing.stdout
