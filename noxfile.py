@@ -45,7 +45,7 @@ def lab(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """End to end on the embedded default: lab up, build envs/sklearn.toml, then show the no-op rebuild."""
+    """End to end on the embedded default: lab up, build envs/sklearn.toml, show the no-op rebuild, train."""
     lab = lab_up(session)
     args = ["build", "envs/sklearn.toml", *lab_build_args(lab)]
     session.log("first build (builds, or reuses an image built earlier with the same hash)")
@@ -53,6 +53,23 @@ def demo(session: nox.Session) -> None:
     t0 = time.monotonic()
     session.run("ml-env", *args, "--json", external=True)
     session.log(f"second build of the unchanged environment: {time.monotonic() - t0:.2f}s, nothing rebuilt")
+    session.log("train the example in that environment")
+    session.run(
+        "ml-env",
+        "train",
+        "--env",
+        "envs/sklearn.toml",
+        "--source",
+        "examples/train",
+        "--script",
+        "train.py",
+        *lab_build_args(lab),
+        "--",
+        "--alpha",
+        "0.5",
+        external=True,
+    )
+    session.run("ml-env", "runs", "list", external=True)
 
 
 @nox.session(venv_backend="none")
