@@ -30,7 +30,7 @@ from typing import Any
 from . import spec as spec_mod
 from .dockerfile import SECRET_CA, SECRET_PIP, BuildPlan, render
 from .errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError
-from .hashing import env_hash
+from .hashing import dependency_key, env_hash
 from .provenance import git_info
 from .redact import Redactor
 from .registry import RegistryClient, parse_ref
@@ -424,7 +424,7 @@ def _cache(
         )
     repo_ref = ref.rsplit(":", 1)[0]
     if want == "registry":
-        cref = opts.cache_ref or (f"{repo_ref}:buildcache" if opts.registry else None)
+        cref = opts.cache_ref or (default_cache_ref(env, opts) if opts.registry else None)
         if not cref:
             raise MlEnvError("the registry cache needs --registry or --cache-ref")
         return want, [{"type": "registry", "ref": cref}], {"type": "registry", "ref": cref, "mode": "max"}
@@ -450,6 +450,14 @@ def _cache(
     # inline: the cache rides in the image; the previous build's image is tagged :buildcache
     src = [{"type": "registry", "ref": f"{repo_ref}:buildcache"}] if opts.registry else []
     return "inline", src, {"type": "inline"}
+
+
+def default_cache_ref(env: Environment, opts: BuildOptions) -> str:
+    """``<registry>/<namespace>/buildcache:<dependency key>``: shared by environments whose
+    dependency layers are the same (a training environment and its inference twin)."""
+    repo = repository_for(env, opts)
+    cache_repo = f"{repo.rsplit('/', 1)[0]}/buildcache" if "/" in repo else f"{repo}-buildcache"
+    return f"{opts.registry}/{cache_repo}:{dependency_key(env)[:40]}"
 
 
 def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:

@@ -12,18 +12,32 @@ mounts, read at build time and never stored in a layer, the history or a label. 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .hashing import canonical_json, env_hash
 from .spec import Environment, last_user
 
-__all__ = ["BuildPlan", "render", "VENV", "SECRET_CA", "SECRET_PIP"]
+__all__ = ["BuildPlan", "render", "inference_stack", "VENV", "SECRET_CA", "SECRET_PIP", "SERVE_DIR"]
 
 VENV = "/opt/ml-env"
 SECRET_CA = "ml-env-ca"
 SECRET_PIP = "ml-env-pip"
 MOUNT_ROOT = "/tmp/ml-env"
+SERVE_DIR = "/opt/ml-env-serve"
+# the scoring server's own dependencies, pinned: the inference layer is reproducible
+INFERENCE_PACKAGES = ("starlette==1.10.0", "uvicorn==0.54.0")
+SERVER_SOURCE = Path(__file__).parent / "serve" / "server.py"
+
+
+def inference_stack() -> dict[str, object]:
+    """What the inference layer is made of, for the hash: its packages and the server's source."""
+    return {
+        "packages": list(INFERENCE_PACKAGES),
+        "server_sha256": hashlib.sha256(SERVER_SOURCE.read_bytes()).hexdigest(),
+    }
 
 
 @dataclass(frozen=True)
@@ -122,8 +136,23 @@ def render(env: Environment) -> BuildPlan:
             for w in env.wheels:
                 files[f"ml-env/wheels/{w.path.name}"] = w.data
             lines.append(pip("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
+        if env.inference:
+            # after every dependency layer: the inference image shares them all with the training image
+            files["ml-env/inference/server.py"] = SERVER_SOURCE.read_bytes()
+            files["ml-env/inference/requirements.txt"] = ("\n".join(INFERENCE_PACKAGES) + "\n").encode()
+            lines.append(
+                pip("inference", f"-r {MOUNT_ROOT}/inference/requirements.txt")
+                + f" \\\n    && mkdir -p {SERVE_DIR} && cp {MOUNT_ROOT}/inference/server.py {SERVE_DIR}/server.py"
+            )
     if env.env:
         lines.append("ENV " + " \\\n    ".join(f"{k}={_q(v)}" for k, v in sorted(env.env.items())))
+    if env.inference:
+        lines.append(
+            "ENV AML_APP_ROOT=/var/azureml-app AZUREML_ENTRY_SCRIPT=score.py "
+            "AZUREML_MODEL_DIR=/var/azureml-app/azureml-models WORKER_COUNT=1 SCORING_TIMEOUT_MS=3600000"
+        )
+        lines.append("EXPOSE 5001")
+        lines.append(f'CMD ["{python}", "{SERVE_DIR}/server.py"]')
     if restore_user:
         lines.append(f"USER {restore_user}")
     dockerfile = "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from typing import Any
 
 from .spec import Environment, lock_packages
 
-__all__ = ["RENDERER", "canonical", "canonical_json", "env_hash", "explain", "Difference"]
+__all__ = ["RENDERER", "canonical", "canonical_json", "dependency_key", "env_hash", "explain", "Difference"]
 
 RENDERER = 1
 
@@ -69,10 +69,28 @@ def canonical(env: Environment) -> dict[str, Any]:
         "labels": dict(sorted(env.labels.items())),
         "build_args": dict(sorted(env.build_args.items())),
     }
+    if env.inference:
+        # only when set, so environments without it keep their hashes
+        from .dockerfile import inference_stack
+
+        out["inference"] = inference_stack()
     if env.lock is not None:
         # the packages, not the file: comments and order do not change what gets installed
         out["lock"] = lock_packages(env.lock.text)
     return out
+
+
+# fields that add no layer (image metadata) or only layers after every dependency (inference)
+_NOT_DEPENDENCIES = ("env", "labels", "inference")
+
+
+def dependency_key(env: Environment) -> str:
+    """Hash of what makes the dependency layers: environments that agree on it share a build cache.
+
+    A training environment and its inference twin (``inference = true``) have the same key.
+    """
+    deps = {k: v for k, v in canonical(env).items() if k not in _NOT_DEPENDENCIES}
+    return _sha(json.dumps(deps, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def canonical_json(env: Environment) -> str:

@@ -47,7 +47,7 @@ IMAGE_RE = re.compile(
 SHM_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 MAX_FILE = 512 * 1024 * 1024
 
-TOP_KEYS = {"name", "version", "description", "base", "python", "apt", "env", "labels", "docker"}
+TOP_KEYS = {"name", "version", "description", "inference", "base", "python", "apt", "env", "labels", "docker"}
 BASE_KEYS = {"image", "dockerfile", "dockerfile_text", "registry"}
 REGISTRY_KEYS = {"address", "username", "password_env"}
 PYTHON_KEYS = {
@@ -125,6 +125,7 @@ class Environment:
     name: str
     version: str | None = None
     description: str | None = None
+    inference: bool = False  # add the scoring server (Azure's inferencing_stack_version)
     base: BaseImage = field(default_factory=BaseImage)
     user_managed: bool = False
     interpreter: str = "python3"
@@ -144,7 +145,7 @@ class Environment:
 
     @property
     def has_python_deps(self) -> bool:
-        return bool(self.packages or self.requirements or self.conda_pip or self.wheels)
+        return bool(self.packages or self.requirements or self.conda_pip or self.wheels or self.inference)
 
     @property
     def unpinned(self) -> list[str]:
@@ -324,6 +325,7 @@ class _Validator:
             if not version.strip():
                 raise self.err("version", "must not be empty")
         description = self.string(d, "description", "description")
+        inference = self.boolean(d, "inference", "inference", False)
 
         base = self.base()
         py = self.table(d, "python", "python", PYTHON_KEYS)
@@ -395,6 +397,7 @@ class _Validator:
             name=name,
             version=version,
             description=description,
+            inference=inference,
             base=base,
             user_managed=user_managed,
             interpreter=interpreter,

@@ -10,7 +10,7 @@ import pytest
 from python_on_whales import docker
 
 from ml_env_tasks import BuildError, RegistryAuthError, SpecError, spec
-from ml_env_tasks.build import Reporter, build
+from ml_env_tasks.build import Reporter, build, default_cache_ref
 from ml_env_tasks.engine import Engine
 from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.registry import RegistryClient
@@ -99,7 +99,9 @@ CACHE_TEST = "{ws.repo}"
     )
     first = build(f, ws.opts(cache="registry"))
     assert first.built and first.cache_backend == "registry"
-    assert RegistryClient(ws.lab["registry"]).head_manifest(ws.repo, "buildcache") is not None
+    cache_ref = default_cache_ref(spec.load(f), ws.opts())
+    cache_repo, cache_tag = cache_ref.split("/", 1)[1].rsplit(":", 1)
+    assert RegistryClient(ws.lab["registry"]).head_manifest(cache_repo, cache_tag) is not None
     Engine().remove_image(first.image)
     Engine().prune_builder()
     again = build(f, ws.opts(cache="registry", force=True))

@@ -146,6 +146,7 @@ def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     import pytest
 
     from ml_env_tasks.build import BuildOptions, _cache
+    from ml_env_tasks.hashing import dependency_key
     from ml_env_tasks.engine import Capabilities
     from ml_env_tasks.errors import EngineError
 
@@ -159,7 +160,7 @@ def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     assert _cache(env, reg, containerd, ref)[0] == "registry"
     assert _cache(env, reg, containerd, ref)[2] == {
         "type": "registry",
-        "ref": "127.0.0.1:5000/ml-envs/t:buildcache",
+        "ref": f"127.0.0.1:5000/ml-envs/buildcache:{dependency_key(env)[:40]}",
         "mode": "max",
     }
     assert _cache(env, BuildOptions(cache_dir=tmp_path / "c"), containerd, "ml-envs/t:abc")[0] == "local"

@@ -182,3 +182,17 @@ def test_lock_counts_by_packages_not_comments(tmp_path: Path) -> None:
 def test_explain_same(tmp_path: Path) -> None:
     a = spec.load(write(tmp_path, FULL))
     assert explain(a, a) == []
+
+
+def test_dependency_key_ignores_metadata_and_inference(tmp_path: Path) -> None:
+    from ml_env_tasks.hashing import dependency_key
+
+    a = spec.load(write(tmp_path, FULL, name="a.toml"))
+    twin = spec.load(
+        write(tmp_path, FULL.replace('description = "golden"', 'description = "g"\ninference = true'), name="b.toml")
+    )
+    meta = spec.load(write(tmp_path, FULL.replace('A = "1"', 'A = "9"'), name="c.toml"))
+    deps = spec.load(write(tmp_path, FULL.replace('"curl"]', '"curl", "git"]'), name="d.toml"))
+    assert env_hash(a) != env_hash(twin) and dependency_key(a) == dependency_key(twin)
+    assert env_hash(a) != env_hash(meta) and dependency_key(a) == dependency_key(meta)
+    assert dependency_key(a) != dependency_key(deps)
