@@ -148,6 +148,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the run record as JSON at the end")
     t.set_defaults(func=cmd_train, script_args=[])
 
+    sv = sub.add_parser(
+        "serve",
+        help="run an inference environment's scoring server locally (also: serve list|stop NAME|logs NAME)",
+        usage="ml-env serve --env ENV --entry score.py --model DIR [--port N] [--detach] | serve {list,stop,logs} ...",
+    )
+    _add_serve_options(sv)
+    sv.add_argument("--port", type=int, default=5001, help="host port on 127.0.0.1 (default 5001; 0 picks a free one)")
+    sv.add_argument("--name", help="service name (default: the environment's name)")
+    sv.add_argument(
+        "--detach", "-d", action="store_true", help="start it and return (stop with `ml-env serve stop NAME`)"
+    )
+    sv.add_argument("--json", action="store_true")
+    sv.set_defaults(func=cmd_serve)
+    for verb in ("list", "stop", "logs"):
+        x = sub.add_parser(f"serve-{verb}", help=argparse.SUPPRESS)
+        if verb != "list":
+            x.add_argument("name")
+        if verb == "logs":
+            x.add_argument("--tail", default="all")
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(func=cmd_serve_admin, verb=verb)
+
+    st = sub.add_parser(
+        "smoke-test", help="build or reuse an inference image, start it, send sample requests, check the answers"
+    )
+    _add_serve_options(st)
+    st.add_argument(
+        "--cases",
+        type=Path,
+        required=True,
+        help="JSON lines: request/request_text, expect_status, expect_json|expect_subset|expect_schema",
+    )
+    st.add_argument("--repeat", type=int, default=1, help="send each case N times (latency p50/p95/max)")
+    st.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    st.add_argument(
+        "--report-dir", type=Path, default=Path(".ml-env/smoke"), help="where the JSON and JUnit XML reports go"
+    )
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_smoke_test)
+
     r = sub.add_parser("runs", help="run history")
     rsub = r.add_subparsers(dest="runs_command", metavar="{list,show}")
     rl = rsub.add_parser("list", help="list runs")
@@ -294,6 +334,116 @@ def cmd_train(args: argparse.Namespace) -> int:
     return result.cli_exit_code
 
 
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="inference environment file (inference = true) or an image reference")
+    p.add_argument("--entry", type=Path, required=True, help="entry script (init() and run(raw_data))")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="model directory, mounted read-only at AZUREML_MODEL_DIR (several: NAME=DIR each)",
+    )
+    p.add_argument("--scoring-timeout-ms", type=int, help="SCORING_TIMEOUT_MS for run()")
+    p.add_argument("--workers", type=int, help="WORKER_COUNT")
+    _add_build_options(p)
+
+
+def _serve_options(args: argparse.Namespace, **extra: Any) -> Any:
+    from .serve.local import ServeOptions, parse_models
+
+    return ServeOptions(
+        env=args.env,
+        entry=args.entry,
+        models=parse_models(args.model),
+        scoring_timeout_ms=args.scoring_timeout_ms,
+        workers=args.workers,
+        build=_opts(args),
+        **extra,
+    )
+
+
+def _info(msg: str) -> None:
+    print(f"ml-env: {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import local
+
+    service = local.start(_serve_options(args, port=args.port, name=args.name), info=_info)
+    try:
+        ready = local.wait_ready(service)
+    except BaseException:
+        local.remove(service)
+        raise
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "name": service.name,
+                    "url": service.url,
+                    "container": service.container_id,
+                    "image": service.image,
+                    "ready_s": ready,
+                }
+            )
+        )
+    else:
+        print(f"{service.name}: {service.url}/score ready in {ready:.1f}s")
+    if args.detach:
+        return 0
+    from .engine import Containers
+
+    try:
+        for line in Containers().logs(service.container_id):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.remove(service)
+        _info(f"{service.name} stopped")
+    return 0
+
+
+def cmd_serve_admin(args: argparse.Namespace) -> int:
+    from .serve import local
+
+    if args.verb == "list":
+        services = local.list_services()
+        if args.json:
+            print(json.dumps(services, indent=2))
+        for s in [] if args.json else services:
+            print(f"{s['name']:24} {s['state']:10} {s['url'] or '-':28} {s['image']}")
+    elif args.verb == "stop":
+        local.stop(args.name)
+        print(f"{args.name} stopped")
+    else:
+        print(local.logs(args.name, tail=args.tail), end="")
+    return 0
+
+
+def cmd_smoke_test(args: argparse.Namespace) -> int:
+    from .serve.smoke import run_smoke_test, write_reports
+
+    report = run_smoke_test(
+        _serve_options(args), args.cases, repeat=args.repeat, ready_timeout=args.ready_timeout, info=_info
+    )
+    js, xml = write_reports(report, args.report_dir, args.cases)
+    if args.json:
+        print(json.dumps({**report.to_json(), "report": str(js), "junit": str(xml)}, indent=2))
+    else:
+        for c in report.cases:
+            print(f"{'PASS' if c.passed else 'FAIL'}  {c.name}" + ("" if c.passed else f": {c.message}"))
+        print(
+            f"{report.passed} passed, {report.failed} failed; ready in {report.ready_s:.2f}s; "
+            f"latency p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms, max {report.max_ms:.1f} ms; reports: {js}, {xml}"
+        )
+    if report.failed and report.logs_tail:
+        print("--- last lines of the scoring container's log ---", file=sys.stderr)
+        print(report.logs_tail, file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from .runs import list_runs
 
@@ -342,6 +492,8 @@ def run(argv: Sequence[str] | None, *, parser_factory: Callable[[], argparse.Arg
     parser = parser_factory()
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args: list[str] = []
+    if len(argv) > 1 and argv[0] == "serve" and argv[1] in ("list", "stop", "logs"):
+        argv = [f"serve-{argv[1]}", *argv[2:]]
     if argv and argv[0] == "train" and "--" in argv:
         i = argv.index("--")
         argv, script_args = argv[:i], argv[i + 1 :]

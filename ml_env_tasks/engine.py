@@ -276,6 +276,7 @@ class Containers:
         memory: str | None,
         shm_size: str | None,
         gpus: str | None,
+        ports: dict[int, int] | None = None,
     ) -> str:
         from docker.types import DeviceRequest
 
@@ -290,6 +291,7 @@ class Containers:
             mem_limit=memory,
             shm_size=shm_size,
             device_requests=devices,
+            port_bindings={c: ("127.0.0.1", h) for c, h in (ports or {}).items()} or None,
         )
         try:
             self._ensure_image(image)
@@ -302,6 +304,7 @@ class Containers:
                 working_dir=workdir,
                 user=user or "",
                 host_config=host_config,
+                ports=list(ports) if ports else None,
             )
         except self.errors.DockerException as e:
             raise self._fail(e, f"creating a container from {image}") from None
@@ -397,8 +400,32 @@ class Containers:
             runtimes = {}
         return "nvidia" in runtimes or Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
 
-    def list_by_label(self, label: str) -> list[str]:
-        return [c["Id"] for c in self.api.containers(all=True, filters={"label": label})]
+    def list_by_label(self, label: str) -> list[dict[str, Any]]:
+        """Containers carrying a label (``key`` or ``key=value``): id, name, state, labels."""
+        return [
+            {
+                "id": c["Id"],
+                "name": c["Names"][0].lstrip("/"),
+                "state": c["State"],
+                "labels": c.get("Labels") or {},
+                "ports": c.get("Ports") or [],
+            }
+            for c in self.api.containers(all=True, filters={"label": label})
+        ]
+
+    def status(self, cid: str) -> tuple[str, int | None]:
+        """(``running``/``exited``/... or ``gone``, exit code)."""
+        try:
+            st = self.api.inspect_container(cid)["State"]
+        except self.errors.NotFound:
+            return "gone", None
+        return st.get("Status", "?"), st.get("ExitCode")
+
+    def logs_text(self, cid: str, tail: int | str = "all") -> str:
+        try:
+            return self.api.logs(cid, stdout=True, stderr=True, tail=tail).decode(errors="replace")
+        except self.errors.DockerException:
+            return ""
 
 
 def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> tuple[str, str] | None:

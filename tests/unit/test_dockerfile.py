@@ -146,9 +146,9 @@ def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     import pytest
 
     from ml_env_tasks.build import BuildOptions, _cache
-    from ml_env_tasks.hashing import dependency_key
     from ml_env_tasks.engine import Capabilities
     from ml_env_tasks.errors import EngineError
+    from ml_env_tasks.hashing import dependency_key
 
     f = tmp_path / "e.toml"
     f.write_text('name = "t"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
