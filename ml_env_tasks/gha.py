@@ -240,7 +240,57 @@ def train_action() -> int:
     return result.cli_exit_code
 
 
-ACTIONS = {"build": build_action, "train": train_action}
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def smoke_test_action() -> int:
+    from .serve.local import ServeOptions, parse_models
+    from .serve.smoke import run_smoke_test, write_reports
+
+    for required in ("env", "entry", "cases"):
+        if not _input(required):
+            raise MlEnvError(f"input '{required}' is required")
+    cases = Path(_input("cases"))
+    opts = ServeOptions(
+        env=_input("env"),
+        entry=Path(_input("entry")),
+        models=parse_models(_lines("model")),
+        scoring_timeout_ms=int(_input("scoring-timeout-ms")) if _input("scoring-timeout-ms") else None,
+        build=_build_options(),
+    )
+    repeat = int(_input("repeat", "1") or "1")
+    with group(f"ml-env smoke-test {cases}"):
+        report = run_smoke_test(opts, cases, repeat=repeat, info=lambda m: print(f"ml-env: {m}", flush=True))
+    js, xml = write_reports(report, Path(_input("report-dir", ".ml-env/smoke") or ".ml-env/smoke"), cases)
+    set_output("passed", str(report.passed))
+    set_output("failed", str(report.failed))
+    set_output("p50-ms", f"{report.p50_ms:.1f}")
+    set_output("p95-ms", f"{report.p95_ms:.1f}")
+    set_output("report", str(js))
+    set_output("junit", str(xml))
+    rows = "".join(
+        f"| {'✅' if c.passed else '❌'} | {_cell(c.name)} | {c.status} | "
+        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else _cell(c.message[:200])} |\n"
+        for c in report.cases
+    )
+    append_summary(
+        f"### ml-env smoke-test: {report.passed} passed, {report.failed} failed\n\n"
+        f"`{report.image}` ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
+        f"p95 {report.p95_ms:.1f} ms, max {report.max_ms:.1f} ms\n\n"
+        f"| | case | status | ms | failure |\n|---|---|---|---|---|\n{rows}"
+    )
+    for c in report.cases:
+        if not c.passed:
+            command("error", f"{c.name}: {c.message}", file=str(cases), line=c.line, title="ml-env smoke-test")
+    if report.failed and report.logs_tail:
+        with group("scoring container log (last lines)"):
+            print(report.logs_tail)
+    return 1 if report.failed else 0
+
+
+ACTIONS = {"build": build_action, "train": train_action, "smoke-test": smoke_test_action}
 
 
 def main(argv: list[str] | None = None) -> int:

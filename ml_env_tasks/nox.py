@@ -5,6 +5,7 @@
     nox -s env_hash -- envs/sklearn.toml
     nox -s train -- --env envs/sklearn.toml --source src --script train.py -- --alpha 0.5
     nox -s runs -- list
+    nox -s smoke_test -- --env envs/sklearn-inference.toml --entry score.py --model model --cases cases.jsonl
 
 The sessions only drive Docker and registries, so they need no virtualenv
 (``venv_backend="none"``): they call the same core as the ``ml-env`` CLI, in-process, with the
@@ -47,6 +48,8 @@ SESSIONS: dict[str, tuple[str, str]] = {
     "env_hash": ("hash", "Print an environment's content hash."),
     "train": ("train", "Run a training script inside an environment: -- --env E --source D --script S [-- ARGS]."),
     "runs": ("runs", "Show run history: -- list | show RUN."),
+    "serve": ("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach]."),
+    "smoke_test": ("smoke-test", "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C."),
 }
 
 for _name, (_command, _doc) in SESSIONS.items():

@@ -17,7 +17,12 @@ model = None
 input_schema = {
     "type": "object",
     "required": ["data"],
-    "properties": {"data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 64, "maxItems": 64}}},
+    "properties": {
+        "data": {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": 64, "maxItems": 64},
+        }
+    },
 }
 output_schema = {"type": "object", "properties": {"predictions": {"type": "array", "items": {"type": "integer"}}}}
 

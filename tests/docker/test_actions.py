@@ -118,3 +118,44 @@ def test_train_action_outputs_and_metrics_summary(ws) -> None:
     assert failing.returncode == 5
     assert out2["status"] == "failed" and "**failed** (exit 5)" in summary2
     assert "::error title=ml-env train::run " in failing.stdout
+
+
+def test_smoke_test_action_outputs_summary_and_annotations(ws) -> None:
+    env = ws.spec(
+        f'name = "actserve"\ninference = true\n[base]\nimage = "{ws.lab["base_image_python"]}"\n', name="s.toml"
+    )
+    app = ws.dir / "app"
+    app.mkdir()
+    (app / "score.py").write_text(
+        "import json\ndef init():\n    pass\ndef run(raw):\n    return {'echo': json.loads(raw)}\n"
+    )
+    model = ws.dir / "model"
+    model.mkdir()
+    cases = ws.dir / "cases.jsonl"
+    cases.write_text(
+        '{"name": "echo", "request": {"a": 1}, "expect_json": {"echo": {"a": 1}}}\n{"name": "wrong", "request": {"a": 1}, "expect_json": {"echo": {"a": 2}}}\n'
+    )
+    inputs = {
+        "env": str(env),
+        "entry": str(app / "score.py"),
+        "model": str(model),
+        "cases": str(cases),
+        "repeat": "2",
+        "report-dir": str(ws.dir / "reports"),
+        "registry": ws.lab["registry"],
+        "repository": ws.repo,
+        "network": ws.lab["build_network"],
+        "ca-bundle": ws.lab.get("ca_bundle", ""),
+        "install": "false",
+    }
+    proc, outputs, summary = run_action(ROOT / "ci/github/smoke-test/action.yml", inputs, ws.dir)
+    assert proc.returncode == 1
+    assert outputs["passed"] == "1" and outputs["failed"] == "1"
+    assert float(outputs["p95-ms"]) >= float(outputs["p50-ms"]) > 0
+    assert Path(outputs["report"]).exists() and Path(outputs["junit"]).exists()
+    assert "1 passed, 1 failed" in summary and "| ❌ | wrong | 200 |" in summary
+    assert re.search(
+        rf"^::error file={re.escape(str(cases))},line=2,title=ml-env smoke-test::wrong: \$\.echo\.a: expected 2, got 1",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
