@@ -45,7 +45,7 @@ def lab(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """End to end on the embedded default: lab up, build envs/sklearn.toml, show the no-op rebuild, train."""
+    """End to end on the embedded default: lab up, build, no-op rebuild, train, smoke-test the scoring image."""
     lab = lab_up(session)
     args = ["build", "envs/sklearn.toml", *lab_build_args(lab)]
     session.log("first build (builds, or reuses an image built earlier with the same hash)")
@@ -70,6 +70,26 @@ def demo(session: nox.Session) -> None:
         external=True,
     )
     session.run("ml-env", "runs", "list", external=True)
+    from ml_env_tasks.runs import list_runs
+
+    model = Path(list_runs(ROOT / "runs")[-1]["run_id"])
+    session.log("smoke-test the scoring image with the model that run wrote")
+    session.run(
+        "ml-env",
+        "smoke-test",
+        "--env",
+        "envs/sklearn-inference.toml",
+        "--entry",
+        "examples/serve/score.py",
+        "--model",
+        str(ROOT / "runs" / model / "outputs" / "model"),
+        "--cases",
+        "examples/serve/cases.jsonl",
+        "--repeat",
+        "5",
+        *lab_build_args(lab),
+        external=True,
+    )
 
 
 @nox.session(venv_backend="none")
