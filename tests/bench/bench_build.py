@@ -11,7 +11,6 @@ Writes .bench/build.json. Not a test: nothing here asserts; it reports.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -23,6 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import lab as bench_lab  # noqa: E402
+from _common import write_result  # noqa: E402
 
 from ml_env_tasks import spec  # noqa: E402
 from ml_env_tasks.dockerfile import SECRET_CA, render  # noqa: E402
@@ -46,7 +49,7 @@ def prune(image: str | None = None) -> None:
 
 
 def main() -> int:
-    lab = json.loads(Path(os.environ.get("ML_ENV_LAB", ROOT / ".lab/env.json")).read_text())
+    lab = bench_lab()
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-"))
     try:
         envs = work / "envs"
@@ -127,14 +130,12 @@ def main() -> int:
                 "goal": "<= 0.5",
             },
         }
-        out = ROOT / ".bench" / "build.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(
-            f"no-op build:      ml-env {noop_ours:.3f}s vs buildx --cache-from registry {noop_base:.3f}s -> {noop_base / noop_ours:.1f}x faster"
+        write_result(
+            "build",
+            result,
+            f"no-op build:      ml-env {noop_ours:.3f}s vs buildx --cache-from registry {noop_base:.3f}s -> {noop_base / noop_ours:.1f}x faster",
+            f"add one package:  {t_incr:.1f}s vs cold {t_cold:.1f}s -> ratio {t_incr / t_cold:.2f}",
         )
-        print(f"add one package:  {t_incr:.1f}s vs cold {t_cold:.1f}s -> ratio {t_incr / t_cold:.2f}")
-        print(f"written to {out}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import lab as bench_lab  # noqa: E402
+
 from ml_env_tasks.build import BuildOptions  # noqa: E402
 from ml_env_tasks.runs import RunOptions, train  # noqa: E402
 from ml_env_tasks.serve import local  # noqa: E402
@@ -30,7 +34,7 @@ CLIENTS = 4
 
 
 def main() -> int:
-    lab = json.loads(Path(os.environ.get("ML_ENV_LAB", ROOT / ".lab/env.json")).read_text())
+    lab = bench_lab()
     opts = BuildOptions(
         registry=lab["registry"],
         network=lab["build_network"],

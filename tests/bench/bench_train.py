@@ -17,6 +17,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import lab as bench_lab  # noqa: E402
+from _common import write_result  # noqa: E402
+
 REPEAT = int(os.environ.get("ML_ENV_BENCH_REPEAT", "5"))
 
 
@@ -30,7 +36,7 @@ def timed(cmd: list[str]) -> float:
 
 
 def main() -> int:
-    lab = json.loads(Path(os.environ.get("ML_ENV_LAB", ROOT / ".lab/env.json")).read_text())
+    lab = bench_lab()
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-train-"))
     try:
         spec = work / "plain.toml"
@@ -85,13 +91,11 @@ def main() -> int:
             "goal": "<= 1.5x docker run + 0.3 s",
             "runs": {"ml_env": ours, "docker_run": base},
         }
-        out = ROOT / ".bench" / "train.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(
-            f"train overhead:   ml-env train {o:.2f}s vs docker run --rm {b:.2f}s -> {o / b:.2f}x (budget {budget:.2f}s: {'met' if o <= budget else 'missed'})"
+        write_result(
+            "train",
+            result,
+            f"train overhead:   ml-env train {o:.2f}s vs docker run --rm {b:.2f}s -> {o / b:.2f}x (budget {budget:.2f}s: {'met' if o <= budget else 'missed'})",
         )
-        print(f"written to {out}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import http.server
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +21,17 @@ from pathlib import Path
 
 from ml_env_tasks.build import BuildOptions
 from ml_env_tasks.registry import RegistryClient
+
+
+def ml_env(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the `ml-env` CLI as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from ml_env_tasks.engine import Engine
 from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.registry import RegistryClient, parse_ref
 
-from .helpers import fault_proxy, free_port
+from .helpers import fault_proxy, free_port, ml_env
 
 pytestmark = pytest.mark.docker
 
@@ -47,16 +46,6 @@ def registry_digest(ref: str) -> str | None:
     r = parse_ref(ref)
     info = RegistryClient(r.host).head_manifest(r.repository, r.reference)
     return info.digest if info else None
-
-
-def ml_env(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_build_then_noop(ws) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,8 @@ from ml_env_tasks.runs import RunOptions, train
 from ml_env_tasks.serve import local
 from ml_env_tasks.serve.local import ServeOptions, ServiceFailed
 from ml_env_tasks.serve.smoke import run_smoke_test, write_reports
+
+from .helpers import ml_env
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,43 +152,12 @@ def test_cli_smoke_test_exit_codes_and_port_handling(ws, app) -> None:
     env, entry, model = app
     ok = cases(ws, {"request": {"x": [1]}, "expect_json": {"y": [2]}})
     args = ["--env", str(env), "--entry", str(entry), "--model", str(model), *ws.cli_args()]
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_env_tasks.cli",
-            "smoke-test",
-            *args,
-            "--cases",
-            str(ok),
-            "--report-dir",
-            str(ws.dir / "r"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = ml_env("smoke-test", *args, "--cases", str(ok), "--report-dir", str(ws.dir / "r"), "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["passed"] == 1 and out["failed"] == 0 and Path(out["junit"]).exists()
     (ws.dir / "bad.jsonl").write_text('{"request": {"x": [1]}, "expect_json": {"y": [5]}}\n')
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_env_tasks.cli",
-            "smoke-test",
-            *args,
-            "--cases",
-            str(ws.dir / "bad.jsonl"),
-            "--report-dir",
-            str(ws.dir / "r"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = ml_env("smoke-test", *args, "--cases", str(ws.dir / "bad.jsonl"), "--report-dir", str(ws.dir / "r"))
     assert p.returncode == 1 and "FAIL" in p.stdout and "expected 5, got 2.0" in p.stdout
     assert "last lines of the scoring container's log" in p.stderr
     # a taken port is a clear error; --port 0 finds a free one
@@ -196,60 +165,20 @@ def test_cli_smoke_test_exit_codes_and_port_handling(ws, app) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        p = subprocess.run(
-            [sys.executable, "-m", "ml_env_tasks.cli", "serve", *args, "--port", str(taken), "--detach"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        p = ml_env("serve", *args, "--port", str(taken), "--detach")
         assert p.returncode == 1 and f"port {taken} on 127.0.0.1 is taken" in p.stderr
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_env_tasks.cli",
-            "serve",
-            *args,
-            "--port",
-            "0",
-            "--detach",
-            "--name",
-            "svc-test",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = ml_env("serve", *args, "--port", "0", "--detach", "--name", "svc-test", "--json")
     assert p.returncode == 0, p.stderr
     url = json.loads(p.stdout)["url"]
     assert requests.post(url + "/score", json={"x": [4]}).json() == {"y": [8.0]}
-    subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "serve", "stop", "svc-test"], check=True, capture_output=True
-    )
+    assert ml_env("serve", "stop", "svc-test").returncode == 0
     assert leftovers() == []
 
 
 def test_a_training_environment_is_not_an_inference_one(ws, app) -> None:
     _, entry, model = app
     env = ws.spec(f'name = "notinf"\n[base]\nimage = "{ws.lab["base_image_python"]}"\n', name="n.toml")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_env_tasks.cli",
-            "serve",
-            "--env",
-            str(env),
-            "--entry",
-            str(entry),
-            "--model",
-            str(model),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = ml_env("serve", "--env", str(env), "--entry", str(entry), "--model", str(model), timeout=60)
     assert p.returncode == 2 and "inference: this environment has no scoring server (set inference = true)" in p.stderr
 
 

@@ -48,6 +48,12 @@ def quiet(*_a) -> None:
     pass
 
 
+def train_cmd(ws, env_file: Path, src: Path, script: str) -> list[str]:
+    """The `ml-env train` command line for a script in this workspace."""
+    return [sys.executable, "-m", "ml_env_tasks.cli", "train", "--env", str(env_file), "--source", str(src),
+            "--script", script, "--runs-dir", str(ws.dir / "runs"), *ws.cli_args()]  # fmt: skip
+
+
 def test_run_with_outputs_inputs_metrics(ws, env_file: Path, src: Path) -> None:
     (src / "job.py").write_text(
         "import json, os, sys, pathlib\n"
@@ -92,26 +98,7 @@ def test_failing_script_exit_code_and_log_tail(ws, env_file: Path, src: Path) ->
     r = train(opts(ws, env_file, src, "boom.py"), on_line=quiet, info=quiet)
     assert r.status == "failed" and r.exit_code == 7 and r.cli_exit_code == 7
     assert "working..." in (r.run_dir / "log.txt").read_text()
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_env_tasks.cli",
-            "train",
-            "--env",
-            str(env_file),
-            "--source",
-            str(src),
-            "--script",
-            "boom.py",
-            "--runs-dir",
-            str(ws.dir / "runs"),
-            *ws.cli_args(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = subprocess.run(train_cmd(ws, env_file, src, "boom.py"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 7 and "working..." in p.stdout and "Traceback" not in p.stderr
     assert leftover_containers() == []
 
@@ -128,21 +115,7 @@ def test_timeout_stops_and_removes(ws, env_file: Path, src: Path) -> None:
 
 def test_sigint_cancels_and_leaves_no_container(ws, env_file: Path, src: Path) -> None:
     (src / "slow.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(300)\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "ml_env_tasks.cli",
-        "train",
-        "--env",
-        str(env_file),
-        "--source",
-        str(src),
-        "--script",
-        "slow.py",
-        "--runs-dir",
-        str(ws.dir / "runs"),
-        *ws.cli_args(),
-    ]
+    cmd = train_cmd(ws, env_file, src, "slow.py")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     for line in p.stdout:
