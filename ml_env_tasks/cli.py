@@ -188,6 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_smoke_test)
 
+    pr = sub.add_parser(
+        "promote",
+        help="copy an image by digest to another registry/repository and record it in the ledger",
+        usage="ml-env promote SOURCE DEST[:TAG] --tag T [--tag T2] [--allow-overwrite] [--dry-run]",
+    )
+    pr.add_argument("source", help="image by tag or digest (the digest is resolved once)")
+    pr.add_argument("destination", help="host[:port]/repository, optionally :tag")
+    pr.add_argument("--tag", action="append", default=[], help="destination tag (several allowed)")
+    pr.add_argument("--allow-overwrite", action="store_true", help="move a tag that points at another digest")
+    pr.add_argument("--dry-run", action="store_true", help="print what would happen; write nothing")
+    pr.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
+    pr.add_argument(
+        "--ledger", type=Path, default=Path(_env_default("ML_ENV_LEDGER", "releases.toml") or "releases.toml")
+    )
+    pr.add_argument("--no-ledger", action="store_true", help="do not record the promotion")
+    pr.add_argument("--no-referrers", action="store_true", help="do not copy signatures/attestations")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_promote)
+
+    lg = sub.add_parser("ledger", help="the release ledger")
+    lsub = lg.add_subparsers(dest="ledger_command", metavar="{show}")
+    ls = lsub.add_parser("show", help="print promotions; with --tag, which digest the tag is now and since when")
+    ls.add_argument("--env", help="only this environment")
+    ls.add_argument("--tag", help="answer: which digest is this tag now, since when")
+    ls.add_argument(
+        "--ledger", type=Path, default=Path(_env_default("ML_ENV_LEDGER", "releases.toml") or "releases.toml")
+    )
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_ledger_show)
+
     r = sub.add_parser("runs", help="run history")
     rsub = r.add_subparsers(dest="runs_command", metavar="{list,show}")
     rl = rsub.add_parser("list", help="list runs")
@@ -442,6 +472,61 @@ def cmd_smoke_test(args: argparse.Namespace) -> int:
         print("--- last lines of the scoring container's log ---", file=sys.stderr)
         print(report.logs_tail, file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .promote import PromoteOptions, promote
+
+    result = promote(
+        PromoteOptions(
+            source=args.source,
+            destination=args.destination,
+            tags=tuple(args.tag),
+            allow_overwrite=args.allow_overwrite,
+            dry_run=args.dry_run,
+            insecure=args.insecure,
+            ledger=None if (args.no_ledger or args.dry_run) else args.ledger,
+            copy_referrers=not args.no_referrers,
+        ),
+        info=_info,
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif result.dry_run:
+        print(f"dry run: {result.source} -> {', '.join(result.refs)}")
+        for line in result.plan:
+            print(f"  {line}")
+    else:
+        state = "already there, nothing changed" if result.no_op else "promoted"
+        print(f"{result.digest}  {state}: {', '.join(result.refs)}")
+    return 0
+
+
+def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from .promote import Ledger
+
+    ledger = Ledger(args.ledger)
+    if args.tag:
+        cur = ledger.current(args.env, args.tag)
+        if cur is None:
+            raise MlEnvError(
+                f"no promotion to tag {args.tag}" + (f" for {args.env}" if args.env else ""), file=str(args.ledger)
+            )
+        print(
+            json.dumps(cur, indent=2)
+            if args.json
+            else f"{cur['environment'] or '-'} {args.tag}: {cur['digest']} since {cur['since']} ({cur['destination']})"
+        )
+        return 0
+    entries = ledger.entries(args.env)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        print(
+            f"{e['time']}  {e.get('environment') or '-':20} {e['digest'][:19]}  {e['destination']}:{','.join(e['tags'])}  by {e.get('actor', '-')}"
+        )
+    return 0
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:

@@ -147,6 +147,21 @@ def _helper(name: str, host: str, missing_ok: bool = False) -> tuple[str, str] |
 # --- client -------------------------------------------------------------------------------
 
 
+class BlobIntegrityError(RegistryError):
+    """A streamed blob's bytes did not hash to its digest."""
+
+
+def _push_scope(repository: str, extra_pull: str | None = None) -> str:
+    scope = f"repository:{repository}:pull,push"
+    if extra_pull and extra_pull != repository:
+        scope += f" repository:{extra_pull}:pull"
+    return scope
+
+
+def _absolute(base: str, location: str) -> str:
+    return location if location.startswith("http") else base + location
+
+
 class RegistryClient:
     """One registry host. Keeps tokens per scope for the life of the client."""
 
@@ -173,10 +188,13 @@ class RegistryClient:
 
     # low level
     def request(
-        self, method: str, path: str, *, scope: str, ok: tuple[int, ...] = (200,), **kw: Any
+        self, method: str, path: str, *, scope: str, ok: tuple[int, ...] = (200,), retry: bool = True, **kw: Any
     ) -> requests.Response:
+        """One HTTP request with auth and, unless ``retry`` is False (a streamed body cannot be
+        sent twice), bounded retries of transient failures."""
         url = path if path.startswith("http") else self.base + path
         headers = dict(kw.pop("headers", {}) or {})
+        retries = self.retries if retry else 0
         attempt = 0
         authed_once = False
         while True:
@@ -186,9 +204,10 @@ class RegistryClient:
                 resp = self.session.request(
                     method, url, headers=headers, timeout=self.timeout, allow_redirects=True, **kw
                 )
-            except (requests.ConnectionError, requests.Timeout) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                # a reset, a timeout, or a body cut off halfway: transient
                 attempt += 1
-                if attempt > self.retries:
+                if attempt > retries:
                     raise RegistryUnreachable(
                         f"registry {self.host} is unreachable after {attempt} attempts: {_short(e)}",
                         hint="is it running, and is the address right?",
@@ -209,7 +228,7 @@ class RegistryClient:
                 return resp
             if resp.status_code >= 500 or resp.status_code == 429:
                 attempt += 1
-                if attempt > self.retries:
+                if attempt > retries:
                     raise RegistryError(
                         f"registry {self.host} answered {resp.status_code} to {method} {path} after {attempt} attempts"
                     )
@@ -236,7 +255,7 @@ class RegistryClient:
             realm = params.get("realm")
             if not realm:
                 raise RegistryError(f"registry {self.host} sent a Bearer challenge without a realm")
-            q = {"service": params.get("service", ""), "scope": scope}
+            q = [("service", params.get("service", ""))] + [("scope", one) for one in scope.split()]
             auth = None
             if self._creds and self._creds[0] != "<token>":
                 auth = (self._creds[0], self._creds[1])
@@ -309,6 +328,115 @@ class RegistryClient:
                     return self.image_config(repository, m["digest"])
             return None
         return json.loads(self.get_blob(repository, doc["config"]["digest"]))
+
+    # --- the write side, for promotion -----------------------------------------------------
+
+    def blob_exists(self, repository: str, digest: str) -> bool:
+        r = self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404)
+        )
+        return r.status_code == 200
+
+    def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        """Cross-repository mount inside one registry: True when the registry linked the blob."""
+        r = self.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            scope=_push_scope(repository, from_repository),
+            ok=(201, 202),
+            params={"mount": digest, "from": from_repository},
+        )
+        if r.status_code == 201:
+            return True
+        if r.status_code == 202 and r.headers.get("Location"):
+            # not mounted: the registry opened an upload instead; cancel it, the caller streams the blob
+            loc = _absolute(self.base, r.headers["Location"])
+            self.request("DELETE", loc, scope=_push_scope(repository), ok=(204, 404, 405, 202))
+            return False
+        raise RegistryError(f"registry {self.host} answered {r.status_code} to a blob mount in {repository}")
+
+    def upload_stream(self, repository: str, digest: str, chunks: Any) -> None:
+        """Upload a blob from an iterator of byte chunks (PATCH streamed, PUT to finish), checking its
+        digest while it streams: no whole blob is held in memory."""
+        import hashlib
+
+        r = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope=_push_scope(repository), ok=(202,))
+        if r.status_code != 202 or not r.headers.get("Location"):
+            raise RegistryError(f"registry {self.host} did not open an upload in {repository} ({r.status_code})")
+        location = _absolute(self.base, r.headers["Location"])
+        h = hashlib.sha256()
+
+        def body() -> Any:
+            for chunk in chunks:
+                h.update(chunk)
+                yield chunk
+
+        r = self.request(
+            "PATCH",
+            location,
+            scope=_push_scope(repository),
+            ok=(202, 204),
+            data=body(),
+            headers={"Content-Type": "application/octet-stream"},
+            retry=False,
+        )
+        if r.status_code not in (202, 204):
+            raise RegistryError(f"registry {self.host} answered {r.status_code} while receiving blob {digest[:19]}")
+        got = "sha256:" + h.hexdigest()
+        if got != digest:
+            raise BlobIntegrityError(f"blob {digest} arrived as {got} (truncated or corrupted in transit)")
+        location = _absolute(self.base, r.headers.get("Location") or location)
+        sep = "&" if "?" in location else "?"
+        r = self.request(
+            "PUT", f"{location}{sep}digest={digest}", scope=_push_scope(repository), ok=(201,), data=b"", retry=False
+        )
+        if r.status_code != 201:
+            raise RegistryError(f"registry {self.host} refused blob {digest[:19]} ({r.status_code}): {r.text[:200]}")
+
+    def blob_chunks(self, repository: str, digest: str, size: int = 1 << 20) -> Any:
+        r = self.request(
+            "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200,), stream=True
+        )
+        if r.status_code != 200:
+            raise RegistryError(f"blob {digest} not readable from {self.host}/{repository} ({r.status_code})")
+        try:
+            yield from r.iter_content(size)
+        except requests.RequestException as e:
+            raise RegistryUnreachable(
+                f"the connection to {self.host} broke while reading blob {digest[:19]}: {_short(e)}"
+            ) from None
+        finally:
+            r.close()
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        r = self.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=_push_scope(repository),
+            ok=(201,),
+            data=body,
+            headers={"Content-Type": media_type},
+        )
+        if r.status_code != 201:
+            raise RegistryError(
+                f"registry {self.host} refused manifest {reference} in {repository} ({r.status_code}): {r.text[:300]}"
+            )
+        return r.headers.get("Docker-Content-Digest", "")
+
+    def referrers(self, repository: str, digest: str) -> list[dict[str, Any]] | None:
+        """OCI referrers of a manifest, or None when the registry has no referrers API."""
+        r = self.request(
+            "GET",
+            f"/v2/{repository}/referrers/{digest}",
+            scope=f"repository:{repository}:pull",
+            ok=(200, 404, 400, 405),
+        )
+        if r.status_code != 200 or "json" not in r.headers.get("Content-Type", ""):
+            return None
+        try:
+            return list(r.json().get("manifests") or [])
+        except ValueError:
+            return None
 
 
 def client_for(host: str, *, insecure: bool = False) -> RegistryClient:

@@ -161,10 +161,12 @@ def private_index(root: Path, wheels: list[Path], user: str, token: str) -> Iter
 
 @contextmanager
 def fault_proxy(
-    upstream: str, *, fail_first: int = 0, always_fail: bool = False, status: int = 503
+    upstream: str, *, fail_first: int = 0, always_fail: bool = False, status: int = 503, truncate_blobs: int = 0
 ) -> Iterator[tuple[str, list[int]]]:
     """An HTTP proxy on loopback in front of a registry that answers `status` to the first N
-    requests (or to all). Yields its host:port and the list of statuses it sent."""
+    requests (or to all), and cuts the first `truncate_blobs` blob downloads off halfway.
+    Yields its host:port and the list of statuses it sent (-1: a cut connection)."""
+    cuts = [truncate_blobs]
     seen: list[int] = []
     lock = threading.Lock()
 
@@ -192,14 +194,24 @@ def fault_proxy(
                 code, headers, data = resp.status, resp.headers, resp.read()
             except urllib.error.HTTPError as e:
                 code, headers, data = e.code, e.headers, e.read()
+            cut = False
             with lock:
                 seen[-1] = code
+                if self.command == "GET" and "/blobs/sha256:" in self.path and code == 200 and cuts[0] > 0:
+                    cuts[0] -= 1
+                    seen[-1] = cut = -1
             self.send_response(code)
             for k, v in headers.items():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            if cut:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if self.command != "HEAD":
                 self.wfile.write(data)
 
@@ -210,3 +222,55 @@ def fault_proxy(
 
     with serve(Handler) as port:
         yield f"127.0.0.1:{port}", seen
+
+
+def push_single_image(
+    client: RegistryClient, repo: str, tag: str, *, arch: str = "amd64", payload: bytes = b"hello"
+) -> str:
+    """Push a real single-manifest OCI image (one gzip layer holding one file) over the API."""
+    import gzip
+    import json
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(payload)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(payload))
+    layer = gzip.compress(raw.getvalue(), mtime=0)
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    digests = {}
+    for name, data in (("layer", layer), ("config", config)):
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not client.blob_exists(repo, d):
+            client.upload_stream(repo, d, iter([data]))
+        digests[name] = d
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digests["config"],
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digests["layer"],
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    client.put_manifest(repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json")
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()

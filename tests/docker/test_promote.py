@@ -1,0 +1,215 @@
+"""Promotion by digest between the lab's registries (plain :5000, htpasswd :5001)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ml_env_tasks import RegistryError
+from ml_env_tasks.build import build
+from ml_env_tasks.promote import Ledger, PromoteOptions, TagConflict, promote
+from ml_env_tasks.registry import RegistryClient
+
+from .helpers import fault_proxy, ml_env, push_single_image
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def regs(ws):
+    lab = ws.lab
+    plain = RegistryClient(lab["registry"])
+    auth = RegistryClient(lab["auth_registry"], credentials=(lab["auth_user"], lab["auth_password"]))
+    return plain, auth
+
+
+def manifest(client: RegistryClient, repo: str, ref: str) -> tuple[str, dict]:
+    info, body = client.get_manifest(repo, ref)
+    return info.digest, json.loads(body)
+
+
+def test_single_manifest_stays_single_across_registries_with_auth(ws, regs) -> None:
+    plain, auth = regs
+    digest = push_single_image(plain, ws.repo, "v1")
+    src = f"{ws.lab['registry']}/{ws.repo}:v1"
+    r = promote(
+        PromoteOptions(
+            src, f"{ws.lab['auth_registry']}/{ws.repo}", tags=("1.0", "prod"), ledger=ws.dir / "releases.toml"
+        )
+    )
+    assert r.digest == digest and r.copied_blobs == 2 and r.manifests == 1
+    for tag in ("1.0", "prod"):
+        got, doc = manifest(auth, ws.repo, tag)
+        assert got == digest and doc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    entry = Ledger(ws.dir / "releases.toml").entries()[-1]
+    assert entry["digest"] == digest and entry["tags"] == ["1.0", "prod"] and entry["source"].endswith(f"@{digest}")
+
+
+def test_buildx_index_with_attestations_is_copied_whole(ws, regs) -> None:
+    plain, auth = regs
+    f = ws.spec(f'name = "promo"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[env]\nP = "1"\n')
+    b = build(f, ws.opts())
+    src_digest, src_doc = manifest(plain, ws.repo, b.hash)
+    assert "manifests" in src_doc
+    platforms = sorted(json.dumps(m.get("platform"), sort_keys=True) for m in src_doc["manifests"])
+    assert any('"unknown"' in p for p in platforms)  # the provenance attestation
+    r = promote(
+        PromoteOptions(b.image, f"{ws.lab['auth_registry']}/{ws.repo}", tags=("rel",), ledger=ws.dir / "l.toml")
+    )
+    assert r.digest == src_digest == b.digest
+    got, doc = manifest(auth, ws.repo, "rel")
+    assert got == src_digest and doc == src_doc
+    for m in doc["manifests"]:
+        assert auth.head_manifest(ws.repo, m["digest"]) is not None
+    entry = Ledger(ws.dir / "l.toml").entries(env="promo")[-1]
+    assert entry["environment_hash"] == b.hash
+
+
+def test_two_platform_index_from_imagetools(ws, regs) -> None:
+    plain, auth = regs
+    push_single_image(plain, ws.repo, "amd", arch="amd64", payload=b"x86")
+    push_single_image(plain, ws.repo, "arm", arch="arm64", payload=b"arm")
+    base = f"{ws.lab['registry']}/{ws.repo}"
+    subprocess.run(
+        ["docker", "buildx", "imagetools", "create", "-t", f"{base}:multi", f"{base}:amd", f"{base}:arm"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    src_digest, src_doc = manifest(plain, ws.repo, "multi")
+    archs = sorted(m["platform"]["architecture"] for m in src_doc["manifests"])
+    assert archs == ["amd64", "arm64"]
+    r = promote(PromoteOptions(f"{base}:multi", f"{ws.lab['auth_registry']}/{ws.repo}:multi", ledger=None))
+    assert r.digest == src_digest and r.manifests == 3
+    assert manifest(auth, ws.repo, "multi")[0] == src_digest
+
+
+def test_same_registry_mounts_blobs(ws, regs) -> None:
+    plain, _ = regs
+    digest = push_single_image(plain, ws.repo, "v1", payload=b"mount me")
+    dst = f"{ws.repo}-prod"
+    ws.extra_repos.append((ws.lab["registry"], dst))
+    r = promote(
+        PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:v1", f"{ws.lab['registry']}/{dst}", tags=("prod",), ledger=None)
+    )
+    assert r.mounted_blobs == 2 and r.copied_blobs == 0 and r.digest == digest
+    assert plain.head_manifest(dst, "prod").digest == digest
+
+
+def test_overwrite_refused_then_allowed_and_idempotent(ws, regs) -> None:
+    plain, auth = regs
+    one = push_single_image(plain, ws.repo, "one", payload=b"1")
+    two = push_single_image(plain, ws.repo, "two", payload=b"2")
+    dst = f"{ws.lab['auth_registry']}/{ws.repo}"
+    ledger = ws.dir / "releases.toml"
+    promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:one", dst, tags=("prod",), ledger=ledger))
+    again = promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:one", dst, tags=("prod",), ledger=ledger))
+    assert again.no_op and len(Ledger(ledger).entries()) == 1  # a no-op records nothing
+    with pytest.raises(TagConflict) as exc:
+        promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:two", dst, tags=("prod",), ledger=ledger))
+    assert one in str(exc.value) and exc.value.exit_code == 5
+    assert auth.head_manifest(ws.repo, "prod").digest == one
+    p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:two", dst, "--tag", "prod", "--ledger", str(ledger))
+    assert p.returncode == 5 and "--allow-overwrite" in p.stderr
+    dry = ml_env(
+        "promote",
+        f"{ws.lab['registry']}/{ws.repo}:two",
+        dst,
+        "--tag",
+        "prod",
+        "--allow-overwrite",
+        "--dry-run",
+        "--ledger",
+        str(ledger),
+    )
+    assert dry.returncode == 0 and "move from" in dry.stdout
+    assert auth.head_manifest(ws.repo, "prod").digest == one and len(Ledger(ledger).entries()) == 1
+    r = promote(
+        PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:two", dst, tags=("prod",), allow_overwrite=True, ledger=ledger)
+    )
+    assert r.digest == two and auth.head_manifest(ws.repo, "prod").digest == two
+    entries = Ledger(ledger).entries()
+    assert len(entries) == 2 and entries[-1]["moved_tags"] == [f"prod (was {one})"]
+    cur = Ledger(ledger).current(None, "prod")
+    assert cur["digest"] == two and cur["since"] == entries[-1]["time"]
+
+
+def test_transient_faults_are_retried(ws, regs) -> None:
+    plain, auth = regs
+    digest = push_single_image(plain, ws.repo, "v1", payload=b"x" * 200_000)
+    # the source drops the connection halfway through the first two blob downloads
+    with fault_proxy(ws.lab["registry"], truncate_blobs=2) as (src_proxy, seen):
+        r = promote(
+            PromoteOptions(
+                f"{src_proxy}/{ws.repo}:v1", f"{ws.lab['auth_registry']}/{ws.repo}", tags=("a",), ledger=None
+            )
+        )
+    assert r.digest == digest and seen.count(-1) == 2
+    assert auth.head_manifest(ws.repo, "a").digest == digest
+    # the destination answers 503 three times
+    dst_repo = f"{ws.repo}-dst"
+    ws.extra_repos.append((ws.lab["registry"], dst_repo))
+    with fault_proxy(ws.lab["registry"], fail_first=3) as (dst_proxy, seen):
+        r = promote(
+            PromoteOptions(
+                f"{ws.lab['auth_registry']}/{ws.repo}:a", f"{dst_proxy}/{dst_repo}", tags=("b",), ledger=None
+            )
+        )
+    assert r.digest == digest and seen[:3] == [503, 503, 503]
+    assert plain.head_manifest(dst_repo, "b").digest == digest
+
+
+def test_persistent_faults_leave_the_tag_unchanged(ws, regs) -> None:
+    plain, auth = regs
+    old = push_single_image(plain, ws.repo, "old", payload=b"old")
+    new = push_single_image(plain, ws.repo, "new", payload=b"n" * 100_000)
+    dst = f"{ws.lab['auth_registry']}/{ws.repo}"
+    promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:old", dst, tags=("prod",), ledger=None))
+    with fault_proxy(ws.lab["registry"], truncate_blobs=100) as (src_proxy, _seen):
+        with pytest.raises(RegistryError, match="failed 3 times"):
+            promote(
+                PromoteOptions(
+                    f"{src_proxy}/{ws.repo}:new", dst, tags=("prod",), allow_overwrite=True, ledger=ws.dir / "l.toml"
+                )
+            )
+    assert auth.head_manifest(ws.repo, "prod").digest == old
+    assert auth.head_manifest(ws.repo, new) is None
+    assert not (ws.dir / "l.toml").exists()
+
+
+def test_digest_tag_referrers_are_copied(ws, regs) -> None:
+    plain, auth = regs
+    digest = push_single_image(plain, ws.repo, "v1", payload=b"signed")
+    sig_tag = "sha256-" + digest.split(":")[1] + ".sig"
+    sig = push_single_image(plain, ws.repo, sig_tag, payload=b"a signature")
+    r = promote(
+        PromoteOptions(
+            f"{ws.lab['registry']}/{ws.repo}@{digest}",
+            f"{ws.lab['auth_registry']}/{ws.repo}",
+            tags=("prod",),
+            ledger=None,
+        )
+    )
+    assert r.referrers == [sig_tag]
+    assert auth.head_manifest(ws.repo, sig_tag).digest == sig
+
+
+def test_credentials_never_printed(ws, regs, tmp_path: Path) -> None:
+    plain, _ = regs
+    push_single_image(plain, ws.repo, "v1")
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    import base64
+
+    auth = base64.b64encode(f"{ws.lab['auth_user']}:{ws.lab['auth_password']}".encode()).decode()
+    (cfg / "config.json").write_text(json.dumps({"auths": {ws.lab["auth_registry"]: {"auth": auth}}}))
+    p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:v1", f"{ws.lab['auth_registry']}/{ws.repo}", "--tag", "x", "--json",
+               "--ledger", str(tmp_path / "l.toml"), env={"DOCKER_CONFIG": str(cfg)})  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    everything = p.stdout + p.stderr + (tmp_path / "l.toml").read_text()
+    assert ws.lab["auth_password"] not in everything and auth not in everything
+    (cfg / "config.json").write_text("{}")
+    p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:v1", f"{ws.lab['auth_registry']}/{ws.repo}", "--tag", "y",
+               "--no-ledger", env={"DOCKER_CONFIG": str(cfg)})  # fmt: skip
+    assert p.returncode == 4 and "refused access anonymously" in p.stderr
