@@ -290,7 +290,44 @@ def smoke_test_action() -> int:
     return 1 if report.failed else 0
 
 
-ACTIONS = {"build": build_action, "train": train_action, "smoke-test": smoke_test_action}
+def promote_action() -> int:
+    from .promote import PromoteOptions, promote
+
+    for required in ("source", "destination"):
+        if not _input(required):
+            raise MlEnvError(f"input '{required}' is required")
+    tags = [t for line in _lines("tags") for t in line.replace(",", " ").split()]
+    ledger = _input("ledger", "releases.toml")
+    opts = PromoteOptions(
+        source=_input("source"),
+        destination=_input("destination"),
+        tags=tuple(tags),
+        allow_overwrite=_flag("allow-overwrite"),
+        dry_run=_flag("dry-run"),
+        insecure=_flag("insecure"),
+        ledger=None if (not ledger or _flag("dry-run")) else Path(ledger),
+    )
+    with group(f"ml-env promote {opts.source}"):
+        r = promote(opts, info=lambda m: print(f"ml-env: {m}", flush=True))
+    set_output("digest", r.digest)
+    set_output("refs", "\n".join(r.refs))
+    set_output("ref", f"{r.destination}@{r.digest}")
+    set_output("no-op", "true" if r.no_op else "false")
+    state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
+    tags_md = ", ".join(f"`{ref.rsplit(':', 1)[1]}`" for ref in r.refs)
+    append_summary(
+        f"### ml-env promote: {state}\n\n| field | value |\n|---|---|\n"
+        f"| environment | {r.environment.get('name') or '-'} |\n| digest | `{r.digest}` |\n"
+        f"| source | `{r.source}` |\n| destination | `{r.destination}` |\n| tags | {tags_md} |\n"
+        f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, {r.skipped_blobs} present |\n"
+        + (f"| moved tags | {', '.join(r.moved_tags)} |\n" if r.moved_tags else "")
+        + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
+        + (f"| ledger | `{ledger}` |\n" if r.ledger_entry else "")
+    )
+    return 0
+
+
+ACTIONS = {"build": build_action, "train": train_action, "smoke-test": smoke_test_action, "promote": promote_action}
 
 
 def main(argv: list[str] | None = None) -> int:

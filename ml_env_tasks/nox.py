@@ -5,6 +5,7 @@
     nox -s env_hash -- envs/sklearn.toml
     nox -s train -- --env envs/sklearn.toml --source src --script train.py -- --alpha 0.5
     nox -s runs -- list
+    nox -s promote -- localhost:5000/ml-envs/sklearn:HASH localhost:5001/prod/sklearn --tag 1.4.0 --tag prod
     nox -s smoke_test -- --env envs/sklearn-inference.toml --entry score.py --model model --cases cases.jsonl
 
 The sessions only drive Docker and registries, so they need no virtualenv
@@ -50,6 +51,8 @@ SESSIONS: dict[str, tuple[str, str]] = {
     "runs": ("runs", "Show run history: -- list | show RUN."),
     "serve": ("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach]."),
     "smoke_test": ("smoke-test", "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C."),
+    "promote": ("promote", "Promote an image by digest to another registry: -- SOURCE DEST --tag T."),
+    "ledger": ("ledger", "Show the release ledger: -- show [--env NAME] [--tag prod]."),
 }
 
 for _name, (_command, _doc) in SESSIONS.items():

@@ -159,3 +159,26 @@ def test_smoke_test_action_outputs_summary_and_annotations(ws) -> None:
         proc.stdout,
         re.M,
     ), proc.stdout
+
+
+def test_promote_action_outputs_and_summary(ws) -> None:
+    from ml_env_tasks.registry import RegistryClient
+
+    from .helpers import push_single_image
+
+    digest = push_single_image(RegistryClient(ws.lab["registry"]), ws.repo, "tested", payload=b"promote me")
+    inputs = {
+        "source": f"{ws.lab['registry']}/{ws.repo}:tested",
+        "destination": f"{ws.lab['auth_registry']}/{ws.repo}",
+        "tags": "1.4.0, prod",
+        "ledger": str(ws.dir / "releases.toml"),
+        "install": "false",
+    }
+    proc, outputs, summary = run_action(ROOT / "ci/github/promote/action.yml", inputs, ws.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert outputs["digest"] == digest and outputs["no-op"] == "false"
+    assert outputs["ref"] == f"{ws.lab['auth_registry']}/{ws.repo}@{digest}"
+    assert "### ml-env promote: promoted" in summary and "`prod`" in summary
+    assert (ws.dir / "releases.toml").read_text().count("\n[[promotion]]") == 1
+    again, outputs2, summary2 = run_action(ROOT / "ci/github/promote/action.yml", inputs, ws.dir)
+    assert outputs2["no-op"] == "true" and "already promoted" in summary2
