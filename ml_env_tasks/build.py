@@ -29,6 +29,7 @@ from typing import Any
 
 from . import spec as spec_mod
 from .dockerfile import SECRET_CA, SECRET_PIP, BuildPlan, render
+from .engine import CACHE_BACKENDS
 from .errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError
 from .hashing import dependency_key, env_hash
 from .provenance import git_info
@@ -38,7 +39,6 @@ from .spec import Environment, FileRef, lock_packages, lock_path_for
 
 __all__ = ["BuildOptions", "BuildResult", "build", "plan", "image_ref", "Reporter", "CACHE_BACKENDS"]
 
-CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
 LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
 
 

@@ -26,7 +26,7 @@ def _env_default(name: str, default: str | None = None) -> str | None:
 
 def _add_build_options(p: argparse.ArgumentParser, *, building: bool = True) -> None:
     """The options that say where an environment's image lives and, with ``building``, how to build it."""
-    from .build import CACHE_BACKENDS
+    from .engine import CACHE_BACKENDS
 
     p.add_argument(
         "--registry",

@@ -23,7 +23,9 @@ from .errors import BuildError, EngineError, RegistryAuthError, RegistryError
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
 
-__all__ = ["Capabilities", "Engine", "credential_helper_get"]
+__all__ = ["CACHE_BACKENDS", "Capabilities", "Engine", "credential_helper_get"]
+
+CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
 
 TAIL_LINES = 40
 

@@ -27,8 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from .errors import MlEnvError, RegistryError, RegistryUnreachable
 from .provenance import git_info
 from .registry import BlobIntegrityError, Reference, RegistryClient, parse_ref
@@ -145,6 +143,7 @@ def promote(opts: PromoteOptions, *, info: Callable[[str], None] | None = None) 
         result.seconds = time.monotonic() - t0
         say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to do")
         return result
+    result.environment = _environment(sc, src.repository, digest)
     if opts.dry_run:
         result.dry_run = True
         _walk(sc, src.repository, digest, body, top.media_type, dry=True, dc=dc, dst_repo=dst.repository, result=result)
@@ -338,7 +337,9 @@ class Ledger:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _read(self) -> tomlkit.TOMLDocument:
+    def _read(self) -> Any:
+        import tomlkit
+
         if not self.path.exists():
             doc = tomlkit.document()
             doc.add(tomlkit.comment("Release ledger: one [[promotion]] per promotion, appended by `ml-env promote`."))
@@ -350,6 +351,8 @@ class Ledger:
             raise MlEnvError(f"the ledger is not valid TOML: {e}", file=str(self.path)) from None
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        import tomlkit
+
         with self._locked():
             doc = self._read()
             if "promotion" not in doc:

@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from .errors import RegistryAuthError, RegistryError, RegistryUnreachable, SpecError
-from .spec import IMAGE_RE
+from .refs import IMAGE_RE
 
 __all__ = ["Reference", "RegistryClient", "ManifestInfo", "parse_ref", "client_for", "MANIFEST_TYPES"]
 
@@ -356,44 +356,42 @@ class RegistryClient:
         raise RegistryError(f"registry {self.host} answered {r.status_code} to a blob mount in {repository}")
 
     def upload_stream(self, repository: str, digest: str, chunks: Any) -> None:
-        """Upload a blob from an iterator of byte chunks (PATCH streamed, PUT to finish), checking its
-        digest while it streams: no whole blob is held in memory."""
-        import hashlib
-
+        """Upload a blob from an iterator of byte chunks (PATCH streamed, PUT to finish): no whole
+        blob is held in memory. The registry checks the bytes against ``digest`` when the upload
+        is finished; a mismatch (a truncated or corrupted stream) is a BlobIntegrityError."""
         r = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope=_push_scope(repository), ok=(202,))
         if r.status_code != 202 or not r.headers.get("Location"):
             raise RegistryError(f"registry {self.host} did not open an upload in {repository} ({r.status_code})")
         location = _absolute(self.base, r.headers["Location"])
-        h = hashlib.sha256()
-
-        def body() -> Any:
-            for chunk in chunks:
-                h.update(chunk)
-                yield chunk
-
         r = self.request(
             "PATCH",
             location,
             scope=_push_scope(repository),
             ok=(202, 204),
-            data=body(),
+            data=chunks,
             headers={"Content-Type": "application/octet-stream"},
             retry=False,
         )
         if r.status_code not in (202, 204):
             raise RegistryError(f"registry {self.host} answered {r.status_code} while receiving blob {digest[:19]}")
-        got = "sha256:" + h.hexdigest()
-        if got != digest:
-            raise BlobIntegrityError(f"blob {digest} arrived as {got} (truncated or corrupted in transit)")
         location = _absolute(self.base, r.headers.get("Location") or location)
         sep = "&" if "?" in location else "?"
         r = self.request(
-            "PUT", f"{location}{sep}digest={digest}", scope=_push_scope(repository), ok=(201,), data=b"", retry=False
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            scope=_push_scope(repository),
+            ok=(201, 400),
+            data=b"",
+            retry=False,
         )
+        if r.status_code == 400 and "DIGEST_INVALID" in r.text:
+            raise BlobIntegrityError(
+                f"blob {digest[:19]} arrived with other content (truncated or corrupted in transit)"
+            )
         if r.status_code != 201:
             raise RegistryError(f"registry {self.host} refused blob {digest[:19]} ({r.status_code}): {r.text[:200]}")
 
-    def blob_chunks(self, repository: str, digest: str, size: int = 1 << 20) -> Any:
+    def blob_chunks(self, repository: str, digest: str, size: int = 4 << 20) -> Any:
         r = self.request(
             "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200,), stream=True
         )
