@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,9 +108,19 @@ def render(env: Environment) -> BuildPlan:
             "    && rm -rf /var/lib/apt/lists/*"
         )
     python: str | None = None
+    if env.conda_packages:
+        # python.conda_installer = "conda": the base image's conda installs the conda part, and
+        # its python is the interpreter for everything after
+        pkgs = " ".join(shlex.quote(p) for p in env.conda_packages)
+        chans = " ".join(f"-c {shlex.quote(c)}" for c in env.conda_channels)
+        lines.append(
+            "RUN set -e; CONDA=; for c in micromamba mamba conda; do if command -v $c >/dev/null; then CONDA=$c; break; fi; done; \\\n"
+            '    if [ -z "$CONDA" ]; then echo "ml-env: python.conda_installer = conda, but the base image has no micromamba, mamba or conda" >&2; exit 1; fi; \\\n'
+            f"    $CONDA install -y -n base {chans} {pkgs} && $CONDA clean -afy"
+        )
     if env.has_python_deps:
-        if env.user_managed:
-            python = env.interpreter
+        if env.user_managed or env.conda_packages:
+            python = env.interpreter if env.user_managed else "python"
         else:
             lines.append(f"RUN {env.interpreter} -m venv {VENV}")
             lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:$PATH")

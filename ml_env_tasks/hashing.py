@@ -52,6 +52,8 @@ def canonical(env: Environment) -> dict[str, Any]:
     if env.conda_file is not None:
         python["conda_file"] = env.conda_file.sha256
         python["conda_pip"] = sorted(env.conda_pip)
+        if env.conda_installer != "pip":  # only when set, so existing hashes stay
+            python["conda_installer"] = env.conda_installer
     ix = env.index
     if not ix.empty:
         python["index"] = {

@@ -45,6 +45,7 @@ TOP_KEYS = {"name", "version", "description", "inference", "base", "python", "ap
 BASE_KEYS = {"image", "dockerfile", "dockerfile_text", "registry"}
 REGISTRY_KEYS = {"address", "username", "password_env"}
 PYTHON_KEYS = {
+    "conda_installer",
     "user_managed_dependencies",
     "interpreter",
     "packages",
@@ -59,6 +60,27 @@ PYTHON_KEYS = {
 APT_KEYS = {"packages"}
 DOCKER_KEYS = {"shm_size", "build_args"}
 CONDA_ALLOWED = {"python", "pip"}
+CONDA_INSTALLERS = ("pip", "conda")
+# conda package name -> PyPI name, for conda files installed without conda (no channels reachable)
+CONDA_TO_PYPI = {
+    **{
+        n: n
+        for n in (
+            "numpy scipy scikit-learn pandas matplotlib seaborn joblib threadpoolctl statsmodels sympy networkx "
+            "pillow pyyaml requests tqdm click jinja2 h5py numba cython six protobuf pyarrow psutil lightgbm "
+            "xgboost catboost scikit-image opencv-python-headless tabulate toolz cloudpickle dill fsspec "
+            "mlflow optuna shap plotly bokeh nltk gensim spacy transformers tokenizers datasets onnx onnxruntime "
+            "tensorflow keras pyspark dask distributed polars sqlalchemy typing-extensions packaging"
+        ).split()
+    },
+    "pytorch": "torch",
+    "pytorch-cpu": "torch",
+    "torchvision": "torchvision",
+    "py-xgboost": "xgboost",
+    "opencv": "opencv-python-headless",
+    "matplotlib-base": "matplotlib",
+    "pytables": "tables",
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +150,9 @@ class Environment:
     conda_file: FileRef | None = None
     conda_pip: tuple[str, ...] = ()
     conda_python: str | None = None
+    conda_installer: str = "pip"
+    conda_packages: tuple[str, ...] = ()  # installed with the base image's conda (conda_installer = "conda")
+    conda_channels: tuple[str, ...] = ()
     wheels: tuple[FileRef, ...] = ()
     index: IndexConfig = field(default_factory=IndexConfig)
     apt: tuple[str, ...] = ()
@@ -136,6 +161,7 @@ class Environment:
     shm_size: str | None = None
     build_args: dict[str, str] = field(default_factory=dict)
     lock: FileRef | None = None  # only set when building --locked
+    warnings: tuple[str, ...] = ()  # things the user should know, e.g. conda packages taken from PyPI
 
     @property
     def has_python_deps(self) -> bool:
@@ -223,6 +249,7 @@ def parse(text: str, path: Path, *, shown: str | None = None) -> Environment:
 
 class _Validator:
     def __init__(self, doc: dict[str, Any], path: Path, shown: str) -> None:
+        self.warnings: list[str] = []
         self.doc = doc
         self.path = path
         self.dir = path.parent
@@ -337,11 +364,18 @@ class _Validator:
                 ref.data.decode("utf-8")
             except UnicodeDecodeError:
                 raise self.err(f"python.requirements[{i}]", f"{ref.path} is not UTF-8 text") from None
+        conda_installer = self.string(py, "conda_installer", "python.conda_installer") or "pip"
+        if conda_installer not in CONDA_INSTALLERS:
+            raise self.err(
+                "python.conda_installer", f"{conda_installer!r}: choose one of {', '.join(CONDA_INSTALLERS)}"
+            )
         conda_rel = self.string(py, "conda_file", "python.conda_file")
         conda_file, conda_pip, conda_python = None, (), None
+        conda_packages: tuple[str, ...] = ()
+        conda_channels: tuple[str, ...] = ()
         if conda_rel is not None:
             conda_file = self.file(conda_rel, "python.conda_file", what="conda file")
-            conda_python, conda_pip = self.conda(conda_file)
+            conda_python, conda_pip, conda_packages, conda_channels = self.conda(conda_file, conda_installer)
         wheels = []
         for i, w in enumerate(self.strings(py, "wheels", "python.wheels")):
             where = f"python.wheels[{i}]"
@@ -400,6 +434,10 @@ class _Validator:
             conda_file=conda_file,
             conda_pip=conda_pip,
             conda_python=conda_python,
+            conda_installer=conda_installer,
+            conda_packages=conda_packages,
+            conda_channels=conda_channels,
+            warnings=tuple(self.warnings),
             wheels=tuple(wheels),
             index=index,
             apt=tuple(apt),
@@ -503,7 +541,14 @@ class _Validator:
                 raise self.err(key, f"{n!r} is not an environment variable name")
         return IndexConfig(url, url_env, tuple(extra), tuple(extra_env))
 
-    def conda(self, ref: FileRef) -> tuple[str | None, tuple[str, ...]]:
+    def conda(
+        self, ref: FileRef, installer: str
+    ) -> tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(python version, pip requirements, conda packages, channels) of a conda environment file.
+
+        With the pip installer, conda packages whose PyPI names are known become pip requirements
+        (listed in a warning); any other conda package is an error naming it.
+        """
         import yaml
 
         where = "python.conda_file"
@@ -516,8 +561,13 @@ class _Validator:
         deps = data.get("dependencies", [])
         if not isinstance(deps, list):
             raise self.err(where, f"{ref.path}: dependencies must be a list")
+        channels = data.get("channels") or []
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise self.err(where, f"{ref.path}: channels must be a list of names")
         python_ver = None
         pip_items: list[str] = []
+        mapped: list[str] = []
+        conda_pkgs: list[str] = []
         unsupported = []
         for dep in deps:
             if isinstance(dep, dict):
@@ -532,22 +582,46 @@ class _Validator:
                 continue
             if not isinstance(dep, str):
                 raise self.err(where, f"{ref.path}: dependency {dep!r} is not a string")
-            m = re.match(r"^(?:[\w.-]+::)?([A-Za-z0-9_.-]+)\s*(?:[=<>!~ ]+\s*(.*))?$", dep.strip())
+            m = re.match(r"^(?:([\w.-]+)::)?([A-Za-z0-9_.-]+)\s*(?:([=<>!~ ]+)\s*(.*))?$", dep.strip())
             if not m:
                 raise self.err(where, f"{ref.path}: cannot read dependency {dep!r}")
-            pkg, ver = m.group(1).lower(), (m.group(2) or "").strip() or None
-            if pkg not in CONDA_ALLOWED:
-                unsupported.append(dep)
-            elif pkg == "python" and ver:
-                python_ver = ver.lstrip("=")
+            pkg, op, ver = m.group(2).lower(), (m.group(3) or "").strip(), (m.group(4) or "").strip() or None
+            if pkg in CONDA_ALLOWED:
+                if pkg == "python" and ver:
+                    python_ver = ver.lstrip("=").split("=")[0]
+                continue
+            if installer == "conda":
+                conda_pkgs.append(dep.strip())
+            elif pkg in CONDA_TO_PYPI:
+                pip_req = CONDA_TO_PYPI[pkg] + _conda_version_to_pep440(op, ver)
+                pip_items.append(pip_req)
+                mapped.append(f"{dep.strip()} -> {pip_req}")
+            else:
+                unsupported.append(dep.strip())
         if unsupported:
             raise self.err(
                 where,
-                f"{ref.path}: conda packages other than python and pip need conda, which this build does not run: "
+                f"{ref.path}: these conda packages have no known PyPI name and no conda can install them: "
                 + ", ".join(unsupported),
-                hint="move them to the pip: section or to python.packages",
+                hint='move them to the pip: section, or set python.conda_installer = "conda" on a base image with conda',
             )
-        return python_ver, self.requirements_list(pip_items, f"{where}:pip")
+        if mapped:
+            self.warnings.append(
+                f"{ref.path}: conda packages installed from PyPI (no conda channels are used): " + "; ".join(mapped)
+            )
+        reqs = self.requirements_list(pip_items, f"{where}:pip")
+        return python_ver, reqs, tuple(conda_pkgs), tuple(channels)
+
+
+def _conda_version_to_pep440(op: str, ver: str | None) -> str:
+    """conda ``numpy=1.26.4`` -> ``==1.26.4``; ``=1.26`` -> ``==1.26.*``; build strings dropped."""
+    if not ver:
+        return ""
+    ver = ver.split("=")[0].strip() if op.strip() in ("=", "==", "") else ver
+    op = op.strip()
+    if op in ("", "="):
+        return f"=={ver}" if ver.count(".") >= 2 or "*" in ver else f"=={ver}.*"
+    return f"{op}{ver}"
 
 
 def check_image_ref(ref: str, file: str | None, key: str) -> None:

@@ -127,7 +127,7 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     (
         "conda-other-pkg",
         OK + "[python]\nconda_file = 'env.yml'\n",
-        {"env.yml": b"dependencies:\n  - python=3.11\n  - numpy=1.26\n"},
+        {"env.yml": b"dependencies:\n  - python=3.11\n  - libgomp=12\n"},
         "python.conda_file",
     ),
     (
