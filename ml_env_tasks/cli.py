@@ -218,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_ledger_show)
 
+    im = sub.add_parser(
+        "import", help="import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements)"
+    )
+    im.add_argument("source", type=Path)
+    im.add_argument("-o", "--output", type=Path, help="write the environment file here (default: stdout)")
+    im.add_argument("--json", action="store_true", help="print {output, name, warnings} as JSON")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="export an environment file to Azure ML v1 (directory) or v2 (YAML)")
+    ex.add_argument("spec")
+    ex.add_argument("--format", choices=("v1", "v2"), required=True)
+    ex.add_argument("-o", "--output", type=Path, required=True, help="v1: a directory; v2: a .yml file")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
     r = sub.add_parser("runs", help="run history")
     rsub = r.add_subparsers(dest="runs_command", metavar="{list,show}")
     rl = rsub.add_parser("list", help="list runs")
@@ -526,6 +541,49 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
         print(
             f"{e['time']}  {e.get('environment') or '-':20} {e['digest'][:19]}  {e['destination']}:{','.join(e['tags'])}  by {e.get('actor', '-')}"
         )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .formats.azure import import_source
+
+    out_dir = args.output.parent if args.output else Path.cwd()
+    result = import_source(args.source, out_dir)
+    for w in result.warnings:
+        _info(f"warning: {w}")
+    if args.output:
+        if args.output.exists():
+            raise MlEnvError(f"{args.output} exists; not overwriting it")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in result.files.items():
+            (out_dir / name).write_bytes(data)
+        args.output.write_text(result.text())
+        from . import spec
+
+        spec.load(args.output)  # what we wrote must load
+    if args.json:
+        print(
+            json.dumps(
+                {"output": str(args.output) if args.output else None, "name": result.name, "warnings": result.warnings},
+                indent=2,
+            )
+        )
+    elif not args.output:
+        print(result.text(), end="")
+    else:
+        print(f"wrote {args.output} ({len(result.warnings)} warnings)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import spec
+    from .formats.azure import export_v1, export_v2
+
+    env = spec.load(args.spec)
+    warnings = export_v1(env, args.output) if args.format == "v1" else export_v2(env, args.output)
+    for w in warnings:
+        _info(f"warning: {w}")
+    print(json.dumps({"output": str(args.output), "warnings": warnings}) if args.json else f"wrote {args.output}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Canonical form and content hash of an environment; ``explain`` of two specs' differences.
 
 The hash is sha256 over canonical JSON (sorted keys, no spaces, UTF-8). What goes in:
-everything that changes the image — base, Python setup, the *contents* of referenced files,
+everything that changes the image — base, Python setup, the *contents* of referenced files
+(for a conda file: what it installs),
 apt packages, env vars, labels, build args, the lock when building ``--locked``, and ``RENDERER``, the version of the Dockerfile renderer (a change in how we render is a
 change in the image). What stays out: name, description, version, ``docker.shm_size`` (a run
 setting), and where files live on disk.
@@ -50,7 +51,12 @@ def canonical(env: Environment) -> dict[str, Any]:
         "wheels": sorted([w.path.name, w.sha256] for w in env.wheels),
     }
     if env.conda_file is not None:
-        python["conda_file"] = env.conda_file.sha256
+        # what the conda file installs, not its bytes: comments and layout change nothing
+        python["conda"] = {
+            "python": env.conda_python,
+            "packages": sorted(env.conda_packages),
+            "channels": list(env.conda_channels),
+        }
         python["conda_pip"] = sorted(env.conda_pip)
         if env.conda_installer != "pip":  # only when set, so existing hashes stay
             python["conda_installer"] = env.conda_installer

@@ -1,0 +1,122 @@
+"""Azure ML formats: golden imports, unsupported fields named, passwords never written, round trips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml_env_tasks import SpecError, spec
+from ml_env_tasks.formats.azure import export_v1, export_v2, import_source
+from ml_env_tasks.hashing import env_hash, explain
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    shutil.copytree(FIX, tmp_path / "azure")
+    (tmp_path / "envs").mkdir()
+    return tmp_path
+
+
+def write(imp, path: Path) -> spec.Environment:
+    for name, data in imp.files.items():
+        (path.parent / name).write_bytes(data)
+    path.write_text(imp.text())
+    return spec.load(path)
+
+
+def test_v1_directory_golden(work: Path) -> None:
+    imp = import_source(work / "azure/v1-sklearn", work / "envs")
+    text = imp.text()
+    assert "s3cr3t-acr-password" not in text
+    env = write(imp, work / "envs" / "team.toml")
+    assert env.name == "team-sklearn-env" and env.version == "3" and env.inference
+    assert env.base.image == "myacr.azurecr.io/azureml/openmpi4.1.0-ubuntu20.04:20230509.v1"
+    assert env.base.registry.address == "myacr.azurecr.io" and env.base.registry.username == "puller"
+    assert env.base.registry.password_env == "MYACR_AZURECR_IO_PASSWORD"
+    assert env.env == {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE", "OMP_NUM_THREADS": "1"}
+    assert env.shm_size == "2g"
+    assert env.conda_python == "3.11.2"
+    assert set(env.conda_pip) == {"numpy==1.26.4", "scikit-learn==1.5.2", "azureml-defaults", "joblib==1.4.2"}
+    assert any("numpy=1.26.4 -> numpy==1.26.4" in w for w in env.warnings)
+    w = "\n".join(imp.warnings)
+    assert "name 'Team-SKLearn-Env' became 'team-sklearn-env'" in w
+    assert "unsupported field docker.arguments ['--ipc=host']" in w
+    assert "unsupported field docker.'platform'" in w
+    assert "MYACR_AZURECR_IO_PASSWORD" in w and "s3cr3t" not in w
+    assert "azureml-defaults" in w
+    assert text.startswith("# Imported from the Azure ML v1 environment directory")
+
+
+def test_v2_image_golden(work: Path) -> None:
+    imp = import_source(work / "azure/v2-image/env.yml", work / "envs")
+    env = write(imp, work / "envs" / "v2.toml")
+    assert env.name == "docker-image-plus-conda-example" and env.version == "2" and env.inference
+    assert env.description.startswith("Environment created")
+    assert env.labels == {"com.azure.ml.tag.team": "vision"}
+    assert set(env.conda_pip) == {"numpy==1.26.4", "pandas==2.2.3", "tomli==2.0.2"}
+    assert any("scoring_route" in w and "/predict" in w for w in imp.warnings)
+
+
+def test_v2_build_context(work: Path) -> None:
+    imp = import_source(work / "azure/v2-build/env.yml", work / "envs")
+    env = write(imp, work / "envs" / "ctx.toml")
+    assert env.base.dockerfile is not None and "print(1)" in env.base.dockerfile.text
+
+
+def test_conda_and_requirements_files(work: Path) -> None:
+    env = write(import_source(work / "azure/v2-image/conda-yamls/pydata.yml", work / "envs"), work / "envs" / "c.toml")
+    assert env.name == "pydata-example" and "pandas==2.2.3" in env.conda_pip
+    req = work / "team-requirements.txt"
+    req.write_text("six==1.16.0\n-r other.txt\n--extra-index-url https://x/simple\n")
+    imp = import_source(req, work / "envs")
+    env = write(imp, work / "envs" / "r.toml")
+    assert env.requirements[0].data == req.read_bytes()
+    assert any("-r other.txt" in w for w in imp.warnings) and any("extra-index-url" in w for w in imp.warnings)
+
+
+def test_windows_and_missing_fields_are_errors(work: Path) -> None:
+    f = work / "win.yml"
+    f.write_text("name: w\nimage: mcr.microsoft.com/windows\nos_type: windows\n")
+    with pytest.raises(SpecError, match="only linux"):
+        import_source(f, work)
+    (work / "azure/v1-sklearn/azureml_environment.json").write_text(json.dumps({"name": "x", "docker": {}}))
+    with pytest.raises(SpecError, match="baseImage"):
+        import_source(work / "azure/v1-sklearn", work)
+
+
+def test_round_trip_v1_and_v2(work: Path) -> None:
+    a = write(import_source(work / "azure/v1-sklearn", work / "envs"), work / "envs" / "a.toml")
+    export_v1(a, work / "out-v1")
+    assert json.loads((work / "out-v1/azureml_environment.json").read_text())["inferencingStackVersion"] == "latest"
+    b = write(import_source(work / "out-v1", work / "envs"), work / "envs" / "b.toml")
+    assert explain(a, b) == [] and env_hash(a) == env_hash(b)
+    (work / "out").mkdir()
+    warnings = export_v2(b, work / "out" / "env.yml")
+    assert "env vars have no v2 environment field and are not exported" in warnings
+    doc = yaml.safe_load((work / "out/env.yml").read_text())
+    assert doc["image"] == a.base.image and doc["conda_file"] == "env.conda.yml"
+    c = write(import_source(work / "out/env.yml", work / "envs"), work / "envs" / "c.toml")
+    # v2 environments carry no env vars and no registry credentials; everything else comes back
+    assert {d.field for d in explain(a, c)} == {"env.EXAMPLE_ENV_VAR", "env.OMP_NUM_THREADS", "base.registry"}
+    assert c.conda_pip == a.conda_pip and c.inference
+
+
+def test_cli_import_to_stdout_and_file(work: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn")],
+                       capture_output=True, text=True, cwd=work)  # fmt: skip
+    assert p.returncode == 0 and p.stdout.startswith("# Imported") and "warning: unsupported field" in p.stderr
+    out = work / "envs" / "team.toml"
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0 and spec.load(out).name == "team-sklearn-env"
+    again = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 1 and "not overwriting" in again.stderr
