@@ -66,6 +66,9 @@ def _add_build_options(p: argparse.ArgumentParser, *, building: bool = True) -> 
     p.add_argument("--log-dir", type=Path, default=Path(".ml-env/logs"), help="where build logs are saved")
 
 
+_VERSIONS = Path(os.environ.get("ML_ENV_VERSIONS", "envs/versions.toml"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-env", description="Content-addressed ML environment images.")
     parser.add_argument("--version", action="version", version=_version())
@@ -232,6 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", type=Path, required=True, help="v1: a directory; v2: a .yml file")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    rg = sub.add_parser("register", help="build (or reuse) and record a new version when the hash changed")
+    rg.add_argument("spec")
+    _add_build_options(rg)
+    rg.add_argument("--versions", type=Path, default=_VERSIONS, help="versions file (default envs/versions.toml)")
+    rg.add_argument("--json", action="store_true")
+    rg.set_defaults(func=cmd_register)
+
+    li = sub.add_parser("list", help="registered environments (latest versions) and curated ones")
+    li.add_argument("--versions", type=Path, default=_VERSIONS)
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=cmd_list)
+
+    ge = sub.add_parser("get", help="print a registered version's environment file, or write it (-o)")
+    ge.add_argument("ref", metavar="NAME[:VERSION]")
+    ge.add_argument("-o", "--output", type=Path, help="write the environment file (and its text files) here")
+    ge.add_argument("--versions", type=Path, default=_VERSIONS)
+    ge.add_argument("--json", action="store_true")
+    ge.set_defaults(func=cmd_get)
+
+    df = sub.add_parser("diff", help="field-level differences between two registered versions")
+    df.add_argument("a", metavar="NAME:VERSION")
+    df.add_argument("b", metavar="NAME:VERSION")
+    df.add_argument("--versions", type=Path, default=_VERSIONS)
+    df.add_argument("--json", action="store_true")
+    df.set_defaults(func=cmd_diff)
+
+    cl = sub.add_parser("clone", help="copy a curated (or any) environment under your own name")
+    cl.add_argument("source", metavar="curated/NAME")
+    cl.add_argument("name")
+    cl.add_argument("-d", "--directory", type=Path, default=Path("envs"))
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_clone)
+
+    sc = sub.add_parser("scaffold", help="write a starter environment, requirements file and train script")
+    sc.add_argument("name")
+    sc.add_argument("-d", "--directory", type=Path, default=Path("."))
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=cmd_scaffold)
 
     r = sub.add_parser("runs", help="run history")
     rsub = r.add_subparsers(dest="runs_command", metavar="{list,show}")
@@ -584,6 +626,95 @@ def cmd_export(args: argparse.Namespace) -> int:
     for w in warnings:
         _info(f"warning: {w}")
     print(json.dumps({"output": str(args.output), "warnings": warnings}) if args.json else f"wrote {args.output}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from . import spec
+    from .build import Reporter, build
+    from .versions import Versions
+
+    result = build(args.spec, _opts(args), Reporter(stream_logs=False))
+    env = spec.load(args.spec, locked=args.locked)
+    entry, created = Versions(args.versions).register(
+        env, image=result.image, digest=result.digest, registry=args.registry
+    )
+    if args.json:
+        print(
+            json.dumps({k: v for k, v in entry.items() if k not in ("spec", "files")} | {"created": created}, indent=2)
+        )
+    else:
+        state = "registered" if created else "unchanged, still"
+        print(f"{entry['name']}:{entry['version']} {state} ({entry['hash'][:12]}, {entry['image']}@{entry['digest']})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import curated
+    from .versions import Versions
+
+    registered = [{k: v for k, v in e.items() if k not in ("spec", "files")} for e in Versions(args.versions).latest()]
+    cur = [f"curated/{p.stem}" for p in curated()]
+    if args.json:
+        print(json.dumps({"registered": registered, "curated": cur}, indent=2))
+        return 0
+    for e in registered:
+        print(f"{e['name']}:{e['version']:<4} {e['hash'][:12]}  {e['image']}@{e['digest'] or '-'}  {e['registered']}")
+    print("curated: " + ", ".join(cur))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from .versions import Versions
+
+    v = Versions(args.versions)
+    entry = v.get(args.ref)
+    if args.output:
+        if args.output.exists():
+            raise MlEnvError(f"{args.output} exists; not overwriting it")
+        v.write_back(entry, args.output)
+        print(
+            json.dumps({"output": str(args.output), "version": entry["version"]})
+            if args.json
+            else f"wrote {args.output} ({entry['name']}:{entry['version']})"
+        )
+        if entry.get("wheels"):
+            _info(f"warning: wheels are not kept in the versions file; put them back: {', '.join(entry['wheels'])}")
+    else:
+        print(
+            json.dumps({k: v for k, v in entry.items()}, indent=2) if args.json else entry["spec"],
+            end="" if not args.json else "\n",
+        )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .versions import Versions
+
+    diffs = Versions(args.versions).diff(args.a, args.b)
+    if args.json:
+        print(json.dumps([{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs], indent=2))
+    else:
+        for d in diffs:
+            print(d)
+        if not diffs:
+            print("same environment")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    from .catalog import clone
+
+    out = clone(args.source, args.name, args.directory)
+    print(json.dumps({"output": str(out)}) if args.json else f"wrote {out}")
+    return 0
+
+
+def cmd_scaffold(args: argparse.Namespace) -> int:
+    from .catalog import scaffold
+
+    files = scaffold(args.name, args.directory)
+    print(json.dumps({"files": [str(f) for f in files]}) if args.json else "\n".join(f"wrote {f}" for f in files))
     return 0
 
 

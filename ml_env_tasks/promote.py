@@ -324,6 +324,12 @@ def _user_name() -> str:
 class Ledger:
     """A TOML file of ``[[promotion]]`` entries, appended atomically (lock, temp file, rename)."""
 
+    table = "promotion"
+    header = (
+        "Release ledger: one [[promotion]] per promotion, appended by `ml-env promote`.",
+        "Do not edit by hand; `ml-env ledger show` reads it.",
+    )
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
@@ -342,8 +348,8 @@ class Ledger:
 
         if not self.path.exists():
             doc = tomlkit.document()
-            doc.add(tomlkit.comment("Release ledger: one [[promotion]] per promotion, appended by `ml-env promote`."))
-            doc.add(tomlkit.comment("Do not edit by hand; `ml-env ledger show` reads it."))
+            for line in self.header:
+                doc.add(tomlkit.comment(line))
             return doc
         try:
             return tomlkit.parse(self.path.read_text(encoding="utf-8"))
@@ -355,12 +361,12 @@ class Ledger:
 
         with self._locked():
             doc = self._read()
-            if "promotion" not in doc:
-                doc.add("promotion", tomlkit.aot())
+            if self.table not in doc:
+                doc.add(self.table, tomlkit.aot())
             table = tomlkit.table()
             for k, v in entry.items():
-                table.add(k, v)
-            doc["promotion"].append(table)  # type: ignore[union-attr]
+                table.add(k, tomlkit.string(v, multiline=True) if isinstance(v, str) and "\n" in v else v)
+            doc[self.table].append(table)  # type: ignore[union-attr]
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(tomlkit.dumps(doc))
@@ -373,8 +379,9 @@ class Ledger:
         if not self.path.exists():
             return []
         doc = self._read().unwrap()
-        out = list(doc.get("promotion") or [])
-        return [e for e in out if env is None or e.get("environment") == env]
+        out = list(doc.get(self.table) or [])
+        key = "environment" if self.table == "promotion" else "name"
+        return [e for e in out if env is None or e.get(key) == env]
 
     def current(self, env: str | None, tag: str) -> dict[str, Any] | None:
         """Which digest ``tag`` is for ``env`` now, and since when (the promotion that set it)."""

@@ -34,6 +34,8 @@ __all__ = [
     "lock_path_for",
 ]
 
+RESERVED_PREFIX = "ml-env-"
+CURATED_DIR = Path(__file__).parent / "curated"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:_-]+)?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -332,6 +334,12 @@ class _Validator:
         self.known(d, "", TOP_KEYS)
         name = self.string(d, "name", "name", required=True)
         assert name is not None
+        if name.startswith(RESERVED_PREFIX) and self.path.resolve().parent != CURATED_DIR.resolve():
+            raise self.err(
+                "name",
+                f"the prefix {RESERVED_PREFIX!r} is reserved for curated environments",
+                hint="`ml-env clone curated/NAME my-env` makes an editable copy under your own name",
+            )
         if not NAME_RE.match(name):
             raise self.err(
                 "name",

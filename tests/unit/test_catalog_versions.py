@@ -1,0 +1,78 @@
+"""Curated environments, clone, scaffold, the reserved prefix, and environment versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_env_tasks import SpecError, spec
+from ml_env_tasks.catalog import clone, curated, scaffold
+from ml_env_tasks.errors import MlEnvError
+from ml_env_tasks.hashing import env_hash
+from ml_env_tasks.versions import Versions
+
+
+def test_curated_set_and_reserved_prefix(tmp_path: Path) -> None:
+    assert {p.stem for p in curated()} >= {"minimal", "sklearn", "sklearn-inference", "pytorch-cpu"}
+    for p in curated():
+        assert spec.load(p).name == f"ml-env-{p.stem}"
+    f = tmp_path / "mine.toml"
+    f.write_text('name = "ml-env-sklearn"\n[base]\nimage = "a/b:1"\n')
+    with pytest.raises(SpecError, match="reserved for curated") as exc:
+        spec.load(f)
+    assert exc.value.key == "name"
+
+
+def test_clone_is_an_editable_copy_with_its_files(tmp_path: Path) -> None:
+    out = clone("curated/sklearn", "my-sklearn", tmp_path / "envs")
+    env = spec.load(out)
+    assert env.name == "my-sklearn" and env.version == "1"
+    assert env_hash(env) == env_hash(spec.load(curated()[[p.stem for p in curated()].index("sklearn")]))
+    assert (tmp_path / "envs/requirements/sklearn.txt").exists()
+    assert out.read_text().startswith("# Curated: scikit-learn for training. Cloned from curated/sklearn.")
+    with pytest.raises(MlEnvError, match="exists"):
+        clone("curated/sklearn", "my-sklearn", tmp_path / "envs")
+    with pytest.raises(MlEnvError, match="not a name"):
+        clone("curated/sklearn", "ml-env-mine", tmp_path / "envs")
+    with pytest.raises(MlEnvError, match="no curated environment"):
+        clone("curated/nope", "x", tmp_path / "envs")
+
+
+def test_scaffold(tmp_path: Path) -> None:
+    files = scaffold("proj", tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "envs/proj.toml",
+        "envs/requirements/proj.txt",
+        "src/train.py",
+    ]
+    assert spec.load(tmp_path / "envs/proj.toml").name == "proj"
+    compile((tmp_path / "src/train.py").read_text(), "train.py", "exec")
+    with pytest.raises(MlEnvError, match="not overwriting"):
+        scaffold("proj", tmp_path)
+
+
+def test_versions_bump_only_on_a_changed_hash(tmp_path: Path) -> None:
+    envs = tmp_path / "envs"
+    (envs / "requirements").mkdir(parents=True)
+    (envs / "requirements/r.txt").write_text("six==1.16.0\n")
+    f = envs / "e.toml"
+    f.write_text('name = "e"\n[base]\nimage = "a/b:1"\n[python]\nrequirements = ["requirements/r.txt"]\n')
+    v = Versions(envs / "versions.toml")
+    one, created = v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")
+    assert created and one["version"] == 1
+    same, created = v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")
+    assert not created and same["version"] == 1
+    f.write_text('description = "cosmetic only"\n' + f.read_text())
+    assert v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")[1] is False
+    (envs / "requirements/r.txt").write_text("six==1.17.0\n")
+    two, created = v.register(spec.load(f), image="r/e:h2", digest="sha256:2", registry="r")
+    assert created and two["version"] == 2
+    assert v.get("e")["version"] == 2 and v.get("e:1")["hash"] == one["hash"]
+    with pytest.raises(MlEnvError, match="has no version 9"):
+        v.get("e:9")
+    diffs = v.diff("e:1", "e:2")
+    assert [d.field for d in diffs] == ["python.requirements", "python.requirements"]
+    back = v.write_back(v.get("e:1"), tmp_path / "restored" / "e.toml")
+    assert env_hash(spec.load(back)) == one["hash"]
+    assert (tmp_path / "restored/requirements/r.txt").read_text() == "six==1.16.0\n"
