@@ -164,6 +164,8 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
     env = load_env(path, opts)
     p = render(env)
     ref = image_ref(env, opts, p.hash)
+    for w in env.warnings:
+        rep.warn(w)
     if env.unpinned and not opts.locked:
         rep.info(
             f"{len(env.unpinned)} unpinned package(s) ({', '.join(env.unpinned[:5])}): the lock records what the image "
@@ -291,6 +293,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     on_line=on_line,
                 )
                 lock_text = _read_lock(engine, env, p, ref)
+                _check_python_version(engine, env, p, ref, rep)
                 if env.lock is not None:
                     _check_locked(env, lock_text)
                 labels["ml-env.lock"] = lock_text
@@ -484,6 +487,16 @@ def _read_lock(engine: Any, env: Environment, p: BuildPlan, ref: str) -> str:
         )
         body = "".join(sorted(line.strip() + "\n" for line in out.splitlines() if "==" in line))
     return LOCK_HEADER + f"# environment: {env.name}\n" + body
+
+
+def _check_python_version(engine: Any, env: Environment, p: BuildPlan, ref: str, rep: Reporter) -> None:
+    """A conda file that pins python is installed with the base's Python: say when they differ."""
+    if not env.conda_python or p.python is None:
+        return
+    got = engine.run_capture(ref, [p.python, "-c", "import platform; print(platform.python_version())"], entrypoint="").strip()
+    want = env.conda_python.rstrip(".*")
+    if not (got == want or got.startswith(want + ".")):
+        rep.warn(f"the conda file asks for python {env.conda_python}; the base image has {got}, which is what the image uses")
 
 
 def _check_locked(env: Environment, got: str) -> None:

@@ -53,6 +53,7 @@ class Workspace:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
         f = self.dir / name
+        f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)
         return f
 
