@@ -493,10 +493,14 @@ def _check_python_version(engine: Any, env: Environment, p: BuildPlan, ref: str,
     """A conda file that pins python is installed with the base's Python: say when they differ."""
     if not env.conda_python or p.python is None:
         return
-    got = engine.run_capture(ref, [p.python, "-c", "import platform; print(platform.python_version())"], entrypoint="").strip()
+    got = engine.run_capture(
+        ref, [p.python, "-c", "import platform; print(platform.python_version())"], entrypoint=""
+    ).strip()
     want = env.conda_python.rstrip(".*")
     if not (got == want or got.startswith(want + ".")):
-        rep.warn(f"the conda file asks for python {env.conda_python}; the base image has {got}, which is what the image uses")
+        rep.warn(
+            f"the conda file asks for python {env.conda_python}; the base image has {got}, which is what the image uses"
+        )
 
 
 def _check_locked(env: Environment, got: str) -> None:

@@ -55,9 +55,18 @@ def _rel(target: Path, out_dir: Path) -> str:
     return os.path.relpath(target.resolve(), out_dir.resolve())
 
 
-def _header(doc: tomlkit.TOMLDocument, source: Path, kind: str) -> None:
+DEFAULT_BASE = "127.0.0.1:5000/base/debian-python:bookworm"  # the lab's Python base, for formats without one
+
+
+def _start(source: Path, kind: str, raw_name: Any) -> tuple[tomlkit.TOMLDocument, list[str], str]:
+    """A new commented document with its name: (document, warnings, name)."""
+    doc = tomlkit.document()
     doc.add(tomlkit.comment(f"Imported from {kind} {source} by `ml-env import`."))
     doc.add(tomlkit.comment("Fields the importer could not map are listed in its warnings; review, then build."))
+    w: list[str] = []
+    name = _name(raw_name, source, w)
+    doc.add("name", name)
+    return doc, w, name
 
 
 def import_source(src: Path, out_dir: Path) -> Imported:
@@ -95,11 +104,7 @@ def import_v1(d: Path, out_dir: Path, json_path: Path | None = None) -> Imported
         raise SpecError(f"not valid JSON: {e}", file=str(jp)) from None
     if "environment" in data and isinstance(data["environment"], dict) and "entryScript" in data:
         data = data["environment"]  # an inference config with the environment inline
-    w: list[str] = []
-    doc = tomlkit.document()
-    _header(doc, d, "the Azure ML v1 environment directory")
-    name = _name(data.get("name"), d, w)
-    doc.add("name", name)
+    doc, w, name = _start(d, "the Azure ML v1 environment directory", data.get("name"))
     if data.get("version") is not None:
         doc.add("version", str(data["version"]))
     known = {
@@ -211,11 +216,7 @@ def _finish(
 
 
 def import_v2(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
-    w: list[str] = []
-    doc = tomlkit.document()
-    _header(doc, src, "the Azure ML v2 environment YAML")
-    name = _name(data.get("name"), src, w)
-    doc.add("name", name)
+    doc, w, name = _start(src, "the Azure ML v2 environment YAML", data.get("name"))
     if data.get("version") is not None:
         doc.add("version", str(data["version"]))
     if data.get("description"):
@@ -284,13 +285,9 @@ def import_v2(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
 
 
 def import_conda(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
-    w: list[str] = []
-    doc = tomlkit.document()
-    _header(doc, src, "the conda environment file")
-    name = _name(data.get("name"), src, w)
-    doc.add("name", name)
+    doc, w, name = _start(src, "the conda environment file", data.get("name"))
     base = tomlkit.table()
-    base.add("image", "127.0.0.1:5000/base/debian-python:bookworm")
+    base.add("image", DEFAULT_BASE)
     base["image"].comment("a base with the Python the conda file asks for")
     doc.add("base", base)
     pyt = tomlkit.table()
@@ -305,13 +302,11 @@ def import_conda(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
 
 
 def import_requirements(src: Path, out_dir: Path) -> Imported:
-    w: list[str] = []
-    doc = tomlkit.document()
-    _header(doc, src, "the pip requirements file")
-    name = _name(src.stem if src.stem != "requirements" else src.resolve().parent.name, src, w)
-    doc.add("name", name)
+    doc, w, name = _start(
+        src, "the pip requirements file", src.stem if src.stem != "requirements" else src.resolve().parent.name
+    )
     base = tomlkit.table()
-    base.add("image", "127.0.0.1:5000/base/debian-python:bookworm")
+    base.add("image", DEFAULT_BASE)
     doc.add("base", base)
     pyt = tomlkit.table()
     pyt.add("requirements", [_rel(src, out_dir)])
