@@ -1,59 +1,152 @@
-"""Reusable nox sessions. In your noxfile: ``import ml_env_tasks.nox`` and they are there.
+"""Reusable nox sessions. In your noxfile::
 
-    nox -s env_build -- envs/sklearn.toml --registry localhost:5000
-    nox -s env_plan -- envs/sklearn.toml
-    nox -s env_hash -- envs/sklearn.toml
-    nox -s train -- --env envs/sklearn.toml --source src --script train.py -- --alpha 0.5
-    nox -s runs -- list
-    nox -s promote -- localhost:5000/ml-envs/sklearn:HASH localhost:5001/prod/sklearn --tag 1.4.0 --tag prod
-    nox -s smoke_test -- --env envs/sklearn-inference.toml --entry score.py --model model --cases cases.jsonl
+    import ml_env_tasks.nox                      # every session, over the environments in envs/
 
-The sessions only drive Docker and registries, so they need no virtualenv
-(``venv_backend="none"``): they call the same core as the ``ml-env`` CLI, in-process, with the
-arguments after ``--``. A user error fails the session with the CLI's one-line message.
+or choose, rename and point them elsewhere::
+
+    import ml_env_tasks.nox
+    ml_env_tasks.nox.register(prefix="ml-", only=["env_build", "train"], envs="environments/")
+
+Then ``nox -l -t ml-env`` lists them. The per-environment sessions (``env_build``, ``env_plan``,
+``env_hash``) are parametrised over every ``*.toml`` in the folder::
+
+    nox -s "env_build(env='sklearn')"            # one environment
+    nox -s env_build                             # all of them
+    nox -s env_build -- envs/other.toml --force  # a file of your choosing (built once)
+    nox -s env_matrix                            # {"include": [...]} for a GitHub Actions matrix
+
+Sessions only drive Docker and registries, so they need no virtualenv (``venv_backend="none"``)
+and are not default sessions: a bare ``nox`` never starts a build. They call the same core as
+the ``ml-env`` CLI, in-process; a user error fails the session with the CLI's one-line message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import nox
+import nox.registry
 
 from . import cli
 
-__all__ = ["SESSIONS", "run_cli"]
+__all__ = ["SESSIONS", "register", "run_cli", "environments"]
+
+# name -> (ml-env command, one-line description, parametrised over the environments?)
+SESSIONS: dict[str, tuple[str, str, bool]] = {
+    "env_build": ("build", "Build an environment image, or reuse it when its hash is already in the registry.", True),
+    "env_plan": ("plan", "Print an environment's Dockerfile, hash and image tag without building.", True),
+    "env_hash": ("hash", "Print an environment's content hash.", True),
+    "env_matrix": ("", "Print the environments as a GitHub Actions matrix (JSON; also to $GITHUB_OUTPUT).", False),
+    "train": ("train", "Run a training script in an environment: -- --env E --source D --script S [-- ARGS].", False),
+    "runs": ("runs", "Show run history: -- list | show RUN.", False),
+    "serve": ("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach].", False),
+    "smoke_test": (
+        "smoke-test",
+        "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C.",
+        False,
+    ),
+    "promote": ("promote", "Promote an image by digest to another registry: -- SOURCE DEST --tag T.", False),
+    "ledger": ("ledger", "Show the release ledger: -- show [--env NAME] [--tag prod].", False),
+}
+TAGS = ["ml-env"]
+_registered: list[str] = []
 
 
-def run_cli(session: nox.Session, command: str, default_args: list[str] | None = None) -> None:
-    argv = [command, *(session.posargs or default_args or [])]
+def environments(envs: str | Path) -> list[str]:
+    """The environment names of a folder (its ``*.toml`` files, not sub-folders)."""
+    d = Path(envs)
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def run_cli(session: nox.Session, command: str, args: Iterable[str]) -> None:
+    argv = [*command.split(), *args]
     session.log("ml-env " + " ".join(argv))
     rc = cli.run(argv)
     if rc != 0:
         session.error(f"ml-env {command} failed (exit {rc})")
 
 
-def _session(name: str, command: str, doc: str) -> Callable[[nox.Session], None]:
+def _plain(name: str, command: str, doc: str) -> Callable[[nox.Session], None]:
     def session_fn(session: nox.Session) -> None:
         if not session.posargs:
             session.error(f"usage: nox -s {name} -- ARGS; see `ml-env {command} --help`")
-        run_cli(session, command)
+        run_cli(session, command, session.posargs)
 
     session_fn.__doc__ = doc
     session_fn.__name__ = name
     return session_fn
 
 
-SESSIONS: dict[str, tuple[str, str]] = {
-    "env_build": ("build", "Build an environment image, or reuse it when its hash is already in the registry."),
-    "env_plan": ("plan", "Print an environment's Dockerfile, hash and image tag without building."),
-    "env_hash": ("hash", "Print an environment's content hash."),
-    "train": ("train", "Run a training script inside an environment: -- --env E --source D --script S [-- ARGS]."),
-    "runs": ("runs", "Show run history: -- list | show RUN."),
-    "serve": ("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach]."),
-    "smoke_test": ("smoke-test", "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C."),
-    "promote": ("promote", "Promote an image by digest to another registry: -- SOURCE DEST --tag T."),
-    "ledger": ("ledger", "Show the release ledger: -- show [--env NAME] [--tag prod]."),
-}
+def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) -> Callable[..., None]:
+    @nox.parametrize("env", names)
+    def session_fn(session: nox.Session, env: str) -> None:
+        args = list(session.posargs)
+        if args and args[0].endswith(".toml"):
+            # a file named on the command line: done once, by the first parametrisation
+            if env != names[0]:
+                session.skip(f"{args[0]} is handled once, by {name}(env='{names[0]}')")
+            run_cli(session, command, args)
+        else:
+            run_cli(session, command, [str(envs / f"{env}.toml"), *args])
 
-for _name, (_command, _doc) in SESSIONS.items():
-    nox.session(name=_name, venv_backend="none", tags=["ml-env"], default=False)(_session(_name, _command, _doc))
+    session_fn.__doc__ = doc
+    session_fn.__name__ = name
+    return session_fn
+
+
+def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
+    def session_fn(session: nox.Session) -> None:
+        from . import spec
+
+        include = []
+        for n in environments(envs):
+            env = spec.load(envs / f"{n}.toml")
+            include.append({"env": n, "spec": str(envs / f"{n}.toml"), "name": env.name, "inference": env.inference})
+        matrix = json.dumps({"include": include})
+        print(matrix)
+        if os.environ.get("GITHUB_OUTPUT"):
+            from .gha import set_output
+
+            set_output("matrix", matrix)
+
+    session_fn.__doc__ = doc
+    session_fn.__name__ = "env_matrix"
+    return session_fn
+
+
+def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Path = "envs/") -> list[str]:
+    """Register (or re-register) the sessions: a subset (``only``), renamed (``prefix``), over the
+    environments in ``envs``. Replaces what an earlier call or the import registered. Returns
+    the session names."""
+    chosen = list(SESSIONS) if only is None else list(only)
+    unknown = [n for n in chosen if n not in SESSIONS]
+    if unknown:
+        raise ValueError(f"unknown ml-env sessions {unknown}; known: {list(SESSIONS)}")
+    registry = getattr(nox.registry, "_REGISTRY", None)
+    if registry is None:  # pragma: no cover - a nox without the registry dict
+        raise RuntimeError(
+            "this nox version keeps sessions differently; call register() once, before any import-time registration"
+        )
+    for old in _registered:
+        registry.pop(old, None)
+    _registered.clear()
+    env_dir = Path(envs)
+    names = environments(env_dir)
+    for name in chosen:
+        command, doc, per_env = SESSIONS[name]
+        full = f"{prefix}{name}"
+        if name == "env_matrix":
+            fn = _matrix(env_dir, doc)
+        elif per_env and names:
+            fn = _per_env(full, command, doc, env_dir, names)
+        else:
+            fn = _plain(full, command, doc)
+        nox.session(name=full, venv_backend="none", tags=TAGS, default=False)(fn)
+        _registered.append(full)
+    return list(_registered)
+
+
+register()

@@ -26,9 +26,16 @@ def test_import_gives_sessions_that_call_the_core(tmp_path: Path) -> None:
     assert json.loads(nox(tmp_path, "-l", "--json").stdout) == []
     listing = json.loads(nox(tmp_path, "-l", "--json", "-t", "ml-env").stdout)
     names = {s["session"]: s for s in listing}
-    assert {"env_build", "env_plan", "env_hash"} <= set(names)
-    assert names["env_build"]["description"].startswith("Build an environment image")
-    assert "ml-env" in names["env_build"]["tags"]
+    assert {
+        "env_build(env='tiny')",
+        "env_plan(env='tiny')",
+        "env_hash(env='tiny')",
+        "env_matrix",
+        "train",
+        "promote",
+    } <= set(names)
+    assert names["env_build(env='tiny')"]["description"].startswith("Build an environment image")
+    assert "ml-env" in names["env_build(env='tiny')"]["tags"]
     p = nox(tmp_path, "-s", "env_hash", "--", "envs/tiny.toml")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == env_hash(spec.load(f))
@@ -41,3 +48,45 @@ def test_user_error_fails_the_session_with_one_clear_line(tmp_path: Path) -> Non
     assert p.returncode != 0
     assert "ml-env: error: bad.toml: apt.packages[0]:" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def project(tmp_path: Path, noxfile: str, envs_dir: str = "envs") -> Path:
+    (tmp_path / "noxfile.py").write_text(noxfile)
+    d = tmp_path / envs_dir
+    d.mkdir()
+    for name in ("alpha", "beta"):
+        (d / f"{name}.toml").write_text(
+            f'name = "{name}"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n[env]\nX = "{name}"\n'
+        )
+    return tmp_path
+
+
+def test_register_subset_renamed_in_another_folder(tmp_path: Path) -> None:
+    p = project(
+        tmp_path,
+        "import ml_env_tasks.nox\nml_env_tasks.nox.register(prefix='ml-', only=['env_build', 'env_hash', 'train'], envs='environments/')\n",
+        "environments",
+    )
+    listing = json.loads(nox(p, "-l", "--json", "-t", "ml-env").stdout)
+    sessions = sorted(s["session"] for s in listing)
+    assert sessions == [
+        "ml-env_build(env='alpha')", "ml-env_build(env='beta')", "ml-env_hash(env='alpha')", "ml-env_hash(env='beta')", "ml-train",
+    ]  # fmt: skip
+    assert all(s["tags"] == ["ml-env"] and s["description"] for s in listing)
+    one = nox(p, "-s", "ml-env_hash(env='beta')")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.strip() == env_hash(spec.load(p / "environments/beta.toml"))
+    both = nox(p, "-s", "ml-env_hash")
+    assert both.stdout.split() == [env_hash(spec.load(p / f"environments/{n}.toml")) for n in ("alpha", "beta")]
+
+
+def test_env_matrix_for_github_actions(tmp_path: Path) -> None:
+    p = project(tmp_path, "import ml_env_tasks.nox  # noqa: F401\n")
+    out_file = tmp_path / "gh_output"
+    out_file.write_text("")
+    r = subprocess.run([sys.executable, "-m", "nox", "-s", "env_matrix"], cwd=p, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "GITHUB_OUTPUT": str(out_file)})  # fmt: skip
+    matrix = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [m["env"] for m in matrix["include"]] == ["alpha", "beta"]
+    assert matrix["include"][0]["spec"] == "envs/alpha.toml"
+    assert out_file.read_text() == f"matrix={json.dumps(matrix)}\n"
