@@ -228,6 +228,25 @@ class Engine:
         except docker.errors.DockerException as e:
             raise EngineError(f"docker history {ref} failed: {e}") from None
 
+    def login(self, server: str, username: str, password: str) -> None:
+        """``docker login`` with the password on stdin; refused credentials are a RegistryAuthError.
+
+        Run directly rather than through python-on-whales, whose login does not capture stderr
+        (the reason for a refusal would be lost).
+        """
+        try:
+            p = subprocess.run(
+                ["docker", "login", server, "--username", username, "--password-stdin"],
+                input=password, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise EngineError("the docker client is not installed") from None
+        if p.returncode != 0:
+            err = (p.stderr + p.stdout).replace(password, "***")
+            if "unauthorized" in err.lower() or "denied" in err.lower() or "401" in err:
+                raise RegistryAuthError(f"{server} refused the login of {username!r}") from None
+            raise EngineError(f"docker login {server} failed: {_last_error_line(err)}")
+
     def prune_builder(self) -> None:
         from python_on_whales.exceptions import DockerException
 

@@ -327,7 +327,28 @@ def promote_action() -> int:
     return 0
 
 
-ACTIONS = {"build": build_action, "train": train_action, "smoke-test": smoke_test_action, "promote": promote_action}
+def login_action() -> int:
+    """docker/login-action style: mask the password first, then log in through the engine."""
+    from .engine import Engine
+
+    registry, username, password = _input("registry"), _input("username"), os.environ.get("INPUT_PASSWORD", "")
+    mask(password)
+    if not (registry and username and password):
+        raise MlEnvError(
+            "inputs 'registry', 'username' and 'password' are required (or keep an existing docker config)"
+        )
+    Engine().login(registry, username, password)
+    print(f"ml-env: logged in to {registry} as {username}")
+    return 0
+
+
+ACTIONS = {
+    "login": login_action,
+    "build": build_action,
+    "train": train_action,
+    "smoke-test": smoke_test_action,
+    "promote": promote_action,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,3 +182,29 @@ def test_promote_action_outputs_and_summary(ws) -> None:
     assert (ws.dir / "releases.toml").read_text().count("\n[[promotion]]") == 1
     again, outputs2, summary2 = run_action(ROOT / "ci/github/promote/action.yml", inputs, ws.dir)
     assert outputs2["no-op"] == "true" and "already promoted" in summary2
+
+
+def test_login_action_masks_the_password_and_logs_in(ws, tmp_path: Path) -> None:
+    cfg = tmp_path / "docker-config"
+    cfg.mkdir()
+    inputs = {
+        "registry": ws.lab["auth_registry"],
+        "username": ws.lab["auth_user"],
+        "password": ws.lab["auth_password"],
+        "install": "false",
+    }
+    os.environ["DOCKER_CONFIG"] = str(cfg)
+    try:
+        proc, _, _ = run_action(ROOT / "ci/github/login/action.yml", inputs, ws.dir)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == f"::add-mask::{ws.lab['auth_password']}"
+        assert ws.lab["auth_password"] not in "\n".join(proc.stdout.splitlines()[1:]) + proc.stderr
+        assert ws.lab["auth_registry"] in (cfg / "config.json").read_text()
+        bad, _, _ = run_action(ROOT / "ci/github/login/action.yml", {**inputs, "password": "wrong-one"}, ws.dir)
+        assert (
+            bad.returncode == 4
+            and "refused the login" in bad.stdout
+            and "wrong-one" not in bad.stdout.split("::add-mask::wrong-one")[1]
+        )
+    finally:
+        del os.environ["DOCKER_CONFIG"]

@@ -65,7 +65,7 @@ def test_action_files_are_well_formed(path: Path) -> None:
         if "run" in step:
             assert step.get("shell"), f"step {step.get('name')} has no shell"
             assert "${{" not in step["run"], "inputs reach scripts through env, never interpolated"
-    for name, out in doc["outputs"].items():
+    for name, out in (doc.get("outputs") or {}).items():
         assert out.get("description")
         m = re.fullmatch(r"\$\{\{ steps\.([\w-]+)\.outputs\.([\w-]+) \}\}", out["value"])
         assert m and m.group(1) in ids, f"output {name} maps to no step"
