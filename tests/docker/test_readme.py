@@ -1,0 +1,110 @@
+"""The README's worked examples, run verbatim against the lab; and the release example."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def blocks() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    return {
+        m.group(1): m.group(2) for m in re.finditer(r"<!-- readme-test: ([\w-]+) -->\n```\w*\n(.*?)```", text, re.S)
+    }
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, lab: dict) -> tuple[Path, dict]:
+    """A copy of the project's environments and examples, and the lab's build settings."""
+    for d in ("envs", "examples"):
+        shutil.copytree(ROOT / d, tmp_path / d, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
+    env = {**os.environ, "ML_ENV_BUILD_NETWORK": lab["build_network"], "ML_ENV_CA_BUNDLE": lab.get("ca_bundle", "")}
+    return tmp_path, env
+
+
+def run_lines(block: str, cwd: Path, env: dict) -> list[subprocess.CompletedProcess]:
+    out = []
+    for line in block.strip().splitlines():
+        p = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, f"{line}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+        out.append(p)
+    return out
+
+
+def test_the_blocks_are_there() -> None:
+    assert set(blocks()) == {"cli", "noxfile", "nox", "gha"}
+
+
+def test_cli_example(checkout) -> None:
+    cwd, env = checkout
+    build, train, runs, explain = run_lines(blocks()["cli"], cwd, env)
+    assert json.loads(build.stdout)["image"].startswith("localhost:5000/ml-envs/sklearn:")
+    assert "completed" in train.stdout and "completed" in runs.stdout
+    assert "inference" in explain.stdout
+
+
+def test_nox_example(checkout) -> None:
+    cwd, env = checkout
+    (cwd / "noxfile.py").write_text(blocks()["noxfile"])
+    listing, hashed, matrix = run_lines(blocks()["nox"], cwd, env)
+    assert "ml-env_build(env='sklearn')" in listing.stdout and "ml-train" not in listing.stdout
+    assert re.fullmatch(r"[0-9a-f]{64}", hashed.stdout.strip())
+    assert [m["env"] for m in json.loads(matrix.stdout.strip().splitlines()[-1])["include"]] == [
+        "sklearn",
+        "sklearn-inference",
+    ]
+
+
+def test_github_actions_example_uses_real_inputs() -> None:
+    doc = yaml.safe_load(blocks()["gha"])
+    steps = doc["jobs"]["ml"]["steps"]
+    ids = set()
+    for step in steps:
+        uses = step["uses"]
+        if uses.startswith("./"):
+            action = yaml.safe_load((ROOT / uses[2:] / "action.yml").read_text())
+            assert set(step.get("with") or {}) <= set(action["inputs"]), uses
+            for ref in re.findall(r"steps\.([\w-]+)\.outputs\.([\w-]+)", json.dumps(step)):
+                assert ref[0] in ids
+        if "id" in step:
+            ids.add(step["id"])
+
+
+def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
+    cwd, env = checkout
+    shutil.copy(ROOT / "examples/release/release.sh", cwd / "release.sh")
+    env = {
+        **env,
+        "PROD": f"127.0.0.1:5001/test/release-{os.getpid()}",
+        "VERSION": "9.9.9",
+        "LEDGER": str(tmp_path / "releases.toml"),
+    }
+    p = subprocess.run(["bash", "release.sh"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "3 passed, 0 failed" in p.stdout
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("sklearn-inference prod: sha256:") and "since" in last
+    from ml_env_tasks.promote import Ledger
+
+    entry = Ledger(tmp_path / "releases.toml").entries()[-1]
+    assert entry["tags"] == ["9.9.9", "prod"] and entry["digest"] in last
+    from .helpers import delete_repository
+
+    delete_repository(
+        "127.0.0.1:5001",
+        env["PROD"].split("/", 1)[1],
+        (
+            json.loads((ROOT / ".lab/env.json").read_text())["auth_user"],
+            json.loads((ROOT / ".lab/env.json").read_text())["auth_password"],
+        ),
+    )
