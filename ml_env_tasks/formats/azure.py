@@ -349,6 +349,13 @@ def _conda_doc(env: Environment) -> dict[str, Any]:
     return {"name": "project_environment", "dependencies": deps}
 
 
+def _not_exported(target: str, **fields: Any) -> list[str]:
+    """Warnings for the environment's fields that the target format has no place for."""
+    return [
+        f"{name.replace('_', ' ')} have no {target} and are not exported" for name, value in fields.items() if value
+    ]
+
+
 def export_v1(env: Environment, out: Path) -> list[str]:
     """Write an Azure ML v1 environment directory; returns warnings for what does not carry over."""
     w: list[str] = []
@@ -381,14 +388,9 @@ def export_v1(env: Environment, out: Path) -> list[str]:
     (out / V1_JSON).write_text(json.dumps(data, indent=4) + "\n")
     if not env.user_managed:
         (out / V1_CONDA).write_text(yaml.safe_dump(_conda_doc(env), sort_keys=False))
-    for what, present in (
-        ("wheels", env.wheels),
-        ("apt packages", env.apt),
-        ("labels", env.labels),
-        ("build args", env.build_args),
-    ):
-        if present:
-            w.append(f"{what} have no v1 field and are not exported")
+    w += _not_exported(
+        "v1 field", wheels=env.wheels, apt_packages=env.apt, labels=env.labels, build_args=env.build_args
+    )
     return w
 
 
@@ -419,13 +421,8 @@ def export_v2(env: Environment, out: Path) -> list[str]:
             "readiness_route": {"path": "/score", "port": 5001},
             "scoring_route": {"path": "/score", "port": 5001},
         }
-    for what, present in (
-        ("env vars", env.env),
-        ("wheels", env.wheels),
-        ("apt packages", env.apt),
-        ("shm_size", env.shm_size),
-    ):
-        if present:
-            w.append(f"{what} have no v2 environment field and are not exported")
+    w += _not_exported(
+        "v2 environment field", env_vars=env.env, wheels=env.wheels, apt_packages=env.apt, shm_size=env.shm_size
+    )
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return w
