@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from .hashing import dependency_key, env_hash
 from .provenance import git_info
 from .redact import Redactor
 from .registry import RegistryClient, parse_ref
-from .spec import Environment, FileRef, lock_packages, lock_path_for
+from .spec import Environment, lock_packages, lock_path_for
 
 __all__ = ["BuildOptions", "BuildResult", "build", "plan", "image_ref", "Reporter", "CACHE_BACKENDS"]
 
@@ -541,11 +541,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def lock_ref(path: Path) -> FileRef | None:
-    lp = lock_path_for(path)
-    return FileRef(lp, lp.read_bytes()) if lp.exists() else None
-
-
-LineSink = Callable[[str], None]

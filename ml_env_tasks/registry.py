@@ -26,7 +26,7 @@ import requests
 from .errors import RegistryAuthError, RegistryError, RegistryUnreachable, SpecError
 from .refs import IMAGE_RE
 
-__all__ = ["Reference", "RegistryClient", "ManifestInfo", "parse_ref", "client_for", "MANIFEST_TYPES"]
+__all__ = ["Reference", "RegistryClient", "ManifestInfo", "parse_ref", "MANIFEST_TYPES"]
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -48,12 +48,6 @@ class Reference:
     def reference(self) -> str:
         """What goes after /manifests/: the digest when known, else the tag."""
         return self.digest or self.tag or "latest"
-
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.host, self.repository, tag, None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.host, self.repository, None, digest)
 
     def __str__(self) -> str:
         s = f"{self.host}/{self.repository}"
@@ -435,10 +429,6 @@ class RegistryClient:
             return list(r.json().get("manifests") or [])
         except ValueError:
             return None
-
-
-def client_for(host: str, *, insecure: bool = False) -> RegistryClient:
-    return RegistryClient(host, insecure=insecure)
 
 
 def _short(e: Exception) -> str:
