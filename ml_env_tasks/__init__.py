@@ -18,6 +18,7 @@ __all__ = [
     "MlEnvError",
     "RegistryAuthError",
     "RegistryError",
+    "RegistryTransient",
     "RegistryUnreachable",
     "SpecError",
 ]

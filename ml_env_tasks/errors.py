@@ -13,6 +13,7 @@ __all__ = [
     "BuildError",
     "RegistryError",
     "RegistryAuthError",
+    "RegistryTransient",
     "RegistryUnreachable",
 ]
 
@@ -82,6 +83,10 @@ class RegistryError(MlEnvError):
 
 class RegistryAuthError(RegistryError):
     """Credentials are missing or were refused."""
+
+
+class RegistryTransient(RegistryError):
+    """The registry kept answering 5xx or 429 after bounded retries: worth trying again later."""
 
 
 class RegistryUnreachable(RegistryError):

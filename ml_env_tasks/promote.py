@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import MlEnvError, RegistryError, RegistryUnreachable
+from .errors import MlEnvError, RegistryError, RegistryTransient, RegistryUnreachable
 from .provenance import git_info
 from .registry import BlobIntegrityError, Reference, RegistryClient, parse_ref
 
@@ -236,8 +236,8 @@ def _copy_blob(
             if attempt == BLOB_ATTEMPTS:
                 raise RegistryError(f"copying blob {digest[:19]} failed {attempt} times: {e.message}") from None
             time.sleep(0.2 * attempt)
-        except RegistryError as e:
-            if attempt == BLOB_ATTEMPTS or "answered 5" not in e.message:
+        except RegistryTransient:
+            if attempt == BLOB_ATTEMPTS:
                 raise
             time.sleep(0.2 * attempt)
     if not dc.blob_exists(dst_repo, digest):

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from .errors import RegistryAuthError, RegistryError, RegistryUnreachable, SpecError
+from .errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable, SpecError
 from .refs import IMAGE_RE
 
 __all__ = ["Reference", "RegistryClient", "ManifestInfo", "parse_ref", "MANIFEST_TYPES"]
@@ -223,7 +223,7 @@ class RegistryClient:
             if resp.status_code >= 500 or resp.status_code == 429:
                 attempt += 1
                 if attempt > retries:
-                    raise RegistryError(
+                    raise RegistryTransient(
                         f"registry {self.host} answered {resp.status_code} to {method} {path} after {attempt} attempts"
                     )
                 self._sleep(attempt, resp.headers.get("Retry-After"))
