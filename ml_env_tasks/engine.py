@@ -264,7 +264,7 @@ class Containers:
     python-on-whales stays the tool for builds (docker-py has no BuildKit).
     """
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self) -> None:
         import docker
         import docker.errors
 

@@ -325,6 +325,7 @@ class Ledger:
     """A TOML file of ``[[promotion]]`` entries, appended atomically (lock, temp file, rename)."""
 
     table = "promotion"
+    name_key = "environment"  # the entry field that names the environment
     header = (
         "Release ledger: one [[promotion]] per promotion, appended by `ml-env promote`.",
         "Do not edit by hand; `ml-env ledger show` reads it.",
@@ -380,8 +381,7 @@ class Ledger:
             return []
         doc = self._read().unwrap()
         out = list(doc.get(self.table) or [])
-        key = "environment" if self.table == "promotion" else "name"
-        return [e for e in out if env is None or e.get(key) == env]
+        return [e for e in out if env is None or e.get(self.name_key) == env]
 
     def current(self, env: str | None, tag: str) -> dict[str, Any] | None:
         """Which digest ``tag`` is for ``env`` now, and since when (the promotion that set it)."""

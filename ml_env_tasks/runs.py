@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -317,7 +318,7 @@ class LocalDockerRunner:
 
         timer = threading.Timer(job.timeout, stop, args=("timed_out",)) if job.timeout else None
         try:
-            with _signals(lambda signum: stop("canceled")):
+            with on_stop_signals(lambda signum: stop("canceled")):
                 c.copy_in(cid, job.code_dir, CODE_DIR)
                 c.start(cid)
                 if timer:
@@ -345,7 +346,7 @@ class LocalDockerRunner:
 
 
 @contextlib.contextmanager
-def _signals(handler: Callable[[int], None]) -> Iterator[None]:
+def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
     """SIGINT/SIGTERM stop the run (and the container) instead of killing the CLI midway."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -420,7 +421,7 @@ def train(
     info: Callable[[str], None] | None = None,
     runner: Runner | None = None,
 ) -> RunResult:
-    say = info or (lambda m: print(f"ml-env: {m}", file=__import__("sys").stderr, flush=True))
+    say = info or (lambda m: print(f"ml-env: {m}", file=sys.stderr, flush=True))
     emit = on_line or (lambda line: print(line, flush=True))
     _validate(opts)
     experiment = opts.experiment or Path(opts.script).stem

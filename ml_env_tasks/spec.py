@@ -7,6 +7,7 @@ so that hashing and rendering work on contents, never on paths.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -182,16 +183,10 @@ class Environment:
         return out
 
     def with_lock(self, lock: FileRef | None) -> Environment:
-        return _replace(self, lock=lock)
+        return dataclasses.replace(self, lock=lock)
 
     def with_base_digest(self, digest: str) -> Environment:
-        return _replace(self, base=_replace(self.base, digest=digest))
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+        return dataclasses.replace(self, base=dataclasses.replace(self.base, digest=digest))
 
 
 def lock_packages(text: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ class Versions(Ledger):
     """The same atomic append-only TOML file as the ledger, with ``[[environment]]`` entries."""
 
     table = "environment"
+    name_key = "name"
     header = (
         "Environment versions: one [[environment]] per registered version, written by `ml-env register`.",
         "Commit it; `ml-env list`, `get NAME[:VERSION]` and `diff NAME:A NAME:B` read it.",

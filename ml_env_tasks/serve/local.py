@@ -124,14 +124,10 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
         port = opts.port
         if _port_taken(port):
             raise MlEnvError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
+    # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
     volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
-    if "" in opts.models:
-        model_dir = MODEL_ROOT
-        volumes.append((str(opts.models[""].resolve()), MODEL_ROOT, "ro"))
-    else:
-        model_dir = MODEL_ROOT
-        volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}", "ro") for n, p in opts.models.items()]
-    envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": model_dir}
+    volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT, "ro") for n, p in opts.models.items()]
+    envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": MODEL_ROOT}
     if opts.scoring_timeout_ms:
         envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
     if opts.workers:

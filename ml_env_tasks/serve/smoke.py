@@ -239,10 +239,10 @@ def run_smoke_test(
     if repeat < 1:
         raise MlEnvError("--repeat must be at least 1")
     service: Service | None = None
-    from ..runs import _signals
+    from ..runs import on_stop_signals
 
     try:
-        with _signals(_interrupt):
+        with on_stop_signals(_interrupt):
             service = start(ServeOptions(**{**opts.__dict__, "port": 0}), info=info)
             if info:
                 info(f"started {service.image} at {service.url}; waiting for readiness")
