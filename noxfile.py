@@ -9,6 +9,7 @@ Quick start (as root on Debian bookworm):
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,13 @@ sys.path.insert(0, str(ROOT))
 import ml_env_tasks.nox  # noqa: E402,F401  (dogfooding: the reusable sessions)
 
 nox.options.sessions = ["tests"]
-LAB_ENV = ROOT / ".lab" / "env.json"
+LAB = ROOT / "ci/lab/lab.py"
+# one lab per machine: its facts live machine-wide, whichever checkout brought it up
+LAB_ENV = Path(os.environ.get("ML_ENV_LAB_STATE", "/var/lib/ml-env-lab")) / "run" / "env.json"
 
 
 def lab_up(session: nox.Session) -> dict:
-    session.run(sys.executable, str(ROOT / "ci/lab/lab.py"), "up", external=True)
+    session.run(sys.executable, str(LAB), "up", external=True)
     return json.loads(LAB_ENV.read_text())
 
 
@@ -38,9 +41,9 @@ def lab_build_args(lab: dict) -> list[str]:
 
 @nox.session(venv_backend="none")
 def lab(session: nox.Session) -> None:
-    """Bring the lab up (engine, registries, base images); `-- down` stops what it started."""
+    """Bring the machine's lab up and heal it (engine, registries, base images); `-- status` checks, `-- down` stops."""
     action = session.posargs[0] if session.posargs else "up"
-    session.run(sys.executable, str(ROOT / "ci/lab/lab.py"), action, external=True)
+    session.run(sys.executable, str(LAB), action, external=True)
 
 
 @nox.session(venv_backend="none")
@@ -96,7 +99,7 @@ def demo(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite: unit tests, then tests against the real lab (marker `docker`)."""
     lab_up(session)
-    env = {"ML_ENV_LAB": str(LAB_ENV)}
+    env = {"ML_ENV_LAB": str(LAB_ENV), "ML_ENV_LAB_SCRIPT": str(LAB)}
     session.run(sys.executable, "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)
 
 

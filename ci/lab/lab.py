@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The lab: a real Docker engine with BuildKit, two local registries and base images.
 
-Usage (as root, on Debian bookworm):
-    python3 ci/lab/lab.py up      # idempotent; a second run on a running lab takes seconds
-    python3 ci/lab/lab.py down    # stops what `up` started, by PID
-    python3 ci/lab/lab.py status
+One lab per machine. Usage (as root, on Debian bookworm), from any checkout:
+    python3 ci/lab/lab.py up      # idempotent; checks what tests need and heals what it can
+    python3 ci/lab/lab.py status  # the same health check, no changes; exit 1 when unhealthy
+    python3 ci/lab/lab.py down    # stops what the lab started, by PID
 
 Only the standard library is used: this runs before the project's dependencies exist.
 What it does and why is written up in the README ("The lab"). Facts behind each step:
@@ -13,15 +13,22 @@ the inline cache), the containerd image store (so the docker driver exports regi
 local caches), Debian's docker-registry as plain processes on 127.0.0.1, and base images
 built locally (no Docker Hub is reachable).
 
-Run-time state (PID files, logs, env.json) lives in `<project>/.lab/`. Registry storage,
-the auth registry's password and the cached base root file systems live in
-/var/lib/ml-env-lab/, so a fresh checkout on the same machine finds its base images.
+All state is machine-wide, under /var/lib/ml-env-lab/ (``ML_ENV_LAB_STATE``): registry
+storage, the auth registry's password, cached root file systems, and in ``run/`` the PID
+files, daemon config, logs and ``env.json``. Any checkout sees, checks, heals and stops the
+same engine and registries; deleting the checkout that started them loses nothing.
+
+The Debian mirror (for debootstrap and the extra trixie source) is read from this machine's
+own apt configuration.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,19 +38,28 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
-LAB = Path(os.environ.get("ML_ENV_LAB_DIR", PROJECT / ".lab"))
 STATE = Path(os.environ.get("ML_ENV_LAB_STATE", "/var/lib/ml-env-lab"))
+RUN = STATE / "run"
+ENV_JSON = RUN / "env.json"
 PLAIN_PORT = 5000
 AUTH_PORT = 5001
 BASE_PYTHON = f"127.0.0.1:{PLAIN_PORT}/base/debian-python:bookworm"
 BASE_TINY = f"127.0.0.1:{PLAIN_PORT}/base/busybox:1"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 APT_PACKAGES_TRIXIE = ["docker.io/trixie", "docker-cli/trixie", "containerd/trixie", "docker-buildx/trixie"]
 APT_PACKAGES = ["docker-registry", "skopeo", "debootstrap", "apache2-utils", "busybox-static", "iproute2"]
+# what the lab's dockerd runs with: the containerd image store, and the plain registry as a
+# mirror of Docker Hub names (so `FROM python:3.11-slim-bookworm` resolves to the lab's stand-in)
+DAEMON_CONFIG = {
+    "features": {"containerd-snapshotter": True},
+    "registry-mirrors": [f"http://127.0.0.1:{PLAIN_PORT}"],
+}
+# each process the lab starts: the program it must be (checked in /proc, so a reused PID is
+# never taken for ours)
+PROGRAMS = {"dockerd": "dockerd", "registry-plain": "docker-registry", "registry-auth": "docker-registry"}
 
 
 def log(msg: str) -> None:
@@ -56,8 +72,38 @@ def run(cmd: list[str], *, check: bool = True, quiet: bool = False, **kw) -> sub
     return subprocess.run(cmd, check=check, text=True, **kw)
 
 
-def ok(cmd: list[str]) -> bool:
-    return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+def ok(cmd: list[str], timeout: float = 60) -> bool:
+    try:
+        return (
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def output(cmd: list[str], timeout: float = 60) -> tuple[int, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return 127, f"{cmd[0]}: not installed"
+    except subprocess.TimeoutExpired:
+        return 124, f"{' '.join(cmd[:3])}: no answer in {timeout:.0f}s"
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """`up` and `down` from two checkouts at once take turns."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    with open(RUN / "lab.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- processes the lab owns ---------------------------------------------------------------
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,8 +113,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie is not alive
-    try:
+    try:  # a zombie is not alive
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
@@ -76,21 +121,27 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_pid(name: str) -> int | None:
-    path = LAB / f"{name}.pid"
+    """The PID of a process the lab started, if it still runs and is still that program."""
     try:
-        pid = int(path.read_text().strip())
+        pid = int((RUN / f"{name}.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    if not pid_alive(pid):
+        return None
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return None
+    return pid if Path(argv0).name == PROGRAMS[name] else None
 
 
 def start(name: str, cmd: list[str]) -> int:
-    LAB.mkdir(parents=True, exist_ok=True)
-    logf = open(LAB / f"{name}.log", "ab")
+    RUN.mkdir(parents=True, exist_ok=True)
+    logf = open(RUN / f"{name}.log", "ab")
     proc = subprocess.Popen(
         cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
-    (LAB / f"{name}.pid").write_text(str(proc.pid))
+    (RUN / f"{name}.pid").write_text(str(proc.pid))
     log(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
     return proc.pid
 
@@ -98,17 +149,17 @@ def start(name: str, cmd: list[str]) -> int:
 def stop(name: str) -> None:
     pid = read_pid(name)
     if pid is None:
-        (LAB / f"{name}.pid").unlink(missing_ok=True)
+        (RUN / f"{name}.pid").unlink(missing_ok=True)
         return
     log(f"stopping {name} (pid {pid})")
     os.kill(pid, signal.SIGTERM)
-    for _ in range(150):
+    for _ in range(300):
         if not pid_alive(pid):
             break
         time.sleep(0.1)
     else:
         os.kill(pid, signal.SIGKILL)
-    (LAB / f"{name}.pid").unlink(missing_ok=True)
+    (RUN / f"{name}.pid").unlink(missing_ok=True)
 
 
 def wait_for(what: str, probe, timeout: float = 60.0) -> None:
@@ -119,14 +170,72 @@ def wait_for(what: str, probe, timeout: float = 60.0) -> None:
             return
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-    raise SystemExit(f"[lab] {what} did not come up within {timeout:.0f}s; see {LAB}")
+    raise SystemExit(f"[lab] {what} did not come up within {timeout:.0f}s; see {RUN}")
+
+
+# --- the machine's Debian mirror ----------------------------------------------------------
+
+
+def codename() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "bookworm"
+
+
+def apt_sources(root: Path = Path("/etc/apt")) -> list[tuple[str, list[str], list[str]]]:
+    """(URI, suites, components) of every `deb` source this machine's apt uses (one-line and deb822)."""
+    out: list[tuple[str, list[str], list[str]]] = []
+    files = [root / "sources.list"] + sorted((root / "sources.list.d").glob("*"))
+    for f in files:
+        if not f.is_file() or f.name.startswith("ml-env-lab"):
+            continue
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if f.suffix == ".list" or f.name == "sources.list":
+            for raw in text.splitlines():
+                words = re.sub(r"\[[^\]]*\]", "", raw.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    out.append((words[1], [words[2]], words[3:]))
+        elif f.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line.startswith("#") or ":" not in line:
+                        continue
+                    k, v = line.split(":", 1)
+                    fields[k.strip().lower()] = v.strip()
+                if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+                    continue
+                for uri in fields.get("uris", "").split():
+                    out.append((uri, fields.get("suites", "").split(), fields.get("components", "").split()))
+    return out
+
+
+def debian_mirror(root: Path = Path("/etc/apt")) -> str:
+    """The mirror this machine's apt gets its release's `main` from (not the security archive)."""
+    if os.environ.get("ML_ENV_LAB_MIRROR"):
+        return os.environ["ML_ENV_LAB_MIRROR"].rstrip("/")
+    name = codename()
+    for uri, suites, components in apt_sources(root):
+        if name in suites and "main" in components and uri.startswith(("http://", "https://")):
+            return uri.rstrip("/")
+    raise SystemExit(
+        f"[lab] no apt source for {name} main found in /etc/apt (sources.list, sources.list.d); "
+        "set ML_ENV_LAB_MIRROR to a Debian mirror URL"
+    )
 
 
 # --- engine -------------------------------------------------------------------------------
 
 
 def engine_up() -> bool:
-    return ok(["docker", "info", "--format", "{{.ServerVersion}}"])
+    return ok(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=20)
 
 
 def install_packages() -> None:
@@ -138,7 +247,7 @@ def install_packages() -> None:
     trixie = Path("/etc/apt/sources.list.d/ml-env-lab-trixie.list")
     if need_engine and not trixie.exists():
         trixie.write_text(
-            f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {DEBIAN_MIRROR} trixie main\n"
+            f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {debian_mirror()} trixie main\n"
         )
         Path("/etc/apt/preferences.d/ml-env-lab-trixie-low").write_text(
             "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
@@ -158,30 +267,31 @@ def install_packages() -> None:
             policy.unlink()
 
 
+def daemon_config_path() -> Path:
+    return RUN / "daemon.json"
+
+
+def config_current() -> bool:
+    """The running lab dockerd was started with the config this version of the lab wants."""
+    try:
+        return json.loads(daemon_config_path().read_text()) == DAEMON_CONFIG
+    except (OSError, ValueError):
+        return False
+
+
 def start_engine() -> None:
-    if engine_up():
-        if read_pid("dockerd") is None:
-            log("a Docker engine is already running: using it")
-        return
     install_packages()
     # our own daemon config, so we never depend on (or change) /etc/docker/daemon.json
-    cfg = LAB / "daemon.json"
-    LAB.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(json.dumps({"features": {"containerd-snapshotter": True}}, indent=2))
-    start("dockerd", ["dockerd", "--config-file", str(cfg), "--pidfile", str(LAB / "dockerd.self.pid")])
-    wait_for("dockerd", engine_up, 60)
+    cfg = daemon_config_path()
+    cfg.write_text(json.dumps(DAEMON_CONFIG, indent=2))
+    start("dockerd", ["dockerd", "--config-file", str(cfg), "--pidfile", str(RUN / "dockerd.self.pid")])
+    wait_for("dockerd", engine_up, 90)
 
 
-def docker0_missing() -> bool:
-    return not Path("/sys/class/net/docker0").exists()
-
-
-def check_bridge() -> None:
-    """A long network-heavy build once removed docker0 (LAB.md); a restart of our dockerd brings it back."""
-    if docker0_missing() and read_pid("dockerd") is not None:
-        log("docker0 bridge is missing: restarting the lab's dockerd")
-        stop("dockerd")
-        start_engine()
+def restart_engine(why: str) -> None:
+    log(f"restarting the lab's dockerd: {why}")
+    stop("dockerd")
+    start_engine()
 
 
 # --- registries ---------------------------------------------------------------------------
@@ -189,7 +299,7 @@ def check_bridge() -> None:
 
 def registry_answers(port: int) -> bool:
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
         return True
     except urllib.error.HTTPError as e:  # 401 from the auth registry is an answer
         return e.code == 401
@@ -232,7 +342,7 @@ def start_registry(name: str, port: int, htpasswd: Path | None) -> None:
     ]
     if htpasswd is not None:
         lines.append(f"auth: {{htpasswd: {{realm: ml-env-lab, path: {htpasswd}}}}}")
-    cfg = LAB / f"registry-{name}.yml"
+    cfg = RUN / f"registry-{name}.yml"
     cfg.write_text("\n".join(lines) + "\n")
     start(f"registry-{name}", ["docker-registry", "serve", str(cfg)])
     wait_for(f"registry {name} on :{port}", lambda: registry_answers(port), 30)
@@ -282,6 +392,7 @@ def base_python() -> None:
         return
     cache = STATE / "debian-python-bookworm.tar"
     if not cache.exists():
+        mirror = debian_mirror()
         rootfs = STATE / "rootfs-debian-python"
         shutil.rmtree(rootfs, ignore_errors=True)
         log("debootstrap bookworm with python3 (about a minute)")
@@ -292,12 +403,12 @@ def base_python() -> None:
                 "--include=python3,python3-venv,python3-pip,ca-certificates",
                 "bookworm",
                 str(rootfs),
-                DEBIAN_MIRROR,
+                mirror,
             ],
             stdout=subprocess.DEVNULL,
         )
-        # apt inside images talks plain http to the Debian mirror
-        (rootfs / "etc/apt/sources.list").write_text(f"deb {DEBIAN_MIRROR} bookworm main\n")
+        # apt inside images talks plain http to the same mirror
+        (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
         for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / sub).glob("*"):
                 if p.is_file():
@@ -343,6 +454,58 @@ def base_tiny() -> None:
     tar.unlink()
 
 
+# --- health -------------------------------------------------------------------------------
+
+# problems that a restart of the lab's own dockerd can cure
+ENGINE_SIDE = ("engine", "docker0", "container", "config", "buildx")
+
+
+def health() -> list[tuple[str, bool, str]]:
+    """What the tests need, each (check, passed, detail). Never changes anything."""
+    checks: list[tuple[str, bool, str]] = []
+    code, text = output(["docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}"], timeout=20)
+    engine = code == 0
+    owned = read_pid("dockerd")
+    who = f"the lab's dockerd, pid {owned}" if owned else "not started by the lab"
+    checks.append(("engine", engine, f"{text.split()[0]} ({who})" if engine else _error_line(text)))
+    if owned:
+        checks.append(("config", config_current(), f"{daemon_config_path()}"))
+    has_bridge = Path("/sys/class/net/docker0").exists()
+    checks.append(("docker0", has_bridge, "bridge present" if has_bridge else "the docker0 bridge is missing"))
+    if engine:
+        code, text = output(["docker", "buildx", "inspect"], timeout=20)
+        driver = re.search(r"Driver:\s*(\S+)", text)
+        checks.append(("buildx", code == 0, f"driver {driver.group(1)}" if code == 0 and driver else text[-200:]))
+    for name, port in (("registry :5000", PLAIN_PORT), ("registry :5001", AUTH_PORT)):
+        up_ = registry_answers(port)
+        checks.append((name, up_, "answers /v2/" if up_ else f"nothing answers on 127.0.0.1:{port}"))
+    if engine and registry_answers(PLAIN_PORT) and in_registry(BASE_TINY):
+        # the engine pulls from the registry and starts a container on the default bridge
+        code, text = output(
+            ["docker", "run", "--rm", "--pull", "always", "--network", "bridge", BASE_TINY, "true"], timeout=60
+        )
+        detail = "pulled from :5000 and ran on the default bridge" if code == 0 else _error_line(text)
+        checks.append(("container", code == 0, detail))
+    for ref in (BASE_TINY, BASE_PYTHON):
+        present = registry_answers(PLAIN_PORT) and in_registry(ref)
+        checks.append((f"base {ref.split('/', 1)[1]}", present, "in the registry" if present else "missing"))
+    return checks
+
+
+def _error_line(text: str) -> str:
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    for x in lines:
+        if "error" in x.lower():
+            return x[:300]
+    return lines[-1][:300] if lines else "failed"
+
+
+def report(checks: list[tuple[str, bool, str]]) -> bool:
+    for name, passed, detail in checks:
+        log(f"{'ok  ' if passed else 'FAIL'} {name:28} {detail}")
+    return all(p for _, p, _ in checks)
+
+
 # --- commands -----------------------------------------------------------------------------
 
 
@@ -365,61 +528,98 @@ def write_env(user: str, password: str) -> dict:
         "containerd_store": "io.containerd.snapshotter" in driver_status,
         "dockerd_pid": read_pid("dockerd"),
         "owns_engine": read_pid("dockerd") is not None,
+        "state": str(STATE),
     }
-    path = LAB / "env.json"
-    tmp = path.with_suffix(".tmp")
+    tmp = ENV_JSON.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(env, f, indent=2)
-    tmp.replace(path)
+    tmp.replace(ENV_JSON)
     return env
+
+
+def ensure_engine() -> None:
+    """An engine that answers and passes the engine-side checks; ours is restarted, not theirs."""
+    if not engine_up():
+        if read_pid("dockerd") is None:
+            start_engine()
+        else:
+            restart_engine("it does not answer")
+        return
+    if read_pid("dockerd") is None:
+        log("a Docker engine the lab did not start is running: using it as it is")
+        return
+    if not config_current():
+        restart_engine("its config is not the one this lab wants")
+    elif not Path("/sys/class/net/docker0").exists():
+        restart_engine("the docker0 bridge is missing")
+
+
+def heal_engine_side(checks: list[tuple[str, bool, str]]) -> list[tuple[str, bool, str]]:
+    bad = [(n, d) for n, p, d in checks if not p and n in ENGINE_SIDE]
+    if not bad:
+        return checks
+    why = "; ".join(f"{n}: {d}" for n, d in bad)
+    if read_pid("dockerd") is None:
+        report(checks)
+        raise SystemExit(
+            f"[lab] the Docker engine is unhealthy ({why}) and the lab did not start it, so it cannot restart it; "
+            "restart that engine, or stop it and run `lab.py up` to start the lab's own"
+        )
+    restart_engine(why)
+    return health()
 
 
 def up() -> None:
     t0 = time.monotonic()
     if os.geteuid() != 0:
         raise SystemExit("[lab] run as root: it installs packages and starts dockerd")
-    LAB.mkdir(parents=True, exist_ok=True)
-    start_engine()
-    check_bridge()
-    if not ok(["docker", "buildx", "version"]):
-        install_packages()
+    with machine_lock():
+        STATE.mkdir(parents=True, exist_ok=True)
+        RUN.mkdir(parents=True, exist_ok=True)
+        ensure_engine()
         if not ok(["docker", "buildx", "version"]):
-            raise SystemExit("[lab] the engine runs but `docker buildx` is missing (package docker-buildx)")
-    if not all(shutil.which(t) for t in ("docker-registry", "htpasswd", "debootstrap", "busybox")):
-        install_packages()
-    user, password = auth_credentials()
-    htpasswd = STATE / "htpasswd"
-    if not htpasswd.exists() or not ok(["htpasswd", "-vb", str(htpasswd), user, password]):
-        line = run(["htpasswd", "-Bbn", user, password], capture_output=True, quiet=True).stdout.strip()
-        htpasswd.write_text(line + "\n")
-        htpasswd.chmod(0o600)
-    start_registry("plain", PLAIN_PORT, None)
-    start_registry("auth", AUTH_PORT, htpasswd)
-    docker_login(user, password)
-    base_tiny()
-    base_python()
-    env = write_env(user, password)
+            install_packages()
+            if not ok(["docker", "buildx", "version"]):
+                raise SystemExit("[lab] the engine runs but `docker buildx` is missing (package docker-buildx)")
+        if not all(shutil.which(t) for t in ("docker-registry", "htpasswd", "debootstrap", "busybox")):
+            install_packages()
+        user, password = auth_credentials()
+        htpasswd = STATE / "htpasswd"
+        if not htpasswd.exists() or not ok(["htpasswd", "-vb", str(htpasswd), user, password]):
+            line = run(["htpasswd", "-Bbn", user, password], capture_output=True, quiet=True).stdout.strip()
+            htpasswd.write_text(line + "\n")
+            htpasswd.chmod(0o600)
+        start_registry("plain", PLAIN_PORT, None)
+        start_registry("auth", AUTH_PORT, htpasswd)
+        docker_login(user, password)
+        base_tiny()
+        base_python()
+        checks = heal_engine_side(health())
+        if not report(checks):
+            raise SystemExit("[lab] not healthy after `up`: see the FAIL lines above")
+        env = write_env(user, password)
     shown = {k: ("***" if k == "auth_password" else v) for k, v in env.items()}
-    log(f"ready in {time.monotonic() - t0:.1f}s: {json.dumps(shown)}")
+    log(f"ready in {time.monotonic() - t0:.1f}s ({ENV_JSON}): {json.dumps(shown)}")
     if not env["containerd_store"]:
         log("note: this engine uses the classic image store; only the inline build cache is available")
 
 
 def down() -> None:
-    for name in ("registry-auth", "registry-plain", "dockerd"):
-        stop(name)
-    (LAB / "env.json").unlink(missing_ok=True)
+    with machine_lock():
+        for name in ("registry-auth", "registry-plain", "dockerd"):
+            stop(name)
+        ENV_JSON.unlink(missing_ok=True)
     log("down")
 
 
-def status() -> None:
-    for name in ("dockerd", "registry-plain", "registry-auth"):
-        pid = read_pid(name)
-        log(f"{name}: {'pid ' + str(pid) if pid else 'not started by the lab'}")
+def status() -> int:
+    healthy = report(health())
     log(
-        f"engine: {'up' if engine_up() else 'down'}; :5000 {registry_answers(PLAIN_PORT)}; :5001 {registry_answers(AUTH_PORT)}"
+        f"{'healthy' if healthy else 'UNHEALTHY'}; state in {STATE}"
+        + ("" if healthy else "; `lab.py up` heals what the lab owns")
     )
+    return 0 if healthy else 1
 
 
 def main(argv: list[str]) -> int:
@@ -429,7 +629,9 @@ def main(argv: list[str]) -> int:
     elif cmd == "down":
         down()
     elif cmd == "status":
-        status()
+        return status()
+    elif cmd == "env-path":
+        print(ENV_JSON)
     else:
         print(__doc__)
         return 2

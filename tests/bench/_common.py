@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def lab() -> dict[str, Any]:
-    return json.loads(Path(os.environ.get("ML_ENV_LAB", ROOT / ".lab/env.json")).read_text())
+    default = Path(os.environ.get("ML_ENV_LAB_STATE", "/var/lib/ml-env-lab")) / "run" / "env.json"
+    return json.loads(Path(os.environ.get("ML_ENV_LAB", default)).read_text())
 
 
 def write_result(name: str, result: dict[str, Any], *lines: str) -> None:

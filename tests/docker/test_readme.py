@@ -103,8 +103,5 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
     delete_repository(
         "127.0.0.1:5001",
         env["PROD"].split("/", 1)[1],
-        (
-            json.loads((ROOT / ".lab/env.json").read_text())["auth_user"],
-            json.loads((ROOT / ".lab/env.json").read_text())["auth_password"],
-        ),
+        (lab["auth_user"], lab["auth_password"]),
     )

@@ -1,0 +1,59 @@
+"""The lab reads the Debian mirror from the machine's own apt configuration (both formats)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    spec = importlib.util.spec_from_file_location("lab", ROOT / "ci/lab/lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deb822_sources_skip_security_and_disabled(lab, tmp_path: Path, monkeypatch) -> None:
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "a.sources").write_text(
+        "Types: deb\nURIs: http://mirror.invalid/security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\nURIs: http://off.invalid/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n\n"
+        "Types: deb deb-src\n# a comment\nURIs: http://corp.invalid/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main contrib\n"
+    )
+    monkeypatch.setattr(lab, "codename", lambda: "bookworm")
+    monkeypatch.delenv("ML_ENV_LAB_MIRROR", raising=False)
+    assert lab.debian_mirror(tmp_path) == "http://corp.invalid/debian"
+
+
+def test_one_line_sources_with_options(lab, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.invalid/debian bookworm main\n"
+        "deb-src http://src.invalid/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.invalid/debian bookworm main\n"
+    )
+    (tmp_path / "sources.list.d").mkdir()
+    # the lab's own trixie source is never taken for the machine's mirror
+    (tmp_path / "sources.list.d/ml-env-lab-trixie.list").write_text("deb http://lab.invalid/debian bookworm main\n")
+    monkeypatch.setattr(lab, "codename", lambda: "bookworm")
+    monkeypatch.delenv("ML_ENV_LAB_MIRROR", raising=False)
+    assert lab.debian_mirror(tmp_path) == "http://one.invalid/debian"
+
+
+def test_no_source_is_one_clear_line(lab, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sources.list").write_text("deb http://x.invalid/debian trixie main\n")
+    monkeypatch.setattr(lab, "codename", lambda: "bookworm")
+    monkeypatch.delenv("ML_ENV_LAB_MIRROR", raising=False)
+    with pytest.raises(SystemExit, match="no apt source for bookworm main"):
+        lab.debian_mirror(tmp_path)
+
+
+def test_no_host_name_in_the_lab_code() -> None:
+    text = (ROOT / "ci/lab/lab.py").read_text()
+    assert "debian.org" not in text
