@@ -75,7 +75,7 @@ def demo(session: nox.Session) -> None:
     session.run("ml-env", "runs", "list", external=True)
     from ml_env_tasks.runs import list_runs
 
-    model = Path(list_runs(ROOT / "runs")[-1]["run_id"])
+    model = Path(list_runs(ROOT / "runs")[-1].run_id)
     session.log("smoke-test the scoring image with the model that run wrote")
     session.run(
         "ml-env",

@@ -12,10 +12,8 @@ exports the build cache and pushes. Nothing is pushed unless every step succeede
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import sys
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
-from .dockerfile import SECRET_CA, SECRET_PIP, BuildPlan, render
+from .dockerfile import SECRET_CA, SECRET_PIP, BuildPlan, render, write_context
 from .engine import CACHE_BACKENDS
 from .errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError
 from .hashing import dependency_key, env_hash
@@ -257,11 +255,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
     try:
         context = workdir / "context"
         context.mkdir()
-        (context / "Dockerfile").write_text(p.dockerfile)
-        for rel, data in p.files.items():
-            f = context / rel
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_bytes(data)
+        write_context(p, context)
         secrets_dir = workdir / "secrets"
         secrets_dir.mkdir(mode=0o700)
         secrets = _secrets(env, opts, secrets_dir, redactor)
@@ -386,22 +380,9 @@ def _docker_config(env: Environment, workdir: Path, redactor: Redactor) -> Path 
         return None
     password = _env_secret(reg.password_env, env, "base.registry.password_env")
     redactor.add(password)
-    from .registry import docker_config_path
+    from .credentials import private_docker_config
 
-    cfg: dict[str, Any] = {}
-    src = docker_config_path()
-    if src.exists():
-        with contextlib.suppress(OSError, ValueError):
-            cfg = json.loads(src.read_text())
-    cfg.setdefault("auths", {})[reg.address] = {
-        "auth": base64.b64encode(f"{reg.username}:{password}".encode()).decode()
-    }
-    d = workdir / "docker-config"
-    d.mkdir(mode=0o700)
-    fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(cfg, fh)
-    return d
+    return private_docker_config(workdir, reg.address, reg.username, password)
 
 
 def _cache(

@@ -9,9 +9,13 @@ import tomlkit
 
 from . import spec
 from .errors import MlEnvError
-from .spec import CURATED_DIR, NAME_RE, RESERVED_PREFIX
+from .grammar import NAME, matches
+from .spec import CURATED_DIR, RESERVED_PREFIX
 
-__all__ = ["curated", "resolve_curated", "clone", "scaffold"]
+__all__ = ["curated", "resolve_curated", "clone", "scaffold", "DEFAULT_BASE"]
+
+# the base image scaffolds and imports name when their source names none
+DEFAULT_BASE = "127.0.0.1:5000/base/debian-python:bookworm"
 
 
 def curated() -> list[Path]:
@@ -31,7 +35,7 @@ def resolve_curated(ref: str) -> Path:
 
 
 def _check_name(name: str) -> None:
-    if not NAME_RE.match(name) or name.startswith(RESERVED_PREFIX):
+    if not matches(NAME, name) or name.startswith(RESERVED_PREFIX):
         raise MlEnvError(
             f"{name!r} is not a name you can give an environment",
             hint=f"lowercase, not starting with {RESERVED_PREFIX}",
@@ -75,7 +79,7 @@ version = "1"
 description = "{name} training environment"
 
 [base]
-image = "127.0.0.1:5000/base/debian-python:bookworm"   # any image with python3 and venv
+image = "{base}"   # any image with python3 and venv
 
 [python]
 requirements = ["requirements/{name}.txt"]   # slow-changing pins: their own cached layer
@@ -116,7 +120,7 @@ if __name__ == "__main__":
 def scaffold(name: str, directory: Path) -> list[Path]:
     _check_name(name)
     files = {
-        directory / "envs" / f"{name}.toml": SCAFFOLD_SPEC.format(name=name),
+        directory / "envs" / f"{name}.toml": SCAFFOLD_SPEC.format(name=name, base=DEFAULT_BASE),
         directory / "envs" / "requirements" / f"{name}.txt": "# pinned requirements, e.g.\n# scikit-learn==1.5.2\n",
         directory / "src" / "train.py": SCAFFOLD_TRAIN.format(name=name),
     }

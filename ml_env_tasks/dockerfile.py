@@ -18,8 +18,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dockerlint import last_user
+from .errors import SpecError
+from .grammar import has_control
 from .hashing import canonical_json, env_hash
-from .spec import Environment, last_user
+from .spec import Environment, FileRef
 
 __all__ = ["BuildPlan", "render", "inference_stack", "VENV", "SECRET_CA", "SECRET_PIP", "SERVE_DIR"]
 
@@ -45,7 +48,7 @@ def inference_stack() -> dict[str, object]:
 class BuildPlan:
     hash: str
     dockerfile: str
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes | FileRef] = field(default_factory=dict)  # context files: bytes, or a file to copy
     python: str | None = None  # the interpreter the lock is read with; None: no Python layer
     canonical: str = ""
 
@@ -53,9 +56,18 @@ class BuildPlan:
         return self.hash
 
 
-def _q(value: str) -> str:
+def _v(value: str, key: str) -> str:
+    """Every value the renderer writes into a Dockerfile line passes here: no CR, LF, NUL or other
+    control character can reach it, so no value can end an instruction or start another."""
+    if has_control(value):
+        raise SpecError("a value written into the Dockerfile contains a control character", key=key)
+    return value
+
+
+def _q(value: str, key: str) -> str:
     """A double-quoted Dockerfile ENV/ARG value: backslash, quote and $ escaped."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n") + '"'
+    value = _v(value, key)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def _pip_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool) -> str:
@@ -87,21 +99,21 @@ def render(env: Environment) -> BuildPlan:
         ref = b.image
         if b.digest:
             ref = ref.split("@", 1)[0] + "@" + b.digest
-        lines.append(f"FROM {ref}")
+        lines.append(f"FROM {_v(ref, 'base.image')}")
     else:
         source = (b.dockerfile_source or "").replace("\r\n", "\n").rstrip("\n")
         lines.append("# --- base Dockerfile, as declared ---")
         lines.append(source)
         lines.append("# --- ml-env steps ---")
         restore_user = last_user(source)
-        if restore_user and restore_user.split(":")[0] not in ("root", "0"):
+        if restore_user and _v(restore_user, "base.dockerfile").split(":")[0] not in ("root", "0"):
             lines.append("USER root")
         else:
             restore_user = None
     for k, v in sorted(env.build_args.items()):
-        lines.append(f"ARG {k}={_q(v)}")
+        lines.append(f"ARG {_v(k, 'docker.build_args')}={_q(v, f'docker.build_args.{k}')}")
     if env.apt:
-        pkgs = " ".join(sorted(set(env.apt)))
+        pkgs = " ".join(_v(a, "apt.packages") for a in sorted(set(env.apt)))
         lines.append(
             "RUN apt-get update \\\n"
             f"    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {pkgs} \\\n"
@@ -111,8 +123,8 @@ def render(env: Environment) -> BuildPlan:
     if env.conda_packages:
         # python.conda_installer = "conda": the base image's conda installs the conda part, and
         # its python is the interpreter for everything after
-        pkgs = " ".join(shlex.quote(p) for p in env.conda_packages)
-        chans = " ".join(f"-c {shlex.quote(c)}" for c in env.conda_channels)
+        pkgs = " ".join(shlex.quote(_v(p, "python.conda_file")) for p in env.conda_packages)
+        chans = " ".join(f"-c {shlex.quote(_v(c, 'python.conda_file'))}" for c in env.conda_channels)
         lines.append(
             "RUN set -e; CONDA=; for c in micromamba mamba conda; do if command -v $c >/dev/null; then CONDA=$c; break; fi; done; \\\n"
             '    if [ -z "$CONDA" ]; then echo "ml-env: python.conda_installer = conda, but the base image has no micromamba, mamba or conda" >&2; exit 1; fi; \\\n'
@@ -120,15 +132,15 @@ def render(env: Environment) -> BuildPlan:
         )
     if env.has_python_deps:
         if env.user_managed or env.conda_packages:
-            python = env.interpreter if env.user_managed else "python"
+            python = _v(env.interpreter, "python.interpreter") if env.user_managed else "python"
         else:
-            lines.append(f"RUN {env.interpreter} -m venv {VENV}")
+            lines.append(f"RUN {_v(env.interpreter, 'python.interpreter')} -m venv {VENV}")
             lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:$PATH")
             python = f"{VENV}/bin/python"
         locked = env.lock is not None
         if locked:
             assert env.lock is not None
-            files["ml-env/lock/lock.txt"] = env.lock.data
+            files["ml-env/lock/lock.txt"] = env.lock.read()
         pip = lambda sub, args: _pip_run(python, sub, args, user_managed=env.user_managed, locked=locked)  # noqa: E731
         if env.conda_pip:
             files["ml-env/conda/requirements.txt"] = ("\n".join(sorted(env.conda_pip)) + "\n").encode()
@@ -137,7 +149,7 @@ def render(env: Environment) -> BuildPlan:
             names = []
             for r in sorted(env.requirements, key=lambda r: r.sha256):
                 name = f"{r.sha256[:16]}.txt"
-                files[f"ml-env/requirements/{name}"] = r.data
+                files[f"ml-env/requirements/{name}"] = r.read()
                 names.append(f"-r {MOUNT_ROOT}/requirements/{name}")
             lines.append(pip("requirements", " ".join(dict.fromkeys(names))))
         if env.packages:
@@ -145,7 +157,7 @@ def render(env: Environment) -> BuildPlan:
             lines.append(pip("packages", f"-r {MOUNT_ROOT}/packages/requirements.txt"))
         if env.wheels:
             for w in env.wheels:
-                files[f"ml-env/wheels/{w.path.name}"] = w.data
+                files[f"ml-env/wheels/{w.path.name}"] = w  # copied (and re-checked) when the context is made
             lines.append(pip("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
         if env.inference:
             # after every dependency layer: the inference image shares them all with the training image
@@ -156,7 +168,9 @@ def render(env: Environment) -> BuildPlan:
                 + f" \\\n    && mkdir -p {SERVE_DIR} && cp {MOUNT_ROOT}/inference/server.py {SERVE_DIR}/server.py"
             )
     if env.env:
-        lines.append("ENV " + " \\\n    ".join(f"{k}={_q(v)}" for k, v in sorted(env.env.items())))
+        lines.append(
+            "ENV " + " \\\n    ".join(f"{_v(k, 'env')}={_q(v, f'env.{k}')}" for k, v in sorted(env.env.items()))
+        )
     if env.inference:
         lines.append(
             "ENV AML_APP_ROOT=/var/azureml-app AZUREML_ENTRY_SCRIPT=score.py "
@@ -165,14 +179,39 @@ def render(env: Environment) -> BuildPlan:
         lines.append("EXPOSE 5001")
         lines.append(f'CMD ["{python}", "{SERVE_DIR}/server.py"]')
     if restore_user:
-        lines.append(f"USER {restore_user}")
+        lines.append(f"USER {_v(restore_user, 'base.dockerfile')}")
     dockerfile = "\n".join(lines) + "\n"
     return BuildPlan(hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env))
 
 
+def _size(data: bytes | FileRef) -> int:
+    return data.size if isinstance(data, FileRef) else len(data)
+
+
+def write_context(plan: BuildPlan, context: Path) -> None:
+    """The build context on disk: the Dockerfile and the plan's files. A file copied from the
+    project (a wheel) is hashed while it is copied and must still be what the plan hashed."""
+    import hashlib
+
+    (context / "Dockerfile").write_text(plan.dockerfile)
+    for rel, data in plan.files.items():
+        target = context / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+            continue
+        h = hashlib.sha256()
+        with open(data.real, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                dst.write(chunk)
+        if h.hexdigest() != data.sha256:
+            raise SpecError(f"{data.path} changed while the build was being prepared; build again", key="python.wheels")
+
+
 def describe(plan: BuildPlan) -> str:
     """Human form for ``ml-env plan``: the hash, the files in the context, the Dockerfile."""
-    ctx = "\n".join(f"  {name} ({len(data)} bytes)" for name, data in sorted(plan.files.items())) or "  (none)"
+    ctx = "\n".join(f"  {name} ({_size(data)} bytes)" for name, data in sorted(plan.files.items())) or "  (none)"
     return f"# hash: {plan.hash}\n# context files:\n{ctx}\n{plan.dockerfile}"
 
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BuildError, EngineError, RegistryAuthError, RegistryError
+from .errors import BuildError, EngineError, RegistryAuthError
+from .resources import Resources
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
 
-__all__ = ["CACHE_BACKENDS", "Capabilities", "Engine", "credential_helper_get"]
+__all__ = ["CACHE_BACKENDS", "Capabilities", "Engine", "Containers"]
 
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
 
@@ -293,24 +294,22 @@ class Containers:
         labels: dict[str, str],
         workdir: str,
         user: str | None,
-        cpus: float | None,
-        memory: str | None,
-        shm_size: str | None,
-        gpus: str | None,
+        resources: Resources | None = None,
         ports: dict[int, int] | None = None,
     ) -> str:
         from docker.types import DeviceRequest
 
+        r = resources or Resources()
         devices = None
-        if gpus:
-            count = -1 if gpus == "all" else int(gpus) if gpus.isdigit() else None
-            ids = None if count is not None else [x for x in gpus.replace("device=", "").split(",") if x]
+        if r.gpus:
+            count = -1 if r.gpus == "all" else int(r.gpus) if r.gpus.isdigit() else None
+            ids = None if count is not None else [x for x in r.gpus.replace("device=", "").split(",") if x]
             devices = [DeviceRequest(count=count if ids is None else None, device_ids=ids, capabilities=[["gpu"]])]
         host_config = self.api.create_host_config(
             binds=[f"{src}:{dst}:{mode}" for src, dst, mode in volumes],
-            nano_cpus=int(cpus * 1e9) if cpus else None,
-            mem_limit=memory,
-            shm_size=shm_size,
+            nano_cpus=int(r.cpus * 1e9) if r.cpus else None,
+            mem_limit=r.memory,
+            shm_size=r.shm_size,
             device_requests=devices,
             port_bindings={c: ("127.0.0.1", h) for c, h in (ports or {}).items()} or None,
         )
@@ -340,22 +339,10 @@ class Containers:
                 repo, ref = image, "latest"
             self.api.pull(repo, tag=ref)
 
-    def copy_in(self, cid: str, src_dir: Path, dest: str) -> None:
-        """Stream ``src_dir`` as a tar into the container (created, not started)."""
-        import io
-        import tarfile
-
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(str(src_dir), arcname=".")
+    def put_tar(self, cid: str, chunks: Iterator[bytes]) -> None:
+        """Stream a tar (paths relative to /) into a created container: nothing is held whole."""
         try:
-            self.api.put_archive(cid, dest, buf.getvalue())
-        except self.errors.NotFound:
-            # the directory does not exist in the image: send it with its own name
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                tar.add(str(src_dir), arcname=dest.strip("/").rsplit("/", 1)[-1])
-            self.api.put_archive(cid, "/" + "/".join(dest.strip("/").split("/")[:-1]), buf.getvalue())
+            self.api.put_archive(cid, "/", chunks)
         except self.errors.DockerException as e:
             raise self._fail(e, "copying the source snapshot into the container") from None
 
@@ -447,26 +434,6 @@ class Containers:
             return self.api.logs(cid, stdout=True, stderr=True, tail=tail).decode(errors="replace")
         except self.errors.DockerException:
             return ""
-
-
-def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> tuple[str, str] | None:
-    """Ask ``docker-credential-<name>`` for a registry's credentials (the docker config protocol)."""
-    exe = f"docker-credential-{name}"
-    try:
-        p = subprocess.run([exe, "get"], input=host, capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise RegistryError(f"credential helper {exe} named in the docker config is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise RegistryError(f"credential helper {exe} did not answer in 30s") from None
-    if p.returncode != 0:
-        if missing_ok or "credentials not found" in (p.stdout + p.stderr).lower():
-            return None
-        raise RegistryError(f"credential helper {exe} failed for {host}")
-    data = json.loads(p.stdout)
-    user, secret = data.get("Username", ""), data.get("Secret", "")
-    return ("<token>" if user == "<token>" else user), secret
 
 
 def _lines(stream: Iterator[str]) -> Iterator[str]:

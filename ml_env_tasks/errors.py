@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "MlEnvError",
+    "UsageError",
     "SpecError",
     "EngineError",
     "BuildError",
@@ -15,7 +16,14 @@ __all__ = [
     "RegistryAuthError",
     "RegistryTransient",
     "RegistryUnreachable",
+    "BlobIntegrityError",
+    "TagConflict",
+    "GateRefused",
+    "ServiceFailed",
+    "EXIT_INTERNAL",
 ]
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: an error nobody raised on purpose (a bug); the CLI prints one line
 
 
 class MlEnvError(Exception):
@@ -57,10 +65,14 @@ class MlEnvError(Exception):
         return text
 
 
-class SpecError(MlEnvError):
-    """The environment file (or a file it references) is malformed or inconsistent."""
+class UsageError(MlEnvError):
+    """A command line, input or option the user gave is wrong (argparse's exit code)."""
 
     exit_code = 2
+
+
+class SpecError(UsageError):
+    """The environment file (or a file it references) is malformed or inconsistent."""
 
 
 class EngineError(MlEnvError):
@@ -91,3 +103,23 @@ class RegistryTransient(RegistryError):
 
 class RegistryUnreachable(RegistryError):
     """The registry could not be reached after bounded retries."""
+
+
+class BlobIntegrityError(RegistryError):
+    """A blob's bytes did not hash to its digest (truncated or corrupted in transit)."""
+
+
+class TagConflict(MlEnvError):
+    """A destination tag points at another digest: not allowed to move it, or another promotion won."""
+
+    exit_code = 5
+
+
+class GateRefused(MlEnvError):
+    """A promotion gate refused the digest (no passing smoke test recorded for it)."""
+
+    exit_code = 5
+
+
+class ServiceFailed(MlEnvError):
+    """A scoring container exited or never became ready; ``details`` has its log tail."""

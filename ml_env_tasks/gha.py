@@ -196,6 +196,7 @@ def build_action() -> int:
 def train_action() -> int:
     import shlex
 
+    from .resources import Resources
     from .runs import RunOptions, parse_pairs, train
 
     for required in ("env", "source", "script"):
@@ -215,7 +216,7 @@ def train_action() -> int:
         env_vars=parse_pairs(_lines("env-vars"), "env-var"),
         secrets=tuple(secrets),
         timeout=float(timeout) if timeout else None,
-        shm_size=_input("shm-size") or None,
+        resources=Resources.parse(shm_size=_input("shm-size") or None, prefix="input "),
         runs_dir=Path(_input("runs-dir", "runs") or "runs"),
         build=_build_options(),
     )
@@ -226,17 +227,17 @@ def train_action() -> int:
     set_output("exit-code", "" if result.exit_code is None else str(result.exit_code))
     set_output("outputs", str(result.outputs))
     rec = result.record
-    rows = "".join(f"| {k} | {v} |\n" for k, v in (rec.get("metrics") or {}).items()) or "| (none) | |\n"
+    rows = "".join(f"| {_cell(str(k))} | {_cell(str(v))} |\n" for k, v in rec.metrics.items()) or "| (none) | |\n"
     append_summary(
         f"### ml-env train: `{result.run_id}`\n\n"
         f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
-        f"| field | value |\n|---|---|\n| environment | `{rec['environment']['image']}` |\n"
-        f"| source snapshot | `{rec['source']['snapshot_hash'][:16]}` ({rec['source']['files']} files) |\n"
-        f"| command | `{' '.join(rec['command'])}` |\n| outputs | `{result.outputs}` |\n\n"
+        f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
+        f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
+        f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n\n"
         f"| metric | value |\n|---|---|\n{rows}"
     )
     if result.status != "completed":
-        command("error", f"run {result.run_id} {result.status}: {rec.get('reason') or ''}", title="ml-env train")
+        command("error", f"run {result.run_id} {result.status}: {rec.reason or ''}", title="ml-env train")
     return result.cli_exit_code
 
 

@@ -1,13 +1,24 @@
-"""Promotion by digest from one registry to another, and the release ledger.
+"""Promotion by digest from one registry to another, recorded in the release ledger.
 
 The source digest is resolved once; everything after uses it. The copy goes registry to
 registry over the OCI distribution API, never through a Docker daemon: blobs the destination
 has are skipped, blobs inside one registry are mounted across repositories, others are streamed
-(no whole layer in memory) and checked against their digest. Indexes are copied as they are,
-children first (every platform and the ``unknown/unknown`` attestation manifests), so the
+(no whole layer in memory, a few at a time) and hashed as they pass. Indexes are copied as they
+are, children first (every platform and the ``unknown/unknown`` attestation manifests), so the
 destination digest equals the source digest; a single manifest stays a single manifest.
 Manifests go by digest after every blob they need is there; tags are set last and verified.
 An interrupted promotion therefore never leaves a destination tag on an incomplete image.
+
+Races. The ledger is read (and must be valid) and locked before any registry is touched, and
+stays locked until the promotion is recorded. The tag writes run under a per-destination lock:
+each tag is checked again just before it is written and verified after; a promotion that finds
+its tag taken by another digest in between exits 5 naming the digest that won. On one machine
+that makes concurrent promotions to one tag exact: one wins. Across machines a registry has no
+compare-and-swap: the re-check and the verification narrow the window and report a lost race,
+but two writers can still both write; the ledger then shows both, and the registry the last.
+
+Re-runs converge: when the destination already holds the digest under every requested tag,
+nothing is copied; if the ledger has no record of it, one is added, marked ``found``.
 
 Signature/attestation tags (``sha256-<hex>.sig``, ``.att``, ``.sbom``) are copied when present,
 and OCI referrers when the source registry has the referrers API.
@@ -16,34 +27,39 @@ and OCI referrers when the source registry has the referrers API.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import hashlib
 import json
 import os
-import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import MlEnvError, RegistryError, RegistryTransient, RegistryUnreachable
-from .provenance import git_info
-from .registry import BlobIntegrityError, Reference, RegistryClient, parse_ref
+from .errors import BlobIntegrityError, RegistryError, RegistryTransient, RegistryUnreachable, TagConflict, UsageError
+from .fsutil import locked
+from .grammar import TAG, matches, printable
+from .ledger import Ledger, Promotion, environment_hash, environment_name
+from .registry import Reference, RegistryClient, check_registry_host, parse_ref
 
-__all__ = ["PromoteOptions", "PromoteResult", "promote", "Ledger", "LEDGER_DEFAULT"]
+__all__ = ["PromoteOptions", "PromoteResult", "Progress", "promote", "TagConflict"]
 
-LEDGER_DEFAULT = Path("releases.toml")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 DIGEST_TAG_SUFFIXES = (".sig", ".att", ".sbom")
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 BLOB_ATTEMPTS = 3
 
 
-class TagConflict(MlEnvError):
-    """A destination tag points at another digest and overwriting was not allowed."""
+@dataclass(frozen=True)
+class Progress:
+    """How far a copy is: bytes and blobs done of those that have to move."""
 
-    exit_code = 5
+    bytes_done: int
+    bytes_total: int
+    blobs_done: int
+    blobs_total: int
 
 
 @dataclass(frozen=True)
@@ -54,8 +70,9 @@ class PromoteOptions:
     allow_overwrite: bool = False
     dry_run: bool = False
     insecure: bool = False
-    ledger: Path | None = LEDGER_DEFAULT
+    ledger: Path | None = Path("releases.toml")
     copy_referrers: bool = True
+    jobs: int = 4  # blobs copied at once
 
 
 @dataclass
@@ -72,178 +89,307 @@ class PromoteResult:
     referrers: list[str] = field(default_factory=list)
     moved_tags: list[str] = field(default_factory=list)  # tags that pointed elsewhere before
     no_op: bool = False
+    recorded_found: bool = False  # a no-op that added the missing ledger record
     dry_run: bool = False
     plan: list[str] = field(default_factory=list)
-    environment: dict[str, str | None] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
     ledger_entry: dict[str, Any] | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Tree:
+    """What one promotion has to move: manifests children first, and the blobs they name."""
+
+    manifests: list[tuple[str, bytes, str]] = field(default_factory=list)  # (digest, body, media type)
+    blobs: dict[str, int] = field(default_factory=dict)  # digest -> size
 
 
 def _dest(opts: PromoteOptions) -> tuple[Reference, list[str]]:
-    d = parse_ref(opts.destination if "/" in opts.destination else f"{opts.destination}/")
-    tags = list(opts.tags)
+    host = opts.destination.split("/", 1)[0]
+    check_registry_host(host, "destination registry")
+    d = parse_ref(opts.destination)
     if d.digest:
-        raise MlEnvError(f"destination {opts.destination} must be a repository (with an optional tag), not a digest")
+        raise UsageError("the destination must be a repository (with an optional tag), not a digest")
+    tags = list(opts.tags)
     explicit = opts.destination.rsplit("/", 1)[-1]
     if ":" in explicit and d.tag:
         tags.insert(0, d.tag)
     if not tags:
-        raise MlEnvError("no destination tag: give --tag (several allowed) or dest:tag")
+        raise UsageError("no destination tag: give --tag (several allowed) or dest:tag")
     for t in tags:
-        if not TAG_RE.match(t):
-            raise MlEnvError(f"{t!r} is not a valid tag")
+        if not matches(TAG, t):
+            raise UsageError(f"{printable(t, 140)!r} is not a valid tag", hint="letters, digits, '_', '.', '-'; ≤ 128")
     return Reference(d.host, d.repository), list(dict.fromkeys(tags))
 
 
-def promote(opts: PromoteOptions, *, info: Callable[[str], None] | None = None) -> PromoteResult:
+def promote(
+    opts: PromoteOptions,
+    *,
+    info: Callable[[str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> PromoteResult:
     say = info or (lambda _m: None)
     t0 = time.monotonic()
+    check_registry_host(opts.source.split("/", 1)[0], "source registry")
     src = parse_ref(opts.source)
     dst, tags = _dest(opts)
+    if opts.jobs < 1 or opts.jobs > 32:
+        raise UsageError("--jobs must be between 1 and 32")
+    ledger = Ledger(opts.ledger) if opts.ledger is not None and not opts.dry_run else None
+    with ledger.locked() if ledger else contextlib.nullcontext():
+        if ledger:
+            ledger.check()  # a corrupt ledger stops us before any registry is touched
+        return _promote(opts, src, dst, tags, ledger, say, progress, t0)
+
+
+def _promote(
+    opts: PromoteOptions,
+    src: Reference,
+    dst: Reference,
+    tags: list[str],
+    ledger: Ledger | None,
+    say: Callable[[str], None],
+    progress: Callable[[Progress], None] | None,
+    t0: float,
+) -> PromoteResult:
     sc = RegistryClient(src.host, insecure=opts.insecure)
     dc = sc if dst.host == src.host else RegistryClient(dst.host, insecure=opts.insecure)
     got = sc.get_manifest(src.repository, src.reference)
     if got is None:
-        raise MlEnvError(f"source {opts.source} not found")
+        raise UsageError(f"source {opts.source} not found")
     top, body = got
     digest = top.digest
-    if src.digest and src.digest != digest:
-        raise RegistryError(f"source {opts.source} served a manifest whose digest is {digest}")
-    pinned = f"{src.host}/{src.repository}@{digest}"
+    _validate_manifest(body, f"source {src.pinned(digest)}")
     say(f"source {opts.source} is {digest}")
     result = PromoteResult(
-        digest, pinned, f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
+        digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
     )
     result.environment = _environment(sc, src.repository, digest)
 
     # tag policy, before anything is written
-    conflicts = []
-    for t in tags:
-        have = dc.head_manifest(dst.repository, t)
-        if have is None:
-            result.plan.append(f"tag {t}: new")
-        elif have.digest == digest:
-            result.plan.append(f"tag {t}: already {digest[:19]}")
-        elif opts.allow_overwrite:
-            result.plan.append(f"tag {t}: move from {have.digest[:19]} (allowed)")
-            result.moved_tags.append(f"{t} (was {have.digest})")
-        else:
-            conflicts.append(f"{t} -> {have.digest}")
-    if conflicts:
+    state = _tag_state(dc, dst, tags, digest)
+    conflicts = [f"{t} -> {have}" for t, have in state.items() if have not in (None, digest)]
+    if conflicts and not opts.allow_overwrite:
         raise TagConflict(
-            f"destination {dst.host}/{dst.repository} has tags pointing at other images: {', '.join(conflicts)}",
+            f"destination {result.destination} has tags pointing at other images: {', '.join(conflicts)}",
             hint="promotion never moves a tag silently; pass --allow-overwrite to move it",
         )
-    all_there = all(p.startswith(f"tag {t}: already") for p, t in zip(result.plan, tags, strict=True))
-    if all_there and dc.head_manifest(dst.repository, digest) is not None:
+    for t, have in state.items():
+        if have is None:
+            result.plan.append(f"tag {t}: new")
+        elif have == digest:
+            result.plan.append(f"tag {t}: already {digest[:19]}")
+        else:
+            result.plan.append(f"tag {t}: move from {have[:19]} (allowed)")
+            result.moved_tags.append(f"{t} (was {have})")
+    if all(have == digest for have in state.values()) and dc.head_manifest(dst.repository, digest) is not None:
         result.no_op = True
-        result.seconds = time.monotonic() - t0
-        say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to do")
-        return result
-    result.environment = _environment(sc, src.repository, digest)
-    if opts.dry_run:
-        result.dry_run = True
-        _walk(sc, src.repository, digest, body, top.media_type, dry=True, dc=dc, dst_repo=dst.repository, result=result)
+        say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to copy")
+        if ledger is not None and not ledger.has(result.destination, digest, tuple(tags)):
+            entry = _entry(result, tags, found=True)
+            ledger.append(entry)
+            result.ledger_entry, result.recorded_found = entry.to_dict(), True
+            say(f"the ledger had no record of it: recorded {digest[:19]} as found at {', '.join(tags)}")
         result.seconds = time.monotonic() - t0
         return result
 
-    _walk(sc, src.repository, digest, body, top.media_type, dry=False, dc=dc, dst_repo=dst.repository, result=result)
+    tree = _Tree()
+    _collect(sc, src.repository, digest, body, top.media_type, tree)
+    if opts.dry_run:
+        result.dry_run = True
+        for d, size in tree.blobs.items():
+            if dc.blob_exists(dst.repository, d):
+                result.skipped_blobs += 1
+            else:
+                how = "mount" if sc.host == dc.host else "copy"
+                result.plan.append(f"blob {d[:19]} {size / 2**20:.1f} MiB: {how}")
+        for d, _b, mt in tree.manifests:
+            result.plan.append(f"manifest {d[:19]} ({mt.rsplit('.', 2)[-2] if '.' in mt else mt})")
+        result.seconds = time.monotonic() - t0
+        return result
+
+    _copy_blobs(sc, dc, src.repository, dst.repository, tree.blobs, opts.jobs, result, progress)
+    for d, b, mt in tree.manifests:
+        if dc.head_manifest(dst.repository, d) is None:
+            put = dc.put_manifest(dst.repository, d, b, mt)
+            if put and put != d:
+                raise RegistryError(f"destination stored manifest {d[:19]} as {put[:19]}")
+            result.manifests += 1
     if opts.copy_referrers:
-        _copy_referrers(sc, dc, src.repository, dst.repository, digest, result, say)
-    for t in tags:
-        dc.put_manifest(dst.repository, t, body, top.media_type)
-    for t in tags:
-        have = dc.head_manifest(dst.repository, t)
-        if have is None or have.digest != digest:
-            raise RegistryError(
-                f"after the copy {dst.host}/{dst.repository}:{t} is {have.digest if have else 'missing'}, not {digest}"
-            )
+        _copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
+    _write_tags(dc, dst, tags, digest, body, top.media_type, opts.allow_overwrite)
     result.seconds = time.monotonic() - t0
     say(
         f"promoted {digest[:19]} to {', '.join(result.refs)}: {result.copied_blobs} blobs copied "
         f"({result.copied_bytes / 2**20:.1f} MiB), {result.mounted_blobs} mounted, {result.skipped_blobs} already there"
     )
-    if opts.ledger is not None:
-        result.ledger_entry = Ledger(opts.ledger).append(_entry(result, opts))
+    if ledger is not None:
+        entry = _entry(result, tags, found=False)
+        ledger.append(entry)
+        result.ledger_entry = entry.to_dict()
     return result
 
 
-def _walk(
-    sc: RegistryClient,
-    src_repo: str,
-    digest: str,
-    body: bytes,
-    media_type: str,
-    *,
-    dry: bool,
-    dc: RegistryClient,
-    dst_repo: str,
-    result: PromoteResult,
+def _tag_state(dc: RegistryClient, dst: Reference, tags: list[str], digest: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for t in tags:
+        have = dc.head_manifest(dst.repository, t)
+        out[t] = have.digest if have else None
+    return out
+
+
+def _write_tags(
+    dc: RegistryClient, dst: Reference, tags: list[str], digest: str, body: bytes, media_type: str, overwrite: bool
 ) -> None:
-    """Copy one manifest and what it needs, children and blobs first, the manifest itself last."""
-    doc = json.loads(body)
+    """Set the tags under the destination's lock: re-check each just before writing it, verify all
+    after. A tag another promotion took in between is a lost race (exit 5, naming the winner)."""
+    from .digests import cache_dir
+
+    key = hashlib.sha256(f"{dst.host}/{dst.repository}".encode()).hexdigest()[:32]
+    with locked(cache_dir() / "locks" / f"promote-{key}.lock"):
+        for t in tags:
+            have = dc.head_manifest(dst.repository, t)
+            if have is not None and have.digest != digest and not overwrite:
+                raise TagConflict(
+                    f"lost a race for {dst.host}/{dst.repository}:{t}: another promotion set it to {have.digest}",
+                    hint="the digest above is what the tag is now; promote again with --allow-overwrite to replace it",
+                )
+            dc.put_manifest(dst.repository, t, body, media_type)
+        for t in tags:
+            have = dc.head_manifest(dst.repository, t)
+            if have is None or have.digest != digest:
+                raise TagConflict(
+                    f"lost a race for {dst.host}/{dst.repository}:{t}: after writing {digest[:19]} it is "
+                    f"{have.digest if have else 'missing'}",
+                    hint="another writer (another machine) changed it at the same time; the registry keeps the last",
+                )
+
+
+def _validate_manifest(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise RegistryError(f"{what} is not valid JSON (not a manifest)") from None
+    ok = isinstance(doc, dict)
+    if ok and ("manifests" in doc or doc.get("mediaType") in INDEX_TYPES):
+        ms = doc.get("manifests")
+        ok = isinstance(ms, list) and all(isinstance(m, dict) and _is_digest(m.get("digest")) for m in ms)
+    elif ok:
+        cfg, layers = doc.get("config"), doc.get("layers", [])
+        ok = (
+            isinstance(cfg, dict)
+            and _is_digest(cfg.get("digest"))
+            and isinstance(layers, list)
+            and all(isinstance(x, dict) and _is_digest(x.get("digest")) for x in layers)
+        )
+    if not ok:
+        raise RegistryError(f"{what} is not an OCI/Docker image manifest or index")
+    return doc  # type: ignore[no-any-return]
+
+
+def _is_digest(v: Any) -> bool:
+    return (
+        isinstance(v, str) and len(v) == 71 and v.startswith("sha256:") and all(c in "0123456789abcdef" for c in v[7:])
+    )
+
+
+def _collect(sc: RegistryClient, repo: str, digest: str, body: bytes, media_type: str, tree: _Tree) -> None:
+    """Walk a manifest: children first, then the manifest itself; blobs gathered once."""
+    if any(d == digest for d, _, _ in tree.manifests):
+        return
+    doc = _validate_manifest(body, f"{sc.host}/{repo}@{digest[:19]}")
     mt = media_type or doc.get("mediaType", "")
-    if mt in INDEX_TYPES or "manifests" in doc:
-        for child in doc.get("manifests") or []:
-            if not dry and dc.head_manifest(dst_repo, child["digest"]) is not None:
-                continue
-            got = sc.get_manifest(src_repo, child["digest"])
+    if "manifests" in doc:
+        for child in doc["manifests"]:
+            got = sc.get_manifest(repo, child["digest"])
             if got is None:
-                raise RegistryError(f"the index {digest} names {child['digest']}, which the source does not have")
-            _walk(sc, src_repo, child["digest"], got[1], child.get("mediaType") or got[0].media_type, dry=dry, dc=dc,
-                  dst_repo=dst_repo, result=result)  # fmt: skip
+                raise RegistryError(
+                    f"the index {digest[:19]} names {child['digest'][:19]}, which the source does not have"
+                )
+            _collect(sc, repo, child["digest"], got[1], child.get("mediaType") or got[0].media_type, tree)
     else:
-        blobs = [doc["config"]] + list(doc.get("layers") or [])
-        for b in blobs:
-            _copy_blob(sc, dc, src_repo, dst_repo, b["digest"], int(b.get("size") or 0), dry, result)
-    if dry:
-        result.plan.append(f"manifest {digest[:19]} ({mt.rsplit('.', 2)[-2] if '.' in mt else mt})")
-        return
-    put = dc.put_manifest(dst_repo, digest, body, mt)
-    if put and put != digest:
-        raise RegistryError(f"destination stored manifest {digest} as {put}")
-    result.manifests += 1
+        for b in [doc["config"], *(doc.get("layers") or [])]:
+            size = b.get("size")
+            tree.blobs.setdefault(b["digest"], size if isinstance(size, int) and size >= 0 else 0)
+    tree.manifests.append((digest, body, mt))
 
 
-def _copy_blob(
+def _copy_blobs(
     sc: RegistryClient,
     dc: RegistryClient,
     src_repo: str,
     dst_repo: str,
-    digest: str,
-    size: int,
-    dry: bool,
+    blobs: dict[str, int],
+    jobs: int,
     result: PromoteResult,
+    progress: Callable[[Progress], None] | None,
 ) -> None:
-    if dc.blob_exists(dst_repo, digest):
-        result.skipped_blobs += 1
+    """Copy what the destination lacks, ``jobs`` blobs at a time."""
+    todo = [(d, s) for d, s in blobs.items()]
+    lock = threading.Lock()
+    total = sum(s for _, s in todo)
+    done = {"bytes": 0, "blobs": 0}
+
+    def tick(n: int, blob_done: bool) -> None:
+        with lock:
+            done["bytes"] += n
+            done["blobs"] += blob_done
+            if progress:
+                progress(Progress(done["bytes"], total, done["blobs"], len(todo)))
+
+    def one(item: tuple[str, int]) -> None:
+        d, size = item
+        if dc.blob_exists(dst_repo, d):
+            with lock:
+                result.skipped_blobs += 1
+            tick(size, True)
+            return
+        if sc.host == dc.host and dc.mount_blob(dst_repo, d, src_repo):
+            with lock:
+                result.mounted_blobs += 1
+            tick(size, True)
+            return
+        _stream_blob(sc, dc, src_repo, dst_repo, d, lambda n: tick(n, False))
+        with lock:
+            result.copied_blobs += 1
+            result.copied_bytes += size
+        tick(0, True)
+
+    if len(todo) <= 1 or jobs == 1:
+        for item in todo:
+            one(item)
         return
-    same_registry = sc.host == dc.host
-    if dry:
-        result.plan.append(f"blob {digest[:19]} {size / 2**20:.1f} MiB: {'mount' if same_registry else 'copy'}")
-        return
-    if same_registry and dc.mount_blob(dst_repo, digest, src_repo):
-        result.mounted_blobs += 1
-        return
+    with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="ml-env-promote") as pool:
+        for f in [pool.submit(one, item) for item in todo]:
+            f.result()
+
+
+def _stream_blob(
+    sc: RegistryClient, dc: RegistryClient, src_repo: str, dst_repo: str, digest: str, moved: Callable[[int], None]
+) -> None:
     for attempt in range(1, BLOB_ATTEMPTS + 1):
+        sent = [0]
         try:
-            dc.upload_stream(dst_repo, digest, sc.blob_chunks(src_repo, digest))
+            dc.upload_stream(dst_repo, digest, _counted(sc.blob_chunks(src_repo, digest), sent, moved))
             break
-        except (RegistryUnreachable, BlobIntegrityError) as e:
+        except (RegistryUnreachable, BlobIntegrityError, RegistryTransient) as e:
+            moved(-sent[0])
             if attempt == BLOB_ATTEMPTS:
                 raise RegistryError(f"copying blob {digest[:19]} failed {attempt} times: {e.message}") from None
             time.sleep(0.2 * attempt)
-        except RegistryTransient:
-            if attempt == BLOB_ATTEMPTS:
-                raise
-            time.sleep(0.2 * attempt)
     if not dc.blob_exists(dst_repo, digest):
         raise RegistryError(f"blob {digest[:19]} is not in {dc.host}/{dst_repo} after its upload")
-    result.copied_blobs += 1
-    result.copied_bytes += size
+
+
+def _counted(chunks: Iterator[bytes], sent: list[int], moved: Callable[[int], None]) -> Iterator[bytes]:
+    for chunk in chunks:
+        sent[0] += len(chunk)
+        moved(len(chunk))
+        yield chunk
 
 
 def _copy_referrers(
@@ -252,61 +398,72 @@ def _copy_referrers(
     src_repo: str,
     dst_repo: str,
     digest: str,
+    jobs: int,
     result: PromoteResult,
     say: Callable[[str], None],
 ) -> None:
     algo, hexd = digest.split(":", 1)
+    refs: list[tuple[str | None, str, bytes, str]] = []  # (tag, digest, body, media type)
     for suffix in DIGEST_TAG_SUFFIXES:
         tag = f"{algo}-{hexd}{suffix}"
         got = sc.get_manifest(src_repo, tag)
-        if got is None:
-            continue
-        info, body = got
-        _walk(sc, src_repo, info.digest, body, info.media_type, dry=False, dc=dc, dst_repo=dst_repo, result=result)
-        dc.put_manifest(dst_repo, tag, body, info.media_type)
-        result.referrers.append(tag)
-        say(f"copied {tag}")
+        if got is not None:
+            refs.append((tag, got[0].digest, got[1], got[0].media_type))
     for ref in sc.referrers(src_repo, digest) or []:
         got = sc.get_manifest(src_repo, ref["digest"])
-        if got is None:
-            continue
-        _walk(
-            sc, src_repo, ref["digest"], got[1], got[0].media_type, dry=False, dc=dc, dst_repo=dst_repo, result=result
-        )
-        result.referrers.append(ref["digest"])
+        if got is not None:
+            refs.append((None, ref["digest"], got[1], got[0].media_type))
+    for tag, d, body, mt in refs:
+        tree = _Tree()
+        _collect(sc, src_repo, d, body, mt, tree)
+        _copy_blobs(sc, dc, src_repo, dst_repo, tree.blobs, jobs, result, None)
+        for md, mb, mmt in tree.manifests:
+            if dc.head_manifest(dst_repo, md) is None:
+                dc.put_manifest(dst_repo, md, mb, mmt)
+        if tag:
+            dc.put_manifest(dst_repo, tag, body, mt)
+        result.referrers.append(tag or d)
+        say(f"copied {tag or d[:19]}")
 
 
-def _environment(sc: RegistryClient, repo: str, digest: str) -> dict[str, str | None]:
-    """The environment's name and hash from the image's ml-env labels (when it is one of ours)."""
-    with contextlib.suppress(RegistryError, ValueError, KeyError, TypeError):
+def _environment(sc: RegistryClient, repo: str, digest: str) -> dict[str, str]:
+    """The environment's name and hash from the image's ml-env labels (when it is one of ours).
+
+    Labels come from the registry: a name that is not an environment name is dropped."""
+    with contextlib.suppress(RegistryError):
         cfg = sc.image_config(repo, digest) or {}
         labels = (cfg.get("config") or {}).get("Labels") or {}
-        return {"name": labels.get("ml-env.name"), "hash": labels.get("ml-env.hash")}
-    return {"name": None, "hash": None}
+        if isinstance(labels, dict):
+            return {
+                "name": environment_name(labels.get("ml-env.name")),
+                "hash": environment_hash(labels.get("ml-env.hash")),
+            }
+    return {"name": "", "hash": ""}
 
 
-def _entry(result: PromoteResult, opts: PromoteOptions) -> dict[str, Any]:
+def _entry(result: PromoteResult, tags: list[str], *, found: bool) -> Promotion:
+    from .provenance import git_info
+
     git = git_info(Path.cwd())
     env = os.environ
     run_url = None
     if env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY"):
-        run_url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-    entry: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": result.environment.get("name") or "",
-        "environment_hash": result.environment.get("hash") or "",
-        "digest": result.digest,
-        "source": result.source,
-        "destination": result.destination,
-        "tags": [r.rsplit(":", 1)[1] for r in result.refs],
-        "git_revision": git.commit or "",
-        "actor": env.get("GITHUB_ACTOR") or env.get("USER") or _user_name(),
-    }
-    if run_url:
-        entry["ci_run_url"] = run_url
-    if result.moved_tags:
-        entry["moved_tags"] = result.moved_tags
-    return entry
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        run_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    return Promotion(
+        time=datetime.now(UTC).isoformat(timespec="seconds"),
+        digest=result.digest,
+        destination=result.destination,
+        tags=tuple(tags),
+        environment=result.environment.get("name", ""),
+        environment_hash=result.environment.get("hash", ""),
+        source=result.source,
+        git_revision=git.commit or "",
+        actor=printable(env.get("GITHUB_ACTOR") or env.get("USER") or _user_name(), 100),
+        ci_run_url=run_url,
+        moved_tags=tuple(result.moved_tags),
+        found=found,
+    )
 
 
 def _user_name() -> str:
@@ -316,79 +473,3 @@ def _user_name() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
-
-
-# --- the ledger ---------------------------------------------------------------------------
-
-
-class Ledger:
-    """A TOML file of ``[[promotion]]`` entries, appended atomically (lock, temp file, rename)."""
-
-    table = "promotion"
-    name_key = "environment"  # the entry field that names the environment
-    header = (
-        "Release ledger: one [[promotion]] per promotion, appended by `ml-env promote`.",
-        "Do not edit by hand; `ml-env ledger show` reads it.",
-    )
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _read(self) -> Any:
-        import tomlkit
-
-        if not self.path.exists():
-            doc = tomlkit.document()
-            for line in self.header:
-                doc.add(tomlkit.comment(line))
-            return doc
-        try:
-            return tomlkit.parse(self.path.read_text(encoding="utf-8"))
-        except Exception as e:
-            raise MlEnvError(f"the ledger is not valid TOML: {e}", file=str(self.path)) from None
-
-    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        import tomlkit
-
-        with self._locked():
-            doc = self._read()
-            if self.table not in doc:
-                doc.add(self.table, tomlkit.aot())
-            table = tomlkit.table()
-            for k, v in entry.items():
-                table.add(k, tomlkit.string(v, multiline=True) if isinstance(v, str) and "\n" in v else v)
-            doc[self.table].append(table)  # type: ignore[union-attr]
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(tomlkit.dumps(doc))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        return entry
-
-    def entries(self, env: str | None = None) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        doc = self._read().unwrap()
-        out = list(doc.get(self.table) or [])
-        return [e for e in out if env is None or e.get(self.name_key) == env]
-
-    def current(self, env: str | None, tag: str) -> dict[str, Any] | None:
-        """Which digest ``tag`` is for ``env`` now, and since when (the promotion that set it)."""
-        found = None
-        for e in self.entries(env):
-            if tag in (e.get("tags") or []):
-                if found is None or e["digest"] != found["digest"]:
-                    found = {"environment": e.get("environment"), "tag": tag, "digest": e["digest"], "since": e["time"],
-                             "destination": e.get("destination")}  # fmt: skip
-        return found

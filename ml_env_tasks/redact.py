@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["Redactor", "MASK"]
+__all__ = ["Redactor", "MASK", "redact_userinfo"]
 
 MASK = "***"
 # credentials inside any URL (pip prints "https://user:****@host/"): the user part is secret too
@@ -49,3 +49,13 @@ class Redactor:
             if s in text:
                 text = text.replace(s, MASK)
         return _USERINFO.sub(MASK + "@", text)
+
+
+def redact_userinfo(text: str) -> str:
+    """Credentials written into a URL or a registry address (``alice:pw@host``) are masked."""
+    text = _USERINFO.sub(MASK + "@", text)
+    return _BARE_USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+
+
+# "alice:pw@host" without a scheme: a word with a colon right before an @ and a host
+_BARE_USERINFO = re.compile(r"(^|[\s'\"(=])[^\s/@'\"]+:[^\s/@'\"]*@(?=[A-Za-z0-9\[])")

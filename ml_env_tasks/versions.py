@@ -3,95 +3,169 @@
 ``register`` records name, version, hash, digest, image and the environment file itself (with
 the text files it references), so ``get`` can write any version back and ``diff`` can explain
 two. A changed hash under the same name gets the next version; an unchanged one keeps its
-version. The file is appended under a lock through a temporary file and a rename; in a team it
-is committed like code, so versions are reviewed and merge like any change.
+version. The file is appended under a lock through a temporary file and a rename (``tomllog``);
+in a team it is committed like code, so versions are reviewed and merge like any change.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import spec
-from .errors import MlEnvError
+from .errors import UsageError
+from .grammar import NAME, matches, printable
 from .hashing import Difference, env_hash, explain
-from .promote import Ledger
+from .tomllog import LogError, TomlLog
 
-__all__ = ["Versions", "REGISTRY_DEFAULT"]
+__all__ = ["Versions", "VersionEntry", "REGISTRY_DEFAULT"]
 
 REGISTRY_DEFAULT = Path("envs/versions.toml")
 
 
-class Versions(Ledger):
+@dataclass(frozen=True)
+class VersionEntry:
+    name: str
+    version: int
+    hash: str
+    digest: str
+    image: str
+    registry: str
+    registered: str
+    spec: str  # the environment file's text
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> text (requirements, conda, Dockerfile)
+    wheels: dict[str, str] = field(default_factory=dict)  # wheel file name -> sha256
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def summary(self) -> dict[str, Any]:
+        """What ``list``/``register --json`` show: everything but the file texts."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("spec", "files")}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        if not self.wheels:
+            d.pop("wheels")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersionEntry:
+        def s(key: str) -> str:
+            v = d.get(key, "")
+            if not isinstance(v, str):
+                raise ValueError(f"{key} must be a string")
+            return v
+
+        version = d.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError("version must be a positive integer")
+        files, wheels = d.get("files") or {}, d.get("wheels") or {}
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError("files must be a table of texts")
+        if not isinstance(wheels, dict):
+            raise ValueError("wheels must be a table")
+        name = s("name")
+        if not matches(NAME, name):
+            raise ValueError("name is not an environment name")
+        return cls(name, version, s("hash"), s("digest"), s("image"), s("registry"), s("registered"), s("spec"),
+                   {str(k): v for k, v in files.items()}, {str(k): str(v) for k, v in wheels.items()})  # fmt: skip
+
+
+class Versions(TomlLog):
     """The same atomic append-only TOML file as the ledger, with ``[[environment]]`` entries."""
 
     table = "environment"
-    name_key = "name"
     header = (
         "Environment versions: one [[environment]] per registered version, written by `ml-env register`.",
         "Commit it; `ml-env list`, `get NAME[:VERSION]` and `diff NAME:A NAME:B` read it.",
     )
 
+    def entries(self, name: str | None = None) -> list[VersionEntry]:
+        out = []
+        for i, raw in enumerate(self.raw_entries()):
+            try:
+                e = VersionEntry.from_dict(raw)
+            except ValueError as err:
+                raise LogError(f"[[environment]] number {i + 1}: {err}", file=str(self.path)) from None
+            if name is None or e.name == name:
+                out.append(e)
+        return out
+
     def register(
         self, env: spec.Environment, *, image: str, digest: str | None, registry: str | None
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[VersionEntry, bool]:
         """(entry, created): an unchanged hash keeps its version and writes nothing."""
         h = env_hash(env)
-        mine = self.entries(env.name)
-        if mine and mine[-1]["hash"] == h:
-            return mine[-1], False
-        files = {}
-        base = env.path.parent
-        for ref in (
-            list(env.requirements)
-            + ([env.conda_file] if env.conda_file else [])
-            + ([env.base.dockerfile] if env.base.dockerfile else [])
-        ):
-            try:
-                files[str(ref.path.resolve().relative_to(base.resolve()))] = ref.text
-            except ValueError:
-                raise MlEnvError(
-                    f"{ref.path} is outside the environment's directory; versions keep only files beside it"
-                ) from None
-        entry: dict[str, Any] = {
-            "name": env.name,
-            "version": max((int(e["version"]) for e in mine), default=0) + 1,
-            "hash": h,
-            "digest": digest or "",
-            "image": image,
-            "registry": registry or "",
-            "registered": datetime.now(UTC).isoformat(timespec="seconds"),
-            "spec": env.path.read_text(encoding="utf-8"),
-            "files": files,
-        }
-        if env.wheels:
-            entry["wheels"] = {w.path.name: w.sha256 for w in env.wheels}
-        return self.append(entry), True
+        with self.locked():
+            mine = self.entries(env.name)
+            if mine and mine[-1].hash == h:
+                return mine[-1], False
+            files = {}
+            base = env.path.parent.resolve()
+            for ref in (
+                list(env.requirements)
+                + ([env.conda_file] if env.conda_file else [])
+                + ([env.base.dockerfile] if env.base.dockerfile else [])
+            ):
+                try:
+                    files[ref.path.resolve().relative_to(base).as_posix()] = ref.text
+                except ValueError:
+                    raise UsageError(
+                        f"{ref.path} is outside the environment's directory; versions keep only files beside it"
+                    ) from None
+            entry = VersionEntry(
+                name=env.name,
+                version=max((e.version for e in mine), default=0) + 1,
+                hash=h,
+                digest=digest or "",
+                image=image,
+                registry=registry or "",
+                registered=datetime.now(UTC).isoformat(timespec="seconds"),
+                spec=env.path.read_text(encoding="utf-8"),
+                files=files,
+                wheels={w.path.name: w.sha256 for w in env.wheels},
+            )
+            self.append_raw(entry.to_dict())
+        return entry, True
 
-    def get(self, ref: str) -> dict[str, Any]:
+    def get(self, ref: str) -> VersionEntry:
         name, _, version = ref.partition(":")
+        if not matches(NAME, name):
+            raise UsageError(f"{printable(ref, 80)!r} is not NAME[:VERSION]")
         mine = self.entries(name)
         if not mine:
-            raise MlEnvError(f"no environment {name!r} is registered", file=str(self.path))
+            raise UsageError(f"no environment {name!r} is registered", file=str(self.path))
         if not version:
             return mine[-1]
         for e in mine:
-            if str(e["version"]) == version:
+            if str(e.version) == version:
                 return e
-        raise MlEnvError(
-            f"{name} has no version {version} (has {', '.join(str(e['version']) for e in mine)})", file=str(self.path)
+        raise UsageError(
+            f"{name} has no version {printable(version, 20)} (has {', '.join(str(e.version) for e in mine)})",
+            file=str(self.path),
         )
 
-    def write_back(self, entry: dict[str, Any], out: Path) -> Path:
+    def write_back(self, entry: VersionEntry, out: Path) -> Path:
         """The registered environment file and its text files, into ``out`` (a .toml path)."""
+        from .paths import check_path_text
+
+        root = out.parent.resolve()
+        for rel in entry.files:
+            check_path_text(rel, file=str(self.path), key=entry.ref, what="registered file")
+            target = (out.parent / rel).resolve()
+            if not target.is_relative_to(root):
+                raise UsageError(f"{entry.ref}: a registered file would be written outside {out.parent}; refused")
         out.parent.mkdir(parents=True, exist_ok=True)
-        for rel, text in (entry.get("files") or {}).items():
+        for rel, text in entry.files.items():
             p = out.parent / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text)
-        out.write_text(entry["spec"])
+        out.write_text(entry.spec)
         return out
 
     def diff(self, a: str, b: str) -> list[Difference]:
@@ -101,8 +175,8 @@ class Versions(Ledger):
             sb = spec.load(self.write_back(eb, Path(td) / "b" / "env.toml"))
             return explain(sa, sb)
 
-    def latest(self) -> list[dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def latest(self) -> list[VersionEntry]:
+        out: dict[str, VersionEntry] = {}
         for e in self.entries():
-            out[e["name"]] = e
-        return sorted(out.values(), key=lambda e: e["name"])
+            out[e.name] = e
+        return sorted(out.values(), key=lambda e: e.name)

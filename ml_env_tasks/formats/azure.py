@@ -3,9 +3,14 @@
 In: a v1 environment directory (``azureml_environment.json`` + ``conda_dependencies.yml``, as
 ``Environment.save_to_directory`` and ``az ml environment scaffold`` write it), a CLI v2
 environment YAML, a conda environment file, a pip requirements file. Out: a commented TOML
-environment file (tomlkit). Every source field is mapped, or named in a warning as unsupported:
-nothing is dropped silently. A registry password never reaches the output: it becomes the name
-of an environment variable to hold it.
+environment file (tomlkit) and copies of the files it names (a conda file, a Dockerfile, a
+requirements file), written beside it. Every source field is mapped, or named in a warning as
+unsupported: nothing is dropped silently. A registry password never reaches the output: it
+becomes the name of an environment variable to hold it.
+
+The files imported are untrusted: every field is type-checked (one error naming file and key),
+the files they name must lie inside the source's project, sizes are capped, YAML is read with
+alias expansion bounded. Nothing is written unless the result loads as an environment file.
 
 Back: a v1 directory and a v2 YAML, from an environment file.
 """
@@ -13,7 +18,6 @@ Back: a v1 directory and a v2 YAML, from an environment file.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +26,12 @@ from typing import Any
 import tomlkit
 import yaml
 
+from ..catalog import DEFAULT_BASE
 from ..errors import SpecError
+from ..grammar import ENV_NAME, matches, printable
+from ..paths import MAX_TEXT_FILE, project_root, read_inside
 from ..spec import Environment
+from ..yamlsafe import load_yaml
 
 __all__ = ["Imported", "import_source", "export_v1", "export_v2"]
 
@@ -37,31 +45,96 @@ class Imported:
     name: str
     doc: tomlkit.TOMLDocument
     warnings: list[str] = field(default_factory=list)
-    files: dict[str, bytes] = field(default_factory=dict)  # written beside the output (e.g. a base Dockerfile)
+    files: dict[str, bytes] = field(default_factory=dict)  # written beside the output, named in the document
 
     def text(self) -> str:
         return tomlkit.dumps(self.doc)
 
+    def write(self, output: Path) -> list[Path]:
+        """Write the environment file and its files beside it; nothing is written unless the
+        result loads as an environment file, and nothing existing is overwritten."""
+        import shutil
+        import tempfile
 
-def _name(raw: Any, source: Path, warnings: list[str]) -> str:
-    name = str(raw or source.stem or "imported")
+        from .. import spec
+
+        folder = output.parent
+        targets = [output] + [folder / n for n in self.files]
+        clash = [str(t) for t in targets if t.exists() or t.is_symlink()]
+        if clash:
+            raise SpecError(f"not overwriting {', '.join(clash)}", hint="choose another -o, or move them away")
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".ml-env-import-", dir=folder))
+        try:
+            for n, data in self.files.items():
+                (stage / n).write_bytes(data)
+            (stage / output.name).write_text(self.text())
+            try:
+                spec.load(stage / output.name)
+            except SpecError as e:
+                raise SpecError(f"the imported environment would not load, so nothing was written: {e.message}",
+                                key=e.key) from None  # fmt: skip
+            for t in targets:
+                (stage / t.name).rename(t)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return targets
+
+
+class _Fields:
+    """Typed reads of one parsed Azure file: a wrong type is one SpecError naming file and key."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = str(file)
+
+    def err(self, key: str, msg: str) -> SpecError:
+        return SpecError(msg, file=self.file, key=printable(key, 120))
+
+    def table(self, d: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        v = d.get(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self.err(where, f"must be a mapping, got {type(v).__name__}")
+        return v
+
+    def text(self, d: dict[str, Any], key: str, where: str, *, numbers: bool = False) -> str | None:
+        v = d.get(key)
+        if v is None or v == "":
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float) if numbers else str):
+            raise self.err(where, f"must be a string, got {type(v).__name__}")
+        return str(v)
+
+    def flag(self, d: dict[str, Any], key: str, where: str) -> bool:
+        v = d.get(key)
+        if v is None:
+            return False
+        if not isinstance(v, bool):
+            raise self.err(where, f"must be true or false, got {type(v).__name__}")
+        return v
+
+    def strings(self, d: dict[str, Any], key: str, where: str) -> list[str]:
+        v = d.get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.err(where, "must be a list of strings")
+        return list(v)
+
+
+def _name(raw: str | None, source: Path, warnings: list[str]) -> str:
+    name = raw or source.stem or "imported"
     clean = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")[:63] or "imported"
     if clean != name:
-        warnings.append(f"name {name!r} became {clean!r} (lowercase letters, digits, '.', '_', '-')")
+        warnings.append(f"name {printable(name)!r} became {clean!r} (lowercase letters, digits, '.', '_', '-')")
     return clean
 
 
-def _rel(target: Path, out_dir: Path) -> str:
-    return os.path.relpath(target.resolve(), out_dir.resolve())
-
-
-DEFAULT_BASE = "127.0.0.1:5000/base/debian-python:bookworm"  # the lab's Python base, for formats without one
-
-
-def _start(source: Path, kind: str, raw_name: Any) -> tuple[tomlkit.TOMLDocument, list[str], str]:
+def _start(source: Path, kind: str, raw_name: str | None) -> tuple[tomlkit.TOMLDocument, list[str], str]:
     """A new commented document with its name: (document, warnings, name)."""
     doc = tomlkit.document()
-    doc.add(tomlkit.comment(f"Imported from {kind} {source} by `ml-env import`."))
+    doc.add(tomlkit.comment(f"Imported from {kind} {printable(source.name, 80)} by `ml-env import`."))
     doc.add(tomlkit.comment("Fields the importer could not map are listed in its warnings; review, then build."))
     w: list[str] = []
     name = _name(raw_name, source, w)
@@ -69,214 +142,231 @@ def _start(source: Path, kind: str, raw_name: Any) -> tuple[tomlkit.TOMLDocument
     return doc, w, name
 
 
-def import_source(src: Path, out_dir: Path) -> Imported:
-    """Import whatever ``src`` is; ``out_dir`` is where the TOML will live (paths are made relative)."""
+def _carry(source_dir: Path, rel: str, *, file: Path, key: str, what: str) -> bytes:
+    """The bytes of a file an Azure file names, which must lie inside the source's project."""
+    _, data = read_inside(source_dir, rel, project_root(source_dir), file=str(file), key=key, what=what)
+    return data
+
+
+def import_source(src: Path, stem: str | None = None) -> Imported:
+    """Import whatever ``src`` is: a v1 directory or JSON, a v2 YAML, a conda file, a requirements file.
+
+    Files the result names (a conda file, a Dockerfile, a requirements file) are called
+    ``<stem>.conda.yml`` and so on: ``stem`` is the output file's stem (default: the name)."""
     if not src.exists():
         raise SpecError("not found", file=str(src))
     if src.is_dir():
         if (src / V1_JSON).exists():
-            return import_v1(src, out_dir)
+            return import_v1(src, stem=stem)
         raise SpecError(f"a directory without {V1_JSON}: not an Azure ML v1 environment directory", file=str(src))
-    text = src.read_text(encoding="utf-8", errors="replace")
+    if not src.is_file():
+        raise SpecError("not a regular file", file=str(src))
+    if src.stat().st_size > MAX_TEXT_FILE:
+        raise SpecError(f"larger than {MAX_TEXT_FILE} bytes: not an environment file", file=str(src))
     if src.suffix in (".yml", ".yaml"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpecError(f"not valid YAML: {e}", file=str(src)) from None
+        data = load_yaml(src.read_bytes(), file=str(src))
         if not isinstance(data, dict):
-            raise SpecError("expected a YAML mapping", file=str(src))
+            raise SpecError("expected a YAML mapping at the top", file=str(src))
         if "dependencies" in data and not ({"image", "build"} & set(data)):
-            return import_conda(src, out_dir, data)
-        return import_v2(src, out_dir, data)
+            return import_conda(src, data, stem)
+        return import_v2(src, data, stem)
     if src.suffix == ".json":
-        return import_v1(src.parent, out_dir, json_path=src)
-    return import_requirements(src, out_dir)
+        return import_v1(src.parent, json_path=src, stem=stem)
+    return import_requirements(src, stem)
+
+
+def _password_env(address: str) -> str:
+    """``myacr.azurecr.io`` → ``MYACR_AZURECR_IO_PASSWORD``; an address starting with a digit gets
+    a ``REGISTRY_`` prefix, so the name is always a valid environment variable name."""
+    var = re.sub(r"[^A-Z0-9]+", "_", address.upper()).strip("_") + "_PASSWORD"
+    if not matches(ENV_NAME, var):
+        var = "REGISTRY_" + var
+    return var
 
 
 # --- v1 -----------------------------------------------------------------------------------
 
 
-def import_v1(d: Path, out_dir: Path, json_path: Path | None = None) -> Imported:
+def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -> Imported:
     jp = json_path or d / V1_JSON
+    if jp.stat().st_size > MAX_TEXT_FILE:
+        raise SpecError(f"larger than {MAX_TEXT_FILE} bytes", file=str(jp))
     try:
-        data = json.loads(jp.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise SpecError(f"not valid JSON: {e}", file=str(jp)) from None
-    if "environment" in data and isinstance(data["environment"], dict) and "entryScript" in data:
+        data = json.loads(jp.read_bytes())
+    except (ValueError, RecursionError) as e:
+        where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise SpecError(f"not valid JSON{where}", file=str(jp)) from None
+    if not isinstance(data, dict):
+        raise SpecError("expected a JSON object at the top", file=str(jp))
+    f = _Fields(jp)
+    if isinstance(data.get("environment"), dict) and "entryScript" in data:
         data = data["environment"]  # an inference config with the environment inline
-    doc, w, name = _start(d, "the Azure ML v1 environment directory", data.get("name"))
-    if data.get("version") is not None:
-        doc.add("version", str(data["version"]))
-    known = {
-        "name",
-        "version",
-        "python",
-        "docker",
-        "environmentVariables",
-        "inferencingStackVersion",
-        "spark",
-        "databricks",
-        "r",
-    }
+    doc, w, name = _start(d, "the Azure ML v1 environment directory", f.text(data, "name", "name"))
+    version = f.text(data, "version", "version", numbers=True)
+    if version is not None:
+        doc.add("version", version)
+    known = {"name", "version", "python", "docker", "environmentVariables", "inferencingStackVersion"}
+    known |= {"spark", "databricks", "r"}
     for k in sorted(set(data) - known):
-        w.append(f"unsupported field {k!r} (not imported)")
+        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
     for k in ("spark", "databricks", "r"):
         v = data.get(k)
         if v and (not isinstance(v, dict) or any(x for x in v.values() if x not in (None, [], {}, False))):
             w.append(f"unsupported field {k!r} with settings (not imported)")
-    if str(data.get("inferencingStackVersion") or "").lower() == "latest":
+    if str(f.text(data, "inferencingStackVersion", "inferencingStackVersion") or "").lower() == "latest":
         doc.add("inference", True)
-    docker = data.get("docker") or {}
+    docker = f.table(data, "docker", "docker")
     base = tomlkit.table()
-    if docker.get("baseDockerfile"):
-        base.add("dockerfile_text", tomlkit.string(docker["baseDockerfile"], multiline=True))
-    elif docker.get("baseImage"):
-        base.add("image", docker["baseImage"])
+    dockerfile = f.text(docker, "baseDockerfile", "docker.baseDockerfile")
+    image = f.text(docker, "baseImage", "docker.baseImage")
+    if dockerfile:
+        base.add("dockerfile_text", tomlkit.string(dockerfile, multiline=True))
+    elif image:
+        base.add("image", image)
     else:
         raise SpecError("neither docker.baseImage nor docker.baseDockerfile is set", file=str(jp), key="docker")
-    reg = docker.get("baseImageRegistry") or {}
-    if reg.get("address"):
+    reg = f.table(docker, "baseImageRegistry", "docker.baseImageRegistry")
+    address = f.text(reg, "address", "docker.baseImageRegistry.address")
+    if address:
         r = tomlkit.inline_table()
-        r.add("address", reg["address"])
-        if reg.get("username"):
-            r.add("username", reg["username"])
-            var = re.sub(r"[^A-Z0-9]+", "_", reg["address"].upper()).strip("_") + "_PASSWORD"
+        r.add("address", address)
+        user = f.text(reg, "username", "docker.baseImageRegistry.username")
+        if user:
+            r.add("username", user)
+            var = _password_env(address)
             r.add("password_env", var)
             w.append(f"docker.baseImageRegistry.password is not written: set the environment variable {var} to it")
         base.add("registry", r)
     doc.add("base", base)
-    for k in sorted(
-        set(docker)
-        - {"baseImage", "baseDockerfile", "baseImageRegistry", "shmSize", "enabled", "arguments", "sharedVolumes"}
-    ):
-        w.append(f"unsupported field docker.{k!r} (not imported)")
-    if docker.get("arguments"):
+    handled = {"baseImage", "baseDockerfile", "baseImageRegistry", "shmSize", "enabled", "arguments", "sharedVolumes"}
+    for k in sorted(set(docker) - handled):
+        w.append(f"unsupported field docker.{printable(k, 60)!r} (not imported)")
+    args = docker.get("arguments")
+    if args:
         w.append(
-            f"unsupported field docker.arguments {docker['arguments']!r}: pass run options to `ml-env train` instead"
+            f"unsupported field docker.arguments {printable(args, 120)}: pass run options to `ml-env train` instead"
         )
     if docker.get("sharedVolumes") is False:
         w.append("docker.sharedVolumes = false has no equivalent (runs get their own mounts)")
 
-    py = data.get("python") or {}
+    py = f.table(data, "python", "python")
     pyt = tomlkit.table()
-    if py.get("userManagedDependencies"):
+    user_managed = f.flag(py, "userManagedDependencies", "python.userManagedDependencies")
+    if user_managed:
         pyt.add("user_managed_dependencies", True)
-    if py.get("interpreterPath") and py["interpreterPath"] not in ("python", "python3"):
-        pyt.add("interpreter", py["interpreterPath"])
+    interpreter = f.text(py, "interpreterPath", "python.interpreterPath")
+    if interpreter and interpreter not in ("python", "python3"):
+        pyt.add("interpreter", interpreter)
     if py.get("baseCondaEnvironment"):
-        w.append(f"unsupported field python.baseCondaEnvironment {py['baseCondaEnvironment']!r} (not imported)")
-    conda_file = d / V1_CONDA
-    if py.get("condaDependenciesFile"):
-        conda_file = d / py["condaDependenciesFile"]
-    if not py.get("userManagedDependencies"):
-        if conda_file.exists():
-            pyt.add("conda_file", _rel(conda_file, out_dir))
-            _inference_from_conda(conda_file, doc, w)
-        elif py.get("condaDependencies"):
-            w.append("python.condaDependencies is inline: it is written to conda_dependencies.yml beside the output")
-            pyt.add("conda_file", f"{name}.conda.yml")
-            return _finish(
-                doc,
-                pyt,
-                data,
-                w,
-                name,
-                {f"{name}.conda.yml": yaml.safe_dump(py["condaDependencies"], sort_keys=False).encode()},
-            )
-    return _finish(doc, pyt, data, w, name, {})
-
-
-def _inference_from_conda(conda_file: Path, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
-    text = conda_file.read_text(encoding="utf-8", errors="replace")
-    for pkg in AZURE_INFERENCE_PACKAGES:
-        if re.search(rf"^\s*-\s*{pkg}\b", text, re.M):
-            w.append(f"{pkg} in {conda_file.name} is Azure's inference stack; `inference = true` gives ml-env's")
-
-
-def _finish(
-    doc: tomlkit.TOMLDocument, pyt: Any, data: dict[str, Any], w: list[str], name: str, files: dict[str, bytes]
-) -> Imported:
+        w.append("unsupported field python.baseCondaEnvironment (not imported)")
+    files: dict[str, bytes] = {}
+    if not user_managed:
+        conda_rel = f.text(py, "condaDependenciesFile", "python.condaDependenciesFile") or V1_CONDA
+        conda_bytes = None
+        if (d / conda_rel).exists() or conda_rel != V1_CONDA:
+            conda_bytes = _carry(d, conda_rel, file=jp, key="python.condaDependenciesFile", what="conda file")
+        elif py.get("condaDependencies") is not None:
+            inline = f.table(py, "condaDependencies", "python.condaDependencies")
+            conda_bytes = yaml.safe_dump(inline, sort_keys=False).encode()
+            w.append(f"python.condaDependencies is inline: it is written to {stem or name}.conda.yml beside the output")
+        if conda_bytes is not None:
+            files[f"{stem or name}.conda.yml"] = conda_bytes
+            pyt.add("conda_file", f"{stem or name}.conda.yml")
+            _inference_from_conda(conda_bytes, doc, w)
     if len(pyt):
         doc.add("python", pyt)
-    envs = data.get("environmentVariables") or {}
+    envs = f.table(data, "environmentVariables", "environmentVariables")
     if envs:
         t = tomlkit.table()
         for k, v in envs.items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise f.err(f"environmentVariables.{k}", "must be a string")
             t.add(k, str(v))
         doc.add("env", t)
-    shm = (data.get("docker") or {}).get("shmSize")
+    shm = f.text(docker, "shmSize", "docker.shmSize", numbers=True)
     if shm:
         dt = tomlkit.table()
-        dt.add("shm_size", str(shm))
+        dt.add("shm_size", shm)
         doc.add("docker", dt)
     return Imported(name, doc, w, files)
+
+
+def _inference_from_conda(conda: bytes, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
+    text = conda.decode("utf-8", errors="replace")
+    for pkg in AZURE_INFERENCE_PACKAGES:
+        if re.search(rf"^\s*-\s*{pkg}\b", text, re.M):
+            w.append(f"{pkg} in the conda file is Azure's inference stack; `inference = true` gives ml-env's")
 
 
 # --- v2 -----------------------------------------------------------------------------------
 
 
-def import_v2(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
-    doc, w, name = _start(src, "the Azure ML v2 environment YAML", data.get("name"))
-    if data.get("version") is not None:
-        doc.add("version", str(data["version"]))
-    if data.get("description"):
-        doc.add("description", str(data["description"]))
-    if data.get("inference_config"):
+def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Imported:
+    f = _Fields(src)
+    doc, w, name = _start(src, "the Azure ML v2 environment YAML", f.text(data, "name", "name", numbers=True))
+    version = f.text(data, "version", "version", numbers=True)
+    if version is not None:
+        doc.add("version", version)
+    description = f.text(data, "description", "description")
+    if description:
+        doc.add("description", description)
+    ic = f.table(data, "inference_config", "inference_config")
+    if ic:
         doc.add("inference", True)
-        ic = data["inference_config"]
         for route, default in (("liveness_route", "/"), ("readiness_route", "/score"), ("scoring_route", "/score")):
-            r = (ic.get(route) or {}) if isinstance(ic, dict) else {}
+            r = f.table(ic, route, f"inference_config.{route}")
             if r and (r.get("path") not in (None, default) or r.get("port") not in (None, 5001)):
-                w.append(f"inference_config.{route} {r!r} differs from ml-env's fixed {default} on port 5001")
-    known = {
-        "$schema",
-        "name",
-        "version",
-        "description",
-        "tags",
-        "image",
-        "conda_file",
-        "build",
-        "inference_config",
-        "os_type",
-    }
+                w.append(
+                    f"inference_config.{route} {printable(r, 120)} differs from ml-env's fixed {default} on port 5001"
+                )
+    known = {"$schema", "name", "version", "description", "tags", "image", "conda_file", "build"}
+    known |= {"inference_config", "os_type"}
     for k in sorted(set(data) - known):
-        w.append(f"unsupported field {k!r} (not imported)")
-    if str(data.get("os_type") or "linux").lower() != "linux":
-        raise SpecError(f"os_type {data['os_type']!r}: only linux images are built", file=str(src), key="os_type")
+        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
+    os_type = f.text(data, "os_type", "os_type") or "linux"
+    if os_type.lower() != "linux":
+        raise SpecError(
+            f"os_type {printable(os_type, 40)!r}: only linux images are built", file=str(src), key="os_type"
+        )
     base = tomlkit.table()
     files: dict[str, bytes] = {}
-    if data.get("build"):
-        b = data["build"]
-        ctx = (src.parent / b.get("path", ".")).resolve()
-        dockerfile = ctx / b.get("dockerfile_path", "Dockerfile")
-        if not dockerfile.exists():
-            raise SpecError(f"build Dockerfile {dockerfile} not found", file=str(src), key="build.dockerfile_path")
-        base.add("dockerfile", _rel(dockerfile, out_dir))
-        others = [p for p in ctx.iterdir() if p != dockerfile] if ctx.is_dir() else []
-        if others:
+    build = f.table(data, "build", "build") if "build" in data else None
+    image = f.text(data, "image", "image")
+    if build is not None:
+        ctx_rel = f.text(build, "path", "build.path") or "."
+        df_rel = f.text(build, "dockerfile_path", "build.dockerfile_path") or "Dockerfile"
+        ctx = src.parent / ctx_rel
+        files[f"{stem or name}.Dockerfile"] = _carry(
+            ctx, df_rel, file=src, key="build.dockerfile_path", what="Dockerfile"
+        )
+        base.add("dockerfile", f"{stem or name}.Dockerfile")
+        if ctx.is_dir() and any(p.name != Path(df_rel).name for p in ctx.iterdir()):
             w.append(
-                f"build.path {b.get('path')!r} holds other files ({', '.join(sorted(p.name for p in others)[:5])}); "
-                "a base Dockerfile here has no build context: COPY from it is refused"
+                "build.path holds other files besides the Dockerfile; a base Dockerfile here has no build context: "
+                "COPY from it is refused"
             )
-    elif data.get("image"):
-        base.add("image", data["image"])
+    elif image:
+        base.add("image", image)
     else:
         raise SpecError("needs image or build", file=str(src))
     doc.add("base", base)
     pyt = tomlkit.table()
-    if data.get("conda_file"):
-        cf = src.parent / data["conda_file"]
-        if not cf.exists():
-            raise SpecError(f"conda_file {cf} not found", file=str(src), key="conda_file")
-        pyt.add("conda_file", _rel(cf, out_dir))
-        _inference_from_conda(cf, doc, w)
+    conda_rel = f.text(data, "conda_file", "conda_file")
+    if conda_rel:
+        conda = _carry(src.parent, conda_rel, file=src, key="conda_file", what="conda file")
+        files[f"{stem or name}.conda.yml"] = conda
+        pyt.add("conda_file", f"{stem or name}.conda.yml")
+        _inference_from_conda(conda, doc, w)
     if len(pyt):
         doc.add("python", pyt)
-    if data.get("tags"):
+    tags = f.table(data, "tags", "tags")
+    if tags:
         lt = tomlkit.table()
-        for k, v in data["tags"].items():
-            lt.add(f"com.azure.ml.tag.{re.sub(r'[^a-z0-9.-]+', '-', str(k).lower())}", str(v))
+        for k, v in tags.items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise f.err(f"tags.{k}", "must be a string")
+            key = re.sub(r"[^a-z0-9.-]+", "-", str(k).lower()).strip("-.")
+            lt.add(f"com.azure.ml.tag.{key}", str(v))
         doc.add("labels", lt)
     return Imported(name, doc, w, files)
 
@@ -284,43 +374,47 @@ def import_v2(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
 # --- conda and requirements files ---------------------------------------------------------
 
 
-def import_conda(src: Path, out_dir: Path, data: dict[str, Any]) -> Imported:
-    doc, w, name = _start(src, "the conda environment file", data.get("name"))
+def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Imported:
+    f = _Fields(src)
+    doc, w, name = _start(src, "the conda environment file", f.text(data, "name", "name"))
     base = tomlkit.table()
     base.add("image", DEFAULT_BASE)
     base["image"].comment("a base with the Python the conda file asks for")
     doc.add("base", base)
     pyt = tomlkit.table()
-    pyt.add("conda_file", _rel(src, out_dir))
+    pyt.add("conda_file", f"{stem or name}.conda.yml")
     doc.add("python", pyt)
     for k in sorted(set(data) - {"name", "channels", "dependencies", "prefix"}):
-        w.append(f"unsupported field {k!r} (not imported)")
+        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
     if data.get("prefix"):
         w.append("prefix is ignored: the environment lives in the image")
-    _inference_from_conda(src, doc, w)
-    return Imported(name, doc, w)
+    conda = src.read_bytes()
+    _inference_from_conda(conda, doc, w)
+    return Imported(name, doc, w, {f"{stem or name}.conda.yml": conda})
 
 
-def import_requirements(src: Path, out_dir: Path) -> Imported:
-    doc, w, name = _start(
-        src, "the pip requirements file", src.stem if src.stem != "requirements" else src.resolve().parent.name
-    )
+def import_requirements(src: Path, stem: str | None = None) -> Imported:
+    raw_name = src.stem if src.stem != "requirements" else src.resolve().parent.name
+    doc, w, name = _start(src, "the pip requirements file", raw_name)
     base = tomlkit.table()
     base.add("image", DEFAULT_BASE)
     doc.add("base", base)
     pyt = tomlkit.table()
-    pyt.add("requirements", [_rel(src, out_dir)])
+    pyt.add("requirements", [f"{stem or name}.requirements.txt"])
     doc.add("python", pyt)
-    text = src.read_text(encoding="utf-8", errors="replace")
-    for line in text.splitlines():
+    data = src.read_bytes()
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         s = line.strip()
         if s.startswith(("-r ", "-c ", "--requirement", "--constraint")):
-            w.append(f"{s!r}: included files are installed but not hashed (the content hash covers {src.name} only)")
+            w.append(
+                f"line {n} ({printable(s, 80)}): included files are installed but not hashed "
+                "(the content hash covers this file only)"
+            )
         elif s.startswith(("--index-url", "-i ", "--extra-index-url")):
             w.append(
-                f"{s.split()[0]} in {src.name}: set python.index_url_env / extra_index_urls_env instead (credentials)"
+                f"line {n} ({s.split()[0]}): set python.index_url_env / extra_index_urls_env instead (credentials)"
             )
-    return Imported(name, doc, w)
+    return Imported(name, doc, w, {f"{stem or name}.requirements.txt": data})
 
 
 # --- export -------------------------------------------------------------------------------
@@ -328,7 +422,7 @@ def import_requirements(src: Path, out_dir: Path) -> Imported:
 
 def _conda_doc(env: Environment) -> dict[str, Any]:
     if env.conda_file is not None:
-        data = yaml.safe_load(env.conda_file.data) or {}
+        data = load_yaml(env.conda_file.read(), file=str(env.conda_file.path)) or {}
         data.setdefault("name", "project_environment")
         pip = list(env.packages)
         if pip:

@@ -6,16 +6,17 @@ model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on
 
 from __future__ import annotations
 
-import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from ..errors import MlEnvError, SpecError
+from ..errors import MlEnvError, ServiceFailed, SpecError, UsageError
+from ..grammar import MODEL_NAME, SERVICE_NAME, matches, printable
+from ..resources import Resources
 
 __all__ = ["ServeOptions", "Service", "start", "stop", "logs", "wait_ready", "ServiceFailed", "list_services"]
 
@@ -23,10 +24,6 @@ APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
 CONTAINER_PORT = 5001
 LABEL = "ml-env.serve"
-
-
-class ServiceFailed(MlEnvError):
-    """The scoring container exited or never became ready; ``details`` has its log tail."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,8 @@ class ServeOptions:
     scoring_timeout_ms: int | None = None
     workers: int | None = None
     build: Any = None  # BuildOptions
+    resources: Resources = field(default_factory=Resources)  # --cpus/--memory of the container
+    max_body: int | None = None  # ML_ENV_MAX_BODY_BYTES for the server (default 16 MiB)
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ def parse_models(items: list[str]) -> dict[str, Path]:
         name, sep, path = item.partition("=")
         if not sep:
             name, path = "", item
-        elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise MlEnvError(f"--model {item!r}: {name!r} is not a model name")
+        elif not matches(MODEL_NAME, name):
+            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
         if name in out:
             raise MlEnvError(f"--model {name or '(unnamed)'} given twice")
         out[name] = Path(path)
@@ -113,8 +112,8 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
             raise MlEnvError(f"model {name or ''} directory {path} not found".replace("  ", " "))
     image, env_name = resolve_image(opts.env, opts.build, info)
     name = opts.name or env_name or "service"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,60}", name):
-        raise MlEnvError(f"service name {name!r} is not valid")
+    if not matches(SERVICE_NAME, name):
+        raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = Containers()
     if c.list_by_label(f"{LABEL}={name}"):
         raise MlEnvError(f"a service named {name} is already running", hint=f"ml-env serve stop {name}, or --name")
@@ -132,6 +131,8 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
         envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
     if opts.workers:
         envs["WORKER_COUNT"] = str(opts.workers)
+    if opts.max_body:
+        envs["ML_ENV_MAX_BODY_BYTES"] = str(opts.max_body)
     cid = c.create(
         image,
         [],
@@ -141,10 +142,7 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
         labels={LABEL: name, "ml-env.image": image},
         workdir=APP_ROOT,
         user=None,
-        cpus=None,
-        memory=None,
-        shm_size=None,
-        gpus=None,
+        resources=opts.resources,
         ports={CONTAINER_PORT: port},
     )
     try:

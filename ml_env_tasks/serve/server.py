@@ -10,8 +10,14 @@ and returns something JSON-serialisable. Optionally it declares ``input_schema``
 
 Routes: ``GET /`` liveness; ``GET /score`` readiness (200 once ``init()`` has finished);
 ``POST /score`` → ``run()``; ``OPTIONS /score``; ``GET /swagger.json`` (404 without a schema).
-Errors are JSON ``{"message": ...}`` with 400, 415, 500. ``init()`` raising stops the server
-with a non-zero exit and the traceback in the log.
+Errors are JSON ``{"message": ...}`` with 400, 408, 413, 415, 500. ``init()`` raising stops the
+server with a non-zero exit and the traceback in the log.
+
+Clients are untrusted: a request body over ``ML_ENV_MAX_BODY_BYTES`` (default 16 MiB) gets 413
+before it is read whole; a body not received within ``ML_ENV_BODY_TIMEOUT_S`` (30 s) gets 408;
+a connection that has not sent a complete request head within ``ML_ENV_HEADER_TIMEOUT_S``
+(10 s) is closed; at most ``ML_ENV_MAX_CONNECTIONS`` (64) connections are served at once
+(503 beyond, uvicorn's own limit).
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ ENTRY = os.environ.get("AZUREML_ENTRY_SCRIPT", "score.py")
 TIMEOUT_S = int(os.environ.get("SCORING_TIMEOUT_MS", "3600000")) / 1000.0
 PORT = int(os.environ.get("ML_ENV_SERVE_PORT", "5001"))
 WORKERS = int(os.environ.get("WORKER_COUNT", "1"))
+MAX_BODY = int(os.environ.get("ML_ENV_MAX_BODY_BYTES", str(16 * 2**20)))
+BODY_TIMEOUT_S = float(os.environ.get("ML_ENV_BODY_TIMEOUT_S", "30"))
+HEADER_TIMEOUT_S = float(os.environ.get("ML_ENV_HEADER_TIMEOUT_S", "10"))
+MAX_CONNECTIONS = int(os.environ.get("ML_ENV_MAX_CONNECTIONS", "64"))
 JSON_TYPES = ("application/json", "text/plain", "application/octet-stream", "")
 
 log = logging.getLogger("ml-env-serve")
@@ -83,8 +93,38 @@ async def lifespan(app: Starlette):
     yield
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"message": message}, status_code=status)
+def error(status: int, message: str, *, close: bool = False) -> JSONResponse:
+    return JSONResponse({"message": message}, status_code=status, headers={"Connection": "close"} if close else None)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request) -> bytes | Response:
+    """The request body, or the error response: 413 over MAX_BODY (before it is all read), 408
+    when it does not arrive within BODY_TIMEOUT_S."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return error(413, f"the request body is over {MAX_BODY} bytes (ML_ENV_MAX_BODY_BYTES)", close=True)
+    chunks: list[bytes] = []
+    size = 0
+
+    async def collect() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _TooLarge
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout=BODY_TIMEOUT_S)
+    except _TooLarge:
+        return error(413, f"the request body is over {MAX_BODY} bytes (ML_ENV_MAX_BODY_BYTES)", close=True)
+    except TimeoutError:
+        return error(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", close=True)
+    return b"".join(chunks)
 
 
 async def liveness(request: Request) -> Response:
@@ -101,7 +141,9 @@ async def score(request: Request) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES:
         return error(415, f"unsupported content type {ctype!r}; send application/json")
-    body = await request.body()
+    body = await read_body(request)
+    if isinstance(body, Response):
+        return body
     try:
         raw = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -159,15 +201,59 @@ app = Starlette(
 )
 
 
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+
+
+class TimedH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request head: a client that opens a
+    connection (or keeps one alive) and trickles its headers is cut off after HEADER_TIMEOUT_S."""
+
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timeout(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        if self.cycle is not before:  # a complete request head arrived
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+        self._disarm()
+        super().connection_lost(exc)
+
+
 def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    limits = {"limit_concurrency": MAX_CONNECTIONS, "timeout_keep_alive": 5, "log_level": "warning"}
     if WORKERS > 1:
         sys.path.insert(0, str(Path(__file__).parent))
-        uvicorn.run(f"{Path(__file__).stem}:app", host="0.0.0.0", port=PORT, workers=WORKERS, log_level="warning")
+        stem = Path(__file__).stem
+        uvicorn.run(f"{stem}:app", host="0.0.0.0", port=PORT, workers=WORKERS, http=f"{stem}:TimedH11", **limits)
     else:
-        uvicorn.run(app, host="0.0.0.0", port=PORT, log_level="warning")
+        uvicorn.run(app, host="0.0.0.0", port=PORT, http=TimedH11, **limits)
 
 
 if __name__ == "__main__":

@@ -196,11 +196,11 @@ def fault_proxy(
             except urllib.error.HTTPError as e:
                 code, headers, data = e.code, e.headers, e.read()
             cut = False
-            with lock:
-                seen[-1] = code
+            with lock:  # this request's own slot: requests run in parallel
+                seen[n] = code
                 if self.command == "GET" and "/blobs/sha256:" in self.path and code == 200 and cuts[0] > 0:
                     cuts[0] -= 1
-                    seen[-1] = cut = -1
+                    seen[n] = cut = -1
             self.send_response(code)
             for k, v in headers.items():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length"):

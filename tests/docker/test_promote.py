@@ -10,7 +10,8 @@ import pytest
 
 from ml_env_tasks import RegistryError
 from ml_env_tasks.build import build
-from ml_env_tasks.promote import Ledger, PromoteOptions, TagConflict, promote
+from ml_env_tasks.ledger import Ledger
+from ml_env_tasks.promote import PromoteOptions, TagConflict, promote
 from ml_env_tasks.registry import RegistryClient
 
 from .helpers import fault_proxy, ml_env, push_single_image
@@ -45,7 +46,7 @@ def test_single_manifest_stays_single_across_registries_with_auth(ws, regs) -> N
         got, doc = manifest(auth, ws.repo, tag)
         assert got == digest and doc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     entry = Ledger(ws.dir / "releases.toml").entries()[-1]
-    assert entry["digest"] == digest and entry["tags"] == ["1.0", "prod"] and entry["source"].endswith(f"@{digest}")
+    assert entry.digest == digest and entry.tags == ("1.0", "prod") and entry.source.endswith(f"@{digest}")
 
 
 def test_buildx_index_with_attestations_is_copied_whole(ws, regs) -> None:
@@ -65,7 +66,7 @@ def test_buildx_index_with_attestations_is_copied_whole(ws, regs) -> None:
     for m in doc["manifests"]:
         assert auth.head_manifest(ws.repo, m["digest"]) is not None
     entry = Ledger(ws.dir / "l.toml").entries(env="promo")[-1]
-    assert entry["environment_hash"] == b.hash
+    assert entry.environment_hash == b.hash
 
 
 def test_two_platform_index_from_imagetools(ws, regs) -> None:
@@ -130,9 +131,9 @@ def test_overwrite_refused_then_allowed_and_idempotent(ws, regs) -> None:
     )
     assert r.digest == two and auth.head_manifest(ws.repo, "prod").digest == two
     entries = Ledger(ledger).entries()
-    assert len(entries) == 2 and entries[-1]["moved_tags"] == [f"prod (was {one})"]
+    assert len(entries) == 2 and entries[-1].moved_tags == (f"prod (was {one})",)
     cur = Ledger(ledger).current(None, "prod")
-    assert cur["digest"] == two and cur["since"] == entries[-1]["time"]
+    assert cur.digest == two and cur.since == entries[-1].time
 
 
 def test_transient_faults_are_retried(ws, regs) -> None:

@@ -94,10 +94,10 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
     assert "3 passed, 0 failed" in p.stdout
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("sklearn-inference prod: sha256:") and "since" in last
-    from ml_env_tasks.promote import Ledger
+    from ml_env_tasks.ledger import Ledger
 
     entry = Ledger(tmp_path / "releases.toml").entries()[-1]
-    assert entry["tags"] == ["9.9.9", "prod"] and entry["digest"] in last
+    assert entry.tags == ("9.9.9", "prod") and entry.digest in last
     from .helpers import delete_repository
 
     delete_repository(

@@ -79,7 +79,7 @@ def test_run_with_outputs_inputs_metrics(ws, env_file: Path, src: Path) -> None:
     assert r.status == "completed" and r.exit_code == 0 and r.cli_exit_code == 0
     assert (r.outputs / "model.txt").read_text() == "rows=3 args=['--alpha', '0.5']"
     rec = json.loads((r.run_dir / "run.json").read_text())
-    assert rec == r.record
+    assert rec == r.record.to_dict()
     assert rec["metrics"] == {"loss": 0.25, "accuracy": 0.75}
     assert rec["env_vars"] == {"MODE": "fast"}
     assert rec["inputs"]["data"]["sha256"] and rec["inputs"]["data"]["mount"] == "/mnt/inputs/data"
@@ -185,7 +185,7 @@ def test_run_against_an_image_digest_without_spec(ws, env_file: Path, src: Path)
         RunOptions(env=ref, source=src, script="hi.py", runs_dir=ws.dir / "runs"), on_line=lines.append, info=quiet
     )
     assert r.status == "completed" and "hello from 1" in lines
-    assert r.record["environment"]["spec"] is None and r.record["environment"]["digest"] == b.digest
+    assert r.record.environment.spec is None and r.record.environment.digest == b.digest
 
 
 def test_editing_code_never_rebuilds(ws, env_file: Path, src: Path) -> None:
@@ -194,8 +194,8 @@ def test_editing_code_never_rebuilds(ws, env_file: Path, src: Path) -> None:
     (src / "a.py").write_text("print(2)\n")
     msgs: list[str] = []
     r2 = train(opts(ws, env_file, src, "a.py"), on_line=quiet, info=msgs.append)
-    assert r1.record["environment"] == r2.record["environment"]
-    assert r1.record["source"]["snapshot_hash"] != r2.record["source"]["snapshot_hash"]
+    assert r1.record.environment == r2.record.environment
+    assert r1.record.source.snapshot_hash != r2.record.source.snapshot_hash
     assert any("reused" in m for m in msgs)
 
 
@@ -213,4 +213,4 @@ def test_example_training_script(ws) -> None:
     r = train(o, on_line=lines.append, info=quiet)
     assert r.status == "completed", "\n".join(lines)
     assert (r.outputs / "model" / "model.joblib").stat().st_size > 1000
-    assert r.record["metrics"]["accuracy"] > 0.8
+    assert r.record.metrics["accuracy"] > 0.8

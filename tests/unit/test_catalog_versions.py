@@ -60,19 +60,19 @@ def test_versions_bump_only_on_a_changed_hash(tmp_path: Path) -> None:
     f.write_text('name = "e"\n[base]\nimage = "a/b:1"\n[python]\nrequirements = ["requirements/r.txt"]\n')
     v = Versions(envs / "versions.toml")
     one, created = v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")
-    assert created and one["version"] == 1
+    assert created and one.version == 1
     same, created = v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")
-    assert not created and same["version"] == 1
+    assert not created and same.version == 1
     f.write_text('description = "cosmetic only"\n' + f.read_text())
     assert v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")[1] is False
     (envs / "requirements/r.txt").write_text("six==1.17.0\n")
     two, created = v.register(spec.load(f), image="r/e:h2", digest="sha256:2", registry="r")
-    assert created and two["version"] == 2
-    assert v.get("e")["version"] == 2 and v.get("e:1")["hash"] == one["hash"]
+    assert created and two.version == 2
+    assert v.get("e").version == 2 and v.get("e:1").hash == one.hash
     with pytest.raises(MlEnvError, match="has no version 9"):
         v.get("e:9")
     diffs = v.diff("e:1", "e:2")
     assert [d.field for d in diffs] == ["python.requirements", "python.requirements"]
     back = v.write_back(v.get("e:1"), tmp_path / "restored" / "e.toml")
-    assert env_hash(spec.load(back)) == one["hash"]
+    assert env_hash(spec.load(back)) == one.hash
     assert (tmp_path / "restored/requirements/r.txt").read_text() == "six==1.16.0\n"

@@ -26,14 +26,12 @@ def work(tmp_path: Path) -> Path:
 
 
 def write(imp, path: Path) -> spec.Environment:
-    for name, data in imp.files.items():
-        (path.parent / name).write_bytes(data)
-    path.write_text(imp.text())
+    imp.write(path)
     return spec.load(path)
 
 
 def test_v1_directory_golden(work: Path) -> None:
-    imp = import_source(work / "azure/v1-sklearn", work / "envs")
+    imp = import_source(work / "azure/v1-sklearn")
     text = imp.text()
     assert "s3cr3t-acr-password" not in text
     env = write(imp, work / "envs" / "team.toml")
@@ -56,7 +54,7 @@ def test_v1_directory_golden(work: Path) -> None:
 
 
 def test_v2_image_golden(work: Path) -> None:
-    imp = import_source(work / "azure/v2-image/env.yml", work / "envs")
+    imp = import_source(work / "azure/v2-image/env.yml")
     env = write(imp, work / "envs" / "v2.toml")
     assert env.name == "docker-image-plus-conda-example" and env.version == "2" and env.inference
     assert env.description.startswith("Environment created")
@@ -66,19 +64,19 @@ def test_v2_image_golden(work: Path) -> None:
 
 
 def test_v2_build_context(work: Path) -> None:
-    imp = import_source(work / "azure/v2-build/env.yml", work / "envs")
+    imp = import_source(work / "azure/v2-build/env.yml")
     env = write(imp, work / "envs" / "ctx.toml")
     assert env.base.dockerfile is not None and "print(1)" in env.base.dockerfile.text
 
 
 def test_conda_and_requirements_files(work: Path) -> None:
-    env = write(import_source(work / "azure/v2-image/conda-yamls/pydata.yml", work / "envs"), work / "envs" / "c.toml")
+    env = write(import_source(work / "azure/v2-image/conda-yamls/pydata.yml", stem="c"), work / "envs" / "c.toml")
     assert env.name == "pydata-example" and "pandas==2.2.3" in env.conda_pip
     req = work / "team-requirements.txt"
     req.write_text("six==1.16.0\n-r other.txt\n--extra-index-url https://x/simple\n")
-    imp = import_source(req, work / "envs")
+    imp = import_source(req)
     env = write(imp, work / "envs" / "r.toml")
-    assert env.requirements[0].data == req.read_bytes()
+    assert env.requirements[0].read() == req.read_bytes()
     assert any("-r other.txt" in w for w in imp.warnings) and any("extra-index-url" in w for w in imp.warnings)
 
 
@@ -86,24 +84,24 @@ def test_windows_and_missing_fields_are_errors(work: Path) -> None:
     f = work / "win.yml"
     f.write_text("name: w\nimage: mcr.microsoft.com/windows\nos_type: windows\n")
     with pytest.raises(SpecError, match="only linux"):
-        import_source(f, work)
+        import_source(f)
     (work / "azure/v1-sklearn/azureml_environment.json").write_text(json.dumps({"name": "x", "docker": {}}))
     with pytest.raises(SpecError, match="baseImage"):
-        import_source(work / "azure/v1-sklearn", work)
+        import_source(work / "azure/v1-sklearn")
 
 
 def test_round_trip_v1_and_v2(work: Path) -> None:
-    a = write(import_source(work / "azure/v1-sklearn", work / "envs"), work / "envs" / "a.toml")
+    a = write(import_source(work / "azure/v1-sklearn", stem="a"), work / "envs" / "a.toml")
     export_v1(a, work / "out-v1")
     assert json.loads((work / "out-v1/azureml_environment.json").read_text())["inferencingStackVersion"] == "latest"
-    b = write(import_source(work / "out-v1", work / "envs"), work / "envs" / "b.toml")
+    b = write(import_source(work / "out-v1", stem="b"), work / "envs" / "b.toml")
     assert explain(a, b) == [] and env_hash(a) == env_hash(b)
     (work / "out").mkdir()
     warnings = export_v2(b, work / "out" / "env.yml")
     assert "env vars have no v2 environment field and are not exported" in warnings
     doc = yaml.safe_load((work / "out/env.yml").read_text())
     assert doc["image"] == a.base.image and doc["conda_file"] == "env.conda.yml"
-    c = write(import_source(work / "out/env.yml", work / "envs"), work / "envs" / "c.toml")
+    c = write(import_source(work / "out/env.yml", stem="c"), work / "envs" / "c.toml")
     # v2 environments carry no env vars and no registry credentials; everything else comes back
     assert {d.field for d in explain(a, c)} == {"env.EXAMPLE_ENV_VAR", "env.OMP_NUM_THREADS", "base.registry"}
     assert c.conda_pip == a.conda_pip and c.inference
@@ -119,4 +117,4 @@ def test_cli_import_to_stdout_and_file(work: Path) -> None:
     assert p.returncode == 0 and spec.load(out).name == "team-sklearn-env"
     again = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
                            capture_output=True, text=True)  # fmt: skip
-    assert again.returncode == 1 and "not overwriting" in again.stderr
+    assert again.returncode == 2 and "not overwriting" in again.stderr

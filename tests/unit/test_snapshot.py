@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ml_env_tasks.errors import MlEnvError
-from ml_env_tasks.runs import RunOptions, _validate, snapshot
+from ml_env_tasks.runs import RunOptions
+from ml_env_tasks.runs.train import _validate
+from ml_env_tasks.snapshot import snapshot, tar_chunks
 
 
 def tree(d: Path, files: dict[str, str | bytes]) -> Path:
@@ -19,7 +22,7 @@ def tree(d: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def names(s) -> list[str]:
-    return [f[0] for f in s.files]
+    return [f.rel for f in s.files]
 
 
 def test_amlignore_wins_over_gitignore(tmp_path: Path) -> None:
@@ -93,3 +96,53 @@ def test_bad_run_options(tmp_path: Path, kw: dict, msg: str) -> None:
     base.update(kw)
     with pytest.raises(MlEnvError, match=msg):
         _validate(RunOptions(**base))
+
+
+def test_symlinks_inside_are_kept_as_links_outside_are_left_out(tmp_path: Path) -> None:
+    """Finding 1: a link to /etc/shadow must never bring the host's file into the run."""
+    import io
+    import os
+    import tarfile
+
+    src = tree(tmp_path / "src", {"train.py": "print(1)", "data/a.csv": "1,2"})
+    secret = tree(tmp_path / "outside", {"secret.txt": "TOP-SECRET-CONTENT"}) / "secret.txt"
+    os.symlink(secret, src / "leak.txt")
+    os.symlink("/etc", src / "etc")
+    os.symlink("../outside", src / "up")
+    os.symlink("data/a.csv", src / "rel.csv")
+    os.symlink(src / "data", src / "absdata")  # absolute but in-tree: kept, made relative
+    warnings: list[str] = []
+    s = snapshot(src, warn=warnings.append)
+    assert sorted(s.skipped) == ["etc", "leak.txt", "up"]
+    assert "point outside" in warnings[0] and "TOP-SECRET" not in warnings[0]
+    links = {e.rel: e.link for e in s.files if e.link is not None}
+    assert links == {"rel.csv": "data/a.csv", "absdata": "data"}
+    data = b"".join(tar_chunks(s, "mnt/code", uid=1000, gid=1000))
+    assert b"TOP-SECRET-CONTENT" not in data
+    members = {m.name: m for m in tarfile.open(fileobj=io.BytesIO(data))}
+    assert members["mnt"].uid == 0 and members["mnt/code"].uid == 1000
+    assert members["mnt/code/rel.csv"].issym() and members["mnt/code/rel.csv"].linkname == "data/a.csv"
+    assert "mnt/code/leak.txt" not in members and "mnt/code/etc" not in members
+
+
+def test_a_file_swapped_after_the_snapshot_is_refused(tmp_path: Path) -> None:
+    import os
+
+    src = tree(tmp_path / "src", {"train.py": "print(1)", "d/x.txt": "safe"})
+    s = snapshot(src)
+    (src / "d" / "x.txt").unlink()
+    os.symlink("/etc/passwd", src / "d" / "x.txt")  # a race: the file became a link out
+    with pytest.raises(MlEnvError, match="changed"):
+        b"".join(tar_chunks(s))
+    (src / "d" / "x.txt").unlink()
+    (src / "d" / "x.txt").write_text("other")  # same name, other content
+    with pytest.raises(MlEnvError, match="changed after the snapshot"):
+        b"".join(tar_chunks(s))
+
+
+def test_tar_stream_uses_fixed_memory(tmp_path: Path) -> None:
+    """A 64 MiB snapshot streams in ~1 MiB chunks (never one buffer the size of the file)."""
+    src = tree(tmp_path / "src", {"big.bin": os.urandom(1) * 0 + b"\0" * (64 * 2**20)})
+    s = snapshot(src)
+    sizes = [len(c) for c in tar_chunks(s)]
+    assert max(sizes) <= 2 * 2**20 and sum(sizes) >= 64 * 2**20

@@ -1,0 +1,86 @@
+"""Whole-string grammars for every name and value the project accepts from outside.
+
+Each pattern is matched with ``fullmatch`` (never ``match`` with ``$``, which accepts a trailing
+newline) and with ASCII classes (``\\w`` would otherwise admit any Unicode letter). A value that
+passes one of these can never add a line to a Dockerfile, a header or a log.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "APT_PACKAGE",
+    "ENV_NAME",
+    "LABEL_KEY",
+    "NAME",
+    "RUN_ID",
+    "TAG",
+    "INPUT_NAME",
+    "CONDA_CHANNEL",
+    "INTERPRETER",
+    "SERVICE_NAME",
+    "MODEL_NAME",
+    "matches",
+    "has_control",
+    "printable",
+    "parse_size",
+    "bounded",
+]
+
+A: Final = re.ASCII
+NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", A)
+APT_PACKAGE: Final = re.compile(r"[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:_-]+)?", A)
+ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", A)
+LABEL_KEY: Final = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", A)
+TAG: Final = re.compile(r"\w[\w.-]{0,127}", A)
+INPUT_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}", A)
+RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", A)
+CONDA_CHANNEL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/+-]*", A)
+INTERPRETER: Final = re.compile(r"(/[\w.+-]+)+|[\w.+-]+", A)
+SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,60}", A)
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", A)
+_SIZE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([kmgtp]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_LINE: Final = 2000
+
+
+def matches(pattern: re.Pattern[str], value: object) -> bool:
+    """True when ``value`` is a string the whole of which matches ``pattern``."""
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def has_control(value: str) -> bool:
+    """CR, LF, NUL or another control character (a tab is allowed)."""
+    return _CONTROL.search(value) is not None
+
+
+def printable(value: object, limit: int = 200) -> str:
+    """``value`` safe to print on one line: control characters escaped, length bounded.
+
+    For text that came from outside (a registry's labels, a ledger, a record file)."""
+    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def bounded(text: str, limit: int = MAX_LINE) -> str:
+    """One line of at most ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… ({len(text) - limit} more characters)"
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from a Docker size (``512m``, ``4g``, ``2GiB``, ``1048576``); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    m = _SIZE.fullmatch(value.strip())
+    if not m:
+        return None
+    factor = 1024 ** "kmgtp".find(m.group(2).lower()) * 1024 if m.group(2) else 1
+    return int(float(m.group(1)) * factor)

@@ -1,0 +1,172 @@
+"""Runners: where a prepared job runs. One implementation here, a container on a Docker engine.
+
+A Kubernetes Job or an Azure ML job would be another ``Runner``; the Kubernetes one is written
+out as a manifest (``ml_env_tasks.runs.kubernetes``), never faked as run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import EngineError
+from ..resources import Resources
+from ..snapshot import Snapshot, tar_chunks
+from .record import CliProcess, RunStatus
+
+__all__ = [
+    "Job",
+    "Outcome",
+    "Runner",
+    "LocalDockerRunner",
+    "on_stop_signals",
+    "CODE_DIR",
+    "INPUTS_DIR",
+    "OUTPUT_DIR",
+    "RUN_LABEL",
+    "CLI_LABEL",
+]
+
+CODE_DIR = "/mnt/code"
+INPUTS_DIR = "/mnt/inputs"
+OUTPUT_DIR = "/mnt/outputs"
+RUN_LABEL = "ml-env.run"
+CLI_LABEL = "ml-env.cli"  # host/pid/start ticks of the ml-env process that runs the container
+
+
+@dataclass(frozen=True)
+class Job:
+    run_id: str
+    image: str
+    command: list[str]
+    snapshot: Snapshot  # copied into the container at CODE_DIR
+    inputs: dict[str, Path]
+    outputs: Path
+    env_vars: dict[str, str]
+    secret_names: tuple[str, ...]
+    user: str | None
+    resources: Resources
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: RunStatus
+    exit_code: int | None
+    reason: str | None
+
+
+class Runner(Protocol):
+    """Runs a prepared job somewhere and reports how it ended."""
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome: ...
+
+
+class LocalDockerRunner:
+    """A container on the engine DOCKER_HOST names (local socket, ssh:// or tcp://).
+
+    Inputs and outputs are bind mounts, so they need the engine's host to see these paths.
+    """
+
+    def __init__(self) -> None:
+        from ..engine import Containers
+
+        self.containers = Containers()
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome:
+        c = self.containers
+        r = job.resources
+        if r.gpus and not c.gpus_available():
+            raise EngineError(f"--gpus {r.gpus} asked for, but this engine has no GPU runtime or device")
+        volumes = [(str(p.resolve()), f"{INPUTS_DIR}/{name}", "ro") for name, p in job.inputs.items()]
+        volumes.append((str(job.outputs.resolve()), OUTPUT_DIR, "rw"))
+        envs = {
+            **job.env_vars,
+            "ML_ENV_RUN_ID": job.run_id,
+            "ML_ENV_OUTPUT_DIR": OUTPUT_DIR,
+            "HOME": "/tmp",
+            **{f"ML_ENV_INPUT_{name.upper()}": f"{INPUTS_DIR}/{name}" for name in job.inputs},
+        }
+        # secret values go in the API request body only (no command line, no file); the
+        # container that holds them is removed at the end of the run, whatever happens
+        envs.update({n: os.environ[n] for n in job.secret_names})
+        cid = c.create(
+            job.image,
+            job.command,
+            name=f"ml-env-run-{job.run_id}"[:128],
+            envs=envs,
+            volumes=volumes,
+            labels={RUN_LABEL: job.run_id, CLI_LABEL: CliProcess.this().label()},
+            workdir=CODE_DIR,
+            user=job.user,
+            resources=r,
+        )
+        stop_reason: list[RunStatus] = []
+
+        def stop(reason: RunStatus) -> None:
+            if not stop_reason:
+                stop_reason.append(reason)
+                threading.Thread(target=c.stop, args=(cid, 5), daemon=True).start()
+
+        timer = threading.Timer(job.timeout, stop, args=(RunStatus.TIMED_OUT,)) if job.timeout else None
+        try:
+            with on_stop_signals(lambda signum: stop(RunStatus.CANCELED)):
+                uid, gid = _numeric_user(job.user)
+                c.put_tar(cid, tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
+                c.start(cid)
+                if timer:
+                    timer.start()
+                try:
+                    for line in c.logs(cid):
+                        on_line(line)
+                    code = c.wait(cid)
+                except Exception as e:  # the engine went away mid-run
+                    return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}")
+            if stop_reason:
+                return Outcome(stop_reason[0], code, None)
+            st = c.state(cid)
+            if st.get("oom_killed"):
+                return Outcome(RunStatus.FAILED, code, "the container ran out of memory (OOM-killed)")
+            if code == 0:
+                return Outcome(RunStatus.COMPLETED, 0, None)
+            return Outcome(RunStatus.FAILED, code, f"the script exited with {code}")
+        finally:
+            if timer:
+                timer.cancel()
+            c.remove(cid)
+
+
+def _numeric_user(user: str | None) -> tuple[int, int]:
+    """The uid:gid that owns the code folder in the container (root for a user given by name)."""
+    if user and ":" in user and all(p.isdigit() for p in user.split(":", 1)):
+        u, g = user.split(":", 1)
+        return int(u), int(g)
+    if user and user.isdigit():
+        return int(user), int(user)
+    return 0, 0
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run (and the container) instead of killing the CLI midway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, frame: handler(signum))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__

@@ -1,0 +1,331 @@
+"""Training runs inside environment containers: the ScriptRunConfig / Experiment.submit analogue.
+
+A run: resolve the environment (build or reuse it by hash, or take an image reference),
+snapshot the source directory (ignore files honoured, content hashed, symlinks contained),
+create a container with read-only inputs and a writable outputs directory, stream the snapshot
+in, start it, stream its log, and record everything in ``runs/<run-id>/run.json`` (written
+atomically, at the start and at the end, so a killed run still leaves a valid record).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..digests import file_sha256
+from ..errors import MlEnvError, UsageError
+from ..grammar import ENV_NAME, INPUT_NAME, matches, printable
+from ..provenance import git_info
+from ..redact import Redactor
+from ..resources import Resources
+from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, content_hash, snapshot
+from .history import reap_lost
+from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
+from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
+
+__all__ = ["RunOptions", "RunResult", "train", "parse_pairs"]
+
+METRIC_LINE = re.compile(r"ML_ENV_METRIC\s+([A-Za-z0-9_.\-/]+)\s*=\s*(\S+)\s*", re.ASCII)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    env: str  # an environment file, or an image reference
+    source: Path
+    script: str
+    args: tuple[str, ...] = ()
+    experiment: str | None = None
+    inputs: dict[str, Path] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    timeout: float | None = None
+    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("ML_ENV_RUNS_DIR", "runs")))
+    user: str | None = None  # default: the invoking uid:gid, so outputs are the user's
+    build: Any = None  # BuildOptions for a spec environment
+    snapshot_warn_mb: float = SNAPSHOT_WARN_MB
+    snapshot_max_mb: float = SNAPSHOT_MAX_MB
+
+
+@dataclass
+class RunResult:
+    record: RunRecord
+    run_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        return self.record.status
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.record.exit_code
+
+    @property
+    def outputs(self) -> Path:
+        return self.run_dir / "outputs"
+
+    @property
+    def cli_exit_code(self) -> int:
+        if self.status is RunStatus.TIMED_OUT:
+            return 124
+        if self.status is RunStatus.CANCELED:
+            return 130
+        if self.exit_code is None:
+            return 1
+        return self.exit_code
+
+
+def _new_run_id(experiment: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{experiment}_{stamp}_{uuid.uuid4().hex[:8]}"
+
+
+def _parse_metrics(outputs: Path, stdout_metrics: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    metrics: dict[str, Any] = {}
+    f = outputs / "metrics.json"
+    if f.is_file() and not f.is_symlink():
+        try:
+            if f.stat().st_size > 4 * 2**20:
+                raise ValueError
+            data = json.loads(f.read_bytes())
+            if isinstance(data, dict):
+                metrics.update(data)
+        except (ValueError, RecursionError):
+            metrics["_error"] = "metrics.json is not valid JSON (or over 4 MiB)"
+    metrics.update(stdout_metrics)
+    return metrics
+
+
+def _metric_value(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _resolve_env(opts: RunOptions, info: Callable[[str], None]) -> tuple[RunEnvironment, str, str | None]:
+    """(environment, interpreter, the environment's shm_size) for an environment file or an image."""
+    p = Path(opts.env)
+    if p.suffix == ".toml" or p.exists():
+        from .. import spec
+        from ..build import BuildOptions, Reporter, build
+
+        bopts = opts.build or BuildOptions()
+        result = build(p, bopts, Reporter(stream_logs=False))
+        info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
+        env = spec.load(p)
+        image = f"{result.image}@{result.digest}" if bopts.registry and result.digest else result.image
+        python = "/opt/ml-env/bin/python" if (env.has_python_deps and not env.user_managed) else env.interpreter
+        return RunEnvironment(str(p), result.name, result.hash, image, result.digest), python, env.shm_size
+    from ..engine import Containers
+    from ..spec import check_image_ref
+
+    check_image_ref(opts.env, None, "--env")
+    c = Containers()
+    digest = c.image_digest(opts.env)
+    if digest is None:
+        from ..registry import RegistryClient, parse_ref
+
+        r = parse_ref(opts.env)
+        found = RegistryClient(r.host).head_manifest(r.repository, r.reference)
+        if found is None:
+            raise MlEnvError(f"image {opts.env} is neither in the local engine nor in its registry")
+        digest = found.digest
+    return RunEnvironment(None, None, None, opts.env, digest), "python3", None
+
+
+def train(
+    opts: RunOptions,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    info: Callable[[str], None] | None = None,
+    runner: Runner | None = None,
+) -> RunResult:
+    say = info or (lambda m: print(f"ml-env: {m}", file=sys.stderr, flush=True))
+    emit = on_line or (lambda line: print(line, flush=True))
+    _validate(opts)
+    for lost in reap_lost(opts.runs_dir, warn=lambda m: say("warning: " + m)):
+        say(f"warning: run {lost} had lost its ml-env process: marked lost, its container removed")
+    experiment = opts.experiment or Path(opts.script).stem
+    run_id = _new_run_id(re.sub(r"[^A-Za-z0-9_.-]", "-", experiment))
+    run_dir = opts.runs_dir / run_id
+    outputs = run_dir / "outputs"
+    snap = snapshot(
+        opts.source, warn_mb=opts.snapshot_warn_mb, max_mb=opts.snapshot_max_mb, warn=lambda m: say("warning: " + m)
+    )
+    if not snap.has(Path(opts.script).as_posix()):
+        raise UsageError(
+            f"script {opts.script} is not in the source snapshot of {opts.source}", hint="is it ignored, or misspelt?"
+        )
+    environment, python, shm = _resolve_env(opts, say)
+    outputs.mkdir(parents=True)
+    user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
+    _give_outputs_to(outputs, user)
+    git = git_info(opts.source)
+    redactor = Redactor([os.environ[n] for n in opts.secrets])
+    resources = opts.resources.with_default_shm(shm)
+    record = RunRecord(
+        run_id=run_id,
+        experiment=experiment,
+        status=RunStatus.RUNNING,
+        environment=environment,
+        source=SourceInfo(
+            str(opts.source),
+            snap.hash,
+            len(snap.files),
+            snap.size,
+            snap.ignore_file,
+            git.commit,
+            git.dirty,
+            list(snap.skipped),
+        ),  # fmt: skip
+        command=[python, opts.script, *opts.args],
+        arguments=list(opts.args),
+        inputs={
+            name: {"path": str(p.resolve()), "mount": f"{INPUTS_DIR}/{name}", "sha256": content_hash(p)}
+            for name, p in opts.inputs.items()
+        },
+        env_vars=dict(opts.env_vars),
+        secrets=list(opts.secrets),
+        resources=resources,
+        timeout_s=opts.timeout,
+        started=now(),
+        cli=CliProcess.this(),
+    )
+    record.save(run_dir)
+    say(f"run {run_id}: {' '.join(record.command)} in {environment.image}")
+    stdout_metrics: dict[str, Any] = {}
+    with open(run_dir / "log.txt", "w", encoding="utf-8") as log:
+
+        def line_out(raw: str) -> None:
+            line = redactor(raw)
+            log.write(line + "\n")
+            log.flush()
+            m = METRIC_LINE.fullmatch(line)
+            if m:
+                stdout_metrics[m.group(1)] = _metric_value(m.group(2))
+            emit(line)
+
+        job = Job(
+            run_id=run_id,
+            image=environment.image,
+            command=record.command,
+            snapshot=snap,
+            inputs=opts.inputs,
+            outputs=outputs,
+            env_vars=dict(opts.env_vars),
+            secret_names=tuple(opts.secrets),
+            user=user,
+            resources=resources,
+            timeout=opts.timeout,
+        )
+        try:
+            outcome = (runner or LocalDockerRunner()).run(job, line_out)
+        except MlEnvError as e:
+            _finish(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics)
+            raise
+        except BaseException as e:
+            _finish(
+                run_dir, record, Outcome(RunStatus.FAILED, None, f"{type(e).__name__}: {e}"), outputs, stdout_metrics
+            )
+            raise
+    _finish(run_dir, record, outcome, outputs, stdout_metrics)
+    say(
+        f"run {run_id}: {record.status}"
+        + (f" (exit {record.exit_code})" if record.exit_code is not None else "")
+        + (f": {record.reason}" if record.reason and record.status is not RunStatus.COMPLETED else "")
+    )
+    return RunResult(record, run_dir)
+
+
+def _finish(run_dir: Path, record: RunRecord, outcome: Outcome, outputs: Path, stdout_metrics: dict[str, Any]) -> None:
+    record.status, record.exit_code, record.reason = outcome.status, outcome.exit_code, outcome.reason
+    record.ended = now()
+    record.metrics = _parse_metrics(outputs, stdout_metrics)
+    files = []
+    for p in sorted(outputs.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            files.append(
+                {
+                    "path": p.relative_to(outputs).as_posix(),
+                    "bytes": p.stat().st_size,
+                    "sha256": file_sha256(p, use_cache=False),
+                }
+            )
+    record.outputs = files
+    record.save(run_dir)
+
+
+def _give_outputs_to(outputs: Path, user: str) -> None:
+    """The container's user must be able to write the outputs: hand the directory to that uid."""
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", user)
+    if not m:
+        return  # a user name: resolved inside the image, nothing to hand over here
+    uid, gid = int(m.group(1)), int(m.group(2) or m.group(1))
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        return
+    try:
+        os.chown(outputs, uid, gid)
+    except PermissionError:
+        raise UsageError(
+            f"--user {user}: cannot give the outputs directory {outputs} to that uid (not root)",
+            hint="leave --user unset to run as yourself",
+        ) from None
+
+
+def _validate(opts: RunOptions) -> None:
+    for name, p in opts.inputs.items():
+        if not matches(INPUT_NAME, name):
+            raise UsageError(
+                f"input name {printable(name, 60)!r} must be a letter then letters, digits or _",
+                hint="--input NAME=PATH",
+            )
+        if "\0" in str(p) or not p.exists():
+            raise UsageError(f"input {name}: {printable(p)} not found")
+    for n in opts.secrets:
+        if not matches(ENV_NAME, n):
+            raise UsageError(f"secret name {printable(n, 60)!r} is not an environment variable name")
+        if n not in os.environ:
+            raise UsageError(
+                f"secret {n} is not set in this environment", hint="--secret NAME passes the value of $NAME"
+            )
+    for k in opts.env_vars:
+        if not matches(ENV_NAME, k):
+            raise UsageError(f"--env-var {printable(k, 60)!r} is not a variable name")
+    for k, v in opts.env_vars.items():
+        if "\0" in v:
+            raise UsageError(f"--env-var {k}: the value contains a NUL character")
+    if opts.timeout is not None and not 0 < opts.timeout < 10**8:
+        raise UsageError("--timeout must be positive (seconds)")
+    if opts.user is not None and not re.fullmatch(
+        r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?", opts.user
+    ):
+        raise UsageError("--user must be NAME, UID or UID:GID")
+    script = Path(opts.script)
+    if "\0" in opts.script or script.is_absolute() or ".." in script.parts:
+        raise UsageError(f"--script {printable(opts.script)} must be a path inside --source")
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"{what} {printable(item, 80)!r} must be NAME=VALUE")
+        out[k] = v
+    return out

@@ -1,0 +1,107 @@
+"""Append-only TOML logs (the release ledger, the environment versions): one ``[[table]]`` per
+entry, appended under a lock through a temporary file and a rename, read strictly.
+
+The lock file lives in the user cache folder (keyed by the log's real path), never beside the
+log in the working tree. ``with log.locked():`` holds it across a longer operation (a whole
+promotion); appends inside it do not lock again. A file that is not such a log is one error
+naming the file, and it is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .digests import cache_dir
+from .errors import UsageError
+from .fsutil import locked, write_atomic
+
+__all__ = ["TomlLog", "LogError", "MAX_LOG_BYTES"]
+
+MAX_LOG_BYTES = 64 * 2**20
+
+
+class LogError(UsageError):
+    """A ledger or versions file that cannot be read as one (it is left as it is)."""
+
+
+class TomlLog:
+    table: ClassVar[str] = "entry"
+    header: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._held = 0
+
+    def lock_file(self) -> Path:
+        key = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:32]
+        return cache_dir() / "locks" / f"{self.table}-{key}.lock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        with locked(self.lock_file()):
+            self._held = 1
+            try:
+                yield
+            finally:
+                self._held = 0
+
+    def _document(self) -> Any:
+        import tomlkit
+
+        if not self.path.exists():
+            doc = tomlkit.document()
+            for line in self.header:
+                doc.add(tomlkit.comment(line))
+            return doc
+        try:
+            if self.path.stat().st_size > MAX_LOG_BYTES:
+                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=str(self.path))
+            return tomlkit.parse(self.path.read_text(encoding="utf-8"))
+        except LogError:
+            raise
+        except UnicodeDecodeError:
+            raise LogError("not UTF-8 text", file=str(self.path)) from None
+        except OSError as e:
+            raise LogError(f"cannot be read: {e.strerror}", file=str(self.path)) from None
+        except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
+            line = getattr(e, "line", None)
+            raise LogError(f"not valid TOML{f' at line {line}' if line else ''}", file=str(self.path)) from None
+
+    def raw_entries(self) -> list[dict[str, Any]]:
+        """The entries as plain tables; anything else at the top is a LogError."""
+        if not self.path.exists():
+            return []
+        doc = self._document().unwrap()
+        unknown = [k for k in doc if k != self.table]
+        if unknown:
+            raise LogError(f"unexpected top-level key(s) {', '.join(sorted(unknown))[:100]}", file=str(self.path))
+        out = doc.get(self.table) or []
+        if not isinstance(out, list) or not all(isinstance(e, dict) for e in out):
+            raise LogError(f"[[{self.table}]] must be an array of tables", file=str(self.path))
+        return out
+
+    def append_raw(self, entry: dict[str, Any]) -> None:
+        import tomlkit
+
+        with self.locked():
+            doc = self._document()
+            if self.table not in doc:
+                doc.add(self.table, tomlkit.aot())
+            table = tomlkit.table()
+            for k, v in entry.items():
+                if v is None:
+                    continue
+                table.add(k, tomlkit.string(v, multiline=True) if isinstance(v, str) and "\n" in v else v)
+            doc[self.table].append(table)
+            write_atomic(self.path, tomlkit.dumps(doc))
