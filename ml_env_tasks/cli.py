@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import EXIT_INTERNAL, MlEnvError, UsageError
 
@@ -22,6 +22,16 @@ __all__ = ["main", "build_parser"]
 
 def _env_default(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage error bounded: it echoes the offending arguments."""
+
+    def error(self, message: str) -> NoReturn:
+        from .grammar import bounded, printable
+
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {bounded(printable(message, 10_000), 500)}\n")
 
 
 def _path(text: str) -> Path:
@@ -34,8 +44,9 @@ def _path(text: str) -> Path:
 
 
 def _text(text: str) -> str:
-    """A file or image argument kept as text: no control characters either."""
-    return str(_path(text))
+    """A file or image argument kept as text (as given): no control characters either."""
+    _path(text)
+    return text
 
 
 def _port(text: str) -> int:
@@ -96,7 +107,7 @@ _VERSIONS = Path(os.environ.get("ML_ENV_VERSIONS", "envs/versions.toml"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ml-env", description="Content-addressed ML environment images.")
+    parser = _Parser(prog="ml-env", description="Content-addressed ML environment images.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -478,6 +489,11 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-body", help="largest request body the server accepts, e.g. 16m (413 beyond it; default 16 MiB)"
     )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        help="seconds a client has to send a request's head, and again its body (default 10 and 30)",
+    )
     _add_build_options(p)
 
 
@@ -500,6 +516,7 @@ def _serve_options(args: argparse.Namespace, **extra: Any) -> Any:
         build=_opts(args),
         resources=Resources.parse(cpus=args.cpus, memory=args.memory),
         max_body=max_body,
+        read_timeout=args.read_timeout,
         **extra,
     )
 

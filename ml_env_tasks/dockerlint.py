@@ -43,8 +43,8 @@ def logical_lines(text: str) -> list[tuple[int, str, str]]:
         s = raw.strip()
         if not buf and (not s or s.startswith("#")):
             continue
-        if buf and s.startswith("#"):
-            continue  # a comment inside a continuation is dropped, as BuildKit does
+        if buf and (not s or s.startswith("#")):
+            continue  # comments and empty lines inside a continuation are skipped, as BuildKit does
         if not buf:
             start = i
         if s.endswith("\\"):

@@ -79,7 +79,7 @@ def parse_size(value: object) -> int | None:
         return value if value >= 0 else None
     if not isinstance(value, str):
         return None
-    m = _SIZE.fullmatch(value.strip())
+    m = _SIZE.fullmatch(value)
     if not m:
         return None
     factor = 1024 ** "kmgtp".find(m.group(2).lower()) * 1024 if m.group(2) else 1

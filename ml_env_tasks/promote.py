@@ -108,9 +108,15 @@ class _Tree:
     blobs: dict[str, int] = field(default_factory=dict)  # digest -> size
 
 
+def _ref_host(ref: str, what: str) -> None:
+    """The registry part of an image reference: no scheme, no credentials (never echoed)."""
+    if "://" in ref:
+        raise UsageError(f"the {what} must be host[:port]/repository without a scheme or credentials")
+    check_registry_host(ref.split("/", 1)[0], f"{what} registry")
+
+
 def _dest(opts: PromoteOptions) -> tuple[Reference, list[str]]:
-    host = opts.destination.split("/", 1)[0]
-    check_registry_host(host, "destination registry")
+    _ref_host(opts.destination, "destination")
     d = parse_ref(opts.destination)
     if d.digest:
         raise UsageError("the destination must be a repository (with an optional tag), not a digest")
@@ -134,7 +140,7 @@ def promote(
 ) -> PromoteResult:
     say = info or (lambda _m: None)
     t0 = time.monotonic()
-    check_registry_host(opts.source.split("/", 1)[0], "source registry")
+    _ref_host(opts.source, "source")
     src = parse_ref(opts.source)
     dst, tags = _dest(opts)
     if opts.jobs < 1 or opts.jobs > 32:

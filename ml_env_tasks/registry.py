@@ -31,7 +31,6 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -376,12 +375,11 @@ class RegistryClient:
                 return min(e.retry_after, 10.0) if e.retry_after else True
             return False
 
-        time.sleep(min(first.retry_after or self.backoff, 10.0))
-        n = 1
+        n = 0
         try:
             for one in stamina.retry_context(
                 on=backoff,
-                attempts=self.retries,
+                attempts=self.retries + 1,  # the first attempt, already failed, is replayed as one
                 timeout=None,
                 wait_initial=self.backoff,
                 wait_max=5.0,
@@ -389,6 +387,8 @@ class RegistryClient:
             ):
                 with one:
                     n += 1
+                    if n == 1:
+                        raise first  # so stamina waits (jittered, or Retry-After) before the retry
                     return attempt()
         except _Transient as e:
             last = e

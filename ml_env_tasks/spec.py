@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import SpecError
+from .grammar import printable
 
 __all__ = [
     "BaseImage",
@@ -172,12 +173,16 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
     shown = str(path)
     check_path_text(shown, file=None, key=None, what="environment file")
     p = Path(path)
-    if not p.exists():
-        raise SpecError("environment file not found", file=shown)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise SpecError("environment file not found", file=printable(shown)) from None
+    except OSError as e:
+        raise SpecError(f"cannot be read: {e.strerror}", file=printable(shown)) from None
     if p.is_dir():
         raise SpecError("is a directory, expected an environment .toml file", file=shown)
     try:
-        if p.stat().st_size > MAX_SPEC_BYTES:
+        if st.st_size > MAX_SPEC_BYTES:
             raise SpecError(f"larger than {MAX_SPEC_BYTES} bytes: not an environment file", file=shown)
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

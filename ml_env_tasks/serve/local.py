@@ -38,6 +38,7 @@ class ServeOptions:
     build: Any = None  # BuildOptions
     resources: Resources = field(default_factory=Resources)  # --cpus/--memory of the container
     max_body: int | None = None  # ML_ENV_MAX_BODY_BYTES for the server (default 16 MiB)
+    read_timeout: float | None = None  # the server's deadline for a request's head and for its body
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,10 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
         envs["WORKER_COUNT"] = str(opts.workers)
     if opts.max_body:
         envs["ML_ENV_MAX_BODY_BYTES"] = str(opts.max_body)
+    if opts.read_timeout is not None:
+        if not 0 < opts.read_timeout <= 3600:
+            raise UsageError("--read-timeout must be between 0 and 3600 seconds")
+        envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
     cid = c.create(
         image,
         [],

@@ -1,0 +1,324 @@
+"""A hostile registry on loopback: lies about digests, corrupts blobs, redirects elsewhere, names
+token realms it should not, storms with 429/503, reflects our headers back. The client detects
+each, and no credential leaves for a place it should not go. (No Docker needed: the client
+speaks HTTP to a real server.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from ml_env_tasks.errors import (
+    BlobIntegrityError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryTransient,
+)
+from ml_env_tasks.registry import RegistryClient
+
+USER, PASSWORD = "alice", "hunter2-very-secret"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"digest": "sha256:" + "c" * 64, "size": 2}, "layers": []}).encode()  # fmt: skip
+M_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+BLOB = b"real layer bytes" * 1000
+B_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+@dataclass
+class Seen:
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Authorization)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, method: str, path: str, auth: str) -> None:
+        with self.lock:
+            self.requests.append((method, path, auth))
+
+    def auths(self) -> list[str]:
+        return [a for _, _, a in self.requests if a]
+
+
+@contextmanager
+def server(handle) -> Iterator[tuple[int, Seen]]:
+    seen = Seen()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            seen.add(self.command, self.path, self.headers.get("Authorization", ""))
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            status, headers, body = handle(self)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1], seen
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def client(port: int, **kw) -> RegistryClient:
+    return RegistryClient(f"127.0.0.1:{port}", credentials=(USER, PASSWORD), retries=3, backoff=0.01, **kw)
+
+
+def test_a_manifest_that_does_not_hash_to_its_digest_is_refused() -> None:
+    other = MANIFEST.replace(b'"layers": []', b'"layers": [ ]')
+
+    def handle(h):
+        if "/manifests/" in h.path:
+            return (
+                200,
+                {"Docker-Content-Digest": M_DIGEST, "Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+                other,
+            )
+        return 404, {}, b""
+
+    with server(handle) as (port, _):
+        with pytest.raises(RegistryError, match="digest"):
+            client(port).get_manifest("r", M_DIGEST)
+
+
+def test_a_head_that_names_another_digest_is_refused() -> None:
+    def handle(h):
+        return 200, {"Docker-Content-Digest": "sha256:" + "e" * 64}, b""
+
+    with server(handle) as (port, _):
+        with pytest.raises(RegistryError, match="says"):
+            client(port).head_manifest("r", M_DIGEST)
+
+
+def test_a_corrupted_blob_is_detected_streamed_or_whole() -> None:
+    def handle(h):
+        return 200, {}, BLOB[:-3] + b"xyz"
+
+    with server(handle) as (port, _):
+        with pytest.raises(BlobIntegrityError):
+            b"".join(client(port).blob_chunks("r", B_DIGEST, size=4096))
+        with pytest.raises(BlobIntegrityError):
+            client(port).get_blob("r", B_DIGEST)
+
+
+def test_a_redirect_to_another_port_carries_no_credentials() -> None:
+    with server(lambda h: (200, {}, BLOB)) as (elsewhere, seen_elsewhere):
+
+        def handle(h):
+            if h.headers.get("Authorization") != BASIC:
+                return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+            return 307, {"Location": f"http://127.0.0.1:{elsewhere}/storage/blob"}, b""
+
+        with server(handle) as (port, seen):
+            got = b"".join(client(port).blob_chunks("r", B_DIGEST))
+    assert got == BLOB
+    assert BASIC in seen.auths()  # the registry itself got them
+    assert seen_elsewhere.auths() == [] and seen_elsewhere.requests  # the other port got none
+
+
+def test_a_plain_http_realm_on_another_host_gets_nothing() -> None:
+    def handle(h):
+        return 401, {"WWW-Authenticate": 'Bearer realm="http://tokens.example.invalid/token",service="r"'}, b""
+
+    with server(handle) as (port, seen):
+        with pytest.raises(RegistryAuthError, match="plain http") as exc:
+            client(port).head_manifest("r", "latest")
+    assert PASSWORD not in str(exc.value)
+    assert seen.auths() == []
+
+
+def test_a_loopback_realm_is_used_and_its_token_stays_with_the_registry() -> None:
+    with server(lambda h: (200, {}, json.dumps({"token": "tok-123"}).encode())) as (tport, tseen):
+
+        def handle(h):
+            if h.headers.get("Authorization") == "Bearer tok-123":
+                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="reg"'}, b""
+
+        with server(handle) as (port, seen):
+            info = client(port).head_manifest("r", "latest")
+    assert info.digest == M_DIGEST
+    assert tseen.auths() == [BASIC]  # the realm, on loopback, got the credentials once
+    assert "service=reg" in tseen.requests[0][1] and "scope=repository%3Ar%3Apull" in tseen.requests[0][1]
+    assert set(seen.auths()) == {"Bearer tok-123"}  # the registry never saw the password
+
+
+def test_an_identity_token_is_posted_as_a_refresh_token() -> None:
+    bodies: list[bytes] = []
+
+    class Tok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"access_token": "acc"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+
+        def handle(h):
+            if h.headers.get("Authorization") == "Bearer acc":
+                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+            return (
+                401,
+                {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{srv.server_address[1]}/t",service="s"'},
+                b"",
+            )
+
+        with server(handle) as (port, _):
+            c = RegistryClient(f"127.0.0.1:{port}", credentials=("<token>", "refresh-xyz"), backoff=0.01)
+            assert c.head_manifest("r", "latest").digest == M_DIGEST
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert b"grant_type=refresh_token" in bodies[0] and b"refresh_token=refresh-xyz" in bodies[0]
+
+
+def test_429_storm_is_retried_with_retry_after_then_gives_up() -> None:
+    count = {"n": 0}
+
+    def handle(h):
+        count["n"] += 1
+        if count["n"] <= 2:
+            return 429, {"Retry-After": "1"}, b""
+        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+
+    with server(handle) as (port, _):
+        t0 = time.monotonic()
+        assert client(port).head_manifest("r", "latest").digest == M_DIGEST
+        assert time.monotonic() - t0 >= 1.9  # Retry-After honoured twice
+
+    with server(lambda h: (503, {}, b"")) as (port, seen):
+        with pytest.raises(RegistryTransient, match="503"):
+            client(port).head_manifest("r", "latest")
+        assert len(seen.requests) == 4  # one try and three retries, bounded
+
+
+def test_parallel_clients_do_not_retry_in_lockstep() -> None:
+    first_fail: dict[int, float] = {}
+    retried: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def handle(h):
+        who = int(h.path.rsplit("/", 1)[1])
+        with lock:
+            if who not in first_fail:
+                first_fail[who] = time.monotonic()
+                return 429, {}, b""
+            retried[who] = time.monotonic() - first_fail[who]
+        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+
+    with server(handle) as (port, _):
+        threads = [
+            threading.Thread(
+                target=lambda i=i: RegistryClient(f"127.0.0.1:{port}", backoff=0.2).head_manifest("r", str(i))
+            )
+            for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    waits = sorted(retried.values())
+    assert len(waits) == 8 and waits[-1] - waits[0] > 0.02, waits  # jitter spreads them out
+
+
+def test_an_error_body_reflecting_our_headers_is_never_echoed() -> None:
+    def handle(h):
+        if h.headers.get("Authorization") != BASIC:
+            return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+        echo = {"errors": [{"code": "DENIED", "message": f"you sent {h.headers['Authorization']} and {PASSWORD}"}]}
+        return 400, {}, json.dumps(echo).encode()
+
+    with server(handle) as (port, _):
+        c = client(port)
+        with pytest.raises(RegistryError) as exc:
+            c.put_manifest("r", "t", MANIFEST, "application/vnd.oci.image.manifest.v1+json")
+    text = str(exc.value)
+    assert "DENIED" in text and PASSWORD not in text and BASIC.split()[1] not in text
+
+
+def test_bodies_are_bounded() -> None:
+    with server(lambda h: (200, {}, b"{" + b" " * (5 * 2**20) + b"}")) as (port, _):
+        with pytest.raises(RegistryError, match="over"):
+            client(port).get_manifest("r", "latest")
+
+
+def test_a_tag_list_that_is_not_json_is_one_error() -> None:
+    with server(lambda h: (200, {}, b"<html>")) as (port, _):
+        with pytest.raises(RegistryError, match="not JSON"):
+            client(port).tags("r")
+
+
+def test_credentials_resolution_matches_docker_py(tmp_path, monkeypatch) -> None:
+    """Our docker-config reading gives what docker-py's ``docker.auth`` gives, for the same file."""
+    import docker.auth
+
+    from ml_env_tasks.credentials import credentials_for
+
+    # a real credential helper (the docker protocol: `get` reads a host, answers JSON)
+    helper = tmp_path / "bin" / "docker-credential-mltest"
+    helper.parent.mkdir()
+    helper.write_text(
+        '#!/bin/sh\nread host\ncase "$host" in\n'
+        '  e.io) echo \'{"ServerURL":"e.io","Username":"eve","Secret":"pw5"}\' ;;\n'
+        '  f.io) echo \'{"ServerURL":"f.io","Username":"<token>","Secret":"tok6"}\' ;;\n'
+        "  *) echo 'credentials not found in native keychain'; exit 1 ;;\nesac\n"
+    )
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    cfg = {
+        "auths": {
+            "a.io": {"auth": base64.b64encode(b"ann:pw1").decode()},
+            "https://b.io": {"auth": base64.b64encode(b"bob:pw2").decode()},
+            "c.io": {"identitytoken": "idtok"},
+            "e.io": {"auth": base64.b64encode(b"shadowed:by-helper").decode()},
+        },
+        "credHelpers": {"e.io": "mltest"},
+        "credsStore": "mltest",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("ML_ENV_REGISTRY_USERNAME", raising=False)
+    theirs = docker.auth.load_config(str(tmp_path / "config.json"))
+    for host in ("a.io", "b.io", "c.io", "d.io", "e.io", "f.io"):
+        ours = credentials_for(host)
+        ref = docker.auth.resolve_authconfig(theirs, host)
+        if ref is None:
+            assert ours is None, host
+            continue
+        token = ref.get("IdentityToken") or ref.get("identitytoken")
+        if token:
+            assert ours == ("<token>", token), host
+        else:
+            user = ref.get("Username") or ref.get("username")
+            assert ours == (user, ref.get("Password") or ref.get("password")), host
