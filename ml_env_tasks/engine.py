@@ -29,6 +29,7 @@ __all__ = ["CACHE_BACKENDS", "Capabilities", "Engine", "Containers"]
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
 
 TAIL_LINES = 40
+MAX_LOG_LINE = 64 * 1024  # bytes of one log line, streamed from a build or a run
 
 
 @dataclass(frozen=True)
@@ -353,12 +354,17 @@ class Containers:
             raise self._fail(e, "starting the run container") from None
 
     def logs(self, cid: str) -> Iterator[str]:
-        """Follow stdout and stderr, line by line, until the container stops."""
+        """Follow stdout and stderr, line by line, until the container stops. A line longer than
+        MAX_LOG_LINE is cut into pieces: output without newlines cannot grow memory."""
         buf = b""
         for chunk in self.api.logs(cid, stream=True, follow=True, stdout=True, stderr=True):
             buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
+            while b"\n" in buf or len(buf) > MAX_LOG_LINE:
+                cut = buf.find(b"\n")
+                if cut < 0 or cut > MAX_LOG_LINE:
+                    line, buf = buf[:MAX_LOG_LINE], buf[MAX_LOG_LINE:]
+                else:
+                    line, buf = buf[:cut], buf[cut + 1 :]
                 yield line.decode(errors="replace")
         if buf:
             yield buf.decode(errors="replace")
@@ -438,7 +444,8 @@ class Containers:
 
 def _lines(stream: Iterator[str]) -> Iterator[str]:
     for chunk in stream:
-        yield from chunk.splitlines()
+        for line in chunk.splitlines():
+            yield line if len(line) <= MAX_LOG_LINE else line[:MAX_LOG_LINE] + " … (line cut)"
 
 
 def _count_step(line: str, steps: set[str], cached: set[str]) -> None:

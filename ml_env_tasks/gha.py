@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import MlEnvError
+from .grammar import bounded
+from .redact import redact_userinfo
 
 __all__ = [
     "escape_data",
@@ -117,9 +119,9 @@ def locate_key(path: str | Path, key: str | None) -> int | None:
 
 def annotate_error(e: MlEnvError) -> None:
     line = e.line or (locate_key(e.file, e.key) if e.file else None)
-    msg = str(e)
+    msg = bounded(redact_userinfo(str(e)))
     if e.details:
-        msg += "\n" + "\n".join(e.details.splitlines()[-15:])
+        msg += "\n" + "\n".join(bounded(x, 500) for x in redact_userinfo(e.details).splitlines()[-15:])
     command("error", msg, file=e.file, line=line, title=f"ml-env: {type(e).__name__}")
 
 
@@ -361,8 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         return ACTIONS[argv[0]]()
     except MlEnvError as e:
         annotate_error(e)
-        print(f"ml-env: error: {e}", file=sys.stderr)
+        print(f"ml-env: error: {bounded(redact_userinfo(str(e)))}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a bug: one line and an annotation, like the CLI
+        from .cli import report_internal
+        from .errors import EXIT_INTERNAL
+
+        report_internal(e)
+        command("error", f"internal error: {type(e).__name__} (see the step log)", title="ml-env")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
