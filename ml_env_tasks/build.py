@@ -13,8 +13,8 @@ exports the build cache and pushes. Nothing is pushed unless every step succeede
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_mod
-from .dockerfile import SECRET_CA, SECRET_PIP, BuildPlan, render, write_context
+from .digests import cache_dir
+from .dockerfile import SECRET_CA, SECRET_PIP, SECRET_UV, BuildPlan, render, write_context
 from .engine import CACHE_BACKENDS
-from .errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError
+from .errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError, UsageError
+from .fsutil import locked, write_atomic
 from .hashing import dependency_key, env_hash
 from .provenance import git_info
 from .redact import Redactor
@@ -37,6 +39,10 @@ from .spec import Environment, lock_packages, lock_path_for
 
 __all__ = ["BuildOptions", "BuildResult", "build", "plan", "image_ref", "Reporter", "CACHE_BACKENDS"]
 
+PUSH_ATTEMPTS = 3
+_TRANSIENT_PUSH = re.compile(
+    r"\b(500 Internal Server Error|502 Bad Gateway|503 Service Unavailable|504 Gateway|429 Too Many)"
+)
 LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
 
 
@@ -90,10 +96,14 @@ class BuildResult:
     log_path: str | None = None
     seconds: float = 0.0
     unpinned: tuple[str, ...] = ()
+    steps: int = 0  # build steps (RUN/COPY/ADD) the first pass saw
+    cached_steps: int = 0  # of which BuildKit took from a cache
+    cache_from: tuple[str, ...] = ()  # the caches imported
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["unpinned"] = list(self.unpinned)
+        d["cache_from"] = list(self.cache_from)
         return d
 
 
@@ -186,7 +196,7 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
                 unpinned=tuple(env.unpinned),
             )
 
-    with _build_lock(p.hash, opts):
+    with _build_lock(p.hash, opts, rep):
         if not (opts.force or opts.upgrade):
             found = _exists(ref, opts, rep)
             if found is not None:  # built by a concurrent build while we waited
@@ -229,22 +239,18 @@ def _lock_from_registry_if_missing(env: Environment, ref: str, opts: BuildOption
         return None
     text = ((cfg or {}).get("config") or {}).get("Labels", {}).get("ml-env.lock")
     if text:
-        _write_atomic(lp, text)
+        write_atomic(lp, text)
         rep.info(f"wrote {lp} from the image's label")
         return str(lp)
     return None
 
 
 @contextlib.contextmanager
-def _build_lock(h: str, opts: BuildOptions) -> Iterator[None]:
-    d = opts.lock_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml-env" / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"{h}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _build_lock(h: str, opts: BuildOptions, rep: Reporter) -> Iterator[None]:
+    """Builds of one environment on one machine take turns; a waiting build says so."""
+    d = opts.lock_dir or cache_dir() / "locks"
+    with locked(d / f"{h}.lock", on_wait=lambda: rep.info(f"waiting for another build of {h[:12]} to finish")):
+        yield
 
 
 def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Reporter, t0: float) -> BuildResult:
@@ -262,7 +268,9 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         config_dir = _docker_config(env, workdir, redactor)
         engine = Engine(config_dir=config_dir)
         caps = engine.capabilities()
-        backend, cache_from, cache_to = _cache(env, opts, caps, ref)
+        plan = _cache(env, opts, caps, ref)
+        cache_from = _existing_sources(plan, opts, rep)
+        backend = plan.backend
         log_path = _log_path(env, p, opts)
         rep.info(f"building {ref} (cache: {backend}, engine {caps.server_version}, buildx {caps.buildx_version})")
         with open(log_path, "w", encoding="utf-8") as logf:
@@ -291,18 +299,29 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 if env.lock is not None:
                     _check_locked(env, lock_text)
                 labels["ml-env.lock"] = lock_text
-                second = engine.build(
-                    context,
-                    tags=_extra_tags(ref, opts, backend),
-                    push=bool(opts.registry),
-                    labels=labels,
-                    secrets=secrets,
-                    network=opts.network,
-                    cache_from=[],
-                    cache_to=cache_to,
-                    no_cache=False,
-                    on_line=on_line,
-                )
+                for attempt in range(1, PUSH_ATTEMPTS + 1):
+                    try:
+                        second = engine.build(
+                            context,
+                            tags=_extra_tags(ref, opts, backend),
+                            push=bool(opts.registry),
+                            labels=labels,
+                            secrets=secrets,
+                            network=opts.network,
+                            cache_from=[],
+                            cache_to=plan.target,
+                            no_cache=False,
+                            on_line=on_line,
+                        )
+                        break
+                    except BuildError as e:
+                        # every step is cached by now: what fails here is the push or the cache
+                        # export, and a registry's 5xx/429 is worth one more try
+                        if attempt == PUSH_ATTEMPTS or not _TRANSIENT_PUSH.search(e.message + (e.details or "")):
+                            raise
+                        rep.warn(f"the registry failed the push ({e.message[-120:]}); trying again")
+                        time.sleep(1.0 * attempt)
+                _point_moving_ref(plan, opts, rep)
             except MlEnvError as e:
                 if e.details:
                     e.details = redactor(e.details)
@@ -316,7 +335,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         lock_written = None
         if env.lock is None:
             lp = lock_path_for(env.path)
-            _write_atomic(lp, lock_text)
+            write_atomic(lp, lock_text)
             lock_written = str(lp)
         rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s")
         return BuildResult(
@@ -331,6 +350,9 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             log_path=str(log_path),
             seconds=time.monotonic() - t0,
             unpinned=tuple(env.unpinned),
+            steps=first.steps,
+            cached_steps=first.cached,
+            cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -342,34 +364,62 @@ def _extra_tags(ref: str, opts: BuildOptions, backend: str) -> list[str]:
     return [ref]
 
 
+def _index_url(value: str, env: Environment, key: str) -> str:
+    """A private index URL from an environment variable: one http(s) URL, nothing else (it is
+    written into a config file: a newline would add settings)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() or ord(c) < 32 for c in value):
+        raise SpecError("the environment variable it names does not hold one http(s) URL", file=str(env.path), key=key)
+    return value
+
+
+def _secret_file(d: Path, name: str, text: str) -> Path:
+    f = d / name
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return f
+
+
 def _secrets(env: Environment, opts: BuildOptions, d: Path, redactor: Redactor) -> list[str]:
+    import shlex
+
     out = []
     if opts.ca_bundle is not None:
         ca = Path(opts.ca_bundle)
         if not ca.is_file():
-            raise MlEnvError(f"CA bundle {ca} not found", hint="--ca-bundle takes a PEM file")
+            raise UsageError(f"CA bundle {ca} not found", hint="--ca-bundle takes a PEM file")
         out.append(f"id={SECRET_CA},src={ca}")
     ix = env.index
     if not ix.empty:
         index = ix.index_url or (
-            _env_secret(ix.index_url_env, env, "python.index_url_env") if ix.index_url_env else None
+            _index_url(_env_secret(ix.index_url_env, env, "python.index_url_env"), env, "python.index_url_env")
+            if ix.index_url_env
+            else None
         )
         extras = list(ix.extra_index_urls) + [
-            _env_secret(n, env, f"python.extra_index_urls_env[{i}]") for i, n in enumerate(ix.extra_index_urls_env)
+            _index_url(
+                _env_secret(n, env, f"python.extra_index_urls_env[{i}]"), env, f"python.extra_index_urls_env[{i}]"
+            )
+            for i, n in enumerate(ix.extra_index_urls_env)
         ]
+        for u in ([index] if index else []) + extras:
+            redactor.add_url(u)
         lines = ["[global]"]
         if index:
             lines.append(f"index-url = {index}")
-            redactor.add_url(index)
         if extras:
             lines.append("extra-index-url = " + "\n    ".join(extras))
-            for u in extras:
-                redactor.add_url(u)
-        f = d / "pip.conf"
-        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        out.append(f"id={SECRET_PIP},src={f}")
+        out.append(f"id={SECRET_PIP},src={_secret_file(d, 'pip.conf', chr(10).join(lines) + chr(10))}")
+        if env.installer == "uv":
+            uv = []
+            if index:
+                uv.append(f"export UV_DEFAULT_INDEX={shlex.quote(index)}")
+            if extras:
+                uv.append(f"export UV_INDEX={shlex.quote(' '.join(extras))}")
+            out.append(f"id={SECRET_UV},src={_secret_file(d, 'uv.env', chr(10).join(uv) + chr(10))}")
     return out
 
 
@@ -385,13 +435,41 @@ def _docker_config(env: Environment, workdir: Path, redactor: Redactor) -> Path 
     return private_docker_config(workdir, reg.address, reg.username, password)
 
 
-def _cache(
-    env: Environment, opts: BuildOptions, caps: Any, ref: str
-) -> tuple[str, list[dict[str, str]], dict[str, str] | None]:
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a build imports its cache from and exports it to.
+
+    With the registry backend there are two refs in ``<namespace>/buildcache``: the *exact* one,
+    tagged by the dependency key (a training environment and its inference twin share it), and a
+    *moving* one per environment, ``env-<name>-<repo hash>``, that always holds the environment's
+    last build. A changed dependency has no exact cache yet, but the moving ref still serves
+    every layer before the change. Imports list only refs that exist (no importer error on a
+    first build); the export goes to the exact ref, then the moving ref is pointed at it."""
+
+    backend: str
+    sources: tuple[dict[str, str], ...] = ()
+    target: dict[str, str] | None = None
+    moving: str | None = None  # registry backend: the ref to re-point at the exported cache
+
+
+def cache_refs(env: Environment, opts: BuildOptions) -> tuple[str, str]:
+    """(exact, moving) registry cache refs of an environment."""
+    import hashlib
+
+    repo = repository_for(env, opts)
+    cache_repo = f"{repo.rsplit('/', 1)[0]}/buildcache" if "/" in repo else f"{repo}-buildcache"
+    exact = opts.cache_ref or f"{opts.registry}/{cache_repo}:{dependency_key(env)[:40]}"
+    last = exact.rsplit("/", 1)[-1]
+    base = exact.rsplit(":", 1)[0] if ":" in last else exact
+    moving = f"{base}:env-{env.name[:60]}-{hashlib.sha256(repo.encode()).hexdigest()[:8]}"
+    return exact, moving
+
+
+def _cache(env: Environment, opts: BuildOptions, caps: Any, ref: str) -> CachePlan:
     want = opts.cache
     supported = caps.cache_backends
     if want == "none":
-        return "none", [], None
+        return CachePlan("none")
     if want == "auto":
         if opts.registry and "registry" in supported:
             want = "registry"
@@ -408,18 +486,20 @@ def _cache(
         )
     repo_ref = ref.rsplit(":", 1)[0]
     if want == "registry":
-        cref = opts.cache_ref or (default_cache_ref(env, opts) if opts.registry else None)
-        if not cref:
-            raise MlEnvError("the registry cache needs --registry or --cache-ref")
-        return want, [{"type": "registry", "ref": cref}], {"type": "registry", "ref": cref, "mode": "max"}
-    if want == "local":
-        d = Path(
-            opts.cache_dir
-            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml-env" / "buildcache" / env.name
+        if not (opts.registry or opts.cache_ref):
+            raise UsageError("the registry cache needs --registry or --cache-ref")
+        exact, moving = cache_refs(env, opts)
+        return CachePlan(
+            want,
+            ({"type": "registry", "ref": exact}, {"type": "registry", "ref": moving}),
+            {"type": "registry", "ref": exact, "mode": "max"},
+            moving,
         )
+    if want == "local":
+        d = Path(opts.cache_dir or cache_dir() / "buildcache" / env.name)
         d.mkdir(parents=True, exist_ok=True)
-        src = [{"type": "local", "src": str(d)}] if (d / "index.json").exists() else []
-        return want, src, {"type": "local", "dest": str(d), "mode": "max"}
+        src = ({"type": "local", "src": str(d)},) if (d / "index.json").exists() else ()
+        return CachePlan(want, src, {"type": "local", "dest": str(d), "mode": "max"})
     if want == "gha":
         if not (
             os.environ.get("ACTIONS_RUNTIME_TOKEN")
@@ -430,18 +510,40 @@ def _cache(
                 "only through actions/github-script or crazy-max/ghaction-github-runtime",
             )
         scope = f"ml-env-{env.name}"
-        return want, [{"type": "gha", "scope": scope}], {"type": "gha", "scope": scope, "mode": "max"}
+        return CachePlan(want, ({"type": "gha", "scope": scope},), {"type": "gha", "scope": scope, "mode": "max"})
     # inline: the cache rides in the image; the previous build's image is tagged :buildcache
-    src = [{"type": "registry", "ref": f"{repo_ref}:buildcache"}] if opts.registry else []
-    return "inline", src, {"type": "inline"}
+    src = ({"type": "registry", "ref": f"{repo_ref}:buildcache"},) if opts.registry else ()
+    return CachePlan("inline", src, {"type": "inline"})
 
 
-def default_cache_ref(env: Environment, opts: BuildOptions) -> str:
-    """``<registry>/<namespace>/buildcache:<dependency key>``: shared by environments whose
-    dependency layers are the same (a training environment and its inference twin)."""
-    repo = repository_for(env, opts)
-    cache_repo = f"{repo.rsplit('/', 1)[0]}/buildcache" if "/" in repo else f"{repo}-buildcache"
-    return f"{opts.registry}/{cache_repo}:{dependency_key(env)[:40]}"
+def _existing_sources(plan: CachePlan, opts: BuildOptions, rep: Reporter) -> list[dict[str, str]]:
+    """The registry cache refs that exist: BuildKit prints an alarming ERROR for a missing one."""
+    out = []
+    for src in plan.sources:
+        if src.get("type") != "registry":
+            out.append(src)
+            continue
+        r = parse_ref(src["ref"])
+        try:
+            if RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference) is not None:
+                out.append(src)
+        except RegistryError as e:
+            rep.warn(f"cache {src['ref']} could not be checked ({e.message}); building without it")
+    return out
+
+
+def _point_moving_ref(plan: CachePlan, opts: BuildOptions, rep: Reporter) -> None:
+    """After a registry cache export: the environment's moving ref names what was just exported."""
+    if plan.moving is None or plan.target is None:
+        return
+    exact, moving = parse_ref(plan.target["ref"]), parse_ref(plan.moving)
+    try:
+        client = RegistryClient(exact.host, insecure=opts.insecure)
+        got = client.get_manifest(exact.repository, exact.reference)
+        if got is not None and exact.repository == moving.repository:
+            client.put_manifest(moving.repository, moving.reference, got[1], got[0].media_type)
+    except RegistryError as e:
+        rep.warn(f"the build succeeded, but its cache could not be named {plan.moving}: {e.message}")
 
 
 def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
@@ -516,9 +618,3 @@ def _log_path(env: Environment, p: BuildPlan, opts: BuildOptions) -> Path:
     opts.log_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return opts.log_dir / f"{env.name}-{p.hash[:12]}-{stamp}.log"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

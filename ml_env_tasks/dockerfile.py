@@ -24,12 +24,26 @@ from .grammar import has_control
 from .hashing import canonical_json, env_hash
 from .spec import Environment, FileRef
 
-__all__ = ["BuildPlan", "render", "inference_stack", "VENV", "SECRET_CA", "SECRET_PIP", "SERVE_DIR"]
+__all__ = [
+    "BuildPlan",
+    "render",
+    "inference_stack",
+    "VENV",
+    "SECRET_CA",
+    "SECRET_PIP",
+    "SECRET_UV",
+    "SERVE_DIR",
+    "UV_VERSION",
+]
 
 VENV = "/opt/ml-env"
 SECRET_CA = "ml-env-ca"
 SECRET_PIP = "ml-env-pip"
+SECRET_UV = "ml-env-uv"  # a shell snippet exporting UV_INDEX_URL / UV_EXTRA_INDEX_URL for a private index
 MOUNT_ROOT = "/tmp/ml-env"
+CACHE_ROOT = "/tmp/ml-env-cache"  # installers' download caches (BuildKit cache mounts)
+UV_HOME = "/tmp/ml-env-uv"  # uv itself, in a cache mount: never part of the image
+UV_VERSION = "0.13.9"  # python.installer = "uv" (pinned: it enters the hash)
 SERVE_DIR = "/opt/ml-env-serve"
 # the scoring server's own dependencies, pinned: the inference layer is reproducible
 INFERENCE_PACKAGES = ("starlette==1.10.0", "uvicorn==0.54.0")
@@ -70,22 +84,49 @@ def _q(value: str, key: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-def _pip_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool) -> str:
+def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool, installer: str) -> str:
+    """One dependency layer: pip (or uv) installing the files bind-mounted from ``ml-env/<subdir>``.
+
+    The installers' download caches are BuildKit cache mounts: a rebuilt layer does not download
+    every wheel again, and nothing of the cache lands in a layer. uv itself lives in a cache mount
+    too (installed there with pip once), so it is never part of the image."""
     mounts = [
         f"--mount=type=secret,id={SECRET_CA},required=false",
         f"--mount=type=secret,id={SECRET_PIP},required=false",
-        f"--mount=type=bind,source=ml-env/{subdir},target={MOUNT_ROOT}/{subdir}",
     ]
+    if installer == "uv":
+        mounts += [
+            f"--mount=type=secret,id={SECRET_UV},required=false",
+            f"--mount=type=cache,id=ml-env-uv-{UV_VERSION},target={UV_HOME},sharing=locked",
+            f"--mount=type=cache,id=ml-env-uv-cache,target={CACHE_ROOT}/uv,sharing=locked",
+        ]
+    else:
+        mounts.append(f"--mount=type=cache,id=ml-env-pip-cache,target={CACHE_ROOT}/pip,sharing=locked")
+    mounts.append(f"--mount=type=bind,source=ml-env/{subdir},target={MOUNT_ROOT}/{subdir}")
     constraint = ""
     if locked:
         mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
         constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
     prefix = "PIP_BREAK_SYSTEM_PACKAGES=1 " if user_managed else ""
-    body = (
-        f"if [ -s /run/secrets/{SECRET_CA} ]; then export PIP_CERT=/run/secrets/{SECRET_CA}; fi; \\\n"
+    setup = (
+        f"if [ -s /run/secrets/{SECRET_CA} ]; then export PIP_CERT=/run/secrets/{SECRET_CA} "
+        f"SSL_CERT_FILE=/run/secrets/{SECRET_CA}; fi; \\\n"
         f"    if [ -s /run/secrets/{SECRET_PIP} ]; then export PIP_CONFIG_FILE=/run/secrets/{SECRET_PIP}; fi; \\\n"
-        f"    {prefix}{python} -m pip install --no-cache-dir --disable-pip-version-check --no-input{constraint} {args}"
     )
+    if installer == "uv":
+        body = (
+            setup + f"    if [ -s /run/secrets/{SECRET_UV} ]; then . /run/secrets/{SECRET_UV}; fi; \\\n"
+            f"    if [ ! -x {UV_HOME}/bin/uv ]; then PIP_BREAK_SYSTEM_PACKAGES=1 {python} -m pip install -q "
+            f"--no-cache-dir --disable-pip-version-check --no-input --target {UV_HOME} uv=={UV_VERSION}; fi; \\\n"
+            f"    UV_LINK_MODE=copy {UV_HOME}/bin/uv pip install --python {python} --cache-dir {CACHE_ROOT}/uv"
+            + (" --break-system-packages" if user_managed else "")
+            + f"{constraint} {args}"
+        )
+    else:
+        body = setup + (
+            f"    {prefix}{python} -m pip install --cache-dir {CACHE_ROOT}/pip --disable-pip-version-check --no-input"
+            f"{constraint} {args}"
+        )
     return "RUN " + " \\\n    ".join(mounts) + " \\\n    " + body
 
 
@@ -114,10 +155,13 @@ def render(env: Environment) -> BuildPlan:
         lines.append(f"ARG {_v(k, 'docker.build_args')}={_q(v, f'docker.build_args.{k}')}")
     if env.apt:
         pkgs = " ".join(_v(a, "apt.packages") for a in sorted(set(env.apt)))
+        # apt's lists and downloaded packages are cache mounts: not in the layer, kept for the next build
         lines.append(
-            "RUN apt-get update \\\n"
-            f"    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {pkgs} \\\n"
-            "    && rm -rf /var/lib/apt/lists/*"
+            "RUN --mount=type=cache,id=ml-env-apt-lists,target=/var/lib/apt/lists,sharing=locked \\\n"
+            "    --mount=type=cache,id=ml-env-apt-archives,target=/var/cache/apt/archives,sharing=locked \\\n"
+            "    apt-get update \\\n"
+            "    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+            f"-o APT::Keep-Downloaded-Packages=true {pkgs}"
         )
     python: str | None = None
     if env.conda_packages:
@@ -141,7 +185,9 @@ def render(env: Environment) -> BuildPlan:
         if locked:
             assert env.lock is not None
             files["ml-env/lock/lock.txt"] = env.lock.read()
-        pip = lambda sub, args: _pip_run(python, sub, args, user_managed=env.user_managed, locked=locked)  # noqa: E731
+        pip = lambda sub, args: _install_run(  # noqa: E731
+            python, sub, args, user_managed=env.user_managed, locked=locked, installer=env.installer
+        )
         if env.conda_pip:
             files["ml-env/conda/requirements.txt"] = ("\n".join(sorted(env.conda_pip)) + "\n").encode()
             lines.append(pip("conda", f"-r {MOUNT_ROOT}/conda/requirements.txt"))

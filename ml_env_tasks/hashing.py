@@ -60,6 +60,10 @@ def canonical(env: Environment) -> dict[str, Any]:
         python["conda_pip"] = sorted(env.conda_pip)
         if env.conda_installer != "pip":  # only when set, so existing hashes stay
             python["conda_installer"] = env.conda_installer
+    if env.installer != "pip":  # only when set, so existing hashes stay
+        from .dockerfile import UV_VERSION
+
+        python["installer"] = {"name": env.installer, "version": UV_VERSION}
     ix = env.index
     if not ix.empty:
         python["index"] = {

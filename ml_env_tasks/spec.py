@@ -112,6 +112,7 @@ class Environment:
     conda_pip: tuple[str, ...] = ()
     conda_python: str | None = None
     conda_installer: str = "pip"
+    installer: str = "pip"  # what installs the Python packages: pip, or uv (opt-in)
     conda_packages: tuple[str, ...] = ()  # installed with the base image's conda (conda_installer = "conda")
     conda_channels: tuple[str, ...] = ()
     wheels: tuple[FileRef, ...] = ()

@@ -40,7 +40,9 @@ __all__ = ["parse_document"]
 TOP_KEYS = {"name", "version", "description", "inference", "base", "python", "apt", "env", "labels", "docker"}
 BASE_KEYS = {"image", "dockerfile", "dockerfile_text", "registry"}
 REGISTRY_KEYS = {"address", "username", "password_env"}
+INSTALLERS_PY = ("pip", "uv")
 PYTHON_KEYS = {
+    "installer",
     "conda_installer",
     "user_managed_dependencies",
     "interpreter",
@@ -223,6 +225,9 @@ class _Validator:
                 ref.read().decode("utf-8")
             except UnicodeDecodeError:
                 raise self.err(f"python.requirements[{i}]", "is not UTF-8 text") from None
+        installer = self.string(py, "installer", "python.installer") or "pip"
+        if installer not in INSTALLERS_PY:
+            raise self.err("python.installer", f"choose one of {', '.join(INSTALLERS_PY)}")
         conda_installer = self.string(py, "conda_installer", "python.conda_installer") or "pip"
         if conda_installer not in INSTALLERS:
             raise self.err("python.conda_installer", f"choose one of {', '.join(INSTALLERS)}")
@@ -288,6 +293,7 @@ class _Validator:
             conda_pip=conda_pip,
             conda_python=conda_python,
             conda_installer=conda_installer,
+            installer=installer,
             conda_packages=conda_packages,
             conda_channels=conda_channels,
             warnings=tuple(self.warnings),

@@ -10,7 +10,7 @@ import pytest
 from python_on_whales import docker
 
 from ml_env_tasks import BuildError, RegistryAuthError, SpecError, spec
-from ml_env_tasks.build import Reporter, build, default_cache_ref
+from ml_env_tasks.build import Reporter, build, cache_refs
 from ml_env_tasks.engine import Engine
 from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.registry import RegistryClient
@@ -99,9 +99,11 @@ CACHE_TEST = "{ws.repo}"
     )
     first = build(f, ws.opts(cache="registry"))
     assert first.built and first.cache_backend == "registry"
-    cache_ref = default_cache_ref(spec.load(f), ws.opts())
-    cache_repo, cache_tag = cache_ref.split("/", 1)[1].rsplit(":", 1)
-    assert RegistryClient(ws.lab["registry"]).head_manifest(cache_repo, cache_tag) is not None
+    exact, moving = cache_refs(spec.load(f), ws.opts())
+    reg = RegistryClient(ws.lab["registry"])
+    for ref in (exact, moving):
+        cache_repo, cache_tag = ref.split("/", 1)[1].rsplit(":", 1)
+        assert reg.head_manifest(cache_repo, cache_tag) is not None, ref
     Engine().remove_image(first.image)
     Engine().prune_builder()
     again = build(f, ws.opts(cache="registry", force=True))
@@ -167,3 +169,67 @@ def test_pin_base_follows_a_moved_tag(ws) -> None:
     plan = subprocess.run(["ml-env", "plan", str(f), "--pin-base"], capture_output=True, text=True).stdout
     assert f"FROM {base_ref}@sha256:" in plan
     docker.image.remove(base_ref, force=True)
+
+
+def test_a_changed_dependency_reuses_the_moving_cache_after_a_prune(ws) -> None:
+    """Adding a package used to read a cache ref that did not exist yet: every change was cold."""
+    text = f"""
+name = "moving"
+[base]
+image = "{ws.lab["base_image_python"]}"
+[apt]
+packages = ["libgomp1"]
+[python]
+packages = ["six==1.16.0"]
+[docker.build_args]
+UNIQUE = "{ws.repo}"
+"""
+    f = ws.spec(text)
+    first = build(f, ws.opts(cache="registry"))
+    assert first.built and first.cache_from == ()  # nothing to import yet, and no importer ERROR
+    assert "ERROR" not in Path(first.log_path).read_text()
+    Engine().remove_image(first.image)
+    Engine().prune_builder()
+    f.write_text(text.replace('packages = ["six==1.16.0"]', 'packages = ["six==1.16.0", "tomli==2.0.2"]'))
+    again = build(f, ws.opts(cache="registry"))
+    exact, moving = cache_refs(spec.load(f), ws.opts())
+    assert again.built and again.cache_from == (moving,)  # the exact ref is new; the moving one serves
+    # apt and the venv come from the cache; only the packages layer (and the lock pass) run again
+    assert again.cached_steps >= 2 and again.cached_steps == again.steps - 1, Path(again.log_path).read_text()
+    assert "six==1.16.0" in (ws.dir / "env.lock").read_text() and "tomli==2.0.2" in (ws.dir / "env.lock").read_text()
+
+
+def test_uv_installs_the_same_packages_with_a_private_index_and_leaves_no_trace(
+    ws, tmp_path: Path, monkeypatch
+) -> None:
+    token = "uvT0ken-" + ws.repo.split("/")[1]
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    pkg = make_wheel(wheelhouse, "uvprivpkg", "1.0.0", "SOURCE = 'index'\n")
+    with private_index(tmp_path / "index", [pkg], "uv-user", token) as url:
+        monkeypatch.setenv("UV_PRIVATE_INDEX", url)
+        f = ws.spec(
+            f"""
+name = "uvenv"
+[base]
+image = "{ws.lab["base_image_python"]}"
+[python]
+installer = "uv"
+packages = ["six==1.16.0", "uvprivpkg==1.0.0"]
+extra_index_urls_env = ["UV_PRIVATE_INDEX"]
+"""
+        )
+        rep = Capture()
+        r = build(f, ws.opts(), rep)
+    assert r.built
+    lock = (ws.dir / "env.lock").read_text()
+    assert "six==1.16.0" in lock and "uvprivpkg==1.0.0" in lock
+    out = Engine().run_capture(
+        r.image,
+        ["sh", "-c", "ls /tmp; /opt/ml-env/bin/python -c 'import uvprivpkg, six; print(uvprivpkg.SOURCE)'"],
+        entrypoint="",
+    )
+    assert "index" in out and "ml-env-uv" not in out  # uv lived in a cache mount, not in the image
+    assert token not in "\n".join(rep.lines) + Path(r.log_path).read_text()
+    pip_twin = ws.spec(f.read_text().replace('installer = "uv"\n', ""), name="pip.toml")
+    assert env_hash(spec.load(pip_twin)) != env_hash(spec.load(f))  # the installer is part of the hash

@@ -157,18 +157,20 @@ def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     containerd = Capabilities("26.1.5", True, "0.13.1", "docker")
     classic = Capabilities("26.1.5", False, "0.13.1", "docker")
     reg = BuildOptions(registry="127.0.0.1:5000", cache_dir=tmp_path / "c")
-    assert _cache(env, reg, containerd, ref)[0] == "registry"
-    assert _cache(env, reg, containerd, ref)[2] == {
-        "type": "registry",
-        "ref": f"127.0.0.1:5000/ml-envs/buildcache:{dependency_key(env)[:40]}",
-        "mode": "max",
-    }
-    assert _cache(env, BuildOptions(cache_dir=tmp_path / "c"), containerd, "ml-envs/t:abc")[0] == "local"
-    name, src, dst = _cache(env, reg, classic, ref)
-    assert (
-        name == "inline"
-        and dst == {"type": "inline"}
-        and src == [{"type": "registry", "ref": "127.0.0.1:5000/ml-envs/t:buildcache"}]
-    )
+    plan = _cache(env, reg, containerd, ref)
+    exact = f"127.0.0.1:5000/ml-envs/buildcache:{dependency_key(env)[:40]}"
+    assert plan.backend == "registry" and plan.target == {"type": "registry", "ref": exact, "mode": "max"}
+    # the moving per-environment ref sits beside the exact one; both are candidates to import
+    assert [s["ref"] for s in plan.sources] == [exact, plan.moving]
+    assert plan.moving.startswith("127.0.0.1:5000/ml-envs/buildcache:env-t-")
+    # an inference twin shares the exact ref, not the moving one
+    twin = tmp_path / "twin.toml"
+    twin.write_text('name = "t-inf"\ninference = true\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
+    twin_plan = _cache(spec.load(twin), reg, containerd, ref)
+    assert twin_plan.target == plan.target and twin_plan.moving != plan.moving
+    assert _cache(env, BuildOptions(cache_dir=tmp_path / "c"), containerd, "ml-envs/t:abc").backend == "local"
+    inline = _cache(env, reg, classic, ref)
+    assert inline.backend == "inline" and inline.target == {"type": "inline"}
+    assert inline.sources == ({"type": "registry", "ref": "127.0.0.1:5000/ml-envs/t:buildcache"},)
     with pytest.raises(EngineError, match="'registry' is not supported.*classic image store"):
         _cache(env, BuildOptions(registry="r:5000", cache="registry"), classic, ref)
