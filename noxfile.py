@@ -104,6 +104,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def actions(session: nox.Session) -> None:
+    """Render ci/github/*/action.yml from the option declarations (ml_env_tasks/actions.py)."""
+    from ml_env_tasks.actions import write_all
+
+    for path in write_all(ROOT / "ci/github"):
+        session.log(f"wrote {path.relative_to(ROOT)}")
+
+
+@nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.run("ruff", "check", ".", external=True)

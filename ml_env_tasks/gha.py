@@ -1,7 +1,8 @@
 """GitHub Actions: the one place that turns library results into outputs, job summaries,
-log groups and annotations. The composite actions under ``ci/github/`` call
-``python -m ml_env_tasks.gha <command>``, which reads its inputs from ``INPUT_*`` environment
-variables (never interpolated into a shell line).
+log groups and annotations. The composite actions under ``ci/github/`` (rendered from
+``ml_env_tasks.actions``) call ``python -m ml_env_tasks.gha <action>``, which reads its inputs
+from ``INPUT_*`` environment variables (never interpolated into a shell line) through the same
+option declarations as the CLI, so config files and environment variables apply alike.
 
 Escaping follows actions/toolkit ``command.ts``: data escapes ``%``, CR, LF; properties also
 escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random delimiter.
@@ -128,63 +129,65 @@ def annotate_error(e: MlEnvError) -> None:
 # --- entry points for the composite actions ----------------------------------------------
 
 
-def _input(name: str, default: str = "") -> str:
-    return os.environ.get(f"INPUT_{name.upper().replace('-', '_')}", default).strip()
+def _values(action: str) -> Any:
+    """The action's inputs, resolved like the CLI's options (input > env > config > default)."""
+    from .actions import ACTIONS
+    from .config import load_layers
+    from .errors import UsageError
+    from .options import from_inputs
+
+    a = ACTIONS[action]
+    resolved = from_inputs(a.options, layers=load_layers())
+    for name in a.required:
+        if resolved.values.get(name) in (None, "", []):
+            opt = next(o for o in a.options if o.name == name)
+            raise UsageError(f"input '{opt.input_name}' is required")
+    return resolved.values
 
 
-def _flag(name: str) -> bool:
-    return _input(name, "false").lower() in ("true", "1", "yes")
-
-
-def _lines(name: str) -> list[str]:
-    return [x.strip() for x in _input(name).splitlines() if x.strip() and not x.strip().startswith("#")]
-
-
-def _build_options() -> Any:
-    """BuildOptions from the inputs every action that builds shares."""
+def _build_options(values: dict[str, Any]) -> Any:
     from .build import BuildOptions
+    from .registry import check_registry_host
 
-    return BuildOptions(
-        registry=_input("registry") or None,
-        repository=_input("repository") or None,
-        cache=_input("cache", "auto") or "auto",
-        cache_ref=_input("cache-ref") or None,
-        ca_bundle=Path(_input("ca-bundle")) if _input("ca-bundle") else None,
-        network=_input("network") or None,
-        force=_flag("force"),
-        pin_base=_flag("pin-base"),
-        locked=_flag("locked"),
-        upgrade=_flag("upgrade"),
-        log_dir=Path(_input("log-dir", ".ml-env/logs") or ".ml-env/logs"),
-    )
+    opts = BuildOptions.from_values(values)
+    if opts.registry:
+        check_registry_host(opts.registry, "input 'registry'")
+    return opts
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _say(msg: str) -> None:
+    print(f"ml-env: {msg}", flush=True)
 
 
 def build_action() -> int:
     from .build import Reporter, build
+    from .catalog import resolve_curated
 
-    spec_path = _input("spec")
-    if not spec_path:
-        raise MlEnvError("input 'spec' is required")
-    opts = _build_options()
-    with group(f"ml-env build {spec_path}"):
-        result = build(spec_path, opts, Reporter(stream_logs=True, out=sys.stdout))
+    v = _values("build")
+    spec_path = str(resolve_curated(v["spec"])) if v["spec"].startswith("curated/") else v["spec"]
+    with group(f"ml-env build {v['spec']}"), stop_commands():
+        result = build(spec_path, _build_options(v), Reporter(stream_logs=True, out=sys.stdout))
     for k in ("image", "digest", "hash"):
         set_output(k, str(getattr(result, k) or ""))
     set_output("built", "true" if result.built else "false")
     set_output("cache-hit", "true" if result.cache_hit else "false")
-    set_output("ref", f"{result.image}@{result.digest}")
+    set_output("ref", result.pinned)
     state = "built" if result.built else "reused (hash already in the registry)"
     append_summary(
         f"### ml-env build: `{result.name}`\n\n"
         "| field | value |\n|---|---|\n"
-        f"| environment | `{spec_path}` |\n"
+        f"| environment | `{_cell(v['spec'])}` |\n"
         f"| image | `{result.image}` |\n"
         f"| digest | `{result.digest}` |\n"
         f"| hash | `{result.hash}` |\n"
         f"| result | {state} |\n"
         f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
         f"| time | {result.seconds:.1f}s |\n"
-        + (f"| unpinned | {', '.join(result.unpinned)} |\n" if result.unpinned else "")
+        + (f"| unpinned | {_cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
     )
     if result.unpinned:
         command(
@@ -201,35 +204,35 @@ def train_action() -> int:
     from .resources import Resources
     from .runs import RunOptions, parse_pairs, train
 
-    for required in ("env", "source", "script"):
-        if not _input(required):
-            raise MlEnvError(f"input '{required}' is required")
-    secrets = _lines("secrets")
-    for name in secrets:
+    v = _values("train")
+    for name in v["secrets"] or []:
         mask(os.environ.get(name))
-    timeout = _input("timeout")
     opts = RunOptions(
-        env=_input("env"),
-        source=Path(_input("source")),
-        script=_input("script"),
-        args=tuple(shlex.split(_input("args"))),
-        experiment=_input("experiment") or None,
-        inputs={k: Path(v) for k, v in parse_pairs(_lines("inputs"), "input").items()},
-        env_vars=parse_pairs(_lines("env-vars"), "env-var"),
-        secrets=tuple(secrets),
-        timeout=float(timeout) if timeout else None,
-        resources=Resources.parse(shm_size=_input("shm-size") or None, prefix="input "),
-        runs_dir=Path(_input("runs-dir", "runs") or "runs"),
-        build=_build_options(),
+        env=v["env"],
+        source=Path(v["source"]),
+        script=v["script"],
+        args=tuple(shlex.split(v["args"] or "")),
+        experiment=v["experiment"],
+        inputs={k: Path(x) for k, x in parse_pairs(v["inputs"] or [], "input").items()},
+        env_vars=parse_pairs(v["env_vars"] or [], "env-var"),
+        secrets=tuple(v["secrets"] or ()),
+        resources=Resources.parse(
+            cpus=v["cpus"], memory=v["memory"], shm_size=v["shm_size"], gpus=v["gpus"], prefix="input "
+        ),
+        timeout=v["timeout"],
+        runs_dir=v["runs_dir"],
+        user=v["user"],
+        snapshot_max_mb=v["max_snapshot_mb"],
+        build=_build_options(v),
     )
-    with group(f"ml-env train {opts.script}"):
-        result = train(opts, on_line=lambda line: print(line, flush=True))
+    with group(f"ml-env train {opts.script}"), stop_commands():
+        result = train(opts, on_line=_log, info=_say)
     set_output("run-id", result.run_id)
-    set_output("status", result.status)
+    set_output("status", str(result.status))
     set_output("exit-code", "" if result.exit_code is None else str(result.exit_code))
     set_output("outputs", str(result.outputs))
     rec = result.record
-    rows = "".join(f"| {_cell(str(k))} | {_cell(str(v))} |\n" for k, v in rec.metrics.items()) or "| (none) | |\n"
+    rows = "".join(f"| {_cell(str(k))} | {_cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
     append_summary(
         f"### ml-env train: `{result.run_id}`\n\n"
         f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
@@ -238,7 +241,7 @@ def train_action() -> int:
         f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n\n"
         f"| metric | value |\n|---|---|\n{rows}"
     )
-    if result.status != "completed":
+    if str(result.status) != "completed":
         command("error", f"run {result.run_id} {result.status}: {rec.reason or ''}", title="ml-env train")
     return result.cli_exit_code
 
@@ -249,24 +252,27 @@ def _cell(text: str) -> str:
 
 
 def smoke_test_action() -> int:
+    from .grammar import parse_size
+    from .resources import Resources
     from .serve.local import ServeOptions, parse_models
     from .serve.smoke import run_smoke_test, write_reports
 
-    for required in ("env", "entry", "cases"):
-        if not _input(required):
-            raise MlEnvError(f"input '{required}' is required")
-    cases = Path(_input("cases"))
+    v = _values("smoke-test")
+    cases = Path(v["cases"])
     opts = ServeOptions(
-        env=_input("env"),
-        entry=Path(_input("entry")),
-        models=parse_models(_lines("model")),
-        scoring_timeout_ms=int(_input("scoring-timeout-ms")) if _input("scoring-timeout-ms") else None,
-        build=_build_options(),
+        env=v["env"],
+        entry=Path(v["entry"]),
+        models=parse_models(v["model"] or []),
+        scoring_timeout_ms=v["scoring_timeout_ms"],
+        workers=v["workers"],
+        build=_build_options(v),
+        resources=Resources.parse(cpus=v["cpus"], memory=v["memory"], prefix="input "),
+        max_body=parse_size(v["max_body"]) if v["max_body"] else None,
+        read_timeout=v["read_timeout"],
     )
-    repeat = int(_input("repeat", "1") or "1")
-    with group(f"ml-env smoke-test {cases}"):
-        report = run_smoke_test(opts, cases, repeat=repeat, info=lambda m: print(f"ml-env: {m}", flush=True))
-    js, xml = write_reports(report, Path(_input("report-dir", ".ml-env/smoke") or ".ml-env/smoke"), cases)
+    with group(f"ml-env smoke-test {cases}"), stop_commands():
+        report = run_smoke_test(opts, cases, repeat=v["repeat"], ready_timeout=v["ready_timeout"], info=_say)
+    js, xml = write_reports(report, Path(v["report_dir"]), cases)
     set_output("passed", str(report.passed))
     set_output("failed", str(report.failed))
     set_output("p50-ms", f"{report.p50_ms:.1f}")
@@ -288,7 +294,7 @@ def smoke_test_action() -> int:
         if not c.passed:
             command("error", f"{c.name}: {c.message}", file=str(cases), line=c.line, title="ml-env smoke-test")
     if report.failed and report.logs_tail:
-        with group("scoring container log (last lines)"):
+        with group("scoring container log (last lines)"), stop_commands():
             print(report.logs_tail)
     return 1 if report.failed else 0
 
@@ -296,53 +302,68 @@ def smoke_test_action() -> int:
 def promote_action() -> int:
     from .promote import PromoteOptions, promote
 
-    for required in ("source", "destination"):
-        if not _input(required):
-            raise MlEnvError(f"input '{required}' is required")
-    tags = [t for line in _lines("tags") for t in line.replace(",", " ").split()]
-    ledger = _input("ledger", "releases.toml")
+    v = _values("promote")
     opts = PromoteOptions(
-        source=_input("source"),
-        destination=_input("destination"),
-        tags=tuple(tags),
-        allow_overwrite=_flag("allow-overwrite"),
-        dry_run=_flag("dry-run"),
-        insecure=_flag("insecure"),
-        ledger=None if (not ledger or _flag("dry-run")) else Path(ledger),
+        source=v["source"],
+        destination=v["destination"],
+        tags=tuple(v["tags"] or ()),
+        allow_overwrite=v["allow_overwrite"],
+        dry_run=v["dry_run"],
+        insecure=v["insecure"],
+        ledger=None if v["no_ledger"] else v["ledger"],
+        copy_referrers=not v["no_referrers"],
+        jobs=v["jobs"],
     )
     with group(f"ml-env promote {opts.source}"):
-        r = promote(opts, info=lambda m: print(f"ml-env: {m}", flush=True))
+        r = promote(opts, info=_say)
     set_output("digest", r.digest)
     set_output("refs", "\n".join(r.refs))
     set_output("ref", f"{r.destination}@{r.digest}")
     set_output("no-op", "true" if r.no_op else "false")
     state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
+    if r.recorded_found:
+        state += "; recorded in the ledger as found"
     tags_md = ", ".join(f"`{ref.rsplit(':', 1)[1]}`" for ref in r.refs)
     append_summary(
         f"### ml-env promote: {state}\n\n| field | value |\n|---|---|\n"
-        f"| environment | {r.environment.get('name') or '-'} |\n| digest | `{r.digest}` |\n"
+        f"| environment | {_cell(r.environment.get('name') or '-')} |\n| digest | `{r.digest}` |\n"
         f"| source | `{r.source}` |\n| destination | `{r.destination}` |\n| tags | {tags_md} |\n"
         f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, {r.skipped_blobs} present |\n"
-        + (f"| moved tags | {', '.join(r.moved_tags)} |\n" if r.moved_tags else "")
+        + (f"| moved tags | {_cell(', '.join(r.moved_tags))} |\n" if r.moved_tags else "")
         + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
-        + (f"| ledger | `{ledger}` |\n" if r.ledger_entry else "")
+        + (f"| ledger | `{opts.ledger}` |\n" if r.ledger_entry else "")
     )
     return 0
 
 
 def login_action() -> int:
-    """docker/login-action style: mask the password first, then log in through the engine."""
-    from .engine import Engine
+    """docker/login-action style: mask the password first, then log in through the engine. A
+    registry that needs no login (no username and no password given) is a no-op."""
+    from . import engine
 
-    registry, username, password = _input("registry"), _input("username"), os.environ.get("INPUT_PASSWORD", "")
+    registry, username = os.environ.get("INPUT_REGISTRY", "").strip(), os.environ.get("INPUT_USERNAME", "").strip()
+    password = os.environ.get("INPUT_PASSWORD", "")
     mask(password)
+    if not username and not password:
+        print(f"ml-env: no credentials given for {registry or 'the registry'}: nothing to log in with")
+        return 0
     if not (registry and username and password):
-        raise MlEnvError(
-            "inputs 'registry', 'username' and 'password' are required (or keep an existing docker config)"
-        )
-    Engine().login(registry, username, password)
+        raise MlEnvError("inputs 'registry', 'username' and 'password' go together")
+    engine.current().login(registry, username, password)
     print(f"ml-env: logged in to {registry} as {username}")
     return 0
+
+
+@contextlib.contextmanager
+def stop_commands() -> Iterator[None]:
+    """Lines a build or a script prints can look like workflow commands (``::set-output``,
+    ``::add-mask::``...): between these markers the runner does not process them."""
+    token = f"ml-env-{uuid.uuid4().hex}"
+    print(f"::stop-commands::{token}", flush=True)
+    try:
+        yield
+    finally:
+        print(f"::{token}::", flush=True)
 
 
 ACTIONS = {

@@ -125,12 +125,12 @@ class Difference:
 
 
 def _show(v: Any) -> str:
-    if v is _MISSING:
+    if v is MISSING:
         return "(absent)"
     return json.dumps(v, sort_keys=True)
 
 
-_MISSING = object()
+MISSING = object()
 
 
 def explain(a: Environment, b: Environment) -> list[Difference]:
@@ -143,7 +143,7 @@ def explain(a: Environment, b: Environment) -> list[Difference]:
 def _diff(a: Any, b: Any, prefix: str, out: list[Difference]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
-            _diff(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else k, out)
+            _diff(a.get(k, MISSING), b.get(k, MISSING), f"{prefix}.{k}" if prefix else k, out)
         return
     if isinstance(a, list) and isinstance(b, list) and a != b:
         sa = {json.dumps(x, sort_keys=True) for x in a}
@@ -152,9 +152,9 @@ def _diff(a: Any, b: Any, prefix: str, out: list[Difference]) -> None:
         added = sorted(sb - sa)
         if removed or added:
             for r in removed:
-                out.append(Difference(prefix, json.loads(r), _MISSING))
+                out.append(Difference(prefix, json.loads(r), MISSING))
             for ad in added:
-                out.append(Difference(prefix, _MISSING, json.loads(ad)))
+                out.append(Difference(prefix, MISSING, json.loads(ad)))
             return
     if a != b:
         out.append(Difference(prefix, a, b))

@@ -168,6 +168,19 @@ class Versions(TomlLog):
         out.write_text(entry.spec)
         return out
 
+    def restore(self, entry: VersionEntry, folder: Path, *, force: bool = False) -> list[Path]:
+        """``get -o DIR``: the environment file (``DIR/<name>.toml``) and its files, into a folder;
+        nothing is overwritten unless ``force``."""
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file; -o takes a folder")
+        out = folder / f"{entry.name}.toml"
+        targets = [out] + [folder / rel for rel in entry.files]
+        clash = [str(t) for t in targets if t.exists()]
+        if clash and not force:
+            raise UsageError(f"not overwriting {', '.join(clash)}", hint="--force overwrites them")
+        self.write_back(entry, out)
+        return targets
+
     def diff(self, a: str, b: str) -> list[Difference]:
         ea, eb = self.get(a), self.get(b)
         with tempfile.TemporaryDirectory(prefix="ml-env-diff-") as td:

@@ -53,12 +53,12 @@ def _remove_containers(run_id: str, warn: Callable[[str], None] | None) -> int:
     from .runner import RUN_LABEL
 
     try:
-        from ..engine import Containers
+        from .. import engine
 
-        c = Containers()
+        c = engine.current().containers
         found = c.list_by_label(f"{RUN_LABEL}={run_id}")
         for info in found:
-            c.remove(info["id"])
+            c.remove(info.id)
         return len(found)
     except MlEnvError as e:
         if warn:
@@ -75,14 +75,14 @@ def gc(runs_dir: Path, *, warn: Callable[[str], None] | None = None) -> dict[str
     lost = reap_lost(runs_dir, warn=warn)
     removed: list[str] = []
     with contextlib.suppress(MlEnvError):
-        from ..engine import Containers
+        from .. import engine
 
-        c = Containers()
+        c = engine.current().containers
         for info in c.list_by_label(RUN_LABEL):
-            cli = CliProcess.from_label(info["labels"].get(CLI_LABEL, ""))
+            cli = CliProcess.from_label(info.labels.get(CLI_LABEL, ""))
             if cli is not None and cli.alive() is False:
-                c.remove(info["id"])
-                removed.append(printable(info["labels"].get(RUN_LABEL, "")))
+                c.remove(info.id)
+                removed.append(printable(info.labels.get(RUN_LABEL, "")))
     return {"lost": lost, "removed_containers": removed}
 
 

@@ -75,9 +75,9 @@ class LocalDockerRunner:
     """
 
     def __init__(self) -> None:
-        from ..engine import Containers
+        from .. import engine
 
-        self.containers = Containers()
+        self.containers = engine.current().containers
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome:
         c = self.containers
@@ -130,8 +130,7 @@ class LocalDockerRunner:
                     return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}")
             if stop_reason:
                 return Outcome(stop_reason[0], code, None)
-            st = c.state(cid)
-            if st.get("oom_killed"):
+            if c.state(cid).oom_killed:
                 return Outcome(RunStatus.FAILED, code, "the container ran out of memory (OOM-killed)")
             if code == 0:
                 return Outcome(RunStatus.COMPLETED, 0, None)

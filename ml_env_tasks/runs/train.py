@@ -50,6 +50,7 @@ class RunOptions:
     runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("ML_ENV_RUNS_DIR", "runs")))
     user: str | None = None  # default: the invoking uid:gid, so outputs are the user's
     build: Any = None  # BuildOptions for a spec environment
+    versions: Path | None = None  # the versions file, for NAME:VERSION environments
     snapshot_warn_mb: float = SNAPSHOT_WARN_MB
     snapshot_max_mb: float = SNAPSHOT_MAX_MB
 
@@ -118,37 +119,6 @@ def _metric_value(v: str) -> Any:
     return v
 
 
-def _resolve_env(opts: RunOptions, info: Callable[[str], None]) -> tuple[RunEnvironment, str, str | None]:
-    """(environment, interpreter, the environment's shm_size) for an environment file or an image."""
-    p = Path(opts.env)
-    if p.suffix == ".toml" or p.exists():
-        from .. import spec
-        from ..build import BuildOptions, Reporter, build
-
-        bopts = opts.build or BuildOptions()
-        result = build(p, bopts, Reporter(stream_logs=False))
-        info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
-        env = spec.load(p)
-        image = f"{result.image}@{result.digest}" if bopts.registry and result.digest else result.image
-        python = "/opt/ml-env/bin/python" if (env.has_python_deps and not env.user_managed) else env.interpreter
-        return RunEnvironment(str(p), result.name, result.hash, image, result.digest), python, env.shm_size
-    from ..engine import Containers
-    from ..spec import check_image_ref
-
-    check_image_ref(opts.env, None, "--env")
-    c = Containers()
-    digest = c.image_digest(opts.env)
-    if digest is None:
-        from ..registry import RegistryClient, parse_ref
-
-        r = parse_ref(opts.env)
-        found = RegistryClient(r.host).head_manifest(r.repository, r.reference)
-        if found is None:
-            raise MlEnvError(f"image {opts.env} is neither in the local engine nor in its registry")
-        digest = found.digest
-    return RunEnvironment(None, None, None, opts.env, digest), "python3", None
-
-
 def train(
     opts: RunOptions,
     *,
@@ -172,7 +142,21 @@ def train(
         raise UsageError(
             f"script {opts.script} is not in the source snapshot of {opts.source}", hint="is it ignored, or misspelt?"
         )
-    environment, python, shm = _resolve_env(opts, say)
+    from ..build import Reporter
+    from ..resolve import resolve_environment
+
+    class _Say(Reporter):
+        def info(self, msg: str) -> None:
+            say(msg)
+
+        def warn(self, msg: str) -> None:
+            say("warning: " + msg)
+
+    resolved = resolve_environment(opts.env, opts.build, reporter=_Say(stream_logs=False), versions=opts.versions)
+    environment = RunEnvironment(
+        str(opts.env) if resolved.env else None, resolved.name, resolved.hash, resolved.pinned, resolved.digest
+    )
+    python, shm = resolved.python, resolved.shm_size
     outputs.mkdir(parents=True)
     user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
     _give_outputs_to(outputs, user)

@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from ..errors import MlEnvError, ServiceFailed, SpecError, UsageError
+from ..errors import ServiceFailed, UsageError
 from ..grammar import MODEL_NAME, SERVICE_NAME, matches, printable
 from ..resources import Resources
 
-__all__ = ["ServeOptions", "Service", "start", "stop", "logs", "wait_ready", "ServiceFailed", "list_services"]
+__all__ = [
+    "ServeOptions",
+    "Service",
+    "ServiceInfo",
+    "start",
+    "stop",
+    "logs",
+    "follow",
+    "wait_ready",
+    "remove",
+    "ServiceFailed",
+    "list_services",
+    "parse_models",
+]
 
 APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
@@ -28,7 +42,7 @@ LABEL = "ml-env.serve"
 
 @dataclass(frozen=True)
 class ServeOptions:
-    env: str  # an inference environment file, or an image reference
+    env: str  # an inference environment file, a curated or registered name, or an image reference
     entry: Path
     models: dict[str, Path]  # {"": path} for a single model mounted at AZUREML_MODEL_DIR itself
     port: int = CONTAINER_PORT  # 0: a free port
@@ -39,6 +53,7 @@ class ServeOptions:
     resources: Resources = field(default_factory=Resources)  # --cpus/--memory of the container
     max_body: int | None = None  # ML_ENV_MAX_BODY_BYTES for the server (default 16 MiB)
     read_timeout: float | None = None  # the server's deadline for a request's head and for its body
+    versions: Path | None = None  # the versions file, for NAME:VERSION environments
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,23 @@ class Service:
     url: str
     image: str
     port: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A running (or stopped) service found on the engine."""
+
+    name: str
+    state: str
+    url: str | None
+    image: str
+    id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def free_port() -> int:
@@ -71,59 +103,51 @@ def parse_models(items: list[str]) -> dict[str, Path]:
         elif not matches(MODEL_NAME, name):
             raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
         if name in out:
-            raise MlEnvError(f"--model {name or '(unnamed)'} given twice")
+            raise UsageError(f"--model {name or '(unnamed)'} given twice")
         out[name] = Path(path)
     if "" in out and len(out) > 1:
-        raise MlEnvError("give either one unnamed --model PATH or several --model NAME=PATH")
+        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
     return out
 
 
-def resolve_image(env: str, build_opts: Any, info: Any = None) -> tuple[str, str | None]:
-    """(image reference, environment name) for an inference environment file or an image ref."""
-    p = Path(env)
-    if p.suffix == ".toml" or p.exists():
-        from .. import spec
-        from ..build import BuildOptions, Reporter, build
+def _containers() -> Any:
+    from .. import engine
 
-        loaded = spec.load(p)
-        if not loaded.inference:
-            raise SpecError(
-                "this environment has no scoring server", file=str(p), key="inference", hint="set inference = true"
-            )
-        opts = build_opts or BuildOptions()
-        result = build(p, opts, Reporter(stream_logs=False))
-        if info:
-            info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
-        image = f"{result.image}@{result.digest}" if opts.registry and result.digest else result.image
-        return image, result.name
-    from ..spec import check_image_ref
-
-    check_image_ref(env, None, "--env")
-    return env, None
+    return engine.current().containers
 
 
-def start(opts: ServeOptions, *, info: Any = None) -> Service:
-    from ..engine import Containers
+def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None) -> Service:
+    from ..build import Reporter
+    from ..resolve import resolve_environment
 
     entry = opts.entry
     if not entry.is_file():
-        raise MlEnvError(f"entry script {entry} not found")
+        raise UsageError(f"entry script {entry} not found")
     for name, path in opts.models.items():
         if not path.is_dir():
-            raise MlEnvError(f"model {name or ''} directory {path} not found".replace("  ", " "))
-    image, env_name = resolve_image(opts.env, opts.build, info)
-    name = opts.name or env_name or "service"
+            raise UsageError(f"model {name or ''} directory {path} not found".replace("  ", " "))
+
+    class _Say(Reporter):
+        def info(self, msg: str) -> None:
+            if info:
+                info(msg)
+
+    resolved = resolve_environment(
+        opts.env, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
+    )
+    image = resolved.pinned
+    name = opts.name or resolved.name or "service"
     if not matches(SERVICE_NAME, name):
         raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
-    c = Containers()
+    c = _containers()
     if c.list_by_label(f"{LABEL}={name}"):
-        raise MlEnvError(f"a service named {name} is already running", hint=f"ml-env serve stop {name}, or --name")
+        raise UsageError(f"a service named {name} is already running", hint=f"ml-env serve stop {name}, or --name")
     if opts.port == 0:
         port = free_port()
     else:
         port = opts.port
         if _port_taken(port):
-            raise MlEnvError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
+            raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
     # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
     volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
     volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT, "ro") for n, p in opts.models.items()]
@@ -139,17 +163,9 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
             raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
     cid = c.create(
-        image,
-        [],
-        name=f"ml-env-serve-{name}",
-        envs=envs,
-        volumes=volumes,
-        labels={LABEL: name, "ml-env.image": image},
-        workdir=APP_ROOT,
-        user=None,
-        resources=opts.resources,
-        ports={CONTAINER_PORT: port},
-    )
+        image, [], name=f"ml-env-serve-{name}", envs=envs, volumes=volumes, labels={LABEL: name, "ml-env.image": image},
+        workdir=APP_ROOT, user=None, resources=opts.resources, ports={CONTAINER_PORT: port},
+    )  # fmt: skip
     try:
         c.start(cid)
     except BaseException:
@@ -160,16 +176,14 @@ def start(opts: ServeOptions, *, info: Any = None) -> Service:
 
 def wait_ready(service: Service, timeout: float = 60.0) -> float:
     """Poll ``GET /score`` with backoff until 200; fail fast if the container exits. Returns seconds."""
-    from ..engine import Containers
-
-    c = Containers()
+    c = _containers()
     t0 = time.monotonic()
     delay = 0.02
     while True:
-        state, code = c.status(service.container_id)
-        if state not in ("running", "created"):
+        state = c.state(service.container_id)
+        if state.status not in ("running", "created"):
             raise ServiceFailed(
-                f"the scoring container exited (code {code}) before it was ready",
+                f"the scoring container exited (code {state.exit_code}) before it was ready",
                 details=c.logs_text(service.container_id, tail=60),
                 hint="init() failed? its traceback is above",
             )
@@ -189,46 +203,35 @@ def wait_ready(service: Service, timeout: float = 60.0) -> float:
 
 
 def remove(service: Service) -> None:
-    from ..engine import Containers
-
-    Containers().remove(service.container_id)
+    _containers().remove(service.container_id)
 
 
-def list_services() -> list[dict[str, Any]]:
-    from ..engine import Containers
+def follow(service: Service) -> Any:
+    """The service's log lines as they come, until it stops."""
+    return _containers().logs(service.container_id)
 
+
+def list_services() -> list[ServiceInfo]:
     out = []
-    for info in Containers().list_by_label(LABEL):
-        ports = [p for p in info["ports"] if p.get("PrivatePort") == CONTAINER_PORT and p.get("PublicPort")]
-        url = f"http://127.0.0.1:{ports[0]['PublicPort']}" if ports else None
+    for info in _containers().list_by_label(LABEL):
+        ports = [p for p in info.ports if p.container_port == CONTAINER_PORT]
+        url = f"http://127.0.0.1:{ports[0].host_port}" if ports else None
         out.append(
-            {
-                "name": info["labels"].get(LABEL),
-                "state": info["state"],
-                "url": url,
-                "image": info["labels"].get("ml-env.image"),
-                "id": info["id"],
-            }
+            ServiceInfo(info.labels.get(LABEL, ""), info.state, url, info.labels.get("ml-env.image", ""), info.id)
         )
     return out
 
 
 def _find(name: str) -> str:
-    from ..engine import Containers
-
-    found = Containers().list_by_label(f"{LABEL}={name}")
+    found = _containers().list_by_label(f"{LABEL}={name}")
     if not found:
-        raise MlEnvError(f"no service named {name}", hint="ml-env serve list")
-    return str(found[0]["id"])
+        raise UsageError(f"no service named {printable(name, 60)}", hint="ml-env serve list")
+    return str(found[0].id)
 
 
 def stop(name: str) -> None:
-    from ..engine import Containers
-
-    Containers().remove(_find(name))
+    _containers().remove(_find(name))
 
 
 def logs(name: str, tail: int | str = "all") -> str:
-    from ..engine import Containers
-
-    return Containers().logs_text(_find(name), tail=tail)
+    return str(_containers().logs_text(_find(name), tail=tail))

@@ -23,8 +23,8 @@ from typing import Any
 
 import requests
 
-from ..errors import MlEnvError, SpecError
-from .local import ServeOptions, Service, ServiceFailed, remove, start, wait_ready
+from ..errors import MlEnvError, ServiceFailed, SpecError
+from .local import ServeOptions, Service, remove, start, wait_ready
 
 __all__ = [
     "Case",
@@ -248,12 +248,12 @@ def run_smoke_test(
                 info(f"started {service.image} at {service.url}; waiting for readiness")
             ready = wait_ready(service, ready_timeout)
             results = [_run_case(service, case, repeat, request_timeout) for case in cases]
-        from ..engine import Containers
+        from .local import _containers
 
         lat = [x for r in results for x in r.latencies_ms]
         logs_tail = ""
         if any(not r.passed for r in results):
-            logs_tail = Containers().logs_text(service.container_id, tail=40)
+            logs_tail = _containers().logs_text(service.container_id, tail=40)
         return SmokeReport(
             image=service.image,
             url=service.url,

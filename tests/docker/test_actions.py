@@ -64,7 +64,10 @@ def test_build_action_outputs_and_summary(ws) -> None:
     assert proc.returncode == 0, proc.stderr
     assert outputs["built"] == "true"
     assert outputs["image"] == f"{ws.lab['registry']}/{ws.repo}:{outputs['hash']}"
-    assert outputs["digest"].startswith("sha256:") and outputs["ref"] == f"{outputs['image']}@{outputs['digest']}"
+    assert (
+        outputs["digest"].startswith("sha256:")
+        and outputs["ref"] == f"{ws.lab['registry']}/{ws.repo}@{outputs['digest']}"
+    )
     assert "::group::ml-env build" in proc.stdout and "::endgroup::" in proc.stdout
     assert "| digest | `" + outputs["digest"] + "` |" in summary
     again, outputs2, summary2 = run_action(action, inputs, ws.dir)

@@ -59,6 +59,7 @@ def test_register_list_get_diff_through_the_cli(ws) -> None:
     one = ml_env("register", str(f), *ws.cli_args(), *args, "--json")
     assert one.returncode == 0, one.stderr
     assert json.loads(one.stdout)["version"] == 1 and json.loads(one.stdout)["digest"].startswith("sha256:")
+    one_hash = json.loads(one.stdout)["hash"]
     again = json.loads(ml_env("register", str(f), *ws.cli_args(), *args, "--json").stdout)
     assert again["version"] == 1 and again["created"] is False
     f.write_text(f.read_text().replace('V = "1"', 'V = "2"'))
@@ -71,6 +72,15 @@ def test_register_list_get_diff_through_the_cli(ws) -> None:
     assert 'V = "1"' in got.stdout
     diff = ml_env("diff", "versioned:1", "versioned:2", *args)
     assert diff.returncode == 0 and diff.stdout.strip() == 'env.V: "1" -> "2"'
-    out = ws.dir / "restored.toml"
+    out = ws.dir / "restored"  # -o names a folder, as Azure's -d does
     assert ml_env("get", "versioned:1", "-o", str(out), *args).returncode == 0
-    assert ml_env("hash", str(out)).stdout.strip() == again["hash"]
+    assert ml_env("hash", str(out / "versioned.toml")).stdout.strip() == again["hash"]
+    refused = ml_env("get", "versioned:2", "-o", str(out), *args)
+    assert refused.returncode == 2 and "not overwriting" in refused.stderr and "--force" in refused.stderr
+    assert ml_env("get", "versioned:2", "-o", str(out), "--force", *args).returncode == 0
+    assert ml_env("hash", str(out / "versioned.toml")).stdout.strip() == two["hash"]
+    # NAME:VERSION is accepted where an environment is: the registered file, its image
+    from ml_env_tasks.resolve import resolve_environment
+
+    r = resolve_environment("versioned:1", ws.opts(), versions=Path(versions))
+    assert r.hash == one_hash and r.digest == json.loads(one.stdout)["digest"] and not r.built

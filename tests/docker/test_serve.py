@@ -166,7 +166,7 @@ def test_cli_smoke_test_exit_codes_and_port_handling(ws, app) -> None:
         s.listen()
         taken = s.getsockname()[1]
         p = ml_env("serve", *args, "--port", str(taken), "--detach")
-        assert p.returncode == 1 and f"port {taken} on 127.0.0.1 is taken" in p.stderr
+        assert p.returncode == 2 and f"port {taken} on 127.0.0.1 is taken" in p.stderr
     p = ml_env("serve", *args, "--port", "0", "--detach", "--name", "svc-test", "--json")
     assert p.returncode == 0, p.stderr
     url = json.loads(p.stdout)["url"]

@@ -123,7 +123,7 @@ def test_redactor_masks_urls_hosts_and_passwords() -> None:
 
 
 def test_step_counting_reads_plain_progress() -> None:
-    from ml_env_tasks.engine import _count_step
+    from ml_env_tasks.engine.buildlog import count_step as _count_step
 
     steps: set[str] = set()
     cached: set[str] = set()
@@ -145,7 +145,8 @@ def test_step_counting_reads_plain_progress() -> None:
 def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     import pytest
 
-    from ml_env_tasks.build import BuildOptions, _cache
+    from ml_env_tasks.build import BuildOptions
+    from ml_env_tasks.build import choose_cache as _cache
     from ml_env_tasks.engine import Capabilities
     from ml_env_tasks.errors import EngineError
     from ml_env_tasks.hashing import dependency_key

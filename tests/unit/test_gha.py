@@ -73,3 +73,39 @@ def test_action_files_are_well_formed(path: Path) -> None:
 
 def test_there_is_a_build_action() -> None:
     assert ROOT / "ci/github/build/action.yml" in ACTIONS
+
+
+@pytest.mark.parametrize("name", ["build", "train", "smoke-test", "promote", "login"])
+def test_action_files_are_rendered_from_the_option_declarations(name: str) -> None:
+    """Every input is an option of ml_env_tasks.options (or one of the action's own) and reaches
+    the step as INPUT_*: the committed file is exactly what the declarations render."""
+    from ml_env_tasks.actions import ACTIONS, render
+
+    committed = (ROOT / "ci/github" / name / "action.yml").read_text()
+    assert committed == render(ACTIONS[name]), f"ci/github/{name}/action.yml is stale: run `nox -s actions`"
+    doc = yaml.safe_load(committed)
+    step_env = doc["runs"]["steps"][-1]["env"]
+    for inp in doc["inputs"]:
+        if inp not in ("install", "python"):
+            assert step_env[f"INPUT_{inp.upper().replace('-', '_')}"] == f"${{{{ inputs.{inp} }}}}"
+    option_inputs = {o.input_name for o in ACTIONS[name].options if o.input_name}
+    own = {n for n, _, _ in ACTIONS[name].extra} | {"install", "python"}
+    assert set(doc["inputs"]) == option_inputs | own
+
+
+def test_inputs_resolve_like_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_env_tasks.actions import ACTIONS
+    from ml_env_tasks.options import from_inputs
+
+    monkeypatch.setenv("INPUT_REGISTRY", "r.example:5000")
+    monkeypatch.setenv("INPUT_PIN_BASE", "true")
+    monkeypatch.setenv("INPUT_LOCKED", "false")
+    monkeypatch.setenv("ML_ENV_BUILD_NETWORK", "host")
+    monkeypatch.setenv("INPUT_NETWORK", "")
+    got = from_inputs(ACTIONS["build"].options)
+    assert got.values["registry"] == "r.example:5000" and got.sources["registry"] == "input"
+    assert got.values["pin_base"] is True and got.values["locked"] is False
+    assert got.values["network"] == "host" and got.sources["network"] == "environment (ML_ENV_BUILD_NETWORK)"
+    monkeypatch.setenv("INPUT_PIN_BASE", "maybe")
+    with pytest.raises(Exception, match="input 'pin-base' must be true or false"):
+        from_inputs(ACTIONS["build"].options)

@@ -256,4 +256,8 @@ def test_no_engine_is_one_clear_error(tmp_path: Path) -> None:
     )
     assert p.returncode == 3, p.stderr
     assert "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1].startswith("ml-env: error: the Docker engine is not reachable")
+    last = p.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("ml-env: error: the Docker engine (")
+        and "no-such-docker.sock (from DOCKER_HOST)) is not reachable" in last
+    )

@@ -1,0 +1,260 @@
+"""hash → exists? → build with cache → lock → push → verify.
+
+The "exists?" answer comes from a manifest HEAD against the target registry (or the local image
+store when no registry is given). An error there is an error, never "exists", unless the
+caller asks to build anyway. Two builds of the same environment on one machine serialise on a
+file lock and the second finds the first one's image.
+
+A build runs twice through BuildKit: the first builds (and loads) the image so the resolved
+package versions can be read from it; the second, all cached, adds the lock as a label,
+exports the build cache and pushes. Nothing is pushed unless every step succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .. import spec as spec_mod
+from ..digests import cache_dir
+from ..dockerfile import BuildPlan, render, write_context
+from ..errors import BuildError, MlEnvError, RegistryError, SpecError, UsageError
+from ..fsutil import locked, write_atomic
+from ..options import CACHE_BACKENDS
+from ..provenance import git_info
+from ..redact import Redactor
+from ..registry import RegistryClient, parse_ref
+from ..spec import Environment, lock_path_for
+from .cache import choose_cache, existing_sources, point_moving_ref
+from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
+from .model import BuildOptions, BuildResult, Reporter, image_ref
+from .secrets import build_secrets, docker_config_for, env_secret
+
+__all__ = ["build", "build_env", "load_env", "plan", "pin_base"]
+
+PUSH_ATTEMPTS = 3
+_TRANSIENT_PUSH = re.compile(
+    r"\b(500 Internal Server Error|502 Bad Gateway|503 Service Unavailable|504 Gateway|429 Too Many)"
+)
+
+
+def load_env(path: str | Path, opts: BuildOptions) -> Environment:
+    env = spec_mod.load(path, locked=opts.locked)
+    if opts.pin_base:
+        env = pin_base(env, opts)
+    return env
+
+
+def plan(path: str | Path, opts: BuildOptions) -> tuple[Environment, BuildPlan, str]:
+    env = load_env(path, opts)
+    p = render(env)
+    return env, p, image_ref(env, opts, p.hash)
+
+
+def pin_base(env: Environment, opts: BuildOptions) -> Environment:
+    b = env.base
+    if b.image is None:
+        raise SpecError(
+            "--pin-base needs base.image (a base Dockerfile has no single tag to pin)", file=str(env.path), key="base"
+        )
+    ref = parse_ref(b.image)
+    if ref.digest:
+        return env.with_base_digest(ref.digest)
+    creds = None
+    if b.registry and b.registry.username and b.registry.address == ref.host:
+        creds = (b.registry.username, env_secret(b.registry.password_env, env, "base.registry.password_env"))
+    client = RegistryClient(ref.host, insecure=opts.insecure, credentials=creds if creds else True)
+    info = client.head_manifest(ref.repository, ref.reference)
+    if info is None:
+        raise SpecError(f"base image {b.image} does not exist in its registry", file=str(env.path), key="base.image")
+    return env.with_base_digest(info.digest)
+
+
+def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter | None = None) -> BuildResult:
+    """Load the environment file and build (or reuse) its image."""
+    opts = opts or BuildOptions()
+    return build_env(load_env(path, opts), opts, reporter)
+
+
+def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """Build (or reuse) the image of an environment already loaded (and pinned, with --pin-base)."""
+    rep = reporter or Reporter()
+    t0 = time.monotonic()
+    if opts.cache not in CACHE_BACKENDS:
+        raise UsageError(f"unknown cache backend {opts.cache!r}; choose one of {', '.join(CACHE_BACKENDS)}")
+    if opts.upgrade and opts.locked:
+        raise UsageError("--upgrade re-resolves packages and --locked installs the lock: choose one")
+    p = render(env)
+    ref = image_ref(env, opts, p.hash)
+    for w in env.warnings:
+        rep.warn(w)
+    if env.unpinned and not opts.locked:
+        rep.info(
+            f"{len(env.unpinned)} unpinned package(s) ({', '.join(env.unpinned[:5])}): the lock records what the image "
+            "holds; --upgrade re-resolves them"
+        )
+
+    def reused(found: str, lock: str | None) -> BuildResult:
+        return BuildResult(
+            ref, found, p.hash, built=False, cache_hit=True, name=env.name, lock_path=lock,
+            seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), python=p.python, registry=opts.registry,
+        )  # fmt: skip
+
+    if not (opts.force or opts.upgrade):
+        found = _exists(ref, opts, rep)
+        if found is not None:
+            return reused(found, lock_from_registry_if_missing(env, ref, opts, rep))
+    with _build_lock(p.hash, opts, rep):
+        if not (opts.force or opts.upgrade):
+            found = _exists(ref, opts, rep)
+            if found is not None:  # built by a concurrent build while we waited
+                return reused(found, None)
+        return _build(env, p, ref, opts, rep, t0)
+
+
+def _exists(ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
+    """The digest of the image at ``ref`` if it exists; None if it does not. Errors raise."""
+    if not opts.registry:
+        from .. import engine
+
+        return engine.current().local_image_id(ref)
+    r = parse_ref(ref)
+    try:
+        info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
+    except RegistryError as e:
+        if opts.build_on_check_error:
+            rep.warn(f"could not check whether {ref} exists ({e.message}); building as asked")
+            return None
+        raise RegistryError(
+            f"could not check whether {ref} exists: {e.message}",
+            hint="an unanswered check is never taken as 'exists'; fix the registry or pass --build-on-check-error",
+        ) from None
+    return info.digest if info else None
+
+
+@contextlib.contextmanager
+def _build_lock(h: str, opts: BuildOptions, rep: Reporter) -> Iterator[None]:
+    """Builds of one environment on one machine take turns; a waiting build says so."""
+    d = opts.lock_dir or cache_dir() / "locks"
+    with locked(d / f"{h}.lock", on_wait=lambda: rep.info(f"waiting for another build of {h[:12]} to finish")):
+        yield
+
+
+def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Reporter, t0: float) -> BuildResult:
+    from ..engine import Engine
+
+    redactor = Redactor()
+    workdir = Path(tempfile.mkdtemp(prefix="ml-env-build-"))
+    try:
+        context = workdir / "context"
+        context.mkdir()
+        write_context(p, context)
+        secrets_dir = workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        secrets = build_secrets(env, opts, secrets_dir, redactor)
+        engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
+        caps = engine.capabilities()
+        cache = choose_cache(env, opts, caps, ref)
+        cache_from = existing_sources(cache, opts, rep)
+        log_path = _log_path(env, p, opts)
+        rep.info(f"building {ref} (cache: {cache.backend}, engine {caps.server_version}, buildx {caps.buildx_version})")
+        with open(log_path, "w", encoding="utf-8") as logf:
+
+            def on_line(line: str) -> None:
+                clean = redactor(line)
+                logf.write(clean + "\n")
+                rep.log(clean)
+
+            labels = _labels(env, p)
+            extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
+            try:
+                first = engine.build(
+                    context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
+                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
+                )  # fmt: skip
+                lock_text = read_lock(engine, env, p.python, ref)
+                check_python_version(engine, env, p.python, ref, rep)
+                if env.lock is not None:
+                    check_locked(env, lock_text)
+                labels["ml-env.lock"] = lock_text
+                for attempt in range(1, PUSH_ATTEMPTS + 1):
+                    try:
+                        second = engine.build(
+                            context, tags=[ref, *extra_tags], push=bool(opts.registry), labels=labels,
+                            secrets=secrets, network=opts.network, cache_from=[], cache_to=cache.target,
+                            no_cache=False, on_line=on_line,
+                        )  # fmt: skip
+                        break
+                    except BuildError as e:
+                        # every step is cached by now: what fails here is the push or the cache
+                        # export, and a registry's 5xx/429 is worth another try
+                        if attempt == PUSH_ATTEMPTS or not _TRANSIENT_PUSH.search(e.message + (e.details or "")):
+                            raise
+                        rep.warn(f"the registry failed the push ({e.message[-120:]}); trying again")
+                        time.sleep(1.0 * attempt)
+                point_moving_ref(cache, opts, rep)
+            except MlEnvError as e:
+                if e.details:
+                    e.details = redactor(e.details)
+                e.message = redactor(e.message)
+                if isinstance(e, BuildError):
+                    e.hint = f"full log: {log_path}"
+                raise
+        digest = second.digest or first.digest
+        if opts.registry:
+            digest = _verify_pushed(ref, digest, opts)
+        lock_written = None
+        if env.lock is None:
+            lp = lock_path_for(env.path)
+            write_atomic(lp, lock_text)
+            lock_written = str(lp)
+        rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s")
+        return BuildResult(
+            ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=cache.backend,
+            lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
+            seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
+            cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
+            python=p.python, registry=opts.registry,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
+    labels = dict(env.labels)
+    labels["org.opencontainers.image.title"] = env.name
+    if env.description:
+        labels["org.opencontainers.image.description"] = env.description
+    if env.version:
+        labels["org.opencontainers.image.version"] = env.version
+    git = git_info(env.path.parent)
+    if git.commit:
+        labels["org.opencontainers.image.revision"] = git.commit
+    labels["ml-env.name"] = env.name
+    labels["ml-env.hash"] = p.hash
+    labels["ml-env.spec"] = p.canonical
+    if p.python:
+        labels["ml-env.python"] = p.python  # how a run of this image calls its Python
+    return labels
+
+
+def _verify_pushed(ref: str, digest: str | None, opts: BuildOptions) -> str:
+    r = parse_ref(ref)
+    info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
+    if info is None:
+        raise RegistryError(f"{ref} is not in the registry after the push")
+    if digest and info.digest != digest:
+        raise RegistryError(f"{ref} points at {info.digest}, but the build pushed {digest}")
+    return info.digest
+
+
+def _log_path(env: Environment, p: BuildPlan, opts: BuildOptions) -> Path:
+    opts.log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return opts.log_dir / f"{env.name}-{p.hash[:12]}-{stamp}.log"

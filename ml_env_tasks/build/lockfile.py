@@ -1,0 +1,77 @@
+"""The lock: what pip reports installed in the image, read from it, checked against ``--locked``,
+and brought into a fresh checkout from the image's label."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BuildError, RegistryError
+from ..fsutil import write_atomic
+from ..registry import RegistryClient, parse_ref
+from ..spec import Environment, lock_packages, lock_path_for
+from .model import BuildOptions, Reporter
+
+__all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
+
+LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
+
+
+def read_lock(engine: Any, env: Environment, python: str | None, ref: str) -> str:
+    body = ""
+    if python is not None:
+        out = engine.run_capture(
+            ref, [python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], entrypoint=""
+        )
+        body = "".join(sorted(line.strip() + "\n" for line in out.splitlines() if "==" in line))
+    return LOCK_HEADER + f"# environment: {env.name}\n" + body
+
+
+def check_python_version(engine: Any, env: Environment, python: str | None, ref: str, rep: Reporter) -> None:
+    """A conda file that pins python is installed with the base's Python: say when they differ."""
+    if not env.conda_python or python is None:
+        return
+    got = engine.run_capture(ref, [python, "-c", "import platform; print(platform.python_version())"], entrypoint="")
+    got = got.strip()
+    want = env.conda_python.rstrip(".*")
+    if not (got == want or got.startswith(want + ".")):
+        rep.warn(
+            f"the conda file asks for python {env.conda_python}; the base image has {got}, which is what the image uses"
+        )
+
+
+def check_locked(env: Environment, got: str) -> None:
+    assert env.lock is not None
+    want = lock_packages(env.lock.text)
+    have = lock_packages(got)
+    extra = sorted(f"{n}=={v}" for n, v in have.items() if n not in want)
+    moved = sorted(f"{n} {want[n]} -> {v}" for n, v in have.items() if n in want and want[n] != v)
+    if extra or moved:
+        raise BuildError(
+            "the image does not match the lock: "
+            + "; ".join(
+                ([f"not in the lock: {', '.join(extra)}"] if extra else [])
+                + ([f"changed: {', '.join(moved)}"] if moved else [])
+            ),
+            file=str(env.lock.path),
+            hint="the spec changed since the lock was written; build without --locked to refresh it",
+        )
+
+
+def lock_from_registry_if_missing(env: Environment, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
+    """A fresh checkout reuses an image built elsewhere: bring its lock file along from the label."""
+    lp = lock_path_for(env.path)
+    if lp.exists() or not opts.registry:
+        return str(lp) if lp.exists() else None
+    r = parse_ref(ref)
+    try:
+        cfg = RegistryClient(r.host, insecure=opts.insecure).image_config(r.repository, r.reference)
+    except RegistryError as e:
+        rep.warn(f"could not read the lock label of {ref}: {e.message}")
+        return None
+    labels = ((cfg or {}).get("config") or {}).get("Labels") or {}
+    text = labels.get("ml-env.lock") if isinstance(labels, dict) else None
+    if isinstance(text, str) and text.startswith(LOCK_HEADER) and len(text) < 4 * 2**20:
+        write_atomic(lp, text)
+        rep.info(f"wrote {lp} from the image's label")
+        return str(lp)
+    return None

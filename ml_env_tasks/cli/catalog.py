@@ -1,0 +1,187 @@
+"""Environments as a catalog: ``import``, ``export``, ``register``, ``list``, ``get``, ``diff``,
+``clone``, ``scaffold``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..options import BUILD_HOW, BUILD_WHERE, Option
+from .common import build_options, command, output
+
+VERSIONS = (
+    Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
+           config="versions", help="the versions file"),
+)  # fmt: skip
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "import":
+        command(p, cmd_import, (
+            Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file or requirements file"),
+            Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout)"),
+        ))  # fmt: skip
+    elif name == "export":
+        command(p, cmd_export, (
+            Option("spec", ("spec",), help="environment file"),
+            Option("format", ("--format",), kind="choice", choices=("v1", "v2"), required=True, help="Azure ML format"),
+            Option("output", ("-o", "--output"), kind="path", required=True, help="v1: a directory; v2: a .yml file"),
+        ))  # fmt: skip
+    elif name == "register":
+        command(
+            p, cmd_register, (Option("spec", ("spec",), help="environment file"),), BUILD_WHERE, BUILD_HOW, VERSIONS
+        )
+    elif name == "list":
+        command(
+            p,
+            cmd_list,
+            VERSIONS,
+            (Option("all", ("--all",), kind="flag", default=False, help="every version, not only the latest"),),
+        )
+    elif name == "get":
+        command(p, cmd_get, (
+            Option("ref", ("ref",), metavar="NAME[:VERSION]", help="a registered environment"),
+            Option("output", ("-o", "--output"), kind="path", help="a folder to write the environment file and its files into"),
+            Option("force", ("--force",), kind="flag", default=False, help="overwrite files that exist"),
+        ), VERSIONS)  # fmt: skip
+    elif name == "diff":
+        command(p, cmd_diff, (
+            Option("a", ("a",), metavar="NAME:VERSION", help="one version"),
+            Option("b", ("b",), metavar="NAME:VERSION", help="the other"),
+        ), VERSIONS)  # fmt: skip
+    elif name == "clone":
+        command(p, cmd_clone, (
+            Option("source", ("source",), metavar="curated/NAME", help="a curated (or any) environment"),
+            Option("name", ("name",), help="the new environment's name"),
+            Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("envs"), help="where to write it"),
+        ))  # fmt: skip
+    elif name == "scaffold":
+        command(p, cmd_scaffold, (
+            Option("name", ("name",), help="the environment's name"),
+            Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("."), help="the project folder"),
+        ))  # fmt: skip
+
+
+def _jsonable(v: Any) -> Any:
+    from ..hashing import MISSING
+
+    return None if v is MISSING else v
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..formats.azure import import_source
+
+    out = output(args)
+    result = import_source(args.source, stem=args.output.stem if args.output else None)
+    for w in result.warnings:
+        out.warn(w)
+    written: list[Path] = []
+    if args.output:
+        written = result.write(args.output)
+    elif result.files:
+        out.warn(
+            f"this environment names {', '.join(sorted(result.files))}, which stdout cannot carry: "
+            "use -o FILE to write them beside the environment file"
+        )
+    data = {
+        "output": str(args.output) if args.output else None,
+        "files": [str(p) for p in written],
+        "name": result.name,
+        "warnings": result.warnings,
+    }
+    text = (
+        f"wrote {', '.join(str(p) for p in written)} ({len(result.warnings)} warnings)"
+        if args.output
+        else result.text()
+    )
+    out.result(data, text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .. import spec
+    from ..formats.azure import export_v1, export_v2
+
+    out = output(args)
+    env = spec.load(args.spec)
+    warnings = export_v1(env, args.output) if args.format == "v1" else export_v2(env, args.output)
+    for w in warnings:
+        out.warn(w)
+    out.result({"output": str(args.output), "warnings": warnings}, f"wrote {args.output}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from ..resolve import resolve_environment
+    from ..versions import Versions
+    from .common import reporter
+
+    out = output(args)
+    resolved = resolve_environment(args.spec, build_options(args), reporter=reporter(out, stream_logs=False))
+    assert resolved.env is not None
+    # the environment the image was built from (pinned with --pin-base) is the one recorded
+    entry, created = Versions(args.versions).register(
+        resolved.env, image=resolved.image, digest=resolved.digest, registry=args.registry
+    )
+    state = "registered" if created else "unchanged, still"
+    out.result(
+        entry.summary() | {"created": created}, f"{entry.ref} {state} ({entry.hash[:12]}, {entry.image}@{entry.digest})"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..catalog import curated
+    from ..versions import Versions
+
+    v = Versions(args.versions)
+    registered = v.entries() if args.all else v.latest()
+    cur = [f"curated/{p.stem}" for p in curated()]
+    rows = [f"{e.name}:{e.version:<4} {e.hash[:12]}  {e.image}@{e.digest or '-'}  {e.registered}" for e in registered]
+    rows.append("curated: " + ", ".join(cur))
+    output(args).result({"registered": [e.summary() for e in registered], "curated": cur}, "\n".join(rows))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from ..versions import Versions
+
+    out = output(args)
+    v = Versions(args.versions)
+    entry = v.get(args.ref)
+    if args.output:
+        written = v.restore(entry, args.output, force=args.force)
+        for name in sorted(entry.wheels):
+            if not (args.output / name).exists():
+                out.warn(f"wheel {name} is not in the versions file; put it beside the environment file to build")
+        out.result({"output": str(args.output), "version": entry.version, "files": [str(p) for p in written]},
+                   f"wrote {', '.join(str(p) for p in written)} ({entry.ref})")  # fmt: skip
+    else:
+        out.result(entry.to_dict(), entry.spec)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ..versions import Versions
+
+    diffs = Versions(args.versions).diff(args.a, args.b)
+    data = [{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs]
+    output(args).result(data, "\n".join(str(d) for d in diffs) if diffs else "same environment")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    from ..catalog import clone
+
+    path = clone(args.source, args.name, args.directory)
+    output(args).result({"output": str(path)}, f"wrote {path}")
+    return 0
+
+
+def cmd_scaffold(args: argparse.Namespace) -> int:
+    from ..catalog import scaffold
+
+    files = scaffold(args.name, args.directory)
+    output(args).result({"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
+    return 0

@@ -1,0 +1,49 @@
+"""``config``: every setting a config file or an environment variable can give, its effective
+value and where it came from (flag > environment > project > user > machine > default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import options
+from .common import command, output
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    command(p, cmd_config)
+
+
+def _settable() -> list[options.Option]:
+    seen: dict[str, options.Option] = {}
+    for group in (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE):
+        for o in group:
+            if (o.config or o.env) and o.name not in seen:
+                seen[o.name] = o
+    return list(seen.values())
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from ..config import load_layers, site_config_path, user_config_path
+
+    layers = load_layers()
+    settable = _settable()
+    resolved = options.resolve_options(settable, argparse.Namespace(), layers=layers)
+    rows = []
+    data = {
+        "files": {
+            "project": str(layers.project.path) if layers.project.path else None,
+            "user": str(user_config_path()),
+            "site": str(site_config_path()),
+        },
+        "settings": {},
+    }
+    for o in settable:
+        value, source = resolved.values[o.name], resolved.sources[o.name]
+        data["settings"][o.config or o.name] = {"value": None if value is None else str(value), "source": source,
+                                               "env": o.env}  # fmt: skip
+        rows.append(f"{o.config or o.name:12} = {'' if value is None else value!s:40} ({source})")
+    rows.append(
+        f"files: project {data['files']['project'] or '-'}, user {data['files']['user']}, site {data['files']['site']}"
+    )
+    output(args).result(data, "\n".join(rows))
+    return 0

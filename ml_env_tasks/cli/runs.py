@@ -1,0 +1,129 @@
+"""``train`` and ``runs list|show|gc``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..options import BUILD_HOW, BUILD_WHERE, RUN, Option
+from .common import build_options, command, output
+
+TRAIN = (
+    Option("env", ("--env",), help="environment file, curated/NAME, NAME:VERSION, or an image reference"),
+    Option("source", ("--source",), kind="path", help="source directory, snapshotted (honours .amlignore, else .dockerignore/.gitignore)"),
+    Option("script", ("--script",), help="script path inside --source"),
+    Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
+    Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
+           config="versions", gha=None, help="versions file, for NAME:VERSION environments"),
+)  # fmt: skip
+RUNS_DIR = [o for o in RUN if o.name == "runs_dir"]
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "train":
+        p.usage = "ml-env train --env ENV --source DIR --script FILE [options] [-- SCRIPT ARGS...]"
+        command(p, cmd_train, TRAIN, RUN, BUILD_WHERE, BUILD_HOW)
+        return
+    sub = p.add_subparsers(dest="runs_command", metavar="{list,show,gc}", parser_class=type(p))
+    ls = sub.add_parser("list", help="list runs")
+    command(ls, cmd_list, RUNS_DIR, (Option("experiment", ("--experiment",), help="only this experiment"),))
+    sh = sub.add_parser("show", help="show one run")
+    command(sh, cmd_show, (Option("run_id", ("run_id",), help="a run id or a unique prefix"),), RUNS_DIR)
+    gc = sub.add_parser("gc", help="mark runs whose ml-env process died as lost; remove their containers")
+    command(gc, cmd_gc, RUNS_DIR)
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ..errors import UsageError
+    from ..resources import Resources
+    from ..runs import RunOptions, parse_pairs, train
+
+    for required in ("env", "source", "script"):
+        if not getattr(args, required):
+            raise UsageError(f"--{required} is required")
+    if args.args and args.script_args:
+        raise UsageError("give the script's arguments after -- or in --args, not both")
+    script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
+    opts = RunOptions(
+        env=args.env,
+        source=args.source,
+        script=args.script,
+        args=script_args,
+        experiment=args.experiment,
+        inputs={k: Path(v) for k, v in parse_pairs(args.inputs, "--input").items()},
+        env_vars=parse_pairs(args.env_vars, "--env-var"),
+        secrets=tuple(args.secrets),
+        resources=Resources.parse(cpus=args.cpus, memory=args.memory, shm_size=args.shm_size, gpus=args.gpus),
+        timeout=args.timeout,
+        runs_dir=args.runs_dir,
+        user=args.user,
+        snapshot_max_mb=args.max_snapshot_mb,
+        build=build_options(args),
+        versions=args.versions,
+    )
+    out = output(args)
+    result = train(opts, on_line=out.log, info=out.info)
+    out.result(result.record.to_dict(), f"run {result.run_id}: {result.status}; outputs in {result.outputs}")
+    return result.cli_exit_code
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..grammar import printable
+    from ..runs import list_runs, reap_lost
+
+    out = output(args)
+    reap_lost(args.runs_dir, warn=out.warn)
+    runs = [
+        r for r in list_runs(args.runs_dir, warn=out.warn) if not args.experiment or r.experiment == args.experiment
+    ]
+
+    def text() -> str:
+        rows = [f"{'RUN':52} {'STATUS':10} {'EXIT':>4}  {'STARTED':24} METRICS"]
+        for r in runs:
+            metrics = ", ".join(f"{printable(k, 30)}={printable(v, 30)}" for k, v in list(r.metrics.items())[:3])
+            code = "" if r.exit_code is None else str(r.exit_code)
+            rows.append(f"{r.run_id:52} {r.status:10} {code:>4}  {printable(r.started, 24):24} {metrics}")
+        return "\n".join(rows)
+
+    out.result([r.to_dict() for r in runs], text)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..grammar import printable as pr
+    from ..runs import load_run, reap_lost
+
+    out = output(args)
+    reap_lost(args.runs_dir, warn=out.warn)
+    r = load_run(args.runs_dir, args.run_id)
+
+    def text() -> str:
+        env, src = r.environment, r.source
+        dirty = " (dirty)" if src.git_dirty else ""
+        rows = [
+            f"run:         {r.run_id}  ({pr(r.experiment)})",
+            f"status:      {r.status}  exit {r.exit_code}" + (f"  ({pr(r.reason, 300)})" if r.reason else ""),
+            f"environment: {pr(env.name or '-')}  {pr(env.image)}  {pr(env.digest or '')}",
+            f"source:      {pr(src.path)}  snapshot {src.snapshot_hash[:16]}  git {pr(src.git_commit or '-')}{dirty}",
+            f"command:     {pr(' '.join(r.command), 500)}",
+            f"time:        {pr(r.started)} -> {pr(r.ended or '(running)')}",
+        ]
+        rows += [f"metric:      {pr(k, 60)} = {pr(v, 60)}" for k, v in r.metrics.items()]
+        rows += [f"output:      {pr(o.get('path'))}  {pr(o.get('bytes'))} bytes" for o in r.outputs]
+        return "\n".join(rows)
+
+    out.result(r.to_dict(), text)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from ..runs import gc
+
+    out = output(args)
+    done = gc(args.runs_dir, warn=out.warn)
+    out.result(done, f"{len(done['lost'])} run(s) marked lost, {len(done['removed_containers'])} container(s) removed")
+    return 0

@@ -1,0 +1,125 @@
+"""Configuration files, as the ecosystem does them: the project's ``[tool.ml-env]`` table in
+``pyproject.toml``, the user's ``config.toml`` and the machine's, in platformdirs' places.
+
+Precedence, highest first: a command-line flag, an environment variable, the project, the user,
+the machine (``site``), the built-in default. ``ml-env config`` shows every effective value and
+where it came from. Files are read with ``tomllib``; an unknown key or a wrong type is one error
+naming the file and the key. The lab writes the machine's file (network, CA bundle, registry),
+so commands run on it need no preamble.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .grammar import printable
+
+__all__ = ["ConfigFile", "Layers", "load_layers", "user_config_path", "site_config_path", "KEYS"]
+
+MAX_CONFIG = 1 * 2**20
+# the keys a config file may set, and the type each must have
+KEYS: dict[str, type] = {
+    "registry": str,
+    "cache": str,
+    "network": str,
+    "ca_bundle": str,
+    "runs_dir": str,
+    "ledger": str,
+    "versions": str,
+    "log_dir": str,
+    "builder": str,
+    "context": str,
+    "insecure": bool,
+    "repository_prefix": str,
+}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The config files that apply, highest precedence first."""
+
+    project: ConfigFile
+    user: ConfigFile
+    site: ConfigFile
+
+    def lookup(self, key: str) -> tuple[Any, str] | None:
+        """(value, where it came from) from the files, or None."""
+        for name, f in (("project", self.project), ("user", self.user), ("site", self.site)):
+            v = f.get(key)
+            if v is not None:
+                return v, f"{name} ({f.path})"
+        return None
+
+
+def user_config_path() -> Path:
+    if os.environ.get("ML_ENV_CONFIG"):
+        return Path(os.environ["ML_ENV_CONFIG"])
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("ml-env")) / "config.toml"
+
+
+def site_config_path() -> Path:
+    if os.environ.get("ML_ENV_SITE_CONFIG"):
+        return Path(os.environ["ML_ENV_SITE_CONFIG"])
+    import platformdirs
+
+    return Path(platformdirs.site_config_dir("ml-env")) / "config.toml"
+
+
+def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
+    try:
+        if not path.is_file():
+            return ConfigFile(None)
+        if path.stat().st_size > MAX_CONFIG:
+            raise UsageError(f"larger than {MAX_CONFIG} bytes: not a config file", file=str(path))
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"invalid TOML ({str(e).split('(')[-1].rstrip(')')})", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot be read: {getattr(e, 'strerror', None) or 'not UTF-8'}", file=str(path)) from None
+    for part in table:
+        doc = doc.get(part) if isinstance(doc, dict) else None
+        if doc is None:
+            return ConfigFile(None)
+    where = ".".join(table)
+    if not isinstance(doc, dict):
+        raise UsageError("must be a table", file=str(path), key=where or None)
+    for k, v in doc.items():
+        key = f"{where}.{k}" if where else k
+        if k not in KEYS:
+            raise UsageError(
+                "unknown key", file=str(path), key=printable(key, 80), hint=f"known keys: {', '.join(sorted(KEYS))}"
+            )
+        if not isinstance(v, KEYS[k]) or (isinstance(v, str) and not v.isprintable()):
+            raise UsageError(f"must be a {KEYS[k].__name__}", file=str(path), key=key)
+    return ConfigFile(path, dict(doc))
+
+
+def project_file(start: Path | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` at or above ``start`` (default: the working directory)."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file():
+            return d / "pyproject.toml"
+    return None
+
+
+def load_layers(start: Path | None = None) -> Layers:
+    pyproject = project_file(start)
+    project = _read(pyproject, table=("tool", "ml-env")) if pyproject else ConfigFile(None)
+    return Layers(project, _read(user_config_path()), _read(site_config_path()))

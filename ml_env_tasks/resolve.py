@@ -1,0 +1,139 @@
+"""Resolve once: an environment reference and build options → the image to run, decided once.
+
+A reference is an environment file (``envs/x.toml``), a curated environment (``curated/sklearn``),
+a registered version (``NAME:VERSION``, from the versions file), or an image (``host/repo:tag``,
+``...@sha256:...``). Files are loaded once (pinned with ``--pin-base``), built or reused by
+hash, and what the build decided — the image, its digest, the interpreter its packages are
+installed for — is carried along; nothing downstream loads the spec again or guesses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SpecError, UsageError
+from .spec import Environment
+
+__all__ = ["ResolvedEnv", "resolve_environment", "is_environment_file"]
+
+
+@dataclass(frozen=True)
+class ResolvedEnv:
+    given: str  # what the user named
+    image: str  # the image reference as built or given
+    digest: str | None
+    python: str  # the interpreter a script in this image runs with
+    env: Environment | None = None  # None for an image given directly
+    name: str | None = None
+    hash: str | None = None
+    built: bool = False
+    build_seconds: float = 0.0
+    in_registry: bool = False
+
+    @property
+    def pinned(self) -> str:
+        """``repository@digest`` when the image lives in a registry; else the reference itself."""
+        if self.in_registry and self.digest and "@" not in self.image:
+            return (
+                f"{self.image.rsplit(':', 1)[0] if ':' in self.image.rsplit('/', 1)[-1] else self.image}@{self.digest}"
+            )
+        return self.image
+
+    @property
+    def shm_size(self) -> str | None:
+        return self.env.shm_size if self.env else None
+
+
+def is_environment_file(ref: str) -> bool:
+    return ref.endswith(".toml") or Path(ref).is_file()
+
+
+def resolve_environment(
+    ref: str,
+    opts: object,
+    *,
+    reporter: object | None = None,
+    need_inference: bool = False,
+    versions: Path | None = None,
+) -> ResolvedEnv:
+    """Build (or reuse) an environment file's image, or look an image reference up."""
+    from .build import BuildOptions, Reporter, build_env, load_env
+    from .catalog import resolve_curated
+
+    bopts = opts if isinstance(opts, BuildOptions) else BuildOptions()
+    rep = reporter if isinstance(reporter, Reporter) else Reporter(stream_logs=False)
+    path: Path | None = None
+    if ref.startswith("curated/"):
+        path = resolve_curated(ref)
+    elif is_environment_file(ref):
+        path = Path(ref)
+    elif versions is not None and _looks_registered(ref, versions):
+        path = _restore_registered(ref, versions)
+    if path is not None:
+        env = load_env(path, bopts)
+        if need_inference and not env.inference:
+            raise SpecError(
+                "this environment has no scoring server", file=str(path), key="inference", hint="set inference = true"
+            )
+        result = build_env(env, bopts, rep)
+        rep.info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
+        return ResolvedEnv(
+            ref, result.image, result.digest, result.python or env.interpreter, env, result.name, result.hash,
+            result.built, result.seconds, bool(bopts.registry),
+        )  # fmt: skip
+    return _image(ref, bopts)
+
+
+def _image(ref: str, opts: object) -> ResolvedEnv:
+    """An image given by reference: its digest from the engine or its registry, and the
+    interpreter its ml-env label names (``python3`` for an image ml-env did not build)."""
+    from . import engine
+    from .build import BuildOptions
+    from .registry import RegistryClient, parse_ref
+    from .spec import check_image_ref
+
+    insecure = opts.insecure if isinstance(opts, BuildOptions) else False
+    check_image_ref(ref, None, "--env")
+    c = engine.current().containers
+    digest = c.image_digest(ref)
+    labels = c.image_labels(ref) if digest else {}
+    in_registry = False
+    if digest is None:
+        r = parse_ref(ref)
+        client = RegistryClient(r.host, insecure=insecure)
+        found = client.head_manifest(r.repository, r.reference)
+        if found is None:
+            raise UsageError(f"image {ref} is neither in the local engine nor in its registry")
+        digest, in_registry = found.digest, True
+        cfg = client.image_config(r.repository, found.digest) or {}
+        got = (cfg.get("config") or {}).get("Labels") or {}
+        labels = {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
+    python = labels.get("ml-env.python") or "python3"
+    if not python.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum():
+        python = "python3"  # a label from the registry is untrusted: only a plain path is used
+    return ResolvedEnv(ref, ref, digest, python, None, labels.get("ml-env.name"), labels.get("ml-env.hash"),
+                       in_registry=in_registry)  # fmt: skip
+
+
+def _looks_registered(ref: str, versions: Path) -> bool:
+    from .grammar import NAME, matches
+    from .versions import Versions
+
+    name, sep, version = ref.partition(":")
+    if not (sep and matches(NAME, name) and version.isdigit() and versions.is_file()):
+        return False
+    return bool(Versions(versions).entries(name))  # a registered name wins over an image of that name
+
+
+def _restore_registered(ref: str, versions: Path) -> Path:
+    """A registered version, written back into the user cache (content-addressed by its hash)."""
+    from .digests import cache_dir
+    from .versions import Versions
+
+    v = Versions(versions)
+    entry = v.get(ref)
+    out = cache_dir() / "versions" / entry.hash / f"{entry.name}.toml"
+    if not out.exists():
+        v.write_back(entry, out)
+    return out
