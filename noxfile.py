@@ -97,7 +97,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests, then tests against the real lab (marker `docker`)."""
+    """The checks: ruff, mypy --strict, the action files, then the test suite — unit tests and tests
+    against the real lab (marker `docker`), whose health is checked first."""
+    session.run("ruff", "check", ".", external=True)
+    session.run("ruff", "format", "--check", ".", external=True)
+    session.run(sys.executable, "-m", "mypy", external=True)
     lab_up(session)
     env = {"ML_ENV_LAB": str(LAB_ENV), "ML_ENV_LAB_SCRIPT": str(LAB)}
     session.run(sys.executable, "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)

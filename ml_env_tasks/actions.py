@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import options as o
 from .options import Option
@@ -30,8 +31,8 @@ class Action:
     secret_inputs: tuple[str, ...] = ()  # inputs masked before anything runs
 
 
-def _opt(name: str, flag: str, help: str, **kw: object) -> Option:
-    return Option(name, (flag,), help=help, **kw)  # type: ignore[arg-type]
+def _opt(name: str, flag: str, help: str, **kw: Any) -> Option:
+    return Option(name, (flag,), help=help, **kw)
 
 
 SPEC = (_opt("spec", "spec", "Environment file, e.g. envs/sklearn.toml (or curated/NAME)", gha="spec"),)

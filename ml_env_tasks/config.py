@@ -87,7 +87,7 @@ def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
             return ConfigFile(None)
         if path.stat().st_size > MAX_CONFIG:
             raise UsageError(f"larger than {MAX_CONFIG} bytes: not a config file", file=str(path))
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc: Any = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"invalid TOML ({str(e).split('(')[-1].rstrip(')')})", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as e:

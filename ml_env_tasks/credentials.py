@@ -74,9 +74,9 @@ def credentials_for(host: str) -> tuple[str, str] | None:
         found = _helper(cfg["credsStore"], host, missing_ok=True)
         if found:
             return found
-    user, pw = os.environ.get("ML_ENV_REGISTRY_USERNAME"), os.environ.get("ML_ENV_REGISTRY_PASSWORD")
-    if user and pw:
-        return user, pw
+    env_user, env_pw = os.environ.get("ML_ENV_REGISTRY_USERNAME"), os.environ.get("ML_ENV_REGISTRY_PASSWORD")
+    if env_user and env_pw:
+        return env_user, env_pw
     return None
 
 
@@ -120,7 +120,8 @@ def private_docker_config(directory: Path, address: str, username: str, password
             cfg = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             cfg = {}
-    auths = cfg.get("auths") if isinstance(cfg.get("auths"), dict) else {}
+    found = cfg.get("auths")
+    auths: dict[str, Any] = found if isinstance(found, dict) else {}
     auths[address] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
     cfg["auths"] = auths
     d = directory / "docker-config"

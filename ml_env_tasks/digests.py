@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -25,14 +26,13 @@ def cache_dir() -> Path:
     return Path(base) / "ml-env"
 
 
-def stream_sha256(f: object) -> str:
+def stream_sha256(f: io.BufferedIOBase) -> str:
     """sha256 hex of an open binary file, read in fixed-size chunks."""
     h = hashlib.sha256()
     buf = bytearray(BUFFER)
     view = memoryview(buf)
-    readinto = f.readinto  # type: ignore[attr-defined]
     while True:
-        n = readinto(buf)
+        n = f.readinto(buf)
         if not n:
             break
         h.update(view[:n])

@@ -23,6 +23,7 @@ from .errors import SpecError
 from .grammar import has_control
 from .hashing import canonical_json, env_hash
 from .spec import Environment, FileRef
+from .stack import INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
 
 __all__ = [
     "BuildPlan",
@@ -43,19 +44,7 @@ SECRET_UV = "ml-env-uv"  # a shell snippet exporting UV_INDEX_URL / UV_EXTRA_IND
 MOUNT_ROOT = "/tmp/ml-env"
 CACHE_ROOT = "/tmp/ml-env-cache"  # installers' download caches (BuildKit cache mounts)
 UV_HOME = "/tmp/ml-env-uv"  # uv itself, in a cache mount: never part of the image
-UV_VERSION = "0.13.9"  # python.installer = "uv" (pinned: it enters the hash)
-SERVE_DIR = "/opt/ml-env-serve"
-# the scoring server's own dependencies, pinned: the inference layer is reproducible
-INFERENCE_PACKAGES = ("starlette==1.10.0", "uvicorn==0.54.0")
-SERVER_SOURCE = Path(__file__).parent / "serve" / "server.py"
-
-
-def inference_stack() -> dict[str, object]:
-    """What the inference layer is made of, for the hash: its packages and the server's source."""
-    return {
-        "packages": list(INFERENCE_PACKAGES),
-        "server_sha256": hashlib.sha256(SERVER_SOURCE.read_bytes()).hexdigest(),
-    }
+SERVE_DIR = "/opt/ml-env-serve"  # where the inference layer puts the scoring server
 
 
 @dataclass(frozen=True)
@@ -133,7 +122,7 @@ def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, loc
 def render(env: Environment) -> BuildPlan:
     h = env_hash(env)
     lines: list[str] = []
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes | FileRef] = {}
     b = env.base
     restore_user = None
     if b.image is not None:
@@ -185,9 +174,13 @@ def render(env: Environment) -> BuildPlan:
         if locked:
             assert env.lock is not None
             files["ml-env/lock/lock.txt"] = env.lock.read()
-        pip = lambda sub, args: _install_run(  # noqa: E731
-            python, sub, args, user_managed=env.user_managed, locked=locked, installer=env.installer
-        )
+        interpreter: str = python
+
+        def pip(sub: str, args: str) -> str:
+            return _install_run(
+                interpreter, sub, args, user_managed=env.user_managed, locked=locked, installer=env.installer
+            )
+
         if env.conda_pip:
             files["ml-env/conda/requirements.txt"] = ("\n".join(sorted(env.conda_pip)) + "\n").encode()
             lines.append(pip("conda", f"-r {MOUNT_ROOT}/conda/requirements.txt"))
@@ -213,9 +206,9 @@ def render(env: Environment) -> BuildPlan:
                 pip("inference", f"-r {MOUNT_ROOT}/inference/requirements.txt")
                 + f" \\\n    && mkdir -p {SERVE_DIR} && cp {MOUNT_ROOT}/inference/server.py {SERVE_DIR}/server.py"
             )
-    if env.env:
+    if env.variables:
         lines.append(
-            "ENV " + " \\\n    ".join(f"{_v(k, 'env')}={_q(v, f'env.{k}')}" for k, v in sorted(env.env.items()))
+            "ENV " + " \\\n    ".join(f"{_v(k, 'env')}={_q(v, f'env.{k}')}" for k, v in sorted(env.variables.items()))
         )
     if env.inference:
         lines.append(
@@ -237,7 +230,6 @@ def _size(data: bytes | FileRef) -> int:
 def write_context(plan: BuildPlan, context: Path) -> None:
     """The build context on disk: the Dockerfile and the plan's files. A file copied from the
     project (a wheel) is hashed while it is copied and must still be what the plan hashed."""
-    import hashlib
 
     (context / "Dockerfile").write_text(plan.dockerfile)
     for rel, data in plan.files.items():

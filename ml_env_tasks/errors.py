@@ -20,6 +20,8 @@ __all__ = [
     "TagConflict",
     "GateRefused",
     "ServiceFailed",
+    "RecordError",
+    "LogError",
     "EXIT_INTERNAL",
 ]
 
@@ -73,6 +75,14 @@ class UsageError(MlEnvError):
 
 class SpecError(UsageError):
     """The environment file (or a file it references) is malformed or inconsistent."""
+
+
+class RecordError(UsageError):
+    """A run record that is not valid (hand-edited, truncated, from elsewhere)."""
+
+
+class LogError(UsageError):
+    """A ledger or versions file that cannot be read as one (it is left as it is)."""
 
 
 class EngineError(MlEnvError):

@@ -208,7 +208,7 @@ def train_action() -> int:
     for name in v["secrets"] or []:
         mask(os.environ.get(name))
     opts = RunOptions(
-        env=v["env"],
+        environment=v["env"],
         source=Path(v["source"]),
         script=v["script"],
         args=tuple(shlex.split(v["args"] or "")),
@@ -260,7 +260,7 @@ def smoke_test_action() -> int:
     v = _values("smoke-test")
     cases = Path(v["cases"])
     opts = ServeOptions(
-        env=v["env"],
+        environment=v["env"],
         entry=Path(v["entry"]),
         models=parse_models(v["model"] or []),
         scoring_timeout_ms=v["scoring_timeout_ms"],

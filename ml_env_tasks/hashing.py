@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .spec import Environment, lock_packages
+from .stack import UV_VERSION, inference_stack
 
 __all__ = ["RENDERER", "canonical", "canonical_json", "dependency_key", "env_hash", "explain", "Difference"]
 
@@ -61,8 +62,6 @@ def canonical(env: Environment) -> dict[str, Any]:
         if env.conda_installer != "pip":  # only when set, so existing hashes stay
             python["conda_installer"] = env.conda_installer
     if env.installer != "pip":  # only when set, so existing hashes stay
-        from .dockerfile import UV_VERSION
-
         python["installer"] = {"name": env.installer, "version": UV_VERSION}
     ix = env.index
     if not ix.empty:
@@ -77,14 +76,12 @@ def canonical(env: Environment) -> dict[str, Any]:
         "base": base,
         "python": python,
         "apt": sorted(set(env.apt)),
-        "env": dict(sorted(env.env.items())),
+        "env": dict(sorted(env.variables.items())),
         "labels": dict(sorted(env.labels.items())),
         "build_args": dict(sorted(env.build_args.items())),
     }
     if env.inference:
         # only when set, so environments without it keep their hashes
-        from .dockerfile import inference_stack
-
         out["inference"] = inference_stack()
     if env.lock is not None:
         # the packages, not the file: comments and order do not change what gets installed

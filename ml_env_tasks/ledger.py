@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import LogError
 from .grammar import NAME, TAG, matches
-from .tomllog import LogError, TomlLog
+from .tomllog import TomlLog
 
 __all__ = ["Promotion", "Current", "Ledger", "LEDGER_DEFAULT"]
 

@@ -94,7 +94,7 @@ def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) ->
 
     session_fn.__doc__ = doc
     session_fn.__name__ = name
-    return session_fn
+    return session_fn  # type: ignore[no-any-return]  # nox.parametrize is untyped
 
 
 def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["IMAGE_RE", "DOCKER_HUB"]
+__all__ = ["IMAGE_RE", "DOCKER_HUB", "check_image_ref"]
 
 DOCKER_HUB = "registry-1.docker.io"  # where a name without a registry host lives
 
@@ -17,3 +17,17 @@ IMAGE_RE = re.compile(
     r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?",
     re.ASCII,
 )
+
+
+def check_image_ref(ref: str, file: str | None, key: str) -> None:
+    """An image reference, whole (a trailing newline is not one), or a SpecError naming file and key."""
+    from .errors import SpecError
+    from .grammar import printable
+
+    if not isinstance(ref, str) or IMAGE_RE.fullmatch(ref) is None:
+        raise SpecError(
+            f"{printable(ref, 100)!r} is not a valid image reference",
+            file=file,
+            key=key,
+            hint="e.g. registry:5000/team/image:tag",
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import queue
 import stat
@@ -166,7 +167,7 @@ def snapshot(
 
 
 @contextlib.contextmanager
-def _open_in(root_fd: int, rel: str) -> Iterator[object]:
+def _open_in(root_fd: int, rel: str) -> Iterator[io.BufferedReader]:
     """Open ``rel`` below an open folder, one component at a time, following no symlink."""
     parts = rel.split("/")
     fd = os.dup(root_fd)
@@ -190,14 +191,14 @@ def _open_in(root_fd: int, rel: str) -> Iterator[object]:
 class _Checked:
     """Reads a file for the tar, hashing as it goes; the last read fails on a changed file."""
 
-    def __init__(self, f: object, entry: Entry) -> None:
+    def __init__(self, f: io.BufferedReader, entry: Entry) -> None:
         self.f = f
         self.entry = entry
         self.h = hashlib.sha256()
         self.left = entry.size
 
     def read(self, n: int = -1) -> bytes:
-        data: bytes = self.f.read(n)  # type: ignore[attr-defined]
+        data = self.f.read(n)
         self.h.update(data)
         self.left -= len(data)
         if self.left <= 0 and (self.left < 0 or self.h.hexdigest() != self.entry.sha256):
@@ -256,6 +257,7 @@ def tar_chunks(snap: Snapshot, prefix: str = "", *, uid: int = 0, gid: int = 0) 
         try:
             root_fd = os.open(snap.root.resolve(), os.O_RDONLY | os.O_DIRECTORY)
             try:
+                # a write-only stream object is all "w|" needs (typeshed wants a full IO[bytes])
                 with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                     made: set[str] = set()
                     parts = [p for p in prefix.strip("/").split("/") if p]
@@ -281,10 +283,10 @@ def tar_chunks(snap: Snapshot, prefix: str = "", *, uid: int = 0, gid: int = 0) 
                             tar.addfile(ti)
                             continue
                         with _open_in(root_fd, e.rel) as f:
-                            executable = os.fstat(f.fileno()).st_mode & 0o111  # type: ignore[attr-defined]
+                            executable = os.fstat(f.fileno()).st_mode & 0o111
                             ti = info(name, tarfile.REGTYPE, 0o755 if executable else 0o644)
                             ti.size = e.size
-                            tar.addfile(ti, _Checked(f, e))  # type: ignore[arg-type]
+                            tar.addfile(ti, _Checked(f, e))
             finally:
                 os.close(root_fd)
             out.flush_all()

@@ -21,10 +21,7 @@ from packaging.utils import canonicalize_name
 from .conda import INSTALLERS, listed, parse_conda
 from .digests import file_sha256
 from .dockerlint import check_base_dockerfile
-from .errors import SpecError
-from .grammar import APT_PACKAGE, ENV_NAME, INTERPRETER, LABEL_KEY, NAME, has_control, matches, parse_size, printable
-from .paths import project_root, read_inside, resolve_inside
-from .spec import (
+from .environment import (
     CURATED_DIR,
     RESERVED_PREFIX,
     BaseImage,
@@ -32,8 +29,11 @@ from .spec import (
     Environment,
     FileRef,
     IndexConfig,
-    check_image_ref,
 )
+from .errors import SpecError
+from .grammar import APT_PACKAGE, ENV_NAME, INTERPRETER, LABEL_KEY, NAME, has_control, matches, parse_size, printable
+from .paths import project_root, read_inside, resolve_inside
+from .refs import check_image_ref
 
 __all__ = ["parse_document"]
 
@@ -232,7 +232,8 @@ class _Validator:
         if conda_installer not in INSTALLERS:
             raise self.err("python.conda_installer", f"choose one of {', '.join(INSTALLERS)}")
         conda_rel = self.string(py, "conda_file", "python.conda_file")
-        conda_file, conda_pip, conda_python = None, (), None
+        conda_file, conda_python = None, None
+        conda_pip: tuple[str, ...] = ()
         conda_packages: tuple[str, ...] = ()
         conda_channels: tuple[str, ...] = ()
         if conda_rel is not None:
@@ -266,7 +267,7 @@ class _Validator:
         for i, a in enumerate(apt):
             if not matches(APT_PACKAGE, a):
                 raise self.err(f"apt.packages[{i}]", f"{printable(a)!r} is not a Debian package name")
-        env = self.string_map(d, "env", "env", ENV_NAME, "environment variable name")
+        variables = self.string_map(d, "env", "env", ENV_NAME, "environment variable name")
         labels = self.string_map(d, "labels", "labels", LABEL_KEY, "label key (lowercase, digits, '.', '-')")
         for k in labels:
             if k.startswith("ml-env.") or k.startswith("org.opencontainers.image."):
@@ -300,7 +301,7 @@ class _Validator:
             wheels=tuple(wheels),
             index=index,
             apt=tuple(apt),
-            env=env,
+            variables=variables,
             labels=labels,
             shm_size=shm,
             build_args=build_args,

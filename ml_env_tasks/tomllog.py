@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .digests import cache_dir
-from .errors import UsageError
+from .errors import LogError
 from .fsutil import locked, write_atomic
 
-__all__ = ["TomlLog", "LogError", "MAX_LOG_BYTES"]
+__all__ = ["TomlLog", "MAX_LOG_BYTES"]
 
 MAX_LOG_BYTES = 64 * 2**20
-
-
-class LogError(UsageError):
-    """A ledger or versions file that cannot be read as one (it is left as it is)."""
 
 
 class TomlLog:
@@ -75,8 +71,8 @@ class TomlLog:
         except OSError as e:
             raise LogError(f"cannot be read: {e.strerror}", file=str(self.path)) from None
         except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
-            line = getattr(e, "line", None)
-            raise LogError(f"not valid TOML{f' at line {line}' if line else ''}", file=str(self.path)) from None
+            at = getattr(e, "line", None)
+            raise LogError(f"not valid TOML{f' at line {at}' if at else ''}", file=str(self.path)) from None
 
     def raw_entries(self) -> list[dict[str, Any]]:
         """The entries as plain tables; anything else at the top is a LogError."""

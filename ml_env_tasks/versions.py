@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import spec
-from .errors import UsageError
+from .errors import LogError, UsageError
 from .grammar import NAME, matches, printable
 from .hashing import Difference, env_hash, explain
-from .tomllog import LogError, TomlLog
+from .tomllog import TomlLog
 
-__all__ = ["Versions", "VersionEntry", "REGISTRY_DEFAULT"]
+__all__ = ["Versions", "VersionEntry", "VERSIONS_DEFAULT"]
 
-REGISTRY_DEFAULT = Path("envs/versions.toml")
+VERSIONS_DEFAULT = Path("envs/versions.toml")
 
 
 @dataclass(frozen=True)

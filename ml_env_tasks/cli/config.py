@@ -4,6 +4,7 @@ value and where it came from (flag > environment > project > user > machine > de
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .. import options
 from .common import command, output
@@ -29,18 +30,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     settable = _settable()
     resolved = options.resolve_options(settable, argparse.Namespace(), layers=layers)
     rows = []
-    data = {
+    settings: dict[str, dict[str, str | None]] = {}
+    data: dict[str, Any] = {
+        "settings": settings,
         "files": {
             "project": str(layers.project.path) if layers.project.path else None,
             "user": str(user_config_path()),
             "site": str(site_config_path()),
         },
-        "settings": {},
     }
     for o in settable:
         value, source = resolved.values[o.name], resolved.sources[o.name]
-        data["settings"][o.config or o.name] = {"value": None if value is None else str(value), "source": source,
-                                               "env": o.env}  # fmt: skip
+        settings[o.config or o.name] = {"value": None if value is None else str(value), "source": source, "env": o.env}
         rows.append(f"{o.config or o.name:12} = {'' if value is None else value!s:40} ({source})")
     rows.append(
         f"files: project {data['files']['project'] or '-'}, user {data['files']['user']}, site {data['files']['site']}"

@@ -33,7 +33,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         ),
         LEDGER,
     )
-    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+    p.set_defaults(func=lambda args: _usage(p))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -102,3 +102,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     out.result([e.to_dict() for e in entries], "\n".join(rows))
     return 0
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    """A group without its subcommand: the group's own help, exit 2."""
+    p.print_help(sys.stderr)
+    return 2

@@ -32,7 +32,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     command(sh, cmd_show, (Option("run_id", ("run_id",), help="a run id or a unique prefix"),), RUNS_DIR)
     gc = sub.add_parser("gc", help="mark runs whose ml-env process died as lost; remove their containers")
     command(gc, cmd_gc, RUNS_DIR)
-    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+    p.set_defaults(func=lambda args: _usage(p))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give the script's arguments after -- or in --args, not both")
     script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
     opts = RunOptions(
-        env=args.env,
+        environment=args.env,
         source=args.source,
         script=args.script,
         args=script_args,
@@ -127,3 +127,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     done = gc(args.runs_dir, warn=out.warn)
     out.result(done, f"{len(done['lost'])} run(s) marked lost, {len(done['removed_containers'])} container(s) removed")
     return 0
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    """A group without its subcommand: the group's own help, exit 2."""
+    p.print_help(sys.stderr)
+    return 2

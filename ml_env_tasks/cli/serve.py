@@ -52,7 +52,7 @@ def serve_options(args: argparse.Namespace, **extra: Any) -> Any:
         if not max_body:
             raise UsageError("--max-body is not a size", hint='e.g. "16m"')
     return ServeOptions(
-        env=args.env,
+        environment=args.env,
         entry=args.entry,
         models=parse_models(args.model),
         scoring_timeout_ms=args.scoring_timeout_ms,

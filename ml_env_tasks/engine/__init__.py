@@ -114,13 +114,10 @@ class Engine:
 
     # errors --------------------------------------------------------------------------------
     def _translate(self, e: Exception, what: str) -> Exception:
+        from python_on_whales.client_config import ClientNotFoundError
         from python_on_whales.exceptions import DockerException
 
-        try:
-            from python_on_whales.client_config import ClientNotFoundError
-        except ImportError:  # pragma: no cover
-            ClientNotFoundError = ()  # type: ignore[assignment,misc]  # noqa: N806
-        if ClientNotFoundError and isinstance(e, ClientNotFoundError):
+        if isinstance(e, ClientNotFoundError):
             return EngineError("the docker client is not installed", hint="run `nox -s lab` or install docker-cli")
         if isinstance(e, DockerException):
             err = text(e.stderr) or text(e.stdout) or ""

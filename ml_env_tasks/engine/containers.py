@@ -78,9 +78,12 @@ class Containers:
         r = resources or Resources()
         devices = None
         if r.gpus:
-            count = -1 if r.gpus == "all" else int(r.gpus) if r.gpus.isdigit() else None
-            ids = None if count is not None else [x for x in r.gpus.replace("device=", "").split(",") if x]
-            devices = [DeviceRequest(count=count if ids is None else None, device_ids=ids, capabilities=[["gpu"]])]
+            if r.gpus == "all" or r.gpus.isdigit():
+                count = -1 if r.gpus == "all" else int(r.gpus)
+                devices = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+            else:
+                ids = [x for x in r.gpus.replace("device=", "").split(",") if x]
+                devices = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
         host_config = self.api.create_host_config(
             binds=[f"{src}:{dst}:{mode}" for src, dst, mode in volumes],
             nano_cpus=int(r.cpus * 1e9) if r.cpus else None,

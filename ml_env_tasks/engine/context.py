@@ -66,7 +66,9 @@ class Endpoint:
                     use_ssh_client=str(ctx.Host).startswith("ssh://"),
                 )  # fmt: skip
             if self.source == "DOCKER_HOST":
-                kw = docker.utils.kwargs_from_env()
+                from docker.utils import kwargs_from_env
+
+                kw = kwargs_from_env()
                 return docker.APIClient(
                     version="auto", timeout=timeout, use_ssh_client=self.host.startswith("ssh://"), **kw
                 )

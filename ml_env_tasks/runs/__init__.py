@@ -6,8 +6,9 @@ whose ml-env process died. The runner interface (``Runner``) is where other plac
 
 from __future__ import annotations
 
+from ..errors import RecordError
 from .history import gc, list_runs, load_run, reap_lost
-from .record import RecordError, RunEnvironment, RunRecord, RunStatus
+from .record import RunEnvironment, RunRecord, RunStatus
 from .runner import Job, LocalDockerRunner, Outcome, Runner, on_stop_signals
 from .train import RunOptions, RunResult, parse_pairs, train
 

@@ -12,9 +12,9 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import MlEnvError, UsageError
+from ..errors import MlEnvError, RecordError, UsageError
 from ..grammar import RUN_ID, matches, printable
-from .record import RecordError, RunRecord, RunStatus, now
+from .record import RunRecord, RunStatus, now
 
 __all__ = ["list_runs", "load_run", "reap_lost", "gc"]
 

@@ -13,12 +13,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import RecordError
 from ..fsutil import write_atomic
 from ..grammar import RUN_ID, matches
 from ..resources import Resources
 
-__all__ = ["RunStatus", "RunRecord", "RunEnvironment", "SourceInfo", "CliProcess", "RecordError", "now"]
+__all__ = ["RunStatus", "RunRecord", "RunEnvironment", "SourceInfo", "CliProcess", "now"]
 
 
 class RunStatus(StrEnum):
@@ -32,10 +32,6 @@ class RunStatus(StrEnum):
     @property
     def done(self) -> bool:
         return self is not RunStatus.RUNNING
-
-
-class RecordError(UsageError):
-    """A record file that is not valid (hand-edited, truncated, from elsewhere)."""
 
 
 def now() -> str:

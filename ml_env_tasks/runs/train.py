@@ -37,7 +37,7 @@ METRIC_LINE = re.compile(r"ML_ENV_METRIC\s+([A-Za-z0-9_.\-/]+)\s*=\s*(\S+)\s*", 
 
 @dataclass(frozen=True)
 class RunOptions:
-    env: str  # an environment file, or an image reference
+    environment: str  # an environment file, curated/NAME, NAME:VERSION, or an image reference
     source: Path
     script: str
     args: tuple[str, ...] = ()
@@ -152,9 +152,11 @@ def train(
         def warn(self, msg: str) -> None:
             say("warning: " + msg)
 
-    resolved = resolve_environment(opts.env, opts.build, reporter=_Say(stream_logs=False), versions=opts.versions)
+    resolved = resolve_environment(
+        opts.environment, opts.build, reporter=_Say(stream_logs=False), versions=opts.versions
+    )
     environment = RunEnvironment(
-        str(opts.env) if resolved.env else None, resolved.name, resolved.hash, resolved.pinned, resolved.digest
+        opts.environment if resolved.env else None, resolved.name, resolved.hash, resolved.pinned, resolved.digest
     )
     python, shm = resolved.python, resolved.shm_size
     outputs.mkdir(parents=True)

@@ -42,7 +42,7 @@ LABEL = "ml-env.serve"
 
 @dataclass(frozen=True)
 class ServeOptions:
-    env: str  # an inference environment file, a curated or registered name, or an image reference
+    environment: str  # an inference environment file, a curated or registered name, or an image reference
     entry: Path
     models: dict[str, Path]  # {"": path} for a single model mounted at AZUREML_MODEL_DIR itself
     port: int = CONTAINER_PORT  # 0: a free port
@@ -133,7 +133,7 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None) -> S
                 info(msg)
 
     resolved = resolve_environment(
-        opts.env, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
+        opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
     )
     image = resolved.pinned
     name = opts.name or resolved.name or "service"

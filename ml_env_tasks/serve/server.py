@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def load_entry() -> Any:
 
 
 @asynccontextmanager
-async def lifespan(app: Starlette):
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     t0 = time.monotonic()
     try:
         State.module = load_entry()
@@ -223,7 +224,7 @@ class TimedH11(H11Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm()
 
@@ -238,7 +239,7 @@ class TimedH11(H11Protocol):
         if not self.transport.is_closing():
             self._arm()
 
-    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+    def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 

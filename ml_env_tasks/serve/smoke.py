@@ -100,7 +100,7 @@ class SmokeReport:
 def load_cases(path: Path) -> list[Case]:
     if not path.is_file():
         raise SpecError("cases file not found", file=str(path))
-    cases = []
+    cases: list[Case] = []
     for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
@@ -275,7 +275,7 @@ def _interrupt(signum: int) -> None:
 
 
 def _run_case(service: Service, case: Case, repeat: int, timeout: float) -> CaseResult:
-    latencies = []
+    latencies: list[float] = []
     status, text, message = None, "", None
     for i in range(repeat):
         t0 = time.perf_counter()

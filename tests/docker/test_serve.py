@@ -57,7 +57,7 @@ def app(ws) -> tuple[Path, Path, Path]:
 
 
 def opts(ws, env: Path, entry: Path, model: Path, **kw) -> ServeOptions:
-    return ServeOptions(env=str(env), entry=entry, models={"": model}, build=ws.opts(), **kw)
+    return ServeOptions(environment=str(env), entry=entry, models={"": model}, build=ws.opts(), **kw)
 
 
 def cases(ws, *objs: dict) -> Path:
@@ -198,7 +198,7 @@ def test_example_trains_then_serves_and_shares_layers(ws) -> None:
     o = ws.opts(repository=None)
     r = train(
         RunOptions(
-            env=str(ROOT / "envs/sklearn.toml"),
+            environment=str(ROOT / "envs/sklearn.toml"),
             source=ROOT / "examples/train",
             script="train.py",
             args=("--alpha", "0.5"),
@@ -211,7 +211,7 @@ def test_example_trains_then_serves_and_shares_layers(ws) -> None:
     assert r.status == "completed"
     report = run_smoke_test(
         ServeOptions(
-            env=str(ROOT / "envs/sklearn-inference.toml"),
+            environment=str(ROOT / "envs/sklearn-inference.toml"),
             entry=ROOT / "examples/serve/score.py",
             models={"": r.outputs / "model"},
             build=o,

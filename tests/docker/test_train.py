@@ -41,7 +41,9 @@ def src(ws) -> Path:
 
 
 def opts(ws, env_file: Path, src: Path, script: str, **kw) -> RunOptions:
-    return RunOptions(env=str(env_file), source=src, script=script, runs_dir=ws.dir / "runs", build=ws.opts(), **kw)
+    return RunOptions(
+        environment=str(env_file), source=src, script=script, runs_dir=ws.dir / "runs", build=ws.opts(), **kw
+    )
 
 
 def quiet(*_a) -> None:
@@ -169,7 +171,12 @@ def test_outputs_owned_by_the_invoking_user(ws, env_file: Path, src: Path) -> No
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
     # another uid in the container gets an outputs directory it can write
     o2 = RunOptions(
-        env=str(env_file), source=src, script="w.py", runs_dir=ws.dir / "runs", build=ws.opts(), user="1234:1234"
+        environment=str(env_file),
+        source=src,
+        script="w.py",
+        runs_dir=ws.dir / "runs",
+        build=ws.opts(),
+        user="1234:1234",
     )
     r2 = train(o2, on_line=quiet, info=quiet)
     assert r2.status == "completed", (r2.run_dir / "log.txt").read_text()
@@ -182,7 +189,9 @@ def test_run_against_an_image_digest_without_spec(ws, env_file: Path, src: Path)
     ref = f"{b.image.rsplit(':', 1)[0]}@{b.digest}"
     lines: list[str] = []
     r = train(
-        RunOptions(env=ref, source=src, script="hi.py", runs_dir=ws.dir / "runs"), on_line=lines.append, info=quiet
+        RunOptions(environment=ref, source=src, script="hi.py", runs_dir=ws.dir / "runs"),
+        on_line=lines.append,
+        info=quiet,
     )
     assert r.status == "completed" and "hello from 1" in lines
     assert r.record.environment.spec is None and r.record.environment.digest == b.digest
@@ -203,7 +212,7 @@ def test_example_training_script(ws) -> None:
     """The project's example trains a real scikit-learn model in envs/sklearn.toml."""
     lines: list[str] = []
     o = RunOptions(
-        env=str(ROOT / "envs/sklearn.toml"),
+        environment=str(ROOT / "envs/sklearn.toml"),
         source=ROOT / "examples/train",
         script="train.py",
         args=("--alpha", "0.5"),

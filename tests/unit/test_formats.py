@@ -39,7 +39,7 @@ def test_v1_directory_golden(work: Path) -> None:
     assert env.base.image == "myacr.azurecr.io/azureml/openmpi4.1.0-ubuntu20.04:20230509.v1"
     assert env.base.registry.address == "myacr.azurecr.io" and env.base.registry.username == "puller"
     assert env.base.registry.password_env == "MYACR_AZURECR_IO_PASSWORD"
-    assert env.env == {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE", "OMP_NUM_THREADS": "1"}
+    assert env.variables == {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE", "OMP_NUM_THREADS": "1"}
     assert env.shm_size == "2g"
     assert env.conda_python == "3.11.2"
     assert set(env.conda_pip) == {"numpy==1.26.4", "scikit-learn==1.5.2", "azureml-defaults", "joblib==1.4.2"}

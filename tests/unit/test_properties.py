@@ -89,7 +89,7 @@ def expected(env: spec.Environment) -> list[str]:
             out += ["RUN", "ENV"]  # the venv and its PATH
         out += ["RUN"] * sum(bool(x) for x in (env.conda_pip, env.requirements, env.packages, env.wheels))
         out += ["RUN"] if env.inference else []
-    out += ["ENV"] if env.env else []
+    out += ["ENV"] if env.variables else []
     out += ["ENV", "EXPOSE", "CMD"] if env.inference else []
     return out
 

@@ -92,7 +92,7 @@ def test_missing_source(tmp_path: Path) -> None:
     ],
 )
 def test_bad_run_options(tmp_path: Path, kw: dict, msg: str) -> None:
-    base = {"env": "x.toml", "source": tmp_path, "script": "train.py"}
+    base = {"environment": "x.toml", "source": tmp_path, "script": "train.py"}
     base.update(kw)
     with pytest.raises(MlEnvError, match=msg):
         _validate(RunOptions(**base))

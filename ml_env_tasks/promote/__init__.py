@@ -28,38 +28,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import BlobIntegrityError, RegistryError, RegistryTransient, RegistryUnreachable, TagConflict, UsageError
-from .fsutil import locked
-from .grammar import TAG, matches, printable
-from .ledger import Ledger, Promotion, environment_hash, environment_name
-from .registry import Reference, RegistryClient, check_registry_host, parse_ref
+from ..errors import RegistryError, TagConflict, UsageError
+from ..fsutil import locked
+from ..grammar import TAG, matches, printable
+from ..ledger import Ledger, Promotion, environment_hash, environment_name
+from ..registry import Reference, RegistryClient, check_registry_host, parse_ref
+from .copy import Progress, Tree, collect, copy_blobs, copy_referrers, validate_manifest
 
 __all__ = ["PromoteOptions", "PromoteResult", "Progress", "promote", "TagConflict"]
-
-INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
-DIGEST_TAG_SUFFIXES = (".sig", ".att", ".sbom")
-BLOB_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a copy is: bytes and blobs done of those that have to move."""
-
-    bytes_done: int
-    bytes_total: int
-    blobs_done: int
-    blobs_total: int
 
 
 @dataclass(frozen=True)
@@ -98,14 +82,6 @@ class PromoteResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@dataclass
-class _Tree:
-    """What one promotion has to move: manifests children first, and the blobs they name."""
-
-    manifests: list[tuple[str, bytes, str]] = field(default_factory=list)  # (digest, body, media type)
-    blobs: dict[str, int] = field(default_factory=dict)  # digest -> size
 
 
 def _ref_host(ref: str, what: str) -> None:
@@ -169,7 +145,7 @@ def _promote(
         raise UsageError(f"source {opts.source} not found")
     top, body = got
     digest = top.digest
-    _validate_manifest(body, f"source {src.pinned(digest)}")
+    validate_manifest(body, f"source {src.pinned(digest)}")
     say(f"source {opts.source} is {digest}")
     result = PromoteResult(
         digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
@@ -203,8 +179,8 @@ def _promote(
         result.seconds = time.monotonic() - t0
         return result
 
-    tree = _Tree()
-    _collect(sc, src.repository, digest, body, top.media_type, tree)
+    tree = Tree()
+    collect(sc, src.repository, digest, body, top.media_type, tree)
     if opts.dry_run:
         result.dry_run = True
         for d, size in tree.blobs.items():
@@ -218,7 +194,7 @@ def _promote(
         result.seconds = time.monotonic() - t0
         return result
 
-    _copy_blobs(sc, dc, src.repository, dst.repository, tree.blobs, opts.jobs, result, progress)
+    copy_blobs(sc, dc, src.repository, dst.repository, tree.blobs, opts.jobs, result, progress)
     for d, b, mt in tree.manifests:
         if dc.head_manifest(dst.repository, d) is None:
             put = dc.put_manifest(dst.repository, d, b, mt)
@@ -226,7 +202,7 @@ def _promote(
                 raise RegistryError(f"destination stored manifest {d[:19]} as {put[:19]}")
             result.manifests += 1
     if opts.copy_referrers:
-        _copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
+        copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
     _write_tags(dc, dst, tags, digest, body, top.media_type, opts.allow_overwrite)
     result.seconds = time.monotonic() - t0
     say(
@@ -253,7 +229,7 @@ def _write_tags(
 ) -> None:
     """Set the tags under the destination's lock: re-check each just before writing it, verify all
     after. A tag another promotion took in between is a lost race (exit 5, naming the winner)."""
-    from .digests import cache_dir
+    from ..digests import cache_dir
 
     key = hashlib.sha256(f"{dst.host}/{dst.repository}".encode()).hexdigest()[:32]
     with locked(cache_dir() / "locks" / f"promote-{key}.lock"):
@@ -275,163 +251,6 @@ def _write_tags(
                 )
 
 
-def _validate_manifest(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        raise RegistryError(f"{what} is not valid JSON (not a manifest)") from None
-    ok = isinstance(doc, dict)
-    if ok and ("manifests" in doc or doc.get("mediaType") in INDEX_TYPES):
-        ms = doc.get("manifests")
-        ok = isinstance(ms, list) and all(isinstance(m, dict) and _is_digest(m.get("digest")) for m in ms)
-    elif ok:
-        cfg, layers = doc.get("config"), doc.get("layers", [])
-        ok = (
-            isinstance(cfg, dict)
-            and _is_digest(cfg.get("digest"))
-            and isinstance(layers, list)
-            and all(isinstance(x, dict) and _is_digest(x.get("digest")) for x in layers)
-        )
-    if not ok:
-        raise RegistryError(f"{what} is not an OCI/Docker image manifest or index")
-    return doc  # type: ignore[no-any-return]
-
-
-def _is_digest(v: Any) -> bool:
-    return (
-        isinstance(v, str) and len(v) == 71 and v.startswith("sha256:") and all(c in "0123456789abcdef" for c in v[7:])
-    )
-
-
-def _collect(sc: RegistryClient, repo: str, digest: str, body: bytes, media_type: str, tree: _Tree) -> None:
-    """Walk a manifest: children first, then the manifest itself; blobs gathered once."""
-    if any(d == digest for d, _, _ in tree.manifests):
-        return
-    doc = _validate_manifest(body, f"{sc.host}/{repo}@{digest[:19]}")
-    mt = media_type or doc.get("mediaType", "")
-    if "manifests" in doc:
-        for child in doc["manifests"]:
-            got = sc.get_manifest(repo, child["digest"])
-            if got is None:
-                raise RegistryError(
-                    f"the index {digest[:19]} names {child['digest'][:19]}, which the source does not have"
-                )
-            _collect(sc, repo, child["digest"], got[1], child.get("mediaType") or got[0].media_type, tree)
-    else:
-        for b in [doc["config"], *(doc.get("layers") or [])]:
-            size = b.get("size")
-            tree.blobs.setdefault(b["digest"], size if isinstance(size, int) and size >= 0 else 0)
-    tree.manifests.append((digest, body, mt))
-
-
-def _copy_blobs(
-    sc: RegistryClient,
-    dc: RegistryClient,
-    src_repo: str,
-    dst_repo: str,
-    blobs: dict[str, int],
-    jobs: int,
-    result: PromoteResult,
-    progress: Callable[[Progress], None] | None,
-) -> None:
-    """Copy what the destination lacks, ``jobs`` blobs at a time."""
-    todo = [(d, s) for d, s in blobs.items()]
-    lock = threading.Lock()
-    total = sum(s for _, s in todo)
-    done = {"bytes": 0, "blobs": 0}
-
-    def tick(n: int, blob_done: bool) -> None:
-        with lock:
-            done["bytes"] += n
-            done["blobs"] += blob_done
-            if progress:
-                progress(Progress(done["bytes"], total, done["blobs"], len(todo)))
-
-    def one(item: tuple[str, int]) -> None:
-        d, size = item
-        if dc.blob_exists(dst_repo, d):
-            with lock:
-                result.skipped_blobs += 1
-            tick(size, True)
-            return
-        if sc.host == dc.host and dc.mount_blob(dst_repo, d, src_repo):
-            with lock:
-                result.mounted_blobs += 1
-            tick(size, True)
-            return
-        _stream_blob(sc, dc, src_repo, dst_repo, d, lambda n: tick(n, False))
-        with lock:
-            result.copied_blobs += 1
-            result.copied_bytes += size
-        tick(0, True)
-
-    if len(todo) <= 1 or jobs == 1:
-        for item in todo:
-            one(item)
-        return
-    with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="ml-env-promote") as pool:
-        for f in [pool.submit(one, item) for item in todo]:
-            f.result()
-
-
-def _stream_blob(
-    sc: RegistryClient, dc: RegistryClient, src_repo: str, dst_repo: str, digest: str, moved: Callable[[int], None]
-) -> None:
-    for attempt in range(1, BLOB_ATTEMPTS + 1):
-        sent = [0]
-        try:
-            dc.upload_stream(dst_repo, digest, _counted(sc.blob_chunks(src_repo, digest), sent, moved))
-            break
-        except (RegistryUnreachable, BlobIntegrityError, RegistryTransient) as e:
-            moved(-sent[0])
-            if attempt == BLOB_ATTEMPTS:
-                raise RegistryError(f"copying blob {digest[:19]} failed {attempt} times: {e.message}") from None
-            time.sleep(0.2 * attempt)
-    if not dc.blob_exists(dst_repo, digest):
-        raise RegistryError(f"blob {digest[:19]} is not in {dc.host}/{dst_repo} after its upload")
-
-
-def _counted(chunks: Iterator[bytes], sent: list[int], moved: Callable[[int], None]) -> Iterator[bytes]:
-    for chunk in chunks:
-        sent[0] += len(chunk)
-        moved(len(chunk))
-        yield chunk
-
-
-def _copy_referrers(
-    sc: RegistryClient,
-    dc: RegistryClient,
-    src_repo: str,
-    dst_repo: str,
-    digest: str,
-    jobs: int,
-    result: PromoteResult,
-    say: Callable[[str], None],
-) -> None:
-    algo, hexd = digest.split(":", 1)
-    refs: list[tuple[str | None, str, bytes, str]] = []  # (tag, digest, body, media type)
-    for suffix in DIGEST_TAG_SUFFIXES:
-        tag = f"{algo}-{hexd}{suffix}"
-        got = sc.get_manifest(src_repo, tag)
-        if got is not None:
-            refs.append((tag, got[0].digest, got[1], got[0].media_type))
-    for ref in sc.referrers(src_repo, digest) or []:
-        got = sc.get_manifest(src_repo, ref["digest"])
-        if got is not None:
-            refs.append((None, ref["digest"], got[1], got[0].media_type))
-    for tag, d, body, mt in refs:
-        tree = _Tree()
-        _collect(sc, src_repo, d, body, mt, tree)
-        _copy_blobs(sc, dc, src_repo, dst_repo, tree.blobs, jobs, result, None)
-        for md, mb, mmt in tree.manifests:
-            if dc.head_manifest(dst_repo, md) is None:
-                dc.put_manifest(dst_repo, md, mb, mmt)
-        if tag:
-            dc.put_manifest(dst_repo, tag, body, mt)
-        result.referrers.append(tag or d)
-        say(f"copied {tag or d[:19]}")
-
-
 def _environment(sc: RegistryClient, repo: str, digest: str) -> dict[str, str]:
     """The environment's name and hash from the image's ml-env labels (when it is one of ours).
 
@@ -448,7 +267,7 @@ def _environment(sc: RegistryClient, repo: str, digest: str) -> dict[str, str]:
 
 
 def _entry(result: PromoteResult, tags: list[str], *, found: bool) -> Promotion:
-    from .provenance import git_info
+    from ..provenance import git_info
 
     git = git_info(Path.cwd())
     env = os.environ

@@ -1,146 +1,31 @@
-"""OCI distribution client: manifests and blobs, read and written, with auth from the docker config.
-
-Answers are three-valued on purpose: a manifest that exists, one that does not (404), or an
-error. An error is never taken for "exists" or "missing": it raises, after bounded retries for
-what is transient (connection errors, timeouts, 5xx, 429), spaced with exponential backoff and
-random jitter (stamina, loaded on the first retry only) so parallel CI jobs do not retry a 429
-in lockstep; a ``Retry-After`` is honoured up to 10 s.
+"""HTTP to a registry: connections, retries with jittered backoff, auth challenges, bounds.
 
 The registry is untrusted. Credentials go to the registry's own host and, for a Bearer
 challenge, to the token realm it names only if that realm is https or plain http on a loopback
-address; never across a redirect to another host. A manifest fetched by digest must hash to
-it, a blob streamed for a copy is hashed as it passes and refused if it does not match, bodies
-are read with a size bound, and nothing a registry sends is echoed except an error code and a
-short, control-character-free message with every credential masked.
-
-Transport: ``http.client`` (stdlib) with one keep-alive connection per thread and host; the
-"already built?" HEAD costs a few milliseconds and no heavy import. Plain HTTP only for
-loopback registries unless ``insecure``.
-
-Auth: ``auths`` entries (``auth``, ``username``/``password``, ``identitytoken``), ``credHelpers``
-and ``credsStore`` of ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``), or
-``ML_ENV_REGISTRY_USERNAME``/``ML_ENV_REGISTRY_PASSWORD``; read only when a registry asks.
+address; never across a redirect to another host. Bodies are read with a size bound, and
+nothing a registry sends is echoed except an error code and a short, control-character-free
+message with every credential masked. ``http.client`` (stdlib), one keep-alive connection per
+thread and host; stamina (jittered backoff) is imported on the first retry only.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from .errors import (
-    BlobIntegrityError,
-    RegistryAuthError,
-    RegistryError,
-    RegistryTransient,
-    RegistryUnreachable,
-    UsageError,
-)
-from .grammar import printable
-from .refs import DOCKER_HUB, IMAGE_RE
+from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
+from ..grammar import printable
+from .constants import CHUNK, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY
+from .reference import is_loopback
 
-__all__ = [
-    "Reference",
-    "RegistryClient",
-    "ManifestInfo",
-    "Response",
-    "parse_ref",
-    "check_registry_host",
-    "is_loopback",
-    "MANIFEST_TYPES",
-]
-
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
-MAX_MANIFEST = 4 * 2**20  # the OCI distribution spec's minimum a registry must accept
-MAX_SMALL_BODY = 1 * 2**20  # tokens, error bodies, tag lists, referrers
-MAX_REDIRECTS = 5
-CHUNK = 4 << 20
-_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?|localhost(:[0-9]{1,5})?", re.ASCII)
-_ERROR_CODE = re.compile(r"[A-Z_]{1,64}", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Reference:
-    host: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def reference(self) -> str:
-        """What goes after /manifests/: the digest when known, else the tag."""
-        return self.digest or self.tag or "latest"
-
-    def __str__(self) -> str:
-        s = f"{self.host}/{self.repository}"
-        if self.tag:
-            s += f":{self.tag}"
-        if self.digest:
-            s += f"@{self.digest}"
-        return s
-
-    def pinned(self, digest: str) -> str:
-        """``host/repository@digest``: the one way an image is named once its digest is known."""
-        return f"{self.host}/{self.repository}@{digest}"
-
-
-def parse_ref(ref: str) -> Reference:
-    m = IMAGE_RE.fullmatch(ref) if isinstance(ref, str) and len(ref) <= 512 else None
-    if not m:
-        raise UsageError(
-            f"{printable(ref, 100)!r} is not a valid image reference", hint="e.g. registry:5000/team/image:tag"
-        )
-    host, path, tag, digest = m.group("host"), m.group("path"), m.group("tag"), m.group("digest")
-    if host is None or ("." not in host and ":" not in host and host != "localhost"):
-        # docker's rule: the first component is a registry only if it looks like a host
-        if host is not None:
-            path = f"{host}/{path}"
-        host = DOCKER_HUB
-        if "/" not in path:
-            path = f"library/{path}"
-    if tag is None and digest is None:
-        tag = "latest"
-    return Reference(host, path, tag, digest)
-
-
-def check_registry_host(value: str, what: str = "--registry") -> str:
-    """A registry is ``host[:port]``: no scheme, no path, no credentials (and never echoed if it has them)."""
-    if "@" in value or "://" in value:
-        raise UsageError(
-            f"{what} must be host[:port] without a scheme or credentials",
-            hint="log in with `docker login` (or ML_ENV_REGISTRY_USERNAME/PASSWORD) instead",
-        )
-    if not _HOST.fullmatch(value):
-        raise UsageError(f"{what} {printable(value, 80)!r} is not a registry host[:port]")
-    return value
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in ("localhost", "[::1]") or name.startswith("127.")
-
-
-@dataclass(frozen=True)
-class ManifestInfo:
-    digest: str
-    media_type: str
-    size: int
-
-
-# --- transport ----------------------------------------------------------------------------
+__all__ = ["Response", "Transport", "short"]
 
 
 class Response:
@@ -198,8 +83,8 @@ def _origin(url: str) -> tuple[str, str]:
     return p.scheme, f"{p.hostname}:{port}"
 
 
-class RegistryClient:
-    """One registry host. Keeps tokens per scope and one connection per thread."""
+class Transport:
+    """HTTP to one registry host: tokens per scope, one connection per thread, retries."""
 
     def __init__(
         self,
@@ -227,7 +112,7 @@ class RegistryClient:
     # credentials, read only when asked for
     def credentials(self) -> tuple[str, str] | None:
         if not self._creds_loaded:
-            from .credentials import credentials_for
+            from ..credentials import credentials_for
 
             self._creds = credentials_for(self.host)
             self._creds_loaded = True
@@ -305,7 +190,7 @@ class RegistryClient:
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 self._drop(scheme, netloc)
-                raise _Transient(_short(e)) from None
+                raise _Transient(short(e)) from None
             except BaseException:  # a streamed body that failed (its source broke or did not verify)
                 self._drop(scheme, netloc)
                 raise
@@ -321,7 +206,7 @@ class RegistryClient:
                 data = resp.read(limit + 1)  # for HEAD this is b"" and frees the connection
             except (OSError, http.client.HTTPException) as e:
                 self._drop(scheme, netloc)
-                raise _Transient(_short(e)) from None
+                raise _Transient(short(e)) from None
             if len(data) > limit:
                 self._drop(scheme, netloc)
                 raise RegistryError(f"registry {self.host} answered {method} with a body over {limit} bytes: refused")
@@ -451,7 +336,7 @@ class RegistryClient:
                 parts = []
                 for e in errs[:3]:
                     code = e.get("code") if isinstance(e, dict) else None
-                    code = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "ERROR"
+                    code = code if isinstance(code, str) and ERROR_CODE_RE.fullmatch(code) else "ERROR"
                     msg = e.get("message") if isinstance(e, dict) else None
                     parts.append(f"{code}: {self._mask(str(msg))[:120]}" if msg else code)
                 return "; ".join(parts)
@@ -509,7 +394,7 @@ class RegistryClient:
             data = r.read(MAX_SMALL_BODY + 1)
         except (OSError, http.client.HTTPException) as e:
             self._drop(p.scheme, p.netloc)
-            raise RegistryUnreachable(f"token service of {self.host} is unreachable: {_short(e)}") from None
+            raise RegistryUnreachable(f"token service of {self.host} is unreachable: {short(e)}") from None
         if r.status in (401, 403):
             raise RegistryAuthError(f"token service of {self.host} refused the credentials ({r.status})")
         if r.status != 200 or len(data) > MAX_SMALL_BODY:
@@ -523,229 +408,8 @@ class RegistryClient:
             raise RegistryError(f"token service of {self.host} returned no usable token")
         return token
 
-    # manifests
-    def _manifest(self, method: str, repository: str, reference: str) -> Response:
-        return self.request(
-            method,
-            f"/v2/{repository}/manifests/{reference}",
-            scope=f"repository:{repository}:pull",
-            ok=(200, 404),
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-            limit=MAX_MANIFEST,
-        )
 
-    def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
-        """The manifest's digest if it exists, None if the registry says it does not; raises otherwise."""
-        r = self._manifest("HEAD", repository, reference)
-        if r.status == 404:
-            return None
-        digest = r.header("Docker-Content-Digest")
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            # some registries omit it on HEAD: read the manifest to know its digest
-            got = self.get_manifest(repository, reference)
-            return got[0] if got else None
-        if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError(f"registry {self.host} says {repository}@{reference[:19]} is {digest[:19]}")
-        return ManifestInfo(digest, r.header("Content-Type"), int(r.header("Content-Length", "0") or 0))
-
-    def get_manifest(self, repository: str, reference: str) -> tuple[ManifestInfo, bytes] | None:
-        r = self._manifest("GET", repository, reference)
-        if r.status == 404:
-            return None
-        body = r.body
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError(
-                f"registry {self.host} served {repository}@{reference[:19]} with content whose digest is {digest[:19]}"
-            )
-        return ManifestInfo(digest, r.header("Content-Type"), len(body)), body
-
-    def get_blob(self, repository: str, digest: str, limit: int = MAX_MANIFEST) -> bytes:
-        """A small blob (an image config), read whole and checked against its digest."""
-        r = self.request(
-            "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404), limit=limit
-        )
-        if r.status == 404:
-            raise RegistryError(f"blob {digest[:19]} not found in {self.host}/{repository}")
-        if "sha256:" + hashlib.sha256(r.body).hexdigest() != digest:
-            raise BlobIntegrityError(f"blob {digest[:19]} from {self.host}/{repository} does not match its digest")
-        return r.body
-
-    def image_config(self, repository: str, reference: str) -> dict[str, Any] | None:
-        """The image config of a manifest (for an index: its first non-attestation manifest)."""
-        got = self.get_manifest(repository, reference)
-        if got is None:
-            return None
-        doc = _json_object(got[1], f"{self.host}/{repository}@{got[0].digest[:19]}")
-        if "manifests" in doc:
-            for m in doc.get("manifests") or []:
-                plat = m.get("platform") or {} if isinstance(m, dict) else {}
-                if isinstance(m, dict) and plat.get("os") != "unknown" and _is_digest(m.get("digest")):
-                    return self.image_config(repository, m["digest"])
-            return None
-        cfg = doc.get("config")
-        if not isinstance(cfg, dict) or not _is_digest(cfg.get("digest")):
-            raise RegistryError(f"{self.host}/{repository}@{got[0].digest[:19]} is not an image manifest (no config)")
-        return _json_object(self.get_blob(repository, cfg["digest"]), f"config {cfg['digest'][:19]}")
-
-    # --- the write side, for promotion -----------------------------------------------------
-
-    def blob_exists(self, repository: str, digest: str) -> bool:
-        r = self.request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404)
-        )
-        return r.status == 200
-
-    def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
-        """Cross-repository mount inside one registry: True when the registry linked the blob."""
-        r = self.request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            scope=_push_scope(repository, from_repository),
-            ok=(201, 202),
-            params={"mount": digest, "from": from_repository},
-            body=b"",
-        )
-        if r.status == 201:
-            return True
-        if r.status == 202 and r.header("Location"):
-            # not mounted: the registry opened an upload instead; cancel it, the caller streams the blob
-            self.request("DELETE", self._location(r), scope=_push_scope(repository), ok=(204, 404, 405, 202))
-            return False
-        raise RegistryError(f"registry {self.host} answered {r.status} to a blob mount in {repository}")
-
-    def _location(self, r: Response) -> str:
-        return urljoin(self.base + "/", r.header("Location"))
-
-    def upload_stream(self, repository: str, digest: str, chunks: Iterable[bytes]) -> None:
-        """Upload a blob from an iterator of byte chunks (PATCH streamed, PUT to finish): no whole
-        blob is held in memory. The registry checks the bytes against ``digest`` when the upload
-        is finished; a mismatch (a truncated or corrupted stream) is a BlobIntegrityError."""
-        r = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope=_push_scope(repository), ok=(202,), body=b"")
-        if r.status != 202 or not r.header("Location"):
-            raise RegistryError(f"registry {self.host} did not open an upload in {repository} ({r.status})")
-        location = self._location(r)
-        r = self.request(
-            "PATCH",
-            location,
-            scope=_push_scope(repository),
-            ok=(202, 204),
-            body=chunks,
-            headers={"Content-Type": "application/octet-stream"},
-            retry=False,
-        )
-        if r.status not in (202, 204):
-            raise RegistryError(f"registry {self.host} answered {r.status} while receiving blob {digest[:19]}")
-        location = self._location(r) if r.header("Location") else location
-        sep = "&" if "?" in location else "?"
-        r = self.request(
-            "PUT",
-            f"{location}{sep}digest={digest}",
-            scope=_push_scope(repository),
-            ok=(201, 400),
-            body=b"",
-            retry=False,
-        )
-        if r.status == 400 and "DIGEST_INVALID" in r.text:
-            raise BlobIntegrityError(
-                f"blob {digest[:19]} arrived with other content (truncated or corrupted in transit)"
-            )
-        if r.status != 201:
-            raise RegistryError(f"registry {self.host} refused blob {digest[:19]} ({self.error_text(r)})")
-
-    def blob_chunks(self, repository: str, digest: str, size: int = CHUNK) -> Iterator[bytes]:
-        """Stream a blob, hashing it as it passes: the last chunk raises BlobIntegrityError when
-        the bytes do not match ``digest`` (a corrupted or hostile source), before anything uses them."""
-        r = self.request(
-            "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200,), stream=True
-        )
-        if r.status != 200:
-            raise RegistryError(f"blob {digest[:19]} not readable from {self.host}/{repository} ({r.status})")
-        h = hashlib.sha256()
-        try:
-            for chunk in r.iter_chunks(size):
-                h.update(chunk)
-                yield chunk
-        except (OSError, http.client.HTTPException) as e:
-            self._local.__dict__.get("pool", {}).clear()
-            raise RegistryUnreachable(
-                f"the connection to {self.host} broke while reading blob {digest[:19]}: {_short(e)}"
-            ) from None
-        if "sha256:" + h.hexdigest() != digest:
-            raise BlobIntegrityError(f"blob {digest[:19]} from {self.host}/{repository} does not match its digest")
-
-    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
-        r = self.request(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=_push_scope(repository),
-            ok=(201,),
-            body=body,
-            headers={"Content-Type": media_type},
-        )
-        if r.status != 201:
-            raise RegistryError(
-                f"registry {self.host} refused manifest {reference[:40]} in {repository} ({self.error_text(r)})"
-            )
-        return r.header("Docker-Content-Digest")
-
-    def delete_manifest(self, repository: str, digest: str) -> None:
-        self.request(
-            "DELETE",
-            f"/v2/{repository}/manifests/{digest}",
-            scope=f"repository:{repository}:delete,pull,push",
-            ok=(202, 404),
-        )
-
-    def tags(self, repository: str) -> list[str]:
-        r = self.request("GET", f"/v2/{repository}/tags/list", scope=f"repository:{repository}:pull", ok=(200, 404))
-        if r.status == 404:
-            return []
-        try:
-            tags = r.json().get("tags") or []
-        except (ValueError, AttributeError):
-            raise RegistryError(f"registry {self.host} sent a tag list that is not JSON") from None
-        return [t for t in tags if isinstance(t, str)]
-
-    def referrers(self, repository: str, digest: str) -> list[dict[str, Any]] | None:
-        """OCI referrers of a manifest, or None when the registry has no referrers API."""
-        r = self.request(
-            "GET",
-            f"/v2/{repository}/referrers/{digest}",
-            scope=f"repository:{repository}:pull",
-            ok=(200, 404, 400, 405),
-        )
-        if r.status != 200 or "json" not in r.header("Content-Type"):
-            return None
-        try:
-            found = r.json().get("manifests") or []
-        except (ValueError, AttributeError):
-            return None
-        return [m for m in found if isinstance(m, dict) and _is_digest(m.get("digest"))]
-
-
-def _is_digest(v: Any) -> bool:
-    return isinstance(v, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", v) is not None
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        raise RegistryError(f"{what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what} is not a JSON object")
-    return doc
-
-
-def _push_scope(repository: str, extra_pull: str | None = None) -> str:
-    scope = f"repository:{repository}:pull,push"
-    if extra_pull and extra_pull != repository:
-        scope += f" repository:{extra_pull}:pull"
-    return scope
-
-
-def _short(e: BaseException) -> str:
+def short(e: BaseException) -> str:
     if isinstance(e, socket.timeout | TimeoutError):
         return "timed out"
     if isinstance(e, ConnectionRefusedError):

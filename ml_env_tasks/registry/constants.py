@@ -1,0 +1,18 @@
+"""Limits and media types of the registry client."""
+
+from __future__ import annotations
+
+import re
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+MAX_MANIFEST = 4 * 2**20  # the OCI distribution spec's minimum a registry must accept
+MAX_SMALL_BODY = 1 * 2**20  # tokens, error bodies, tag lists, referrers
+MAX_REDIRECTS = 5
+CHUNK = 4 << 20
+HOST_RE = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?|localhost(:[0-9]{1,5})?", re.ASCII)
+ERROR_CODE_RE = re.compile(r"[A-Z_]{1,64}", re.ASCII)
