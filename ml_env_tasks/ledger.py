@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LogError
 from .grammar import NAME, TAG, matches
 from .tomllog import TomlLog
 
@@ -125,15 +124,7 @@ class Ledger(TomlLog):
     )
 
     def entries(self, env: str | None = None) -> list[Promotion]:
-        out = []
-        for i, raw in enumerate(self.raw_entries()):
-            try:
-                p = Promotion.from_dict(raw)
-            except ValueError as e:
-                raise LogError(f"[[promotion]] number {i + 1}: {e}", file=str(self.path)) from None
-            if env is None or p.environment == env:
-                out.append(p)
-        return out
+        return [p for p in self.typed_entries(Promotion.from_dict) if env is None or p.environment == env]
 
     def check(self) -> None:
         """Read the whole ledger: a corrupt one stops a promotion before any registry is touched."""

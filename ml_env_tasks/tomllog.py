@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .digests import cache_dir
 from .errors import LogError
@@ -22,6 +22,7 @@ from .fsutil import locked, write_atomic
 __all__ = ["TomlLog", "MAX_LOG_BYTES"]
 
 MAX_LOG_BYTES = 64 * 2**20
+T = TypeVar("T")
 
 
 class TomlLog:
@@ -85,6 +86,16 @@ class TomlLog:
         out = doc.get(self.table) or []
         if not isinstance(out, list) or not all(isinstance(e, dict) for e in out):
             raise LogError(f"[[{self.table}]] must be an array of tables", file=str(self.path))
+        return out
+
+    def typed_entries(self, parse: Callable[[dict[str, Any]], T]) -> list[T]:
+        """Every entry through ``parse``; one that does not parse is a LogError naming its place."""
+        out = []
+        for i, raw in enumerate(self.raw_entries()):
+            try:
+                out.append(parse(raw))
+            except ValueError as e:
+                raise LogError(f"[[{self.table}]] number {i + 1}: {e}", file=str(self.path)) from None
         return out
 
     def append_raw(self, entry: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spec
-from .errors import LogError, UsageError
+from .errors import UsageError
 from .grammar import NAME, matches, printable
 from .hashing import Difference, env_hash, explain
 from .tomllog import TomlLog
@@ -86,15 +86,7 @@ class Versions(TomlLog):
     )
 
     def entries(self, name: str | None = None) -> list[VersionEntry]:
-        out = []
-        for i, raw in enumerate(self.raw_entries()):
-            try:
-                e = VersionEntry.from_dict(raw)
-            except ValueError as err:
-                raise LogError(f"[[environment]] number {i + 1}: {err}", file=str(self.path)) from None
-            if name is None or e.name == name:
-                out.append(e)
-        return out
+        return [e for e in self.typed_entries(VersionEntry.from_dict) if name is None or e.name == name]
 
     def register(
         self, env: spec.Environment, *, image: str, digest: str | None, registry: str | None

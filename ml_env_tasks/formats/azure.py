@@ -112,6 +112,15 @@ class _Fields:
             raise self.err(where, f"must be true or false, got {type(v).__name__}")
         return v
 
+    def scalars(self, d: dict[str, Any], key: str, where: str) -> dict[str, str]:
+        """A mapping of names to scalar values (environment variables, tags), as strings."""
+        out = {}
+        for k, v in self.table(d, key, where).items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise self.err(f"{where}.{k}", "must be a string")
+            out[str(k)] = str(v)
+        return out
+
     def strings(self, d: dict[str, Any], key: str, where: str) -> list[str]:
         v = d.get(key)
         if v is None:
@@ -268,18 +277,14 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
             conda_bytes = yaml.safe_dump(inline, sort_keys=False).encode()
             w.append(f"python.condaDependencies is inline: it is written to {stem or name}.conda.yml beside the output")
         if conda_bytes is not None:
-            files[f"{stem or name}.conda.yml"] = conda_bytes
-            pyt.add("conda_file", f"{stem or name}.conda.yml")
-            _inference_from_conda(conda_bytes, doc, w)
+            _conda(conda_bytes, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
-    envs = f.table(data, "environmentVariables", "environmentVariables")
+    envs = f.scalars(data, "environmentVariables", "environmentVariables")
     if envs:
         t = tomlkit.table()
         for k, v in envs.items():
-            if isinstance(v, (dict, list)) or v is None:
-                raise f.err(f"environmentVariables.{k}", "must be a string")
-            t.add(k, str(v))
+            t.add(k, v)
         doc.add("env", t)
     shm = f.text(docker, "shmSize", "docker.shmSize", numbers=True)
     if shm:
@@ -287,6 +292,16 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
         dt.add("shm_size", shm)
         doc.add("docker", dt)
     return Imported(name, doc, w, files)
+
+
+def _conda(
+    data: bytes, filename: str, files: dict[str, bytes], pyt: Any, doc: tomlkit.TOMLDocument, w: list[str]
+) -> None:
+    """A conda file the imported environment names: carried beside the output, and read for
+    Azure's inference packages."""
+    files[filename] = data
+    pyt.add("conda_file", filename)
+    _inference_from_conda(data, doc, w)
 
 
 def _inference_from_conda(conda: bytes, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
@@ -352,19 +367,15 @@ def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Impor
     conda_rel = f.text(data, "conda_file", "conda_file")
     if conda_rel:
         conda = _carry(src.parent, conda_rel, file=src, key="conda_file", what="conda file")
-        files[f"{stem or name}.conda.yml"] = conda
-        pyt.add("conda_file", f"{stem or name}.conda.yml")
-        _inference_from_conda(conda, doc, w)
+        _conda(conda, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
-    tags = f.table(data, "tags", "tags")
+    tags = f.scalars(data, "tags", "tags")
     if tags:
         lt = tomlkit.table()
         for k, v in tags.items():
-            if isinstance(v, (dict, list)) or v is None:
-                raise f.err(f"tags.{k}", "must be a string")
-            key = re.sub(r"[^a-z0-9.-]+", "-", str(k).lower()).strip("-.")
-            lt.add(f"com.azure.ml.tag.{key}", str(v))
+            key = re.sub(r"[^a-z0-9.-]+", "-", k.lower()).strip("-.")
+            lt.add(f"com.azure.ml.tag.{key}", v)
         doc.add("labels", lt)
     return Imported(name, doc, w, files)
 
