@@ -21,12 +21,13 @@ from typing import Any
 
 from ..errors import BuildError, EngineError, RegistryAuthError
 from .buildlog import TAIL_LINES, count_step, failing_step, last_error_line, lines, tail, text
-from .containers import ContainerInfo, Containers, ContainerState, PortBinding
+from .containers import Container, ContainerInfo, Containers, ContainerState, PortBinding
 from .context import Endpoint, current_endpoint, select_context
 
 __all__ = [
     "BuildOutcome",
     "Capabilities",
+    "Container",
     "ContainerInfo",
     "ContainerState",
     "Containers",

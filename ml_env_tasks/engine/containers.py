@@ -18,7 +18,7 @@ from ..errors import EngineError
 from ..resources import Resources
 from .buildlog import MAX_LOG_LINE
 
-__all__ = ["Containers", "ContainerInfo", "ContainerState", "PortBinding"]
+__all__ = ["Container", "Containers", "ContainerInfo", "ContainerState", "PortBinding"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,36 @@ class ContainerState:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Container:
+    """A container this command created: its id and what can be done with it."""
+
+    id: str
+    name: str
+    on: Containers = field(repr=False, compare=False)
+
+    def put_tar(self, chunks: Iterator[bytes]) -> None:
+        self.on.put_tar(self.id, chunks)
+
+    def start(self) -> None:
+        self.on.start(self.id)
+
+    def logs(self) -> Iterator[str]:
+        return self.on.logs(self.id)
+
+    def wait(self) -> int:
+        return self.on.wait(self.id)
+
+    def stop(self, timeout: int = 10) -> None:
+        self.on.stop(self.id, timeout)
+
+    def remove(self) -> None:
+        self.on.remove(self.id)
+
+    def state(self) -> ContainerState:
+        return self.on.state(self.id)
+
+
 class Containers:
     def __init__(self, api: Any, describe: str = "the Docker engine") -> None:
         import docker.errors
@@ -72,7 +102,7 @@ class Containers:
         user: str | None,
         resources: Resources | None = None,
         ports: dict[int, int] | None = None,
-    ) -> str:
+    ) -> Container:
         from docker.types import DeviceRequest
 
         r = resources or Resources()
@@ -100,7 +130,7 @@ class Containers:
             )  # fmt: skip
         except self.errors.DockerException as e:
             raise self._fail(e, f"creating a container from {image}") from None
-        return str(c["Id"])
+        return Container(str(c["Id"]), name, self)
 
     def _ensure_image(self, image: str) -> None:
         try:

@@ -96,7 +96,7 @@ class LocalDockerRunner:
         # secret values go in the API request body only (no command line, no file); the
         # container that holds them is removed at the end of the run, whatever happens
         envs.update({n: os.environ[n] for n in job.secret_names})
-        cid = c.create(
+        box = c.create(
             job.image,
             job.command,
             name=f"ml-env-run-{job.run_id}"[:128],
@@ -112,25 +112,25 @@ class LocalDockerRunner:
         def stop(reason: RunStatus) -> None:
             if not stop_reason:
                 stop_reason.append(reason)
-                threading.Thread(target=c.stop, args=(cid, 5), daemon=True).start()
+                threading.Thread(target=box.stop, args=(5,), daemon=True).start()
 
         timer = threading.Timer(job.timeout, stop, args=(RunStatus.TIMED_OUT,)) if job.timeout else None
         try:
             with on_stop_signals(lambda signum: stop(RunStatus.CANCELED)):
                 uid, gid = _numeric_user(job.user)
-                c.put_tar(cid, tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
-                c.start(cid)
+                box.put_tar(tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
+                box.start()
                 if timer:
                     timer.start()
                 try:
-                    for line in c.logs(cid):
+                    for line in box.logs():
                         on_line(line)
-                    code = c.wait(cid)
+                    code = box.wait()
                 except Exception as e:  # the engine went away mid-run
                     return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}")
             if stop_reason:
                 return Outcome(stop_reason[0], code, None)
-            if c.state(cid).oom_killed:
+            if box.state().oom_killed:
                 return Outcome(RunStatus.FAILED, code, "the container ran out of memory (OOM-killed)")
             if code == 0:
                 return Outcome(RunStatus.COMPLETED, 0, None)
@@ -138,7 +138,7 @@ class LocalDockerRunner:
         finally:
             if timer:
                 timer.cancel()
-            c.remove(cid)
+            box.remove()
 
 
 def _numeric_user(user: str | None) -> tuple[int, int]:

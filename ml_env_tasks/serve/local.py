@@ -162,16 +162,16 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None) -> S
         if not 0 < opts.read_timeout <= 3600:
             raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
-    cid = c.create(
+    box = c.create(
         image, [], name=f"ml-env-serve-{name}", envs=envs, volumes=volumes, labels={LABEL: name, "ml-env.image": image},
         workdir=APP_ROOT, user=None, resources=opts.resources, ports={CONTAINER_PORT: port},
     )  # fmt: skip
     try:
-        c.start(cid)
+        box.start()
     except BaseException:
-        c.remove(cid)
+        box.remove()
         raise
-    return Service(name, cid, f"http://127.0.0.1:{port}", image, port)
+    return Service(name, box.id, f"http://127.0.0.1:{port}", image, port)
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> float:
