@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import tomlkit
-
 from . import spec
 from .errors import MlEnvError
 from .grammar import NAME, matches
@@ -50,6 +48,8 @@ def clone(source: str, name: str, directory: Path) -> Path:
     out = directory / f"{name}.toml"
     if out.exists():
         raise MlEnvError(f"{out} exists; not overwriting it")
+    import tomlkit
+
     doc = tomlkit.parse(src.read_text(encoding="utf-8"))
     doc["name"] = name
     doc["version"] = "1"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from .errors import SpecError
 from .grammar import CONDA_CHANNEL, matches
-from .yamlsafe import load_yaml
 
 __all__ = ["CondaParts", "parse_conda", "CONDA_TO_PYPI", "INSTALLERS"]
 
@@ -65,6 +64,8 @@ def parse_conda(data: bytes, installer: str, *, file: str | None, key: str) -> C
 
     def err(msg: str, hint: str | None = None) -> SpecError:
         return SpecError(msg, file=file, key=key, hint=hint)
+
+    from .yamlsafe import load_yaml
 
     doc = load_yaml(data, file=file, key=key)
     if not isinstance(doc, dict):

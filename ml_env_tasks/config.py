@@ -11,13 +11,12 @@ so commands run on it need no preamble.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .grammar import printable
+from .grammar import printable, toml_error
 
 __all__ = ["ConfigFile", "Layers", "load_layers", "user_config_path", "site_config_path", "KEYS"]
 
@@ -87,11 +86,19 @@ def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
             return ConfigFile(None)
         if path.stat().st_size > MAX_CONFIG:
             raise UsageError(f"larger than {MAX_CONFIG} bytes: not a config file", file=str(path))
-        doc: Any = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"invalid TOML ({str(e).split('(')[-1].rstrip(')')})", file=str(path)) from None
+        text = path.read_text(encoding="utf-8")
+        if table and table[-1] not in text:
+            return ConfigFile(None)  # a pyproject.toml without our table: no need to parse it
+        import tomllib
+
+        doc: Any = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot be read: {getattr(e, 'strerror', None) or 'not UTF-8'}", file=str(path)) from None
+    except ValueError as e:  # tomllib.TOMLDecodeError (UnicodeDecodeError is caught above)
+        what, line = toml_error(e)
+        raise UsageError(
+            f"invalid TOML {what}" if line else f"invalid TOML: {what}", file=str(path), line=line
+        ) from None
     for part in table:
         doc = doc.get(part) if isinstance(doc, dict) else None
         if doc is None:

@@ -11,8 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from .pins import lock_packages, lock_path_for
 
 __all__ = [
     "BaseImage",
@@ -123,6 +122,8 @@ class Environment:
     @property
     def unpinned(self) -> list[str]:
         """Packages whose version is not fixed with ==/===: the lock is what tells their version."""
+        from packaging.requirements import Requirement
+
         out = []
         for p in self.packages + self.conda_pip:
             req = Requirement(p)
@@ -137,19 +138,3 @@ class Environment:
 
     def with_base_digest(self, digest: str) -> Environment:
         return dataclasses.replace(self, base=dataclasses.replace(self.base, digest=digest))
-
-
-def lock_packages(text: str) -> dict[str, str]:
-    """``name -> version`` from a lock file, comments and blank lines ignored, names normalised."""
-    out = {}
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            name, _, ver = line.partition("==")
-            out[canonicalize_name(name)] = ver.strip()
-    return dict(sorted(out.items()))
-
-
-def lock_path_for(spec_path: Path) -> Path:
-    """``envs/sklearn.toml`` → ``envs/sklearn.lock``."""
-    return spec_path.with_suffix(".lock")

@@ -27,6 +27,7 @@ __all__ = [
     "printable",
     "parse_size",
     "bounded",
+    "toml_error",
 ]
 
 A: Final = re.ASCII
@@ -84,3 +85,14 @@ def parse_size(value: object) -> int | None:
         return None
     factor = 1024 ** "kmgtp".find(m.group(2).lower()) * 1024 if m.group(2) else 1
     return int(float(m.group(1)) * factor)
+
+
+def toml_error(e: ValueError) -> tuple[str, int | None]:
+    """A ``tomllib`` error as ``("at line L, column C: reason", L)``, with anything the parser
+    quotes from the file taken out (a file's content is never echoed)."""
+    msg = str(e)
+    at = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    what = re.sub(r"'[^']*'|\"[^\"]*\"|\(at .*\)", "", msg).strip().rstrip(".").lower() or "cannot parse"
+    if at is None:
+        return what, None
+    return f"at line {at.group(1)}, column {at.group(2)}: {what}", int(at.group(1))

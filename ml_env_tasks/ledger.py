@@ -139,13 +139,16 @@ class Ledger(TomlLog):
         self.append_raw(entry.to_dict())
         return entry
 
-    def has(self, destination: str, digest: str, tags: tuple[str, ...]) -> bool:
-        """Whether some promotion already records ``digest`` at ``destination`` under every tag."""
+    def recorded(self, destination: str, digest: str, tags: tuple[str, ...]) -> Promotion | None:
+        """The last promotion of ``digest`` to ``destination``, when the ledger records it there
+        under every one of ``tags`` (across entries); None otherwise."""
         seen: set[str] = set()
+        last: Promotion | None = None
         for e in self.entries():
             if e.destination == destination and e.digest == digest:
                 seen.update(e.tags)
-        return set(tags) <= seen
+                last = e
+        return last if set(tags) <= seen else None
 
     def current(self, env: str | None, tag: str) -> Current | None:
         """Which digest ``tag`` is for ``env`` now, and since when (the promotion that set it)."""

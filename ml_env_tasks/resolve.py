@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SpecError, UsageError
-from .spec import Environment
+
+if TYPE_CHECKING:
+    from .build import BuildOptions, Reporter
+    from .environment import Environment
 
 __all__ = ["ResolvedEnv", "resolve_environment", "is_environment_file"]
 
@@ -24,12 +28,14 @@ class ResolvedEnv:
     image: str  # the image reference as built or given
     digest: str | None
     python: str  # the interpreter a script in this image runs with
-    env: Environment | None = None  # None for an image given directly
+    spec: str | None = None  # the environment file, for an environment given as one
     name: str | None = None
     hash: str | None = None
     built: bool = False
     build_seconds: float = 0.0
     in_registry: bool = False
+    shm_size: str | None = None  # the environment's docker.shm_size (a run setting)
+    env: Environment | None = None  # the loaded environment, when it had to be loaded
 
     @property
     def pinned(self) -> str:
@@ -40,10 +46,6 @@ class ResolvedEnv:
             )
         return self.image
 
-    @property
-    def shm_size(self) -> str | None:
-        return self.env.shm_size if self.env else None
-
 
 def is_environment_file(ref: str) -> bool:
     return ref.endswith(".toml") or Path(ref).is_file()
@@ -51,18 +53,22 @@ def is_environment_file(ref: str) -> bool:
 
 def resolve_environment(
     ref: str,
-    opts: object,
+    opts: BuildOptions | None,
     *,
-    reporter: object | None = None,
+    reporter: Reporter | None = None,
     need_inference: bool = False,
     versions: Path | None = None,
+    need_env: bool = False,
 ) -> ResolvedEnv:
-    """Build (or reuse) an environment file's image, or look an image reference up."""
+    """Build (or reuse) an environment file's image, or look an image reference up.
+
+    An unchanged environment file whose image exists is answered without parsing it again
+    (``speccache``), unless ``need_env`` asks for the loaded Environment itself."""
     from .build import BuildOptions, Reporter, build_env, load_env
     from .catalog import resolve_curated
 
-    bopts = opts if isinstance(opts, BuildOptions) else BuildOptions()
-    rep = reporter if isinstance(reporter, Reporter) else Reporter(stream_logs=False)
+    bopts = opts or BuildOptions()
+    rep = reporter or Reporter(stream_logs=False)
     path: Path | None = None
     if ref.startswith("curated/"):
         path = resolve_curated(ref)
@@ -71,6 +77,10 @@ def resolve_environment(
     elif versions is not None and _looks_registered(ref, versions):
         path = _restore_registered(ref, versions)
     if path is not None:
+        if not (need_env or bopts.pin_base or bopts.force or bopts.upgrade):
+            fast = _unchanged(ref, path, bopts, rep, need_inference)
+            if fast is not None:
+                return fast
         env = load_env(path, bopts)
         if need_inference and not env.inference:
             raise SpecError(
@@ -79,21 +89,37 @@ def resolve_environment(
         result = build_env(env, bopts, rep)
         rep.info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
         return ResolvedEnv(
-            ref, result.image, result.digest, result.python or env.interpreter, env, result.name, result.hash,
-            result.built, result.seconds, bool(bopts.registry),
+            ref, result.image, result.digest, result.python or env.interpreter, str(path), result.name, result.hash,
+            result.built, result.seconds, bool(bopts.registry), env.shm_size, env,
         )  # fmt: skip
     return _image(ref, bopts)
 
 
-def _image(ref: str, opts: object) -> ResolvedEnv:
+def _unchanged(ref: str, path: Path, opts: BuildOptions, rep: Reporter, need_inference: bool) -> ResolvedEnv | None:
+    from . import speccache
+    from .build.reuse import reuse_unchanged
+
+    s = speccache.lookup(path, locked=opts.locked)
+    if s is None or (need_inference and not s.inference):
+        return None  # the full path says what is wrong
+    result = reuse_unchanged(path, opts, rep)
+    if result is None:
+        return None
+    rep.info(f"environment {result.name}: reused {result.image}")
+    return ResolvedEnv(
+        ref, result.image, result.digest, s.python or s.interpreter, str(path), s.name, s.hash, False,
+        result.seconds, bool(opts.registry), s.shm_size,
+    )  # fmt: skip
+
+
+def _image(ref: str, opts: BuildOptions) -> ResolvedEnv:
     """An image given by reference: its digest from the engine or its registry, and the
     interpreter its ml-env label names (``python3`` for an image ml-env did not build)."""
     from . import engine
-    from .build import BuildOptions
     from .registry import RegistryClient, parse_ref
     from .spec import check_image_ref
 
-    insecure = opts.insecure if isinstance(opts, BuildOptions) else False
+    insecure = opts.insecure
     check_image_ref(ref, None, "--env")
     c = engine.current().containers
     digest = c.image_digest(ref)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import tomlkit
-import tomlkit.exceptions
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -31,7 +30,18 @@ from .environment import (
     IndexConfig,
 )
 from .errors import SpecError
-from .grammar import APT_PACKAGE, ENV_NAME, INTERPRETER, LABEL_KEY, NAME, has_control, matches, parse_size, printable
+from .grammar import (
+    APT_PACKAGE,
+    ENV_NAME,
+    INTERPRETER,
+    LABEL_KEY,
+    NAME,
+    has_control,
+    matches,
+    parse_size,
+    printable,
+    toml_error,
+)
 from .paths import project_root, read_inside, resolve_inside
 from .refs import check_image_ref
 
@@ -64,15 +74,12 @@ LARGE_WHEEL = 2 * 2**30
 
 def parse_document(text: str, path: Path, shown: str) -> Environment:
     try:
-        doc = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as e:
-        # tomlkit's message can quote the offending text: keep only where it is and what kind
-        kind = re.sub(r"(?<!^)([A-Z])", r" \1", type(e).__name__).lower().replace(" error", "")
-        raise SpecError(
-            f"invalid TOML at line {e.line}, column {e.col} ({kind})", file=shown, line=getattr(e, "line", None)
-        ) from None
-    except (ValueError, RecursionError):  # tomlkit raises these on some malformed input
-        raise SpecError("invalid TOML", file=shown) from None
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        what, line = toml_error(e)
+        raise SpecError(f"invalid TOML {what}" if line else f"invalid TOML: {what}", file=shown, line=line) from None
+    except RecursionError:
+        raise SpecError("invalid TOML (nested too deeply)", file=shown) from None
     return _Validator(doc, path, shown).environment()
 
 

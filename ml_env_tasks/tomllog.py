@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from .digests import cache_dir
 from .errors import LogError
 from .fsutil import locked, write_atomic
+from .grammar import toml_error
 
 __all__ = ["TomlLog", "MAX_LOG_BYTES"]
 
@@ -61,25 +62,39 @@ class TomlLog:
             for line in self.header:
                 doc.add(tomlkit.comment(line))
             return doc
+        text = self._text()
         try:
-            if self.path.stat().st_size > MAX_LOG_BYTES:
-                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=str(self.path))
-            return tomlkit.parse(self.path.read_text(encoding="utf-8"))
-        except LogError:
-            raise
-        except UnicodeDecodeError:
-            raise LogError("not UTF-8 text", file=str(self.path)) from None
-        except OSError as e:
-            raise LogError(f"cannot be read: {e.strerror}", file=str(self.path)) from None
+            return tomlkit.parse(text)
         except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
             at = getattr(e, "line", None)
             raise LogError(f"not valid TOML{f' at line {at}' if at else ''}", file=str(self.path)) from None
 
+    def _text(self) -> str:
+        try:
+            if self.path.stat().st_size > MAX_LOG_BYTES:
+                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=str(self.path))
+            return self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise LogError("not UTF-8 text", file=str(self.path)) from None
+        except OSError as e:
+            raise LogError(f"cannot be read: {e.strerror}", file=str(self.path)) from None
+
     def raw_entries(self) -> list[dict[str, Any]]:
-        """The entries as plain tables; anything else at the top is a LogError."""
+        """The entries as plain tables; anything else at the top is a LogError.
+
+        Read with ``tomllib`` (strict, and a tenth of tomlkit's import time); tomlkit is loaded
+        only to append, where it keeps the file's comments and layout."""
+        import tomllib
+
         if not self.path.exists():
             return []
-        doc = self._document().unwrap()
+        try:
+            doc = tomllib.loads(self._text())
+        except tomllib.TOMLDecodeError as e:
+            what, line = toml_error(e)
+            raise LogError(
+                f"not valid TOML {what}" if line else "not valid TOML", file=str(self.path), line=line
+            ) from None
         unknown = [k for k in doc if k != self.table]
         if unknown:
             raise LogError(f"unexpected top-level key(s) {', '.join(sorted(unknown))[:100]}", file=str(self.path))

@@ -1,15 +1,41 @@
 """Building an environment's image: hash → exists? → BuildKit with cache → lock → push → verify.
 
-``model`` (options, result, reporter), ``flow`` (the build), ``cache`` (which cache refs),
-``secrets`` (what reaches the build as secret mounts), ``lockfile`` (the lock read from the image).
+``model`` (options, result, reporter), ``reuse`` (the no-op fast path), ``flow`` (the build),
+``cache`` (which cache refs), ``secrets`` (what reaches the build as secret mounts), ``lockfile``
+(the lock read from the image).
+
+The names below load their module on first use (PEP 562): a no-op build imports ``reuse`` and
+``model`` only, not the renderer, the parsers or the registry client.
 """
 
 from __future__ import annotations
 
-from ..options import CACHE_BACKENDS
-from .cache import CachePlan, cache_refs, choose_cache
-from .flow import build, build_env, load_env, pin_base, plan
-from .model import BuildOptions, BuildResult, Reporter, image_ref, repository_for
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..options import CACHE_BACKENDS
+    from .cache import CachePlan, cache_refs, choose_cache
+    from .flow import build_env, load_env, pin_base, plan
+    from .model import BuildOptions, BuildResult, Reporter, image_ref, repository_for
+    from .reuse import build
+
+_WHERE = {
+    "CACHE_BACKENDS": "..options",
+    "CachePlan": ".cache",
+    "cache_refs": ".cache",
+    "choose_cache": ".cache",
+    "build": ".reuse",
+    "build_env": ".flow",
+    "load_env": ".flow",
+    "pin_base": ".flow",
+    "plan": ".flow",
+    "BuildOptions": ".model",
+    "BuildResult": ".model",
+    "Reporter": ".model",
+    "image_ref": ".model",
+    "repository_for": ".model",
+}
 
 __all__ = [
     "CACHE_BACKENDS",
@@ -27,3 +53,12 @@ __all__ = [
     "plan",
     "repository_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value

@@ -34,9 +34,10 @@ from ..spec import Environment, lock_path_for
 from .cache import choose_cache, existing_sources, point_moving_ref
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
+from .reuse import announce, image_exists
 from .secrets import build_secrets, docker_config_for, env_secret
 
-__all__ = ["build", "build_env", "load_env", "plan", "pin_base"]
+__all__ = ["build_env", "load_env", "plan", "pin_base"]
 
 PUSH_ATTEMPTS = 3
 _TRANSIENT_PUSH = re.compile(
@@ -76,14 +77,10 @@ def pin_base(env: Environment, opts: BuildOptions) -> Environment:
     return env.with_base_digest(info.digest)
 
 
-def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter | None = None) -> BuildResult:
-    """Load the environment file and build (or reuse) its image."""
-    opts = opts or BuildOptions()
-    return build_env(load_env(path, opts), opts, reporter)
-
-
 def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build (or reuse) the image of an environment already loaded (and pinned, with --pin-base)."""
+    from .. import speccache
+
     rep = reporter or Reporter()
     t0 = time.monotonic()
     if opts.cache not in CACHE_BACKENDS:
@@ -92,13 +89,9 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
         raise UsageError("--upgrade re-resolves packages and --locked installs the lock: choose one")
     p = render(env)
     ref = image_ref(env, opts, p.hash)
-    for w in env.warnings:
-        rep.warn(w)
-    if env.unpinned and not opts.locked:
-        rep.info(
-            f"{len(env.unpinned)} unpinned package(s) ({', '.join(env.unpinned[:5])}): the lock records what the image "
-            "holds; --upgrade re-resolves them"
-        )
+    if not opts.pin_base:
+        speccache.store(env, p.hash, p.python, locked=opts.locked)
+    announce(env.warnings, env.unpinned, opts, rep)
 
     def reused(found: str, lock: str | None) -> BuildResult:
         return BuildResult(
@@ -107,35 +100,15 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
         )  # fmt: skip
 
     if not (opts.force or opts.upgrade):
-        found = _exists(ref, opts, rep)
+        found = image_exists(ref, opts, rep)
         if found is not None:
-            return reused(found, lock_from_registry_if_missing(env, ref, opts, rep))
+            return reused(found, lock_from_registry_if_missing(env.path, ref, opts, rep))
     with _build_lock(p.hash, opts, rep):
         if not (opts.force or opts.upgrade):
-            found = _exists(ref, opts, rep)
+            found = image_exists(ref, opts, rep)
             if found is not None:  # built by a concurrent build while we waited
                 return reused(found, None)
         return _build(env, p, ref, opts, rep, t0)
-
-
-def _exists(ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
-    """The digest of the image at ``ref`` if it exists; None if it does not. Errors raise."""
-    if not opts.registry:
-        from .. import engine
-
-        return engine.current().local_image_id(ref)
-    r = parse_ref(ref)
-    try:
-        info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
-    except RegistryError as e:
-        if opts.build_on_check_error:
-            rep.warn(f"could not check whether {ref} exists ({e.message}); building as asked")
-            return None
-        raise RegistryError(
-            f"could not check whether {ref} exists: {e.message}",
-            hint="an unanswered check is never taken as 'exists'; fix the registry or pass --build-on-check-error",
-        ) from None
-    return info.digest if info else None
 
 
 @contextlib.contextmanager

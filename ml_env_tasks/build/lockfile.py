@@ -3,13 +3,16 @@ and brought into a fresh checkout from the image's label."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, RegistryError
 from ..fsutil import write_atomic
-from ..registry import RegistryClient, parse_ref
-from ..spec import Environment, lock_packages, lock_path_for
+from ..pins import lock_packages, lock_path_for
 from .model import BuildOptions, Reporter
+
+if TYPE_CHECKING:
+    from ..environment import Environment
 
 __all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
 
@@ -57,11 +60,13 @@ def check_locked(env: Environment, got: str) -> None:
         )
 
 
-def lock_from_registry_if_missing(env: Environment, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
+def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
     """A fresh checkout reuses an image built elsewhere: bring its lock file along from the label."""
-    lp = lock_path_for(env.path)
+    lp = lock_path_for(spec_path)
     if lp.exists() or not opts.registry:
         return str(lp) if lp.exists() else None
+    from ..registry import RegistryClient, parse_ref
+
     r = parse_ref(ref)
     try:
         cfg = RegistryClient(r.host, insecure=opts.insecure).image_config(r.repository, r.reference)

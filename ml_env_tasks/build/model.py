@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ..hashing import env_hash
-from ..spec import Environment
+if TYPE_CHECKING:
+    from ..environment import Environment
 
 __all__ = ["Reporter", "BuildOptions", "BuildResult", "repository_for", "image_ref"]
 
@@ -91,10 +91,17 @@ class BuildResult:
 
 
 def repository_for(env: Environment, opts: BuildOptions) -> str:
-    return opts.repository or f"ml-envs/{env.name}"
+    return repository_for_name(env.name, opts)
+
+
+def repository_for_name(name: str, opts: BuildOptions) -> str:
+    return opts.repository or f"ml-envs/{name}"
 
 
 def image_ref(env: Environment, opts: BuildOptions, h: str | None = None) -> str:
-    h = h or env_hash(env)
+    if h is None:
+        from ..hashing import env_hash
+
+        h = env_hash(env)
     repo = repository_for(env, opts)
     return f"{opts.registry}/{repo}:{h}" if opts.registry else f"{repo}:{h}"

@@ -65,6 +65,14 @@ def _version() -> str:
         return "ml-env (source)"
 
 
+class _Version(argparse.Action):
+    """``--version``, with the version looked up only when asked (importlib.metadata is slow)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kw: object) -> None:
+        print(_version())
+        parser.exit()
+
+
 def _selected(argv: Sequence[str]) -> str | None:
     """The command named on the command line (the first word that is one)."""
     skip = False
@@ -83,13 +91,16 @@ def _selected(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] = ()) -> Parser:
     """The parser, with only the selected command (if any) configured in full."""
     parser = Parser(prog="ml-env", description="Content-addressed ML environment images.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument(
         "--context", help="the docker context to use (default: DOCKER_HOST, DOCKER_CONTEXT, the current one)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     selected = _selected(argv)
-    for name, (module, help_) in COMMANDS.items():
+    # a named command gets its own parser only (each parser costs argparse time); without one,
+    # every command is listed for the help and the usage error
+    for name in [selected] if selected else COMMANDS:
+        module, help_ = COMMANDS[name]
         p = sub.add_parser(name, help=help_, description=help_)
         if name == selected:
             importlib.import_module(f"{__name__}.{module}").configure(name, p)

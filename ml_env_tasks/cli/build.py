@@ -25,9 +25,11 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> str:
+    if not args.spec.startswith("curated/"):
+        return str(args.spec)
     from ..catalog import resolve_curated
 
-    return str(resolve_curated(args.spec)) if args.spec.startswith("curated/") else args.spec
+    return str(resolve_curated(args.spec))
 
 
 def cmd_build(args: argparse.Namespace) -> int:

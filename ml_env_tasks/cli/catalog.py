@@ -118,7 +118,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .common import reporter
 
     out = output(args)
-    resolved = resolve_environment(args.spec, build_options(args), reporter=reporter(out, stream_logs=False))
+    resolved = resolve_environment(
+        args.spec, build_options(args), reporter=reporter(out, stream_logs=False), need_env=True
+    )
     assert resolved.env is not None
     # the environment the image was built from (pinned with --pin-base) is the one recorded
     entry, created = Versions(args.versions).register(

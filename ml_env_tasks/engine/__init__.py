@@ -17,23 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, EngineError, RegistryAuthError
 from .buildlog import TAIL_LINES, count_step, failing_step, last_error_line, lines, tail, text
-from .containers import Container, ContainerInfo, Containers, ContainerState, PortBinding
 from .context import Endpoint, current_endpoint, select_context
+
+if TYPE_CHECKING:
+    from .containers import Containers
 
 __all__ = [
     "BuildOutcome",
     "Capabilities",
-    "Container",
-    "ContainerInfo",
-    "ContainerState",
-    "Containers",
     "Endpoint",
     "Engine",
-    "PortBinding",
     "current",
     "select_context",
 ]
@@ -102,6 +99,8 @@ class Engine:
     @cached_property
     def containers(self) -> Containers:
         """The Engine API side (docker-py) on the same endpoint."""
+        from .containers import Containers
+
         api = self.endpoint.docker_py()
         try:
             api.ping()
@@ -230,6 +229,11 @@ class Engine:
         return str(out)
 
     def local_image_id(self, ref: str) -> str | None:
+        from . import local_api
+
+        got = local_api.image_id(self.endpoint.host, ref)
+        if got != local_api.UNKNOWN:
+            return got
         from python_on_whales.exceptions import DockerException, NoSuchImage
 
         try:

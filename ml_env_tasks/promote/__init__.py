@@ -150,7 +150,6 @@ def _promote(
     result = PromoteResult(
         digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
     )
-    result.environment = _environment(sc, src.repository, digest)
 
     # tag policy, before anything is written
     state = _tag_state(dc, dst, tags, digest)
@@ -168,10 +167,15 @@ def _promote(
         else:
             result.plan.append(f"tag {t}: move from {have[:19]} (allowed)")
             result.moved_tags.append(f"{t} (was {have})")
-    if all(have == digest for have in state.values()) and dc.head_manifest(dst.repository, digest) is not None:
+    if all(have == digest for have in state.values()):  # each tag HEAD answered this very manifest
         result.no_op = True
         say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to copy")
-        if ledger is not None and not ledger.has(result.destination, digest, tuple(tags)):
+        known = ledger.recorded(result.destination, digest, tuple(tags)) if ledger is not None else None
+        if known is not None:
+            result.environment = {"name": known.environment, "hash": known.environment_hash}
+        else:
+            result.environment = _environment(sc, src.repository, digest)
+        if ledger is not None and known is None:
             entry = _entry(result, tags, found=True)
             ledger.append(entry)
             result.ledger_entry, result.recorded_found = entry.to_dict(), True
@@ -179,6 +183,7 @@ def _promote(
         result.seconds = time.monotonic() - t0
         return result
 
+    result.environment = _environment(sc, src.repository, digest)
     tree = Tree()
     collect(sc, src.repository, digest, body, top.media_type, tree)
     if opts.dry_run:

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -148,6 +147,8 @@ def copy_blobs(
         for item in todo:
             one(item)
         return
+    from concurrent.futures import ThreadPoolExecutor  # logging and more: only when there is a copy to do
+
     with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="ml-env-promote") as pool:
         for f in [pool.submit(one, item) for item in todo]:
             f.result()

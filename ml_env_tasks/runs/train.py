@@ -155,9 +155,7 @@ def train(
     resolved = resolve_environment(
         opts.environment, opts.build, reporter=_Say(stream_logs=False), versions=opts.versions
     )
-    environment = RunEnvironment(
-        opts.environment if resolved.env else None, resolved.name, resolved.hash, resolved.pinned, resolved.digest
-    )
+    environment = RunEnvironment(resolved.spec, resolved.name, resolved.hash, resolved.pinned, resolved.digest)
     python, shm = resolved.python, resolved.shm_size
     outputs.mkdir(parents=True)
     user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"

@@ -78,6 +78,45 @@ def test_cli_json_and_noop_exit(ws) -> None:
     assert "buildx" not in p2.stderr and "#1" not in p2.stderr  # BuildKit was not touched
 
 
+HEAVY = ("python_on_whales", "docker", "tomlkit", "packaging", "ml_env_tasks.build.flow", "ml_env_tasks.dockerfile",
+         "ml_env_tasks.specparse", "ml_env_tasks.environment")  # fmt: skip
+PROBE = """
+import json, sys
+from ml_env_tasks.cli import run
+code = run(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("where", ["registry", "local"])
+def test_noop_build_fast_path_loads_no_builder(ws, where: str) -> None:
+    """An unchanged environment whose image exists is answered from the spec summary and one
+    question (a registry HEAD, or one Engine API call): no parser, renderer or docker client is
+    even imported. Its files are made old enough for their timestamps to be trusted."""
+    import os
+    import time
+
+    f = ws.spec(PY.format(base=ws.lab["base_image_python"]))
+    args = ws.cli_args() if where == "registry" else ws.cli_args()[2:]  # without --registry: the local store
+    assert ml_env("build", str(f), *args, "--quiet").returncode == 0
+    old = time.time() - 60
+    for p in (f, f.with_suffix(".lock")):
+        os.utime(p, (old, old))
+    assert ml_env("build", str(f), *args, "--quiet").returncode == 0  # parses once more, remembers
+    p = subprocess.run([sys.executable, "-c", PROBE, "build", str(f), *args, "--json"], capture_output=True, text=True)
+    *printed, probe = p.stdout.strip().splitlines()
+    last = json.loads(probe)
+    assert last["code"] == 0, p.stderr
+    result = json.loads("\n".join(printed))
+    assert result["built"] is False
+    loaded = [m for m in last["modules"] if m.split(".")[0] in HEAVY or m in HEAVY]
+    assert loaded == [], f"the no-op fast path imported {loaded}"
+    # a change to the spec is seen at once, by the full path
+    f.write_text(f.read_text().replace('"six"', '"six", "tomli==2.0.2"'))
+    changed = json.loads(ml_env("build", str(f), *args, "--json", "--quiet").stdout)
+    assert changed["hash"] != result["hash"] and changed["built"] is True
+
+
 def test_python_lock_label_and_locked_build(ws) -> None:
     f = ws.spec(PY.format(base=ws.lab["base_image_python"]))
     r = build(f, ws.opts())

@@ -1,0 +1,89 @@
+"""``build``, and its fast path: an unchanged environment whose image exists is answered
+without parsing or rendering anything.
+
+Kept apart from ``flow`` so that a no-op ``ml-env build`` loads only this: the spec summary
+cache, one existence check (a registry HEAD, or one Engine API question) and the lock label.
+``flow`` is imported only when there is something to parse or build.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import RegistryError
+from .lockfile import lock_from_registry_if_missing
+from .model import BuildOptions, BuildResult, Reporter, repository_for_name
+
+__all__ = ["announce", "build", "image_exists", "reuse_unchanged"]
+
+
+def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter | None = None) -> BuildResult:
+    """Load the environment file and build (or reuse) its image.
+
+    An unchanged environment file whose image exists is answered from the spec summary cache
+    and one registry HEAD, without parsing the file again (see ``speccache``)."""
+    opts = opts or BuildOptions()
+    rep = reporter or Reporter()
+    if not (opts.force or opts.upgrade or opts.pin_base):
+        reused = reuse_unchanged(path, opts, rep)
+        if reused is not None:
+            return reused
+    from .flow import build_env, load_env
+
+    return build_env(load_env(path, opts), opts, rep)
+
+
+def reuse_unchanged(path: str | Path, opts: BuildOptions, rep: Reporter) -> BuildResult | None:
+    """The image of an environment file parsed before and unchanged since, if it exists."""
+    from .. import speccache
+
+    t0 = time.monotonic()
+    s = speccache.lookup(path, locked=opts.locked)
+    if s is None:
+        return None
+    announce(s.warnings, s.unpinned, opts, rep)
+    repo = repository_for_name(s.name, opts)
+    ref = f"{opts.registry}/{repo}:{s.hash}" if opts.registry else f"{repo}:{s.hash}"
+    found = image_exists(ref, opts, rep)
+    if found is None:
+        return None
+    lock = lock_from_registry_if_missing(Path(path), ref, opts, rep)
+    return BuildResult(
+        ref, found, s.hash, built=False, cache_hit=True, name=s.name, lock_path=lock,
+        seconds=time.monotonic() - t0, unpinned=s.unpinned, python=s.python, registry=opts.registry,
+    )  # fmt: skip
+
+
+def announce(
+    warnings: tuple[str, ...], unpinned: tuple[str, ...] | list[str], opts: BuildOptions, rep: Reporter
+) -> None:
+    for w in warnings:
+        rep.warn(w)
+    if unpinned and not opts.locked:
+        rep.info(
+            f"{len(unpinned)} unpinned package(s) ({', '.join(unpinned[:5])}): the lock records what the image "
+            "holds; --upgrade re-resolves them"
+        )
+
+
+def image_exists(ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
+    """The digest of the image at ``ref`` if it exists; None if it does not. Errors raise."""
+    if not opts.registry:
+        from .. import engine
+
+        return engine.current().local_image_id(ref)
+    from ..registry import RegistryClient, parse_ref
+
+    r = parse_ref(ref)
+    try:
+        info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
+    except RegistryError as e:
+        if opts.build_on_check_error:
+            rep.warn(f"could not check whether {ref} exists ({e.message}); building as asked")
+            return None
+        raise RegistryError(
+            f"could not check whether {ref} exists: {e.message}",
+            hint="an unanswered check is never taken as 'exists'; fix the registry or pass --build-on-check-error",
+        ) from None
+    return info.digest if info else None

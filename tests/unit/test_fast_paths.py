@@ -1,0 +1,232 @@
+"""The fast paths are exact: a remembered spec summary is used only while every file it came from
+is unchanged; the one-question Engine API path takes only clear answers; TOML readers never echo
+file content. No Docker here: the engine is a unix-socket server of our own."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ml_env_tasks import spec, speccache
+from ml_env_tasks.config import load_layers
+from ml_env_tasks.dockerfile import render
+from ml_env_tasks.engine import local_api
+from ml_env_tasks.errors import LogError, SpecError, UsageError
+from ml_env_tasks.grammar import toml_error
+from ml_env_tasks.ledger import Ledger
+
+SPEC = """
+name = "fast"
+[base]
+image = "127.0.0.1:5000/base/debian-python:bookworm"
+[python]
+requirements = ["req.txt"]
+packages = ["six"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ML_ENV_CONFIG", str(tmp_path / "no-user-config.toml"))
+    monkeypatch.setenv("ML_ENV_SITE_CONFIG", str(tmp_path / "no-site-config.toml"))
+
+
+def _old(*paths: Path) -> None:
+    """Files last written a minute ago: old enough for their timestamps to be trusted."""
+    t = time.time() - 60
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def _project(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    f = tmp_path / "fast.toml"
+    f.write_text(SPEC)
+    req = tmp_path / "req.txt"
+    req.write_text("tomli==2.0.2\n")
+    _old(f, req)
+    return f, req
+
+
+def _remember(f: Path, locked: bool = False) -> str:
+    env = spec.load(f, locked=locked)
+    p = render(env)
+    speccache.store(env, p.hash, p.python, locked=locked)
+    return p.hash
+
+
+def test_summary_is_used_while_nothing_changed(tmp_path: Path) -> None:
+    f, _ = _project(tmp_path)
+    h = _remember(f)
+    s = speccache.lookup(f, locked=False)
+    assert s is not None and s.hash == h and s.name == "fast"
+    assert s.unpinned == ("six",)
+    assert speccache.lookup(f, locked=True) is None  # --locked is another entry
+
+
+@pytest.mark.parametrize("change", ["spec", "requirements", "requirements-removed", "code"])
+def test_any_change_means_parsing_again(tmp_path: Path, change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    f, req = _project(tmp_path)
+    h = _remember(f)
+    if change == "spec":
+        f.write_text(SPEC.replace('"six"', '"six==1.16.0"'))
+        _old(f)
+    elif change == "requirements":
+        req.write_text("tomli==2.0.1\n")  # same size, other content
+        _old(req)
+    elif change == "requirements-removed":
+        req.unlink()
+    else:
+        monkeypatch.setattr(speccache, "_code_stamp", lambda: ["another version of the hashing code"])
+    assert speccache.lookup(f, locked=False) is None
+    if change in ("spec", "requirements"):
+        assert _remember(f) != h  # and the full parse gives the new hash
+
+
+def test_a_file_written_just_now_is_not_remembered(tmp_path: Path) -> None:
+    f, req = _project(tmp_path)
+    req.write_text("tomli==2.0.1\n")  # mtime now: within the racy window
+    _remember(f)
+    assert speccache.lookup(f, locked=False) is None
+
+
+def test_a_corrupt_cache_entry_is_a_miss(tmp_path: Path) -> None:
+    f, _ = _project(tmp_path)
+    _remember(f)
+    for entry in (tmp_path / "cache").rglob("*.json"):
+        entry.write_text('{"code": "nope", "files": 3')
+    assert speccache.lookup(f, locked=False) is None
+
+
+# --- one Engine API question over a unix socket ----------------------------------------------
+
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    answers: dict[str, tuple[int, bytes]] = {}
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.seen.append(self.path)
+        status, body = self.answers.get(self.path, (404, b'{"message":"No such image"}'))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def address_string(self) -> str:  # a unix socket has no (host, port)
+        return "unix"
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@contextmanager
+def engine(tmp_path: Path, answers: dict[str, tuple[int, bytes]]) -> Iterator[str]:
+    sock = tmp_path / "docker.sock"
+    _Engine.answers, _Engine.seen = answers, []
+    srv = _UnixServer(str(sock), _Engine)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"unix://{sock}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+IMG = "127.0.0.1:5000/ml-envs/x:" + "a" * 64
+PATH = f"/images/{IMG}/json"
+
+
+def test_engine_answer_found_and_missing(tmp_path: Path) -> None:
+    ident = "sha256:" + "b" * 64
+    with engine(tmp_path, {PATH: (200, json.dumps({"Id": ident}).encode())}) as host:
+        assert local_api.image_id(host, IMG) == ident
+        assert local_api.image_id(host, "ml-envs/other:1") is None
+    assert _Engine.seen == [PATH, "/images/ml-envs/other:1/json"]
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (500, b'{"message":"boom"}'),
+        (200, b"not json"),
+        (200, b'{"Id": 42}'),
+        (200, b'{"Id": "sha256:x\\nInjected"}'),
+        (200, b"[1, 2]"),
+        (200, b'{"Id": "' + b"a" * (2 << 20) + b'"}'),
+    ],
+)
+def test_anything_unclear_goes_to_the_full_client(tmp_path: Path, status: int, body: bytes) -> None:
+    with engine(tmp_path, {PATH: (status, body)}) as host:
+        assert local_api.image_id(host, IMG) == local_api.UNKNOWN
+
+
+def test_no_socket_or_a_remote_engine_is_unknown(tmp_path: Path) -> None:
+    assert local_api.image_id(f"unix://{tmp_path}/absent.sock", IMG) == local_api.UNKNOWN
+    assert local_api.image_id("tcp://127.0.0.1:2376", IMG) == local_api.UNKNOWN
+    assert local_api.image_id("ssh://me@host", IMG) == local_api.UNKNOWN
+
+
+def test_a_reference_cannot_change_the_request(tmp_path: Path) -> None:
+    with engine(tmp_path, {}) as host:
+        assert local_api.image_id(host, "x:1 HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /containers") is None
+    assert len(_Engine.seen) == 1 and "\r" not in _Engine.seen[0] and " " not in _Engine.seen[0]
+
+
+# --- TOML readers: the line, never the content -------------------------------------------------
+
+SECRET = "hunter2-do-not-echo"
+
+
+def test_toml_error_names_the_line_not_the_content() -> None:
+    import tomllib
+
+    with pytest.raises(tomllib.TOMLDecodeError) as e:
+        tomllib.loads(f'a = 1\ntoken = "{SECRET}" oops\n')
+    what, line = toml_error(e.value)
+    assert line == 2 and what.startswith("at line 2, column") and SECRET not in what
+
+
+def test_spec_ledger_and_config_errors_do_not_echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = f'name = "x"\n[base]\nimage = "{SECRET}\n'
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    f = tmp_path / "env.toml"
+    f.write_text(bad)
+    with pytest.raises(SpecError) as se:
+        spec.load(f)
+    assert se.value.line == 3 and SECRET not in str(se.value)
+
+    ledger = tmp_path / "releases.toml"
+    ledger.write_text(f'[[promotion]]\ndigest = "{SECRET}\n')
+    with pytest.raises(LogError) as le:
+        Ledger(ledger).entries()
+    assert le.value.line == 2 and SECRET not in str(le.value) and le.value.file == str(ledger)
+
+    (tmp_path / "pyproject.toml").write_text(f'[tool.ml-env]\nregistry = "{SECRET}\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as ce:
+        load_layers()
+    assert ce.value.line == 2 and SECRET not in str(ce.value)
+
+
+def test_a_pyproject_without_our_table_is_not_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # another tool's broken pyproject.toml is that tool's problem, not a reason to stop ml-env
+    (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = = 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_layers().project.path is None
