@@ -253,8 +253,10 @@ def describe(plan: BuildPlan) -> str:
     return f"# hash: {plan.hash}\n# context files:\n{ctx}\n{plan.dockerfile}"
 
 
-def plan_json(plan: BuildPlan, image: str | None) -> str:
-    return json.dumps(
-        {"hash": plan.hash, "image": image, "dockerfile": plan.dockerfile, "context_files": sorted(plan.files)},
-        indent=2,
-    )
+def plan_json(plan: BuildPlan, image: str | None, cache: dict[str, str] | None = None) -> str:
+    doc: dict[str, object] = {
+        "hash": plan.hash, "image": image, "dockerfile": plan.dockerfile, "context_files": sorted(plan.files),
+    }  # fmt: skip
+    if cache:
+        doc["cache"] = cache
+    return json.dumps(doc, indent=2)

@@ -64,13 +64,14 @@ def resolve_environment(
 
     An unchanged environment file whose image exists is answered without parsing it again
     (``speccache``), unless ``need_env`` asks for the loaded Environment itself."""
-    from .build import BuildOptions, Reporter, build_env, load_env
-    from .catalog import resolve_curated
+    from .build import BuildOptions, Reporter
 
     bopts = opts or BuildOptions()
     rep = reporter or Reporter(stream_logs=False)
     path: Path | None = None
     if ref.startswith("curated/"):
+        from .catalog import resolve_curated
+
         path = resolve_curated(ref)
     elif is_environment_file(ref):
         path = Path(ref)
@@ -81,6 +82,8 @@ def resolve_environment(
             fast = _unchanged(ref, path, bopts, rep, need_inference)
             if fast is not None:
                 return fast
+        from .build import build_env, load_env
+
         env = load_env(path, bopts)
         if need_inference and not env.inference:
             raise SpecError(

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .digests import stream_sha256
 from .errors import UsageError
@@ -82,6 +83,30 @@ def _patterns(source: Path, real_root: Path, warn: Callable[[str], None]) -> tup
     return patterns, "+".join(used) or None
 
 
+class _FixedNames:
+    """The always-ignored names alone (no ignore file): a name match, as gitignore has it for a
+    pattern without a slash inside — a file or folder of that name at any depth. pathspec (and
+    its pattern engine) is loaded only when an ignore file brings real patterns."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.dirs = {p.rstrip("/") for p in patterns if p.endswith("/")}
+        self.names = {p for p in patterns if not p.endswith("/")}
+
+    def match_file(self, rel: str) -> bool:
+        parts = rel.rstrip("/").split("/")
+        folders = parts if rel.endswith("/") else parts[:-1]
+        # "name/" matches a folder of that name (and all below it); "name" a file or a folder
+        return any(x in self.dirs for x in folders) or any(x in self.names for x in parts)
+
+
+def _matcher(patterns: list[str]) -> Any:
+    if patterns == ALWAYS_IGNORED:
+        return _FixedNames(patterns)
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
 def _link_entry(p: Path, rel: str, real_root: Path) -> Entry | None:
     """An in-tree symlink as an entry with a relative target; None for one pointing outside."""
     target = os.readlink(p)
@@ -101,13 +126,11 @@ def snapshot(
     warn: Callable[[str], None] = print,
 ) -> Snapshot:
     """The files of ``source`` a run gets, with their sizes and digests."""
-    import pathspec
-
     if not source.is_dir():
         raise UsageError(f"source directory {source} not found", hint="--source takes a directory")
     real_root = source.resolve()
     patterns, used = _patterns(source, real_root, warn)
-    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    spec = _matcher(patterns)
     found: list[tuple[str, int, Path | None, Entry | None]] = []
     skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(source):  # never follows symlinked folders

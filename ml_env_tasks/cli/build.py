@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
@@ -17,6 +18,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", "-q", action="store_true", help="do not stream the build log (it is still saved)")
     elif name == "plan":
         command(p, cmd_plan, SPEC, BUILD_WHERE)
+        p.add_argument(
+            "--write-context", dest="context_dir", metavar="DIR",
+            help="also write the build context (Dockerfile and files) to DIR, new or empty, for another builder",
+        )  # fmt: skip
     elif name == "hash":
         command(p, cmd_hash, SPEC, [o for o in BUILD_WHERE if o.name in ("pin_base", "locked", "insecure")])
         p.add_argument("--canonical", action="store_true", help="also print the canonical JSON that is hashed")
@@ -46,13 +51,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..build import plan
     from ..dockerfile import describe, plan_json
 
-    _env, p, ref = plan(_spec(args), build_options(args))
+    opts = build_options(args)
+    env, p, ref = plan(_spec(args), opts)
+    cache = None
+    if opts.registry or opts.cache_ref:
+        from ..build import cache_refs
+
+        exact, moving = cache_refs(env, opts)
+        cache = {"exact": exact, "moving": moving}
+    if args.context_dir:
+        _write_context(p, Path(args.context_dir))
     out = output(args)
     if out.json_mode:
-        print(plan_json(p, ref))
+        print(plan_json(p, ref, cache))
     else:
-        out.result(None, f"# image: {ref}\n" + describe(p))
+        lines = [f"# image: {ref}"] + (
+            [f"# registry cache: {cache['exact']} (moving: {cache['moving']})"] if cache else []
+        )
+        out.result(None, "\n".join(lines) + "\n" + describe(p))
     return 0
+
+
+def _write_context(p: Any, d: Path) -> None:
+    from ..dockerfile import write_context
+    from ..errors import UsageError
+
+    if d.is_symlink() or (d.exists() and (not d.is_dir() or any(d.iterdir()))):
+        raise UsageError(f"--write-context {d}: must be a new or empty directory")
+    d.mkdir(parents=True, exist_ok=True)
+    write_context(p, d)
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """The one place that talks to a Docker engine.
 
 ``Engine`` is a facade over one endpoint (``context``): python-on-whales (the docker CLI and
-buildx) for builds and images, docker-py (the Engine API) for containers, both created from the
-same docker context and only when first used. ``current()`` gives the command's one engine.
+buildx) for builds and images, the Engine API (``api``) for containers, both on the same docker
+context and only when first used. ``current()`` gives the command's one engine.
 Capabilities are checked up front (engine reachable, buildx present, builder driver, containerd
 image store), python-on-whales' ``DockerException`` is translated once into our errors, and the
 tail of a build log is kept so a failed build says why.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,19 +99,10 @@ class Engine:
 
     @cached_property
     def containers(self) -> Containers:
-        """The Engine API side (docker-py) on the same endpoint."""
+        """The Engine API side (``engine.api``) on the same endpoint."""
         from .containers import Containers
 
-        api = self.endpoint.docker_py()
-        try:
-            api.ping()
-        except Exception as e:  # docker-py raises requests' errors as well as its own
-            raise EngineError(
-                f"the Docker engine ({self.endpoint.describe()}) is not reachable",
-                hint="start it, or run `nox -s lab`",
-                details=str(e)[:500],
-            ) from None
-        return Containers(api, self.endpoint.describe())
+        return Containers(self.endpoint.api(), self.endpoint.describe())
 
     # errors --------------------------------------------------------------------------------
     def _translate(self, e: Exception, what: str) -> Exception:
@@ -229,19 +221,15 @@ class Engine:
         return str(out)
 
     def local_image_id(self, ref: str) -> str | None:
-        from . import local_api
-
-        got = local_api.image_id(self.endpoint.host, ref)
-        if got != local_api.UNKNOWN:
-            return got
-        from python_on_whales.exceptions import DockerException, NoSuchImage
-
-        try:
-            return str(self.docker.image.inspect(ref).id)
-        except NoSuchImage:
+        """The id of a local image, None when the engine has none by that reference: one Engine
+        API call, no CLI process (the no-op build's only question to the engine)."""
+        img = self.containers.image(ref)
+        if img is None:
             return None
-        except DockerException as e:
-            raise self._translate(e, f"docker image inspect {ref}") from None
+        got = img.get("Id")
+        if not isinstance(got, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", got):
+            raise EngineError(f"the engine answered an image id that is not one for {ref}")
+        return got
 
     def remove_image(self, ref: str) -> None:
         from python_on_whales.exceptions import DockerException
@@ -255,10 +243,7 @@ class Engine:
         """Every layer's ``created by`` text, for checks that nothing secret went into the image.
 
         python-on-whales does not implement ``image.history``; the Engine API does."""
-        try:
-            return "\n".join(str(h.get("CreatedBy", "")) for h in self.containers.api.history(ref))
-        except self.containers.errors.DockerException as e:
-            raise EngineError(f"docker history {ref} failed: {str(e)[:300]}") from None
+        return "\n".join(str(h.get("CreatedBy", "")) for h in self.containers.history(ref))
 
     def login(self, server: str, username: str, password: str) -> None:
         """``docker login`` with the password on stdin; refused credentials are a RegistryAuthError.

@@ -1,14 +1,15 @@
-"""Containers through the Engine API (docker-py): training runs and scoring services.
+"""Containers through the Engine API (``engine.api``): training runs and scoring services.
 
 A run is several calls (create, copy in, start, follow logs, wait, inspect, remove); over the
 socket they cost milliseconds each, where a CLI process per call costs tens of them.
-python-on-whales stays the tool for builds (docker-py has no BuildKit). One ``Containers`` per
-engine, created from the same endpoint as the build side.
+python-on-whales stays the tool for builds (BuildKit is the CLI's). One ``Containers`` per
+engine, on the same endpoint as the build side.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..errors import EngineError
 from ..resources import Resources
+from .api import EngineAPI, EngineAPIError, NotFound
 from .buildlog import MAX_LOG_LINE
 
 __all__ = ["Container", "Containers", "ContainerInfo", "ContainerState", "PortBinding"]
@@ -78,16 +80,12 @@ class Container:
 
 
 class Containers:
-    def __init__(self, api: Any, describe: str = "the Docker engine") -> None:
-        import docker.errors
-
-        self.errors = docker.errors
+    def __init__(self, api: EngineAPI, describe: str = "the Docker engine") -> None:
         self.api = api
         self.describe = describe
 
-    def _fail(self, e: Exception, what: str) -> EngineError:
-        explanation = getattr(e, "explanation", None) or str(e)
-        return EngineError(f"{what} failed: {str(explanation)[:300]}")
+    def _fail(self, e: EngineAPIError, what: str) -> EngineError:
+        return EngineError(f"{what} failed: {e.message}")
 
     def create(
         self,
@@ -103,62 +101,74 @@ class Containers:
         resources: Resources | None = None,
         ports: dict[int, int] | None = None,
     ) -> Container:
-        from docker.types import DeviceRequest
-
         r = resources or Resources()
-        devices = None
+        host: dict[str, Any] = {"Binds": [f"{src}:{dst}:{mode}" for src, dst, mode in volumes]}
+        if r.cpus:
+            host["NanoCpus"] = int(r.cpus * 1e9)
+        if r.memory:
+            host["Memory"] = r.memory
+        if r.shm_size:
+            host["ShmSize"] = r.shm_size
         if r.gpus:
+            gpu: dict[str, Any] = {"Driver": "", "Capabilities": [["gpu"]], "Options": {}}
             if r.gpus == "all" or r.gpus.isdigit():
-                count = -1 if r.gpus == "all" else int(r.gpus)
-                devices = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+                gpu.update(Count=-1 if r.gpus == "all" else int(r.gpus), DeviceIDs=[])
             else:
-                ids = [x for x in r.gpus.replace("device=", "").split(",") if x]
-                devices = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
-        host_config = self.api.create_host_config(
-            binds=[f"{src}:{dst}:{mode}" for src, dst, mode in volumes],
-            nano_cpus=int(r.cpus * 1e9) if r.cpus else None,
-            mem_limit=r.memory,
-            shm_size=r.shm_size,
-            device_requests=devices,
-            port_bindings={c: ("127.0.0.1", h) for c, h in (ports or {}).items()} or None,
-        )
+                gpu.update(Count=0, DeviceIDs=[x for x in r.gpus.replace("device=", "").split(",") if x])
+            host["DeviceRequests"] = [gpu]
+        if ports:
+            host["PortBindings"] = {f"{c}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(h)}] for c, h in ports.items()}
+        config: dict[str, Any] = {
+            "Image": image, "Env": [f"{k}={v}" for k, v in envs.items()], "Labels": labels, "WorkingDir": workdir,
+            "User": user or "", "HostConfig": host, "Tty": False, "AttachStdout": False, "AttachStderr": False,
+        }  # fmt: skip
+        if command:  # none: the image's own CMD
+            config["Cmd"] = command
+        if ports:
+            config["ExposedPorts"] = {f"{c}/tcp": {} for c in ports}
+        create = self.api.path("/containers/create", query={"name": name})
         try:
-            self._ensure_image(image)
-            c = self.api.create_container(
-                image, command, name=name, environment=envs, labels=labels, working_dir=workdir,
-                user=user or "", host_config=host_config, ports=list(ports) if ports else None,
-            )  # fmt: skip
-        except self.errors.DockerException as e:
+            try:
+                made = self.api.call("POST", create, json_body=config)
+            except NotFound:  # no such image here: pull it, as docker run does, and create again
+                self._pull(image)
+                made = self.api.call("POST", create, json_body=config)
+        except EngineAPIError as e:
             raise self._fail(e, f"creating a container from {image}") from None
-        return Container(str(c["Id"]), name, self)
+        return Container(str(made["Id"]), name, self)
 
-    def _ensure_image(self, image: str) -> None:
-        try:
-            self.api.inspect_image(image)
-        except self.errors.ImageNotFound:
-            repo, _, ref = image.rpartition("@") if "@" in image else image.rpartition(":")
-            if "/" in ref:  # "host:port/repo" without a tag
-                repo, ref = image, "latest"
-            self.api.pull(repo, tag=ref)
+    def _pull(self, image: str) -> None:
+        """Pull an image (by digest or tag) with the registry credentials docker would use."""
+        repo, sep, ref = image.rpartition("@") if "@" in image else image.rpartition(":")
+        if not sep or "/" in ref:  # "host:port/repo" without a tag
+            repo, ref = image, "latest"
+        headers = {}
+        auth = _registry_auth(repo.split("/", 1)[0] if "/" in repo else "docker.io")
+        if auth:
+            headers["X-Registry-Auth"] = auth
+        for _ in self.api.json_lines("POST", self.api.path("/images/create", query={"fromImage": repo, "tag": ref}),
+                                     headers=headers, timeout=None):  # fmt: skip
+            pass
 
     def put_tar(self, cid: str, chunks: Iterator[bytes]) -> None:
         """Stream a tar (paths relative to /) into a created container: nothing is held whole."""
         try:
-            self.api.put_archive(cid, "/", chunks)
-        except self.errors.DockerException as e:
+            self.api.call("PUT", self.api.path("/containers/{}/archive", cid, query={"path": "/"}), body=chunks,
+                          headers={"Content-Type": "application/x-tar"})  # fmt: skip
+        except EngineAPIError as e:
             raise self._fail(e, "copying the source snapshot into the container") from None
 
     def start(self, cid: str) -> None:
         try:
-            self.api.start(cid)
-        except self.errors.DockerException as e:
+            self.api.call("POST", self.api.path("/containers/{}/start", cid))
+        except EngineAPIError as e:
             raise self._fail(e, "starting the container") from None
 
     def logs(self, cid: str) -> Iterator[str]:
         """Follow stdout and stderr, line by line, until the container stops. A line longer than
         MAX_LOG_LINE is cut into pieces: output without newlines cannot grow memory."""
         buf = b""
-        for chunk in self.api.logs(cid, stream=True, follow=True, stdout=True, stderr=True):
+        for chunk in self.api.output(cid, follow=True):
             buf += chunk
             while b"\n" in buf or len(buf) > MAX_LOG_LINE:
                 cut = buf.find(b"\n")
@@ -171,61 +181,82 @@ class Containers:
             yield buf.decode(errors="replace")
 
     def wait(self, cid: str) -> int:
-        return int(self.api.wait(cid)["StatusCode"])
+        got = self.api.call("POST", self.api.path("/containers/{}/wait", cid), timeout=None)
+        return int(got["StatusCode"])
 
     def stop(self, cid: str, timeout: int = 10) -> None:
         # called from a timer or a signal handler's thread: errors mean it is gone already
-        with contextlib.suppress(self.errors.DockerException):
-            self.api.stop(cid, timeout=timeout)
+        with contextlib.suppress(EngineAPIError, EngineError):
+            self.api.call("POST", self.api.path("/containers/{}/stop", cid, query={"t": timeout}), timeout=timeout + 30)
 
     def remove(self, cid: str) -> None:
-        with contextlib.suppress(self.errors.DockerException):
-            self.api.remove_container(cid, force=True, v=True)
+        with contextlib.suppress(EngineAPIError, EngineError):
+            self.api.call("DELETE", self.api.path("/containers/{}", cid, query={"force": 1, "v": 1}))
 
     def state(self, cid: str) -> ContainerState:
         """Where the container is now; ``gone`` when it no longer exists."""
         try:
-            st = self.api.inspect_container(cid)["State"]
-        except self.errors.NotFound:
+            st = self.api.call("GET", self.api.path("/containers/{}/json", cid))["State"]
+        except NotFound:
             return ContainerState("gone")
-        except self.errors.DockerException as e:
+        except EngineAPIError as e:
             raise self._fail(e, "inspecting a container") from None
         return ContainerState(
             str(st.get("Status") or "?"), st.get("ExitCode"), bool(st.get("OOMKilled")), str(st.get("Error") or "")
         )
 
+    def image(self, ref: str) -> dict[str, Any] | None:
+        """The engine's inspect of a local image; None when it has none by that reference."""
+        try:
+            got = self.api.call("GET", self.api.path("/images/{}/json", ref))
+        except NotFound:
+            return None
+        except EngineAPIError as e:
+            raise self._fail(e, f"inspecting {ref}") from None
+        return got if isinstance(got, dict) else None
+
     def image_digest(self, ref: str) -> str | None:
         """The repository digest of a local image (for a run against an image without a spec)."""
-        try:
-            img = self.api.inspect_image(ref)
-        except self.errors.ImageNotFound:
+        img = self.image(ref)
+        if img is None:
             return None
-        except self.errors.DockerException as e:
-            raise self._fail(e, f"inspecting {ref}") from None
         for d in img.get("RepoDigests") or []:
             return str(d).split("@", 1)[1]
         return str(img["Id"])
 
     def image_labels(self, ref: str) -> dict[str, str]:
         try:
-            img = self.api.inspect_image(ref)
-        except self.errors.DockerException:
+            img = self.image(ref) or {}
+        except EngineError:
             return {}
         labels = (img.get("Config") or {}).get("Labels") or {}
         return {str(k): str(v) for k, v in labels.items()}
 
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        try:
+            got = self.api.call("GET", self.api.path("/images/{}/history", ref))
+        except EngineAPIError as e:
+            raise self._fail(e, f"docker history {ref}") from None
+        return list(got or [])
+
     def gpus_available(self) -> bool:
         """A GPU runtime is registered with the engine (nvidia) or a GPU device node exists."""
         try:
-            runtimes = self.api.info().get("Runtimes") or {}
-        except self.errors.DockerException:
+            runtimes = (self.api.call("GET", "/info") or {}).get("Runtimes") or {}
+        except EngineAPIError:
             runtimes = {}
         return "nvidia" in runtimes or Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
 
     def list_by_label(self, label: str) -> list[ContainerInfo]:
         """Containers carrying a label (``key`` or ``key=value``)."""
+        try:
+            found = self.api.call(
+                "GET", self.api.path("/containers/json", query={"all": 1, "filters": {"label": [label]}})
+            )
+        except EngineAPIError as e:
+            raise self._fail(e, "listing containers") from None
         out = []
-        for c in self.api.containers(all=True, filters={"label": label}):
+        for c in found or []:
             ports = tuple(
                 PortBinding(int(p["PrivatePort"]), str(p.get("IP") or ""), int(p["PublicPort"]))
                 for p in c.get("Ports") or []
@@ -239,7 +270,26 @@ class Containers:
         return out
 
     def logs_text(self, cid: str, tail: int | str = "all") -> str:
-        try:
-            return str(self.api.logs(cid, stdout=True, stderr=True, tail=tail).decode(errors="replace"))
-        except self.errors.DockerException:
-            return ""
+        """The last lines of a container's output (bounded), for an error report."""
+        out = bytearray()
+        with contextlib.suppress(EngineAPIError, EngineError):
+            for chunk in self.api.output(cid, follow=False, tail=str(tail)):
+                out += chunk
+                if len(out) > 4 * 2**20:
+                    del out[: len(out) - 4 * 2**20]
+        return out.decode(errors="replace")
+
+
+def _registry_auth(host: str) -> str | None:
+    """The X-Registry-Auth header for a pull from ``host``: docker's credentials for it."""
+    import base64
+
+    from ..credentials import credentials_for
+
+    creds = credentials_for(host)
+    if creds is None:
+        return None
+    user, secret = creds
+    doc = {"identitytoken": secret} if user == "<token>" else {"username": user, "password": secret}
+    doc["serveraddress"] = host
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()

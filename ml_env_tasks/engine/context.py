@@ -2,9 +2,10 @@
 
 Precedence, as the docker CLI has it: ``--context NAME`` (the CLI's global option), then
 ``DOCKER_HOST`` (with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``), then ``DOCKER_CONTEXT``, then
-the docker config's ``currentContext``, then the local socket. python-on-whales is given the
-same context (or host); docker-py is built from docker-py's own reading of that context
-(``docker.context.ContextAPI``), because ``docker.from_env()`` ignores contexts (docker-py#3146).
+the docker config's ``currentContext``, then the local socket. python-on-whales (the docker CLI)
+is given the same context; the Engine API client (``engine.api``) talks to a ``unix://`` host
+directly and to any other through the CLI's ``system dial-stdio`` with the same context, so TLS
+and ssh are the CLI's own.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, UsageError
 from ..grammar import printable
+
+if TYPE_CHECKING:
+    from .api import EngineAPI
 
 __all__ = ["Endpoint", "current_endpoint", "select_context", "selected_context"]
 
@@ -49,32 +53,16 @@ class Endpoint:
         name = f"context {self.context}" if self.context else "engine"
         return f"{name} at {self.host} (from {self.source})"
 
-    def docker_py(self, *, timeout: int = 300) -> Any:
-        """A docker-py APIClient for this endpoint."""
-        import docker
-        import docker.errors
+    def api(self, *, timeout: float = 300) -> EngineAPI:
+        """The Engine API on this endpoint (see ``engine.api``)."""
+        from .api import EngineAPI
 
-        try:
-            if self.context is not None:
-                from docker.context import ContextAPI
+        return EngineAPI(self, timeout=timeout)
 
-                ctx = ContextAPI.get_context(self.context)
-                if ctx is None:
-                    raise EngineError(f"docker context {self.context} does not exist", hint="docker context ls")
-                return docker.APIClient(
-                    base_url=ctx.Host, tls=ctx.TLSConfig, version="auto", timeout=timeout,
-                    use_ssh_client=str(ctx.Host).startswith("ssh://"),
-                )  # fmt: skip
-            if self.source == "DOCKER_HOST":
-                from docker.utils import kwargs_from_env
-
-                kw = kwargs_from_env()
-                return docker.APIClient(
-                    version="auto", timeout=timeout, use_ssh_client=self.host.startswith("ssh://"), **kw
-                )
-            return docker.APIClient(base_url=self.host, version="auto", timeout=timeout)
-        except docker.errors.DockerException as e:
-            raise EngineError(f"the Docker engine ({self.describe()}) is not reachable", details=str(e)[:500]) from None
+    def cli_args(self) -> list[str]:
+        """docker CLI arguments that reach this endpoint (DOCKER_HOST, DOCKER_CONTEXT and the
+        config's current context reach the CLI through its environment, as they reach us)."""
+        return ["--context", self.context] if self.context is not None and self.source == "--context" else []
 
     def cli_options(self) -> dict[str, Any]:
         """Options for python-on-whales' DockerClient (the docker CLI) on this endpoint."""
@@ -93,15 +81,20 @@ def _config_context() -> str | None:
 
 
 def _context_host(name: str) -> str:
-    from docker.context import ContextAPI
+    """The engine host a docker context names, from the CLI's context store
+    (``contexts/meta/<sha256 of the name>/meta.json``)."""
+    import hashlib
 
+    base = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "contexts" / "meta"
+    meta = base / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
     try:
-        ctx = ContextAPI.get_context(name)
-    except Exception as e:  # docker-py raises its own errors for a broken context store
-        raise EngineError(f"docker context {name} cannot be read: {type(e).__name__}") from None
-    if ctx is None:
-        raise EngineError(f"docker context {printable(name, 60)} does not exist", hint="docker context ls")
-    return str(ctx.Host or DEFAULT_HOST)
+        doc = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise EngineError(f"docker context {printable(name, 60)} does not exist", hint="docker context ls") from None
+    except (OSError, ValueError):
+        raise EngineError(f"docker context {printable(name, 60)} cannot be read ({meta})") from None
+    host = ((doc.get("Endpoints") or {}).get("docker") or {}).get("Host") if isinstance(doc, dict) else None
+    return str(host) if isinstance(host, str) and host else DEFAULT_HOST
 
 
 def current_endpoint(context: str | None = None) -> Endpoint:

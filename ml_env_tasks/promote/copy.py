@@ -137,7 +137,7 @@ def copy_blobs(
                 result.mounted_blobs += 1
             tick(size, True)
             return
-        _stream_blob(sc, dc, src_repo, dst_repo, d, lambda n: tick(n, False))
+        _stream_blob(sc, dc, src_repo, dst_repo, d, size, lambda n: tick(n, False))
         with lock:
             result.copied_blobs += 1
             result.copied_bytes += size
@@ -155,12 +155,19 @@ def copy_blobs(
 
 
 def _stream_blob(
-    sc: RegistryClient, dc: RegistryClient, src_repo: str, dst_repo: str, digest: str, moved: Callable[[int], None]
+    sc: RegistryClient,
+    dc: RegistryClient,
+    src_repo: str,
+    dst_repo: str,
+    digest: str,
+    size: int,
+    moved: Callable[[int], None],
 ) -> None:
     for attempt in range(1, BLOB_ATTEMPTS + 1):
         sent = [0]
         try:
-            dc.upload_stream(dst_repo, digest, _counted(sc.blob_chunks(src_repo, digest), sent, moved))
+            stream = _counted(sc.blob_chunks(src_repo, digest), sent, moved)
+            dc.upload_stream(dst_repo, digest, stream, size=size if size > 0 else None)
             break
         except (RegistryUnreachable, BlobIntegrityError, RegistryTransient) as e:
             moved(-sent[0])

@@ -121,35 +121,32 @@ class RegistryClient(Transport):
     def _location(self, r: Response) -> str:
         return urljoin(self.base + "/", r.header("Location"))
 
-    def upload_stream(self, repository: str, digest: str, chunks: Iterable[bytes]) -> None:
-        """Upload a blob from an iterator of byte chunks (PATCH streamed, PUT to finish): no whole
-        blob is held in memory. The registry checks the bytes against ``digest`` when the upload
-        is finished; a mismatch (a truncated or corrupted stream) is a BlobIntegrityError."""
+    def upload_stream(self, repository: str, digest: str, chunks: Iterable[bytes], size: int | None = None) -> None:
+        """Upload a blob from an iterator of byte chunks: no whole blob is held in memory. With its
+        ``size`` known, one PUT carries the bytes (a monolithic upload, the distribution spec's
+        POST-then-PUT); without it, a chunked PATCH then a PUT. The registry checks the bytes
+        against ``digest`` when the upload completes; a mismatch (a truncated or corrupted stream)
+        is a BlobIntegrityError."""
         r = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope=_push_scope(repository), ok=(202,), body=b"")
         if r.status != 202 or not r.header("Location"):
             raise RegistryError(f"registry {self.host} did not open an upload in {repository} ({r.status})")
         location = self._location(r)
-        r = self.request(
-            "PATCH",
-            location,
-            scope=_push_scope(repository),
-            ok=(202, 204),
-            body=chunks,
-            headers={"Content-Type": "application/octet-stream"},
-            retry=False,
-        )
-        if r.status not in (202, 204):
-            raise RegistryError(f"registry {self.host} answered {r.status} while receiving blob {digest[:19]}")
-        location = self._location(r) if r.header("Location") else location
+        body: bytes | Iterable[bytes] = b""
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is None:
+            r = self.request("PATCH", location, scope=_push_scope(repository), ok=(202, 204), body=chunks,
+                             headers=headers, retry=False)  # fmt: skip
+            if r.status not in (202, 204):
+                raise RegistryError(f"registry {self.host} answered {r.status} while receiving blob {digest[:19]}")
+            location = self._location(r) if r.header("Location") else location
+        else:
+            body = _exactly(chunks, size, digest)
+            headers["Content-Length"] = str(size)
         sep = "&" if "?" in location else "?"
         r = self.request(
-            "PUT",
-            f"{location}{sep}digest={digest}",
-            scope=_push_scope(repository),
-            ok=(201, 400),
-            body=b"",
-            retry=False,
-        )
+            "PUT", f"{location}{sep}digest={digest}", scope=_push_scope(repository), ok=(201, 400), body=body,
+            headers=headers, retry=False,
+        )  # fmt: skip
         if r.status == 400 and "DIGEST_INVALID" in r.text:
             raise BlobIntegrityError(
                 f"blob {digest[:19]} arrived with other content (truncated or corrupted in transit)"
@@ -247,3 +244,16 @@ def _push_scope(repository: str, extra_pull: str | None = None) -> str:
     if extra_pull and extra_pull != repository:
         scope += f" repository:{extra_pull}:pull"
     return scope
+
+
+def _exactly(chunks: Iterable[bytes], size: int, digest: str) -> Iterator[bytes]:
+    """The stream, checked to be ``size`` bytes long (the Content-Length already sent): a source
+    that sends more or fewer bytes is an integrity error before the request is complete."""
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        if n > size:
+            raise BlobIntegrityError(f"blob {digest[:19]} is longer than its manifest says ({size} bytes)")
+        yield chunk
+    if n != size:
+        raise BlobIntegrityError(f"blob {digest[:19]} is {n} bytes, its manifest says {size}")

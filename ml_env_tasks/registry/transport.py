@@ -184,7 +184,8 @@ class Transport:
             conn = self._conn(scheme, netloc, fresh=stream)
             try:
                 if body is not None and not isinstance(body, (bytes, bytearray)):
-                    conn.request(method, path, body=body, headers=h, encode_chunked=True)
+                    # a streamed body goes chunked, unless its length was given
+                    conn.request(method, path, body=body, headers=h, encode_chunked="Content-Length" not in h)
                 else:
                     conn.request(method, path, body=body, headers=h)
                 resp = conn.getresponse()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,7 +88,7 @@ class RunResult:
 
 def _new_run_id(experiment: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{experiment}_{stamp}_{uuid.uuid4().hex[:8]}"
+    return f"{experiment}_{stamp}_{os.urandom(4).hex()}"
 
 
 def _parse_metrics(outputs: Path, stdout_metrics: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 from collections.abc import Callable
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from ..errors import ServiceFailed, UsageError
 from ..grammar import MODEL_NAME, SERVICE_NAME, matches, printable
 from ..resources import Resources
+from . import client
 
 __all__ = [
     "ServeOptions",
@@ -178,7 +178,7 @@ def wait_ready(service: Service, timeout: float = 60.0) -> float:
     """Poll ``GET /score`` with backoff until 200; fail fast if the container exits. Returns seconds."""
     c = _containers()
     t0 = time.monotonic()
-    delay = 0.02
+    delay = 0.01
     while True:
         state = c.state(service.container_id)
         if state.status not in ("running", "created"):
@@ -188,10 +188,9 @@ def wait_ready(service: Service, timeout: float = 60.0) -> float:
                 hint="init() failed? its traceback is above",
             )
         try:
-            r = requests.get(service.url + "/score", timeout=2)
-            if r.status_code == 200:
+            if client.request("GET", service.url + "/score", timeout=2).status == 200:
                 return time.monotonic() - t0
-        except requests.RequestException:
+        except (OSError, http.client.HTTPException):
             pass
         if time.monotonic() - t0 > timeout:
             raise ServiceFailed(
@@ -199,7 +198,7 @@ def wait_ready(service: Service, timeout: float = 60.0) -> float:
                 details=c.logs_text(service.container_id, tail=60),
             )
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, 0.1)
 
 
 def remove(service: Service) -> None:

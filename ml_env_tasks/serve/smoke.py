@@ -12,6 +12,7 @@ Keys: ``request`` (the JSON body) or ``request_text`` (a raw body); ``expect_sta
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import statistics
@@ -21,9 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from ..errors import MlEnvError, ServiceFailed, SpecError
+from . import client
 from .local import ServeOptions, Service, remove, start, wait_ready
 
 __all__ = [
@@ -280,20 +280,25 @@ def _run_case(service: Service, case: Case, repeat: int, timeout: float) -> Case
     for i in range(repeat):
         t0 = time.perf_counter()
         try:
-            r = requests.post(
-                service.url + "/score", data=case.body, headers={"Content-Type": "application/json"}, timeout=timeout
-            )
-        except requests.RequestException as e:
-            return CaseResult(case.name, case.line, False, None, f"request failed: {e}", latencies)
+            r = client.request("POST", service.url + "/score", body=case.body,
+                               headers={"Content-Type": "application/json"}, timeout=timeout)  # fmt: skip
+        except (OSError, http.client.HTTPException) as e:
+            return CaseResult(case.name, case.line, False, None, f"request failed: {_why(e)}", latencies)
         latencies.append((time.perf_counter() - t0) * 1000)
         if i == 0:
-            status, text = r.status_code, r.text
-            message = check(case, r.status_code, r.text)
+            status, text = r.status, r.text
+            message = check(case, r.status, r.text)
     try:
         response = json.loads(text)
     except ValueError:
         response = text[:1000]
     return CaseResult(case.name, case.line, message is None, status, message or "ok", latencies, response)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 def write_reports(report: SmokeReport, directory: Path, cases_path: Path) -> tuple[Path, Path]:

@@ -1,17 +1,10 @@
 """The fast paths are exact: a remembered spec summary is used only while every file it came from
-is unchanged; the one-question Engine API path takes only clear answers; TOML readers never echo
-file content. No Docker here: the engine is a unix-socket server of our own."""
+is unchanged; TOML readers never echo file content. No Docker here."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
-import socketserver
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +12,6 @@ import pytest
 from ml_env_tasks import spec, speccache
 from ml_env_tasks.config import load_layers
 from ml_env_tasks.dockerfile import render
-from ml_env_tasks.engine import local_api
 from ml_env_tasks.errors import LogError, SpecError, UsageError
 from ml_env_tasks.grammar import toml_error
 from ml_env_tasks.ledger import Ledger
@@ -106,87 +98,6 @@ def test_a_corrupt_cache_entry_is_a_miss(tmp_path: Path) -> None:
     for entry in (tmp_path / "cache").rglob("*.json"):
         entry.write_text('{"code": "nope", "files": 3')
     assert speccache.lookup(f, locked=False) is None
-
-
-# --- one Engine API question over a unix socket ----------------------------------------------
-
-
-class _Engine(http.server.BaseHTTPRequestHandler):
-    answers: dict[str, tuple[int, bytes]] = {}
-    seen: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.seen.append(self.path)
-        status, body = self.answers.get(self.path, (404, b'{"message":"No such image"}'))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
-
-    def address_string(self) -> str:  # a unix socket has no (host, port)
-        return "unix"
-
-
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-@contextmanager
-def engine(tmp_path: Path, answers: dict[str, tuple[int, bytes]]) -> Iterator[str]:
-    sock = tmp_path / "docker.sock"
-    _Engine.answers, _Engine.seen = answers, []
-    srv = _UnixServer(str(sock), _Engine)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"unix://{sock}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-IMG = "127.0.0.1:5000/ml-envs/x:" + "a" * 64
-PATH = f"/images/{IMG}/json"
-
-
-def test_engine_answer_found_and_missing(tmp_path: Path) -> None:
-    ident = "sha256:" + "b" * 64
-    with engine(tmp_path, {PATH: (200, json.dumps({"Id": ident}).encode())}) as host:
-        assert local_api.image_id(host, IMG) == ident
-        assert local_api.image_id(host, "ml-envs/other:1") is None
-    assert _Engine.seen == [PATH, "/images/ml-envs/other:1/json"]
-
-
-@pytest.mark.parametrize(
-    "status, body",
-    [
-        (500, b'{"message":"boom"}'),
-        (200, b"not json"),
-        (200, b'{"Id": 42}'),
-        (200, b'{"Id": "sha256:x\\nInjected"}'),
-        (200, b"[1, 2]"),
-        (200, b'{"Id": "' + b"a" * (2 << 20) + b'"}'),
-    ],
-)
-def test_anything_unclear_goes_to_the_full_client(tmp_path: Path, status: int, body: bytes) -> None:
-    with engine(tmp_path, {PATH: (status, body)}) as host:
-        assert local_api.image_id(host, IMG) == local_api.UNKNOWN
-
-
-def test_no_socket_or_a_remote_engine_is_unknown(tmp_path: Path) -> None:
-    assert local_api.image_id(f"unix://{tmp_path}/absent.sock", IMG) == local_api.UNKNOWN
-    assert local_api.image_id("tcp://127.0.0.1:2376", IMG) == local_api.UNKNOWN
-    assert local_api.image_id("ssh://me@host", IMG) == local_api.UNKNOWN
-
-
-def test_a_reference_cannot_change_the_request(tmp_path: Path) -> None:
-    with engine(tmp_path, {}) as host:
-        assert local_api.image_id(host, "x:1 HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /containers") is None
-    assert len(_Engine.seen) == 1 and "\r" not in _Engine.seen[0] and " " not in _Engine.seen[0]
 
 
 # --- TOML readers: the line, never the content -------------------------------------------------

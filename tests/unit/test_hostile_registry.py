@@ -58,8 +58,7 @@ def server(handle) -> Iterator[tuple[int, Seen]]:
         def _any(self):
             seen.add(self.command, self.path, self.headers.get("Authorization", ""))
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            self.body = self.rfile.read(length) if length else b""
             status, headers, body = handle(self)
             self.send_response(status)
             for k, v in headers.items():
@@ -322,3 +321,28 @@ def test_credentials_resolution_matches_docker_py(tmp_path, monkeypatch) -> None
         else:
             user = ref.get("Username") or ref.get("username")
             assert ours == (user, ref.get("Password") or ref.get("password")), host
+
+
+@pytest.mark.parametrize("served", [BLOB + b"and more", BLOB[:-100]], ids=["longer", "shorter"])
+def test_a_blob_of_another_length_than_its_manifest_says_is_not_uploaded(served: bytes) -> None:
+    """A monolithic upload sends Content-Length from the manifest: a source that streams more or
+    fewer bytes stops the upload before the destination could complete it."""
+    completed = []
+
+    def source(h):
+        return 200, {}, served
+
+    def destination(h):
+        if h.command == "POST":
+            return 202, {"Location": "/v2/r/blobs/uploads/u1"}, b""
+        if h.command == "PUT":
+            if len(h.body) == int(h.headers["Content-Length"]):  # a whole body arrived
+                completed.append(h.body)
+            return 201, {"Docker-Content-Digest": B_DIGEST}, b""
+        return 404, {}, b""
+
+    with server(source) as (sport, _), server(destination) as (dport, _):
+        chunks = client(sport).blob_chunks("r", B_DIGEST)
+        with pytest.raises(BlobIntegrityError):
+            client(dport).upload_stream("r", B_DIGEST, chunks, size=len(BLOB))
+    assert completed == []

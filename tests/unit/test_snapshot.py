@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.runs import RunOptions
@@ -146,3 +148,33 @@ def test_tar_stream_uses_fixed_memory(tmp_path: Path) -> None:
     s = snapshot(src)
     sizes = [len(c) for c in tar_chunks(s)]
     assert max(sizes) <= 2 * 2**20 and sum(sizes) >= 64 * 2**20
+
+
+_SEGMENTS = [
+    ".git",
+    "__pycache__",
+    ".nox",
+    ".ml-env",
+    ".pytest_cache",
+    ".amlignore",
+    "runs",
+    "src",
+    "a.py",
+    "runs.py",
+    "x",
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=5), st.booleans())
+def test_fixed_names_match_as_gitignore_does(parts: list[str], is_dir: bool) -> None:
+    """Without an ignore file the always-ignored names are matched without pathspec: the same
+    answer as pathspec's gitignore matching, for files and folders at any depth."""
+    import pathspec
+
+    from ml_env_tasks.snapshot import ALWAYS_IGNORED, _matcher
+
+    rel = "/".join(parts) + ("/" if is_dir else "")
+    ours = _matcher(list(ALWAYS_IGNORED))
+    assert type(ours).__name__ == "_FixedNames"
+    assert ours.match_file(rel) == pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED).match_file(rel), rel
