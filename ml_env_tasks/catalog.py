@@ -13,7 +13,9 @@ from .spec import CURATED_DIR, RESERVED_PREFIX
 __all__ = ["curated", "resolve_curated", "clone", "scaffold", "DEFAULT_BASE"]
 
 # the base image scaffolds and imports name when their source names none
-DEFAULT_BASE = "127.0.0.1:5000/base/debian-python:bookworm"
+# the official Python image (Debian bookworm slim): resolvable anywhere; the lab serves a
+# locally built stand-in under this exact name as the engine's Docker Hub mirror
+DEFAULT_BASE = "python:3.11-slim-bookworm"
 
 
 def curated() -> list[Path]:

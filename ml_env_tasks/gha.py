@@ -11,6 +11,7 @@ escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random del
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -336,6 +337,33 @@ def promote_action() -> int:
     return 0
 
 
+def environments(envs: str | Path) -> list[str]:
+    """The environment names of a folder (its ``*.toml`` files, not sub-folders)."""
+    d = Path(envs)
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def env_matrix(envs: Path) -> str:
+    """The environments of a folder as a GitHub Actions matrix (``{"include": [...]}``): each
+    file is parsed, so a broken one fails here, before any job starts."""
+    from . import spec
+
+    include = []
+    for n in environments(envs):
+        env = spec.load(envs / f"{n}.toml")
+        include.append({"env": n, "spec": str(envs / f"{n}.toml"), "name": env.name, "inference": env.inference})
+    return json.dumps({"include": include})
+
+
+def matrix_action() -> int:
+    """The reusable workflow's first job: the matrix of environments to build."""
+    envs = os.environ.get("INPUT_ENVS", "").strip() or "envs"
+    matrix = env_matrix(Path(envs))
+    print(matrix)
+    set_output("matrix", matrix)
+    return 0
+
+
 def login_action() -> int:
     """docker/login-action style: mask the password first, then log in through the engine. A
     registry that needs no login (no username and no password given) is a no-op."""
@@ -367,6 +395,7 @@ def stop_commands() -> Iterator[None]:
 
 
 ACTIONS = {
+    "matrix": matrix_action,
     "login": login_action,
     "build": build_action,
     "train": train_action,

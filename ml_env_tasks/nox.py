@@ -22,7 +22,6 @@ the ``ml-env`` CLI, in-process; a user error fails the session with the CLI's on
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ import nox
 import nox.registry
 
 from . import cli
+from .gha import env_matrix, environments
 
 __all__ = ["SESSIONS", "register", "run_cli", "environments"]
 
@@ -53,12 +53,6 @@ SESSIONS: dict[str, tuple[str, str, bool]] = {
 }
 TAGS = ["ml-env"]
 _registered: list[str] = []
-
-
-def environments(envs: str | Path) -> list[str]:
-    """The environment names of a folder (its ``*.toml`` files, not sub-folders)."""
-    d = Path(envs)
-    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
 
 
 def run_cli(session: nox.Session, command: str, args: Iterable[str]) -> None:
@@ -99,13 +93,7 @@ def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) ->
 
 def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
     def session_fn(session: nox.Session) -> None:
-        from . import spec
-
-        include = []
-        for n in environments(envs):
-            env = spec.load(envs / f"{n}.toml")
-            include.append({"env": n, "spec": str(envs / f"{n}.toml"), "name": env.name, "inference": env.inference})
-        matrix = json.dumps({"include": include})
+        matrix = env_matrix(envs)
         print(matrix)
         if os.environ.get("GITHUB_OUTPUT"):
             from .gha import set_output

@@ -25,6 +25,7 @@ from .environment import (
 )
 from .errors import SpecError
 from .grammar import printable
+from .pins import lock_to_read
 from .refs import check_image_ref
 
 __all__ = [
@@ -73,7 +74,7 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
         raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
     env = parse(text, p, shown=shown)
     if locked:
-        lp = lock_path_for(p)
+        lp = lock_to_read(p)
         if not lp.exists():
             raise SpecError(
                 f"--locked needs the lock file {lp}, which does not exist",
@@ -82,7 +83,10 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
             )
         from .paths import project_root
 
-        real, data = read_inside(p.parent, lp.name, project_root(p.parent), file=shown, key=None, what="lock file")
+        # beside the spec (inside the project), or a curated environment's in the user cache
+        folder = lp.parent if lp.parent != p.parent else p.parent
+        root = folder if lp.parent != p.parent else project_root(p.parent)
+        real, data = read_inside(folder, lp.name, root, file=shown, key=None, what="lock file")
         import hashlib
 
         env = env.with_lock(FileRef(lp, real, hashlib.sha256(data).hexdigest(), len(data), data))

@@ -5,6 +5,7 @@ One lab per machine. Usage (as root, on Debian bookworm), from any checkout:
     python3 ci/lab/lab.py up      # idempotent; checks what tests need and heals what it can
     python3 ci/lab/lab.py status  # the same health check, no changes; exit 1 when unhealthy
     python3 ci/lab/lab.py down    # stops what the lab started, by PID
+    python3 ci/lab/lab.py pristine-image  # a local image of a pristine bookworm (quick start test)
 
 Only the standard library is used: this runs before the project's dependencies exist.
 What it does and why is written up in the README ("The lab"). Facts behind each step:
@@ -48,6 +49,12 @@ PLAIN_PORT = 5000
 AUTH_PORT = 5001
 BASE_PYTHON = f"127.0.0.1:{PLAIN_PORT}/base/debian-python:bookworm"
 BASE_TINY = f"127.0.0.1:{PLAIN_PORT}/base/busybox:1"
+# the public name the shipped environments use; the engine pulls Docker Hub names through
+# the plain registry (its mirror), where the lab keeps BASE_PYTHON under this name too
+PUBLIC_PYTHON = "python:3.11-slim-bookworm"
+PUBLIC_PYTHON_MIRRORED = f"127.0.0.1:{PLAIN_PORT}/library/{PUBLIC_PYTHON}"
+# the machine's ml-env config (platformdirs' site_config_dir): what builds on this machine need
+SITE_CONFIG = Path(os.environ.get("ML_ENV_SITE_CONFIG") or "/etc/xdg/ml-env/config.toml")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 APT_PACKAGES_TRIXIE = ["docker.io/trixie", "docker-cli/trixie", "containerd/trixie", "docker-buildx/trixie"]
 APT_PACKAGES = ["docker-registry", "skopeo", "debootstrap", "apache2-utils", "busybox-static", "iproute2"]
@@ -428,6 +435,38 @@ def base_python() -> None:
     )
 
 
+def public_python() -> None:
+    """BASE_PYTHON under the official image's name, byte for byte (the same digest)."""
+    if in_registry(PUBLIC_PYTHON_MIRRORED):
+        return
+    run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+         f"docker://{BASE_PYTHON}", f"docker://{PUBLIC_PYTHON_MIRRORED}"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def write_site_config() -> None:
+    """The machine's ml-env config: builds here use the host network (the package proxy is on
+    it) and the host's CA bundle. Keys someone else wrote are kept; ours are replaced."""
+    ours = {"network": "host"}
+    if Path(HOST_CA).exists():
+        ours["ca_bundle"] = HOST_CA
+    kept = []
+    if SITE_CONFIG.exists():
+        for line in SITE_CONFIG.read_text().splitlines():
+            key = line.split("=", 1)[0].strip()
+            if line.startswith("#") or key not in ours:
+                kept.append(line)
+    body = "\n".join(x for x in kept if x.strip() and not x.startswith("# written by"))
+    text = "# written by the ml-env lab (ci/lab/lab.py): what builds on this machine need\n"
+    text += "".join(f'{k} = "{v}"\n' for k, v in ours.items()) + (body + "\n" if body else "")
+    SITE_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    tmp = SITE_CONFIG.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(SITE_CONFIG)
+
+
 def base_tiny() -> None:
     if in_registry(BASE_TINY):
         return
@@ -452,6 +491,35 @@ def base_tiny() -> None:
     import_and_push(tar, BASE_TINY, ["ENV PATH=/bin", 'CMD ["sh"]'])
     shutil.rmtree(rootfs, ignore_errors=True)
     tar.unlink()
+
+
+def pristine_image() -> str:
+    """A local image of a pristine Debian bookworm as a server has it: python3 and nothing for
+    Python packaging (no pip, no venv module). For the test of the README's quick start; built
+    on demand (debootstrap, about a minute, cached under STATE), never pushed."""
+    ref = "ml-env-lab/pristine-bookworm:python3"
+    if ok(["docker", "image", "inspect", ref]):
+        return ref
+    cache = STATE / "debian-bookworm-pristine.tar"
+    if not cache.exists():
+        mirror = debian_mirror()
+        rootfs = STATE / "rootfs-pristine"
+        shutil.rmtree(rootfs, ignore_errors=True)
+        log("debootstrap a pristine bookworm with python3 (about a minute)")
+        run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), mirror],
+            stdout=subprocess.DEVNULL)  # fmt: skip
+        (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
+        for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for f in (rootfs / sub).glob("*"):
+                if f.is_file():
+                    f.unlink()
+        tmp = cache.with_suffix(".tmp")
+        run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."], quiet=True)
+        tmp.rename(cache)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    run(["docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+         "--change", "ENV LANG=C.UTF-8", str(cache), ref], stdout=subprocess.DEVNULL)  # fmt: skip
+    return ref
 
 
 # --- health -------------------------------------------------------------------------------
@@ -489,7 +557,33 @@ def health() -> list[tuple[str, bool, str]]:
     for ref in (BASE_TINY, BASE_PYTHON):
         present = registry_answers(PLAIN_PORT) and in_registry(ref)
         checks.append((f"base {ref.split('/', 1)[1]}", present, "in the registry" if present else "missing"))
+    if engine:
+        # the engine resolves the public name through its mirror, as a build's FROM does
+        resolved = _engine_resolves(PUBLIC_PYTHON)
+        checks.append((f"base {PUBLIC_PYTHON}", resolved, "the engine resolves it through the lab's mirror"
+                       if resolved else "the engine cannot resolve it (mirror or stand-in missing)"))  # fmt: skip
+    site = SITE_CONFIG.exists() and 'network = "host"' in SITE_CONFIG.read_text()
+    checks.append(("site config", site, str(SITE_CONFIG) if site else f"{SITE_CONFIG} is missing or has no network"))
     return checks
+
+
+def _engine_resolves(name: str) -> bool:
+    """The engine's own answer (GET /distribution/NAME/json): the name resolves through its mirrors."""
+    import http.client
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(20)
+            self.sock.connect("/var/run/docker.sock")
+
+    try:
+        conn = Conn("localhost", timeout=20)
+        conn.request("GET", f"/distribution/{name}/json")
+        resp = conn.getresponse()
+        return resp.status == 200 and '"digest"' in resp.read(65536).decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _error_line(text: str) -> str:
@@ -522,6 +616,8 @@ def write_env(user: str, password: str) -> dict:
         "auth_password": password,
         "base_image_python": BASE_PYTHON,
         "base_image_tiny": BASE_TINY,
+        "base_image_public": PUBLIC_PYTHON,
+        "site_config": str(SITE_CONFIG),
         "build_network": "host",
         "ca_bundle": HOST_CA if Path(HOST_CA).exists() else "",
         "server_version": d.get("ServerVersion"),
@@ -595,6 +691,8 @@ def up() -> None:
         docker_login(user, password)
         base_tiny()
         base_python()
+        public_python()
+        write_site_config()
         checks = heal_engine_side(health())
         if not report(checks):
             raise SystemExit("[lab] not healthy after `up`: see the FAIL lines above")
@@ -632,6 +730,9 @@ def main(argv: list[str]) -> int:
         return status()
     elif cmd == "env-path":
         print(ENV_JSON)
+    elif cmd == "pristine-image":
+        with machine_lock():
+            print(pristine_image())
     else:
         print(__doc__)
         return 2

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Release example: promote exactly the smoke-tested scoring image to production, by digest,
-# and show the ledger entry. Run from the repository root with the lab up (`nox -s lab`).
+# and show the ledger entry. Run from the repository root, e.g. on the lab (`nox -s lab`):
 #
-#   bash examples/release/release.sh            # VERSION=1.0.0 by default
+#   REGISTRY=127.0.0.1:5000 PROD=127.0.0.1:5001/prod/sklearn-inference bash examples/release/release.sh
 #
-# Settings (environment): REGISTRY (tested images), PROD (production repository), VERSION,
-# LEDGER. The lab's build settings come from ML_ENV_BUILD_NETWORK / ML_ENV_CA_BUNDLE.
+# Settings (environment): REGISTRY (tested images), PROD (production repository), VERSION
+# (1.0.0), LEDGER, RUNS. Build settings (network, CA bundle) come from ml-env's config files.
 set -euo pipefail
-REGISTRY=${REGISTRY:-127.0.0.1:5000}
-PROD=${PROD:-127.0.0.1:5001/prod/sklearn-inference}
+REGISTRY=${REGISTRY:?set REGISTRY to the registry the tested images live in}
+PROD=${PROD:?set PROD to the production repository, e.g. registry.example.com/prod/sklearn-inference}
 VERSION=${VERSION:-1.0.0}
 LEDGER=${LEDGER:-releases.toml}
 RUNS=${RUNS:-runs}
+run_json="$(mktemp)"
+trap 'rm -f "$run_json"' EXIT
 
 # 1. train the model the scoring image will serve (reuses the environment image by hash)
 ml-env train --env envs/sklearn.toml --registry "$REGISTRY" --source examples/train --script train.py \
-    --runs-dir "$RUNS" --json -- --alpha 0.5 > /tmp/ml-env-release-run.json
-model="$(python3 -c 'import json; print(json.load(open("/tmp/ml-env-release-run.json"))["run_id"])')"
+    --runs-dir "$RUNS" --json -- --alpha 0.5 > "$run_json"
+model="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' "$run_json")"
 
 # 2. smoke-test the scoring image with that model; a failure stops the release here
 ml-env smoke-test --env envs/sklearn-inference.toml --registry "$REGISTRY" --entry examples/serve/score.py \

@@ -29,6 +29,7 @@ from ..fsutil import locked, write_atomic
 from ..options import CACHE_BACKENDS
 from ..provenance import git_info
 from ..redact import Redactor
+from ..refs import DOCKER_HUB
 from ..registry import RegistryClient, parse_ref
 from ..spec import Environment, lock_path_for
 from .cache import choose_cache, existing_sources, point_moving_ref
@@ -70,11 +71,18 @@ def pin_base(env: Environment, opts: BuildOptions) -> Environment:
     creds = None
     if b.registry and b.registry.username and b.registry.address == ref.host:
         creds = (b.registry.username, env_secret(b.registry.password_env, env, "base.registry.password_env"))
-    client = RegistryClient(ref.host, insecure=opts.insecure, credentials=creds if creds else True)
-    info = client.head_manifest(ref.repository, ref.reference)
-    if info is None:
+    if ref.host == DOCKER_HUB and not creds:
+        # Docker Hub names are resolved by the engine, which knows its registry mirrors
+        from .. import engine
+
+        digest = engine.current().containers.distribution(b.image, "docker.io")
+    else:
+        client = RegistryClient(ref.host, insecure=opts.insecure, credentials=creds if creds else True)
+        info = client.head_manifest(ref.repository, ref.reference)
+        digest = info.digest if info else None
+    if digest is None:
         raise SpecError(f"base image {b.image} does not exist in its registry", file=str(env.path), key="base.image")
-    return env.with_base_digest(info.digest)
+    return env.with_base_digest(digest)
 
 
 def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, RegistryError
 from ..fsutil import write_atomic
-from ..pins import lock_packages, lock_path_for
+from ..pins import lock_packages, lock_path_for, lock_to_read
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
@@ -62,9 +62,10 @@ def check_locked(env: Environment, got: str) -> None:
 
 def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
     """A fresh checkout reuses an image built elsewhere: bring its lock file along from the label."""
+    have = lock_to_read(spec_path)
+    if have.exists() or not opts.registry:
+        return str(have) if have.exists() else None
     lp = lock_path_for(spec_path)
-    if lp.exists() or not opts.registry:
-        return str(lp) if lp.exists() else None
     from ..registry import RegistryClient, parse_ref
 
     r = parse_ref(ref)

@@ -215,6 +215,23 @@ class Containers:
             raise self._fail(e, f"inspecting {ref}") from None
         return got if isinstance(got, dict) else None
 
+    def distribution(self, ref: str, host: str) -> str | None:
+        """The manifest digest a tag has in its registry, as the engine resolves it: through
+        the engine's registry mirrors and with docker's credentials. None when the registry has
+        no such manifest."""
+        auth = _registry_auth(host)
+        try:
+            got = self.api.call("GET", self.api.path("/distribution/{}/json", ref),
+                                headers={"X-Registry-Auth": auth} if auth else None)  # fmt: skip
+        except NotFound:
+            return None
+        except EngineAPIError as e:
+            if "manifest unknown" in e.message or "not found" in e.message.lower():
+                return None
+            raise self._fail(e, f"resolving {ref} in its registry") from None
+        digest = (got.get("Descriptor") or {}).get("digest") if isinstance(got, dict) else None
+        return str(digest) if digest else None
+
     def image_digest(self, ref: str) -> str | None:
         """The repository digest of a local image (for a run against an image without a spec)."""
         img = self.image(ref)

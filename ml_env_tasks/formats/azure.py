@@ -160,8 +160,10 @@ def import_source(src: Path, stem: str | None = None) -> Imported:
 
     Files the result names (a conda file, a Dockerfile, a requirements file) are called
     ``<stem>.conda.yml`` and so on: ``stem`` is the output file's stem (default: the name)."""
-    if not src.exists():
-        raise SpecError("not found", file=str(src))
+    try:
+        src.stat()
+    except OSError as e:  # not there, a name too long, a loop of links...
+        raise SpecError("not found" if e.errno == 2 else f"cannot be read: {e.strerror}", file=str(src)) from None
     if src.is_dir():
         if (src / V1_JSON).exists():
             return import_v1(src, stem=stem)

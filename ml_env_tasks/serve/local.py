@@ -7,6 +7,7 @@ model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -116,7 +117,9 @@ def _containers() -> Any:
     return engine.current().containers
 
 
-def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None) -> Service:
+def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, unique: bool = False) -> Service:
+    """Start the scoring container. ``unique``: without ``--name``, a name no other service has
+    (a smoke test's container: two jobs on one runner may test one environment at once)."""
     from ..build import Reporter
     from ..resolve import resolve_environment
 
@@ -137,6 +140,8 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None) -> S
     )
     image = resolved.pinned
     name = opts.name or resolved.name or "service"
+    if unique and not opts.name:
+        name = f"{name}-smoke-{os.urandom(3).hex()}"
     if not matches(SERVICE_NAME, name):
         raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = _containers()

@@ -243,7 +243,7 @@ def run_smoke_test(
 
     try:
         with on_stop_signals(_interrupt):
-            service = start(ServeOptions(**{**opts.__dict__, "port": 0}), info=info)
+            service = start(ServeOptions(**{**opts.__dict__, "port": 0}), info=info, unique=True)
             if info:
                 info(f"started {service.image} at {service.url}; waiting for readiness")
             ready = wait_ready(service, ready_timeout)

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -275,3 +276,24 @@ def push_single_image(
     ).encode()
     client.put_manifest(repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json")
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The files a push would carry (tracked and untracked-but-not-ignored), as a new repository."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    ).stdout.split(b"\0")  # fmt: skip
+    for f in filter(None, files):
+        src = REPO_ROOT / f.decode()
+        if src.is_file():
+            (dest / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f.decode())
+    git = ["git", "-c", "user.name=act", "-c", "user.email=act@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "act"], cwd=dest, check=True)
+    return dest

@@ -25,10 +25,11 @@ def blocks() -> dict[str, str]:
 
 @pytest.fixture
 def checkout(tmp_path: Path, lab: dict) -> tuple[Path, dict]:
-    """A copy of the project's environments and examples, and the lab's build settings."""
+    """A copy of the project's environments and examples, and the environment a user has: no
+    ML_ENV_* variables (the lab's build settings come from the machine's config file)."""
     for d in ("envs", "examples"):
         shutil.copytree(ROOT / d, tmp_path / d, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
-    env = {**os.environ, "ML_ENV_BUILD_NETWORK": lab["build_network"], "ML_ENV_CA_BUNDLE": lab.get("ca_bundle", "")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ML_ENV_")}
     return tmp_path, env
 
 
@@ -85,6 +86,7 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
     shutil.copy(ROOT / "examples/release/release.sh", cwd / "release.sh")
     env = {
         **env,
+        "REGISTRY": lab["registry"],
         "PROD": f"127.0.0.1:5001/test/release-{os.getpid()}",
         "VERSION": "9.9.9",
         "LEDGER": str(tmp_path / "releases.toml"),

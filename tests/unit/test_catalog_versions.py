@@ -76,3 +76,31 @@ def test_versions_bump_only_on_a_changed_hash(tmp_path: Path) -> None:
     back = v.write_back(v.get("e:1"), tmp_path / "restored" / "e.toml")
     assert env_hash(spec.load(back)) == one.hash
     assert (tmp_path / "restored/requirements/r.txt").read_text() == "six==1.16.0\n"
+
+
+def test_shipped_files_name_public_base_images_and_curated_locks_stay_out_of_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No environment a user gets names the lab's registry; a curated environment's lock goes to
+    the user cache (the installed package is not the user's to write in), a project's beside it."""
+    from ml_env_tasks.catalog import DEFAULT_BASE
+    from ml_env_tasks.pins import lock_path_for
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = [*curated(), *(root / "envs").glob("*.toml")]
+    for p in shipped:
+        assert "127.0.0.1" not in p.read_text(), p
+    assert "127.0.0.1" not in DEFAULT_BASE and DEFAULT_BASE.startswith("python:")
+    scaffold("demo", tmp_path / "s")
+    assert all("127.0.0.1" not in f.read_text() for f in (tmp_path / "s").rglob("*") if f.is_file())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sk = next(p for p in curated() if p.stem == "sklearn")
+    assert lock_path_for(sk) == tmp_path / "cache" / "ml-env" / "curated" / "sklearn.lock"
+    assert lock_path_for(tmp_path / "envs" / "x.toml") == tmp_path / "envs" / "x.lock"
+    # the lock shipped with the package is read until the user has one of their own
+    from ml_env_tasks.pins import lock_to_read
+
+    assert lock_to_read(sk) == sk.with_suffix(".lock") and sk.with_suffix(".lock").exists()
+    lock_path_for(sk).parent.mkdir(parents=True)
+    lock_path_for(sk).write_text("numpy==2.0.0\n")
+    assert lock_to_read(sk) == lock_path_for(sk)

@@ -57,3 +57,23 @@ def test_no_source_is_one_clear_line(lab, tmp_path: Path, monkeypatch) -> None:
 def test_no_host_name_in_the_lab_code() -> None:
     text = (ROOT / "ci/lab/lab.py").read_text()
     assert "debian.org" not in text
+
+
+def test_site_config_keeps_what_others_wrote(lab, tmp_path: Path, monkeypatch) -> None:
+    """The lab's machine config: its two keys, replaced on each `up`; anyone else's keys kept; the
+    result is a config file ml-env reads."""
+    site = tmp_path / "xdg" / "ml-env" / "config.toml"
+    monkeypatch.setattr(lab, "SITE_CONFIG", site)
+    lab.write_site_config()
+    site.write_text(site.read_text().replace('network = "host"', 'network = "bridge"') + 'runs_dir = "/srv/runs"\n')
+    lab.write_site_config()
+    text = site.read_text()
+    assert text.count("network") == 1 and 'network = "host"' in text and 'runs_dir = "/srv/runs"' in text
+    monkeypatch.setenv("ML_ENV_SITE_CONFIG", str(site))
+    monkeypatch.setenv("ML_ENV_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.chdir(tmp_path)
+    from ml_env_tasks.config import load_layers
+
+    layers = load_layers(tmp_path)
+    assert layers.lookup("network") == ("host", f"site ({site})")
+    assert layers.lookup("runs_dir") == ("/srv/runs", f"site ({site})")

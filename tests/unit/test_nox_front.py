@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,26 @@ def test_env_matrix_for_github_actions(tmp_path: Path) -> None:
     assert [m["env"] for m in matrix["include"]] == ["alpha", "beta"]
     assert matrix["include"][0]["spec"] == "envs/alpha.toml"
     assert out_file.read_text() == f"matrix={json.dumps(matrix)}\n"
+
+
+def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
+    """The reusable workflow's matrix job (python -m ml_env_tasks.gha matrix) gives what the nox
+    session gives, without nox; a broken environment file fails it with the file named."""
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    for n in ("beta", "alpha"):
+        (envs / f"{n}.toml").write_text(f'name = "{n}"\n[base]\nimage = "python:3.11-slim-bookworm"\n')
+    out_file = tmp_path / "out"
+    env = {**os.environ, "INPUT_ENVS": str(envs), "GITHUB_OUTPUT": str(out_file)}
+    r = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    matrix = json.loads(r.stdout)
+    assert [m["env"] for m in matrix["include"]] == ["alpha", "beta"]
+    assert out_file.read_text() == f"matrix={json.dumps(matrix)}\n"
+    (envs / "gamma.toml").write_text('name = "gamma"\n[base]\nimage = "x"\n[apt]\npackages = ["Bad Name"]\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode != 0 and "gamma.toml" in r.stderr and "Traceback" not in r.stderr

