@@ -88,8 +88,9 @@ def _selected(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(argv: Sequence[str] = ()) -> Parser:
-    """The parser, with only the selected command (if any) configured in full."""
+def build_parser(argv: Sequence[str] = (), *, full: bool = False) -> Parser:
+    """The parser, with only the selected command (if any) configured in full; ``full``: every
+    command configured (shell completion needs them all)."""
     parser = Parser(prog="ml-env", description="Content-addressed ML environment images.")
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument(
@@ -102,14 +103,24 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
     for name in [selected] if selected else COMMANDS:
         module, help_ = COMMANDS[name]
         p = sub.add_parser(name, help=help_, description=help_)
-        if name == selected:
+        if name == selected or full:
             importlib.import_module(f"{__name__}.{module}").configure(name, p)
     return parser
+
+
+def _complete() -> None:
+    """Shell completion through argcomplete (``eval "$(register-python-argcomplete ml-env)"``):
+    it answers from the full parser and exits; nothing else is imported on a normal run."""
+    import argcomplete
+
+    argcomplete.autocomplete(build_parser(full=True))
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The one boundary: user errors are one line and their exit code; anything unexpected is one
     line naming where it happened, exit 70; a traceback only with ML_ENV_DEBUG=1."""
+    if "_ARGCOMPLETE" in os.environ:
+        _complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args: list[str] = []
     if "--" in argv and _selected(argv) == "train":

@@ -141,3 +141,19 @@ def test_a_pyproject_without_our_table_is_not_parsed(tmp_path: Path, monkeypatch
     (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = = 1\n")
     monkeypatch.chdir(tmp_path)
     assert load_layers().project.path is None
+
+
+def test_shell_completion_answers_from_every_command(tmp_path: Path) -> None:
+    """argcomplete (register-python-argcomplete ml-env) completes commands and their flags."""
+    import subprocess
+    import sys
+
+    def complete(line: str) -> list[str]:
+        out = tmp_path / "completions"
+        env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n", "COMP_LINE": line,
+               "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}  # fmt: skip
+        subprocess.run([sys.executable, "-m", "ml_env_tasks.cli"], env=env, capture_output=True, timeout=60)
+        return out.read_text().split("\n") if out.exists() else []
+
+    assert {"build", "promote"} <= {c.strip() for c in complete("ml-env ")}
+    assert "--pin-base" in {c.strip() for c in complete("ml-env build --pin")}
