@@ -394,36 +394,33 @@ def import_and_push(rootfs_tar: Path, ref: str, changes: list[str]) -> None:
     run(["docker", "push", "-q", ref], stdout=subprocess.DEVNULL)
 
 
+def debootstrap_tar(cache: Path, include: str, what: str) -> None:
+    """A minbase bookworm root file system with ``include``, as a tar cached at ``cache``; apt
+    inside it talks plain http to this machine's mirror, and its package caches are emptied."""
+    if cache.exists():
+        return
+    mirror = debian_mirror()
+    rootfs = cache.with_suffix(".rootfs")
+    shutil.rmtree(rootfs, ignore_errors=True)
+    log(f"debootstrap {what} (about a minute)")
+    run(["debootstrap", "--variant=minbase", f"--include={include}", "bookworm", str(rootfs), mirror],
+        stdout=subprocess.DEVNULL)  # fmt: skip
+    (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for f in (rootfs / sub).glob("*"):
+            if f.is_file():
+                f.unlink()
+    tmp = cache.with_suffix(".tmp")
+    run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."], quiet=True)
+    tmp.rename(cache)
+    shutil.rmtree(rootfs, ignore_errors=True)
+
+
 def base_python() -> None:
     if in_registry(BASE_PYTHON):
         return
     cache = STATE / "debian-python-bookworm.tar"
-    if not cache.exists():
-        mirror = debian_mirror()
-        rootfs = STATE / "rootfs-debian-python"
-        shutil.rmtree(rootfs, ignore_errors=True)
-        log("debootstrap bookworm with python3 (about a minute)")
-        run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=python3,python3-venv,python3-pip,ca-certificates",
-                "bookworm",
-                str(rootfs),
-                mirror,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        # apt inside images talks plain http to the same mirror
-        (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
-        for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for p in (rootfs / sub).glob("*"):
-                if p.is_file():
-                    p.unlink()
-        tmp = cache.with_suffix(".tmp")
-        run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."])
-        tmp.rename(cache)
-        shutil.rmtree(rootfs, ignore_errors=True)
+    debootstrap_tar(cache, "python3,python3-venv,python3-pip,ca-certificates", "bookworm with python3")
     import_and_push(
         cache,
         BASE_PYTHON,
@@ -501,22 +498,7 @@ def pristine_image() -> str:
     if ok(["docker", "image", "inspect", ref]):
         return ref
     cache = STATE / "debian-bookworm-pristine.tar"
-    if not cache.exists():
-        mirror = debian_mirror()
-        rootfs = STATE / "rootfs-pristine"
-        shutil.rmtree(rootfs, ignore_errors=True)
-        log("debootstrap a pristine bookworm with python3 (about a minute)")
-        run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), mirror],
-            stdout=subprocess.DEVNULL)  # fmt: skip
-        (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
-        for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for f in (rootfs / sub).glob("*"):
-                if f.is_file():
-                    f.unlink()
-        tmp = cache.with_suffix(".tmp")
-        run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."], quiet=True)
-        tmp.rename(cache)
-        shutil.rmtree(rootfs, ignore_errors=True)
+    debootstrap_tar(cache, "python3", "a pristine bookworm with python3")
     run(["docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
          "--change", "ENV LANG=C.UTF-8", str(cache), ref], stdout=subprocess.DEVNULL)  # fmt: skip
     return ref
