@@ -357,7 +357,12 @@ def env_matrix(envs: Path) -> str:
 
 def matrix_action() -> int:
     """The reusable workflow's first job: the matrix of environments to build."""
+    from .errors import UsageError
+    from .grammar import printable
+
     envs = os.environ.get("INPUT_ENVS", "").strip() or "envs"
+    if not environments(envs):  # an empty matrix would skip every job without a word
+        raise UsageError(f"input 'envs': no environment files (*.toml) in {printable(envs, 200)!r}")
     matrix = env_matrix(Path(envs))
     print(matrix)
     set_output("matrix", matrix)

@@ -114,3 +114,12 @@ def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
         [sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode != 0 and "gamma.toml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_matrix_action_refuses_a_folder_without_environments(tmp_path: Path) -> None:
+    # (a NUL cannot reach an environment variable at all)
+    for bad in (str(tmp_path / "missing"), "a\nb", "../../etc"):
+        env = {**os.environ, "INPUT_ENVS": bad, "GITHUB_OUTPUT": str(tmp_path / "out")}
+        r = subprocess.run([sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and "no environment files" in r.stderr and "Traceback" not in r.stderr, r.stderr
