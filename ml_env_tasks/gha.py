@@ -177,6 +177,10 @@ def build_action() -> int:
     set_output("built", "true" if result.built else "false")
     set_output("cache-hit", "true" if result.cache_hit else "false")
     set_output("ref", result.pinned)
+    set_output("tags", "\n".join([result.image, *result.tags]))
+    image_id = result.image_id or _image_id(result, v)
+    set_output("imageid", image_id or "")
+    set_output("metadata", json.dumps(build_metadata(result, image_id), sort_keys=True))
     state = "built" if result.built else "reused (hash already in the registry)"
     append_summary(
         f"### ml-env build: `{result.name}`\n\n"
@@ -188,6 +192,7 @@ def build_action() -> int:
         f"| result | {state} |\n"
         f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
         f"| time | {result.seconds:.1f}s |\n"
+        + (f"| tags | {_cell(', '.join(result.tags))} |\n" if result.tags else "")
         + (f"| unpinned | {_cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
     )
     if result.unpinned:
@@ -197,6 +202,36 @@ def build_action() -> int:
             file=spec_path,
         )
     return 0
+
+
+def _image_id(result: Any, values: dict[str, Any]) -> str | None:
+    """The ID the engine gives a reused image, as buildx reports it for a built one: with the
+    containerd image store the manifest (index) digest, with the classic store the config digest."""
+    from . import engine
+
+    eng = engine.current()
+    local = eng.local_image_id(result.image)
+    if local or not (result.registry and result.digest):
+        return local
+    if eng.capabilities(values.get("builder")).containerd_store:
+        return str(result.digest)
+    from .registry import RegistryClient, parse_ref
+
+    r = parse_ref(result.image)
+    return RegistryClient(r.host, insecure=bool(values.get("insecure"))).config_digest(r.repository, result.digest)
+
+
+def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
+    """build-push-action's ``metadata`` output: buildx's metadata of the build, or the same keys
+    for a reused image."""
+    meta = dict(result.metadata)
+    meta.setdefault("containerimage.digest", result.digest or "")
+    if image_id:
+        meta.setdefault("containerimage.config.digest", image_id)
+    meta["image.name"] = ",".join([result.image, *result.tags])
+    meta["ml-env.hash"] = result.hash
+    meta["ml-env.built"] = result.built
+    return meta
 
 
 def train_action() -> int:

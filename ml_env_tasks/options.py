@@ -53,6 +53,7 @@ class Option:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     required: bool = False
+    commas: bool = True  # a list given as text splits on commas too (not for values that hold commas)
 
     @property
     def positional(self) -> bool:
@@ -95,9 +96,8 @@ class Option:
                 return False
             raise UsageError(f"{where} must be true or false")
         if self.kind == "list":
-            return [
-                x.strip() for x in text.replace(",", "\n").splitlines() if x.strip() and not x.strip().startswith("#")
-            ]
+            text = text.replace(",", "\n") if self.commas else text
+            return [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
         if self.choices and text not in self.choices:
             raise UsageError(f"{where} must be one of {', '.join(self.choices)}")
         try:
@@ -242,12 +242,26 @@ BUILD_HOW = (
       help="build when the 'already built?' check fails instead of stopping"),
     O("log_dir", "--log-dir", kind="path", default=lambda: Path(".ml-env/logs"), config="log_dir",
       help="where build logs are saved"),
+    O("builder", "--builder", env="ML_ENV_BUILDER", config="builder",
+      help="buildx builder to build with (default: the current one; a docker-driver builder)"),
 )  # fmt: skip
 
 BUILD_ONLY = (
     O("force", "--force", kind="flag", default=False, help="rebuild even if the image exists"),
     O("upgrade", "--upgrade", kind="flag", default=False,
       help="re-resolve unpinned packages (no cache for the build) and rewrite the lock"),
+    O("tags", "--tag", kind="list", gha="tags", metavar="TAG",
+      help="extra tag, TAG or host/repository:TAG (several allowed); applied to a reused image too"),
+    O("labels", "--label", kind="list", commas=False, gha="labels", metavar="KEY=VALUE",
+      help="extra image label (one per line in an input), not part of the content hash (written when the image is built)"),
+    O("annotations", "--annotation", kind="list", commas=False, gha="annotations", metavar="KEY=VALUE",
+      help="manifest annotation (one per line in an input), not part of the content hash (written when the image is pushed by a build)"),
+    O("cache_from", "--cache-from", kind="list", commas=False, gha="cache-from", metavar="SPEC",
+      help="extra cache to import, buildx syntax: type=registry,ref=host/repo:tag (several: one per line)"),
+    O("cache_to", "--cache-to", metavar="SPEC",
+      help="export the cache here instead of ml-env's choice, buildx syntax: type=registry,ref=...,mode=max"),
+    O("platforms", "--platform", kind="list", gha="platforms", metavar="OS/ARCH",
+      help="target platform: the engine's own only (the content hash names no platform)"),
 )  # fmt: skip
 
 RUN = (

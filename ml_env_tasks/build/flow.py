@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .. import spec as spec_mod
 from ..digests import cache_dir
 from ..dockerfile import BuildPlan, render, write_context
-from ..errors import BuildError, MlEnvError, RegistryError, SpecError, UsageError
+from ..errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError, UsageError
 from ..fsutil import locked, write_atomic
 from ..options import CACHE_BACKENDS
 from ..provenance import git_info
@@ -32,7 +33,9 @@ from ..redact import Redactor
 from ..refs import DOCKER_HUB
 from ..registry import RegistryClient, parse_ref
 from ..spec import Environment, lock_path_for
-from .cache import choose_cache, existing_sources, point_moving_ref
+from . import extras
+from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref
+from .extras import check_platforms, output_spec
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
 from .reuse import announce, image_exists
@@ -140,8 +143,11 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         secrets_dir.mkdir(mode=0o700)
         secrets = build_secrets(env, opts, secrets_dir, redactor)
         engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
-        caps = engine.capabilities()
-        cache = choose_cache(env, opts, caps, ref)
+        caps = engine.capabilities(opts.builder)
+        check_builder(caps)
+        platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
+        extra = extras.parse(opts)
+        cache = with_user_cache(choose_cache(env, opts, caps, ref), extra, caps)
         cache_from = existing_sources(cache, opts, rep)
         log_path = _log_path(env, p, opts)
         rep.info(f"building {ref} (cache: {cache.backend}, engine {caps.server_version}, buildx {caps.buildx_version})")
@@ -152,12 +158,13 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 logf.write(clean + "\n")
                 rep.log(clean)
 
-            labels = _labels(env, p)
+            labels = {**extra.labels, **_labels(env, p)}
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
+            how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms}
             try:
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
-                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
+                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, **how,
                 )  # fmt: skip
                 lock_text = read_lock(engine, env, p.python, ref)
                 check_python_version(engine, env, p.python, ref, rep)
@@ -166,10 +173,16 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 labels["ml-env.lock"] = lock_text
                 for attempt in range(1, PUSH_ATTEMPTS + 1):
                     try:
+                        names = [ref, *extra_tags]
+                        push = bool(opts.registry)
+                        output = None
+                        if extra.annotations:  # only an --output carries them; it names and pushes too
+                            output = output_spec(names, push=push, annotations=extra.annotations)
+                            names, push = [], False
                         second = engine.build(
-                            context, tags=[ref, *extra_tags], push=bool(opts.registry), labels=labels,
-                            secrets=secrets, network=opts.network, cache_from=[], cache_to=cache.target,
-                            no_cache=False, on_line=on_line,
+                            context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
+                            cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
+                            **how,
                         )  # fmt: skip
                         break
                     except BuildError as e:
@@ -201,10 +214,41 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
             cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
-            python=p.python, registry=opts.registry,
+            python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second),
+            metadata={k: v for k, v in second.metadata.items() if k.startswith(("containerimage.", "image."))},
         )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:
+    """The ID the engine gives the image (``docker images``); buildx's report if it has none."""
+    got = engine.local_image_id(ref) or outcome.metadata.get("containerimage.config.digest")
+    return got if isinstance(got, str) else None
+
+
+def check_builder(caps: Any) -> None:
+    """The builder must load what it builds into the engine: the lock is read from the image."""
+    if caps.driver != "docker":
+        raise EngineError(
+            f"buildx builder {caps.builder!r} uses the {caps.driver} driver; ml-env builds with a docker-driver "
+            "builder (the first pass loads the image into the engine to read its lock from it)",
+            hint="pass --builder default (or a builder of the docker driver), or `ml-env plan --write-context DIR` "
+            "and build the context with your builder",
+        )
+
+
+def with_user_cache(plan: CachePlan, extra: extras.Extras, caps: Any) -> CachePlan:
+    """ml-env's cache choice plus the user's --cache-from; a --cache-to replaces the export."""
+    if extra.cache_to and extra.cache_to["type"] not in caps.cache_backends:
+        raise EngineError(
+            f"--cache-to type={extra.cache_to['type']}: builder {caps.builder!r} (driver {caps.driver}) exports "
+            f"only {', '.join(caps.cache_backends)}"
+        )
+    sources = plan.sources + tuple(s for s in extra.cache_from if s not in plan.sources)
+    if extra.cache_to:
+        return CachePlan(plan.backend, sources, extra.cache_to, None)
+    return CachePlan(plan.backend, sources, plan.target, plan.moving)
 
 
 def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:

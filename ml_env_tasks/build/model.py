@@ -48,12 +48,23 @@ class BuildOptions:
     insecure: bool = False
     log_dir: Path = field(default_factory=lambda: Path(".ml-env/logs"))
     lock_dir: Path | None = None  # where concurrent builds serialise; default the user cache's locks/
+    builder: str | None = None  # a buildx builder (docker driver)
+    # what build-push-action users add (``extras``): none of it enters the content hash
+    tags: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    annotations: tuple[str, ...] = ()
+    cache_from: tuple[str, ...] = ()
+    cache_to: str | None = None
+    platforms: tuple[str, ...] = ()
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> BuildOptions:
         """From resolved option values (CLI flags, action inputs, config): the fields it has."""
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+        given: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names and v is not None
+        }
+        return cls(**given)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class BuildResult:
     cache_from: tuple[str, ...] = ()  # the caches imported
     python: str | None = None  # the interpreter the environment's packages are installed for
     registry: str | None = None  # where the image was pushed (None: only in the local engine)
+    tags: tuple[str, ...] = ()  # extra references given to the image (--tag)
+    image_id: str | None = None  # the image config's digest, when the build reported it
+    metadata: dict[str, Any] = field(default_factory=dict)  # buildx's build metadata (a build's last pass)
 
     @property
     def pinned(self) -> str:
@@ -87,6 +101,7 @@ class BuildResult:
         d = asdict(self)
         d["unpinned"] = list(self.unpinned)
         d["cache_from"] = list(self.cache_from)
+        d["tags"] = list(self.tags)
         return d
 
 

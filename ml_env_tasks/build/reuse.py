@@ -15,7 +15,7 @@ from ..errors import RegistryError
 from .lockfile import lock_from_registry_if_missing
 from .model import BuildOptions, BuildResult, Reporter, repository_for_name
 
-__all__ = ["announce", "build", "image_exists", "reuse_unchanged"]
+__all__ = ["announce", "apply_tags", "build", "image_exists", "reuse_unchanged"]
 
 
 def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter | None = None) -> BuildResult:
@@ -25,13 +25,74 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
     and one registry HEAD, without parsing the file again (see ``speccache``)."""
     opts = opts or BuildOptions()
     rep = reporter or Reporter()
+    asked = _check_extras(opts)
+    result = None
     if not (opts.force or opts.upgrade or opts.pin_base):
-        reused = reuse_unchanged(path, opts, rep)
-        if reused is not None:
-            return reused
-    from .flow import build_env, load_env
+        result = reuse_unchanged(path, opts, rep)
+    if result is None:
+        from .flow import build_env, load_env
 
-    return build_env(load_env(path, opts), opts, rep)
+        result = build_env(load_env(path, opts), opts, rep)
+    if not result.built and (opts.labels or opts.annotations):
+        rep.info(
+            f"{result.image} was reused: labels and annotations are written when an image is built (they are not "
+            "part of the content hash); --force rebuilds it with them"
+        )
+    if asked:
+        result = apply_tags(result, opts, rep)
+    return result
+
+
+def _check_extras(opts: BuildOptions) -> bool:
+    """Check build-push-action style values before anything runs; True when there are tags to apply."""
+    if not (opts.labels or opts.annotations or opts.cache_from or opts.cache_to or opts.platforms or opts.tags):
+        return False
+    from .extras import parse, tag_refs
+
+    parse(opts)
+    tag_refs("x/y:z", opts.tags, registry=opts.registry)
+    if opts.platforms:
+        from .. import engine
+        from .extras import check_platforms
+
+        caps = engine.current().capabilities(opts.builder)
+        check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
+    return bool(opts.tags)
+
+
+def apply_tags(result: BuildResult, opts: BuildOptions, rep: Reporter) -> BuildResult:
+    """Give the image its extra tags: in a registry by copying its manifest (moving a tag that
+    named another image, as a build does), in the engine with ``docker tag``."""
+    import dataclasses
+
+    from .extras import tag_refs
+
+    refs = tag_refs(result.image, opts.tags, registry=opts.registry)
+    if not refs:
+        return result
+    if opts.registry and result.digest:
+        from ..promote import PromoteOptions, promote
+        from ..registry import parse_ref
+
+        by_repo: dict[str, list[str]] = {}
+        for r in refs:
+            ref = parse_ref(r)
+            by_repo.setdefault(f"{ref.host}/{ref.repository}", []).append(ref.tag or "latest")
+        for dest, tags in by_repo.items():
+            promote(
+                PromoteOptions(
+                    source=result.pinned, destination=dest, tags=tuple(tags), allow_overwrite=True,
+                    insecure=opts.insecure, ledger=None,
+                )
+            )  # fmt: skip
+    else:
+        from .. import engine
+
+        eng = engine.current()
+        for r in refs:
+            eng.tag_image(result.image, r)
+    rep.info(f"tagged {result.image.rsplit(':', 1)[0]}@{(result.digest or '')[:19]} as {', '.join(refs)}")
+    return dataclasses.replace(result, tags=tuple(refs))
 
 
 def reuse_unchanged(path: str | Path, opts: BuildOptions, rep: Reporter) -> BuildResult | None:

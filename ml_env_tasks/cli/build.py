@@ -43,7 +43,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = output(args)
     result = build(_spec(args), build_options(args), reporter(out, stream_logs=not args.quiet))
     state = "built" if result.built else "up to date (not rebuilt)"
-    out.result(result.to_json(), f"{result.image}@{result.digest}  {state}")
+    also = "".join(f"\n  also {t}" for t in result.tags)
+    out.result(result.to_json(), f"{result.image}@{result.digest}  {state}{also}")
     return 0
 
 

@@ -43,6 +43,8 @@ class Capabilities:
     containerd_store: bool
     buildx_version: str
     driver: str
+    builder: str = "default"
+    platform: str = "linux/amd64"  # the engine's own (os/arch)
 
     @property
     def cache_backends(self) -> tuple[str, ...]:
@@ -86,6 +88,7 @@ class Engine:
         self.endpoint = current_endpoint(context)
         self._config_dir = config_dir
         self._caps: Capabilities | None = None
+        self._caps_builder: str | None = None
 
     @cached_property
     def docker(self) -> Any:
@@ -127,8 +130,9 @@ class Engine:
         return e
 
     # capabilities --------------------------------------------------------------------------
-    def capabilities(self) -> Capabilities:
-        if self._caps is not None:
+    def capabilities(self, builder: str | None = None) -> Capabilities:
+        """What the engine and its buildx builder (the current one, or ``builder``) can do."""
+        if self._caps is not None and self._caps_builder == builder:
             return self._caps
         from python_on_whales.exceptions import DockerException
 
@@ -139,16 +143,26 @@ class Engine:
         status = json.dumps([list(x) for x in (info.driver_status or [])])
         try:
             bx = self.docker.buildx.version()
-            builder = self.docker.buildx.inspect()
+            found = self.docker.buildx.inspect(builder)
         except DockerException as e:
+            err = text(e.stderr) or ""
+            if builder and ("no builder" in err or "not found" in err):
+                raise EngineError(
+                    f"buildx builder {builder!r} does not exist", hint="`docker buildx ls` lists them"
+                ) from None
             raise self._translate(e, "docker buildx") from None
+        from ..build.extras import native_platform
+
         version = str(bx).split()[1] if len(str(bx).split()) > 1 else str(bx)
         self._caps = Capabilities(
             server_version=info.server_version or "?",
             containerd_store="io.containerd.snapshotter" in status,
             buildx_version=version,
-            driver=builder.driver or "docker",
+            driver=found.driver or "docker",
+            builder=found.name or builder or "default",
+            platform=native_platform(getattr(info, "os_type", None), getattr(info, "architecture", None)),
         )
+        self._caps_builder = builder
         return self._caps
 
     # build ---------------------------------------------------------------------------------
@@ -165,6 +179,9 @@ class Engine:
         cache_to: dict[str, str] | None,
         no_cache: bool,
         on_line: Callable[[str], None],
+        builder: str | None = None,
+        platforms: list[str] | None = None,
+        output: dict[str, str] | None = None,
     ) -> BuildOutcome:
         """Run one buildx build, streaming plain progress lines to ``on_line``.
 
@@ -180,7 +197,7 @@ class Engine:
             stream = self.docker.buildx.build(
                 context, tags=tags, push=push, labels=labels, secrets=secrets, network=network,
                 cache_from=cache_from or None, cache_to=cache_to, cache=not no_cache, metadata_file=metadata_file,
-                progress="plain", stream_logs=True,
+                progress="plain", stream_logs=True, builder=builder, platforms=platforms or None, output=output or {},
             )  # fmt: skip
             for raw in lines(stream):
                 last.append(raw)
@@ -230,6 +247,15 @@ class Engine:
         if not isinstance(got, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", got):
             raise EngineError(f"the engine answered an image id that is not one for {ref}")
         return got
+
+    def tag_image(self, source: str, target: str) -> None:
+        """``docker tag``: another name for a local image."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.image.tag(source, target)
+        except DockerException as e:
+            raise self._translate(e, f"tagging {source} as {target}") from None
 
     def remove_image(self, ref: str) -> None:
         from python_on_whales.exceptions import DockerException

@@ -75,8 +75,9 @@ class RegistryClient(Transport):
             raise BlobIntegrityError(f"blob {digest[:19]} from {self.host}/{repository} does not match its digest")
         return r.body
 
-    def image_config(self, repository: str, reference: str) -> dict[str, Any] | None:
-        """The image config of a manifest (for an index: its first non-attestation manifest)."""
+    def config_digest(self, repository: str, reference: str) -> str | None:
+        """The digest of a manifest's image config, the image ID (for an index: of its first
+        non-attestation manifest); None when there is no such image."""
         got = self.get_manifest(repository, reference)
         if got is None:
             return None
@@ -85,12 +86,19 @@ class RegistryClient(Transport):
             for m in doc.get("manifests") or []:
                 plat = m.get("platform") or {} if isinstance(m, dict) else {}
                 if isinstance(m, dict) and plat.get("os") != "unknown" and _is_digest(m.get("digest")):
-                    return self.image_config(repository, m["digest"])
+                    return self.config_digest(repository, m["digest"])
             return None
         cfg = doc.get("config")
         if not isinstance(cfg, dict) or not _is_digest(cfg.get("digest")):
             raise RegistryError(f"{self.host}/{repository}@{got[0].digest[:19]} is not an image manifest (no config)")
-        return _json_object(self.get_blob(repository, cfg["digest"]), f"config {cfg['digest'][:19]}")
+        return str(cfg["digest"])
+
+    def image_config(self, repository: str, reference: str) -> dict[str, Any] | None:
+        """The image config of a manifest (for an index: its first non-attestation manifest)."""
+        digest = self.config_digest(repository, reference)
+        if digest is None:
+            return None
+        return _json_object(self.get_blob(repository, digest), f"config {digest[:19]}")
 
     # --- the write side, for promotion -----------------------------------------------------
 

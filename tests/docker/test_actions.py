@@ -45,8 +45,26 @@ def run_action(
         if proc.returncode != 0:
             break
     assert proc is not None
-    outputs = dict(line.split("=", 1) for line in out_file.read_text().splitlines() if "=" in line)
-    return proc, outputs, summary.read_text()
+    return proc, read_outputs(out_file.read_text()), summary.read_text()
+
+
+def read_outputs(text: str) -> dict[str, str]:
+    """$GITHUB_OUTPUT as the runner reads it: name=value lines and name<<DELIMITER blocks."""
+    out: dict[str, str] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delim = line.split("<<", 1)
+            body = []
+            for inner in lines:
+                if inner == delim:
+                    break
+                body.append(inner)
+            out[name] = "\n".join(body)
+        elif "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v
+    return out
 
 
 def test_build_action_outputs_and_summary(ws) -> None:
@@ -73,6 +91,74 @@ def test_build_action_outputs_and_summary(ws) -> None:
     again, outputs2, summary2 = run_action(action, inputs, ws.dir)
     assert outputs2["built"] == "false" and outputs2["digest"] == outputs["digest"]
     assert "reused" in summary2
+
+
+def test_build_action_takes_build_push_action_inputs(ws) -> None:
+    """tags, labels, annotations, cache-from, platforms, builder; outputs imageid and metadata; tags
+    land on a reused image too; what the builder cannot do is refused naming builder and driver."""
+    import json
+
+    from ml_env_tasks.registry import RegistryClient
+
+    reg = ws.lab["registry"]
+    ws.extra_repos.append((reg, f"{ws.repo}-copy"))
+    f = ws.spec(f'name = "extras"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[env]\nX = "1"\n')
+    inputs = {
+        "spec": str(f),
+        "registry": reg,
+        "repository": ws.repo,
+        "network": ws.lab["build_network"],
+        "install": "false",
+        "tags": f"latest\n{reg}/{ws.repo}-copy:v1",
+        "labels": "org.opencontainers.image.source=https://example.invalid/a,b\nteam=ml",
+        "annotations": 'org.example.note=built by a test, with "quotes"',
+        "cache-from": f"type=registry,ref={reg}/{ws.repo}-extcache:none",
+        "platforms": "linux/amd64",
+    }
+    action = ROOT / "ci/github/build/action.yml"
+    proc, out, summary = run_action(action, inputs, ws.dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out["built"] == "true" and out["imageid"].startswith("sha256:")
+    digest = out["digest"]
+    meta = json.loads(out["metadata"])
+    assert meta["containerimage.digest"] == digest and meta["containerimage.config.digest"] == out["imageid"]
+    assert f"{reg}/{ws.repo}:latest" in meta["image.name"] and meta["ml-env.hash"] == out["hash"]
+    assert out["tags"].splitlines() == [out["image"], f"{reg}/{ws.repo}:latest", f"{reg}/{ws.repo}-copy:v1"]
+    assert "ERROR" not in proc.stdout  # the missing extra cache was left out, not imported
+    client = RegistryClient(reg)
+    assert client.head_manifest(ws.repo, "latest").digest == digest
+    assert client.head_manifest(f"{ws.repo}-copy", "v1").digest == digest
+    from ml_env_tasks import engine
+
+    assert engine.current().local_image_id(out["image"]) == out["imageid"]  # what `docker images` calls its ID
+    labels = client.image_config(ws.repo, digest)["config"]["Labels"]
+    assert labels["team"] == "ml" and labels["org.opencontainers.image.source"] == "https://example.invalid/a,b"
+    assert labels["ml-env.hash"] == out["hash"]
+    info, body = client.get_manifest(ws.repo, digest)
+    doc = json.loads(body)
+    if "manifests" in doc:  # an index: the image manifest carries the annotation
+        child = next(m for m in doc["manifests"] if (m.get("platform") or {}).get("os") != "unknown")
+        doc = json.loads(client.get_manifest(ws.repo, child["digest"])[1])
+    assert doc["annotations"]["org.example.note"] == 'built by a test, with "quotes"'
+
+    # labels do not enter the hash: the same environment is reused; a new tag still lands
+    proc2, out2, summary2 = run_action(action, {**inputs, "tags": "v2", "labels": "team=other"}, ws.dir)
+    assert proc2.returncode == 0, proc2.stdout + proc2.stderr
+    assert out2["built"] == "false" and out2["digest"] == digest and out2["imageid"] == out["imageid"]
+    assert client.head_manifest(ws.repo, "v2").digest == digest
+    assert "labels and annotations are written when an image is built" in proc2.stdout
+    assert "| tags |" in summary2
+
+    for bad, exit_code, words in (
+        ({"platforms": "linux/amd64,linux/arm64"}, 3, "builder 'default' (driver docker)"),
+        ({"builder": "no-such-builder", "force": "true"}, 3, "no-such-builder"),
+        ({"labels": "ml-env.hash=forged"}, 2, "ml-env.* keys are set by ml-env"),
+        ({"cache-to": "type=ftp,ref=x"}, 2, "cache type 'ftp'"),
+    ):
+        p, o, _ = run_action(action, {**inputs, **bad}, ws.dir)
+        assert p.returncode == exit_code, (bad, p.stdout, p.stderr)
+        assert words in p.stdout.replace("%2C", ",").replace("%3A", ":"), (bad, p.stdout)
+        assert "Traceback" not in p.stdout + p.stderr and "digest" not in o
 
 
 def test_build_action_annotates_the_spec_line(ws) -> None:

@@ -75,6 +75,18 @@ def test_there_is_a_build_action() -> None:
     assert ROOT / "ci/github/build/action.yml" in ACTIONS
 
 
+def test_build_action_speaks_build_push_actions_vocabulary() -> None:
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "ci/github/build/action.yml").read_text())
+    wanted = {"tags", "labels", "annotations", "builder", "cache-from", "cache-to", "platforms"}
+    assert wanted <= set(doc["inputs"])
+    assert {"imageid", "metadata", "digest", "cache-hit", "tags"} <= set(doc["outputs"])
+    code = (ROOT / "ml_env_tasks/gha.py").read_text()
+    for name in doc["outputs"]:  # every declared output is one the step writes
+        assert f'set_output("{name}"' in code or f'"{name}"' in code.split('def build_action')[1].split('def ')[0], name
+
+
 @pytest.mark.parametrize("name", ["build", "train", "smoke-test", "promote", "login"])
 def test_action_files_are_rendered_from_the_option_declarations(name: str) -> None:
     """Every input is an option of ml_env_tasks.options (or one of the action's own) and reaches
