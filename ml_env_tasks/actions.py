@@ -104,13 +104,15 @@ ACTIONS: dict[str, Action] = {
         "ml-env promote",
         "Promote exactly the tested image, by digest, from one registry or repository to another, without a "
         "Docker daemon: the destination digest equals the source digest. Refuses to move a tag that points at "
-        "another image unless allowed; records the promotion in the release ledger.",
+        "another image unless allowed; records the promotion in the release ledger, kept by default in the "
+        "destination repository (ledger: registry) so every fresh clone and re-run sees the same history.",
         PROMOTE_WHAT + o.PROMOTE,
         {
             "digest": "The promoted digest (identical at source and destination)",
             "refs": "Destination references, one per line",
             "ref": "destination@digest",
             "no-op": "'true' when every tag already pointed at the digest",
+            "ledger": "Where the promotion is recorded (default here: oci://<destination>:ml-env-ledger)",
         },
         required=("source", "destination"),
     ),

@@ -132,6 +132,10 @@ def annotate_error(e: MlEnvError) -> None:
 
 def _values(action: str) -> Any:
     """The action's inputs, resolved like the CLI's options (input > env > config > default)."""
+    return _resolved(action).values
+
+
+def _resolved(action: str) -> Any:
     from .actions import ACTIONS
     from .config import load_layers
     from .errors import UsageError
@@ -143,7 +147,7 @@ def _values(action: str) -> Any:
         if resolved.values.get(name) in (None, "", []):
             opt = next(o for o in a.options if o.name == name)
             raise UsageError(f"input '{opt.input_name}' is required")
-    return resolved.values
+    return resolved
 
 
 def _build_options(values: dict[str, Any]) -> Any:
@@ -336,9 +340,14 @@ def smoke_test_action() -> int:
 
 
 def promote_action() -> int:
+    from .ledger_oci import ledger_location
     from .promote import PromoteOptions, promote
 
-    v = _values("promote")
+    resolved = _resolved("promote")
+    v = dict(resolved.values)
+    if resolved.sources["ledger"] == "default":
+        # a CI job starts from a fresh clone: by default the ledger lives next to the images
+        v["ledger"] = "registry"
     opts = PromoteOptions(
         source=v["source"],
         destination=v["destination"],
@@ -356,6 +365,8 @@ def promote_action() -> int:
     set_output("refs", "\n".join(r.refs))
     set_output("ref", f"{r.destination}@{r.digest}")
     set_output("no-op", "true" if r.no_op else "false")
+    where = "" if opts.ledger is None or r.dry_run else ledger_location(opts.ledger, r.destination)
+    set_output("ledger", where)
     state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
     if r.recorded_found:
         state += "; recorded in the ledger as found"
@@ -367,7 +378,7 @@ def promote_action() -> int:
         f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, {r.skipped_blobs} present |\n"
         + (f"| moved tags | {_cell(', '.join(r.moved_tags))} |\n" if r.moved_tags else "")
         + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
-        + (f"| ledger | `{opts.ledger}` |\n" if r.ledger_entry else "")
+        + (f"| ledger | `{where}`{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
     )
     return 0
 

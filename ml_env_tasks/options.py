@@ -310,8 +310,9 @@ PROMOTE = (
     O("dry_run", "--dry-run", kind="flag", default=False, help="print what would happen; write nothing"),
     O("insecure", "--insecure", kind="flag", default=False, config="insecure",
       help="allow plain HTTP to a registry that is not on loopback"),
-    O("ledger", "--ledger", kind="path", default=lambda: Path("releases.toml"), env="ML_ENV_LEDGER", config="ledger",
-      help="the release ledger"),
+    O("ledger", "--ledger", default="releases.toml", env="ML_ENV_LEDGER", config="ledger", metavar="FILE|oci://HOST/REPO|registry",
+      help="the release ledger: a file, an OCI artifact in a registry (oci://HOST/REPO[:TAG]), or registry (the "
+           "destination repository's own, tag ml-env-ledger)"),
     O("no_ledger", "--no-ledger", kind="flag", default=False, help="do not record the promotion"),
     O("no_referrers", "--no-referrers", kind="flag", default=False, help="do not copy signatures/attestations"),
     O("jobs", "--jobs", kind="int", default=4, help="blobs copied at once"),

@@ -32,11 +32,15 @@ class TomlLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.where = str(path)  # how errors name the log (a registry-kept one names its location)
         self._held = 0
 
     def lock_file(self) -> Path:
-        key = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:32]
+        key = hashlib.sha256(self.lock_key().encode()).hexdigest()[:32]
         return cache_dir() / "locks" / f"{self.table}-{key}.lock"
+
+    def lock_key(self) -> str:
+        return str(self.path.resolve())
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -67,17 +71,17 @@ class TomlLog:
             return tomlkit.parse(text)
         except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
             at = getattr(e, "line", None)
-            raise LogError(f"not valid TOML{f' at line {at}' if at else ''}", file=str(self.path)) from None
+            raise LogError(f"not valid TOML{f' at line {at}' if at else ''}", file=self.where) from None
 
     def _text(self) -> str:
         try:
             if self.path.stat().st_size > MAX_LOG_BYTES:
-                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=str(self.path))
+                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=self.where)
             return self.path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise LogError("not UTF-8 text", file=str(self.path)) from None
+            raise LogError("not UTF-8 text", file=self.where) from None
         except OSError as e:
-            raise LogError(f"cannot be read: {e.strerror}", file=str(self.path)) from None
+            raise LogError(f"cannot be read: {e.strerror}", file=self.where) from None
 
     def raw_entries(self) -> list[dict[str, Any]]:
         """The entries as plain tables; anything else at the top is a LogError.
@@ -92,15 +96,13 @@ class TomlLog:
             doc = tomllib.loads(self._text())
         except tomllib.TOMLDecodeError as e:
             what, line = toml_error(e)
-            raise LogError(
-                f"not valid TOML {what}" if line else "not valid TOML", file=str(self.path), line=line
-            ) from None
+            raise LogError(f"not valid TOML {what}" if line else "not valid TOML", file=self.where, line=line) from None
         unknown = [k for k in doc if k != self.table]
         if unknown:
-            raise LogError(f"unexpected top-level key(s) {', '.join(sorted(unknown))[:100]}", file=str(self.path))
+            raise LogError(f"unexpected top-level key(s) {', '.join(sorted(unknown))[:100]}", file=self.where)
         out = doc.get(self.table) or []
         if not isinstance(out, list) or not all(isinstance(e, dict) for e in out):
-            raise LogError(f"[[{self.table}]] must be an array of tables", file=str(self.path))
+            raise LogError(f"[[{self.table}]] must be an array of tables", file=self.where)
         return out
 
     def typed_entries(self, parse: Callable[[dict[str, Any]], T]) -> list[T]:
@@ -110,7 +112,7 @@ class TomlLog:
             try:
                 out.append(parse(raw))
             except ValueError as e:
-                raise LogError(f"[[{self.table}]] number {i + 1}: {e}", file=str(self.path)) from None
+                raise LogError(f"[[{self.table}]] number {i + 1}: {e}", file=self.where) from None
         return out
 
     def append_raw(self, entry: dict[str, Any]) -> None:

@@ -5,12 +5,14 @@
 #   REGISTRY=127.0.0.1:5000 PROD=127.0.0.1:5001/prod/sklearn-inference bash examples/release/release.sh
 #
 # Settings (environment): REGISTRY (tested images), PROD (production repository), VERSION
-# (1.0.0), LEDGER, RUNS. Build settings (network, CA bundle) come from ml-env's config files.
+# (1.0.0), LEDGER (default: kept in the registry next to PROD, so every clone and every re-run
+# sees one history), RUNS. Build settings (network, CA bundle) come from ml-env's config files.
+# Running it again changes nothing: the image is reused, the promotion is already there.
 set -euo pipefail
 REGISTRY=${REGISTRY:?set REGISTRY to the registry the tested images live in}
 PROD=${PROD:?set PROD to the production repository, e.g. registry.example.com/prod/sklearn-inference}
 VERSION=${VERSION:-1.0.0}
-LEDGER=${LEDGER:-releases.toml}
+LEDGER=${LEDGER:-oci://$PROD:ml-env-ledger}
 RUNS=${RUNS:-runs}
 run_json="$(mktemp)"
 trap 'rm -f "$run_json"' EXIT

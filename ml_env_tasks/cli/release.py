@@ -80,21 +80,24 @@ def _progress(out: object) -> Callable[[Any], None] | None:
 def cmd_show(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..grammar import printable as pr
-    from ..ledger import Ledger
+    from ..ledger_oci import open_ledger
 
     out = output(args)
-    ledger = Ledger(args.ledger)
-    if args.tag:
-        cur = ledger.current(args.env, args.tag)
-        if cur is None:
-            raise UsageError(
-                f"no promotion to tag {pr(args.tag, 130)}" + (f" for {pr(args.env, 70)}" if args.env else ""),
-                file=str(args.ledger),
+    with open_ledger(args.ledger) as ledger:
+        if args.tag:
+            cur = ledger.current(args.env, args.tag)
+            if cur is None:
+                raise UsageError(
+                    f"no promotion to tag {pr(args.tag, 130)}" + (f" for {pr(args.env, 70)}" if args.env else ""),
+                    file=ledger.where,
+                )
+            text = (
+                f"{pr(cur.environment or '-')} {pr(args.tag)}: {pr(cur.digest)} since {pr(cur.since)} "
+                f"({pr(cur.destination)})"
             )
-        text = f"{pr(cur.environment or '-')} {pr(args.tag)}: {pr(cur.digest)} since {pr(cur.since)} ({pr(cur.destination)})"
-        out.result(cur.to_dict(), text)
-        return 0
-    entries = ledger.entries(args.env)
+            out.result(cur.to_dict(), text)
+            return 0
+        entries = ledger.entries(args.env)
     rows = [
         f"{pr(e.time, 30)}  {pr(e.environment or '-', 20):20} {pr(e.digest[:19])}  "
         f"{pr(e.destination)}:{pr(','.join(e.tags))}  by {pr(e.actor or '-', 60)}" + ("  (found)" if e.found else "")

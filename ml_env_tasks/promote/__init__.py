@@ -40,6 +40,7 @@ from ..errors import RegistryError, TagConflict, UsageError
 from ..fsutil import locked
 from ..grammar import TAG, matches, printable
 from ..ledger import Ledger, Promotion, environment_hash, environment_name
+from ..ledger_oci import open_ledger
 from ..registry import Reference, RegistryClient, check_registry_host, parse_ref
 from .copy import Progress, Tree, collect, copy_blobs, copy_referrers, validate_manifest
 
@@ -54,7 +55,7 @@ class PromoteOptions:
     allow_overwrite: bool = False
     dry_run: bool = False
     insecure: bool = False
-    ledger: Path | None = Path("releases.toml")
+    ledger: Path | str | None = Path("releases.toml")  # a file, oci://HOST/REPO[:TAG], or "registry"
     copy_referrers: bool = True
     jobs: int = 4  # blobs copied at once
 
@@ -121,10 +122,12 @@ def promote(
     dst, tags = _dest(opts)
     if opts.jobs < 1 or opts.jobs > 32:
         raise UsageError("--jobs must be between 1 and 32")
-    ledger = Ledger(opts.ledger) if opts.ledger is not None and not opts.dry_run else None
-    with ledger.locked() if ledger else contextlib.nullcontext():
+    opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)
+    if opts.ledger is not None and not opts.dry_run:
+        opened = open_ledger(opts.ledger, insecure=opts.insecure, destination=f"{dst.host}/{dst.repository}")
+    with opened as ledger, ledger.locked() if ledger else contextlib.nullcontext():
         if ledger:
-            ledger.check()  # a corrupt ledger stops us before any registry is touched
+            ledger.check()  # a corrupt ledger stops us before an image is copied
         return _promote(opts, src, dst, tags, ledger, say, progress, t0)
 
 

@@ -214,3 +214,63 @@ def test_credentials_never_printed(ws, regs, tmp_path: Path) -> None:
     p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:v1", f"{ws.lab['auth_registry']}/{ws.repo}", "--tag", "y",
                "--no-ledger", env={"DOCKER_CONFIG": str(cfg)})  # fmt: skip
     assert p.returncode == 4 and "refused access anonymously" in p.stderr
+
+
+def test_rerun_from_a_fresh_clone_records_what_it_finds(ws, regs) -> None:
+    """A re-run in a fresh checkout: the registry already holds the promotion, the ledger file
+    does not. It is recorded once, as found; a further re-run changes nothing."""
+    plain, _ = regs
+    one = push_single_image(plain, ws.repo, "one", payload=b"rerun")
+    src, dst = f"{ws.lab['registry']}/{ws.repo}:one", f"{ws.lab['auth_registry']}/{ws.repo}"
+    first = ws.dir / "clone1" / "releases.toml"
+    second = ws.dir / "clone2" / "releases.toml"
+    promote(PromoteOptions(src, dst, tags=("1.0.0", "prod"), ledger=first))
+    r = promote(PromoteOptions(src, dst, tags=("1.0.0", "prod"), ledger=second))
+    assert r.no_op and r.recorded_found
+    [found] = Ledger(second).entries()
+    assert found.found and found.digest == one and found.tags == ("1.0.0", "prod") and found.actor
+    again = promote(PromoteOptions(src, dst, tags=("1.0.0", "prod"), ledger=second))
+    assert again.no_op and not again.recorded_found and len(Ledger(second).entries()) == 1
+    p = ml_env("ledger", "show", "--ledger", str(second), "--tag", "prod")
+    assert p.returncode == 0 and one in p.stdout
+
+
+def test_ledger_kept_in_the_registry_is_shared_by_every_clone(ws, regs) -> None:
+    from ml_env_tasks.ledger_oci import ARTIFACT_TYPE, RemoteLedger, open_ledger
+
+    plain, auth = regs
+    one = push_single_image(plain, ws.repo, "one", payload=b"oci-1")
+    two = push_single_image(plain, ws.repo, "two", payload=b"oci-2")
+    dst = f"{ws.lab['auth_registry']}/{ws.repo}"
+    location = f"oci://{dst}:ml-env-ledger"
+    r = promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:one", dst, tags=("1.0.0",), ledger="registry"))
+    assert r.ledger_entry and not r.no_op
+    # a second clone, a re-run: nothing to copy, nothing to record
+    again = promote(PromoteOptions(f"{ws.lab['registry']}/{ws.repo}:one", dst, tags=("1.0.0",), ledger="registry"))
+    assert again.no_op and not again.recorded_found
+    with open_ledger(location) as led:
+        assert [(e.digest, e.tags, e.found) for e in led.entries()] == [(one, ("1.0.0",), False)]
+    info, body = auth.get_manifest(ws.repo, "ml-env-ledger")
+    assert json.loads(body)["artifactType"] == ARTIFACT_TYPE
+
+    # two writers read the same ledger; the second one's write merges instead of losing the first
+    a, b = RemoteLedger(location), RemoteLedger(location)
+    try:
+        a.append_raw({"time": "t-a", "digest": two, "destination": dst, "tags": ["a"], "environment": "e"})
+        b.append_raw({"time": "t-b", "digest": two, "destination": dst, "tags": ["b"], "environment": "e"})
+        a.push()
+        b.push()
+    finally:
+        a.close()
+        b.close()
+    p = ml_env("ledger", "show", "--ledger", location, "--json")
+    assert p.returncode == 0, p.stderr
+    assert [e["time"] for e in json.loads(p.stdout)][-2:] == ["t-a", "t-b"]
+    p = ml_env("ledger", "show", "--ledger", location, "--tag", "a")
+    assert p.returncode == 0 and two in p.stdout
+
+    # what the registry serves there is untrusted: not a ledger is one line naming the location
+    push_single_image(auth, ws.repo, "ml-env-ledger", payload=b"not a ledger")
+    p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:two", dst, "--tag", "2.0.0", "--ledger", "registry")
+    assert p.returncode == 2 and location in p.stderr and "not an ml-env ledger" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and auth.head_manifest(ws.repo, "2.0.0") is None  # nothing copied

@@ -82,28 +82,34 @@ def test_github_actions_example_uses_real_inputs() -> None:
 
 
 def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
+    """The release example, twice in a row: the second run reuses everything, promotes nothing
+    new, and the ledger (kept in the registry by default) still has one record."""
     cwd, env = checkout
     shutil.copy(ROOT / "examples/release/release.sh", cwd / "release.sh")
-    env = {
-        **env,
-        "REGISTRY": lab["registry"],
-        "PROD": f"127.0.0.1:5001/test/release-{os.getpid()}",
-        "VERSION": "9.9.9",
-        "LEDGER": str(tmp_path / "releases.toml"),
-    }
-    p = subprocess.run(["bash", "release.sh"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "3 passed, 0 failed" in p.stdout
-    last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("sklearn-inference prod: sha256:") and "since" in last
-    from ml_env_tasks.ledger import Ledger
+    prod = f"127.0.0.1:5001/test/release-{os.getpid()}"
+    env = {**env, "REGISTRY": lab["registry"], "PROD": prod, "VERSION": "9.9.9"}
+    env.pop("LEDGER", None)
+    try:
+        lasts = []
+        for _ in range(2):
+            p = subprocess.run(["bash", "release.sh"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+            assert p.returncode == 0, p.stderr[-3000:]
+            assert "3 passed, 0 failed" in p.stdout
+            lasts.append(p.stdout.strip().splitlines()[-1])
+            assert lasts[-1].startswith("sklearn-inference prod: sha256:") and "since" in lasts[-1]
+        assert lasts[0] == lasts[1]  # the same digest, since the same first promotion
+        assert "already there, nothing changed" in p.stdout
+        from ml_env_tasks.ledger_oci import open_ledger
 
-    entry = Ledger(tmp_path / "releases.toml").entries()[-1]
-    assert entry.tags == ("9.9.9", "prod") and entry.digest in last
-    from .helpers import delete_repository
+        with open_ledger(f"oci://{prod}:ml-env-ledger") as ledger:
+            entries = ledger.entries()
+        assert len(entries) == 1 and entries[0].tags == ("9.9.9", "prod") and entries[0].digest in lasts[0]
+        assert not (cwd / "releases.toml").exists()
+    finally:
+        from .helpers import delete_repository
 
-    delete_repository(
-        "127.0.0.1:5001",
-        env["PROD"].split("/", 1)[1],
-        (lab["auth_user"], lab["auth_password"]),
-    )
+        delete_repository(
+            "127.0.0.1:5001",
+            prod.split("/", 1)[1],
+            (lab["auth_user"], lab["auth_password"]),
+        )

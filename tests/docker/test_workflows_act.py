@@ -87,19 +87,48 @@ def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] |
     return ActRun(proc)
 
 
-def test_ci_pipeline_job_runs_green(tmp_path: Path, act_home: Path, lab: dict) -> None:
-    repo = copy_checkout(tmp_path / "repo")
-    run = run_act(repo, act_home, ["-W", ".github/workflows/ci.yml", "-j", "pipeline",
-                                   "--env", f"GITHUB_RUN_NUMBER={os.getpid()}"])  # fmt: skip
-    assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
-    assert set(run.jobs().values()) == {"success"}, run.jobs()
-    out = run.outputs("pipeline")
-    assert out["digest"].startswith("sha256:") and out["built"] in ("true", "false")
-    assert out["failed"] == "0" and int(out["passed"]) > 0
-    summary = run.summaries()
-    assert "### ml-env build" in summary and "### ml-env smoke-test" in summary and "### ml-env promote" in summary
-    # the password of the auth registry never reaches the log
-    assert lab["auth_password"] not in run.log()
+def _prod_ledger(lab: dict) -> list[Any]:
+    from ml_env_tasks.ledger_oci import RemoteLedger
+    from ml_env_tasks.registry import RegistryClient
+
+    client = RegistryClient("127.0.0.1:5001", credentials=(lab["auth_user"], lab["auth_password"]))
+    ledger = RemoteLedger("oci://127.0.0.1:5001/prod/sklearn-inference:ml-env-ledger", client=client)
+    try:
+        return ledger.entries()
+    finally:
+        ledger.close()
+
+
+def test_ci_pipeline_job_is_green_twice_from_fresh_clones(tmp_path: Path, act_home: Path, lab: dict) -> None:
+    """Users press "Re-run jobs": the second run, from another fresh clone, against registries
+    that hold everything the first one pushed, is green too, promotes the same digest and
+    records nothing twice (the ledger lives in the registry, next to the images)."""
+    number = str(os.getpid())
+    before = len(_prod_ledger(lab))
+    outs, counts = [], []
+    for clone in ("clone1", "clone2"):
+        repo = copy_checkout(tmp_path / clone)
+        run = run_act(repo, act_home, ["-W", ".github/workflows/ci.yml", "-j", "pipeline",
+                                       "--env", f"GITHUB_RUN_NUMBER={number}"])  # fmt: skip
+        assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
+        assert set(run.jobs().values()) == {"success"}, run.jobs()
+        out = run.outputs("pipeline")
+        assert out["digest"].startswith("sha256:") and out["built"] in ("true", "false")
+        assert out["failed"] == "0" and int(out["passed"]) > 0
+        summary = run.summaries()
+        assert "### ml-env build" in summary and "### ml-env smoke-test" in summary and "### ml-env promote" in summary
+        # the password of the auth registry never reaches the log
+        assert lab["auth_password"] not in run.log()
+        outs.append(out)
+        counts.append(len(_prod_ledger(lab)))
+        assert not (repo / "releases.toml").exists()  # nothing a fresh clone would lose
+    first, second = outs
+    assert second["built"] == "false" and second["no-op"] == "true"
+    assert second["ref"] == first["ref"] and second["ledger"] == first["ledger"]
+    assert first["ledger"] == "oci://127.0.0.1:5001/prod/sklearn-inference:ml-env-ledger"
+    assert counts[1] == counts[0] > before  # the re-run recorded nothing twice
+    ours = [e for e in _prod_ledger(lab) if f"ci-{number}" in e.tags]
+    assert len(ours) == 1 and ours[0].digest == first["ref"].rsplit("@", 1)[1]
 
 
 def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act_home: Path, lab: dict) -> None:
@@ -137,7 +166,14 @@ def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act
         assert "### ml-env build" in run.summaries() and "### ml-env promote" in run.summaries()
         assert lab["auth_password"] not in run.log()
         uploaded = list((act_home / "artifacts").glob("ml-env-run-*"))
-        assert any((u / "releases.toml").exists() for u in uploaded), uploaded
+        assert any((u / "runs").is_dir() for u in uploaded), uploaded
+        # the promotion is recorded next to the image it promoted, for every later clone
+        assert needs["open"]["outputs"]["ledger"] == f"oci://{destination}:ml-env-ledger"
+        from ml_env_tasks.ledger_oci import open_ledger
+
+        with open_ledger(needs["open"]["outputs"]["ledger"]) as ledger:
+            [entry] = ledger.entries()
+        assert entry.digest == needs["open"]["outputs"]["digest"] and entry.tags == ("act-open",)
     finally:
         from .helpers import delete_repository
 

@@ -84,7 +84,7 @@ def test_build_action_speaks_build_push_actions_vocabulary() -> None:
     assert {"imageid", "metadata", "digest", "cache-hit", "tags"} <= set(doc["outputs"])
     code = (ROOT / "ml_env_tasks/gha.py").read_text()
     for name in doc["outputs"]:  # every declared output is one the step writes
-        assert f'set_output("{name}"' in code or f'"{name}"' in code.split('def build_action')[1].split('def ')[0], name
+        assert f'set_output("{name}"' in code or f'"{name}"' in code.split("def build_action")[1].split("def ")[0], name
 
 
 @pytest.mark.parametrize("name", ["build", "train", "smoke-test", "promote", "login"])

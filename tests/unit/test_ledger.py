@@ -69,3 +69,20 @@ def test_malformed_ledger_is_a_clear_error_and_is_not_overwritten(tmp_path: Path
         Ledger(f).append(entry(1, d("a"), ["x"]))
     assert exc.value.file == str(f)
     assert f.read_text() == "[[promotion]\nbroken"
+
+
+def test_registry_ledger_locations_are_checked_without_echoing_them() -> None:
+    import pytest
+
+    from ml_env_tasks.errors import UsageError
+    from ml_env_tasks.ledger_oci import RemoteLedger, is_remote, ledger_location
+
+    assert ledger_location("registry", "h:5000/prod/x") == "oci://h:5000/prod/x:ml-env-ledger"
+    assert ledger_location("releases.toml", "h/x") == "releases.toml" and not is_remote("releases.toml")
+    with pytest.raises(UsageError, match="destination"):
+        ledger_location("registry", None)
+    for bad in ("oci://user:s3cret@h/x", "oci://h/x@sha256:" + "0" * 64, "oci://", "oci://hostonly",
+                "oci://h/x:bad tag", "oci://h\n/x"):  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            RemoteLedger(bad)
+        assert "s3cret" not in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,213 @@
+"""The release ledger kept in a registry, next to the images it records.
+
+A CI job starts from a fresh clone: a ledger file in the working tree is whatever the clone
+has, and a re-run or another branch writes its own. Kept as an OCI artifact in the destination
+repository (``oci://HOST/REPOSITORY[:TAG]``, tag ``ml-env-ledger`` by default), every clone
+reads and appends the same history: one manifest (artifactType
+``application/vnd.ml-env.ledger.v1+toml``, the empty config) whose one layer is the ledger's
+TOML, exactly as a file ledger holds it.
+
+Writes are optimistic: the artifact is read, entries are appended to a private copy, and the
+new artifact is written under the tag only if the tag still names what was read; if another
+writer moved it in between, its ledger is read again and our entries appended after its own
+(entries are append-only, so that merge is exact), up to a few times. A registry has no
+compare-and-swap, so two writers at the very same moment can still both write: the tag is
+verified after the write, and a lost write is retried the same way. What the registry serves
+is untrusted: the artifact must be exactly that shape, the layer at most MAX_LOG_BYTES, and its
+TOML is read by the same strict reader as a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import LogError, RegistryError, UsageError
+from .fsutil import write_atomic
+from .grammar import TAG, matches, printable
+from .ledger import Ledger
+from .tomllog import MAX_LOG_BYTES, TomlLog
+
+__all__ = ["LEDGER_TAG", "ARTIFACT_TYPE", "RemoteLedger", "is_remote", "open_ledger", "ledger_location"]
+
+PREFIX = "oci://"
+LEDGER_TAG = "ml-env-ledger"
+ARTIFACT_TYPE = "application/vnd.ml-env.ledger.v1+toml"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
+WRITE_ATTEMPTS = 5
+
+
+def is_remote(location: str | Path | None) -> bool:
+    return location is not None and str(location).startswith(PREFIX)
+
+
+def ledger_location(value: str | Path, destination: str | None) -> str:
+    """``registry`` (the destination repository's own ledger), ``oci://...`` or a file path."""
+    text = str(value)
+    if text == "registry":
+        if not destination:
+            raise UsageError("--ledger registry keeps the ledger in the destination repository; give oci://HOST/REPO")
+        return f"{PREFIX}{destination}:{LEDGER_TAG}"
+    return text
+
+
+class RemoteLedger(Ledger):
+    """A ledger read from (and written back to) a registry; a private file holds it meanwhile."""
+
+    def __init__(self, location: str, *, insecure: bool = False, client: Any = None) -> None:
+        from .registry import RegistryClient, check_registry_host, parse_ref
+
+        rest = location[len(PREFIX) :]
+        if "@" in rest or not rest or "/" not in rest:  # (credentials or a digest: never echoed)
+            raise UsageError("--ledger oci://...: give oci://HOST/REPOSITORY[:TAG], without credentials or a digest")
+        check_registry_host(rest.split("/", 1)[0], "ledger registry")
+        last = rest.rsplit("/", 1)[-1]
+        ref = parse_ref(rest if ":" in last else f"{rest}:{LEDGER_TAG}")
+        if not ref.tag or not matches(TAG, ref.tag):
+            raise UsageError(f"ledger {printable(location, 120)!r}: the tag is not a tag")
+        self._dir = Path(tempfile.mkdtemp(prefix="ml-env-ledger-"))
+        super().__init__(self._dir / "releases.toml")
+        self.host, self.repository, self.tag = ref.host, ref.repository, ref.tag
+        self.where = f"{PREFIX}{ref.host}/{ref.repository}:{ref.tag}"
+        self.client = client or RegistryClient(ref.host, insecure=insecure)
+        self._read: str | None = None  # the manifest digest this copy was read from
+        self._new: list[dict[str, Any]] = []
+        try:
+            self.pull()
+        except BaseException:
+            self.close()
+            raise
+
+    def lock_key(self) -> str:
+        return self.where
+
+    def pull(self) -> None:
+        """Read the registry's ledger into the private file (none yet: an empty ledger)."""
+        got = self.client.get_manifest(self.repository, self.tag)
+        if got is None:
+            self.path.unlink(missing_ok=True)
+            self._read = None
+            return
+        info, body = got
+        layer = _ledger_layer(body, self.where)
+        data = self.client.get_blob(self.repository, layer, limit=MAX_LOG_BYTES)
+        try:
+            write_atomic(self.path, data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise LogError("not UTF-8 text", file=self.where) from None
+        self._read = info.digest
+        self.entries()  # strict, as a file: a corrupt remote ledger is one LogError naming it
+
+    def append_raw(self, entry: dict[str, Any]) -> None:
+        super().append_raw(entry)
+        self._new.append(entry)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._new)
+
+    def push(self) -> str:
+        """Write the appended entries to the registry; the ledger's new manifest digest."""
+        for _attempt in range(WRITE_ATTEMPTS):
+            now = self.client.head_manifest(self.repository, self.tag)
+            if (now.digest if now else None) != self._read:
+                self._merge()
+            data = self.path.read_bytes()
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            for d, blob in ((EMPTY_DIGEST, EMPTY), (digest, data)):
+                if not self.client.blob_exists(self.repository, d):
+                    self.client.upload_stream(self.repository, d, iter([blob]), len(blob))
+            body = _manifest(digest, len(data))
+            put = self.client.put_manifest(self.repository, self.tag, body, OCI_MANIFEST)
+            written = put or "sha256:" + hashlib.sha256(body).hexdigest()
+            after = self.client.head_manifest(self.repository, self.tag)
+            if after is not None and after.digest == written:
+                self._read, self._new = written, []
+                return written
+            self._read = after.digest if after else None  # another writer won: merge again
+            self._merge()
+        raise RegistryError(
+            f"the ledger {self.where} kept changing while this promotion was recorded ({WRITE_ATTEMPTS} tries)",
+            hint="the promotion itself is done; run it again to record it (a re-run records what it finds)",
+        )
+
+    def _merge(self) -> None:
+        """Another writer moved the ledger: take theirs, then our entries after it."""
+        mine = self._new
+        self.pull()
+        for e in mine:
+            tags = tuple(e.get("tags") or ())
+            if e.get("found") and self.recorded(str(e.get("destination")), str(e.get("digest")), tags):
+                continue  # they recorded the same finding
+            TomlLog.append_raw(self, e)
+        self._new = mine
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _ledger_layer(body: bytes, where: str) -> str:
+    """The digest of the TOML layer of a ledger artifact; anything else is a LogError."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if (
+        not isinstance(layers, list)
+        or len(layers) != 1
+        or not isinstance(layers[0], dict)
+        or layers[0].get("mediaType") != ARTIFACT_TYPE
+    ):
+        raise LogError(f"not an ml-env ledger (an OCI artifact of type {ARTIFACT_TYPE} with one layer)", file=where)
+    layer = layers[0]
+    digest, size = layer.get("digest"), layer.get("size")
+    if not (isinstance(digest, str) and digest.startswith("sha256:") and len(digest) == 71):
+        raise LogError("the ledger's layer has no sha256 digest", file=where)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_LOG_BYTES:
+        raise LogError(f"the ledger's layer is larger than {MAX_LOG_BYTES} bytes", file=where)
+    return digest
+
+
+def _manifest(digest: str, size: int) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY), "data": "e30="},
+        "layers": [
+            {
+                "mediaType": ARTIFACT_TYPE,
+                "digest": digest,
+                "size": size,
+                "annotations": {"org.opencontainers.image.title": "releases.toml"},
+            }
+        ],
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+@contextlib.contextmanager
+def open_ledger(location: str | Path, *, insecure: bool = False, destination: str | None = None) -> Iterator[Ledger]:
+    """The ledger at ``location``: a file, or ``oci://`` (written back when the block ends
+    without an error and something was appended)."""
+    text = ledger_location(location, destination)
+    if not is_remote(text):
+        yield Ledger(Path(text))
+        return
+    ledger = RemoteLedger(text, insecure=insecure)
+    try:
+        yield ledger
+        if ledger.dirty:
+            ledger.push()
+    finally:
+        ledger.close()
