@@ -161,7 +161,7 @@ def check_platforms(platforms: Iterable[str], native: str, builder: str, driver:
 
     An image is tagged by its environment's content hash, which does not name a platform: two
     platforms under one tag need an index (a multi-platform builder, and a hash that knows it)."""
-    wanted = [p.strip().lower() for p in platforms if p.strip()]
+    wanted = [p.strip().lower() for item in platforms for p in item.split(",") if p.strip()]
     wanted = list(dict.fromkeys(wanted))
     if not wanted:
         return []

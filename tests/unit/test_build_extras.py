@@ -68,6 +68,8 @@ def test_platforms_only_the_engines_own() -> None:
     assert check_platforms(["linux/amd64"], native, "default", "docker") == ["linux/amd64"]
     with pytest.raises(EngineError, match=r"builder 'default' \(driver docker\)"):
         check_platforms(["linux/amd64", "linux/arm64"], native, "default", "docker")
+    with pytest.raises(EngineError, match="one platform per image"):
+        check_platforms(["linux/amd64,linux/arm64"], native, "default", "docker")  # --platform a,b
     with pytest.raises(EngineError, match="not the engine's own"):
         check_platforms(["linux/arm64"], native, "default", "docker")
 
