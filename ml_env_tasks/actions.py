@@ -97,7 +97,7 @@ ACTIONS: dict[str, Action] = {
             "report": "Path of the JSON report",
             "junit": "Path of the JUnit XML report",
         },
-        required=("env", "entry", "cases"),
+        required=("env", "cases"),
     ),
     "promote": Action(
         "promote",

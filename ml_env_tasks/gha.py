@@ -301,7 +301,7 @@ def smoke_test_action() -> int:
     cases = Path(v["cases"])
     opts = ServeOptions(
         environment=v["env"],
-        entry=Path(v["entry"]),
+        entry=Path(v["entry"]) if v["entry"] else None,
         models=parse_models(v["model"] or []),
         scoring_timeout_ms=v["scoring_timeout_ms"],
         workers=v["workers"],

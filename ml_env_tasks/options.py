@@ -284,7 +284,7 @@ RUN = (
 )  # fmt: skip
 
 SERVE = (
-    O("entry", "--entry", kind="path", help="entry script: init() and run(raw_data)"),
+    O("entry", "--entry", kind="path", help="entry script: init() and run(raw_data) (not for a packaged image)"),
     O("model", "--model", kind="list", metavar="[NAME=]DIR",
       help="model directory, mounted read-only at AZUREML_MODEL_DIR (several: NAME=DIR each)"),
     O("scoring_timeout_ms", "--scoring-timeout-ms", kind="int", help="SCORING_TIMEOUT_MS for run()"),

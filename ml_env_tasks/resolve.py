@@ -36,6 +36,7 @@ class ResolvedEnv:
     in_registry: bool = False
     shm_size: str | None = None  # the environment's docker.shm_size (a run setting)
     env: Environment | None = None  # the loaded environment, when it had to be loaded
+    labels: dict[str, str] | None = None  # an image given by reference: its labels
 
     @property
     def pinned(self) -> str:
@@ -142,7 +143,7 @@ def _image(ref: str, opts: BuildOptions) -> ResolvedEnv:
     if not python.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum():
         python = "python3"  # a label from the registry is untrusted: only a plain path is used
     return ResolvedEnv(ref, ref, digest, python, None, labels.get("ml-env.name"), labels.get("ml-env.hash"),
-                       in_registry=in_registry)  # fmt: skip
+                       in_registry=in_registry, labels=labels)  # fmt: skip
 
 
 def _looks_registered(ref: str, versions: Path) -> bool:

@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clone": ("catalog", "copy a curated (or any) environment under your own name"),
     "scaffold": ("catalog", "write a starter environment, requirements file and train script"),
     "config": ("config", "show every effective setting and where it came from"),
+    "model": ("models", "model versions in a registry: register, list, get, download"),
+    "package": ("models", "an inference image with its entry script and model inside (serve, smoke-test, promote it)"),
 }
 
 

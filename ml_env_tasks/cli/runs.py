@@ -16,6 +16,9 @@ TRAIN = (
     Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
     Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
            config="versions", gha=None, help="versions file, for NAME:VERSION environments"),
+    Option("register_model", ("--register-model",), metavar="NAME=outputs/PATH", gha=None,
+           help="after a completed run, register that folder of its outputs as the next version of model NAME "
+                "(needs --registry)"),
 )  # fmt: skip
 RUNS_DIR = [o for o in RUN if o.name == "runs_dir"]
 
@@ -47,6 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{required} is required")
     if args.args and args.script_args:
         raise UsageError("give the script's arguments after -- or in --args, not both")
+    model_name, model_rel = _model_to_register(args)
     script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
     opts = RunOptions(
         environment=args.env,
@@ -67,8 +71,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     out = output(args)
     result = train(opts, on_line=out.log, info=out.info)
-    out.result(result.record.to_dict(), f"run {result.run_id}: {result.status}; outputs in {result.outputs}")
+    record = result.record.to_dict()
+    text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
+    if model_name and result.cli_exit_code == 0:
+        from .. import models
+        from ..paths import resolve_inside
+
+        folder = resolve_inside(result.outputs, model_rel, result.outputs, file=None, key=None, what="--register-model")
+        mv = models.register(args.registry, model_name, folder, run_id=result.run_id, info=out.info)
+        record["registered_model"] = mv.to_json()
+        text += f"\nmodel {mv.ref}@{mv.digest} {'(same bytes as before)' if mv.reused else 'registered'}"
+    out.result(record, text)
     return result.cli_exit_code
+
+
+def _model_to_register(args: argparse.Namespace) -> tuple[str | None, str]:
+    """``--register-model NAME=outputs/PATH``, checked before the run starts."""
+    from ..errors import UsageError
+    from ..models import parse_model_ref
+
+    if not args.register_model:
+        return None, ""
+    name, sep, rel = args.register_model.partition("=")
+    rel = rel.removeprefix("./").removeprefix("outputs/") if sep else ""
+    if not rel and sep:
+        rel = "."
+    if not sep:
+        raise UsageError("--register-model NAME=outputs/PATH")
+    if parse_model_ref(name)[1] is not None:
+        raise UsageError("--register-model takes a NAME; the registry numbers the versions")
+    if not args.registry:
+        raise UsageError("--register-model needs --registry: models are kept in a registry")
+    if rel.startswith("/") or ".." in Path(rel).parts:
+        raise UsageError("--register-model: the folder is a path inside the run's outputs (no '..', not absolute)")
+    return name, rel
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -43,9 +43,8 @@ def serve_options(args: argparse.Namespace, **extra: Any) -> Any:
     from ..resources import Resources
     from ..serve.local import ServeOptions, parse_models
 
-    for required in ("env", "entry"):
-        if not getattr(args, required):
-            raise UsageError(f"--{required} is required")
+    if not args.env:
+        raise UsageError("--env is required")  # --entry too, unless the image is a packaged one
     max_body = None
     if args.max_body:
         max_body = parse_size(args.max_body)

@@ -44,7 +44,7 @@ LABEL = "ml-env.serve"
 @dataclass(frozen=True)
 class ServeOptions:
     environment: str  # an inference environment file, a curated or registered name, or an image reference
-    entry: Path
+    entry: Path | None  # None: a packaged image (``ml-env package``) that holds its entry and model
     models: dict[str, Path]  # {"": path} for a single model mounted at AZUREML_MODEL_DIR itself
     port: int = CONTAINER_PORT  # 0: a free port
     name: str | None = None
@@ -124,7 +124,7 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
     from ..resolve import resolve_environment
 
     entry = opts.entry
-    if not entry.is_file():
+    if entry is not None and not entry.is_file():
         raise UsageError(f"entry script {entry} not found")
     for name, path in opts.models.items():
         if not path.is_dir():
@@ -139,6 +139,13 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
         opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
     )
     image = resolved.pinned
+    packaged = (resolved.labels or {}).get("ml-env.package.entry")
+    if entry is None and not packaged:
+        raise UsageError(
+            f"--entry is required: {opts.environment} is not a packaged image", hint="or `ml-env package` one"
+        )
+    if packaged and (entry is not None or opts.models):
+        raise UsageError(f"{opts.environment} is a packaged image: it holds its entry script and model already")
     name = opts.name or resolved.name or "service"
     if unique and not opts.name:
         name = f"{name}-smoke-{os.urandom(3).hex()}"
@@ -154,9 +161,12 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
         if _port_taken(port):
             raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
     # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
-    volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
-    volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT, "ro") for n, p in opts.models.items()]
-    envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": MODEL_ROOT}
+    volumes: list[tuple[str, str, str]] = []
+    envs: dict[str, str] = {}  # a packaged image has its own AZUREML_* settings
+    if entry is not None:
+        volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
+        volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT, "ro") for n, p in opts.models.items()]
+        envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": MODEL_ROOT}
     if opts.scoring_timeout_ms:
         envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
     if opts.workers:

@@ -19,11 +19,21 @@ def ws(lab: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield w
     finally:
         from python_on_whales import docker
+        from python_on_whales.exceptions import NoSuchImage
 
-        for img in docker.image.list():
+        for _ in range(3):  # another process removing an image between `ls` and `inspect`
+            try:
+                images = docker.image.list()
+                break
+            except NoSuchImage:
+                images = []
+        for img in images:
             for tag in img.repo_tags:
                 if w.repo in tag:
-                    docker.image.remove(tag, force=True)
+                    try:
+                        docker.image.remove(tag, force=True)
+                    except NoSuchImage:  # went with another of its tags
+                        pass
         creds = {lab["auth_registry"]: (lab["auth_user"], lab["auth_password"])}
         for host, repo in [(lab["registry"], w.repo), (lab["auth_registry"], w.repo), *w.extra_repos]:
             delete_repository(host, repo, creds.get(host))
