@@ -384,9 +384,12 @@ def promote_action() -> int:
 
 
 def environments(envs: str | Path) -> list[str]:
-    """The environment names of a folder (its ``*.toml`` files, not sub-folders)."""
+    """The environment names of a folder (its ``*.toml`` files, not sub-folders). The versions
+    file ``ml-env register`` writes there (``envs/versions.toml``) is a log, not an environment."""
+    from .tomllog import is_log_file
+
     d = Path(envs)
-    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+    return sorted(p.stem for p in d.glob("*.toml") if not is_log_file(p)) if d.is_dir() else []
 
 
 def env_matrix(envs: Path) -> str:

@@ -93,7 +93,13 @@ def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) ->
 
 def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
     def session_fn(session: nox.Session) -> None:
-        matrix = env_matrix(envs)
+        from .errors import MlEnvError
+
+        try:
+            matrix = env_matrix(envs)
+        except MlEnvError as e:  # a broken environment file: one line, like every other session
+            cli.report_error(e, json_mode=False)
+            session.error(f"env_matrix failed (exit {e.exit_code})")
         print(matrix)
         if os.environ.get("GITHUB_OUTPUT"):
             from .gha import set_output

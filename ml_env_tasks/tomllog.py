@@ -20,10 +20,26 @@ from .errors import LogError
 from .fsutil import locked, write_atomic
 from .grammar import toml_error
 
-__all__ = ["TomlLog", "MAX_LOG_BYTES"]
+__all__ = ["TomlLog", "MAX_LOG_BYTES", "is_log_file"]
 
 MAX_LOG_BYTES = 64 * 2**20
 T = TypeVar("T")
+
+
+def is_log_file(path: Path) -> bool:
+    """Whether ``path`` holds such a log (every top-level key an array of tables), so a folder of
+    environment files can skip the versions file (or a ledger) kept beside them. An environment
+    file never has a top-level array of tables; a file that cannot be read or parsed is not a
+    log, so the environment loader reports what is wrong with it."""
+    import tomllib
+
+    try:
+        if path.stat().st_size > MAX_LOG_BYTES:
+            return False
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return bool(doc) and all(isinstance(v, list) and all(isinstance(e, dict) for e in v) for v in doc.values())
 
 
 class TomlLog:

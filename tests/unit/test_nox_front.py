@@ -123,3 +123,46 @@ def test_matrix_action_refuses_a_folder_without_environments(tmp_path: Path) -> 
         r = subprocess.run([sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True,
                            text=True, timeout=60)  # fmt: skip
         assert r.returncode == 2 and "no environment files" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) -> None:
+    """`ml-env register` writes envs/versions.toml: the matrix (action and nox) and the nox
+    sessions list the environments only; a broken environment is still one line, no traceback."""
+    from ml_env_tasks.gha import environments
+    from ml_env_tasks.versions import Versions
+
+    p = project(tmp_path, "import ml_env_tasks.nox  # noqa: F401\n")
+    Versions(p / "envs/versions.toml").register(
+        spec.load(p / "envs/alpha.toml"), image="r/alpha:h", digest="sha256:1", registry="r"
+    )
+    assert environments(p / "envs") == ["alpha", "beta"]
+    env = {**os.environ, "INPUT_ENVS": "envs", "GITHUB_OUTPUT": str(tmp_path / "out")}
+    r = subprocess.run([sys.executable, "-m", "ml_env_tasks.gha", "matrix"], cwd=p, env=env, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [m["env"] for m in json.loads(r.stdout)["include"]] == ["alpha", "beta"]
+    listing = {s["session"] for s in json.loads(nox(p, "-l", "--json", "-t", "ml-env").stdout)}
+    assert "env_build(env='alpha')" in listing and not any("versions" in s for s in listing)
+    m = nox(p, "-s", "env_matrix")
+    assert m.returncode == 0, m.stderr
+    assert [e["env"] for e in json.loads(m.stdout.strip().splitlines()[-1])["include"]] == ["alpha", "beta"]
+    (p / "envs/gamma.toml").write_text('name = "gamma"\n[base]\nimage = "x"\n[apt]\npackages = ["Bad Name"]\n')
+    bad = nox(p, "-s", "env_matrix")
+    assert bad.returncode != 0 and "ml-env: error: envs/gamma.toml: apt.packages[0]:" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_only_an_append_only_log_counts_as_one(tmp_path: Path) -> None:
+    from ml_env_tasks.tomllog import is_log_file
+
+    cases = {
+        "ledger.toml": ("# header\n[[promotion]]\ndigest = 'sha256:1'\n", True),
+        "env.toml": ('name = "e"\n[base]\nimage = "a/b:1"\n', False),
+        "broken.toml": ("[[environment]\n", False),  # the loader names what is wrong
+        "empty.toml": ("# only a comment\n", False),
+        "mixed.toml": ('name = "e"\n[[environment]]\nname = "e"\n', False),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert is_log_file(tmp_path / name) is expected, name
+    assert is_log_file(tmp_path / "missing.toml") is False
