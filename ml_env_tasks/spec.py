@@ -10,6 +10,7 @@ project (see ``paths``). The validation itself lives in ``specparse``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from .environment import (
@@ -93,7 +94,11 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
     return env
 
 
-def parse(text: str, path: Path, *, shown: str | None = None) -> Environment:
+def parse(
+    text: str, path: Path, *, shown: str | None = None, recorded_wheels: Mapping[str, str] | None = None
+) -> Environment:
+    """``recorded_wheels`` (file name -> sha256, as a versions file records them) stands in for
+    wheels that are absent, so two registered versions can be compared without their bytes."""
     from .specparse import parse_document
 
-    return parse_document(text, path, shown or str(path))
+    return parse_document(text, path, shown or str(path), recorded_wheels=recorded_wheels)

@@ -176,8 +176,13 @@ class Versions(TomlLog):
     def diff(self, a: str, b: str) -> list[Difference]:
         ea, eb = self.get(a), self.get(b)
         with tempfile.TemporaryDirectory(prefix="ml-env-diff-") as td:
-            sa = spec.load(self.write_back(ea, Path(td) / "a" / "env.toml"))
-            sb = spec.load(self.write_back(eb, Path(td) / "b" / "env.toml"))
+            # wheels are not in the versions file: their recorded digests are what is compared
+            sa, sb = (
+                spec.parse(
+                    e.spec, self.write_back(e, Path(td) / side / "env.toml"), shown=e.ref, recorded_wheels=e.wheels
+                )
+                for e, side in ((ea, "a"), (eb, "b"))
+            )
             return explain(sa, sb)
 
     def latest(self) -> list[VersionEntry]:

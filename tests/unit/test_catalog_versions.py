@@ -104,3 +104,77 @@ def test_shipped_files_name_public_base_images_and_curated_locks_stay_out_of_the
     lock_path_for(sk).parent.mkdir(parents=True)
     lock_path_for(sk).write_text("numpy==2.0.0\n")
     assert lock_to_read(sk) == lock_path_for(sk)
+
+
+def _wheel(path: Path, body: bytes) -> None:
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("demo/__init__.py", body)
+
+
+def test_diff_of_versions_with_private_wheels_needs_no_wheel_bytes(tmp_path: Path) -> None:
+    """The versions file keeps a wheel's name and digest, not its bytes: two versions compare on
+    those, in a checkout that never had the wheels (no temp path in the answer)."""
+    envs = tmp_path / "envs"
+    whl = envs / "wheels/demo-1.0-py3-none-any.whl"
+    _wheel(whl, b"V = 1\n")
+    f = envs / "w.toml"
+    f.write_text('name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["wheels/demo-1.0-py3-none-any.whl"]\n')
+    v = Versions(envs / "versions.toml")
+    one = v.register(spec.load(f), image="r/w:h1", digest="sha256:1", registry="r")[0]
+    _wheel(whl, b"V = 2\n")
+    two = v.register(spec.load(f), image="r/w:h2", digest="sha256:2", registry="r")[0]
+    assert (one.version, two.version) == (1, 2)
+    whl.unlink()
+    diffs = v.diff("w:1", "w:2")
+    assert {d.field for d in diffs} == {"python.wheels"}
+    shown = "\n".join(str(d) for d in diffs)
+    assert one.wheels["demo-1.0-py3-none-any.whl"] in shown and two.wheels["demo-1.0-py3-none-any.whl"] in shown
+    assert "ml-env-diff-" not in shown
+    assert v.diff("w:1", "w:1") == []
+
+
+def test_get_into_a_folder_refuses_to_overwrite_and_list_all_shows_every_version(tmp_path: Path) -> None:
+    """`get NAME:V -o DIR` (Azure's -d habit) writes into the folder DIR; a file already there is one
+    error line naming it, exit 2, nothing written; `list --all` shows older versions too."""
+    import json
+    import subprocess
+    import sys
+
+    def ml_env(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    envs = tmp_path / "envs"
+    (envs / "requirements").mkdir(parents=True)
+    (envs / "requirements/r.txt").write_text("six==1.16.0\n")
+    f = envs / "e.toml"
+    f.write_text('name = "e"\n[base]\nimage = "a/b:1"\n[python]\nrequirements = ["requirements/r.txt"]\n')
+    v = Versions(envs / "versions.toml")
+    v.register(spec.load(f), image="r/e:h1", digest="sha256:1", registry="r")
+    (envs / "requirements/r.txt").write_text("six==1.17.0\n")
+    v.register(spec.load(f), image="r/e:h2", digest="sha256:2", registry="r")
+    listed = json.loads(ml_env("list", "--all", "--json").stdout)["registered"]
+    assert [(e["name"], e["version"]) for e in listed] == [("e", 1), ("e", 2)]
+    assert [e["version"] for e in json.loads(ml_env("list", "--json").stdout)["registered"]] == [2]
+
+    got = ml_env("get", "e:1", "-o", "out")
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "out/requirements/r.txt").read_text() == "six==1.16.0\n"
+    assert env_hash(spec.load(tmp_path / "out/e.toml")) == v.get("e:1").hash
+    assert not (tmp_path / "requirements").exists()  # nothing lands in the current folder
+
+    (tmp_path / "other/requirements").mkdir(parents=True)
+    (tmp_path / "other/requirements/r.txt").write_text("mine\n")
+    refused = ml_env("get", "e:2", "-o", "other")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "ml-env: error: not overwriting other/requirements/r.txt (--force overwrites them)"
+    ]
+    assert not (tmp_path / "other/e.toml").exists() and (tmp_path / "other/requirements/r.txt").read_text() == "mine\n"
+    (tmp_path / "afile").write_text("x")
+    assert ml_env("get", "e:2", "-o", "afile").stderr.strip() == "ml-env: error: afile is a file; -o takes a folder"
+    assert ml_env("get", "e:2", "-o", "other", "--force").returncode == 0
+    assert (tmp_path / "other/requirements/r.txt").read_text() == "six==1.17.0\n"
