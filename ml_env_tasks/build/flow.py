@@ -198,7 +198,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     e.details = redactor(e.details)
                 e.message = redactor(e.message)
                 if isinstance(e, BuildError):
-                    e.hint = f"full log: {log_path}"
+                    e.hint = "; ".join(x for x in (e.hint, f"full log: {log_path}") if x)
                 raise
         digest = second.digest or first.digest
         if opts.registry:

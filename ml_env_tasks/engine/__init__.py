@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, EngineError, RegistryAuthError
-from .buildlog import TAIL_LINES, count_step, failing_step, last_error_line, lines, tail, text
+from .buildlog import TAIL_LINES, count_step, failure_message, last_error_line, lines, tail, text
 from .context import Endpoint, current_endpoint, select_context
 
 if TYPE_CHECKING:
@@ -205,7 +205,6 @@ class Engine:
                 count_step(raw, steps, cached)
         except DockerException as e:
             err = "\n".join(last) or text(e.stderr)
-            failing = failing_step(list(last))
             if "Cannot connect to the Docker daemon" in err:
                 raise EngineError(
                     f"the Docker engine ({self.endpoint.describe()}) is not reachable",
@@ -216,10 +215,8 @@ class Engine:
                     "the build could not authenticate to a registry (pulling the base or pushing the image)",
                     details=err,
                 ) from None
-            msg = "the build failed"
-            if failing:
-                msg += f" at step: {failing}"
-            raise BuildError(msg, details=err) from None
+            msg, hint = failure_message(list(last))
+            raise BuildError(msg, details=err, hint=hint) from None
         meta: dict[str, Any] = {}
         if metadata_file.exists():
             meta = json.loads(metadata_file.read_text() or "{}")

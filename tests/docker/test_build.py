@@ -148,8 +148,19 @@ def test_failing_run_step_pushes_nothing(ws) -> None:
     assert "ml-env-no-such-package-xyz" in p.stderr  # the failing step's own output
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("ml-env: error: the build failed at step:")
+    # the error itself ends with pip's own words, not only the (cut) RUN line
+    assert "its last lines: " in last and "No matching distribution found for ml-env-no-such-package-xyz==9.9.9" in last
     assert registry_digest(ref) is None
     assert Engine().local_image_id(ref) is None
+
+
+def test_a_base_without_python_says_so(ws) -> None:
+    f = ws.spec(f'name = "nopy"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[python]\npackages = ["six==1.16.0"]\n')
+    p = ml_env("build", str(f), *ws.cli_args(), "--quiet")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("ml-env: error: the base image has no python3"), last
+    assert "python.user_managed_dependencies = true" in last and "python.interpreter" in last
 
 
 def test_registry_down_is_an_error_not_exists(ws) -> None:

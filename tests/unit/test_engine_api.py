@@ -248,3 +248,44 @@ def test_list_by_label_filters_on_the_engine(tmp_path: Path, monkeypatch: pytest
     assert "filters=" in path and json.loads(parse_qs(path.split("?")[1])["filters"][0]) == {
         "label": ["ml-env.serve=a"]
     }
+
+
+def test_a_failed_build_ends_with_the_tools_own_lines() -> None:
+    """Plain BuildKit progress as a failed pip step prints it: the message keeps pip's last
+    lines (timestamps off, pip's notices skipped); a missing python3 is named with a way out."""
+    from ml_env_tasks.engine.buildlog import failure_message
+
+    pip_fail = [
+        "#7 [stage-0 3/3] RUN --mount=type=secret,id=ml-env-ca,required=false pip install … (157 more characters)",
+        "#7 0.412 Collecting six==1.16.0",
+        "#7 0.727 ERROR: Could not find a version that satisfies the requirement nope==9 (from versions: none)",
+        "#7 0.728 ERROR: No matching distribution found for nope==9",
+        "#7 0.729 [notice] A new release of pip is available",
+        '#7 ERROR: process "/bin/sh -c pip install -r r.txt" did not complete successfully: exit code: 1',
+        "------",
+        " > [stage-0 3/3] RUN pip install:",
+        "0.728 ERROR: No matching distribution found for nope==9",
+        "------",
+        'ERROR: failed to solve: process "/bin/sh -c pip install -r r.txt" did not complete successfully: exit code: 1',
+    ]
+    msg, hint = failure_message(pip_fail)
+    assert msg.startswith('the build failed at step: process "/bin/sh -c pip install')
+    assert msg.endswith("its last lines: Collecting six==1.16.0 / ERROR: Could not find a version that satisfies "
+                        "the requirement nope==9 (from versions: none) / ERROR: No matching distribution found for nope==9")  # fmt: skip
+    assert hint is None
+    no_python = [
+        "#6 [stage-0 2/3] RUN python3 -m venv /opt/ml-env",
+        "#6 0.082 /bin/sh: python3: not found",
+        '#6 ERROR: process "/bin/sh -c python3 -m venv /opt/ml-env" did not complete successfully: exit code: 127',
+        'ERROR: failed to solve: process "/bin/sh -c python3 -m venv /opt/ml-env" did not complete successfully: exit code: 127',
+    ]
+    msg, hint = failure_message(no_python)
+    assert msg.startswith("the base image has no python3") and "exit code 127" in msg
+    assert hint is not None and "user_managed_dependencies" in hint and "python.interpreter" in hint
+    # a script of the user's own failing with 127 is not taken for a missing interpreter
+    other = [x.replace("python3 -m venv /opt/ml-env", "./setup.sh").replace("python3", "./setup.sh") for x in no_python]
+    assert failure_message(other)[0].startswith("the build failed at step:")
+    assert failure_message(["ERROR: failed to solve: something else"]) == (
+        "the build failed at step: something else",
+        None,
+    )

@@ -111,6 +111,9 @@ def test_cli_import_to_stdout_and_file(work: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn")],
                        capture_output=True, text=True, cwd=work)  # fmt: skip
     assert p.returncode == 0 and p.stdout.startswith("# Imported") and "warning: unsupported field" in p.stderr
+    # the conda file the printed environment names cannot travel on stdout: said, and not written anywhere
+    assert "conda_file = " in p.stdout and "which stdout cannot carry: use -o FILE" in p.stderr
+    assert not list(work.glob("*.conda.yml"))
     out = work / "envs" / "team.toml"
     p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
                        capture_output=True, text=True)  # fmt: skip
