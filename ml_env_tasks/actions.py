@@ -96,6 +96,7 @@ ACTIONS: dict[str, Action] = {
             "p95-ms": "95th percentile latency (ms)",
             "report": "Path of the JSON report",
             "junit": "Path of the JUnit XML report",
+            "record": "Digest of the result attached to the tested image (empty when it is not in a registry)",
         },
         required=("env", "cases"),
     ),

@@ -295,7 +295,7 @@ def smoke_test_action() -> int:
     from .grammar import parse_size
     from .resources import Resources
     from .serve.local import ServeOptions, parse_models
-    from .serve.smoke import run_smoke_test, write_reports
+    from .serve.smoke import record_result, run_smoke_test, write_reports
 
     v = _values("smoke-test")
     cases = Path(v["cases"])
@@ -313,6 +313,8 @@ def smoke_test_action() -> int:
     with group(f"ml-env smoke-test {cases}"), stop_commands():
         report = run_smoke_test(opts, cases, repeat=v["repeat"], ready_timeout=v["ready_timeout"], info=_say)
     js, xml = write_reports(report, Path(v["report_dir"]), cases)
+    recorded = None if v["no_record"] else record_result(report, cases, insecure=v["insecure"], info=_say)
+    set_output("record", recorded or "")
     set_output("passed", str(report.passed))
     set_output("failed", str(report.failed))
     set_output("p50-ms", f"{report.p50_ms:.1f}")
@@ -358,6 +360,8 @@ def promote_action() -> int:
         ledger=None if v["no_ledger"] else v["ledger"],
         copy_referrers=not v["no_referrers"],
         jobs=v["jobs"],
+        require=tuple(v["require"] or ()),
+        spec=Path(v["spec"]) if v["spec"] else None,
     )
     with group(f"ml-env promote {opts.source}"):
         r = promote(opts, info=_say)

@@ -302,6 +302,8 @@ SMOKE = (
     O("ready_timeout", "--ready-timeout", kind="float", default=120.0, help="seconds to wait for readiness"),
     O("report_dir", "--report-dir", kind="path", default=lambda: Path(".ml-env/smoke"),
       help="where the JSON and JUnit XML reports go"),
+    O("no_record", "--no-record", kind="flag", default=False,
+      help="do not attach the result to the tested digest in its registry (promote --require smoke-test reads it)"),
 )  # fmt: skip
 
 PROMOTE = (
@@ -316,4 +318,8 @@ PROMOTE = (
     O("no_ledger", "--no-ledger", kind="flag", default=False, help="do not record the promotion"),
     O("no_referrers", "--no-referrers", kind="flag", default=False, help="do not copy signatures/attestations"),
     O("jobs", "--jobs", kind="int", default=4, help="blobs copied at once"),
+    O("require", "--require", kind="list", gha="require", metavar="GATE", config="require",
+      help="refuse (exit 5) unless the digest passed this gate: smoke-test (a passing smoke test recorded against it)"),
+    O("spec", "--spec", kind="path", gha="spec",
+      help="with --require smoke-test: the environment file whose lock the tested image must hold"),
 )  # fmt: skip

@@ -182,7 +182,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         second = engine.build(
                             context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
                             cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
-                            **how,
+                            provenance={"mode": "max"} if opts.registry else None, **how,
                         )  # fmt: skip
                         break
                     except BuildError as e:
@@ -201,7 +201,8 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     e.hint = "; ".join(x for x in (e.hint, f"full log: {log_path}") if x)
                 raise
         digest = second.digest or first.digest
-        if opts.registry:
+        if opts.registry and digest:
+            digest = _attach_sbom(env, p, ref, digest, lock_text, engine, opts)
             digest = _verify_pushed(ref, digest, opts)
         lock_written = None
         if env.lock is None:
@@ -215,7 +216,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
             cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
             python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second),
-            metadata={k: v for k, v in second.metadata.items() if k.startswith(("containerimage.", "image."))},
+            metadata=_metadata(second.metadata, digest),
         )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -225,6 +226,45 @@ def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:
     """The ID the engine gives the image (``docker images``); buildx's report if it has none."""
     got = engine.local_image_id(ref) or outcome.metadata.get("containerimage.config.digest")
     return got if isinstance(got, str) else None
+
+
+def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:
+    """buildx's metadata of the last pass, naming the image's final digest (the SBOM rewrites the index)."""
+    out = {k: v for k, v in meta.items() if k.startswith(("containerimage.", "image."))}
+    if digest and out.get("containerimage.digest") not in (None, digest):
+        out["containerimage.digest"] = digest
+        out.pop("containerimage.descriptor", None)
+    return out
+
+
+def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_text: str, engine: Any,
+                 opts: BuildOptions) -> str:  # fmt: skip
+    """The pushed image's SBOM (``sbom``), attached beside BuildKit's provenance: the new digest."""
+    from ..pins import lock_packages
+    from ..sbom import (
+        CYCLONEDX,
+        SPDX,
+        Contents,
+        attach_attestations,
+        cyclonedx_json,
+        deb_packages,
+        spdx_json,
+        statement,
+    )
+
+    r = parse_ref(ref)
+    name = f"{r.host}/{r.repository}"
+    base = env.base.image
+    if base and env.base.digest:
+        base = base.split("@", 1)[0] + "@" + env.base.digest
+    contents = Contents(name, p.hash, lock_packages(lock_text), deb_packages(engine, ref), base)
+    cdx, spdx = cyclonedx_json(contents), spdx_json(contents)
+
+    def make(manifest: str) -> list[tuple[str, bytes]]:
+        return [(CYCLONEDX, statement(CYCLONEDX, cdx, name, manifest)), (SPDX, statement(SPDX, spdx, name, manifest))]
+
+    client = RegistryClient(r.host, insecure=opts.insecure)
+    return attach_attestations(client, r.repository, r.tag or p.hash, digest, make)
 
 
 def check_builder(caps: Any) -> None:

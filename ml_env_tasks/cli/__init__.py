@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke-test": ("serve", "build or reuse an inference image, start it, send sample requests, check the answers"),
     "promote": ("release", "copy an image by digest to another registry/repository and record it in the ledger"),
     "ledger": ("release", "the release ledger: show"),
+    "verify": ("release", "check an image: content hash, tag, SBOM, provenance, ledger record, smoke test"),
     "import": ("catalog", "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements)"),
     "export": ("catalog", "export an environment file to Azure ML v1 (directory) or v2 (YAML)"),
     "register": ("catalog", "build (or reuse) and record a new version when the hash changed"),

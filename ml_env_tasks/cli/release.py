@@ -18,6 +18,13 @@ LEDGER = [o for o in PROMOTE if o.name == "ledger"]
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "verify":
+        p.usage = "ml-env verify IMAGE [--ledger FILE|oci://...] [--require smoke-test] [--json]"
+        command(
+            p, cmd_verify, (Option("image", ("image",), help="host/repository:tag or @digest"),),
+            [o for o in PROMOTE if o.name in ("ledger", "require", "insecure")],
+        )  # fmt: skip
+        return
     if name == "promote":
         p.usage = "ml-env promote SOURCE DEST[:TAG] --tag T [--tag T2] [--allow-overwrite] [--dry-run]"
         command(p, cmd_promote, WHAT, PROMOTE)
@@ -51,6 +58,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
             ledger=None if args.no_ledger else args.ledger,
             copy_referrers=not args.no_referrers,
             jobs=args.jobs,
+            require=tuple(args.require),
+            spec=args.spec,
         ),
         info=out.info,
         progress=_progress(out) if not out.json_mode else None,
@@ -111,3 +120,17 @@ def _usage(p: argparse.ArgumentParser) -> int:
     """A group without its subcommand: the group's own help, exit 2."""
     p.print_help(sys.stderr)
     return 2
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """One line per check; exit 1 when any fails (0 when all pass or do not apply)."""
+    from ..verify import verify
+
+    out = output(args)
+    checks = verify(args.image, ledger=args.ledger, require=tuple(args.require), insecure=args.insecure)
+    failed = [c for c in checks if c.ok is False]
+    out.result(
+        {"image": args.image, "ok": not failed, "checks": [c.to_json() for c in checks]},
+        "\n".join(c.line() for c in checks),
+    )
+    return 1 if failed else 0

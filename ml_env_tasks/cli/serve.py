@@ -117,7 +117,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_smoke_test(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..serve.smoke import run_smoke_test, write_reports
+    from ..serve.smoke import record_result, run_smoke_test, write_reports
 
     if not args.cases:
         raise UsageError("--cases is required")
@@ -128,6 +128,7 @@ def cmd_smoke_test(args: argparse.Namespace) -> int:
         serve_options(args), args.cases, repeat=args.repeat, ready_timeout=args.ready_timeout, info=out.info
     )
     js, xml = write_reports(report, args.report_dir, args.cases)
+    recorded = None if args.no_record else record_result(report, args.cases, insecure=args.insecure, info=out.info)
 
     def text() -> str:
         rows = [
@@ -139,7 +140,7 @@ def cmd_smoke_test(args: argparse.Namespace) -> int:
         )
         return "\n".join(rows)
 
-    out.result({**report.to_json(), "report": str(js), "junit": str(xml)}, text)
+    out.result({**report.to_json(), "report": str(js), "junit": str(xml), "record": recorded}, text)
     if report.failed and report.logs_tail:
         print("--- last lines of the scoring container's log ---", file=sys.stderr)
         print(report.logs_tail, file=sys.stderr)

@@ -182,6 +182,7 @@ class Engine:
         builder: str | None = None,
         platforms: list[str] | None = None,
         output: dict[str, str] | None = None,
+        provenance: dict[str, str] | None = None,
     ) -> BuildOutcome:
         """Run one buildx build, streaming plain progress lines to ``on_line``.
 
@@ -198,6 +199,7 @@ class Engine:
                 context, tags=tags, push=push, labels=labels, secrets=secrets, network=network,
                 cache_from=cache_from or None, cache_to=cache_to, cache=not no_cache, metadata_file=metadata_file,
                 progress="plain", stream_logs=True, builder=builder, platforms=platforms or None, output=output or {},
+                provenance=provenance,
             )  # fmt: skip
             for raw in lines(stream):
                 last.append(raw)

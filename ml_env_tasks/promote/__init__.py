@@ -58,6 +58,8 @@ class PromoteOptions:
     ledger: Path | str | None = Path("releases.toml")  # a file, oci://HOST/REPO[:TAG], or "registry"
     copy_referrers: bool = True
     jobs: int = 4  # blobs copied at once
+    require: tuple[str, ...] = ()  # gates the digest must have passed: "smoke-test"
+    spec: Path | None = None  # with the smoke-test gate: the environment file whose lock was tested
 
 
 @dataclass
@@ -122,13 +124,57 @@ def promote(
     dst, tags = _dest(opts)
     if opts.jobs < 1 or opts.jobs > 32:
         raise UsageError("--jobs must be between 1 and 32")
+    unknown = [g for g in opts.require if g not in GATES]
+    if unknown:
+        raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
+    expected_lock = _spec_lock(opts.spec) if opts.spec is not None and "smoke-test" in opts.require else None
     opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)
     if opts.ledger is not None and not opts.dry_run:
         opened = open_ledger(opts.ledger, insecure=opts.insecure, destination=f"{dst.host}/{dst.repository}")
     with opened as ledger, ledger.locked() if ledger else contextlib.nullcontext():
         if ledger:
             ledger.check()  # a corrupt ledger stops us before an image is copied
-        return _promote(opts, src, dst, tags, ledger, say, progress, t0)
+        return _promote(opts, src, dst, tags, ledger, say, progress, t0, expected_lock)
+
+
+GATES = ("smoke-test",)
+
+
+def _spec_lock(spec: Path) -> str:
+    """The sha256 of the lock beside an environment file (what its tested image must hold)."""
+    from ..spec import lock_path_for
+
+    lock = lock_path_for(spec)
+    try:
+        return hashlib.sha256(lock.read_bytes()).hexdigest()
+    except OSError:
+        raise UsageError(f"--spec {spec}: it has no lock ({lock.name}) to compare the tested image with") from None
+
+
+def _check_gates(sc: RegistryClient, src: Reference, digest: str, opts: PromoteOptions, lock: str | None) -> str:
+    """Refuse (exit 5) a digest that has not passed the required gates; a line saying it has."""
+    from ..attest import smoke_records
+    from ..errors import GateRefused
+
+    where = src.pinned(digest)
+    records = smoke_records(sc, src.repository, digest)
+    if not records:
+        raise GateRefused(
+            f"{where} has no smoke test recorded against it",
+            hint="`ml-env smoke-test --env <that image@digest>` (or the smoke-test action) records one",
+        )
+    last = records[0]
+    if last["failed"] or not last["passed"]:
+        raise GateRefused(
+            f"the last smoke test of {where} ({printable(last['time'], 40)}) failed: {last['failed']} of "
+            f"{last['passed'] + last['failed']} cases"
+        )
+    if lock is not None and last.get("lock_sha256") != lock:
+        raise GateRefused(
+            f"{where} was smoke-tested with another lock than {opts.spec}'s: the lock changed since the test",
+            hint="build, smoke-test and promote the image of the current lock",
+        )
+    return f"gate smoke-test: passed {last['passed']} cases at {printable(last['time'], 40)}"
 
 
 def _promote(
@@ -140,6 +186,7 @@ def _promote(
     say: Callable[[str], None],
     progress: Callable[[Progress], None] | None,
     t0: float,
+    expected_lock: str | None = None,
 ) -> PromoteResult:
     sc = RegistryClient(src.host, insecure=opts.insecure)
     dc = sc if dst.host == src.host else RegistryClient(dst.host, insecure=opts.insecure)
@@ -150,6 +197,8 @@ def _promote(
     digest = top.digest
     validate_manifest(body, f"source {src.pinned(digest)}")
     say(f"source {opts.source} is {digest}")
+    if "smoke-test" in opts.require:
+        say(_check_gates(sc, src, digest, opts, expected_lock))
     result = PromoteResult(
         digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
     )

@@ -21,7 +21,7 @@ from ..registry import RegistryClient
 __all__ = ["Progress", "Tree", "Copied", "collect", "copy_blobs", "copy_referrers", "validate_manifest", "INDEX_TYPES"]
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
-DIGEST_TAG_SUFFIXES = (".sig", ".att", ".sbom")
+DIGEST_TAG_SUFFIXES = (".sig", ".att", ".sbom", "")  # "": the OCI 1.1 referrers fallback index
 BLOB_ATTEMPTS = 3
 
 

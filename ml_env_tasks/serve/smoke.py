@@ -331,3 +331,22 @@ def write_reports(report: SmokeReport, directory: Path, cases_path: Path) -> tup
     xml = directory / "smoke-test.junit.xml"
     ET.ElementTree(suite).write(xml, encoding="utf-8", xml_declaration=True)
     return js, xml
+
+
+def record_result(report: SmokeReport, cases_path: Path, *, insecure: bool = False, info: Any = None) -> str | None:
+    """Attach the result to the digest it tested, in the image's registry (``attest``): what
+    ``promote --require smoke-test`` asks for. An image only in the local engine has nowhere to
+    carry it; a registry that refuses is a warning, never a failed smoke test."""
+    from ..attest import record_smoke
+    from ..digests import file_sha256
+    from ..errors import RegistryError
+
+    try:
+        att = record_smoke(report.image, report, file_sha256(cases_path, use_cache=False), insecure=insecure)
+    except RegistryError as e:
+        if info:
+            info(f"warning: the result could not be attached to {report.image}: {e.message}")
+        return None
+    if att and info:
+        info(f"recorded the result against {report.image} ({att.digest[:19]})")
+    return att.digest if att else None

@@ -148,3 +148,73 @@ def test_train_registers_its_model_in_one_step(ws, tmp_path: Path) -> None:
     assert got.layer == mv["layer"] and got.run_id == rec["run_id"]
     bad = ml_env(*[a if a != f"{name}=outputs/model" else f"{name}=outputs/../../../etc" for a in args])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_provable_release_sbom_provenance_gate_verify(ws, tmp_path: Path) -> None:
+    """Build → SBOM and provenance attached → smoke test recorded against the digest → promote
+    refuses without it and accepts with it → both attestations survive → verify passes."""
+    import subprocess
+
+    from ml_env_tasks.attest import smoke_records
+    from ml_env_tasks.build import build
+    from ml_env_tasks.serve.smoke import record_result
+    from ml_env_tasks.verify import verify
+
+    lab = ws.lab
+    reg = lab["registry"]
+    prod = f"{ws.repo}-prod"
+    ws.extra_repos.append((lab["auth_registry"], prod))
+    env = ws.spec(f'name = "light"\ninference = true\n[base]\nimage = "{lab["base_image_python"]}"\n', name="l.toml")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "score.py").write_text(SCORE)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "factor.txt").write_text("2")
+    result = build(str(env), ws.opts())
+    image = result.pinned
+    checks = {c.name: c for c in verify(image)}
+    assert checks["hash"].ok and checks["sbom"].ok and checks["provenance"].ok, [c.line() for c in checks.values()]
+    # the SBOM is what imagetools shows, and lists the Debian and Python packages really there
+    p = subprocess.run(["docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .SBOM}}"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    spdx = json.loads(p.stdout)["SPDX"]
+    names = {pkg["name"] for pkg in spdx["packages"]}
+    assert "pip" in names and "libc6" in names, sorted(names)[:20]
+
+    # promote --require smoke-test: refused without a record (exit 5), accepted with a passing one
+    dest = f"{lab['auth_registry']}/{prod}"
+    p = ml_env(
+        "promote", image, dest, "--tag", "1.0.0", "--require", "smoke-test", "--ledger", str(tmp_path / "r.toml")
+    )
+    assert p.returncode == 5 and "no smoke test recorded" in p.stderr, p.stderr
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"request": {"x": [1]}, "expect_json": {"y": [2.0]}}\n')
+    report = run_smoke_test(
+        ServeOptions(environment=image, entry=app / "score.py", models={"": model}, build=ws.opts()), cases
+    )
+    assert report.failed == 0 and report.image == image
+    assert record_result(report, cases)
+    [rec] = smoke_records(RegistryClient(reg), ws.repo, result.digest)
+    assert rec["tested"] == result.digest and rec["passed"] == 1
+    p = ml_env("promote", image, dest, "--tag", "1.0.0", "--require", "smoke-test", "--ledger", str(tmp_path / "r.toml"),
+               "--spec", str(env))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "gate smoke-test: passed" in p.stderr
+    # both attestations and the smoke-test record survived the promotion
+    promoted = f"{dest}:1.0.0"
+    auth = RegistryClient(lab["auth_registry"], credentials=(lab["auth_user"], lab["auth_password"]))
+    assert smoke_records(auth, prod, result.digest)
+    p = ml_env("verify", promoted, "--ledger", str(tmp_path / "r.toml"), "--require", "smoke-test", "--json")
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc
+    assert {c["name"]: c["ok"] for c in doc["checks"]} == {
+        "image": True, "hash": True, "tag": None, "sbom": True, "provenance": True, "ledger": True, "smoke-test": True,
+    }  # fmt: skip
+    # what ml-env did not build, or that is not there, fails its checks (exit 1), one line each
+    push_single_image(RegistryClient(reg), ws.repo, "stranger", payload=b"x")
+    p = ml_env("verify", f"{reg}/{ws.repo}:stranger")
+    assert p.returncode == 1 and "not an image ml-env built" in p.stdout and "no SBOM" in p.stdout
+    p = ml_env("verify", f"{reg}/{ws.repo}:{'0' * 64}")
+    assert p.returncode == 1 and "not in its registry" in p.stdout

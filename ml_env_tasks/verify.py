@@ -1,0 +1,144 @@
+"""``ml-env verify IMAGE``: is this image what it says it is?
+
+One line per check, from what the registry holds (untrusted: every value is checked, and
+printed escaped): the image's embedded canonical environment hashes to its ``ml-env.hash``
+label; a hash tag names that hash (a packaged image's tag, its package hash); an SBOM and a
+provenance attestation are attached in BuildKit's layout (attestation manifests in the index);
+the release ledger (when one is given or found) records this digest; with ``--require
+smoke-test``, a passing smoke test is recorded against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .grammar import printable
+
+__all__ = ["Check", "verify", "attestations", "SBOM_TYPES", "PROVENANCE_TYPES"]
+
+SBOM_TYPES = ("https://spdx.dev/Document", "https://cyclonedx.org/bom")
+PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1")
+HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool | None  # None: not applicable (said why)
+    detail: str
+
+    def line(self) -> str:
+        mark = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
+        return f"{mark} {self.name:11} {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
+    """predicate type -> the attestation manifests carrying it, for the images of an index."""
+    got = client.get_manifest(repo, digest)
+    out: dict[str, list[str]] = {}
+    if got is None:
+        return out
+    try:
+        doc = json.loads(got[1])
+    except ValueError:
+        return out
+    for m in doc.get("manifests") or [] if isinstance(doc, dict) else []:
+        ann = m.get("annotations") if isinstance(m, dict) else None
+        if not isinstance(ann, dict) or ann.get("vnd.docker.reference.type") != "attestation-manifest":
+            continue
+        att = client.get_manifest(repo, m.get("digest", ""))
+        if att is None:
+            continue
+        try:
+            layers = json.loads(att[1]).get("layers") or []
+        except (ValueError, AttributeError):
+            continue
+        for layer in layers:
+            pt = (layer.get("annotations") or {}).get("in-toto.io/predicate-type") if isinstance(layer, dict) else None
+            if isinstance(pt, str):
+                out.setdefault(pt, []).append(m["digest"])
+    return out
+
+
+def verify(
+    image: str, *, ledger: str | Path | None = None, require: tuple[str, ...] = (), insecure: bool = False
+) -> list[Check]:
+    from .attest import smoke_records
+    from .registry import RegistryClient, check_registry_host, parse_ref
+
+    if "://" in image:
+        raise UsageError("IMAGE is host[:port]/repository[:tag|@digest]")
+    check_registry_host(image.split("/", 1)[0], "image registry")
+    ref = parse_ref(image)
+    client = RegistryClient(ref.host, insecure=insecure)
+    checks: list[Check] = []
+    head = client.head_manifest(ref.repository, ref.reference)
+    if head is None:
+        return [Check("image", False, f"{image} is not in its registry")]
+    digest = head.digest
+    where = f"{ref.host}/{ref.repository}@{digest}"
+    checks.append(Check("image", True, where))
+    cfg = client.image_config(ref.repository, digest) or {}
+    labels = (cfg.get("config") or {}).get("Labels") or {}
+    labels = {str(k): v for k, v in labels.items() if isinstance(v, str)} if isinstance(labels, dict) else {}
+    spec, claimed = labels.get("ml-env.spec"), labels.get("ml-env.hash", "")
+    if spec is None or not HEX64.fullmatch(claimed):
+        checks.append(Check("hash", False, "no ml-env.spec / ml-env.hash labels: not an image ml-env built"))
+    else:
+        actual = hashlib.sha256(spec.encode()).hexdigest()
+        ok = actual == claimed
+        checks.append(Check("hash", ok, f"embedded environment hashes to {actual[:16]}…" + ("" if ok else
+                                          f", the label says {printable(claimed, 70)}")))  # fmt: skip
+    package = labels.get("ml-env.package.hash", "")
+    expect = package if HEX64.fullmatch(package) else claimed
+    if ref.tag and HEX64.fullmatch(ref.tag):
+        checks.append(Check("tag", ref.tag == expect, f"tag {ref.tag[:16]}… " +
+                            ("is the content hash" if ref.tag == expect else "is not the content hash")))  # fmt: skip
+    else:
+        checks.append(Check("tag", None, "not given by its content-hash tag"))
+    found = attestations(client, ref.repository, digest)
+    sbom = [t for t in found if t in SBOM_TYPES]
+    prov = [t for t in found if t in PROVENANCE_TYPES]
+    checks.append(Check("sbom", bool(sbom), ", ".join(sbom) if sbom else "no SBOM attestation attached"))
+    checks.append(Check("provenance", bool(prov), ", ".join(prov) if prov else "no provenance attestation attached"))
+    checks.append(_ledger_check(ledger, digest))
+    if "smoke-test" in require:
+        records = smoke_records(client, ref.repository, digest)
+        last = records[0] if records else None
+        if last is None:
+            checks.append(Check("smoke-test", False, "no smoke test recorded against this digest"))
+        else:
+            ok = not last["failed"] and last["passed"] > 0
+            checks.append(Check("smoke-test", ok, f"last run {printable(last['time'], 40)}: {last['passed']} passed, "
+                                                  f"{last['failed']} failed"))  # fmt: skip
+    return checks
+
+
+def _ledger_check(ledger: str | Path | None, digest: str) -> Check:
+    from .errors import MlEnvError
+    from .ledger_oci import is_remote, open_ledger
+
+    if ledger is None:
+        return Check("ledger", None, "no ledger given")
+    if not is_remote(ledger) and not Path(ledger).exists():
+        return Check("ledger", None, f"{ledger} does not exist")
+    try:
+        with open_ledger(ledger) as led:
+            hits = [e for e in led.entries() if e.digest == digest]
+            where = led.where
+    except MlEnvError as e:
+        return Check("ledger", False, f"{e.message}")
+    if not hits:
+        return Check("ledger", False, f"{where} has no promotion of this digest")
+    last = hits[-1]
+    return Check("ledger", True, f"promoted to {printable(last.destination)}:{printable(','.join(last.tags))} "
+                                 f"at {printable(last.time, 40)}")  # fmt: skip
