@@ -61,8 +61,9 @@ def deb_packages(engine: Any, ref: str) -> list[tuple[str, str, str]]:
     from .errors import MlEnvError
 
     try:
-        out = engine.run_capture(ref, ["dpkg-query", "-W", "-f", "${Package}\\t${Version}\\t${Architecture}\\n"],
-                                 entrypoint="")  # fmt: skip
+        # an image without dpkg (or without a shell) has no Debian packages to list: no error line
+        script = "command -v dpkg-query >/dev/null 2>&1 && dpkg-query -W -f '${Package}\\t${Version}\\t${Architecture}\\n' || true"
+        out = engine.run_capture(ref, ["sh", "-c", script], entrypoint="")
     except MlEnvError:
         return []
     rows = []

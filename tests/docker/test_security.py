@@ -297,10 +297,40 @@ def test_no_secret_reaches_any_artefact(ws, tmp_path: Path, monkeypatch: pytest.
     ]
     files = [f for f in files if f.name != "m.txt"]  # the script wrote the secret there itself, on purpose
     haystack = "\n".join(
-        outputs + [json.dumps(inspect.config.labels), history] + [f.read_text(errors="replace") for f in files]
+        outputs
+        + [json.dumps(inspect.config.labels), history]
+        + [f.read_text(errors="replace") for f in files]
+        + _attestation_texts(ws.lab["registry"], image["image"].rsplit(":", 1)[0].split("/", 1)[1], image["digest"])
     )
     assert any(f.name == "run.json" for f in files) and any(f.suffix == ".log" for f in files)
     assert any("smoke" in str(f) for f in files) and ledger.exists()
     for secret in (token, run_secret, ws.lab["auth_password"]):
         assert secret not in haystack, f"a secret leaked ({secret[:6]}...)"
     assert "secret is ***" in haystack  # the run's own print of it was masked in the log
+
+
+def _attestation_texts(host: str, repo: str, digest: str) -> list[str]:
+    """Every attestation the image carries (provenance in mode=max, the SBOM) and every record
+    attached to it: they are artefacts too."""
+    from ml_env_tasks.attest import referrers
+    from ml_env_tasks.registry import RegistryClient
+
+    client = RegistryClient(host)
+    texts, seen = [], set()
+    todo = [digest] + [m["digest"] for m in referrers(client, repo, digest)]
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        got = client.get_manifest(repo, d)
+        if got is None:
+            continue
+        doc = json.loads(got[1])
+        texts.append(got[1].decode())
+        todo += [m["digest"] for m in doc.get("manifests", [])]
+        for layer in doc.get("layers", []):
+            if "in-toto" in layer.get("mediaType", "") or "ml-env" in layer.get("mediaType", ""):
+                texts.append(client.get_blob(repo, layer["digest"], limit=64 << 20).decode(errors="replace"))
+    assert any("https://slsa.dev/provenance" in t for t in texts), "the provenance is among what was searched"
+    return texts
