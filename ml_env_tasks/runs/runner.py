@@ -29,6 +29,7 @@ __all__ = [
     "CODE_DIR",
     "INPUTS_DIR",
     "OUTPUT_DIR",
+    "WORKDIR_OUTPUTS",
     "RUN_LABEL",
     "CLI_LABEL",
 ]
@@ -36,6 +37,11 @@ __all__ = [
 CODE_DIR = "/mnt/code"
 INPUTS_DIR = "/mnt/inputs"
 OUTPUT_DIR = "/mnt/outputs"
+# Azure ML collects whatever a script writes to ./outputs: the same host folder is mounted there
+# too, so a script written for Azure keeps its files (and a crash loses nothing already written).
+# The snapshot never holds an ``outputs`` entry (``train`` leaves it out), so the tar streamed
+# into CODE_DIR cannot write through this mount.
+WORKDIR_OUTPUTS = f"{CODE_DIR}/outputs"
 RUN_LABEL = "ml-env.run"
 CLI_LABEL = "ml-env.cli"  # host/pid/start ticks of the ml-env process that runs the container
 
@@ -86,6 +92,7 @@ class LocalDockerRunner:
             raise EngineError(f"--gpus {r.gpus} asked for, but this engine has no GPU runtime or device")
         volumes = [(str(p.resolve()), f"{INPUTS_DIR}/{name}", "ro") for name, p in job.inputs.items()]
         volumes.append((str(job.outputs.resolve()), OUTPUT_DIR, "rw"))
+        volumes.append((str(job.outputs.resolve()), WORKDIR_OUTPUTS, "rw"))
         envs = {
             **job.env_vars,
             "ML_ENV_RUN_ID": job.run_id,

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from ..grammar import ENV_NAME, INPUT_NAME, matches, printable
 from ..provenance import git_info
 from ..redact import Redactor
 from ..resources import Resources
-from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, content_hash, snapshot
+from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
 from .history import reap_lost
 from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
 from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
@@ -134,8 +134,11 @@ def train(
     run_id = _new_run_id(re.sub(r"[^A-Za-z0-9_.-]", "-", experiment))
     run_dir = opts.runs_dir / run_id
     outputs = run_dir / "outputs"
-    snap = snapshot(
-        opts.source, warn_mb=opts.snapshot_warn_mb, max_mb=opts.snapshot_max_mb, warn=lambda m: say("warning: " + m)
+    snap = _without_outputs(
+        snapshot(
+            opts.source, warn_mb=opts.snapshot_warn_mb, max_mb=opts.snapshot_max_mb, warn=lambda m: say("warning: " + m)
+        ),
+        warn=lambda m: say("warning: " + m),
     )
     if not snap.has(Path(opts.script).as_posix()):
         raise UsageError(
@@ -236,6 +239,21 @@ def train(
     return RunResult(record, run_dir)
 
 
+def _without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
+    """The snapshot less its top-level ``outputs``: in the container ``./outputs`` is the run's
+    outputs directory (as Azure ML collects it), so files left there by an earlier local run are
+    neither shipped as code nor reported as this run's outputs."""
+    kept = tuple(e for e in snap.files if e.rel != "outputs" and not e.rel.startswith("outputs/"))
+    dropped = len(snap.files) - len(kept)
+    if not dropped:
+        return snap
+    warn(
+        f"{dropped} file(s) under outputs/ in {snap.root} are left out of the snapshot: "
+        "./outputs in the run is the run's outputs directory"
+    )
+    return replace(snap, files=kept)
+
+
 def _finish(run_dir: Path, record: RunRecord, outcome: Outcome, outputs: Path, stdout_metrics: dict[str, Any]) -> None:
     record.status, record.exit_code, record.reason = outcome.status, outcome.exit_code, outcome.reason
     record.ended = now()
@@ -302,6 +320,11 @@ def _validate(opts: RunOptions) -> None:
     script = Path(opts.script)
     if "\0" in opts.script or script.is_absolute() or ".." in script.parts:
         raise UsageError(f"--script {printable(opts.script)} must be a path inside --source")
+    if script.parts and script.parts[0] == "outputs":
+        raise UsageError(
+            f"--script {printable(opts.script)} is under outputs/, which in the run is the outputs directory",
+            hint="move the script out of outputs/",
+        )
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:

@@ -223,3 +223,34 @@ def test_example_training_script(ws) -> None:
     assert r.status == "completed", "\n".join(lines)
     assert (r.outputs / "model" / "model.joblib").stat().st_size > 1000
     assert r.record.metrics["accuracy"] > 0.8
+
+
+def test_dot_outputs_is_collected_and_a_stale_source_outputs_is_left_out(ws, env_file: Path, src: Path) -> None:
+    (src / "job.py").write_text(
+        "import os, pathlib\n"
+        "print('CWD', os.getcwd())\n"
+        "print('STALE', os.path.exists('outputs/stale.txt'), os.path.exists('outputs/old'))\n"
+        "os.makedirs('outputs/model', exist_ok=True)\n"
+        "pathlib.Path('outputs/model/weights.txt').write_text('w')\n"
+        "pathlib.Path(os.environ['ML_ENV_OUTPUT_DIR'], 'env.txt').write_text('e')\n"
+        "print('SAME', sorted(os.listdir('outputs')) == sorted(os.listdir(os.environ['ML_ENV_OUTPUT_DIR'])))\n"
+    )
+    # an earlier local run left files in the source's outputs/: never shipped, never reported
+    (src / "outputs" / "old").mkdir(parents=True)
+    (src / "outputs" / "stale.txt").write_text("stale")
+    (src / "outputs" / "old" / "x.txt").write_text("x")
+    lines: list[str] = []
+    said: list[str] = []
+    r = train(opts(ws, env_file, src, "job.py"), on_line=lines.append, info=said.append)
+    assert r.status == "completed", (lines, said)
+    assert "CWD /mnt/code" in lines and "STALE False False" in lines and "SAME True" in lines
+    assert (r.outputs / "model" / "weights.txt").read_text() == "w"
+    assert (r.outputs / "env.txt").read_text() == "e"
+    assert not (r.outputs / "stale.txt").exists()
+    rec = json.loads((r.run_dir / "run.json").read_text())
+    assert {o["path"] for o in rec["outputs"]} == {"model/weights.txt", "env.txt"}
+    assert rec["source"]["files"] == 1  # job.py alone
+    assert any("2 file(s) under outputs/" in m and "left out of the snapshot" in m for m in said)
+    # the source folder is untouched: the run wrote to its own outputs, not to src/outputs
+    assert sorted(p.name for p in (src / "outputs").iterdir()) == ["old", "stale.txt"]
+    assert leftover_containers() == []

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.runs import RunOptions
-from ml_env_tasks.runs.train import _validate
+from ml_env_tasks.runs.train import _validate, _without_outputs
 from ml_env_tasks.snapshot import snapshot, tar_chunks
 
 
@@ -91,6 +91,7 @@ def test_missing_source(tmp_path: Path) -> None:
         ({"env_vars": {"a b": "1"}}, "not a variable name"),
         ({"timeout": 0}, "positive"),
         ({"script": "../escape.py"}, "inside --source"),
+        ({"script": "outputs/train.py"}, "under outputs/"),
     ],
 )
 def test_bad_run_options(tmp_path: Path, kw: dict, msg: str) -> None:
@@ -98,6 +99,25 @@ def test_bad_run_options(tmp_path: Path, kw: dict, msg: str) -> None:
     base.update(kw)
     with pytest.raises(MlEnvError, match=msg):
         _validate(RunOptions(**base))
+
+
+def test_a_top_level_outputs_is_left_out_of_a_run_snapshot(tmp_path: Path) -> None:
+    """./outputs in the container is the run's outputs mount: what the source holds there stays home."""
+    tree(tmp_path, {"train.py": "", "outputs/model.pkl": "old", "outputs/a/b.txt": "", "outputs.py": "",
+                    "pkg/outputs/keep.txt": ""})  # fmt: skip
+    said: list[str] = []
+    snap = _without_outputs(snapshot(tmp_path, warn=said.append), said.append)
+    assert names(snap) == ["outputs.py", "pkg/outputs/keep.txt", "train.py"]
+    assert said == [f"2 file(s) under outputs/ in {tmp_path} are left out of the snapshot: "
+                    "./outputs in the run is the run's outputs directory"]  # fmt: skip
+    (tmp_path / "outputs" / "model.pkl").unlink()
+    (tmp_path / "outputs" / "a" / "b.txt").unlink()
+    assert _without_outputs(snapshot(tmp_path, warn=print), said.append).hash == snap.hash  # of the kept files
+    # a file (or a link) named outputs is left out the same way: the mount point must be free
+    (tmp_path / "outputs" / "a").rmdir()
+    (tmp_path / "outputs").rmdir()
+    (tmp_path / "outputs").write_text("a file")
+    assert "outputs" not in names(_without_outputs(snapshot(tmp_path, warn=print), print))
 
 
 def test_symlinks_inside_are_kept_as_links_outside_are_left_out(tmp_path: Path) -> None:
