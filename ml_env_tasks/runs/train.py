@@ -26,6 +26,7 @@ from ..redact import Redactor
 from ..resources import Resources
 from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
 from .history import reap_lost
+from .placeholders import expand
 from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
 from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
 
@@ -128,6 +129,7 @@ def train(
     say = info or (lambda m: print(f"ml-env: {m}", file=sys.stderr, flush=True))
     emit = on_line or (lambda line: print(line, flush=True))
     _validate(opts)
+    args, output_names = expand(opts.args, opts.inputs)
     for lost in reap_lost(opts.runs_dir, warn=lambda m: say("warning: " + m)):
         say(f"warning: run {lost} had lost its ml-env process: marked lost, its container removed")
     experiment = opts.experiment or Path(opts.script).stem
@@ -162,6 +164,9 @@ def train(
     outputs.mkdir(parents=True)
     user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
     _give_outputs_to(outputs, user)
+    for name in output_names:  # ${{outputs.NAME}} is a folder that exists, as Azure ML mounts it
+        (outputs / name).mkdir()
+        _give_outputs_to(outputs / name, user)
     git = git_info(opts.source)
     redactor = Redactor([os.environ[n] for n in opts.secrets])
     resources = opts.resources.with_default_shm(shm)
@@ -180,8 +185,8 @@ def train(
             git.dirty,
             list(snap.skipped),
         ),  # fmt: skip
-        command=[python, opts.script, *opts.args],
-        arguments=list(opts.args),
+        command=[python, opts.script, *args],  # as run: placeholders replaced
+        arguments=list(opts.args),  # as given
         inputs={
             name: {"path": str(p.resolve()), "mount": f"{INPUTS_DIR}/{name}", "sha256": content_hash(p)}
             for name, p in opts.inputs.items()

@@ -254,3 +254,36 @@ def test_dot_outputs_is_collected_and_a_stale_source_outputs_is_left_out(ws, env
     # the source folder is untouched: the run wrote to its own outputs, not to src/outputs
     assert sorted(p.name for p in (src / "outputs").iterdir()) == ["old", "stale.txt"]
     assert leftover_containers() == []
+
+
+def test_inputs_and_outputs_placeholders_in_arguments(ws, env_file: Path, src: Path) -> None:
+    (src / "job.py").write_text(
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser()\n"
+        "p.add_argument('--data'); p.add_argument('--model'); p.add_argument('--note')\n"
+        "a = p.parse_args()\n"
+        "rows = (pathlib.Path(a.data) / 'rows.csv').read_text().splitlines()\n"
+        "(pathlib.Path(a.model) / 'model.txt').write_text('rows=%d note=%s' % (len(rows), a.note))\n"
+    )
+    data = ws.dir / "data"
+    data.mkdir()
+    (data / "rows.csv").write_text("a\n1\n2\n")
+    given = ("--data", "${{inputs.data}}", "--model", "${{outputs.model}}", "--note", "$(touch /tmp/x);${HOME}")
+    r = train(opts(ws, env_file, src, "job.py", args=given, inputs={"data": data}), on_line=quiet, info=quiet)
+    assert r.status == "completed"
+    # the folder existed before the script ran (as Azure mounts it); the note reached it untouched
+    assert (r.outputs / "model" / "model.txt").read_text() == "rows=3 note=$(touch /tmp/x);${HOME}"
+    rec = json.loads((r.run_dir / "run.json").read_text())
+    assert rec["arguments"] == list(given)
+    assert rec["command"][2:] == ["--data", "/mnt/inputs/data", "--model", "/mnt/outputs/model", *given[4:]]
+    assert [o["path"] for o in rec["outputs"]] == ["model/model.txt"]
+    # an unknown name: one usage line, exit 2, before anything is built or run
+    p = subprocess.run(
+        [*train_cmd(ws, env_file, src, "job.py"), "--input", f"data={data}", "--", "--data", "${{inputs.dataset}}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "${{inputs.dataset}}: no input named 'dataset' (inputs: data)" in p.stderr
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
+    assert sorted(p.name for p in (ws.dir / "runs").iterdir()) == [r.run_id]  # no second run started
+    assert leftover_containers() == []
