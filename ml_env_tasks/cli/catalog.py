@@ -19,8 +19,8 @@ VERSIONS = (
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     if name == "import":
         command(p, cmd_import, (
-            Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file or requirements file"),
-            Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout)"),
+            Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file, requirements file, or a v2 command job YAML"),
+            Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout); for a job, its inline environment"),
         ))  # fmt: skip
     elif name == "export":
         command(p, cmd_export, (
@@ -70,10 +70,12 @@ def _jsonable(v: Any) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ..formats.azure import import_source
+    from ..formats.azure import ImportedJob, import_source
 
     out = output(args)
     result = import_source(args.source, stem=args.output.stem if args.output else None)
+    if isinstance(result, ImportedJob):
+        return _import_job(args, out, result)
     for w in result.warnings:
         out.warn(w)
     written: list[Path] = []
@@ -96,6 +98,25 @@ def cmd_import(args: argparse.Namespace) -> int:
         else result.text()
     )
     out.result(data, text)
+    return 0
+
+
+def _import_job(args: argparse.Namespace, out: Any, job: Any) -> int:
+    """A command job: the ``ml-env train`` command that runs it (its inline environment written
+    with -o first, and only when the command can name it)."""
+    argv = job.argv(args.output)  # an inline environment without -o is a usage error, nothing written
+    for w in job.warnings:
+        out.warn(w)
+    written: list[Path] = []
+    if job.environment is not None:
+        written = job.environment.write(args.output)
+    elif args.output:
+        out.warn(f"the job's environment is registered ({job.env_ref}): nothing written to {args.output}")
+    out.result(
+        {"argv": ["ml-env", *argv], "command": job.command(args.output), "files": [str(p) for p in written],
+         "warnings": job.warnings},
+        job.command(args.output),
+    )  # fmt: skip
     return 0
 
 

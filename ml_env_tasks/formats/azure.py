@@ -32,8 +32,9 @@ from ..grammar import ENV_NAME, matches, printable
 from ..paths import MAX_TEXT_FILE, project_root, read_inside
 from ..yamlsafe import load_yaml
 from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
+from .azure_job import ImportedJob, import_command_job, is_command_job
 
-__all__ = ["Imported", "import_source", "export_v1", "export_v2"]
+__all__ = ["Imported", "ImportedJob", "import_source", "export_v1", "export_v2"]
 
 AZURE_INFERENCE_PACKAGES = ("azureml-defaults", "azureml-inference-server-http")
 
@@ -155,8 +156,9 @@ def _carry(source_dir: Path, rel: str, *, file: Path, key: str, what: str) -> by
     return data
 
 
-def import_source(src: Path, stem: str | None = None) -> Imported:
-    """Import whatever ``src`` is: a v1 directory or JSON, a v2 YAML, a conda file, a requirements file.
+def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
+    """Import whatever ``src`` is: a v1 directory or JSON, a v2 YAML, a conda file, a requirements
+    file — or a v2 command job YAML, which becomes an ``ml-env train`` invocation (``ImportedJob``).
 
     Files the result names (a conda file, a Dockerfile, a requirements file) are called
     ``<stem>.conda.yml`` and so on: ``stem`` is the output file's stem (default: the name)."""
@@ -176,6 +178,8 @@ def import_source(src: Path, stem: str | None = None) -> Imported:
         data = load_yaml(src.read_bytes(), file=str(src))
         if not isinstance(data, dict):
             raise SpecError("expected a YAML mapping at the top", file=str(src))
+        if is_command_job(data):
+            return import_command_job(src, data, stem)
         if "dependencies" in data and not ({"image", "build"} & set(data)):
             return import_conda(src, data, stem)
         return import_v2(src, data, stem)

@@ -287,3 +287,31 @@ def test_inputs_and_outputs_placeholders_in_arguments(ws, env_file: Path, src: P
     assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
     assert sorted(p.name for p in (ws.dir / "runs").iterdir()) == [r.run_id]  # no second run started
     assert leftover_containers() == []
+
+
+def test_an_azure_command_job_imported_and_run(ws) -> None:
+    """The Azure walkthrough's job YAML → `ml-env import` → the printed `ml-env train`, as is."""
+    import shutil
+
+    import yaml
+
+    d = ws.dir / "job"
+    shutil.copytree(ROOT / "tests/fixtures/azure/v2-command-job", d)
+    doc = yaml.safe_load((d / "job.yml").read_text())
+    doc["environment"] = {"image": ws.lab["base_image_python"]}  # no conda solve in a test
+    (d / "job.yml").write_text(yaml.safe_dump(doc))
+    cli = [sys.executable, "-m", "ml_env_tasks.cli"]
+    p = subprocess.run([*cli, "import", "job.yml", "-o", "job-env.toml", "--json"], cwd=d, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    argv = json.loads(p.stdout)["argv"][1:]
+    i = argv.index("--")
+    argv[i:i] = ["--runs-dir", str(ws.dir / "runs"), *ws.cli_args(), "--json"]
+    p = subprocess.run([*cli, *argv], cwd=d, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = json.loads(p.stdout)
+    out = ws.dir / "runs" / rec["run_id"] / "outputs"
+    assert (out / "model" / "model.txt").read_text() == "rows=3 alpha=0.5 note=two words"
+    assert (out / "done.txt").read_text() == "ok"  # ./outputs, collected
+    assert rec["experiment"] == "digits" and rec["env_vars"] == {"MODE": "ci"} and rec["resources"]["timeout_s"] == 600
+    assert leftover_containers() == []

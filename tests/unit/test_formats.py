@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from ml_env_tasks import SpecError, spec
+from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.formats.azure import export_v1, export_v2, import_source
 from ml_env_tasks.hashing import env_hash, explain
 
@@ -121,3 +122,111 @@ def test_cli_import_to_stdout_and_file(work: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 2 and "not overwriting" in again.stderr
+
+
+# --- v2 command jobs ----------------------------------------------------------------------
+
+
+def job(work: Path, monkeypatch: pytest.MonkeyPatch, **changes):
+    """The fixture job with some keys changed (None removes one), imported from its folder."""
+    d = work / "azure" / "v2-command-job"
+    data = yaml.safe_load((d / "job.yml").read_text())
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
+    (d / "job.yml").write_text(yaml.safe_dump(data))
+    (work / ".git").mkdir(exist_ok=True)  # the project the job's paths must stay in
+    monkeypatch.chdir(d)
+    return import_source(Path("job.yml"), stem="job-env")
+
+
+def test_command_job_becomes_a_train_invocation(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imp = job(work, monkeypatch)
+    assert imp.argv(Path("job-env.toml")) == [
+        "train", "--env", "job-env.toml", "--source", "src", "--script", "train.py",
+        "--input", "training_data=data", "--env-var", "MODE=ci", "--experiment", "digits", "--timeout", "600",
+        "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
+        "--note", "two words",
+    ]  # fmt: skip
+    assert "compute is not mapped: the run goes to the engine DOCKER_HOST names" in imp.warnings
+    assert any("display_name" in w for w in imp.warnings)
+    # the inline environment went through the environment importer and loads
+    imp.environment.write(Path("job-env.toml"))
+    assert spec.load(Path("job-env.toml")).base.image == "127.0.0.1:5000/base/debian-python:bookworm"
+    with pytest.raises(MlEnvError, match="inline: give -o"):
+        imp.argv()
+
+
+def test_command_job_with_a_registered_environment(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imp = job(work, monkeypatch, environment="azureml:Team-Env:3")
+    assert imp.argv()[:3] == ["train", "--env", "team-env:3"] and imp.environment is None
+    assert any("'Team-Env' became 'team-env'" in w for w in imp.warnings)
+
+
+@pytest.mark.parametrize(
+    "changes,key,msg",
+    [
+        ({"inputs": {"training_data": {"type": "uri_folder", "path": "azureml://datastores/blob/paths/d/"}}},
+         "inputs.training_data.path", "cloud input"),
+        ({"inputs": {"training_data": {"type": "uri_file", "path": "data"}}}, "inputs.training_data.path", "name a file"),
+        ({"inputs": {"training_data": {"type": "mltable", "path": "data"}}}, "inputs.training_data.type", "only uri_"),
+        ({"inputs": {"training_data": {"path": "/etc"}}}, "inputs.training_data.path", "outside the project"),
+        ({"command": "bash run.sh"}, "command", "only `python SCRIPT"),
+        ({"command": "python -m pkg.train"}, "command", "only `python SCRIPT"),
+        ({"command": "python train.py && rm -rf /"}, "command", "shell syntax"),
+        ({"command": "python train.py --x $(id)"}, "command", "shell syntax"),
+        ({"command": "python train.py '--x"}, "command", "cannot be split"),
+        ({"command": "python ../train.py"}, "command", "relative path inside the code folder"),
+        ({"command": "python nope.py"}, "command", "not found"),
+        ({"command": "python train.py --d ${{inputs.nope}}"}, "command", r"\$\{\{inputs.nope\}\} names no declared input"),
+        ({"command": "python train.py --m ${{outputs.other}}"}, "command", "names no declared output"),
+        ({"command": "python train.py ${{parent.inputs.x}}"}, "command", "not inputs.NAME or outputs.NAME"),
+        ({"environment": "azureml:AzureML-sklearn@latest"}, "environment", "only azureml:NAME:VERSION"),
+        ({"environment": None}, "environment", "is required"),
+        ({"code": None}, "code", "is required"),
+        ({"code": "azureml://codes/x"}, "code", "cloud code folder"),
+        ({"$schema": "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"}, "type", "only command jobs"),
+        ({"environment_variables": {"1BAD": "x"}}, "environment_variables.1BAD", "not an environment variable"),
+        ({"limits": {"timeout": "soon"}}, "limits.timeout", "positive"),
+    ],
+)  # fmt: skip
+def test_command_job_errors_name_the_key(work: Path, monkeypatch: pytest.MonkeyPatch, changes, key, msg) -> None:
+    with pytest.raises(SpecError, match=msg) as e:
+        job(work, monkeypatch, **changes)
+    assert e.value.key == key and e.value.exit_code == 2
+    assert "rm -rf" not in str(e.value) and "id)" not in str(e.value)  # the file's text is not echoed
+
+
+def test_command_job_symlinked_code_outside_the_project_is_refused(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = work.parent / f"{work.name}-outside"
+    outside.mkdir()
+    (outside / "train.py").write_text("")
+    (work / "azure" / "v2-command-job" / "linked").symlink_to(outside)
+    with pytest.raises(SpecError, match="outside the project") as e:
+        job(work, monkeypatch, code="linked")
+    assert e.value.key == "code"
+
+
+def test_import_cli_for_a_command_job(work: Path) -> None:
+    d = work / "azure" / "v2-command-job"
+    (work / ".git").mkdir()
+    cli = [sys.executable, "-m", "ml_env_tasks.cli", "import", "job.yml"]
+    p = subprocess.run(cli, cwd=d, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    assert "inline: give -o FILE.toml" in p.stderr and not (d / "job-env.toml").exists()
+    p = subprocess.run([*cli, "-o", "env/job-env.toml", "--json"], cwd=d, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["argv"][:4] == ["ml-env", "train", "--env", "env/job-env.toml"]
+    assert sorted(got["files"]) == ["env/job-env.conda.yml", "env/job-env.toml"]
+    assert spec.load(d / "env" / "job-env.toml").name == "job"
+    # the printed command parses as `ml-env train` arguments (the CLI splits the script's off at --)
+    from ml_env_tasks.cli import build_parser
+
+    argv = got["argv"][1:]
+    i = argv.index("--")
+    args = build_parser(argv[:i]).parse_args(argv[:i])
+    assert args.script == "train.py" and args.inputs == ["training_data=data"] and args.timeout == 600
+    assert argv[i + 1 :][-2:] == ["--note", "two words"]
