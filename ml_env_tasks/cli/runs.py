@@ -20,13 +20,27 @@ TRAIN = (
            help="after a completed run, register that folder of its outputs as the next version of model NAME "
                 "(needs --registry)"),
 )  # fmt: skip
+# a Job written out instead of a local run (``ml_env_tasks.runs.kubernetes``); not action inputs
+KUBE = (
+    Option("runner", ("--runner",), kind="choice", choices=("local", "kubernetes"), default="local", gha=None,
+           help="local: a container on the engine; kubernetes: write a batch/v1 Job (--emit), run nothing"),
+    Option("emit", ("--emit",), kind="path", metavar="FILE", gha=None,
+           help="with --runner kubernetes: where the Job's YAML goes (a ConfigMap with the code, then the Job)"),
+    Option("output_pvc", ("--output-pvc",), metavar="CLAIM[/SUBPATH]", gha=None,
+           help="with --runner kubernetes: the claim outputs go to, in a folder named after the run id"),
+    Option("namespace", ("--namespace",), gha=None, help="with --runner kubernetes: the Job's namespace"),
+    Option("backoff_limit", ("--backoff-limit",), kind="int", default=0, gha=None,
+           help="with --runner kubernetes: retries of a failed pod (default 0: a failed run is failed)"),
+    Option("ttl_after_finished", ("--ttl-after-finished",), kind="int", default=7 * 86400, gha=None,
+           help="with --runner kubernetes: seconds a finished Job (and its logs) is kept (default 7 days)"),
+)  # fmt: skip
 RUNS_DIR = [o for o in RUN if o.name == "runs_dir"]
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     if name == "train":
         p.usage = "ml-env train --env ENV --source DIR --script FILE [options] [-- SCRIPT ARGS...]"
-        command(p, cmd_train, TRAIN, RUN, BUILD_WHERE, BUILD_HOW)
+        command(p, cmd_train, TRAIN, RUN, KUBE, BUILD_WHERE, BUILD_HOW)
         return
     sub = p.add_subparsers(dest="runs_command", metavar="{list,show,gc}", parser_class=type(p))
     ls = sub.add_parser("list", help="list runs")
@@ -50,15 +64,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{required} is required")
     if args.args and args.script_args:
         raise UsageError("give the script's arguments after -- or in --args, not both")
+    if args.emit is not None and args.runner != "kubernetes":
+        raise UsageError("--emit writes a Kubernetes Job: add --runner kubernetes")
+    if args.runner == "kubernetes" and args.emit is None:
+        raise UsageError("--runner kubernetes writes a Job and runs nothing: give --emit FILE")
+    if args.runner == "kubernetes" and args.register_model:
+        raise UsageError("--register-model needs the run's outputs here: not with --runner kubernetes")
     model_name, model_rel = _model_to_register(args)
     script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
+    kube = args.runner == "kubernetes"
     opts = RunOptions(
         environment=args.env,
         source=args.source,
         script=args.script,
         args=script_args,
         experiment=args.experiment,
-        inputs={k: Path(v) for k, v in parse_pairs(args.inputs, "--input").items()},
+        inputs={} if kube else {k: Path(v) for k, v in parse_pairs(args.inputs, "--input").items()},
         env_vars=parse_pairs(args.env_vars, "--env-var"),
         secrets=tuple(args.secrets),
         resources=Resources.parse(cpus=args.cpus, memory=args.memory, shm_size=args.shm_size, gpus=args.gpus),
@@ -70,6 +91,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         versions=args.versions,
     )
     out = output(args)
+    if kube:
+        from ..runs.kubernetes import KubeOptions, emit_job
+
+        kopts = KubeOptions(
+            emit=args.emit,
+            inputs=parse_pairs(args.inputs, "--input"),
+            output_pvc=args.output_pvc,
+            namespace=args.namespace,
+            backoff_limit=args.backoff_limit,
+            ttl_after_finished=args.ttl_after_finished,
+        )
+        emitted = emit_job(opts, kopts, info=out.info)
+        out.result(emitted.to_json(), f"Job {emitted.job} (run {emitted.run_id}) written to {emitted.file}")
+        return 0
     result = train(opts, on_line=out.log, info=out.info)
     record = result.record.to_dict()
     text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
