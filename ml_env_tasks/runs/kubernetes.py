@@ -188,7 +188,9 @@ def secret_ref(name: str) -> tuple[str, str]:
 def _check_sub_path(sub: str, what: str) -> str:
     parts = [p for p in sub.split("/") if p]
     if sub.startswith("/") or any(p in (".", "..") or not _SUBPATH_PART.fullmatch(p) for p in parts):
-        raise UsageError(f"{what}: the sub-path {printable(sub, 80)!r} must be a relative path without '..'")
+        raise UsageError(
+            f"{what}: the sub-path {printable(sub, 80)!r} must be a relative path (letters, digits, '_', '.', '-'; no '..')"
+        )
     return "/".join(parts)
 
 
