@@ -518,6 +518,8 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
         ttl_after_finished=kube.ttl_after_finished,
     )  # fmt: skip
     check(pre)  # every user mistake before anything is built
+    if kube.emit.is_dir():
+        raise UsageError(f"--emit {printable(kube.emit)} is a directory: give a file name, e.g. job.yaml")
     from ..snapshot import snapshot
 
     snap = snapshot(run.source, max_mb=run.snapshot_max_mb, warn=lambda m: say("warning: " + m))
@@ -552,7 +554,10 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     docs = manifests(job)
     from ..fsutil import write_atomic
 
-    write_atomic(kube.emit, to_yaml(docs))
+    try:
+        write_atomic(kube.emit, to_yaml(docs))
+    except OSError as e:
+        raise UsageError(f"--emit {printable(kube.emit)}: cannot write it ({e.strerror or type(e).__name__})") from None
     job_name, cm_name = names(job)
     if output is None:
         say("warning: no --output-pvc: the run's outputs are in an emptyDir, gone with the pod")

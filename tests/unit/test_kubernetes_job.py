@@ -343,6 +343,12 @@ def test_cli_refusals(tmp_path: Path, src: Path, extra: list[str], message: str)
     assert not out.exists() and not list(tmp_path.glob(".job.yaml.*"))
 
 
+def test_cli_emit_into_a_directory_is_refused(tmp_path: Path, src: Path) -> None:
+    args = ["train", "--runner", "kubernetes", "--emit", str(tmp_path), "--env", "127.0.0.1:9/x@sha256:" + "0" * 64]
+    line = one_clean_line(cli(*args, "--source", str(src), "--script", "train.py", cwd=tmp_path), 2)
+    assert "is a directory" in line
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
