@@ -119,6 +119,27 @@ def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, loc
     return "RUN " + " \\\n    ".join(mounts) + " \\\n    " + body
 
 
+# Reproducible layers. BuildKit's rewrite-timestamp cannot be used with the engine's own image
+# store (it conflicts with unpacking), so each ml-env step dates what it changed itself: every
+# file and folder it created or modified (under the places installers write, on the image's own
+# filesystem: -xdev leaves the cache, secret and bind mounts alone) gets SOURCE_DATE_EPOCH as its
+# mtime before the layer is taken. With .pyc files written as checked hashes (Python does that
+# when SOURCE_DATE_EPOCH is set) and no logs left behind, the same inputs give the same layers.
+_DATE_START = 'ml_env_t0="$(date +%s.%N)"; '
+_DATE_END = (
+    ' \\\n    && { find /opt /usr /etc /var /root /home -xdev -newermt "@$ml_env_t0" '
+    '-exec touch -h -d "@${SOURCE_DATE_EPOCH:-0}" {} + 2>/dev/null || true; }'
+)
+
+
+def _dated(run: str) -> str:
+    """An ml-env RUN line whose changes are dated SOURCE_DATE_EPOCH (see above)."""
+    parts = run.removeprefix("RUN ").split(" \\\n    ")
+    i = next(n for n, part in enumerate(parts) if not part.startswith("--mount="))
+    parts[i] = _DATE_START + parts[i]
+    return "RUN " + " \\\n    ".join(parts) + _DATE_END
+
+
 def render(env: Environment) -> BuildPlan:
     h = env_hash(env)
     lines: list[str] = []
@@ -140,6 +161,10 @@ def render(env: Environment) -> BuildPlan:
             lines.append("USER root")
         else:
             restore_user = None
+    # reproducible layers: BuildKit dates the image by this build argument, and Python writes
+    # .pyc files as checked hashes (not timestamps) when it is set (ml-env always sets it)
+    lines.append("ARG SOURCE_DATE_EPOCH")
+    own = len(lines)  # the steps from here on are ml-env's (the base Dockerfile's are the user's)
     for k, v in sorted(env.build_args.items()):
         lines.append(f"ARG {_v(k, 'docker.build_args')}={_q(v, f'docker.build_args.{k}')}")
     if env.apt:
@@ -150,7 +175,10 @@ def render(env: Environment) -> BuildPlan:
             "    --mount=type=cache,id=ml-env-apt-archives,target=/var/cache/apt/archives,sharing=locked \\\n"
             "    apt-get update \\\n"
             "    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-            f"-o APT::Keep-Downloaded-Packages=true {pkgs}"
+            f"-o APT::Keep-Downloaded-Packages=true {pkgs} \\\n"
+            # logs and caches that record when: not part of what the image is
+            "    && rm -rf /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache /var/cache/apt/*.bin "
+            "/var/cache/debconf/*-old"
         )
     python: str | None = None
     if env.conda_packages:
@@ -219,6 +247,7 @@ def render(env: Environment) -> BuildPlan:
         lines.append(f'CMD ["{python}", "{SERVE_DIR}/server.py"]')
     if restore_user:
         lines.append(f"USER {_v(restore_user, 'base.dockerfile')}")
+    lines[own:] = [_dated(x) if x.startswith("RUN ") else x for x in lines[own:]]
     dockerfile = "\n".join(lines) + "\n"
     return BuildPlan(hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env))
 

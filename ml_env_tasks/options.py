@@ -250,6 +250,8 @@ BUILD_ONLY = (
     O("force", "--force", kind="flag", default=False, help="rebuild even if the image exists"),
     O("upgrade", "--upgrade", kind="flag", default=False,
       help="re-resolve unpinned packages (no cache for the build) and rewrite the lock"),
+    O("check_reproducible", "--check-reproducible", kind="flag", default=False,
+      help="build a second time with no cache and compare: name the files that differ (exit 1 if any)"),
     O("tags", "--tag", kind="list", gha="tags", metavar="TAG",
       help="extra tag, TAG or host/repository:TAG (several allowed); applied to a reused image too"),
     O("labels", "--label", kind="list", commas=False, gha="labels", metavar="KEY=VALUE",
@@ -307,6 +309,8 @@ SMOKE = (
 )  # fmt: skip
 
 PROMOTE = (
+    O("check_reproducible", "--check-reproducible", kind="flag", default=False,
+      help="build a second time with no cache and compare: name the files that differ (exit 1 if any)"),
     O("tags", "--tag", kind="list", gha="tags", metavar="TAG", help="destination tag (several allowed)"),
     O("allow_overwrite", "--allow-overwrite", kind="flag", default=False, help="move a tag that points at another digest"),
     O("dry_run", "--dry-run", kind="flag", default=False, help="print what would happen; write nothing"),

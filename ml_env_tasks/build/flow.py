@@ -110,12 +110,12 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), python=p.python, registry=opts.registry,
         )  # fmt: skip
 
-    if not (opts.force or opts.upgrade):
+    if not (opts.force or opts.upgrade or opts.check_reproducible):
         found = image_exists(ref, opts, rep)
         if found is not None:
             return reused(found, lock_from_registry_if_missing(env.path, ref, opts, rep))
     with _build_lock(p.hash, opts, rep):
-        if not (opts.force or opts.upgrade):
+        if not (opts.force or opts.upgrade or opts.check_reproducible):
             found = image_exists(ref, opts, rep)
             if found is not None:  # built by a concurrent build while we waited
                 return reused(found, None)
@@ -160,7 +160,8 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
 
             labels = {**extra.labels, **_labels(env, p)}
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
-            how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms}
+            how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
+                                   "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
             try:
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
@@ -193,6 +194,9 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         rep.warn(f"the registry failed the push ({e.message[-120:]}); trying again")
                         time.sleep(1.0 * attempt)
                 point_moving_ref(cache, opts, rep)
+                repro = None
+                if opts.check_reproducible:
+                    repro = _check_reproducible(engine, context, ref, p, labels, secrets, opts, on_line, how, rep)
             except MlEnvError as e:
                 if e.details:
                     e.details = redactor(e.details)
@@ -215,7 +219,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
             cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
-            python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second),
+            python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second), reproducible=repro,
             metadata=_metadata(second.metadata, digest),
         )  # fmt: skip
     finally:
@@ -226,6 +230,41 @@ def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:
     """The ID the engine gives the image (``docker images``); buildx's report if it has none."""
     got = engine.local_image_id(ref) or outcome.metadata.get("containerimage.config.digest")
     return got if isinstance(got, str) else None
+
+
+def _check_reproducible(engine: Any, context: Path, ref: str, p: BuildPlan, labels: dict[str, str],
+                        secrets: list[str], opts: BuildOptions, on_line: Any, how: dict[str, Any],
+                        rep: Reporter) -> dict[str, Any]:  # fmt: skip
+    """Build the same context again with no cache (kept in the engine only) and compare."""
+    from .reproducible import compare_images
+
+    check = f"{ref.rsplit(':', 1)[0]}:{p.hash[:40]}-reproducible"
+    rep.info("building again with no cache to compare (--check-reproducible)")
+    engine.build(
+        context, tags=[check], push=False, labels=labels, secrets=secrets, network=opts.network, cache_from=[],
+        cache_to=None, no_cache=True, on_line=on_line, **how,
+    )  # fmt: skip
+    try:
+        found = compare_images(engine, ref, check)
+    finally:
+        engine.remove_image(check)
+    if found.same:
+        rep.info(f"reproducible: a build with no cache gave the same {found.layers} layers and config")
+    else:
+        rep.warn("not reproducible: " + "; ".join(
+            ([f"layers {', '.join(str(i + 1) for i in found.differing_layers)} differ"] if found.differing_layers else [])
+            + ([f"config {', '.join(found.config_differs)} differs"] if found.config_differs else [])))  # fmt: skip
+    return found.to_json()
+
+
+def source_date_epoch() -> str:
+    """SOURCE_DATE_EPOCH for the build: the caller's, else 0. A constant, so that editing an
+    environment never changes the cache keys of the steps before the edit (a date that moved with
+    each commit would rebuild every layer)."""
+    import os
+
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return raw if raw.isdigit() and len(raw) < 12 else "0"
 
 
 def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class BuildOptions:
     cache_from: tuple[str, ...] = ()
     cache_to: str | None = None
     platforms: tuple[str, ...] = ()
+    check_reproducible: bool = False  # build again with no cache and compare the two images
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> BuildOptions:
@@ -88,6 +89,7 @@ class BuildResult:
     tags: tuple[str, ...] = ()  # extra references given to the image (--tag)
     image_id: str | None = None  # the image config's digest, when the build reported it
     metadata: dict[str, Any] = field(default_factory=dict)  # buildx's build metadata (a build's last pass)
+    reproducible: dict[str, Any] | None = None  # --check-reproducible: what the second build showed
 
     @property
     def pinned(self) -> str:

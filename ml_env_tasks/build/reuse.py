@@ -27,7 +27,7 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
     rep = reporter or Reporter()
     asked = _check_extras(opts)
     result = None
-    if not (opts.force or opts.upgrade or opts.pin_base):
+    if not (opts.force or opts.upgrade or opts.pin_base or opts.check_reproducible):
         result = reuse_unchanged(path, opts, rep)
     if result is None:
         from .flow import build_env, load_env

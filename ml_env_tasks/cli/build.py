@@ -44,8 +44,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build(_spec(args), build_options(args), reporter(out, stream_logs=not args.quiet))
     state = "built" if result.built else "up to date (not rebuilt)"
     also = "".join(f"\n  also {t}" for t in result.tags)
+    repro = result.reproducible
+    if repro is not None:
+        also += "\n  reproducible" if repro["same"] else "".join(f"\n  differs: {f}" for f in repro["files"])
     out.result(result.to_json(), f"{result.image}@{result.digest}  {state}{also}")
-    return 0
+    return 1 if repro is not None and not repro["same"] else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -28,7 +28,11 @@ def ws(lab: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             except NoSuchImage:
                 images = []
         for img in images:
-            for tag in img.repo_tags:
+            try:
+                tags = list(img.repo_tags)  # (read from the engine: the image may be gone by now)
+            except NoSuchImage:
+                continue
+            for tag in tags:
                 if w.repo in tag:
                     try:
                         docker.image.remove(tag, force=True)
