@@ -247,7 +247,10 @@ def render(env: Environment) -> BuildPlan:
         lines.append(f'CMD ["{python}", "{SERVE_DIR}/server.py"]')
     if restore_user:
         lines.append(f"USER {_v(restore_user, 'base.dockerfile')}")
-    lines[own:] = [_dated(x) if x.startswith("RUN ") else x for x in lines[own:]]
+    if any(x.startswith("RUN ") for x in lines[own:]):
+        lines[own:] = [_dated(x) if x.startswith("RUN ") else x for x in lines[own:]]
+    else:
+        del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"
     return BuildPlan(hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env))
 
