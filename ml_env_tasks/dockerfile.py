@@ -23,7 +23,7 @@ from .errors import SpecError
 from .grammar import has_control
 from .hashing import canonical_json, env_hash
 from .spec import Environment, FileRef
-from .stack import INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
+from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
 
 __all__ = [
     "BuildPlan",
@@ -45,6 +45,7 @@ MOUNT_ROOT = "/tmp/ml-env"
 CACHE_ROOT = "/tmp/ml-env-cache"  # installers' download caches (BuildKit cache mounts)
 UV_HOME = "/tmp/ml-env-uv"  # uv itself, in a cache mount: never part of the image
 SERVE_DIR = "/opt/ml-env-serve"  # where the inference layer puts the scoring server
+SERVE_PORT = 5001  # both servers listen here (azmlinfsrv's default too): serve.local.CONTAINER_PORT
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,11 @@ def render(env: Environment) -> BuildPlan:
             for w in env.wheels:
                 files[f"ml-env/wheels/{w.path.name}"] = w  # copied (and re-checked) when the context is made
             lines.append(pip("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
-        if env.inference:
+        if env.inference and env.inference_server == "azureml":
+            # Microsoft's azmlinfsrv (gunicorn + flask, inference-schema): its own routes and swagger
+            files["ml-env/inference/requirements.txt"] = ("\n".join(AZUREML_PACKAGES) + "\n").encode()
+            lines.append(pip("inference", f"-r {MOUNT_ROOT}/inference/requirements.txt"))
+        elif env.inference:
             # after every dependency layer: the inference image shares them all with the training image
             files["ml-env/inference/server.py"] = SERVER_SOURCE.read_bytes()
             files["ml-env/inference/requirements.txt"] = ("\n".join(INFERENCE_PACKAGES) + "\n").encode()
@@ -243,8 +248,8 @@ def render(env: Environment) -> BuildPlan:
             "ENV AML_APP_ROOT=/var/azureml-app AZUREML_ENTRY_SCRIPT=score.py "
             "AZUREML_MODEL_DIR=/var/azureml-app/azureml-models WORKER_COUNT=1 SCORING_TIMEOUT_MS=3600000"
         )
-        lines.append("EXPOSE 5001")
-        lines.append(f'CMD ["{python}", "{SERVE_DIR}/server.py"]')
+        lines.append(f"EXPOSE {SERVE_PORT}")
+        lines.append(_serve_cmd(env, python))
     if restore_user:
         lines.append(f"USER {_v(restore_user, 'base.dockerfile')}")
     if any(x.startswith("RUN ") for x in lines[own:]):
@@ -253,6 +258,18 @@ def render(env: Environment) -> BuildPlan:
         del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"
     return BuildPlan(hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env))
+
+
+def _serve_cmd(env: Environment, python: str | None) -> str:
+    """The image's CMD. azmlinfsrv refuses to start without ``--entry_script``, and the entry is
+    only known when the container starts (``ml-env serve`` and packaged images set
+    AML_APP_ROOT/AZUREML_ENTRY_SCRIPT then): a shell expands them, ``exec`` keeps it PID 1."""
+    if env.inference_server != "azureml":
+        return f'CMD ["{python}", "{SERVE_DIR}/server.py"]'
+    # in the venv, its console script; for an interpreter the user manages, the same entry point by module
+    exe = f"{VENV}/bin/azmlinfsrv" if python == f"{VENV}/bin/python" else f"{python} -m azureml_inference_server_http"
+    script = f'exec {exe} --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {SERVE_PORT}'
+    return "CMD " + json.dumps(["/bin/sh", "-c", script])
 
 
 def _size(data: bytes | FileRef) -> int:

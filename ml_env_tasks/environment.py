@@ -22,10 +22,13 @@ __all__ = [
     "lock_packages",
     "lock_path_for",
     "CURATED_DIR",
+    "INFERENCE_SERVERS",
     "RESERVED_PREFIX",
 ]
 
 RESERVED_PREFIX = "ml-env-"
+# inference.server: ml-env's own scoring server (the default) or Microsoft's azmlinfsrv
+INFERENCE_SERVERS = ("builtin", "azureml")
 CURATED_DIR = Path(__file__).parent / "curated"
 
 
@@ -93,6 +96,7 @@ class Environment:
     version: str | None = None
     description: str | None = None
     inference: bool = False  # add the scoring server (Azure's inferencing_stack_version)
+    inference_server: str = "builtin"  # which one: INFERENCE_SERVERS (inference.server)
     base: BaseImage = field(default_factory=BaseImage)
     user_managed: bool = False
     interpreter: str = "python3"

@@ -82,7 +82,7 @@ def canonical(env: Environment) -> dict[str, Any]:
     }
     if env.inference:
         # only when set, so environments without it keep their hashes
-        out["inference"] = inference_stack()
+        out["inference"] = inference_stack(env.inference_server)
     if env.lock is not None:
         # the packages, not the file: comments and order do not change what gets installed
         out["lock"] = lock_packages(env.lock.text)

@@ -37,6 +37,7 @@ class ResolvedEnv:
     shm_size: str | None = None  # the environment's docker.shm_size (a run setting)
     env: Environment | None = None  # the loaded environment, when it had to be loaded
     labels: dict[str, str] | None = None  # an image given by reference: its labels
+    inference_server: str = "builtin"  # which scoring server the image runs (inference.server)
 
     @property
     def pinned(self) -> str:
@@ -95,6 +96,7 @@ def resolve_environment(
         return ResolvedEnv(
             ref, result.image, result.digest, result.python or env.interpreter, str(path), result.name, result.hash,
             result.built, result.seconds, bool(bopts.registry), env.shm_size, env,
+            inference_server=env.inference_server,
         )  # fmt: skip
     return _image(ref, bopts)
 
@@ -112,7 +114,7 @@ def _unchanged(ref: str, path: Path, opts: BuildOptions, rep: Reporter, need_inf
     rep.info(f"environment {result.name}: reused {result.image}")
     return ResolvedEnv(
         ref, result.image, result.digest, s.python or s.interpreter, str(path), s.name, s.hash, False,
-        result.seconds, bool(opts.registry), s.shm_size,
+        result.seconds, bool(opts.registry), s.shm_size, inference_server=s.inference_server,
     )  # fmt: skip
 
 
@@ -142,8 +144,12 @@ def _image(ref: str, opts: BuildOptions) -> ResolvedEnv:
     python = labels.get("ml-env.python") or "python3"
     if not python.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum():
         python = "python3"  # a label from the registry is untrusted: only a plain path is used
+    server = labels.get("ml-env.inference.server", "builtin")  # untrusted too: one of the known names
+    from .environment import INFERENCE_SERVERS
+
     return ResolvedEnv(ref, ref, digest, python, None, labels.get("ml-env.name"), labels.get("ml-env.hash"),
-                       in_registry=in_registry, labels=labels)  # fmt: skip
+                       in_registry=in_registry, labels=labels,
+                       inference_server=server if server in INFERENCE_SERVERS else "builtin")  # fmt: skip
 
 
 def _looks_registered(ref: str, versions: Path) -> bool:

@@ -37,6 +37,7 @@ class Summary:
     python: str | None  # the interpreter the packages are installed for
     interpreter: str
     inference: bool
+    inference_server: str
     shm_size: str | None
     unpinned: tuple[str, ...]
     warnings: tuple[str, ...]
@@ -72,7 +73,7 @@ def lookup(spec: str | Path, *, locked: bool) -> Summary | None:
         s = entry["summary"]
         return Summary(
             str(s["name"]), str(s["hash"]), s.get("python"), str(s["interpreter"]), bool(s["inference"]),
-            s.get("shm_size"), tuple(s["unpinned"]), tuple(s["warnings"]),
+            str(s["inference_server"]), s.get("shm_size"), tuple(s["unpinned"]), tuple(s["warnings"]),
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -95,6 +96,7 @@ def store(env: Any, h: str, python: str | None, *, locked: bool) -> None:
         "python": python,
         "interpreter": env.interpreter,
         "inference": env.inference,
+        "inference_server": env.inference_server,
         "shm_size": env.shm_size,
         "unpinned": list(env.unpinned),
         "warnings": list(env.warnings),

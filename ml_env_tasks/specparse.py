@@ -23,6 +23,7 @@ from .digests import file_sha256
 from .dockerlint import check_base_dockerfile
 from .environment import (
     CURATED_DIR,
+    INFERENCE_SERVERS,
     RESERVED_PREFIX,
     BaseImage,
     BaseRegistry,
@@ -68,6 +69,7 @@ PYTHON_KEYS = {
 }
 APT_KEYS = {"packages"}
 DOCKER_KEYS = {"shm_size", "build_args"}
+INFERENCE_KEYS = {"server"}
 MAX_VALUE = 4096  # one string value in an environment file (a base Dockerfile's text aside)
 MAX_ITEMS = 2000  # one array in an environment file
 LARGE_WHEEL = 2 * 2**30
@@ -224,7 +226,7 @@ class _Validator:
                 raise self.err("version", "must not be empty")
             self.one_value(version, "version")
         description = self.string(d, "description", "description", multiline=True)
-        inference = self.boolean(d, "inference", "inference", False)
+        inference, inference_server = self.inference(d)
 
         base = self.base()
         py = self.table(d, "python", "python", PYTHON_KEYS)
@@ -304,6 +306,7 @@ class _Validator:
             version=version,
             description=description,
             inference=inference,
+            inference_server=inference_server,
             base=base,
             user_managed=user_managed,
             interpreter=interpreter,
@@ -325,6 +328,27 @@ class _Validator:
             shm_size=shm,
             build_args=build_args,
         )
+
+    def inference(self, d: dict[str, Any]) -> tuple[bool, str]:
+        """``inference = true`` (ml-env's server) or an ``[inference]`` table choosing the server:
+        ``server = "azureml"`` runs Microsoft's azmlinfsrv for scripts written against it."""
+        v = d.get("inference", False)
+        if isinstance(v, bool):
+            return v, "builtin"
+        if not isinstance(v, dict):
+            raise self.err(
+                "inference",
+                f"must be true, false or a table, got {_tname(v)}",
+                hint='e.g. [inference] server = "azureml"',
+            )
+        self.known(v, "inference", INFERENCE_KEYS)
+        server = self.string(v, "server", "inference.server") or "builtin"
+        if server not in INFERENCE_SERVERS:
+            raise self.err(
+                "inference.server",
+                f"{printable(server, 60)!r} is not a scoring server; choose one of {', '.join(INFERENCE_SERVERS)}",
+            )
+        return True, server
 
     def base(self) -> BaseImage:
         if "base" not in self.doc:

@@ -345,6 +345,8 @@ def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
     labels["ml-env.spec"] = p.canonical
     if p.python:
         labels["ml-env.python"] = p.python  # how a run of this image calls its Python
+    if env.inference:
+        labels["ml-env.inference.server"] = env.inference_server  # which routes serve/smoke-test probe
     return labels
 
 

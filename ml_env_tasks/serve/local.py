@@ -39,6 +39,9 @@ APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
 CONTAINER_PORT = 5001
 LABEL = "ml-env.serve"
+# readiness, per scoring server: ml-env's answers GET /score once init() is done; azmlinfsrv's
+# GET /score would call run(), and its GET / is answered only by a worker that has run init()
+READY_PATHS = {"builtin": "/score", "azureml": "/"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Service:
     url: str
     image: str
     port: int
+    server: str = "builtin"  # the image's scoring server (inference.server)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,6 +143,12 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
         opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
     )
     image = resolved.pinned
+    server = resolved.inference_server
+    if server == "azureml" and (opts.max_body or opts.read_timeout is not None):
+        raise UsageError(
+            "--max-body and --read-timeout set limits of ml-env's own scoring server; this image runs azmlinfsrv "
+            '(inference.server = "azureml"), which does not read them'
+        )
     packaged = (resolved.labels or {}).get("ml-env.package.entry")
     if entry is None and not packaged:
         raise UsageError(
@@ -186,12 +196,14 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
     except BaseException:
         box.remove()
         raise
-    return Service(name, box.id, f"http://127.0.0.1:{port}", image, port)
+    return Service(name, box.id, f"http://127.0.0.1:{port}", image, port, server)
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> float:
-    """Poll ``GET /score`` with backoff until 200; fail fast if the container exits. Returns seconds."""
+    """Poll the server's readiness route (``READY_PATHS``) with backoff until 200; fail fast if
+    the container exits. Returns seconds."""
     c = _containers()
+    path = READY_PATHS.get(service.server, "/score")
     t0 = time.monotonic()
     delay = 0.01
     while True:
@@ -203,7 +215,7 @@ def wait_ready(service: Service, timeout: float = 60.0) -> float:
                 hint="init() failed? its traceback is above",
             )
         try:
-            if client.request("GET", service.url + "/score", timeout=2).status == 200:
+            if client.request("GET", service.url + path, timeout=2).status == 200:
                 return time.monotonic() - t0
         except (OSError, http.client.HTTPException):
             pass

@@ -8,6 +8,14 @@ model from ``$AZUREML_MODEL_DIR``, and ``run(raw_data)``, which gets the request
 and returns something JSON-serialisable. Optionally it declares ``input_schema`` and
 ``output_schema`` (JSON Schema dicts) for ``/swagger.json``.
 
+Scripts written for Azure's own server work where that needs nothing of Flask: a ``run``
+decorated with Microsoft's inference-schema (``@input_schema("data", NumpyParameterType(...))``,
+when the image has ``inference-schema``) gets the JSON body's keys as its named parameters, as
+azmlinfsrv does, and its schemas make ``/swagger.json``; a ``run(..., request_headers)`` gets the
+headers. A ``@rawhttp`` script (AMLRequest/AMLResponse are Flask objects) or one importing
+``azureml_inference_server_http`` cannot run here: the server says so in one line of the log
+(set ``inference.server = "azureml"``) and exits non-zero, before it is ready.
+
 Routes: ``GET /`` liveness; ``GET /score`` readiness (200 once ``init()`` has finished);
 ``POST /score`` → ``run()``; ``OPTIONS /score``; ``GET /swagger.json`` (404 without a schema).
 Errors are JSON ``{"message": ...}`` with 400, 408, 413, 415, 500. ``init()`` raising stops the
@@ -23,7 +31,9 @@ a connection that has not sent a complete request head within ``ML_ENV_HEADER_TI
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -58,6 +68,45 @@ log = logging.getLogger("ml-env-serve")
 class State:
     module: Any = None
     ready = False
+    schema_params: list[inspect.Parameter] | None = None  # an inference-schema decorated run(): what it takes
+    headers = False  # run() takes request_headers (Azure's contract)
+
+
+class NeedsAzureml(Exception):
+    """The entry script is written for azmlinfsrv in a way this server cannot serve."""
+
+
+AZUREML_HINT = 'set inference.server = "azureml" in the environment file'
+
+
+def _import_entry(spec: Any, module: Any, path: Path) -> None:
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root == "azureml_inference_server_http":
+            raise NeedsAzureml(
+                f"the entry script {path} imports {e.name} (Azure's scoring server): {AZUREML_HINT}"
+            ) from None
+        if root == "inference_schema":
+            raise NeedsAzureml(
+                f"the entry script {path} imports inference_schema, which this image lacks: add inference-schema "
+                f"to python.packages, or {AZUREML_HINT}"
+            ) from None
+        raise
+
+
+def analyse_run(module: Any) -> None:
+    """How run() is called: the body as text (plain), or the body's keys as named parameters
+    (inference-schema decorated, as azmlinfsrv calls it); ``@rawhttp`` is refused."""
+    aml = sys.modules.get("azureml_inference_server_http.api.aml_request")
+    if aml is not None and getattr(aml, "_rawHttpRequested", False):
+        raise NeedsAzureml(f"run() is decorated with @rawhttp (it takes a Flask AMLRequest): {AZUREML_HINT}")
+    params = list(inspect.signature(module.run).parameters.values())
+    State.headers = any(p.name == "request_headers" for p in params)
+    schema = sys.modules.get("inference_schema.schema_util")
+    if schema is not None and schema.is_schema_decorated(module.run):
+        State.schema_params = [p for p in params if p.name != "request_headers"]
 
 
 def load_entry() -> Any:
@@ -70,10 +119,11 @@ def load_entry() -> Any:
     spec = importlib.util.spec_from_file_location("score", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _import_entry(spec, module, path)
     for fn in ("init", "run"):
         if not callable(getattr(module, fn, None)):
             raise AttributeError(f"entry script {path} defines no {fn}() function")
+    analyse_run(module)
     return module
 
 
@@ -83,6 +133,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         State.module = load_entry()
         await run_in_threadpool(State.module.init)
+    except NeedsAzureml as e:
+        print(f"ml-env-serve: {e}", file=sys.stderr, flush=True)  # one line, no traceback: nothing to debug
+        os._exit(3)
     except BaseException:
         # the traceback goes to the container log; the process exits non-zero
         traceback.print_exc()
@@ -149,9 +202,12 @@ async def score(request: Request) -> Response:
         raw = body.decode("utf-8")
     except UnicodeDecodeError:
         return error(400, "the request body is not UTF-8 text")
+    call = run_call(raw, request)
+    if isinstance(call, Response):
+        return call
     t0 = time.monotonic()
     try:
-        result = await asyncio.wait_for(run_in_threadpool(State.module.run, raw), timeout=TIMEOUT_S)
+        result = await asyncio.wait_for(run_in_threadpool(call), timeout=TIMEOUT_S)
     except TimeoutError:
         return error(500, f"scoring timed out after {int(TIMEOUT_S * 1000)} ms (SCORING_TIMEOUT_MS)")
     except Exception as e:
@@ -165,10 +221,45 @@ async def score(request: Request) -> Response:
     return Response(payload, media_type="application/json", headers={"x-ms-run-fn-exec-ms": f"{ms:.3f}"})
 
 
-async def swagger(request: Request) -> Response:
+def run_call(raw: str, request: Request) -> Any:
+    """run() bound to this request's input, or the 400 for a body a decorated run() cannot take
+    (the same checks and messages as azmlinfsrv's)."""
+    run = State.module.run
+    if State.schema_params is None:
+        call = functools.partial(run, raw)
+    else:
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            return error(400, f"POST body could not be decoded as JSON: {e}")
+        if not isinstance(doc, dict):
+            return error(400, "POST body should be a JSON dictionary.")
+        kwargs = {}
+        for p in State.schema_params:
+            value = doc.get(p.name, p.default)
+            if value is inspect.Parameter.empty:
+                return error(400, f"A value is not provided for the {p.name!r} parameter.")
+            kwargs[p.name] = value
+        call = functools.partial(run, **kwargs)
+    if State.headers:
+        call = functools.partial(call, request_headers=dict(request.headers))
+    return call
+
+
+def schemas() -> tuple[Any, Any]:
+    """The entry script's input and output schemas: inference-schema's from a decorated run(),
+    or the module's ``input_schema``/``output_schema`` dicts."""
     m = State.module
+    if State.schema_params is not None:
+        util = sys.modules["inference_schema.schema_util"]
+        return util.get_input_schema(m.run), util.get_output_schema(m.run)
     in_s, out_s = getattr(m, "input_schema", None), getattr(m, "output_schema", None)
-    if not (isinstance(in_s, dict) or isinstance(out_s, dict)):
+    return (in_s if isinstance(in_s, dict) else None), (out_s if isinstance(out_s, dict) else None)
+
+
+async def swagger(request: Request) -> Response:
+    in_s, out_s = schemas()
+    if in_s is None and out_s is None:
         return error(404, "the entry script declares no input_schema or output_schema")
     doc = {
         "swagger": "2.0",
@@ -180,14 +271,23 @@ async def swagger(request: Request) -> Response:
             "/score": {
                 "post": {
                     "operationId": "RunMLService",
-                    "parameters": [{"name": "body", "in": "body", "required": True, "schema": in_s or {}}],
+                    "parameters": [
+                        {
+                            "name": "body",
+                            "in": "body",
+                            "required": True,
+                            "schema": {"$ref": "#/definitions/ServiceInput"},
+                        }
+                    ],
                     "responses": {
-                        "200": {"description": "Success", "schema": out_s or {}},
+                        "200": {"description": "Success", "schema": {"$ref": "#/definitions/ServiceOutput"}},
                         "default": {"description": "Error"},
                     },
                 }
             }
         },
+        # the names azmlinfsrv's swagger uses, so a client reads either server's the same way
+        "definitions": {"ServiceInput": in_s or {}, "ServiceOutput": out_s or {}},
     }
     return JSONResponse(doc)
 

@@ -163,6 +163,10 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("shm-bool", OK + "[docker]\nshm_size = true\n", {}, "docker.shm_size"),
     ("build-args-bad", OK + '[docker]\nbuild_args = { "a b" = "1" }\n', {}, "docker.build_args.a b"),
     ("build-args-table", OK + "[docker]\nbuild_args = { A = { b = 1 } }\n", {}, "docker.build_args.A"),
+    ("inference-string", 'name = "x"\ninference = "azureml"\n' + BASE, {}, "inference"),
+    ("inference-server-unknown", OK + '[inference]\nserver = "triton"\n', {}, "inference.server"),
+    ("inference-server-int", OK + "[inference]\nserver = 1\n", {}, "inference.server"),
+    ("inference-unknown-key", OK + '[inference]\nport = 8080\n', {}, "inference.port"),
 ]
 
 
