@@ -166,7 +166,7 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("inference-string", 'name = "x"\ninference = "azureml"\n' + BASE, {}, "inference"),
     ("inference-server-unknown", OK + '[inference]\nserver = "triton"\n', {}, "inference.server"),
     ("inference-server-int", OK + "[inference]\nserver = 1\n", {}, "inference.server"),
-    ("inference-unknown-key", OK + '[inference]\nport = 8080\n', {}, "inference.port"),
+    ("inference-unknown-key", OK + "[inference]\nport = 8080\n", {}, "inference.port"),
 ]
 
 
