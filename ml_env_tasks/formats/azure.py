@@ -30,6 +30,7 @@ from ..catalog import DEFAULT_BASE
 from ..errors import SpecError
 from ..grammar import ENV_NAME, matches, printable
 from ..paths import MAX_TEXT_FILE, project_root, read_inside
+from ..stack import AZUREML_PACKAGES
 from ..yamlsafe import load_yaml
 from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
 from .azure_job import ImportedJob, import_command_job, is_command_job
@@ -311,10 +312,37 @@ def _conda(
 
 
 def _inference_from_conda(conda: bytes, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
+    """A conda file that installs Azure's scoring server (``azureml-defaults`` brings it) is an
+    environment whose scripts are written for it: ``inference.server = "azureml"``."""
     text = conda.decode("utf-8", errors="replace")
     for pkg in AZURE_INFERENCE_PACKAGES:
-        if re.search(rf"^\s*-\s*{pkg}\b", text, re.M):
-            w.append(f"{pkg} in the conda file is Azure's inference stack; `inference = true` gives ml-env's")
+        if re.search(rf"^\s*-\s*{pkg}(?=\s*(?:[=<>!~\[;#]|$))", text, re.M):
+            _azureml_server(doc)
+            w.append(
+                f'{pkg} in the conda file is Azure\'s inference stack: inference.server = "azureml" '
+                f"(the inference layer installs {AZUREML_PACKAGES[0]} and runs azmlinfsrv)"
+            )
+            return
+
+
+def _azureml_server(doc: tomlkit.TOMLDocument) -> None:
+    if "inference" in doc:
+        del doc["inference"]  # `inference = true` from the source's own flag: the table says more
+    t = tomlkit.table()
+    t.add("server", "azureml")
+    t["server"].comment("Azure's own scoring server, as the source's dependencies ask")
+    doc.add("inference", t)
+
+
+def _route_warnings(ic: dict[str, Any], f: _Fields, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
+    """inference_config routes that differ from the chosen server's own (both on port 5001)."""
+    azureml = isinstance(doc.get("inference"), dict)
+    who = "azmlinfsrv's" if azureml else "ml-env's"
+    ready = "/" if azureml else "/score"
+    for route, default in (("liveness_route", "/"), ("readiness_route", ready), ("scoring_route", "/score")):
+        r = f.table(ic, route, f"inference_config.{route}")
+        if r and (r.get("path") not in (None, default) or r.get("port") not in (None, 5001)):
+            w.append(f"inference_config.{route} {printable(r, 120)} differs from {who} fixed {default} on port 5001")
 
 
 # --- v2 -----------------------------------------------------------------------------------
@@ -332,12 +360,6 @@ def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Impor
     ic = f.table(data, "inference_config", "inference_config")
     if ic:
         doc.add("inference", True)
-        for route, default in (("liveness_route", "/"), ("readiness_route", "/score"), ("scoring_route", "/score")):
-            r = f.table(ic, route, f"inference_config.{route}")
-            if r and (r.get("path") not in (None, default) or r.get("port") not in (None, 5001)):
-                w.append(
-                    f"inference_config.{route} {printable(r, 120)} differs from ml-env's fixed {default} on port 5001"
-                )
     known = {"$schema", "name", "version", "description", "tags", "image", "conda_file", "build"}
     known |= {"inference_config", "os_type"}
     for k in sorted(set(data) - known):
@@ -376,6 +398,8 @@ def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Impor
         _conda(conda, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
+    if ic:
+        _route_warnings(ic, f, doc, w)  # after the conda file: it may choose Azure's server
     tags = f.scalars(data, "tags", "tags")
     if tags:
         lt = tomlkit.table()

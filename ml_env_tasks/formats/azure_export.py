@@ -18,11 +18,24 @@ V1_JSON = "azureml_environment.json"
 V1_CONDA = "conda_dependencies.yml"
 
 
+def _server_packages(env: Environment) -> list[str]:
+    """inference.server = "azureml": Azure serves with the server its conda file installs, so the
+    export lists it (and an import of the export maps it back to the setting)."""
+    from packaging.requirements import Requirement
+
+    from ..stack import AZUREML_PACKAGES
+
+    if not (env.inference and env.inference_server == "azureml"):
+        return []
+    have = {Requirement(p).name for p in env.packages + env.conda_pip}
+    return [] if have & {"azureml-defaults", "azureml-inference-server-http"} else list(AZUREML_PACKAGES)
+
+
 def _conda_doc(env: Environment) -> dict[str, Any]:
     if env.conda_file is not None:
         data = load_yaml(env.conda_file.read(), file=str(env.conda_file.path)) or {}
         data.setdefault("name", "project_environment")
-        extra = list(env.packages)
+        extra = list(env.packages) + _server_packages(env)
         if extra:
             listed = data.setdefault("dependencies", [])
             for d in listed:
@@ -33,7 +46,7 @@ def _conda_doc(env: Environment) -> dict[str, Any]:
                 listed.append({"pip": extra})
         return data
     deps: list[Any] = [f"python={env.conda_python}" if env.conda_python else "python", "pip"]
-    pip = list(env.packages)
+    pip = list(env.packages) + _server_packages(env)
     for r in env.requirements:
         pip += [ln.strip() for ln in r.text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if pip:
@@ -103,14 +116,15 @@ def export_v2(env: Environment, out: Path) -> list[str]:
         df = out.with_name(f"{out.stem}.Dockerfile")
         df.write_text(env.base.dockerfile_source or "")
         data["build"] = {"path": ".", "dockerfile_path": df.name}
-    if not env.user_managed and (env.conda_file or env.packages or env.requirements):
+    if not env.user_managed and (env.conda_file or env.packages or env.requirements or _server_packages(env)):
         cf = out.with_name(f"{out.stem}.conda.yml")
         cf.write_text(yaml.safe_dump(_conda_doc(env), sort_keys=False))
         data["conda_file"] = cf.name
     if env.inference:
         data["inference_config"] = {
             "liveness_route": {"path": "/", "port": 5001},
-            "readiness_route": {"path": "/score", "port": 5001},
+            # azmlinfsrv's GET /score calls run(): its readiness is GET / (answered once init() is done)
+            "readiness_route": {"path": "/" if env.inference_server == "azureml" else "/score", "port": 5001},
             "scoring_route": {"path": "/score", "port": 5001},
         }
     w += _not_exported(

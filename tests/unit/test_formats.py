@@ -230,3 +230,39 @@ def test_import_cli_for_a_command_job(work: Path) -> None:
     args = build_parser(argv[:i]).parse_args(argv[:i])
     assert args.script == "train.py" and args.inputs == ["training_data=data"] and args.timeout == 600
     assert argv[i + 1 :][-2:] == ["--note", "two words"]
+def test_azure_inference_dependency_maps_to_the_azureml_server(work: Path) -> None:
+    """azureml-defaults (v1 fixture) or azureml-inference-server-http (v2) in the conda file:
+    the scripts are written for Azure's server, so the import chooses it."""
+    imp = import_source(work / "azure/v1-sklearn", stem="a")
+    a = write(imp, work / "envs" / "a.toml")
+    assert a.inference and a.inference_server == "azureml"
+    assert any('azureml-defaults in the conda file is Azure\'s inference stack: inference.server = "azureml"' in w
+               for w in imp.warnings)  # fmt: skip
+    assert '[inference]\nserver = "azureml"' in imp.text()
+    conda = work / "azure/v2-image/conda-yamls/pydata.yml"
+    conda.write_text(conda.read_text().replace("- pip:\n", "- pip:\n    - azureml-inference-server-http==1.5.1\n", 1))
+    assert "azureml-inference-server-http" in conda.read_text()
+    imp2 = import_source(work / "azure/v2-image/env.yml", stem="b")
+    b = write(imp2, work / "envs" / "b.toml")
+    assert b.inference_server == "azureml"
+    # the fixture's routes are checked against azmlinfsrv's: readiness is GET / there
+    assert any("scoring_route" in w and "azmlinfsrv's fixed /score" in w for w in imp2.warnings)
+    # without such a dependency, Azure's inference flag stays ml-env's own server
+    c = write(import_source(work / "azure/v2-build/env.yml", stem="c"), work / "envs" / "c.toml")
+    assert c.inference_server == "builtin"
+
+
+def test_export_of_an_azureml_server_environment_lists_the_server(work: Path) -> None:
+    f = work / "envs" / "s.toml"
+    f.write_text(
+        'name = "s"\n[inference]\nserver = "azureml"\n[base]\nimage = "x/y:1"\n[python]\npackages = ["numpy"]\n'
+    )
+    env = spec.load(f)
+    (work / "out").mkdir()
+    export_v2(env, work / "out" / "env.yml")
+    doc = yaml.safe_load((work / "out/env.yml").read_text())
+    assert doc["inference_config"]["readiness_route"] == {"path": "/", "port": 5001}
+    conda = yaml.safe_load((work / "out/env.conda.yml").read_text())
+    assert {"pip": ["numpy", "azureml-inference-server-http==1.5.1"]} in conda["dependencies"]
+    back = write(import_source(work / "out/env.yml", stem="back"), work / "envs" / "back.toml")
+    assert back.inference_server == "azureml"
