@@ -42,7 +42,13 @@ TRAIN = (
     _opt("script", "--script", "Script path inside the source directory"),
     _opt("args", "--args", "Arguments for the script, as one string (split like a shell would)"),
 )
-SERVE_ENV = (_opt("env", "--env", "Inference environment (inference = true), curated/NAME, NAME:VERSION or an image"),)
+SERVE_ENV = (
+    _opt(
+        "env", "--env",
+        "Inference environment (inference = true, or [inference] server = \"azureml\"), curated/NAME, NAME:VERSION "
+        "or an image",
+    ),
+)  # fmt: skip
 PROMOTE_WHAT = (
     _opt("source", "source", "Source image by tag or digest (e.g. the build action's ref output)", gha="source"),
     _opt("destination", "destination", "Destination host[:port]/repository, optionally :tag", gha="destination"),
@@ -85,9 +91,9 @@ ACTIONS: dict[str, Action] = {
     "smoke-test": Action(
         "smoke-test",
         "ml-env smoke-test",
-        "Build or reuse an inference image (an environment with inference = true), start the scoring server "
-        "with your entry script and model, send sample requests, check the answers, report latency, and "
-        "remove the container. Fails when any case fails.",
+        "Build or reuse an inference image (an environment with inference = true, or inference.server = "
+        '"azureml" for Microsoft\'s azmlinfsrv), start the scoring server with your entry script and model, '
+        "send sample requests, check the answers, report latency, and remove the container. Fails when any case fails.",
         SERVE_ENV + o.SERVE + o.SMOKE + o.BUILD_WHERE + o.BUILD_HOW,
         {
             "passed": "Cases that passed",

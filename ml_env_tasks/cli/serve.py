@@ -10,7 +10,7 @@ from ..options import BUILD_HOW, BUILD_WHERE, SERVE, SMOKE, Option
 from .common import build_options, command, output
 
 ENV = (
-    Option("env", ("--env",), help="inference environment file (inference = true), curated/NAME, NAME:VERSION, or an image"),
+    Option("env", ("--env",), help="inference environment file (inference = true or inference.server), curated/NAME, NAME:VERSION, or an image"),
     Option("versions", ("--versions",), kind="path", default=None, env="ML_ENV_VERSIONS", config="versions", gha=None,
            help="versions file, for NAME:VERSION environments (default envs/versions.toml)"),
 )  # fmt: skip

@@ -6,7 +6,13 @@ starting Python and an ASGI server in that container. A client on the host polls
 Checked: the answer is the entry script's (or the bare app's) own body; neither image is pulled.
 Goal: <= 0.5 s. Also reported: the time from the ``serve`` call itself (resolving the environment,
 creating and starting the container) to the first 200, and requests/s from 4 clients for 5 s.
-Writes .bench/serve.json.
+
+Then the two scoring servers side by side (``compare_servers``): ml-env's built-in one and
+Microsoft's azmlinfsrv (``inference.server = "azureml"``), same base image, same entry script,
+same model: first 200 after container start and requests/s. Checked: both answered the same
+result, and each answer came from the server it is credited to (azmlinfsrv sets
+``x-ms-server-version: azmlinfsrv/…``; the built-in server does not).
+Writes .bench/serve.json (``bench_serve.py servers``: only the comparison, .bench/serve-servers.json).
 """
 
 from __future__ import annotations
@@ -31,6 +37,16 @@ from ml_env_tasks.build import BuildOptions  # noqa: E402
 from ml_env_tasks.serve import local  # noqa: E402
 
 SCORE = "def init():\n    pass\n\n\ndef run(raw_data):\n    return {'answer': 42}\n"
+# the comparison's model: a weight file read in init(), applied in run()
+MODEL_SCORE = """
+import json, os
+def init():
+    global w
+    w = [float(x) for x in open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "w.txt")).read().split()]
+def run(raw_data):
+    x = json.loads(raw_data)["data"]
+    return {"score": sum(a * b for a, b in zip(w, x))}
+"""
 BARE = (
     "async def app(scope, receive, send):\n"
     "    if scope['type'] != 'http':\n        return\n"
@@ -47,7 +63,9 @@ def started_at(container: str) -> float:
     return datetime.fromisoformat(head + "+00:00").timestamp() + float("0." + (frac or "0"))
 
 
-def first_200(port: int, limit: float = 30.0) -> tuple[float, bytes]:
+def first_200(port: int, limit: float = 30.0, headers: dict[str, str] | None = None) -> tuple[float, bytes]:
+    """Poll ``POST /score`` every 5 ms; the time of the first 200 and its body. ``headers``, when
+    given, receives the answer's headers (lower-cased names)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -56,6 +74,8 @@ def first_200(port: int, limit: float = 30.0) -> tuple[float, bytes]:
             r = conn.getresponse()
             body = r.read()
             if r.status == 200:
+                if headers is not None:
+                    headers.update({k.lower(): v for k, v in r.getheaders()})
                 return time.time(), body
         except (OSError, http.client.HTTPException):
             pass
@@ -63,6 +83,87 @@ def first_200(port: int, limit: float = 30.0) -> tuple[float, bytes]:
             conn.close()
         time.sleep(0.005)
     invalid(f"no 200 from 127.0.0.1:{port} within {limit:.0f} s")
+
+
+def compare_servers(lb: dict, work: Path, opts: BuildOptions) -> tuple[dict, str]:
+    """First 200 after container start and requests/s, built-in server vs azmlinfsrv, same model."""
+    app = work / "cmp-app"
+    app.mkdir()
+    (app / "score.py").write_text(MODEL_SCORE)
+    model = work / "cmp-model"
+    model.mkdir()
+    (model / "w.txt").write_text("0.5 1.5 2.0")
+    expected = {"score": 0.5 * 1 + 1.5 * 2 + 2.0 * 3}
+    specs = {
+        "builtin": 'name = "bench-serve-builtin"\ninference = true\n',
+        "azureml": 'name = "bench-serve-azureml"\n[inference]\nserver = "azureml"\n',
+    }
+    services = {}
+    for server, head in specs.items():
+        spec = work / f"cmp-{server}.toml"
+        spec.write_text(head + f'[base]\nimage = "{lb["base_image_python"]}"\n')
+        services[server] = local.ServeOptions(
+            environment=str(spec), entry=app / "score.py", models={"": model}, port=0, name=f"bench-{server}",
+            build=opts,
+        )  # fmt: skip
+        print(f"bench: building (or reusing) the {server} server's environment")
+        svc = local.start(services[server])
+        try:
+            first_200(svc.port, 600)
+        finally:
+            local.remove(svc)
+    n = rounds(5)
+    print(f"bench: built-in server vs azmlinfsrv, same model: first 200 after container start, {n} rounds each")
+    firsts: dict[str, list[float]] = {"builtin": [], "azureml": []}
+    rps: dict[str, float] = {}
+    for i in range(n):
+        for server, serve in services.items():
+            svc = local.start(serve)
+            try:
+                if subprocess.run(["docker", "image", "inspect", svc.image], capture_output=True).returncode != 0:
+                    invalid(f"{svc.image} is not in the engine: the round would time a pull")
+                headers: dict[str, str] = {}
+                t, body = first_200(svc.port, 120, headers)
+                if json.loads(body) != expected:
+                    invalid(f"the {server} server answered {body[:200]!r}, not the model's {expected}")
+                version = headers.get("x-ms-server-version", "")
+                if (server == "azureml") != version.startswith("azmlinfsrv/"):
+                    invalid(f"the {server} round was not answered by that server (x-ms-server-version {version!r})")
+                firsts[server].append(t - started_at(svc.container_id))
+                if i == n - 1:
+                    rps[server] = load(svc.port)
+            finally:
+                local.remove(svc)
+    b, a = statistics.median(firsts["builtin"]), statistics.median(firsts["azureml"])
+    fig = figure(
+        firsts["builtin"], firsts["azureml"], baseline_name="azmlinfsrv 1.5.1 (inference.server = \"azureml\"), same image base, entry script and model",
+        goal="report", met=True, requests_per_s_4_clients={"builtin": rps["builtin"], "azureml": rps["azureml"]},
+    )  # fmt: skip
+    line = (
+        f"built-in vs azmlinfsrv: first 200 {b:.2f}s vs {a:.2f}s after container start; "
+        f"{rps['builtin']:.0f} vs {rps['azureml']:.0f} requests/s from 4 clients (same answer from both)"
+    )
+    return fig, line
+
+
+def servers_only() -> int:
+    """``bench_serve.py servers``: the comparison alone (it prunes nothing)."""
+    lb = lab()
+    work = Path(tempfile.mkdtemp(prefix="ml-env-bench-servers-"))
+    try:
+        (work / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
+        fig, line = compare_servers(lb, work, _opts(lb, work))
+        write("serve-servers", {"builtin_vs_azureml": fig}, [line])
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _opts(lb: dict, work: Path) -> BuildOptions:
+    return BuildOptions(
+        registry=lb["registry"], repository="bench/serve", network=lb["build_network"], log_dir=work / "logs",
+        ca_bundle=Path(lb["ca_bundle"]) if lb.get("ca_bundle") else None,
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -78,10 +179,7 @@ def main() -> int:
         (app / "bare.py").write_text(BARE)
         model = work / "model"
         model.mkdir()
-        opts = BuildOptions(
-            registry=lb["registry"], repository="bench/serve", network=lb["build_network"], log_dir=work / "logs",
-            ca_bundle=Path(lb["ca_bundle"]) if lb.get("ca_bundle") else None,
-        )  # fmt: skip
+        opts = _opts(lb, work)
         serve = local.ServeOptions(
             environment=str(spec), entry=app / "score.py", models={"": model}, port=0, name="bench-serve", build=opts
         )
@@ -128,6 +226,7 @@ def main() -> int:
             finally:
                 subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
         o, b = statistics.median(ours), statistics.median(base)
+        cmp_fig, cmp_line = compare_servers(lb, work, opts)
         write(
             "serve",
             {
@@ -138,11 +237,13 @@ def main() -> int:
                     goal="<= 0.5 s",
                     met=o <= 0.5,
                     requests_per_s_4_clients=rps,
-                )
+                ),
+                "builtin_vs_azureml": cmp_fig,
             },  # fmt: skip
             [
                 f"first 200:          {o:.2f}s after container start (bare uvicorn {b:.2f}s; goal <= 0.5 s); "
-                f"{rps:.0f} requests/s from 4 clients"
+                f"{rps:.0f} requests/s from 4 clients",
+                cmp_line,
             ],  # fmt: skip
         )
         return 0
@@ -174,4 +275,4 @@ def load(port: int, seconds: float = 5.0, clients: int = 4) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(servers_only() if sys.argv[1:] == ["servers"] else main())
