@@ -5,6 +5,7 @@ Real builds on the lab, real containers, both servers."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,7 @@ def test_smoke_test_action_with_azureml(ws, setup) -> None:
         "network": ws.lab["build_network"],
         "ca-bundle": ws.lab.get("ca_bundle", ""),
         "install": "false",
+        "python": sys.executable,  # this checkout's ml-env, not whatever python3 on PATH has
     }
     proc, outputs, summary = run_action(ROOT / "ci/github/smoke-test/action.yml", inputs, ws.dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
