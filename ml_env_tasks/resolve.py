@@ -163,13 +163,11 @@ def _looks_registered(ref: str, versions: Path) -> bool:
 
 
 def _restore_registered(ref: str, versions: Path) -> Path:
-    """A registered version, written back into the user cache (content-addressed by its hash)."""
+    """A registered version, written back into the user cache (content-addressed by its hash),
+    with its private wheels from the image's registry."""
     from .digests import cache_dir
     from .versions import Versions
 
     v = Versions(versions)
     entry = v.get(ref)
-    out = cache_dir() / "versions" / entry.hash / f"{entry.name}.toml"
-    if not out.exists():
-        v.write_back(entry, out)
-    return out
+    return v.restore_cached(entry, cache_dir() / "versions" / entry.hash / f"{entry.name}.toml")

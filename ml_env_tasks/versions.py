@@ -9,13 +9,15 @@ in a team it is committed like code, so versions are reviewed and merge like any
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import spec
+from . import spec, wheelstore
 from .errors import UsageError
 from .grammar import NAME, matches, printable
 from .hashing import Difference, env_hash, explain
@@ -160,18 +162,52 @@ class Versions(TomlLog):
         out.write_text(entry.spec)
         return out
 
-    def restore(self, entry: VersionEntry, folder: Path, *, force: bool = False) -> list[Path]:
-        """``get -o DIR``: the environment file (``DIR/<name>.toml``) and its files, into a folder;
-        nothing is overwritten unless ``force``."""
+    def restore(self, entry: VersionEntry, folder: Path, *, force: bool = False) -> tuple[list[Path], str | None]:
+        """``get -o DIR``: the environment file (``DIR/<name>.toml``), its files and its private
+        wheels (from the image's registry, checked against the recorded digests, where the spec
+        names them), into a folder; nothing is overwritten unless ``force``, and nothing is
+        written when a wheel cannot be had intact. (written, why the wheels were not restored)."""
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file; -o takes a folder")
         out = folder / f"{entry.name}.toml"
-        targets = [out] + [folder / rel for rel in entry.files]
+        wheels = wheelstore.targets(entry, folder)
+        targets = [out] + [folder / rel for rel in entry.files] + list(wheels.values())
         clash = [str(t) for t in targets if t.exists()]
         if clash and not force:
             raise UsageError(f"not overwriting {', '.join(clash)}", hint="--force overwrites them")
-        self.write_back(entry, out)
-        return targets
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            written, note = self._restore_into(entry, out, wheels)
+        except BaseException:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return [out, *(folder / rel for rel in entry.files), *written[1:]], note
+
+    def restore_cached(self, entry: VersionEntry, out: Path) -> Path:
+        """A registered version for a build (``NAME:VERSION`` where an environment is expected):
+        written once into ``out``'s folder with its wheels; a wheel that cannot be had is an error."""
+        wheels = wheelstore.targets(entry, out.parent)
+        if out.exists() and all(p.exists() for p in wheels.values()):
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _, note = self._restore_into(entry, out, wheels)
+        if note:
+            raise UsageError(f"{note}; {entry.ref} cannot be built here", hint="`ml-env get` writes it without them")
+        return out
+
+    def _restore_into(self, entry: VersionEntry, out: Path, wheels: dict[str, Path]) -> tuple[list[Path], str | None]:
+        """Wheels downloaded and verified first (staged beside ``out``), then everything written."""
+        with tempfile.TemporaryDirectory(prefix=".ml-env-wheels-", dir=out.parent) as td:
+            staged, note = wheelstore.download(entry, Path(td))
+            self.write_back(entry, out)
+            written = [out]
+            for name, tmp in staged.items():
+                wheels[name].parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, wheels[name])
+                written.append(wheels[name])
+        return written, note
 
     def diff(self, a: str, b: str) -> list[Difference]:
         ea, eb = self.get(a), self.get(b)

@@ -143,6 +143,18 @@ def cmd_register(args: argparse.Namespace) -> int:
         args.spec, build_options(args), reporter=reporter(out, stream_logs=False), need_env=True
     )
     assert resolved.env is not None
+    if resolved.env.wheels:  # their bytes first: a version is recorded once it can be restored
+        assert resolved.hash is not None
+        if args.registry:
+            from ..wheelstore import push, tag_for
+
+            push(resolved.env, resolved.image, resolved.hash, insecure=args.insecure)
+            out.info(
+                f"kept {len(resolved.env.wheels)} wheel(s) in the registry beside the image ({tag_for(resolved.hash)[:19]}…)"
+            )
+        else:
+            out.warn("without --registry the private wheels are recorded by digest only: this version restores "
+                     "elsewhere only where its wheels are")  # fmt: skip
     # the environment the image was built from (pinned with --pin-base) is the one recorded
     entry, created = Versions(args.versions).register(
         resolved.env, image=resolved.image, digest=resolved.digest, registry=args.registry
@@ -174,10 +186,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     v = Versions(args.versions)
     entry = v.get(args.ref)
     if args.output:
-        written = v.restore(entry, args.output, force=args.force)
-        for name in sorted(entry.wheels):
-            if not (args.output / name).exists():
-                out.warn(f"wheel {name} is not in the versions file; put it beside the environment file to build")
+        written, missing = v.restore(entry, args.output, force=args.force)
+        if missing:
+            out.warn(f"{missing}; put {', '.join(sorted(entry.wheels))} where the environment file names them to build")
         out.result({"output": str(args.output), "version": entry.version, "files": [str(p) for p in written]},
                    f"wrote {', '.join(str(p) for p in written)} ({entry.ref})")  # fmt: skip
     else:
