@@ -112,6 +112,12 @@ class Versions(TomlLog):
                     raise UsageError(
                         f"{ref.path} is outside the environment's directory; versions keep only files beside it"
                     ) from None
+            for w in env.wheels:
+                if not w.path.resolve().is_relative_to(base):
+                    raise UsageError(
+                        f"wheel {w.path} is outside the environment's directory; a version restores its wheels "
+                        "only beside the environment file"
+                    )
             entry = VersionEntry(
                 name=env.name,
                 version=max((e.version for e in mine), default=0) + 1,

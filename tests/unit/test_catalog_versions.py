@@ -8,7 +8,7 @@ import pytest
 
 from ml_env_tasks import SpecError, spec
 from ml_env_tasks.catalog import clone, curated, scaffold
-from ml_env_tasks.errors import MlEnvError
+from ml_env_tasks.errors import MlEnvError, UsageError
 from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.versions import Versions
 
@@ -178,3 +178,17 @@ def test_get_into_a_folder_refuses_to_overwrite_and_list_all_shows_every_version
     assert ml_env("get", "e:2", "-o", "afile").stderr.strip() == "ml-env: error: afile is a file; -o takes a folder"
     assert ml_env("get", "e:2", "-o", "other", "--force").returncode == 0
     assert (tmp_path / "other/requirements/r.txt").read_text() == "six==1.17.0\n"
+
+
+def test_a_wheel_outside_the_environment_folder_is_not_registered(tmp_path: Path) -> None:
+    """`get -o DIR` writes wheels only inside DIR, where the spec names them: a version naming
+    ``../wheels/x.whl`` could never be restored, so it is not recorded."""
+    (tmp_path / "pyproject.toml").write_text("")
+    _wheel(tmp_path / "wheels/demo-1.0-py3-none-any.whl", b"V = 1\n")
+    f = tmp_path / "envs/w.toml"
+    f.parent.mkdir()
+    f.write_text('name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["../wheels/demo-1.0-py3-none-any.whl"]\n')
+    v = Versions(tmp_path / "envs/versions.toml")
+    with pytest.raises(UsageError, match="outside the environment's directory"):
+        v.register(spec.load(f), image="r/w:h", digest="sha256:1", registry="r")
+    assert v.entries() == []

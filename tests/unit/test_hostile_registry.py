@@ -346,3 +346,59 @@ def test_a_blob_of_another_length_than_its_manifest_says_is_not_uploaded(served:
         with pytest.raises(BlobIntegrityError):
             client(dport).upload_stream("r", B_DIGEST, chunks, size=len(BLOB))
     assert completed == []
+
+
+def test_a_private_wheel_whose_bytes_are_not_its_digest_is_refused_and_nothing_is_written(tmp_path) -> None:
+    """`get -o DIR` of a version with a private wheel, from a registry that serves other bytes
+    under the wheel's digest: one line, exit 4, neither the wheel nor the environment file written."""
+    import subprocess
+    import sys
+
+    from ml_env_tasks.versions import VersionEntry, Versions
+    from ml_env_tasks.wheelstore import ARTIFACT_TYPE, TITLE, tag_for
+
+    wheel = b"PK\x03\x04 a wheel" * 100
+    sha = hashlib.sha256(wheel).hexdigest()
+    name, h = "demo-1.0-py3-none-any.whl", "a" * 64
+    artifact = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "artifactType": ARTIFACT_TYPE, "layers": [{"mediaType": "x", "digest": f"sha256:{sha}",
+                           "size": len(wheel), "annotations": {TITLE: name}}]}).encode()  # fmt: skip
+    served = []
+
+    def handle(hd):
+        served.append(hd.path)
+        if hd.path.endswith(f"/manifests/{tag_for(h)}"):
+            return 200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, artifact
+        if hd.path.endswith(f"/blobs/sha256:{sha}"):
+            return 200, {}, wheel[:-4] + b"evil"
+        return 404, {}, b""
+
+    with server(handle) as (port, _):
+        reg = f"127.0.0.1:{port}"
+        v = Versions(tmp_path / "versions.toml")
+        spec_text = f'name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["wheels/{name}"]\n'
+        v.append_raw(VersionEntry("w", 1, h, "sha256:" + "b" * 64, f"{reg}/team/w:{h}", reg, "now", spec_text,
+                                  {}, {name: sha}).to_dict())  # fmt: skip
+        p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "get", "w:1", "-o", "out", "--versions",
+                            "versions.toml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert any("/blobs/" in s for s in served)
+    assert p.returncode == 4 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "does not match its digest" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_registered_wheel_is_written_only_inside_the_folder(tmp_path) -> None:
+    from ml_env_tasks.errors import UsageError
+    from ml_env_tasks.versions import VersionEntry
+    from ml_env_tasks.wheelstore import targets
+
+    def entry(rel: str) -> VersionEntry:
+        text = f'name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["{rel}"]\n'
+        return VersionEntry("w", 1, "h", "", "r/w:h", "r", "now", text, {}, {rel.rsplit("/", 1)[-1]: "0" * 64})
+
+    assert targets(entry("wheels/d-1-py3-none-any.whl"), tmp_path) == {
+        "d-1-py3-none-any.whl": tmp_path / "wheels/d-1-py3-none-any.whl"
+    }
+    for bad in ("../d-1-py3-none-any.whl", "/etc/d-1-py3-none-any.whl", "a/../../d-1-py3-none-any.whl"):
+        with pytest.raises(UsageError, match="outside"):
+            targets(entry(bad), tmp_path)
