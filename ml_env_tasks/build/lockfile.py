@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BuildError, RegistryError
+from ..errors import BuildError, MlEnvError, RegistryError
 from ..fsutil import write_atomic
 from ..pins import lock_packages, lock_path_for, lock_to_read
 from .model import BuildOptions, Reporter
@@ -19,14 +19,35 @@ __all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "
 LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
 
 
+# what `pip list --format=freeze` says, without needing pip: every distribution the interpreter sees
+_DISTRIBUTIONS = (
+    "import importlib.metadata as m\n"
+    "for d in m.distributions():\n"
+    "    n = d.metadata['Name']\n"
+    "    if n and d.version: print(f'{n}=={d.version}')\n"
+)
+
+
 def read_lock(engine: Any, env: Environment, python: str | None, ref: str) -> str:
     body = ""
     if python is not None:
         out = engine.run_capture(
             ref, [python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], entrypoint=""
         )
-        body = "".join(sorted(line.strip() + "\n" for line in out.splitlines() if "==" in line))
+        body = _freeze(out)
+    elif env.user_managed:
+        # nothing installed by ml-env: the packages are the base's own, as its interpreter sees them
+        try:
+            body = _freeze(engine.run_capture(ref, [env.interpreter, "-c", _DISTRIBUTIONS], entrypoint=""))
+        except MlEnvError:
+            body = ""  # a base without that interpreter (or too old a Python): nothing to list
     return LOCK_HEADER + f"# environment: {env.name}\n" + body
+
+
+def _freeze(out: str) -> str:
+    return "".join(
+        sorted({line.strip() + "\n" for line in out.splitlines() if "==" in line and " " not in line.strip()})
+    )
 
 
 def check_python_version(engine: Any, env: Environment, python: str | None, ref: str, rep: Reporter) -> None:
