@@ -41,6 +41,7 @@ class Summary:
     shm_size: str | None
     unpinned: tuple[str, ...]
     warnings: tuple[str, ...]
+    base: str | None = None  # base.image when it is a tag (not pinned): a reuse checks whether it moved
 
 
 def _ident(path: str) -> list[int] | None:
@@ -73,7 +74,7 @@ def lookup(spec: str | Path, *, locked: bool) -> Summary | None:
         s = entry["summary"]
         return Summary(
             str(s["name"]), str(s["hash"]), s.get("python"), str(s["interpreter"]), bool(s["inference"]),
-            str(s["inference_server"]), s.get("shm_size"), tuple(s["unpinned"]), tuple(s["warnings"]),
+            str(s["inference_server"]), s.get("shm_size"), tuple(s["unpinned"]), tuple(s["warnings"]), s.get("base"),
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -100,6 +101,7 @@ def store(env: Any, h: str, python: str | None, *, locked: bool) -> None:
         "shm_size": env.shm_size,
         "unpinned": list(env.unpinned),
         "warnings": list(env.warnings),
+        "base": env.base.image if env.base.image and env.base.digest is None and "@" not in env.base.image else None,
     }
     path = _entry_path(env.path, locked)
     with contextlib.suppress(OSError):

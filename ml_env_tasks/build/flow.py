@@ -38,7 +38,7 @@ from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref
 from .extras import check_platforms, output_spec
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
-from .reuse import announce, image_exists
+from .reuse import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .secrets import build_secrets, docker_config_for, env_secret
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
@@ -68,9 +68,20 @@ def pin_base(env: Environment, opts: BuildOptions) -> Environment:
         raise SpecError(
             "--pin-base needs base.image (a base Dockerfile has no single tag to pin)", file=str(env.path), key="base"
         )
+    digest = base_digest(env, opts)
+    if digest is None:
+        raise SpecError(f"base image {b.image} does not exist in its registry", file=str(env.path), key="base.image")
+    return env.with_base_digest(digest)
+
+
+def base_digest(env: Environment, opts: BuildOptions) -> str | None:
+    """The digest ``base.image`` names now (its own digest, or its tag's in the registry); None
+    when the registry has no such tag."""
+    b = env.base
+    assert b.image is not None
     ref = parse_ref(b.image)
     if ref.digest:
-        return env.with_base_digest(ref.digest)
+        return ref.digest
     creds = None
     if b.registry and b.registry.username and b.registry.address == ref.host:
         creds = (b.registry.username, env_secret(b.registry.password_env, env, "base.registry.password_env"))
@@ -83,9 +94,7 @@ def pin_base(env: Environment, opts: BuildOptions) -> Environment:
         client = RegistryClient(ref.host, insecure=opts.insecure, credentials=creds if creds else True)
         info = client.head_manifest(ref.repository, ref.reference)
         digest = info.digest if info else None
-    if digest is None:
-        raise SpecError(f"base image {b.image} does not exist in its registry", file=str(env.path), key="base.image")
-    return env.with_base_digest(digest)
+    return digest
 
 
 def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
@@ -113,6 +122,8 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
     if not (opts.force or opts.upgrade or opts.check_reproducible):
         found = image_exists(ref, opts, rep)
         if found is not None:
+            if env.base.image and env.base.digest is None:
+                warn_if_base_moved(ref, env.base.image, opts, rep, lambda: base_digest(env, opts))
             return reused(found, lock_from_registry_if_missing(env.path, ref, opts, rep))
     with _build_lock(p.hash, opts, rep):
         if not (opts.force or opts.upgrade or opts.check_reproducible):
@@ -158,7 +169,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 logf.write(clean + "\n")
                 rep.log(clean)
 
-            labels = {**extra.labels, **_labels(env, p)}
+            labels = {**extra.labels, **_labels(env, p), **_base_label(env, opts, rep)}
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
             how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
                                    "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
@@ -348,6 +359,20 @@ def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
     if env.inference:
         labels["ml-env.inference.server"] = env.inference_server  # which routes serve/smoke-test probe
     return labels
+
+
+def _base_label(env: Environment, opts: BuildOptions, rep: Reporter) -> dict[str, str]:
+    """``ml-env.base.digest``: what the base tag named when this image was built (not hashed), so a
+    later reuse can tell that the tag moved. Resolved just before the build, not by it: a tag
+    re-pushed in between is recorded as the newer digest."""
+    if env.base.image is None:
+        return {}
+    try:
+        digest = env.base.digest or base_digest(env, opts)
+    except MlEnvError as e:
+        rep.info(f"could not read the digest of base image {env.base.image} ({e.message}); not recording it")
+        return {}
+    return {BASE_DIGEST_LABEL: digest} if digest else {}
 
 
 def _verify_pushed(ref: str, digest: str | None, opts: BuildOptions) -> str:

@@ -9,13 +9,24 @@ cache, one existence check (a registry HEAD, or one Engine API question) and the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import RegistryError
+from ..errors import MlEnvError, RegistryError
 from .lockfile import lock_from_registry_if_missing
 from .model import BuildOptions, BuildResult, Reporter, repository_for_name
 
-__all__ = ["announce", "apply_tags", "build", "image_exists", "reuse_unchanged"]
+__all__ = [
+    "BASE_DIGEST_LABEL",
+    "announce",
+    "apply_tags",
+    "build",
+    "image_exists",
+    "reuse_unchanged",
+    "warn_if_base_moved",
+]
+
+BASE_DIGEST_LABEL = "ml-env.base.digest"  # what the base tag named at build time; not part of the hash
 
 
 def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter | None = None) -> BuildResult:
@@ -109,6 +120,8 @@ def reuse_unchanged(path: str | Path, opts: BuildOptions, rep: Reporter) -> Buil
     found = image_exists(ref, opts, rep)
     if found is None:
         return None
+    if s.base:
+        warn_if_base_moved(ref, s.base, opts, rep)
     lock = lock_from_registry_if_missing(Path(path), ref, opts, rep)
     return BuildResult(
         ref, found, s.hash, built=False, cache_hit=True, name=s.name, lock_path=lock,
@@ -147,4 +160,55 @@ def image_exists(ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
             f"could not check whether {ref} exists: {e.message}",
             hint="an unanswered check is never taken as 'exists'; fix the registry or pass --build-on-check-error",
         ) from None
+    return info.digest if info else None
+
+
+def warn_if_base_moved(
+    ref: str, base: str, opts: BuildOptions, rep: Reporter, current: Callable[[], str | None] | None = None
+) -> None:
+    """One warning when the base tag names another digest than when the image at ``ref`` was
+    built (its ``ml-env.base.digest`` label): the image is reused as it is, on the old base.
+
+    Two small questions (the image's labels, a HEAD of the base tag), asked only of an image that
+    recorded its base; anything unanswered is no warning, never an error: the check only informs."""
+    if opts.pin_base or "@" in base:
+        return
+    try:
+        built_on = _image_labels(ref, opts).get(BASE_DIGEST_LABEL)
+        if not built_on:
+            return  # built before ml-env recorded it
+        now = current() if current is not None else _tag_digest(base, opts)
+    except MlEnvError:
+        return
+    if now and now != built_on:
+        rep.warn(
+            f"base image {base} has moved since {ref} was built (built on {built_on[:19]}, now {now[:19]}); it is "
+            "reused on the old base: --pin-base builds on the new one (a new hash), --upgrade rebuilds this one"
+        )
+
+
+def _image_labels(ref: str, opts: BuildOptions) -> dict[str, str]:
+    if not opts.registry:
+        from .. import engine
+
+        return engine.current().containers.image_labels(ref)
+    from ..registry import RegistryClient, parse_ref
+
+    r = parse_ref(ref)
+    cfg = RegistryClient(r.host, insecure=opts.insecure).image_config(r.repository, r.reference) or {}
+    got = (cfg.get("config") or {}).get("Labels") or {}
+    return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
+
+
+def _tag_digest(image: str, opts: BuildOptions) -> str | None:
+    """The digest a tag names in its registry now (Docker Hub through the engine and its mirrors)."""
+    from ..refs import DOCKER_HUB
+    from ..registry import RegistryClient, parse_ref
+
+    r = parse_ref(image)
+    if r.host == DOCKER_HUB:
+        from .. import engine
+
+        return engine.current().containers.distribution(image, "docker.io")
+    info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
     return info.digest if info else None

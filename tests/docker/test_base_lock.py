@@ -3,14 +3,17 @@ base tag re-pushed since an image was built is said when that image is reused.""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
+from ml_env_tasks.build import Reporter
+from ml_env_tasks.build.flow import build_env, load_env
 from ml_env_tasks.pins import lock_packages, lock_path_for
 from ml_env_tasks.registry import RegistryClient
 
-from .helpers import ml_env
+from .helpers import ml_env, push_single_image
 
 pytestmark = pytest.mark.docker
 
@@ -32,3 +35,38 @@ def test_a_user_managed_environment_locks_what_the_base_python_has(ws) -> None:
     q = ml_env("build", str(g), *ws.cli_args(), "--json", "--quiet")
     assert q.returncode == 0, q.stderr
     assert lock_packages(lock_path_for(g).read_text()) == {}
+
+
+def test_a_re_pushed_base_tag_is_said_when_the_image_is_reused(ws) -> None:
+    """It was reused silently: only --pin-base noticed a moved tag."""
+    reg = ws.lab["registry"]
+    base_repo = f"{ws.repo}-base"
+    ws.extra_repos.append((reg, base_repo))
+    client = RegistryClient(reg)
+    first = push_single_image(client, base_repo, "latest", payload=b"one")
+    f = ws.spec(f'name = "moving"\n[base]\nimage = "{reg}/{base_repo}:latest"\n[env]\nX = "1"\n')
+    built = ml_env("build", str(f), *ws.cli_args(), "--json")
+    assert built.returncode == 0, built.stderr
+    b = json.loads(built.stdout)
+    labels = client.image_config(ws.repo, b["hash"])["config"]["Labels"]
+    assert labels["ml-env.base.digest"] == first
+    assert ml_env("hash", str(f)).stdout.strip() == b["hash"]  # the label is not hashed
+    again = ml_env("build", str(f), *ws.cli_args(), "--json")
+    assert again.returncode == 0 and "moved" not in again.stderr
+
+    second = push_single_image(client, base_repo, "latest", payload=b"two")
+    assert second != first
+    for _ in range(2):  # said on every reuse, not once
+        moved = ml_env("build", str(f), *ws.cli_args(), "--json")
+        assert moved.returncode == 0, moved.stderr
+        assert json.loads(moved.stdout)["digest"] == b["digest"]
+        said = [line for line in moved.stderr.splitlines() if "moved" in line]
+        assert len(said) == 1 and "--pin-base" in said[0] and first[:19] in said[0] and second[:19] in said[0], (
+            moved.stderr
+        )
+    out = io.StringIO()  # the full path (a loaded environment), as register and train take it
+    r = build_env(load_env(f, ws.opts()), ws.opts(), Reporter(stream_logs=False, out=out))
+    assert not r.built and out.getvalue().count("has moved since") == 1
+    pinned = ml_env("build", str(f), *ws.cli_args(), "--pin-base", "--json")
+    assert pinned.returncode == 0 and "moved" not in pinned.stderr
+    assert json.loads(pinned.stdout)["hash"] != b["hash"]
