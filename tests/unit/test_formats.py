@@ -230,6 +230,8 @@ def test_import_cli_for_a_command_job(work: Path) -> None:
     args = build_parser(argv[:i]).parse_args(argv[:i])
     assert args.script == "train.py" and args.inputs == ["training_data=data"] and args.timeout == 600
     assert argv[i + 1 :][-2:] == ["--note", "two words"]
+
+
 def test_azure_inference_dependency_maps_to_the_azureml_server(work: Path) -> None:
     """azureml-defaults (v1 fixture) or azureml-inference-server-http (v2) in the conda file:
     the scripts are written for Azure's server, so the import chooses it."""
