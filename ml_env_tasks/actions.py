@@ -41,7 +41,9 @@ TRAIN = (
     _opt("source", "--source", "Source directory of the training script (snapshotted)"),
     _opt("script", "--script", "Script path inside the source directory"),
     _opt("args", "--args", "Arguments for the script, as one string (split like a shell would)"),
-)
+    _opt("register_model", "--register-model",
+         "After a completed run, register this folder of its outputs as the next version of a model: NAME=outputs/PATH"),
+)  # fmt: skip
 SERVE_ENV = (
     _opt(
         "env", "--env",
@@ -85,6 +87,8 @@ ACTIONS: dict[str, Action] = {
             "status": "completed, failed, canceled, timed_out or lost",
             "exit-code": "The script's exit code",
             "outputs": "Path of the run's outputs directory",
+            "model": "The registered model version, NAME:VERSION (with register-model)",
+            "model-ref": "Its artifact, registry/repository:VERSION (with register-model)",
         },
         required=("env", "source", "script"),
     ),
@@ -105,6 +109,32 @@ ACTIONS: dict[str, Action] = {
             "record": "Digest of the result attached to the tested image (empty when it is not in a registry)",
         },
         required=("env", "cases"),
+    ),
+    "package": Action(
+        "package",
+        "ml-env package",
+        "Package an inference environment, an entry script and a model (a registered NAME:VERSION or a folder) into "
+        "one image in the registry, assembled over the registry API; the same parts give the same digest. Smoke-test "
+        "and promote that image as it is.",
+        SERVE_ENV
+        + (
+            _opt("entry", "--entry", "Entry script: init() and run(raw_data)"),
+            _opt(
+                "model",
+                "--model",
+                "A registered model NAME:VERSION (REPOSITORY:VERSION for another repository) or a folder",
+            ),
+            _opt("package_repository", "--package-repository", "Repository of the image (default ml-packages/<env>)"),
+        )
+        + o.BUILD_WHERE
+        + o.BUILD_HOW,
+        {
+            "image": "The packaged image, <registry>/<repository>:<package hash>",
+            "digest": "Its digest",
+            "ref": "image@digest, for the smoke test and the promotion",
+            "reused": "'true' when the same parts were packaged before",
+        },
+        required=("env", "entry", "model"),
     ),
     "promote": Action(
         "promote",

@@ -241,12 +241,14 @@ def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
 def train_action() -> int:
     import shlex
 
+    from .models import parse_register_model, register_run_output
     from .resources import Resources
     from .runs import RunOptions, parse_pairs, train
 
     v = _values("train")
     for name in v["secrets"] or []:
         mask(os.environ.get(name))
+    model = parse_register_model(v["register_model"], v["registry"], "input 'register-model'")
     opts = RunOptions(
         environment=v["env"],
         source=Path(v["source"]),
@@ -271,6 +273,12 @@ def train_action() -> int:
     set_output("status", str(result.status))
     set_output("exit-code", "" if result.exit_code is None else str(result.exit_code))
     set_output("outputs", str(result.outputs))
+    registered = ""
+    if model and result.cli_exit_code == 0:
+        mv = register_run_output(v["registry"], model, result.outputs, result.run_id, _say)
+        set_output("model", f"{mv.name}:{mv.version}")
+        set_output("model-ref", mv.ref)
+        registered = f"| model | `{mv.name}:{mv.version}` {'(same bytes as before)' if mv.reused else 'registered'} |\n"
     rec = result.record
     rows = "".join(f"| {_cell(str(k))} | {_cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
     append_summary(
@@ -278,7 +286,7 @@ def train_action() -> int:
         f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
         f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
         f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
-        f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n\n"
+        f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n{registered}\n"
         f"| metric | value |\n|---|---|\n{rows}"
     )
     if str(result.status) != "completed":
@@ -387,6 +395,26 @@ def promote_action() -> int:
     return 0
 
 
+def package_action() -> int:
+    from .package import package
+
+    v = _values("package")
+    with group(f"ml-env package {v['env']}"):
+        r = package(
+            v["env"], Path(v["entry"]), v["model"], build=_build_options(v), repository=v["package_repository"],
+            info=_say,
+        )  # fmt: skip
+    for name, value in (("image", r.image), ("digest", r.digest), ("ref", r.ref)):
+        set_output(name, value)
+    set_output("reused", "true" if r.reused else "false")
+    append_summary(
+        f"### ml-env package: {'reused' if r.reused else 'packaged'}\n\n| part | value |\n|---|---|\n"
+        f"| image | `{r.ref}` |\n| environment | `{r.environment}` |\n| entry | `{_cell(r.entry)}` "
+        f"(`{r.entry_hash[:16]}`) |\n| model | `{_cell(r.model)}` (`{r.model_digest[:19]}`) |\n"
+    )
+    return 0
+
+
 def environments(envs: str | Path) -> list[str]:
     """The environment names of a folder (its ``*.toml`` files, not sub-folders). The versions
     file ``ml-env register`` writes there (``envs/versions.toml``) is a log, not an environment."""
@@ -458,6 +486,7 @@ ACTIONS = {
     "build": build_action,
     "train": train_action,
     "smoke-test": smoke_test_action,
+    "package": package_action,
     "promote": promote_action,
 }
 

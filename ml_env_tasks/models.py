@@ -352,3 +352,34 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
     else:
         p.unlink()
+
+
+def parse_register_model(
+    value: str | None, registry: str | None, where: str = "--register-model"
+) -> tuple[str, str] | None:
+    """``NAME=outputs/PATH`` (a folder of a run's outputs to register after the run), checked
+    before the run starts: (name, path inside the outputs), or None when not asked."""
+    if not value:
+        return None
+    name, sep, rel = value.partition("=")
+    if not sep:
+        raise UsageError(f"{where} NAME=outputs/PATH")
+    rel = rel.removeprefix("./").removeprefix("outputs/").removeprefix("outputs") or "."
+    if parse_model_ref(name)[1] is not None:
+        raise UsageError(f"{where} takes a NAME; the registry numbers the versions")
+    if not registry:
+        raise UsageError(f"{where} needs a registry: models are kept in one")
+    if rel.startswith("/") or ".." in Path(rel).parts:
+        raise UsageError(f"{where}: the folder is a path inside the run's outputs (no '..', not absolute)")
+    return name, rel
+
+
+def register_run_output(
+    registry: str, asked: tuple[str, str], outputs: Path, run_id: str, info: Callable[[str], None]
+) -> ModelVersion:
+    """After a completed run: register the asked folder of its outputs (contained in them)."""
+    from .paths import resolve_inside
+
+    name, rel = asked
+    folder = resolve_inside(outputs, rel, outputs, file=None, key=None, what="the model folder")
+    return register(registry, name, folder, run_id=run_id, info=info)

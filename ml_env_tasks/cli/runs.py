@@ -70,7 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--runner kubernetes writes a Job and runs nothing: give --emit FILE")
     if args.runner == "kubernetes" and args.register_model:
         raise UsageError("--register-model needs the run's outputs here: not with --runner kubernetes")
-    model_name, model_rel = _model_to_register(args)
+    from ..models import parse_register_model
+
+    model = parse_register_model(args.register_model, args.registry)
     script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
     kube = args.runner == "kubernetes"
     opts = RunOptions(
@@ -108,38 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(opts, on_line=out.log, info=out.info)
     record = result.record.to_dict()
     text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
-    if model_name and result.cli_exit_code == 0:
-        from .. import models
-        from ..paths import resolve_inside
+    if model and result.cli_exit_code == 0:
+        from ..models import register_run_output
 
-        folder = resolve_inside(result.outputs, model_rel, result.outputs, file=None, key=None, what="--register-model")
-        mv = models.register(args.registry, model_name, folder, run_id=result.run_id, info=out.info)
+        mv = register_run_output(args.registry, model, result.outputs, result.run_id, out.info)
         record["registered_model"] = mv.to_json()
         text += f"\nmodel {mv.ref}@{mv.digest} {'(same bytes as before)' if mv.reused else 'registered'}"
     out.result(record, text)
     return result.cli_exit_code
-
-
-def _model_to_register(args: argparse.Namespace) -> tuple[str | None, str]:
-    """``--register-model NAME=outputs/PATH``, checked before the run starts."""
-    from ..errors import UsageError
-    from ..models import parse_model_ref
-
-    if not args.register_model:
-        return None, ""
-    name, sep, rel = args.register_model.partition("=")
-    rel = rel.removeprefix("./").removeprefix("outputs/") if sep else ""
-    if not rel and sep:
-        rel = "."
-    if not sep:
-        raise UsageError("--register-model NAME=outputs/PATH")
-    if parse_model_ref(name)[1] is not None:
-        raise UsageError("--register-model takes a NAME; the registry numbers the versions")
-    if not args.registry:
-        raise UsageError("--register-model needs --registry: models are kept in a registry")
-    if rel.startswith("/") or ".." in Path(rel).parts:
-        raise UsageError("--register-model: the folder is a path inside the run's outputs (no '..', not absolute)")
-    return name, rel
 
 
 def cmd_list(args: argparse.Namespace) -> int:

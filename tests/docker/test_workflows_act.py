@@ -159,6 +159,7 @@ def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act
             assert out["image"].startswith(f"{registry}/") and out["digest"].startswith("sha256:"), out
             assert out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
             assert out["run-id"], out
+            assert out["model"].startswith("model:"), out  # the trained model, registered by the train step
         from ml_env_tasks.registry import RegistryClient
 
         promoted = RegistryClient(lab["registry"]).head_manifest(destination.split("/", 1)[1], "act-open")
@@ -174,6 +175,10 @@ def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act
         with open_ledger(needs["open"]["outputs"]["ledger"]) as ledger:
             [entry] = ledger.entries()
         assert entry.digest == needs["open"]["outputs"]["digest"] and entry.tags == ("act-open",)
+        # what was promoted is the packaged image (entry and model inside), smoke-tested as it is
+        cfg = RegistryClient(lab["registry"]).image_config(destination.split("/", 1)[1], entry.digest)
+        assert cfg["config"]["Labels"]["ml-env.package.model"] == needs["open"]["outputs"]["model"]
+        assert "### ml-env package" in run.summaries() and "gate smoke-test: passed" in run.log()
     finally:
         from .helpers import delete_repository
 
