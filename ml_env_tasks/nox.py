@@ -42,7 +42,11 @@ SESSIONS: dict[str, tuple[str, str, bool]] = {
     "env_matrix": ("", "Print the environments as a GitHub Actions matrix (JSON; also to $GITHUB_OUTPUT).", False),
     "train": ("train", "Run a training script in an environment: -- --env E --source D --script S [-- ARGS].", False),
     "runs": ("runs", "Show run history: -- list | show RUN.", False),
-    "serve": ("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach].", False),
+    "serve": (
+        "serve",
+        "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach] [--replace NAME].",
+        False,
+    ),
     "smoke_test": (
         "smoke-test",
         "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C.",

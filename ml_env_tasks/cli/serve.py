@@ -18,6 +18,8 @@ START = (
     Option("port", ("--port",), kind="port", default=5001, help="host port on 127.0.0.1 (0 picks a free one)"),
     Option("name", ("--name",), help="service name (default: the environment's name)"),
     Option("detach", ("--detach", "-d"), kind="flag", default=False, help="start it and return (stop: ml-env serve stop NAME)"),
+    Option("replace", ("--replace",), metavar="NAME", default=None,
+           help="swap the running service NAME for this image/entry/model with no failed request (same port; returns once done)"),
 )  # fmt: skip
 
 
@@ -25,7 +27,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     if name == "smoke-test":
         command(p, cmd_smoke_test, ENV, SERVE, SMOKE, BUILD_WHERE, BUILD_HOW)
         return
-    p.usage = "ml-env serve --env ENV --entry score.py --model DIR [--port N] [--detach] | serve {list,stop,logs} ..."
+    p.usage = (
+        "ml-env serve --env ENV --entry score.py --model DIR [--port N] [--detach] [--replace NAME]"
+        " | serve {list,stop,logs} ..."
+    )
     command(p, cmd_serve, ENV, SERVE, START, BUILD_WHERE, BUILD_HOW)
     sub = p.add_subparsers(dest="serve_command", metavar="{list,stop,logs}", parser_class=type(p))
     command(sub.add_parser("list", help="services on the engine"), cmd_list)
@@ -66,10 +71,19 @@ def serve_options(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..serve import local
 
     out = output(args)
-    service = local.start(serve_options(args, port=args.port, name=args.name), info=out.info)
+    if args.replace:
+        if args.name and args.name != args.replace:
+            raise UsageError("--name and --replace name different services")
+        service, ready, swap = local.replace(serve_options(args, name=args.replace), args.replace, info=out.info)
+        out.result({**service.to_json(), "container": service.container_id, "ready_s": ready, "swap_s": swap},
+                   f"{service.name}: {service.url}/score now served by {service.image} "
+                   f"(ready in {ready:.1f}s, switched in {swap:.2f}s)")  # fmt: skip
+        return 0
+    service = local.start(serve_options(args, port=args.port, name=args.name), info=out.info, front=True)
     try:
         ready = local.wait_ready(service)
     except BaseException:
@@ -80,8 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     try:
-        for line in local.follow(service):
-            print(line, flush=True)
+        while True:
+            for line in local.follow(service):
+                print(line, flush=True)
+            replaced = local.current(service)  # serve --replace swapped it: follow the new one
+            if replaced is None:
+                break
+            service = replaced
     except KeyboardInterrupt:
         pass
     finally:

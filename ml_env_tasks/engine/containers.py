@@ -100,7 +100,10 @@ class Containers:
         user: str | None,
         resources: Resources | None = None,
         ports: dict[int, int] | None = None,
+        network: str | None = None,
     ) -> Container:
+        """``ports``: container port -> host port on 127.0.0.1 (0: one the engine picks);
+        ``network``: a user-defined network to join instead of the default bridge."""
         r = resources or Resources()
         host: dict[str, Any] = {"Binds": [f"{src}:{dst}:{mode}" for src, dst, mode in volumes]}
         if r.cpus:
@@ -117,7 +120,11 @@ class Containers:
                 gpu.update(Count=0, DeviceIDs=[x for x in r.gpus.replace("device=", "").split(",") if x])
             host["DeviceRequests"] = [gpu]
         if ports:
-            host["PortBindings"] = {f"{c}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(h)}] for c, h in ports.items()}
+            host["PortBindings"] = {
+                f"{c}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(h) if h else ""}] for c, h in ports.items()
+            }
+        if network:
+            host["NetworkMode"] = network
         config: dict[str, Any] = {
             "Image": image, "Env": [f"{k}={v}" for k, v in envs.items()], "Labels": labels, "WorkingDir": workdir,
             "User": user or "", "HostConfig": host, "Tty": False, "AttachStdout": False, "AttachStderr": False,
@@ -179,6 +186,49 @@ class Containers:
                 yield line.decode(errors="replace")
         if buf:
             yield buf.decode(errors="replace")
+
+    def kill(self, cid: str, signal: str) -> None:
+        """Send a signal to a running container's main process."""
+        try:
+            self.api.call("POST", self.api.path("/containers/{}/kill", cid, query={"signal": signal}))
+        except EngineAPIError as e:
+            raise self._fail(e, f"signalling the container ({signal})") from None
+
+    def inspect(self, cid: str) -> dict[str, Any]:
+        try:
+            got = self.api.call("GET", self.api.path("/containers/{}/json", cid))
+        except EngineAPIError as e:
+            raise self._fail(e, "inspecting a container") from None
+        return got if isinstance(got, dict) else {}
+
+    def address(self, cid: str, network: str) -> str:
+        """The container's IP address on a network it joined."""
+        nets = (self.inspect(cid).get("NetworkSettings") or {}).get("Networks") or {}
+        ip = str((nets.get(network) or {}).get("IPAddress") or "")
+        if not ip:
+            raise EngineError(f"the container {cid[:12]} has no address on the network {network}")
+        return ip
+
+    def host_port(self, cid: str, container_port: int) -> int:
+        """The host port a container port is published on (one the engine picked)."""
+        ports = (self.inspect(cid).get("NetworkSettings") or {}).get("Ports") or {}
+        for b in ports.get(f"{container_port}/tcp") or []:
+            if str(b.get("HostPort") or "").isdigit():
+                return int(b["HostPort"])
+        raise EngineError(f"the container {cid[:12]} publishes no port for {container_port}")
+
+    def create_network(self, name: str, labels: dict[str, str]) -> None:
+        """A user-defined bridge network; one that exists already is used as it is."""
+        try:
+            self.api.call("POST", "/networks/create", json_body={"Name": name, "Driver": "bridge", "Labels": labels,
+                                                                 "CheckDuplicate": True})  # fmt: skip
+        except EngineAPIError as e:
+            if e.status != 409:
+                raise self._fail(e, f"creating the network {name}") from None
+
+    def remove_network(self, name: str) -> None:
+        with contextlib.suppress(EngineAPIError, EngineError):
+            self.api.call("DELETE", self.api.path("/networks/{}", name))
 
     def wait(self, cid: str) -> int:
         got = self.api.call("POST", self.api.path("/containers/{}/wait", cid), timeout=None)

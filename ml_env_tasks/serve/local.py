@@ -7,11 +7,14 @@ model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_dc
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ __all__ = [
     "Service",
     "ServiceInfo",
     "start",
+    "replace",
+    "current",
     "stop",
     "logs",
     "follow",
@@ -38,7 +43,13 @@ __all__ = [
 APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
 CONTAINER_PORT = 5001
-LABEL = "ml-env.serve"
+LABEL = "ml-env.serve"  # the container that publishes a service's port: its front, or the scoring container
+ROLE = "ml-env.serve.role"  # "front"
+BACKEND = "ml-env.serve.backend"  # a fronted service's scoring containers
+GENERATION = "ml-env.serve.generation"  # which of them: 1, 2, ... one per --replace
+NETWORK = "ml-env.serve.network"
+FRONT_DIR = "/ml-env-front"
+DRAIN_TIMEOUT_S = 60.0  # how long requests in flight on a replaced container may take to finish
 # readiness, per scoring server: ml-env's answers GET /score once init() is done; azmlinfsrv's
 # GET /score would call run(), and its GET / is answered only by a worker that has run init()
 READY_PATHS = {"builtin": "/score", "azureml": "/"}
@@ -68,6 +79,8 @@ class Service:
     image: str
     port: int
     server: str = "builtin"  # the image's scoring server (inference.server)
+    front_id: str | None = None  # the front that publishes the port (``ml-env serve``)
+    backend_url: str | None = None  # the scoring container's own URL, behind a front
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -121,9 +134,19 @@ def _containers() -> Any:
     return engine.current().containers
 
 
-def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, unique: bool = False) -> Service:
-    """Start the scoring container. ``unique``: without ``--name``, a name no other service has
-    (a smoke test's container: two jobs on one runner may test one environment at once)."""
+@dataclass(frozen=True)
+class _Plan:
+    """What a scoring container of ``opts`` runs: its image, server and settings."""
+
+    image: str
+    server: str
+    python: str
+    name: str  # the environment's name: the service's by default
+    envs: dict[str, str]
+    volumes: list[tuple[str, str, str]]
+
+
+def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     from ..build import Reporter
     from ..resolve import resolve_environment
 
@@ -142,7 +165,6 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
     resolved = resolve_environment(
         opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
     )
-    image = resolved.pinned
     server = resolved.inference_server
     if server == "azureml" and (opts.max_body or opts.read_timeout is not None):
         raise UsageError(
@@ -156,20 +178,6 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
         )
     if packaged and (entry is not None or opts.models):
         raise UsageError(f"{opts.environment} is a packaged image: it holds its entry script and model already")
-    name = opts.name or resolved.name or "service"
-    if unique and not opts.name:
-        name = f"{name}-smoke-{os.urandom(3).hex()}"
-    if not matches(SERVICE_NAME, name):
-        raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
-    c = _containers()
-    if c.list_by_label(f"{LABEL}={name}"):
-        raise UsageError(f"a service named {name} is already running", hint=f"ml-env serve stop {name}, or --name")
-    if opts.port == 0:
-        port = free_port()
-    else:
-        port = opts.port
-        if _port_taken(port):
-            raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
     # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
     volumes: list[tuple[str, str, str]] = []
     envs: dict[str, str] = {}  # a packaged image has its own AZUREML_* settings
@@ -187,49 +195,261 @@ def start(opts: ServeOptions, *, info: Callable[[str], None] | None = None, uniq
         if not 0 < opts.read_timeout <= 3600:
             raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
+    return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes)
+
+
+def start(
+    opts: ServeOptions, *, info: Callable[[str], None] | None = None, unique: bool = False, front: bool = False
+) -> Service:
+    """Start the scoring container. ``unique``: without ``--name``, a name no other service has
+    (a smoke test's container: two jobs on one runner may test one environment at once).
+    ``front``: the port is published by a front (``front.py``) that forwards to the scoring
+    container, so that ``replace`` can swap it (``ml-env serve``); else by the container itself."""
+    plan = _plan(opts, info)
+    name = opts.name or plan.name
+    if unique and not opts.name:
+        name = f"{name}-smoke-{os.urandom(3).hex()}"
+    if not matches(SERVICE_NAME, name):
+        raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
+    c = _containers()
+    if c.list_by_label(f"{LABEL}={name}"):
+        raise UsageError(
+            f"a service named {name} is already running",
+            hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",
+        )
+    if opts.port == 0:
+        port = free_port()
+    else:
+        port = opts.port
+        if _port_taken(port):
+            raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
+    if front:
+        return _start_fronted(plan, name, port, opts)
     box = c.create(
-        image, [], name=f"ml-env-serve-{name}", envs=envs, volumes=volumes, labels={LABEL: name, "ml-env.image": image},
-        workdir=APP_ROOT, user=None, resources=opts.resources, ports={CONTAINER_PORT: port},
+        plan.image, [], name=f"ml-env-serve-{name}", envs=plan.envs, volumes=plan.volumes,
+        labels={LABEL: name, "ml-env.image": plan.image}, workdir=APP_ROOT, user=None, resources=opts.resources,
+        ports={CONTAINER_PORT: port},
     )  # fmt: skip
     try:
         box.start()
     except BaseException:
         box.remove()
         raise
-    return Service(name, box.id, f"http://127.0.0.1:{port}", image, port, server)
+    return Service(name, box.id, f"http://127.0.0.1:{port}", plan.image, port, plan.server)
+
+
+def _network(name: str) -> str:
+    return f"ml-env-serve-{name}"
+
+
+def _front_tar(generation: int, host: str, *, script: bool) -> Iterator[bytes]:
+    """The front's files as a tar for the archive upload: its target, and its program."""
+    import io
+    import tarfile
+
+    files = {"target.json": json.dumps({"generation": generation, "host": host, "port": CONTAINER_PORT}).encode()}
+    if script:
+        files["front.py"] = (Path(__file__).parent / "front.py").read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        d = tarfile.TarInfo(FRONT_DIR.lstrip("/"))
+        d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        tar.addfile(d)
+        for fname, data in files.items():
+            t = tarfile.TarInfo(f"{FRONT_DIR.lstrip('/')}/{fname}")
+            t.size, t.mode, t.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(t, io.BytesIO(data))
+    yield buf.getvalue()
+
+
+def _start_backend(plan: _Plan, name: str, generation: int, opts: ServeOptions) -> tuple[str, int]:
+    """A scoring container of a fronted service, on its network; its port is published on a port
+    the engine picks (127.0.0.1), for the readiness check. Returns its id and that port."""
+    c = _containers()
+    box = c.create(
+        plan.image, [], name=f"ml-env-backend-{name}-{generation}", envs=plan.envs, volumes=plan.volumes,
+        labels={BACKEND: name, GENERATION: str(generation), "ml-env.image": plan.image}, workdir=APP_ROOT, user=None,
+        resources=opts.resources, ports={CONTAINER_PORT: 0}, network=_network(name),
+    )  # fmt: skip
+    try:
+        box.start()
+        return box.id, c.host_port(box.id, CONTAINER_PORT)
+    except BaseException:
+        box.remove()
+        raise
+
+
+def _start_fronted(plan: _Plan, name: str, port: int, opts: ServeOptions) -> Service:
+    c = _containers()
+    c.create_network(_network(name), {NETWORK: name})
+    try:
+        backend, backend_port = _start_backend(plan, name, 1, opts)
+        envs = {"PYTHONDONTWRITEBYTECODE": "1"}
+        if opts.read_timeout is not None:  # the front keeps the client-side limits of the first container
+            envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
+        if opts.scoring_timeout_ms:
+            envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
+        box = c.create(
+            plan.image, [plan.python, f"{FRONT_DIR}/front.py"], name=f"ml-env-serve-{name}", envs=envs, volumes=[],
+            labels={LABEL: name, ROLE: "front", "ml-env.image": plan.image}, workdir="/", user=None,
+            ports={CONTAINER_PORT: port}, network=_network(name),
+        )  # fmt: skip
+        box.put_tar(_front_tar(1, c.address(backend, _network(name)), script=True))
+        box.start()
+    except BaseException:
+        _remove_service(name)
+        raise
+    return Service(name, backend, f"http://127.0.0.1:{port}", plan.image, port, plan.server, front_id=box.id,
+                   backend_url=f"http://127.0.0.1:{backend_port}")  # fmt: skip
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> float:
     """Poll the server's readiness route (``READY_PATHS``) with backoff until 200; fail fast if
-    the container exits. Returns seconds."""
-    c = _containers()
-    path = READY_PATHS.get(service.server, "/score")
+    the container exits. A fronted service: the scoring container, then the route through its
+    front. Returns seconds."""
     t0 = time.monotonic()
+    path = READY_PATHS.get(service.server, "/score")
+    _poll(service.container_id, (service.backend_url or service.url) + path, t0, timeout)
+    if service.front_id:
+        _poll(service.front_id, service.url + path, t0, timeout, what="the service's front")
+    return time.monotonic() - t0
+
+
+def _poll(cid: str, url: str, t0: float, timeout: float, what: str = "the scoring container") -> None:
+    c = _containers()
     delay = 0.01
     while True:
-        state = c.state(service.container_id)
+        state = c.state(cid)
         if state.status not in ("running", "created"):
             raise ServiceFailed(
-                f"the scoring container exited (code {state.exit_code}) before it was ready",
-                details=c.logs_text(service.container_id, tail=60),
+                f"{what} exited (code {state.exit_code}) before it was ready",
+                details=c.logs_text(cid, tail=60),
                 hint="init() failed? its traceback is above",
             )
         try:
-            if client.request("GET", service.url + path, timeout=2).status == 200:
-                return time.monotonic() - t0
+            if client.request("GET", url, timeout=2).status == 200:
+                return
         except (OSError, http.client.HTTPException):
             pass
         if time.monotonic() - t0 > timeout:
-            raise ServiceFailed(
-                f"the scoring container was not ready after {timeout:.0f}s",
-                details=c.logs_text(service.container_id, tail=60),
-            )
+            raise ServiceFailed(f"{what} was not ready after {timeout:.0f}s", details=c.logs_text(cid, tail=60))
         time.sleep(delay)
         delay = min(delay * 1.5, 0.1)
 
 
+def replace(
+    opts: ServeOptions, name: str, *, info: Callable[[str], None] | None = None, ready_timeout: float = 60.0
+) -> tuple[Service, float, float]:
+    """Swap the scoring container of the running service ``name`` for one of ``opts``, with no
+    failed request: start it, wait until it is ready, switch the front to it, wait until the old
+    one has no request in flight (``DRAIN_TIMEOUT_S`` at most), remove the old one. A new
+    container that is never ready is removed and the old one keeps serving. Returns the service,
+    the new container's readiness seconds, and the switch's (from switching to the old one gone)."""
+    c = _containers()
+    found = c.list_by_label(f"{LABEL}={name}")
+    if not found:
+        raise UsageError(f"no service named {printable(name, 60)} is running", hint="serve it without --replace first")
+    front = found[0]
+    if front.labels.get(ROLE) != "front":
+        raise UsageError(
+            f"{name} was started without a front (an older ml-env): it cannot be replaced in place",
+            hint=f"ml-env serve stop {name}, then serve it again",
+        )
+    if front.state != "running":
+        raise ServiceFailed(f"the front of {name} is {front.state}", hint=f"ml-env serve stop {name}")
+    ports = [p.host_port for p in front.ports if p.container_port == CONTAINER_PORT]
+    if not ports:
+        raise ServiceFailed(f"the front of {name} publishes no port", hint=f"ml-env serve stop {name}")
+    plan = _plan(opts, info)
+    old = _backends(name)
+    current = _current_generation(front.id)
+    generation = max(old, default=0) + 1
+    backend, backend_port = _start_backend(plan, name, generation, opts)
+    service = Service(name, backend, f"http://127.0.0.1:{ports[0]}", plan.image, ports[0], plan.server,
+                      front_id=front.id, backend_url=f"http://127.0.0.1:{backend_port}")  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        _poll(backend, service.backend_url + READY_PATHS.get(plan.server, "/score"), t0, ready_timeout)  # type: ignore[operator]
+        ready = time.monotonic() - t0
+        t1 = time.monotonic()
+        c.put_tar(front.id, _front_tar(generation, c.address(backend, _network(name)), script=False))
+        c.kill(front.id, "SIGHUP")
+        _await_front(front.id, f"ml-env-front: generation {generation} -> ", 10.0)
+    except BaseException:
+        c.remove(backend)
+        raise
+    drain = max(DRAIN_TIMEOUT_S, (opts.scoring_timeout_ms or 0) / 1000 + 5)
+    if current is not None and current in old:
+        try:
+            _await_front(front.id, f"ml-env-front: drained generation {current}", drain)
+        except ServiceFailed:
+            if info:
+                info(f"the old scoring container still had requests after {drain:.0f}s: stopping it")
+    for box in old.values():
+        c.remove(box.id)
+    return service, ready, time.monotonic() - t1
+
+
+def _await_front(front_id: str, line: str, timeout: float) -> None:
+    """Wait until the front's log has ``line`` (it logs its control events only)."""
+    c = _containers()
+    t0 = time.monotonic()
+    while line not in c.logs_text(front_id):
+        if time.monotonic() - t0 > timeout:
+            raise ServiceFailed(
+                f"the service's front did not answer ({line.removeprefix('ml-env-front: ')!r}) within {timeout:.0f}s",
+                details=c.logs_text(front_id, tail=20),
+            )
+        time.sleep(0.01)
+
+
+def _current_generation(front_id: str) -> int | None:
+    """The generation the front forwards to, from its last control line."""
+    found = re.findall(
+        r"^ml-env-front: (?:listening on :\d+, )?generation (\d+) -> ", _containers().logs_text(front_id), re.M
+    )
+    return int(found[-1]) if found else None
+
+
+def _backends(name: str) -> dict[int, Any]:
+    """A fronted service's scoring containers by generation."""
+    out = {}
+    for info in _containers().list_by_label(f"{BACKEND}={name}"):
+        g = info.labels.get(GENERATION, "")
+        if g.isdigit():
+            out[int(g)] = info
+    return out
+
+
+def _serving(name: str, front_id: str) -> Any:
+    """The scoring container a fronted service forwards to now (None: none)."""
+    g = _current_generation(front_id)
+    return _backends(name).get(g) if g is not None else None
+
+
+def current(service: Service) -> Service | None:
+    """The service as it is now when its scoring container was replaced by a running one; else None."""
+    if not service.front_id:
+        return None
+    now = _serving(service.name, service.front_id)
+    if now is None or now.id == service.container_id or now.state != "running":
+        return None
+    return replace_dc(service, container_id=now.id, image=now.labels.get("ml-env.image", ""))
+
+
 def remove(service: Service) -> None:
-    _containers().remove(service.container_id)
+    if service.front_id:
+        _remove_service(service.name)
+    else:
+        _containers().remove(service.container_id)
+
+
+def _remove_service(name: str) -> None:
+    """Every container of a service (its front first, then its scoring containers) and its network."""
+    c = _containers()
+    for info in c.list_by_label(f"{LABEL}={name}") + c.list_by_label(f"{BACKEND}={name}"):
+        c.remove(info.id)
+    c.remove_network(_network(name))
 
 
 def follow(service: Service) -> Any:
@@ -240,11 +460,16 @@ def follow(service: Service) -> Any:
 def list_services() -> list[ServiceInfo]:
     out = []
     for info in _containers().list_by_label(LABEL):
+        name = info.labels.get(LABEL, "")
         ports = [p for p in info.ports if p.container_port == CONTAINER_PORT]
         url = f"http://127.0.0.1:{ports[0].host_port}" if ports else None
-        out.append(
-            ServiceInfo(info.labels.get(LABEL, ""), info.state, url, info.labels.get("ml-env.image", ""), info.id)
-        )
+        image, state = info.labels.get("ml-env.image", ""), info.state
+        if info.labels.get(ROLE) == "front":  # the image and state of the container it forwards to
+            now = _serving(name, info.id)
+            image = now.labels.get("ml-env.image", "") if now else ""
+            if state == "running":
+                state = now.state if now else "no backend"
+        out.append(ServiceInfo(name, state, url, image, info.id))
     return out
 
 
@@ -256,8 +481,17 @@ def _find(name: str) -> str:
 
 
 def stop(name: str) -> None:
-    _containers().remove(_find(name))
+    _find(name)
+    _remove_service(name)
 
 
 def logs(name: str, tail: int | str = "all") -> str:
-    return str(_containers().logs_text(_find(name), tail=tail))
+    """The scoring container's log (a fronted service's: the one it forwards to now)."""
+    cid = _find(name)
+    info = next(iter(_containers().list_by_label(f"{LABEL}={name}")))
+    if info.labels.get(ROLE) == "front":
+        now = _serving(name, cid)
+        if now is None:
+            raise ServiceFailed(f"{name} has no scoring container", hint=f"ml-env serve stop {name}")
+        cid = now.id
+    return str(_containers().logs_text(cid, tail=tail))

@@ -1,0 +1,466 @@
+"""A service's front: the small HTTP forwarder that owns its published port (``ml-env serve``).
+
+This file is copied into the front container (the service's own inference image) through the
+Engine API's archive upload and imports only the standard library (nothing from ml_env_tasks):
+it must run on whatever Python the image has.
+
+It forwards **per request**: each request read from a client is sent to the backend that is
+current when it arrives, on a connection of its own (``Connection: close`` upstream), so a
+client's kept-alive connection is never tied to a backend. ``ml-env serve --replace`` writes a
+new target to ``CONTROL`` and sends SIGHUP; from then on new requests go to the new backend,
+requests already forwarded finish on the old one, and once none is left the front prints
+``ml-env-front: drained generation N`` (the only lines it logs: control events, never a
+request) so the old backend can be stopped without cutting anything short.
+
+Clients are untrusted: a request head over 64 KiB gets 431, one not complete within
+``ML_ENV_HEADER_TIMEOUT_S`` (10 s; also the idle limit of a kept-alive connection) closes the
+connection; bodies and responses are streamed in 64 KiB pieces (never held whole; the backend
+enforces its own body limit), a body that stalls longer than ``ML_ENV_BODY_TIMEOUT_S`` (30 s)
+gets 408, a client that does not read its response for as long is dropped; at most
+``ML_ENV_FRONT_MAX_CONNECTIONS`` (256) client connections at once (503 beyond). Requests with
+both Content-Length and Transfer-Encoding, several lengths, or a coding other than chunked are
+refused (400/501): what the front forwards is framed the way it read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+CONTROL = os.environ.get("ML_ENV_FRONT_CONTROL", "/ml-env-front/target.json")
+PORT = int(os.environ.get("ML_ENV_FRONT_PORT", "5001"))
+HEADER_TIMEOUT_S = float(os.environ.get("ML_ENV_HEADER_TIMEOUT_S", "10"))
+BODY_TIMEOUT_S = float(os.environ.get("ML_ENV_BODY_TIMEOUT_S", "30"))
+# how long a backend may take to answer: run() may take SCORING_TIMEOUT_MS, plus the server's own time
+RESPONSE_TIMEOUT_S = int(os.environ.get("SCORING_TIMEOUT_MS", "3600000")) / 1000.0 + 60
+MAX_CONNECTIONS = int(os.environ.get("ML_ENV_FRONT_MAX_CONNECTIONS", "256"))
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 100
+CHUNK = 64 * 1024
+# hop-by-hop: about one connection, never forwarded (the front sets its own framing and Connection)
+HOP = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect",
+    "content-length", "proxy-authenticate", "proxy-authorization",
+}  # fmt: skip
+TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 417: "Expectation Failed",
+           431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 505: "HTTP Version Not Supported"}  # fmt: skip
+
+
+def say(msg: str) -> None:
+    print(f"ml-env-front: {msg}", flush=True)
+
+
+class Target:
+    def __init__(self, generation: int, host: str, port: int) -> None:
+        self.generation, self.host, self.port = generation, host, port
+        self.inflight = 0
+
+    def __str__(self) -> str:
+        return f"generation {self.generation} -> {self.host}:{self.port}"
+
+
+class State:
+    current: Target | None = None
+    draining: list[Target] = []
+    connections = 0
+
+
+def load_target() -> Target:
+    with open(CONTROL, "rb") as f:
+        doc = json.loads(f.read(4096))
+    gen, host, port = doc["generation"], doc["host"], doc["port"]
+    if not (isinstance(gen, int) and isinstance(port, int) and isinstance(host, str) and 0 < port < 65536):
+        raise ValueError(f"{CONTROL} is not a target")
+    return Target(gen, host, port)
+
+
+def reload() -> None:
+    """SIGHUP: switch to the target in CONTROL (a newer generation only)."""
+    try:
+        new = load_target()
+    except (OSError, ValueError, KeyError) as e:
+        say(f"cannot read {CONTROL}: {e}")
+        return
+    old = State.current
+    if old is not None and new.generation <= old.generation:
+        say(f"ignored {new}: generation {old.generation} is current")
+        return
+    State.current = new
+    say(str(new))
+    if old is not None:
+        State.draining.append(old)
+        settle(old)
+
+
+def settle(t: Target) -> None:
+    if t is not State.current and t.inflight == 0 and t in State.draining:
+        State.draining.remove(t)
+        say(f"drained generation {t.generation}")
+
+
+class Refused(Exception):
+    """A request the front answers itself: (status, message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class ClientGone(Exception):
+    pass
+
+
+def reply(writer: asyncio.StreamWriter, status: int, message: str, *, close: bool = True) -> None:
+    body = json.dumps({"message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+
+
+def parse_head(data: bytes, *, request: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """The start line's three parts and the header fields of a head (without its blank line)."""
+    lines = data.decode("latin-1").split("\r\n")
+    start = lines[0].split(" ", 2)
+    if len(start) != 3 or (request and not (start[0] and set(start[0]) <= TOKEN and start[1].isprintable())):
+        raise Refused(400, "malformed request line")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise Refused(431, f"more than {MAX_HEADERS} header fields")
+    fields = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or not set(name) <= TOKEN:
+            raise Refused(400, "malformed header field")
+        value = value.strip(" \t")
+        if any(c < " " and c != "\t" or c == "\x7f" for c in value):
+            raise Refused(400, "a control character in a header field")
+        fields.append((name, value))
+    return start, fields
+
+
+def field_values(fields: list[tuple[str, str]], name: str) -> list[str]:
+    return [v for k, v in fields if k.lower() == name]
+
+
+def framing(fields: list[tuple[str, str]]) -> int | str:
+    """``"chunked"``, or the length of the body (0: none); a head that frames ambiguously is refused."""
+    te = field_values(fields, "transfer-encoding")
+    cl = field_values(fields, "content-length")
+    if te:
+        if cl:
+            raise Refused(400, "both Content-Length and Transfer-Encoding")
+        if ",".join(te).strip().lower() != "chunked":
+            raise Refused(501, "only the chunked transfer coding is supported")
+        return "chunked"
+    if not cl:
+        return 0
+    if len(cl) > 1 or not cl[0].isdigit() or len(cl[0]) > 18:
+        raise Refused(400, "a malformed Content-Length")
+    return int(cl[0])
+
+
+def tokens(fields: list[tuple[str, str]], name: str) -> set[str]:
+    return {t.strip().lower() for v in field_values(fields, name) for t in v.split(",") if t.strip()}
+
+
+async def read_head(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except asyncio.LimitOverrunError:
+        raise Refused(431, f"the head is over {MAX_HEAD} bytes") from None
+
+
+def chunk_size(line: bytes) -> int:
+    """A chunk-size line's size (extensions dropped); -1 when it is not one."""
+    text = line[:-2].split(b";", 1)[0].strip(b" \t")
+    if not text or len(text) > 15 or not all(c in b"0123456789abcdefABCDEF" for c in text):
+        return -1
+    return int(text, 16)
+
+
+async def client_read(coro: object, timeout: float = BODY_TIMEOUT_S) -> bytes:
+    try:
+        return await asyncio.wait_for(coro, timeout)  # type: ignore[arg-type]
+    except asyncio.TimeoutError:  # noqa: UP041  # the image's Python may predate 3.11's alias
+        raise Refused(408, f"the request body stalled for {BODY_TIMEOUT_S:g} s") from None
+    except (asyncio.IncompleteReadError, ConnectionError):
+        raise ClientGone from None
+
+
+async def pump_body(frame: int | str, reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> None:
+    """Copy a request body from the client to the backend, framed as it was read. Raises Refused
+    or ClientGone for the client's faults; a backend that stops reading ends it quietly."""
+    upstream_ok = True
+
+    async def put(data: bytes) -> None:
+        nonlocal upstream_ok
+        if upstream_ok:
+            try:
+                up.write(data)
+                await asyncio.wait_for(up.drain(), BODY_TIMEOUT_S)
+            except (ConnectionError, asyncio.TimeoutError):  # noqa: UP041
+                upstream_ok = False  # it answered early (413?) or went away: its response says which
+
+    if isinstance(frame, int):
+        left = frame
+        while left:
+            data = await client_read(reader.read(min(left, CHUNK)))
+            if not data:
+                raise ClientGone
+            left -= len(data)
+            await put(data)
+        return
+    while True:
+        line = await client_read(reader.readuntil(b"\r\n"))
+        size = chunk_size(line)
+        if size < 0:
+            raise Refused(400, "a malformed chunk")
+        if size == 0:
+            while (await client_read(reader.readuntil(b"\r\n"))) != b"\r\n":
+                pass  # trailers: dropped
+            await put(b"0\r\n\r\n")
+            return
+        await put(b"%x\r\n" % size)
+        while size:
+            data = await client_read(reader.read(min(size, CHUNK)))
+            if not data:
+                raise ClientGone
+            size -= len(data)
+            await put(data)
+        if await client_read(reader.readexactly(2)) != b"\r\n":
+            raise Refused(400, "a malformed chunk")
+        await put(b"\r\n")
+
+
+class BadGateway(Exception):
+    pass
+
+
+async def up_read(coro: object) -> bytes:
+    try:
+        return await asyncio.wait_for(coro, RESPONSE_TIMEOUT_S)  # type: ignore[arg-type]
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):  # noqa: UP041
+        raise BadGateway from None
+
+
+async def client_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    try:
+        await asyncio.wait_for(writer.drain(), BODY_TIMEOUT_S)
+    except (asyncio.TimeoutError, ConnectionError):  # noqa: UP041
+        raise ClientGone from None
+
+
+async def relay_response(
+    up: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    method: str,
+    keep: bool,
+    chunked_ok: bool,
+    pump: asyncio.Future[None],
+    sent: list[bool],
+) -> bool:
+    """Read the backend's response and pass it on; ``sent[0]`` turns True once the client has
+    bytes of it. Returns whether the client connection can take another request."""
+    while True:
+        head = await up_read(up.readuntil(b"\r\n\r\n"))
+        try:
+            (version, status_text, reason), fields = parse_head(head[:-4], request=False)
+            frame: int | str | None = framing(fields)
+        except Refused:
+            raise BadGateway from None
+        if not (version.startswith("HTTP/1.") and status_text.isdigit() and len(status_text) == 3):
+            raise BadGateway
+        status = int(status_text)
+        if status == 101:
+            raise BadGateway
+        if status >= 200:
+            break  # an interim 1xx: the front answered Expect itself; dropped
+    bodiless = method == "HEAD" or status in (204, 304)
+    if not bodiless and frame == 0 and not field_values(fields, "content-length"):
+        frame = None  # until the backend closes: the client's connection closes too
+        keep = False
+    if keep and not pump.done():  # the last piece of the body may still be on its way out
+        await asyncio.wait({pump}, timeout=0.5)
+    if not pump.done() or pump.cancelled() or pump.exception() is not None:
+        keep = False  # answered before the body was all read: the rest of it is still on the connection
+    out = [f"HTTP/1.1 {status} {''.join(c for c in reason if c.isprintable())[:100]}"]
+    drop = HOP | tokens(fields, "connection")
+    out += [f"{k}: {v}" for k, v in fields if k.lower() not in drop]
+    if isinstance(frame, int) and field_values(fields, "content-length"):
+        out.append(f"Content-Length: {frame}")
+    elif frame == "chunked" and chunked_ok:
+        out.append("Transfer-Encoding: chunked")
+    elif frame == "chunked":
+        keep = False  # an HTTP/1.0 client: the body unframed, ended by closing
+    if not keep:
+        out.append("Connection: close")
+    sent[0] = True
+    await client_write(writer, ("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+    if bodiless:
+        return keep
+    if isinstance(frame, int):
+        left = frame
+        while left:
+            data = await up_read(up.read(min(left, CHUNK)))
+            if not data:
+                raise BadGateway
+            left -= len(data)
+            await client_write(writer, data)
+    elif frame is None:
+        while data := await up_read(up.read(CHUNK)):
+            await client_write(writer, data)
+    else:
+        while True:
+            line = await up_read(up.readuntil(b"\r\n"))
+            size = chunk_size(line)
+            if size < 0:
+                raise BadGateway
+            if size == 0:
+                while (await up_read(up.readuntil(b"\r\n"))) != b"\r\n":
+                    pass
+                if chunked_ok:
+                    await client_write(writer, b"0\r\n\r\n")
+                break
+            if chunked_ok:
+                await client_write(writer, b"%x\r\n" % size)
+            while size:
+                data = await up_read(up.read(min(size, CHUNK)))
+                if not data:
+                    raise BadGateway
+                size -= len(data)
+                await client_write(writer, data)
+            if await up_read(up.readexactly(2)) != b"\r\n":
+                raise BadGateway
+            if chunked_ok:
+                await client_write(writer, b"\r\n")
+    return keep
+
+
+async def connect() -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the current backend, counted in its in-flight requests. A refused
+    connection is tried again (on the new backend, when it has just been switched)."""
+    error: Exception | None = None
+    for _ in range(20):
+        target = State.current
+        assert target is not None
+        target.inflight += 1
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=MAX_HEAD), 5)
+            return target, r, w
+        except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041
+            error = e
+            target.inflight -= 1
+            settle(target)
+        if State.current is target:
+            await asyncio.sleep(0.05)
+    raise BadGateway(f"the scoring container is not reachable: {error}")
+
+
+async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
+    """One request: read from the client, sent to the current backend, its response relayed.
+    Returns whether the connection can take another request."""
+    (method, path, version), fields = parse_head(head[:-4], request=True)
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise Refused(505, "HTTP/1.1 only")
+    frame = framing(fields)
+    if frame == "chunked" and version == "HTTP/1.0":
+        raise Refused(400, "chunked in an HTTP/1.0 request")
+    keep = version == "HTTP/1.1" and "close" not in tokens(fields, "connection")
+    expect = tokens(fields, "expect")
+    if expect - {"100-continue"}:
+        raise Refused(417, "only Expect: 100-continue is supported")
+    drop = HOP | tokens(fields, "connection")
+    out = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields if k.lower() not in drop]
+    if frame == "chunked":
+        out.append("Transfer-Encoding: chunked")
+    elif frame or field_values(fields, "content-length"):
+        out.append(f"Content-Length: {frame}")
+    out.append("Connection: close")
+    target, up_r, up_w = await connect()
+    sent = [False]
+    pump = None
+    try:
+        up_w.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+        if expect and frame and version == "HTTP/1.1":
+            await client_write(writer, b"HTTP/1.1 100 Continue\r\n\r\n")
+        pump = asyncio.ensure_future(pump_body(frame, reader, up_w))
+        response = asyncio.ensure_future(relay_response(up_r, writer, method, keep, version == "HTTP/1.1", pump, sent))
+        done, _ = await asyncio.wait({pump, response}, return_when=asyncio.FIRST_COMPLETED)
+        if pump in done and pump.exception() is not None and not sent[0]:
+            response.cancel()
+            raise pump.exception()  # type: ignore[misc]  # the client's fault: Refused or ClientGone
+        try:
+            keep = await response
+        except BadGateway:
+            if sent[0]:
+                raise ClientGone from None  # cut mid-response: nothing else can be said
+            raise Refused(502, "the scoring container closed the connection without an answer") from None
+        return keep
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+        up_w.close()
+        target.inflight -= 1
+        settle(target)
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    if State.connections >= MAX_CONNECTIONS:
+        reply(writer, 503, f"more than {MAX_CONNECTIONS} connections")
+        writer.close()
+        return
+    State.connections += 1
+    try:
+        while True:
+            try:
+                head = await read_head(reader, HEADER_TIMEOUT_S)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):  # noqa: UP041
+                return
+            try:
+                if not await forward(reader, writer, head):
+                    return
+            except BadGateway as e:
+                reply(writer, 502, str(e) or "bad gateway")
+                return
+    except Refused as e:
+        reply(writer, e.status, e.message)
+    except (ClientGone, ConnectionError):
+        pass
+    except Exception as e:  # one line, never a request's content: the log is not the clients' to fill
+        say(f"internal error: {type(e).__name__}")
+    finally:
+        State.connections -= 1
+        try:
+            await asyncio.wait_for(writer.drain(), 1)
+        except Exception:
+            pass
+        writer.close()
+
+
+async def main() -> None:
+    State.current = load_target()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # nothing a client causes reaches the log
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
+    server = await asyncio.start_server(handle, "0.0.0.0", PORT, limit=MAX_HEAD, backlog=1024)
+    say(f"listening on :{PORT}, {State.current}")
+    async with server:
+        await stop
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        say(f"cannot start: {e}")
+        sys.exit(3)
