@@ -343,6 +343,25 @@ async def relay_response(
     return keep
 
 
+class UpstreamReader(asyncio.StreamReader):
+    """A backend's stream: a reset ends it like EOF, after the bytes that came before it (a server
+    that answers early, 413, and closes with the body unread resets the connection; its answer counts)."""
+
+    def set_exception(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionError):
+            self.feed_eof()
+        else:
+            super().set_exception(exc)
+
+
+async def open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = UpstreamReader(limit=MAX_HEAD)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 async def connect() -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to the current backend, counted in its in-flight requests. A refused
     connection is tried again (on the new backend, when it has just been switched)."""
@@ -352,7 +371,7 @@ async def connect() -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter]
         assert target is not None
         target.inflight += 1
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=MAX_HEAD), 5)
+            r, w = await asyncio.wait_for(open_upstream(target.host, target.port), 5)
             return target, r, w
         except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041
             error = e

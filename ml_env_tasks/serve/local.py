@@ -2,6 +2,18 @@
 
 The entry script's directory is mounted read-only as ``$AML_APP_ROOT`` (/var/azureml-app),
 model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on 127.0.0.1.
+
+``ml-env serve`` publishes the port from a **front** (``front.py``): a stdlib HTTP forwarder
+copied (archive upload) into a container of the service's own image, on a network of the
+service's own with its scoring container(s). ``serve --replace NAME`` starts a new scoring
+container there, waits until it is ready (on a port the engine picks), writes the front's new
+target and sends it SIGHUP, waits until the front says the old container has no request in
+flight, and removes it: a client looping on the URL sees no failed request and the port never
+changes. Why a front: two containers cannot publish one host port, SO_REUSEPORT does not reach
+across network namespaces, and a shared namespace with two listeners drops the connections
+queued on the one that closes. The front forwards per request (``Connection: close``
+upstream), so a kept-alive client connection is never tied to a scoring container. Smoke tests
+(``start(front=False)``) keep one container that publishes its port itself.
 """
 
 from __future__ import annotations

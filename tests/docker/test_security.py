@@ -209,7 +209,7 @@ def test_scoring_server_limits_bodies_slow_clients_and_memory(ws, app) -> None:
         assert info.host_config.memory == 256 * 2**20 and info.host_config.nano_cpus == 10**9
         assert requests.get(url, timeout=5).status_code == 200  # still serving
     finally:
-        docker.container.remove(svc["container"], force=True)
+        assert ml_env("serve", "stop", svc["name"]).returncode == 0  # its front and network too
 
 
 def test_a_killed_cli_leaves_a_lost_run_that_the_next_command_closes(ws) -> None:
