@@ -25,7 +25,11 @@ PLAIN = 'name = "pyplain"\n[base]\nimage = "{base}"\n[env]\nPLAIN = "1"\n'
 
 
 def leftover_containers() -> list[str]:
-    return [c.name for c in docker.container.list(all=True, filters=[("label", "ml-env.run")])]
+    """Run containers of this test's runs (the workspace is the working directory; other sessions
+    sharing the engine have runs of their own, which are not this test's business)."""
+    mine = {p.name for p in Path.cwd().glob("runs/*")} | {p.name for p in Path.cwd().glob("*/runs/*")}
+    found = docker.container.list(all=True, filters=[("label", "ml-env.run")])
+    return [c.name for c in found if c.config.labels.get("ml-env.run") in mine]
 
 
 @pytest.fixture
