@@ -6,6 +6,8 @@ One lab per machine. Usage (as root, on Debian bookworm), from any checkout:
     python3 ci/lab/lab.py status  # the same health check, no changes; exit 1 when unhealthy
     python3 ci/lab/lab.py down    # stops what the lab started, by PID
     python3 ci/lab/lab.py pristine-image  # a local image of a pristine bookworm (quick start test)
+    python3 ci/lab/lab.py remote-up   # the second, remote engine alone (``up`` starts it too)
+    python3 ci/lab/lab.py remote-down # stops the second engine alone, by PID
 
 Only the standard library is used: this runs before the project's dependencies exist.
 What it does and why is written up in the README ("The lab"). Facts behind each step:
@@ -66,7 +68,15 @@ DAEMON_CONFIG = {
 }
 # each process the lab starts: the program it must be (checked in /proc, so a reused PID is
 # never taken for ours)
-PROGRAMS = {"dockerd": "dockerd", "registry-plain": "docker-registry", "registry-auth": "docker-registry"}
+PROGRAMS = {
+    "dockerd": "dockerd",
+    "registry-plain": "docker-registry",
+    "registry-auth": "docker-registry",
+    "remote-dockerd": "dockerd",
+    "remote-forward": Path(sys.executable).name,
+}
+# a process whose program is an interpreter is ours only if its command line says so too
+MARKERS = {"remote-forward": b"remote-forward"}
 
 
 def log(msg: str) -> None:
@@ -136,8 +146,11 @@ def read_pid(name: str) -> int | None:
     if not pid_alive(pid):
         return None
     try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return None
+    argv0 = cmdline.split(b"\0")[0].decode(errors="replace")
+    if name in MARKERS and MARKERS[name] not in cmdline.split(b"\0"):
         return None
     return pid if Path(argv0).name == PROGRAMS[name] else None
 
@@ -504,6 +517,354 @@ def pristine_image() -> str:
     return ref
 
 
+# --- the second, remote engine -------------------------------------------------------------
+#
+# A dockerd that is "another machine" as far as the client can tell: it runs in its own network
+# namespace (a veth pair, REMOTE_NS_IP on its side, REMOTE_HOST_IP on the host's) and its own
+# mount namespace (tmpfs over /tmp, /root, /home, /work, /run/containerd and the lab's state, its
+# data root bound back in), so no client path exists there. It listens only on
+# tcp://REMOTE_NS_IP:2376 with TLS and client certificates (a CA, server and client certs made
+# here with openssl) and is registered as the docker context REMOTE_CONTEXT.
+#
+# The registries stay as they are (127.0.0.1 on the host). Inside the namespace 127.0.0.1:5000
+# and :5001 are answered by a small relay the lab runs (``remote-forward``: its listening
+# sockets are made inside the namespace, its outgoing connections in the host's), so image names
+# are the same on both engines and the same daemon config (mirror, containerd store) resolves
+# the same base images. Other traffic leaves the namespace through NAT (a lab-owned iptables
+# chain), so builds there reach PyPI and the Debian mirror as builds on the first engine do.
+
+REMOTE = STATE / "remote"
+REMOTE_TLS = REMOTE / "tls"
+REMOTE_CERTS = REMOTE_TLS / "client"  # DOCKER_CERT_PATH layout: ca.pem, cert.pem, key.pem
+REMOTE_NETNS = "ml-env-lab-remote"
+REMOTE_CONTEXT = "ml-env-lab-remote"
+REMOTE_HOST_IF, REMOTE_NS_IF = "mlenv-r0", "mlenv-r1"
+REMOTE_SUBNET = "10.87.213.0/30"
+REMOTE_HOST_IP, REMOTE_NS_IP = "10.87.213.1", "10.87.213.2"
+REMOTE_PORT = 2376
+REMOTE_URL = f"tcp://{REMOTE_NS_IP}:{REMOTE_PORT}"
+REMOTE_EXEC_ROOT = "/run/ml-env-lab-remote"
+REMOTE_CHAIN = "ML-ENV-LAB-REMOTE"
+REMOTE_FORWARDED = (PLAIN_PORT, AUTH_PORT)
+REMOTE_DAEMON_CONFIG = {**DAEMON_CONFIG, "cgroup-parent": "ml-env-lab-remote"}
+# what the second engine must not see: client working trees and the lab's own secrets
+REMOTE_HIDDEN = ("/tmp", "/root", "/home", "/work", "/run/containerd")
+
+
+def remote_tls() -> None:
+    """The CA, the server's certificate (for REMOTE_NS_IP) and the client's, kept while valid."""
+    server, client = REMOTE_TLS / "server", REMOTE_CERTS
+    wanted = [REMOTE_TLS / "ca-key.pem", *(d / f for d in (server, client) for f in ("ca.pem", "cert.pem", "key.pem"))]
+    if all(f.exists() for f in wanted) and all(
+        ok(["openssl", "x509", "-checkend", "86400", "-noout", "-in", str(d / "cert.pem")]) for d in (server, client)
+    ):
+        return
+    log(f"making the remote engine's CA and certificates in {REMOTE_TLS}")
+    shutil.rmtree(REMOTE_TLS, ignore_errors=True)
+    for d in (REMOTE_TLS, server, client):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_key, ca = REMOTE_TLS / "ca-key.pem", REMOTE_TLS / "ca.pem"
+    run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "3650",
+         "-subj", "/CN=ml-env lab remote CA"], quiet=True, capture_output=True)  # fmt: skip
+    for d, cn, ext in (
+        (server, "ml-env-lab-remote", f"subjectAltName=IP:{REMOTE_NS_IP},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        (client, "ml-env-lab-client", "extendedKeyUsage=clientAuth\n"),
+    ):
+        (d / "ext.cnf").write_text(ext)
+        run(["openssl", "req", *ec, "-keyout", str(d / "key.pem"), "-out", str(d / "req.csr"), "-subj", f"/CN={cn}"],
+            quiet=True, capture_output=True)  # fmt: skip
+        run(["openssl", "x509", "-req", "-in", str(d / "req.csr"), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(d / "cert.pem"), "-days", "825", "-extfile", str(d / "ext.cnf")],
+            quiet=True, capture_output=True)  # fmt: skip
+        shutil.copy(ca, d / "ca.pem")
+        for f in ("req.csr", "ext.cnf"):
+            (d / f).unlink()
+        (d / "key.pem").chmod(0o600)
+    ca_key.chmod(0o600)
+
+
+def _netns_ip(*args: str) -> list[str]:
+    return ["ip", "netns", "exec", REMOTE_NETNS, *args]
+
+
+def remote_network() -> None:
+    """The namespace, the veth pair and its addresses, a default route out, NAT; each step only
+    when missing."""
+    if REMOTE_NETNS not in output(["ip", "netns", "list"])[1].split():
+        run(["ip", "netns", "add", REMOTE_NETNS])
+    if not Path(f"/sys/class/net/{REMOTE_HOST_IF}").exists():
+        # a route to the lab's subnet through anything else is someone else's network
+        code, routes = output(["ip", "-4", "route", "show", "to", "match", REMOTE_HOST_IP])
+        if any(REMOTE_SUBNET in line for line in routes.splitlines()):
+            raise SystemExit(f"[lab] {REMOTE_SUBNET} is already routed on this machine: {routes}")
+        ok(_netns_ip("ip", "link", "del", REMOTE_NS_IF))
+        run(["ip", "link", "add", REMOTE_HOST_IF, "type", "veth", "peer", "name", REMOTE_NS_IF, "netns", REMOTE_NETNS])
+    prefix = REMOTE_SUBNET.split("/")[1]
+    if f"{REMOTE_HOST_IP}/" not in output(["ip", "-4", "-br", "addr", "show", REMOTE_HOST_IF])[1]:
+        run(["ip", "addr", "add", f"{REMOTE_HOST_IP}/{prefix}", "dev", REMOTE_HOST_IF])
+    run(["ip", "link", "set", REMOTE_HOST_IF, "up"], quiet=True)
+    if f"{REMOTE_NS_IP}/" not in output(_netns_ip("ip", "-4", "-br", "addr", "show", REMOTE_NS_IF))[1]:
+        run(_netns_ip("ip", "addr", "add", f"{REMOTE_NS_IP}/{prefix}", "dev", REMOTE_NS_IF))
+    run(_netns_ip("ip", "link", "set", REMOTE_NS_IF, "up"), quiet=True)
+    run(_netns_ip("ip", "link", "set", "lo", "up"), quiet=True)
+    if "default" not in output(_netns_ip("ip", "-4", "route", "show", "default"))[1]:
+        run(_netns_ip("ip", "route", "add", "default", "via", REMOTE_HOST_IP))
+    # forwarding out of the namespace: the first engine leaves FORWARD's policy at DROP, so the
+    # subnet gets its own chain (jumped to first) and a MASQUERADE rule; nothing else is touched
+    if not ok(["iptables", "-w", "-n", "-L", REMOTE_CHAIN]):
+        run(["iptables", "-w", "-N", REMOTE_CHAIN])
+    for rule in (["-s", REMOTE_SUBNET, "-j", "ACCEPT"], ["-d", REMOTE_SUBNET, "-m", "conntrack", "--ctstate",
+                                                         "RELATED,ESTABLISHED", "-j", "ACCEPT"]):  # fmt: skip
+        if not ok(["iptables", "-w", "-C", REMOTE_CHAIN, *rule]):
+            run(["iptables", "-w", "-A", REMOTE_CHAIN, *rule])
+    if not ok(["iptables", "-w", "-C", "FORWARD", "-j", REMOTE_CHAIN]):
+        run(["iptables", "-w", "-I", "FORWARD", "1", "-j", REMOTE_CHAIN])
+    masq = ["POSTROUTING", "-s", REMOTE_SUBNET, "!", "-o", REMOTE_HOST_IF, "-j", "MASQUERADE"]
+    if not ok(["iptables", "-w", "-t", "nat", "-C", *masq]):
+        run(["iptables", "-w", "-t", "nat", "-A", *masq])
+
+
+def remote_network_down() -> None:
+    ok(["ip", "link", "del", REMOTE_HOST_IF])
+    ok(["ip", "netns", "del", REMOTE_NETNS])
+    ok(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", REMOTE_SUBNET, "!", "-o", REMOTE_HOST_IF,
+        "-j", "MASQUERADE"])  # fmt: skip
+    while ok(["iptables", "-w", "-D", "FORWARD", "-j", REMOTE_CHAIN]):
+        pass
+    ok(["iptables", "-w", "-F", REMOTE_CHAIN])
+    ok(["iptables", "-w", "-X", REMOTE_CHAIN])
+
+
+def forward_main() -> int:
+    """``remote-forward``: the lab's registries inside the remote engine's namespace. Listening
+    sockets are made there (setns), then this process goes back to the host's namespace, where
+    each accepted connection is relayed to 127.0.0.1 on the same port."""
+    import ctypes
+    import threading
+
+    clone_newnet = 0x40000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    there = os.open(f"/var/run/netns/{REMOTE_NETNS}", os.O_RDONLY)
+    if libc.setns(there, clone_newnet) != 0:
+        raise SystemExit(f"[lab] setns into {REMOTE_NETNS}: {os.strerror(ctypes.get_errno())}")
+    listeners = []
+    for port in REMOTE_FORWARDED:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(64)
+        listeners.append((s, port))
+    if libc.setns(home, clone_newnet) != 0:
+        raise SystemExit(f"[lab] setns back: {os.strerror(ctypes.get_errno())}")
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+    def serve(listener: socket.socket, port: int) -> None:
+        while True:
+            conn, _ = listener.accept()
+            try:
+                up_ = socket.create_connection(("127.0.0.1", port), timeout=10)
+                up_.settimeout(None)
+            except OSError:
+                conn.close()
+                continue
+            for a, b in ((conn, up_), (up_, conn)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threads = [threading.Thread(target=serve, args=lp, daemon=True) for lp in listeners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 0
+
+
+def remote_forward_answers() -> bool:
+    probe = f"import urllib.request as u, urllib.error as e\ntry: u.urlopen('http://127.0.0.1:{PLAIN_PORT}/v2/', timeout=3)\nexcept e.HTTPError: pass"  # fmt: skip
+    return ok(_netns_ip(sys.executable, "-c", probe), timeout=15)
+
+
+def remote_docker(*args: str) -> list[str]:
+    """A docker CLI command on the remote engine through its TLS material (no context needed)."""
+    return ["docker", "-H", REMOTE_URL, "--tlsverify", "--tlscacert", str(REMOTE_CERTS / "ca.pem"),
+            "--tlscert", str(REMOTE_CERTS / "cert.pem"), "--tlskey", str(REMOTE_CERTS / "key.pem"), *args]  # fmt: skip
+
+
+def remote_engine_up() -> bool:
+    return ok(remote_docker("info", "--format", "{{.ServerVersion}}"), timeout=20)
+
+
+def remote_config_current() -> bool:
+    try:
+        return json.loads((REMOTE / "daemon.json").read_text()) == REMOTE_DAEMON_CONFIG
+    except (OSError, ValueError):
+        return False
+
+
+def start_remote_engine() -> None:
+    cfg = REMOTE / "daemon.json"
+    cfg.write_text(json.dumps(REMOTE_DAEMON_CONFIG, indent=2))
+    (REMOTE / "data").mkdir(parents=True, exist_ok=True)
+    keep, cgroup = f"{REMOTE_EXEC_ROOT}.keep", f"{REMOTE_EXEC_ROOT}.cgroup"
+    # in the new mount namespace (private: nothing mounted there reaches the host): a sysfs of
+    # its network namespace with the host's cgroup tree kept; the engine's own folder kept
+    # aside, what it must not see hidden, its folder put back in place
+    hide = " ".join(f"{d}" for d in REMOTE_HIDDEN)
+    script = (
+        "set -e\n"
+        f"mkdir -p {cgroup} && mount --rbind /sys/fs/cgroup {cgroup}\n"
+        f"mount -t sysfs sysfs /sys && mount --move {cgroup} /sys/fs/cgroup\n"
+        f"mkdir -p {keep} && mount --bind {REMOTE} {keep}\n"
+        f'for d in {hide} {STATE}; do if [ -d "$d" ]; then mount -t tmpfs -o mode=0755,size=1g tmpfs "$d"; fi; done\n'
+        f"mkdir -p {REMOTE} && mount --move {keep} {REMOTE}\n"
+        "chmod 1777 /tmp\n"
+        'exec "$@"\n'
+    )
+    server = REMOTE_TLS / "server"
+    dockerd = [
+        "dockerd", "--config-file", str(cfg), "--data-root", str(REMOTE / "data"), "--exec-root", REMOTE_EXEC_ROOT,
+        "--pidfile", f"{REMOTE_EXEC_ROOT}.pid", "-H", f"tcp://{REMOTE_NS_IP}:{REMOTE_PORT}", "--tlsverify",
+        "--tlscacert", str(server / "ca.pem"), "--tlscert", str(server / "cert.pem"),
+        "--tlskey", str(server / "key.pem"),
+    ]  # fmt: skip
+    # nsenter, not `ip netns exec`: that one mounts a fresh /sys over the cgroup tree
+    cmd = ["nsenter", f"--net=/var/run/netns/{REMOTE_NETNS}", "unshare", "--mount", "--propagation", "private",
+           "sh", "-c", script, "sh", *dockerd]  # fmt: skip
+    start("remote-dockerd", cmd)
+    wait_for("the remote dockerd", remote_engine_up, 90)
+
+
+def remote_context() -> None:
+    """The docker context REMOTE_CONTEXT, made again when it is missing or points elsewhere."""
+    code, text = output(["docker", "context", "inspect", REMOTE_CONTEXT, "--format", "{{.Endpoints.docker.Host}}"])
+    if code == 0 and text.strip() == REMOTE_URL:
+        return
+    if code == 0:
+        run(["docker", "context", "rm", "-f", REMOTE_CONTEXT], stdout=subprocess.DEVNULL)
+    tls = ",".join(f"{k}={REMOTE_CERTS / f}" for k, f in (("ca", "ca.pem"), ("cert", "cert.pem"), ("key", "key.pem")))
+    run(["docker", "context", "create", REMOTE_CONTEXT, "--description", "the ml-env lab's second engine (TLS)",
+         "--docker", f"host={REMOTE_URL},{tls}"], stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def ensure_remote() -> None:
+    """The second engine and what it needs, each started or healed only when missing or wrong;
+    the first engine and the registries are never touched."""
+    REMOTE.mkdir(parents=True, exist_ok=True)
+    REMOTE.chmod(0o700)
+    remote_tls()
+    remote_network()
+    if read_pid("remote-forward") is None or not remote_forward_answers():
+        stop("remote-forward")
+        start("remote-forward", [sys.executable, str(Path(__file__).resolve()), "remote-forward"])
+        wait_for("the registry relay in the remote namespace", remote_forward_answers, 30)
+    if read_pid("remote-dockerd") is not None and not (remote_engine_up() and remote_config_current()):
+        log("restarting the remote dockerd: it does not answer, or its config is not the one this lab wants")
+        stop("remote-dockerd")
+    if read_pid("remote-dockerd") is None:
+        if remote_engine_up():
+            raise SystemExit(f"[lab] something the lab did not start answers on {REMOTE_URL}")
+        start_remote_engine()
+    remote_context()
+
+
+def remote_health() -> list[tuple[str, bool, str]]:
+    checks: list[tuple[str, bool, str]] = []
+    pid = read_pid("remote-dockerd")
+    code, text = output(remote_docker("info", "--format", "{{.ServerVersion}}"), timeout=20)
+    up_ = code == 0 and pid is not None
+    checks.append(("remote engine", up_, f"{text.split()[0] if code == 0 else ''} at {REMOTE_URL} (pid {pid})"
+                   if up_ else (_error_line(text) if pid else "not started (lab.py remote-up)")))  # fmt: skip
+    if not up_:
+        return checks
+    # without a client certificate the engine refuses the connection
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(REMOTE_CERTS / "ca.pem"))
+    try:
+        with (
+            socket.create_connection((REMOTE_NS_IP, REMOTE_PORT), timeout=5) as s,
+            ctx.wrap_socket(s, server_hostname=REMOTE_NS_IP) as t,
+        ):
+            t.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            refused = not t.recv(64)
+    except (ssl.SSLError, OSError):
+        refused = True
+    checks.append(("remote tls", refused, "client certificate required" if refused
+                   else "answers without a client certificate"))  # fmt: skip
+    try:
+        hidden = not any(Path(f"/proc/{pid}/root/work").iterdir()) and not any(Path(f"/proc/{pid}/root/tmp").iterdir())
+    except OSError:
+        hidden = Path(f"/proc/{pid}/root/work").exists() is False
+    checks.append(("remote isolation", hidden, "its own /tmp and /work (no client paths)" if hidden
+                   else "it sees the client's /tmp or /work"))  # fmt: skip
+    code, text = output(remote_docker("run", "--rm", "--pull", "always", BASE_TINY, "true"), timeout=60)
+    checks.append(("remote container", code == 0, "pulled from :5000 through its namespace and ran"
+                   if code == 0 else _error_line(text)))  # fmt: skip
+    code, text = output(["docker", "context", "inspect", REMOTE_CONTEXT, "--format", "{{.Endpoints.docker.Host}}"])
+    checks.append(("remote context", code == 0 and text.strip() == REMOTE_URL, f"{REMOTE_CONTEXT} -> {text.strip()}"))
+    return checks
+
+
+def remote_env() -> dict:
+    return {
+        "remote_context": REMOTE_CONTEXT,
+        "remote_host": REMOTE_URL,
+        "remote_cert_path": str(REMOTE_CERTS),
+        "remote_address": REMOTE_NS_IP,
+        "remote_dockerd_pid": read_pid("remote-dockerd"),
+    }
+
+
+def remote_up() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("[lab] run as root: it makes a network namespace and starts dockerd")
+    with machine_lock():
+        for port in REMOTE_FORWARDED:
+            if not registry_answers(port):
+                raise SystemExit(f"[lab] the registry on :{port} does not answer: run `lab.py up` first")
+        ensure_remote()
+        if not report(remote_health()):
+            raise SystemExit("[lab] the remote engine is not healthy: see the FAIL lines above")
+        _update_env(remote_env())
+    log(f"remote engine ready: docker --context {REMOTE_CONTEXT} (stop it alone with `lab.py remote-down`)")
+
+
+def remote_down() -> None:
+    with machine_lock():
+        _remote_down()
+        with contextlib.suppress(OSError, ValueError):
+            env = json.loads(ENV_JSON.read_text())
+            _write_env_file({k: v for k, v in env.items() if not k.startswith("remote_")})
+    log("remote engine down")
+
+
+def _remote_down() -> None:
+    stop("remote-dockerd")
+    stop("remote-forward")
+    remote_network_down()
+    ok(["docker", "context", "rm", "-f", REMOTE_CONTEXT])
+
+
+def _update_env(extra: dict) -> None:
+    try:
+        env = json.loads(ENV_JSON.read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"[lab] {ENV_JSON} is missing: run `lab.py up`") from None
+    env.update(extra)
+    _write_env_file(env)
+
+
 # --- health -------------------------------------------------------------------------------
 
 # problems that a restart of the lab's own dockerd can cure
@@ -546,7 +907,7 @@ def health() -> list[tuple[str, bool, str]]:
                        if resolved else "the engine cannot resolve it (mirror or stand-in missing)"))  # fmt: skip
     site = SITE_CONFIG.exists() and 'network = "host"' in SITE_CONFIG.read_text()
     checks.append(("site config", site, str(SITE_CONFIG) if site else f"{SITE_CONFIG} is missing or has no network"))
-    return checks
+    return checks + remote_health()
 
 
 def _engine_resolves(name: str) -> bool:
@@ -607,13 +968,18 @@ def write_env(user: str, password: str) -> dict:
         "dockerd_pid": read_pid("dockerd"),
         "owns_engine": read_pid("dockerd") is not None,
         "state": str(STATE),
+        **remote_env(),
     }
+    _write_env_file(env)
+    return env
+
+
+def _write_env_file(env: dict) -> None:
     tmp = ENV_JSON.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(env, f, indent=2)
     tmp.replace(ENV_JSON)
-    return env
 
 
 def ensure_engine() -> None:
@@ -675,7 +1041,13 @@ def up() -> None:
         base_python()
         public_python()
         write_site_config()
+        ensure_remote()
         checks = heal_engine_side(health())
+        if not all(p for n, p, _ in checks if n.startswith("remote ")):
+            # the second engine is the lab's own: restarted, never the first
+            stop("remote-dockerd")
+            ensure_remote()
+            checks = health()
         if not report(checks):
             raise SystemExit("[lab] not healthy after `up`: see the FAIL lines above")
         env = write_env(user, password)
@@ -687,6 +1059,7 @@ def up() -> None:
 
 def down() -> None:
     with machine_lock():
+        _remote_down()
         for name in ("registry-auth", "registry-plain", "dockerd"):
             stop(name)
         ENV_JSON.unlink(missing_ok=True)
@@ -712,6 +1085,12 @@ def main(argv: list[str]) -> int:
         return status()
     elif cmd == "env-path":
         print(ENV_JSON)
+    elif cmd == "remote-up":
+        remote_up()
+    elif cmd == "remote-down":
+        remote_down()
+    elif cmd == "remote-forward":  # the relay process `up` starts (not for people)
+        return forward_main()
     elif cmd == "pristine-image":
         with machine_lock():
             print(pristine_image())
