@@ -244,6 +244,7 @@ def train_action() -> int:
     from .models import parse_register_model, register_run_output
     from .resources import Resources
     from .runs import RunOptions, parse_pairs, train
+    from .runs.train import split_inputs
 
     v = _values("train")
     for name in v["secrets"] or []:
@@ -255,7 +256,8 @@ def train_action() -> int:
         script=v["script"],
         args=tuple(shlex.split(v["args"] or "")),
         experiment=v["experiment"],
-        inputs={k: Path(x) for k, x in parse_pairs(v["inputs"] or [], "input").items()},
+        inputs=split_inputs(parse_pairs(v["inputs"] or [], "input"))[0],
+        input_volumes=split_inputs(parse_pairs(v["inputs"] or [], "input"))[1],
         env_vars=parse_pairs(v["env_vars"] or [], "env-var"),
         secrets=tuple(v["secrets"] or ()),
         resources=Resources.parse(

@@ -269,7 +269,7 @@ BUILD_ONLY = (
 RUN = (
     O("experiment", "--experiment", help="experiment name (default: the script's name)"),
     O("inputs", "--input", kind="list", gha="inputs", metavar="NAME=PATH",
-      help="read-only input at /mnt/inputs/NAME ($ML_ENV_INPUT_NAME)"),
+      help="read-only input at /mnt/inputs/NAME ($ML_ENV_INPUT_NAME); NAME=volume:VOLUME mounts a volume the engine has"),
     O("env_vars", "--env-var", kind="list", gha="env-vars", metavar="NAME=VALUE",
       help="environment variable for the run (recorded)"),
     O("secrets", "--secret", kind="list", gha="secrets", metavar="NAME",

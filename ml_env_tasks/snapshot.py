@@ -27,7 +27,17 @@ from typing import Any
 from .digests import stream_sha256
 from .errors import UsageError
 
-__all__ = ["Entry", "Snapshot", "snapshot", "tar_chunks", "content_hash", "ALWAYS_IGNORED"]
+__all__ = [
+    "Entry",
+    "Snapshot",
+    "TarPart",
+    "snapshot",
+    "folder_snapshot",
+    "tar_chunks",
+    "tar_parts",
+    "content_hash",
+    "ALWAYS_IGNORED",
+]
 
 SNAPSHOT_WARN_MB = 300  # Azure ML's limit for a snapshot
 SNAPSHOT_MAX_MB = 2000
@@ -189,6 +199,38 @@ def snapshot(
     return Snapshot(source, tuple(sorted(entries, key=lambda e: e.rel)), used, tuple(skipped))
 
 
+def folder_snapshot(path: Path, *, warn: Callable[[str], None] = print) -> Snapshot:
+    """Every regular file and in-tree symlink of a data folder (or one file), without ignore rules
+    and without reading the files: a run's input or a model sent to an engine that cannot see
+    this machine. Entries carry no digest; the tar checks each file's size as it reads it."""
+    if path.is_file():
+        return Snapshot(path.parent, (Entry(path.name, path.stat().st_size, ""),), None)
+    real_root = path.resolve()
+    found: list[Entry] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        rel_dir = Path(dirpath).relative_to(path)
+        for d in list(dirnames):
+            if (Path(dirpath) / d).is_symlink():
+                dirnames.remove(d)
+                filenames.append(d)
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel, p = (rel_dir / name).as_posix(), Path(dirpath) / name
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                link = _link_entry(p, rel, real_root)
+                if link is None:
+                    skipped.append(rel)
+                else:
+                    found.append(link)
+            elif stat.S_ISREG(st.st_mode):
+                found.append(Entry(rel, st.st_size, ""))
+    if skipped:
+        warn(f"{len(skipped)} symlink(s) in {path} point outside it and are left out: " + ", ".join(skipped[:5]))
+    return Snapshot(path, tuple(sorted(found, key=lambda e: e.rel)), None, tuple(skipped))
+
+
 @contextlib.contextmanager
 def _open_in(root_fd: int, rel: str) -> Iterator[io.BufferedReader]:
     """Open ``rel`` below an open folder, one component at a time, following no symlink."""
@@ -224,7 +266,7 @@ class _Checked:
         data = self.f.read(n)
         self.h.update(data)
         self.left -= len(data)
-        if self.left <= 0 and (self.left < 0 or self.h.hexdigest() != self.entry.sha256):
+        if self.left <= 0 and (self.left < 0 or (self.entry.sha256 and self.h.hexdigest() != self.entry.sha256)):
             raise UsageError(f"source file {self.entry.rel} changed after the snapshot; run again")
         return data
 
@@ -263,55 +305,85 @@ class _QueueWriter:
             self.buf.clear()
 
 
+@dataclass(frozen=True)
+class TarPart:
+    """One piece of a tar stream: a snapshot's files under ``prefix``, owned by ``uid:gid``; or,
+    with no snapshot, just the folder ``prefix`` (with ``mode``). ``name`` renames a one-file
+    snapshot: the file itself is ``prefix/name`` (an input that is a file)."""
+
+    prefix: str
+    snap: Snapshot | None = None
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o755
+    name: str | None = None
+
+
 def tar_chunks(snap: Snapshot, prefix: str = "", *, uid: int = 0, gid: int = 0) -> Iterator[bytes]:
     """The snapshot as an uncompressed tar stream, in chunks of about 1 MiB, made in a thread
     with a bounded queue: memory stays fixed whatever the snapshot's size. Entries sit under
     ``prefix`` (e.g. ``mnt/code``), every folder gets its own entry, owned by ``uid:gid``."""
+    return tar_parts([TarPart(prefix, snap, uid, gid)])
+
+
+def tar_parts(parts: list[TarPart]) -> Iterator[bytes]:
+    """Several snapshots (and empty folders) in one tar stream, as ``tar_chunks`` makes it:
+    one upload for a run's code, inputs and outputs folder. Folders above a part stay root's."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
     stop = threading.Event()
     out = _QueueWriter(q, stop)
 
-    def info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    def info(name: str, kind: bytes, mode: int, uid: int, gid: int) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(name)
         ti.type, ti.mode, ti.mtime, ti.uid, ti.gid = kind, mode, 0, uid, gid
         return ti
 
+    def add_part(tar: tarfile.TarFile, part: TarPart, made: set[str]) -> None:
+        parts = [p for p in part.prefix.strip("/").split("/") if p]
+        own = len(parts) if part.name is None else len(parts) + 1  # the folder that is the part's own
+        for i in range(len(parts)):
+            d = "/".join(parts[: i + 1])
+            if d in made:
+                continue
+            mine = i == own - 1
+            uid, gid = (part.uid, part.gid) if mine else (0, 0)
+            tar.addfile(info(d, tarfile.DIRTYPE, part.mode if mine else 0o755, uid, gid))
+            made.add(d)
+        snap = part.snap
+        if snap is None:
+            return
+        base = "/".join(parts)
+        root_fd = os.open(snap.root.resolve(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for e in snap.files:
+                rel = part.name if part.name is not None else e.rel
+                name = f"{base}/{rel}" if base else rel
+                folders = name.split("/")[:-1]
+                for i in range(len(folders)):
+                    d = "/".join(folders[: i + 1])
+                    if d not in made:
+                        tar.addfile(info(d, tarfile.DIRTYPE, 0o755, part.uid, part.gid))
+                        made.add(d)
+                if e.link is not None:
+                    ti = info(name, tarfile.SYMTYPE, 0o777, part.uid, part.gid)
+                    ti.linkname = e.link
+                    tar.addfile(ti)
+                    continue
+                with _open_in(root_fd, e.rel) as f:
+                    executable = os.fstat(f.fileno()).st_mode & 0o111
+                    ti = info(name, tarfile.REGTYPE, 0o755 if executable else 0o644, part.uid, part.gid)
+                    ti.size = e.size
+                    tar.addfile(ti, _Checked(f, e))
+        finally:
+            os.close(root_fd)
+
     def produce() -> None:
         try:
-            root_fd = os.open(snap.root.resolve(), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                # a write-only stream object is all "w|" needs (typeshed wants a full IO[bytes])
-                with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                    made: set[str] = set()
-                    parts = [p for p in prefix.strip("/").split("/") if p]
-                    for i in range(len(parts)):
-                        d = "/".join(parts[: i + 1])
-                        top = info(d, tarfile.DIRTYPE, 0o755)
-                        if i < len(parts) - 1:  # folders above the snapshot's own stay root's
-                            top.uid = top.gid = 0
-                        tar.addfile(top)
-                        made.add(d)
-                    base = "/".join(parts)
-                    for e in snap.files:
-                        name = f"{base}/{e.rel}" if base else e.rel
-                        folders = name.split("/")[:-1]
-                        for i in range(len(folders)):
-                            d = "/".join(folders[: i + 1])
-                            if d not in made:
-                                tar.addfile(info(d, tarfile.DIRTYPE, 0o755))
-                                made.add(d)
-                        if e.link is not None:
-                            ti = info(name, tarfile.SYMTYPE, 0o777)
-                            ti.linkname = e.link
-                            tar.addfile(ti)
-                            continue
-                        with _open_in(root_fd, e.rel) as f:
-                            executable = os.fstat(f.fileno()).st_mode & 0o111
-                            ti = info(name, tarfile.REGTYPE, 0o755 if executable else 0o644)
-                            ti.size = e.size
-                            tar.addfile(ti, _Checked(f, e))
-            finally:
-                os.close(root_fd)
+            # a write-only stream object is all "w|" needs (typeshed wants a full IO[bytes])
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                made: set[str] = set()
+                for part in parts:
+                    add_part(tar, part, made)
             out.flush_all()
             out.put(None)
         except _Stopped:

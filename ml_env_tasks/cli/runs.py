@@ -58,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..resources import Resources
     from ..runs import RunOptions, parse_pairs, train
+    from ..runs.train import split_inputs
 
     for required in ("env", "source", "script"):
         if not getattr(args, required):
@@ -75,13 +76,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = parse_register_model(args.register_model, args.registry)
     script_args = tuple(args.script_args) or tuple(shlex.split(args.args or ""))
     kube = args.runner == "kubernetes"
+    paths, volumes = split_inputs(parse_pairs(args.inputs, "--input"))
     opts = RunOptions(
         environment=args.env,
         source=args.source,
         script=args.script,
         args=script_args,
         experiment=args.experiment,
-        inputs={} if kube else {k: Path(v) for k, v in parse_pairs(args.inputs, "--input").items()},
+        inputs={} if kube else paths,
+        input_volumes={} if kube else volumes,
         env_vars=parse_pairs(args.env_vars, "--env-var"),
         secrets=tuple(args.secrets),
         resources=Resources.parse(cpus=args.cpus, memory=args.memory, shm_size=args.shm_size, gpus=args.gpus),

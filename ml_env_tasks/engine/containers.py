@@ -57,8 +57,17 @@ class Container:
     name: str
     on: Containers = field(repr=False, compare=False)
 
-    def put_tar(self, chunks: Iterator[bytes]) -> None:
-        self.on.put_tar(self.id, chunks)
+    def put_tar(self, chunks: Iterator[bytes], what: str = "copying the source snapshot into the container") -> None:
+        self.on.put_tar(self.id, chunks, what)
+
+    def get_tar(self, path: str, dest: Path, *, what: str) -> tuple[int, int]:
+        return self.on.get_tar(self.id, path, dest, what=what)
+
+    def mounts(self) -> list[dict[str, Any]]:
+        return self.on.mounts(self.id)
+
+    def host_port(self, container_port: int) -> int | None:
+        return self.on.host_port(self.id, container_port)
 
     def start(self) -> None:
         self.on.start(self.id)
@@ -101,8 +110,10 @@ class Containers:
         resources: Resources | None = None,
         ports: dict[int, int] | None = None,
         network: str | None = None,
+        host_ip: str = "127.0.0.1",
     ) -> Container:
-        """``ports``: container port -> host port on 127.0.0.1 (0: one the engine picks);
+        """A created container. ``volumes``: (host path or volume name, container path, mode);
+        ``ports``: container port -> host port on ``host_ip`` (0: the engine picks one);
         ``network``: a user-defined network to join instead of the default bridge."""
         r = resources or Resources()
         host: dict[str, Any] = {"Binds": [f"{src}:{dst}:{mode}" for src, dst, mode in volumes]}
@@ -121,7 +132,7 @@ class Containers:
             host["DeviceRequests"] = [gpu]
         if ports:
             host["PortBindings"] = {
-                f"{c}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(h) if h else ""}] for c, h in ports.items()
+                f"{c}/tcp": [{"HostIp": host_ip, "HostPort": str(h) if h else ""}] for c, h in ports.items()
             }
         if network:
             host["NetworkMode"] = network
@@ -157,13 +168,55 @@ class Containers:
                                      headers=headers, timeout=None):  # fmt: skip
             pass
 
-    def put_tar(self, cid: str, chunks: Iterator[bytes]) -> None:
+    def put_tar(
+        self, cid: str, chunks: Iterator[bytes], what: str = "copying the source snapshot into the container"
+    ) -> None:
         """Stream a tar (paths relative to /) into a created container: nothing is held whole."""
         try:
             self.api.call("PUT", self.api.path("/containers/{}/archive", cid, query={"path": "/"}), body=chunks,
-                          headers={"Content-Type": "application/x-tar"})  # fmt: skip
+                          headers={"Content-Type": "application/x-tar"}, timeout=None)  # fmt: skip
         except EngineAPIError as e:
-            raise self._fail(e, "copying the source snapshot into the container") from None
+            raise self._fail(e, what) from None
+
+    def get_tar(self, cid: str, path: str, dest: Path, *, what: str) -> tuple[int, int]:
+        """A folder of a container (running or stopped) into ``dest``, streamed and contained
+        (``engine.archive``): ``path``'s own files land directly in ``dest``. (files, bytes)."""
+        from .archive import receive_tar
+
+        try:
+            with self.api.open("GET", self.api.path("/containers/{}/archive", cid, query={"path": path}),
+                               timeout=None) as resp:  # fmt: skip
+                return receive_tar(resp, path.rstrip("/").rsplit("/", 1)[-1], dest, what=what)
+        except EngineAPIError as e:
+            raise self._fail(e, what) from None
+
+    def mounts(self, cid: str) -> list[dict[str, Any]]:
+        """What the engine mounted into a container (its inspect's ``Mounts``)."""
+        try:
+            got = self.api.call("GET", self.api.path("/containers/{}/json", cid))
+        except EngineAPIError as e:
+            raise self._fail(e, "inspecting a container") from None
+        return list(got.get("Mounts") or [])
+
+    def host_port(self, cid: str, container_port: int) -> int | None:
+        """The host port the engine published ``container_port`` on (it may have picked it)."""
+        try:
+            got = self.api.call("GET", self.api.path("/containers/{}/json", cid))
+        except EngineAPIError as e:
+            raise self._fail(e, "inspecting a container") from None
+        for b in ((got.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{container_port}/tcp") or []:
+            if str(b.get("HostPort") or "").isdigit():
+                return int(b["HostPort"])
+        return None
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self.api.call("GET", self.api.path("/volumes/{}", name))
+        except NotFound:
+            return False
+        except EngineAPIError as e:
+            raise self._fail(e, f"inspecting volume {name}") from None
+        return True
 
     def start(self, cid: str) -> None:
         try:

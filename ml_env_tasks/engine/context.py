@@ -22,7 +22,7 @@ from ..grammar import printable
 if TYPE_CHECKING:
     from .api import EngineAPI
 
-__all__ = ["Endpoint", "current_endpoint", "select_context", "selected_context"]
+__all__ = ["Endpoint", "current_endpoint", "endpoint_address", "select_context", "selected_context"]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _selected: list[str | None] = [None]
@@ -49,6 +49,12 @@ class Endpoint:
     def local(self) -> bool:
         return self.host.startswith("unix://") or self.host.startswith("npipe://")
 
+    @property
+    def address(self) -> str:
+        """Where services this engine publishes are reached from here: the engine's own host
+        for ``tcp://HOST:PORT`` and ``ssh://USER@HOST:PORT``, 127.0.0.1 for a local socket."""
+        return endpoint_address(self.host)
+
     def describe(self) -> str:
         name = f"context {self.context}" if self.context else "engine"
         return f"{name} at {self.host} (from {self.source})"
@@ -69,6 +75,21 @@ class Endpoint:
         if self.context is not None and self.source != "DOCKER_CONTEXT":
             return {"context": self.context}
         return {}  # DOCKER_HOST / DOCKER_CONTEXT / the config: the docker CLI reads them itself
+
+
+def endpoint_address(host: str) -> str:
+    """The host part of an engine URL (an IPv6 literal keeps its brackets, for a URL)."""
+    from urllib.parse import urlsplit
+
+    if host.startswith(("unix://", "npipe://")):
+        return "127.0.0.1"
+    try:
+        name = urlsplit(host).hostname
+    except ValueError:
+        name = None
+    if not name:
+        raise EngineError(f"the engine host {printable(host, 80)!r} names no host")
+    return f"[{name}]" if ":" in name else name
 
 
 def _config_context() -> str | None:

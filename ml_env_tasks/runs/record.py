@@ -174,6 +174,8 @@ class RunRecord:
     log: str = "log.txt"
     cli: CliProcess | None = None
     model: dict[str, Any] | None = None  # a model registered from this run's outputs
+    # where it ran: the engine, how code/inputs/outputs travelled, the mounts the engine reports
+    engine: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +199,7 @@ class RunRecord:
             "log": self.log,
             "cli": self.cli.to_dict() if self.cli else None,
             "model": self.model,
+            "engine": self.engine,
         }
 
     @classmethod
@@ -236,6 +239,7 @@ class RunRecord:
             log=str(d.get("log") or "log.txt"),
             cli=CliProcess.from_dict(d["cli"]) if isinstance(d.get("cli"), dict) else None,
             model=d.get("model") if isinstance(d.get("model"), dict) else None,
+            engine=d.get("engine") if isinstance(d.get("engine"), dict) else None,
         )
 
     def save(self, run_dir: Path) -> None:

@@ -1,5 +1,12 @@
 """Runners: where a prepared job runs. One implementation here, a container on a Docker engine.
 
+On the local engine (a unix socket) inputs and outputs are bind mounts of this machine's paths.
+On any other engine (``tcp://``, ``ssh://``, a context naming one) nothing the engine does may
+depend on this machine's files: the code, the inputs and an outputs folder go in as one tar
+streamed through the Engine API (``PUT /containers/{id}/archive``), and the outputs come back
+the same way (``GET``), contained (``engine.archive``), before the container is removed.
+``--input NAME=volume:VOLUME`` mounts a volume the engine already has, on either kind.
+
 A Kubernetes Job or an Azure ML job would be another ``Runner``; the Kubernetes one is written
 out as a manifest (``ml_env_tasks.runs.kubernetes``), never faked as run.
 """
@@ -7,17 +14,18 @@ out as a manifest (``ml_env_tasks.runs.kubernetes``), never faked as run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import EngineError
 from ..resources import Resources
-from ..snapshot import Snapshot, tar_chunks
+from ..snapshot import Entry, Snapshot, TarPart, folder_snapshot, tar_chunks, tar_parts
 from .record import CliProcess, RunStatus
 
 __all__ = [
@@ -59,6 +67,7 @@ class Job:
     user: str | None
     resources: Resources
     timeout: float | None
+    volumes: dict[str, str] = field(default_factory=dict)  # input NAME -> a volume on the engine
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Outcome:
     status: RunStatus
     exit_code: int | None
     reason: str | None
+    engine: dict[str, Any] | None = None  # where it ran and how the files travelled (the record's)
 
 
 class Runner(Protocol):
@@ -75,30 +85,42 @@ class Runner(Protocol):
 
 
 class LocalDockerRunner:
-    """A container on the engine DOCKER_HOST names (local socket, ssh:// or tcp://).
+    """A container on the engine of the command's endpoint (local socket, ssh://, tcp://).
 
-    Inputs and outputs are bind mounts, so they need the engine's host to see these paths.
+    Local: inputs and outputs are bind mounts. Otherwise: copied in and out through the Engine
+    API (see the module's docstring); ``remote`` forces either way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, remote: bool | None = None) -> None:
         from .. import engine
 
-        self.containers = engine.current().containers
+        eng = engine.current()
+        self.containers = eng.containers
+        self.endpoint = eng.endpoint
+        self.remote = (not eng.endpoint.local) if remote is None else remote
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome:
         c = self.containers
         r = job.resources
         if r.gpus and not c.gpus_available():
             raise EngineError(f"--gpus {r.gpus} asked for, but this engine has no GPU runtime or device")
-        volumes = [(str(p.resolve()), f"{INPUTS_DIR}/{name}", "ro") for name, p in job.inputs.items()]
-        volumes.append((str(job.outputs.resolve()), OUTPUT_DIR, "rw"))
-        volumes.append((str(job.outputs.resolve()), WORKDIR_OUTPUTS, "rw"))
+        for name, vol in job.volumes.items():
+            if not c.volume_exists(vol):
+                raise EngineError(
+                    f"input {name}: the engine ({self.endpoint.describe()}) has no volume {vol}",
+                    hint="docker volume ls on that engine",
+                )
+        volumes = [(vol, f"{INPUTS_DIR}/{name}", "ro") for name, vol in job.volumes.items()]
+        if not self.remote:
+            volumes += [(str(p.resolve()), f"{INPUTS_DIR}/{name}", "ro") for name, p in job.inputs.items()]
+            volumes.append((str(job.outputs.resolve()), OUTPUT_DIR, "rw"))
+            volumes.append((str(job.outputs.resolve()), WORKDIR_OUTPUTS, "rw"))
         envs = {
             **job.env_vars,
             "ML_ENV_RUN_ID": job.run_id,
             "ML_ENV_OUTPUT_DIR": OUTPUT_DIR,
             "HOME": "/tmp",
-            **{f"ML_ENV_INPUT_{name.upper()}": f"{INPUTS_DIR}/{name}" for name in job.inputs},
+            **{f"ML_ENV_INPUT_{name.upper()}": f"{INPUTS_DIR}/{name}" for name in [*job.inputs, *job.volumes]},
         }
         # secret values go in the API request body only (no command line, no file); the
         # container that holds them is removed at the end of the run, whatever happens
@@ -122,10 +144,23 @@ class LocalDockerRunner:
                 threading.Thread(target=box.stop, args=(5,), daemon=True).start()
 
         timer = threading.Timer(job.timeout, stop, args=(RunStatus.TIMED_OUT,)) if job.timeout else None
+        where: dict[str, Any] = {
+            "endpoint": self.endpoint.describe(),
+            "files": "engine-api" if self.remote else "bind-mounts",
+        }
         try:
+            where["mounts"] = [
+                {"type": m.get("Type"), "source": m.get("Source") or m.get("Name"), "destination": m.get("Destination")}
+                for m in box.mounts()
+            ]
             with on_stop_signals(lambda signum: stop(RunStatus.CANCELED)):
                 uid, gid = _numeric_user(job.user)
-                box.put_tar(tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
+                if self.remote:
+                    box.put_tar(
+                        tar_parts(_remote_parts(job, uid, gid)), "copying the code and inputs into the container"
+                    )
+                else:
+                    box.put_tar(tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
                 box.start()
                 if timer:
                     timer.start()
@@ -134,18 +169,41 @@ class LocalDockerRunner:
                         on_line(line)
                     code = box.wait()
                 except Exception as e:  # the engine went away mid-run
-                    return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}")
+                    return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}", where)
+            if self.remote:  # whatever the script's end, what it wrote comes back
+                files, size = box.get_tar(OUTPUT_DIR, job.outputs, what="bringing the outputs back")
+                where["outputs_received"] = {"files": files, "bytes": size}
             if stop_reason:
-                return Outcome(stop_reason[0], code, None)
+                return Outcome(stop_reason[0], code, None, where)
             if box.state().oom_killed:
-                return Outcome(RunStatus.FAILED, code, "the container ran out of memory (OOM-killed)")
+                return Outcome(RunStatus.FAILED, code, "the container ran out of memory (OOM-killed)", where)
             if code == 0:
-                return Outcome(RunStatus.COMPLETED, 0, None)
-            return Outcome(RunStatus.FAILED, code, f"the script exited with {code}")
+                return Outcome(RunStatus.COMPLETED, 0, None, where)
+            return Outcome(RunStatus.FAILED, code, f"the script exited with {code}", where)
         finally:
             if timer:
                 timer.cancel()
             box.remove()
+
+
+def _remote_parts(job: Job, uid: int, gid: int) -> list[TarPart]:
+    """The one tar a run on a remote engine gets: the code (its ``outputs`` a link to the outputs
+    folder, as the bind mount makes it locally), each input (read-only by ownership: root's),
+    and the outputs folder with the named outputs ``train`` made, owned by the run's user."""
+    link = Entry("outputs", 0, hashlib.sha256(b"../outputs").hexdigest(), "../outputs")
+    code = replace(job.snapshot, files=tuple(sorted((*job.snapshot.files, link), key=lambda e: e.rel)))
+    parts = [TarPart(CODE_DIR.strip("/"), code, uid, gid)]
+    for name, path in job.inputs.items():
+        snap = folder_snapshot(path)
+        as_file = path.is_file()
+        parts.append(TarPart(f"{INPUTS_DIR}/{name}".strip("/") if not as_file else INPUTS_DIR.strip("/"),
+                             snap, name=name if as_file else None))  # fmt: skip
+    # a user given by name is resolved in the image: its uid is not known here
+    mode = 0o755 if (uid, gid) != (0, 0) or job.user in (None, "0", "0:0", "root") else 0o777
+    parts.append(TarPart(OUTPUT_DIR.strip("/"), None, uid, gid, mode))
+    named = sorted(p.name for p in job.outputs.iterdir() if p.is_dir() and not p.is_symlink())
+    parts += [TarPart(f"{OUTPUT_DIR}/{n}".strip("/"), None, uid, gid, mode) for n in named]
+    return parts
 
 
 def _numeric_user(user: str | None) -> tuple[int, int]:

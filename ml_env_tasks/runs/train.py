@@ -30,7 +30,7 @@ from .placeholders import expand
 from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
 from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
 
-__all__ = ["RunOptions", "RunResult", "train", "parse_pairs"]
+__all__ = ["RunOptions", "RunResult", "train", "parse_pairs", "split_inputs"]
 
 METRIC_LINE = re.compile(r"ML_ENV_METRIC\s+([A-Za-z0-9_.\-/]+)\s*=\s*(\S+)\s*", re.ASCII)
 
@@ -43,6 +43,7 @@ class RunOptions:
     args: tuple[str, ...] = ()
     experiment: str | None = None
     inputs: dict[str, Path] = field(default_factory=dict)
+    input_volumes: dict[str, str] = field(default_factory=dict)  # NAME -> a volume the engine has
     env_vars: dict[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
@@ -129,7 +130,7 @@ def train(
     say = info or (lambda m: print(f"ml-env: {m}", file=sys.stderr, flush=True))
     emit = on_line or (lambda line: print(line, flush=True))
     _validate(opts)
-    args, output_names = expand(opts.args, opts.inputs)
+    args, output_names = expand(opts.args, [*opts.inputs, *opts.input_volumes])
     for lost in reap_lost(opts.runs_dir, warn=lambda m: say("warning: " + m)):
         say(f"warning: run {lost} had lost its ml-env process: marked lost, its container removed")
     experiment = opts.experiment or Path(opts.script).stem
@@ -188,8 +189,11 @@ def train(
         command=[python, opts.script, *args],  # as run: placeholders replaced
         arguments=list(opts.args),  # as given
         inputs={
-            name: {"path": str(p.resolve()), "mount": f"{INPUTS_DIR}/{name}", "sha256": content_hash(p)}
-            for name, p in opts.inputs.items()
+            **{
+                name: {"path": str(p.resolve()), "mount": f"{INPUTS_DIR}/{name}", "sha256": content_hash(p)}
+                for name, p in opts.inputs.items()
+            },
+            **{name: {"volume": v, "mount": f"{INPUTS_DIR}/{name}"} for name, v in opts.input_volumes.items()},
         },
         env_vars=dict(opts.env_vars),
         secrets=list(opts.secrets),
@@ -224,9 +228,14 @@ def train(
             user=user,
             resources=resources,
             timeout=opts.timeout,
+            volumes=dict(opts.input_volumes),
         )
+        if runner is None:
+            runner = LocalDockerRunner()
+            if runner.remote:
+                say(f"on {runner.endpoint.describe()}: code and inputs go in, outputs come back, through its API")
         try:
-            outcome = (runner or LocalDockerRunner()).run(job, line_out)
+            outcome = runner.run(job, line_out)
         except MlEnvError as e:
             _finish(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics)
             raise
@@ -261,6 +270,7 @@ def _without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
 
 def _finish(run_dir: Path, record: RunRecord, outcome: Outcome, outputs: Path, stdout_metrics: dict[str, Any]) -> None:
     record.status, record.exit_code, record.reason = outcome.status, outcome.exit_code, outcome.reason
+    record.engine = outcome.engine
     record.ended = now()
     record.metrics = _parse_metrics(outputs, stdout_metrics)
     files = []
@@ -294,7 +304,22 @@ def _give_outputs_to(outputs: Path, user: str) -> None:
         ) from None
 
 
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", re.A)
+
+
 def _validate(opts: RunOptions) -> None:
+    for name, vol in opts.input_volumes.items():
+        if not matches(INPUT_NAME, name):
+            raise UsageError(
+                f"input name {printable(name, 60)!r} must be a letter then letters, digits or _",
+                hint="--input NAME=volume:VOLUME",
+            )
+        if name in opts.inputs:
+            raise UsageError(f"input {name} given twice")
+        if not VOLUME_NAME.fullmatch(vol):
+            raise UsageError(
+                f"input {name}: {printable(vol, 60)!r} is not a volume name", hint="--input NAME=volume:VOLUME"
+            )
     for name, p in opts.inputs.items():
         if not matches(INPUT_NAME, name):
             raise UsageError(
@@ -340,3 +365,11 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
             raise UsageError(f"{what} {printable(item, 80)!r} must be NAME=VALUE")
         out[k] = v
     return out
+
+
+def split_inputs(pairs: dict[str, str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """``--input NAME=PATH`` and ``--input NAME=volume:VOLUME`` apart (a local path that starts
+    with ``volume:`` is written ``./volume:...``)."""
+    paths = {k: Path(v) for k, v in pairs.items() if not v.startswith("volume:")}
+    volumes = {k: v.removeprefix("volume:") for k, v in pairs.items() if v.startswith("volume:")}
+    return paths, volumes
