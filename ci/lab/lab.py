@@ -802,12 +802,14 @@ def remote_health() -> list[tuple[str, bool, str]]:
         refused = True
     checks.append(("remote tls", refused, "client certificate required" if refused
                    else "answers without a client certificate"))  # fmt: skip
-    try:
-        hidden = not any(Path(f"/proc/{pid}/root/work").iterdir()) and not any(Path(f"/proc/{pid}/root/tmp").iterdir())
-    except OSError:
-        hidden = Path(f"/proc/{pid}/root/work").exists() is False
-    checks.append(("remote isolation", hidden, "its own /tmp and /work (no client paths)" if hidden
-                   else "it sees the client's /tmp or /work"))  # fmt: skip
+    # a file made now in this machine's /tmp, this script and the lab's secrets: none is there
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="ml-env-lab-probe-") as probe:
+        seen = [p for p in (probe.name, str(Path(__file__).resolve()), str(STATE / "auth.json"))
+                if os.path.lexists(f"/proc/{pid}/root{p}")]  # fmt: skip
+    checks.append(("remote isolation", not seen, "its own /tmp, /root, /work (no client paths)" if not seen
+                   else f"it sees {', '.join(seen)}"))  # fmt: skip
     code, text = output(remote_docker("run", "--rm", "--pull", "always", BASE_TINY, "true"), timeout=60)
     checks.append(("remote container", code == 0, "pulled from :5000 through its namespace and ran"
                    if code == 0 else _error_line(text)))  # fmt: skip

@@ -15,7 +15,7 @@ ENV = (
            help="versions file, for NAME:VERSION environments (default envs/versions.toml)"),
 )  # fmt: skip
 START = (
-    Option("port", ("--port",), kind="port", default=5001, help="host port on 127.0.0.1 (0 picks a free one)"),
+    Option("port", ("--port",), kind="port", default=5001, help="host port on 127.0.0.1, or on a remote engine's host (0 picks a free one)"),
     Option("name", ("--name",), help="service name (default: the environment's name)"),
     Option("detach", ("--detach", "-d"), kind="flag", default=False, help="start it and return (stop: ml-env serve stop NAME)"),
     Option("replace", ("--replace",), metavar="NAME", default=None,

@@ -198,17 +198,6 @@ class Containers:
             raise self._fail(e, "inspecting a container") from None
         return list(got.get("Mounts") or [])
 
-    def host_port(self, cid: str, container_port: int) -> int | None:
-        """The host port the engine published ``container_port`` on (it may have picked it)."""
-        try:
-            got = self.api.call("GET", self.api.path("/containers/{}/json", cid))
-        except EngineAPIError as e:
-            raise self._fail(e, "inspecting a container") from None
-        for b in ((got.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{container_port}/tcp") or []:
-            if str(b.get("HostPort") or "").isdigit():
-                return int(b["HostPort"])
-        return None
-
     def volume_exists(self, name: str) -> bool:
         try:
             self.api.call("GET", self.api.path("/volumes/{}", name))

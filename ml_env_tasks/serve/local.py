@@ -14,6 +14,12 @@ across network namespaces, and a shared namespace with two listeners drops the c
 queued on the one that closes. The front forwards per request (``Connection: close``
 upstream), so a kept-alive client connection is never tied to a scoring container. Smoke tests
 (``start(front=False)``) keep one container that publishes its port itself.
+
+On an engine that is not a local socket (``tcp://``, ``ssh://``, a context naming one) nothing
+is mounted from this machine: the entry script's folder (its snapshot, ignore files honoured)
+and the models are copied into the container through the Engine API before it starts, the
+port is published on the engine host's interfaces (the engine picks it for ``--port 0``) and
+the service's URL is the engine's host (``Endpoint.address``) with that port.
 """
 
 from __future__ import annotations
@@ -156,6 +162,14 @@ class _Plan:
     name: str  # the environment's name: the service's by default
     envs: dict[str, str]
     volumes: list[tuple[str, str, str]]
+    copies: list[Any]  # on a remote engine: what is copied in instead of mounted (snapshot.TarPart)
+    remote: bool
+
+
+def _endpoint() -> Any:
+    from .. import engine
+
+    return engine.current().endpoint
 
 
 def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
@@ -193,9 +207,21 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
     volumes: list[tuple[str, str, str]] = []
     envs: dict[str, str] = {}  # a packaged image has its own AZUREML_* settings
+    copies: list[Any] = []
+    remote = not _endpoint().local
     if entry is not None:
-        volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
-        volumes += [(str(p.resolve()), f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT, "ro") for n, p in opts.models.items()]
+        models = {(f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT): p for n, p in opts.models.items()}
+        if remote:
+            from ..snapshot import TarPart, folder_snapshot, snapshot
+
+            app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m))
+            if not app.has(entry.name):
+                raise UsageError(f"entry script {entry} is ignored by its folder's ignore file")
+            copies = [TarPart(APP_ROOT.strip("/"), app)]
+            copies += [TarPart(dst.strip("/"), folder_snapshot(p)) for dst, p in models.items()]
+        else:
+            volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
+            volumes += [(str(p.resolve()), dst, "ro") for dst, p in models.items()]
         envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": MODEL_ROOT}
     if opts.scoring_timeout_ms:
         envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
@@ -207,7 +233,23 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
         if not 0 < opts.read_timeout <= 3600:
             raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
-    return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes)
+    return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes, copies, remote)
+
+
+def _copy_in(box: Any, plan: _Plan) -> None:
+    """A remote engine's container gets the entry script and the models through the Engine API."""
+    if plan.copies:
+        from ..snapshot import tar_parts
+
+        box.put_tar(tar_parts(plan.copies), "copying the entry script and models into the container")
+
+
+def _host_ip(plan: _Plan) -> str:
+    return "0.0.0.0" if plan.remote else "127.0.0.1"
+
+
+def _url(port: int) -> str:
+    return f"http://{_endpoint().address}:{port}"
 
 
 def start(
@@ -229,25 +271,36 @@ def start(
             f"a service named {name} is already running",
             hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",
         )
-    if opts.port == 0:
+    if plan.remote:
+        port = opts.port  # the engine's host says whether it is free (0: the engine picks one)
+    elif opts.port == 0:
         port = free_port()
     else:
         port = opts.port
         if _port_taken(port):
             raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
     if front:
-        return _start_fronted(plan, name, port, opts)
-    box = c.create(
-        plan.image, [], name=f"ml-env-serve-{name}", envs=plan.envs, volumes=plan.volumes,
-        labels={LABEL: name, "ml-env.image": plan.image}, workdir=APP_ROOT, user=None, resources=opts.resources,
-        ports={CONTAINER_PORT: port},
-    )  # fmt: skip
-    try:
-        box.start()
-    except BaseException:
-        box.remove()
-        raise
-    return Service(name, box.id, f"http://127.0.0.1:{port}", plan.image, port, plan.server)
+        service = _start_fronted(plan, name, port, opts)
+    else:
+        box = c.create(
+            plan.image, [], name=f"ml-env-serve-{name}", envs=plan.envs, volumes=plan.volumes,
+            labels={LABEL: name, "ml-env.image": plan.image}, workdir=APP_ROOT, user=None, resources=opts.resources,
+            ports={CONTAINER_PORT: port}, host_ip=_host_ip(plan),
+        )  # fmt: skip
+        try:
+            _copy_in(box, plan)
+            box.start()
+            if plan.remote:
+                port = box.host_port(CONTAINER_PORT) or port
+        except BaseException:
+            box.remove()
+            raise
+        service = Service(name, box.id, _url(port), plan.image, port, plan.server)
+    if plan.remote and info:
+        info(
+            f"the service runs on {_endpoint().describe()}: reached at {service.url} (the engine host's published port)"
+        )
+    return service
 
 
 def _network(name: str) -> str:
@@ -276,14 +329,15 @@ def _front_tar(generation: int, host: str, *, script: bool) -> Iterator[bytes]:
 
 def _start_backend(plan: _Plan, name: str, generation: int, opts: ServeOptions) -> tuple[str, int]:
     """A scoring container of a fronted service, on its network; its port is published on a port
-    the engine picks (127.0.0.1), for the readiness check. Returns its id and that port."""
+    the engine picks (on the engine's host), for the readiness check. Returns its id and that port."""
     c = _containers()
     box = c.create(
         plan.image, [], name=f"ml-env-backend-{name}-{generation}", envs=plan.envs, volumes=plan.volumes,
         labels={BACKEND: name, GENERATION: str(generation), "ml-env.image": plan.image}, workdir=APP_ROOT, user=None,
-        resources=opts.resources, ports={CONTAINER_PORT: 0}, network=_network(name),
+        resources=opts.resources, ports={CONTAINER_PORT: 0}, network=_network(name), host_ip=_host_ip(plan),
     )  # fmt: skip
     try:
+        _copy_in(box, plan)
         box.start()
         return box.id, c.host_port(box.id, CONTAINER_PORT)
     except BaseException:
@@ -304,15 +358,17 @@ def _start_fronted(plan: _Plan, name: str, port: int, opts: ServeOptions) -> Ser
         box = c.create(
             plan.image, [plan.python, f"{FRONT_DIR}/front.py"], name=f"ml-env-serve-{name}", envs=envs, volumes=[],
             labels={LABEL: name, ROLE: "front", "ml-env.image": plan.image}, workdir="/", user=None,
-            ports={CONTAINER_PORT: port}, network=_network(name),
+            ports={CONTAINER_PORT: port}, network=_network(name), host_ip=_host_ip(plan),
         )  # fmt: skip
         box.put_tar(_front_tar(1, c.address(backend, _network(name)), script=True))
         box.start()
+        if plan.remote:
+            port = box.host_port(CONTAINER_PORT) or port
     except BaseException:
         _remove_service(name)
         raise
-    return Service(name, backend, f"http://127.0.0.1:{port}", plan.image, port, plan.server, front_id=box.id,
-                   backend_url=f"http://127.0.0.1:{backend_port}")  # fmt: skip
+    return Service(name, backend, _url(port), plan.image, port, plan.server, front_id=box.id,
+                   backend_url=_url(backend_port))  # fmt: skip
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> float:
@@ -377,8 +433,8 @@ def replace(
     current = _current_generation(front.id)
     generation = max(old, default=0) + 1
     backend, backend_port = _start_backend(plan, name, generation, opts)
-    service = Service(name, backend, f"http://127.0.0.1:{ports[0]}", plan.image, ports[0], plan.server,
-                      front_id=front.id, backend_url=f"http://127.0.0.1:{backend_port}")  # fmt: skip
+    service = Service(name, backend, _url(ports[0]), plan.image, ports[0], plan.server,
+                      front_id=front.id, backend_url=_url(backend_port))  # fmt: skip
     try:
         t0 = time.monotonic()
         _poll(backend, service.backend_url + READY_PATHS.get(plan.server, "/score"), t0, ready_timeout)  # type: ignore[operator]
@@ -474,7 +530,7 @@ def list_services() -> list[ServiceInfo]:
     for info in _containers().list_by_label(LABEL):
         name = info.labels.get(LABEL, "")
         ports = [p for p in info.ports if p.container_port == CONTAINER_PORT]
-        url = f"http://127.0.0.1:{ports[0].host_port}" if ports else None
+        url = _url(ports[0].host_port) if ports else None
         image, state = info.labels.get("ml-env.image", ""), info.state
         if info.labels.get(ROLE) == "front":  # the image and state of the container it forwards to
             now = _serving(name, info.id)
