@@ -15,29 +15,25 @@ def ws(lab: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A workspace with its own repository; its images (local and in the registries) go afterwards."""
     monkeypatch.chdir(tmp_path)
     w = Workspace(lab, tmp_path, f"test/{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("ML_ENV_TEST_REPO", w.repo)  # what this test's containers are made from (helpers.mine)
     try:
         yield w
     finally:
-        from python_on_whales import docker
-        from python_on_whales.exceptions import NoSuchImage
+        # one Engine API call lists this test's images with their tags, filtered by the engine (a
+        # whole listing costs seconds on an engine with hundreds); one removed meanwhile is fine
+        from ml_env_tasks import engine
+        from ml_env_tasks.engine.api import EngineAPIError
 
-        for _ in range(3):  # another process removing an image between `ls` and `inspect`
-            try:
-                images = docker.image.list()
-                break
-            except NoSuchImage:
-                images = []
-        for img in images:
-            try:
-                tags = list(img.repo_tags)  # (read from the engine: the image may be gone by now)
-            except NoSuchImage:
-                continue
-            for tag in tags:
+        api = engine.current().containers.api
+        r = w.repo  # its images: <repo>:tag, <host>/<repo>:tag, and the <repo>-suffix[/...] repositories
+        patterns = [f"{r}*", f"*/{r}*", f"{r}*/*", f"*/{r}*/*"]
+        for img in api.call("GET", api.path("/images/json", query={"filters": {"reference": patterns}})) or []:
+            for tag in img.get("RepoTags") or []:
                 if w.repo in tag:
                     try:
-                        docker.image.remove(tag, force=True)
-                    except NoSuchImage:  # went with another of its tags
-                        pass
+                        api.call("DELETE", api.path("/images/{}", tag, query={"force": "1"}))
+                    except EngineAPIError:
+                        pass  # went with another of its tags
         creds = {lab["auth_registry"]: (lab["auth_user"], lab["auth_password"])}
         for host, repo in [(lab["registry"], w.repo), (lab["auth_registry"], w.repo), *w.extra_repos]:
             delete_repository(host, repo, creds.get(host))

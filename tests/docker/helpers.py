@@ -297,3 +297,21 @@ def copy_checkout(dest: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "act"], cwd=dest, check=True)
     return dest
+
+
+def mine(label: str) -> list[str]:
+    """Names of containers with ``label`` made from this test's images (the ``ws`` repository):
+    other sessions sharing the engine have containers of their own, which are not this test's."""
+    from python_on_whales import docker
+    from python_on_whales.exceptions import NoSuchContainer
+
+    repo = os.environ.get("ML_ENV_TEST_REPO", "")
+    out = []
+    for c in docker.container.list(all=True, filters=[("label", label)]):
+        try:
+            image = (c.config.labels or {}).get("ml-env.image", "") or c.config.image
+        except NoSuchContainer:
+            continue
+        if repo and repo in str(image):
+            out.append(c.name)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ def run_action(
     """Run the composite action's steps with `${{ inputs.* }}` resolved; return outputs and summary."""
     doc = yaml.safe_load(action.read_text())
     values = {k: str(v.get("default", "")) for k, v in doc["inputs"].items()}
+    values["python"] = sys.executable  # this checkout's ml-env, whichever python3 is first on PATH
     values.update(inputs)
     out_file, summary = tmp / "github_output", tmp / "step_summary"
     out_file.write_text("")

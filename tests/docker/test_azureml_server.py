@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from python_on_whales import docker
 
 from ml_env_tasks.serve import local
 from ml_env_tasks.serve.local import ServeOptions, ServiceFailed
@@ -81,7 +80,9 @@ RAW_CASES = [{"name": "sum", "request": {"x": [1, 2, 3]}, "expect_subset": {"sum
 
 
 def leftovers() -> list[str]:
-    return [c.name for c in docker.container.list(all=True, filters=[("label", "ml-env.serve")])]
+    from .helpers import mine
+
+    return mine("ml-env.serve")
 
 
 @pytest.fixture

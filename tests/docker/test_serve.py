@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from python_on_whales import docker
 
 from ml_env_tasks.build import build
 from ml_env_tasks.registry import RegistryClient
@@ -40,7 +39,9 @@ def run(raw):
 
 
 def leftovers() -> list[str]:
-    return [c.name for c in docker.container.list(all=True, filters=[("label", "ml-env.serve")])]
+    from .helpers import mine
+
+    return mine("ml-env.serve")
 
 
 @pytest.fixture
