@@ -77,7 +77,7 @@ def test_build_action_outputs_and_summary(ws) -> None:
         "repository": ws.repo,
         "network": ws.lab["build_network"],
         "install": "false",
-        "python": os.environ.get("PYTHON", "python3"),
+        "python": sys.executable,
     }
     action = ROOT / "ci/github/build/action.yml"
     proc, outputs, summary = run_action(action, inputs, ws.dir)
@@ -165,7 +165,7 @@ def test_build_action_takes_build_push_action_inputs(ws) -> None:
 
 def test_build_action_annotates_the_spec_line(ws) -> None:
     f = ws.spec(f'name = "act"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[apt]\npackages = ["Bad Name"]\n')
-    inputs = {"spec": str(f), "registry": ws.lab["registry"], "install": "false", "python": "python3"}
+    inputs = {"spec": str(f), "registry": ws.lab["registry"], "install": "false", "python": sys.executable}
     proc, outputs, _ = run_action(ROOT / "ci/github/build/action.yml", inputs, ws.dir)
     assert proc.returncode == 2
     assert re.search(r"^::error file=[^,]*e?nv\.toml,line=5,title=ml-env%3A SpecError::", proc.stdout, re.M), (
