@@ -18,21 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import RegistryError
+from .registry import artifacts as art
 
 __all__ = ["SMOKE_TYPE", "Attached", "attach", "referrers", "smoke_records", "record_smoke", "latest_passing"]
 
 SMOKE_TYPE = "application/vnd.ml-env.smoke-test.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
 MAX_PAYLOAD = 256 * 1024
 ATTEMPTS = 5
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _is_digest(v: Any) -> bool:
@@ -75,31 +67,23 @@ def attach(
     head = client.head_manifest(repo, subject)
     if head is None:
         raise RegistryError(f"{client.host}/{repo}@{subject[:19]} is not there to attach to")
-    for d, data in ((EMPTY_DIGEST, EMPTY), (_sha(payload), payload)):
-        if not client.blob_exists(repo, d):
-            client.upload_stream(repo, d, iter([data]), len(data))
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY), "data": "e30="},
-        "layers": [{"mediaType": artifact_type, "digest": _sha(payload), "size": len(payload)}],
-        "subject": {"mediaType": head.media_type or OCI_MANIFEST, "digest": subject, "size": head.size},
-        "annotations": annotations,
-    }
-    body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
-    digest = _sha(body)
-    client.put_manifest(repo, digest, body, OCI_MANIFEST)
+    art.put_empty_config(client, repo)
+    layer = {"mediaType": artifact_type, "digest": art.put_blob(client, repo, payload), "size": len(payload)}
+    body = art.manifest(
+        artifact_type, [layer], annotations=annotations,
+        subject={"mediaType": head.media_type or art.OCI_MANIFEST, "digest": subject, "size": head.size},
+    )  # fmt: skip
+    digest = art.sha256(body)
+    client.put_manifest(repo, digest, body, art.OCI_MANIFEST)
     if client.referrers(repo, subject) is not None:
         return Attached(digest, None)  # the registry indexes it itself
-    descriptor = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type,
+    descriptor = {"mediaType": art.OCI_MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type,
                   "annotations": annotations}  # fmt: skip
     tag = _fallback_tag(subject)
     for _ in range(ATTEMPTS):
         listed = [m for m in referrers(client, repo, subject) if m.get("digest") != digest]
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*listed, descriptor]}
-        ibody = json.dumps(index, separators=(",", ":"), sort_keys=True).encode()
-        client.put_manifest(repo, tag, ibody, OCI_INDEX)
+        ibody = art.canonical({"schemaVersion": 2, "mediaType": art.OCI_INDEX, "manifests": [*listed, descriptor]})
+        client.put_manifest(repo, tag, ibody, art.OCI_INDEX)
         if any(m.get("digest") == digest for m in referrers(client, repo, subject)):
             return Attached(digest, tag)
     raise RegistryError(f"could not list the record in {client.host}/{repo}:{tag} (concurrent writers)")

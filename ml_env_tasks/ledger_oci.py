@@ -20,8 +20,6 @@ TOML is read by the same strict reader as a file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from .errors import LogError, RegistryError, UsageError
 from .fsutil import write_atomic
 from .grammar import TAG, matches, printable
 from .ledger import Ledger
+from .registry import artifacts as art
 from .tomllog import MAX_LOG_BYTES, TomlLog
 
 __all__ = ["LEDGER_TAG", "ARTIFACT_TYPE", "RemoteLedger", "is_remote", "open_ledger", "ledger_location"]
@@ -39,10 +38,6 @@ __all__ = ["LEDGER_TAG", "ARTIFACT_TYPE", "RemoteLedger", "is_remote", "open_led
 PREFIX = "oci://"
 LEDGER_TAG = "ml-env-ledger"
 ARTIFACT_TYPE = "application/vnd.ml-env.ledger.v1+toml"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
 WRITE_ATTEMPTS = 5
 
 
@@ -122,13 +117,13 @@ class RemoteLedger(Ledger):
             if (now.digest if now else None) != self._read:
                 self._merge()
             data = self.path.read_bytes()
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            for d, blob in ((EMPTY_DIGEST, EMPTY), (digest, data)):
-                if not self.client.blob_exists(self.repository, d):
-                    self.client.upload_stream(self.repository, d, iter([blob]), len(blob))
-            body = _manifest(digest, len(data))
-            put = self.client.put_manifest(self.repository, self.tag, body, OCI_MANIFEST)
-            written = put or "sha256:" + hashlib.sha256(body).hexdigest()
+            art.put_empty_config(self.client, self.repository)
+            digest = art.put_blob(self.client, self.repository, data)
+            layer = {"mediaType": ARTIFACT_TYPE, "digest": digest, "size": len(data),
+                     "annotations": {"org.opencontainers.image.title": "releases.toml"}}  # fmt: skip
+            body = art.manifest(ARTIFACT_TYPE, [layer])
+            put = self.client.put_manifest(self.repository, self.tag, body, art.OCI_MANIFEST)
+            written = put or art.sha256(body)
             after = self.client.head_manifest(self.repository, self.tag)
             if after is not None and after.digest == written:
                 self._read, self._new = written, []
@@ -157,43 +152,14 @@ class RemoteLedger(Ledger):
 
 def _ledger_layer(body: bytes, where: str) -> str:
     """The digest of the TOML layer of a ledger artifact; anything else is a LogError."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    layers = doc.get("layers") if isinstance(doc, dict) else None
-    if (
-        not isinstance(layers, list)
-        or len(layers) != 1
-        or not isinstance(layers[0], dict)
-        or layers[0].get("mediaType") != ARTIFACT_TYPE
-    ):
-        raise LogError(f"not an ml-env ledger (an OCI artifact of type {ARTIFACT_TYPE} with one layer)", file=where)
-    layer = layers[0]
-    digest, size = layer.get("digest"), layer.get("size")
-    if not (isinstance(digest, str) and digest.startswith("sha256:") and len(digest) == 71):
-        raise LogError("the ledger's layer has no sha256 digest", file=where)
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_LOG_BYTES:
-        raise LogError(f"the ledger's layer is larger than {MAX_LOG_BYTES} bytes", file=where)
-    return digest
-
-
-def _manifest(digest: str, size: int) -> bytes:
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY), "data": "e30="},
-        "layers": [
-            {
-                "mediaType": ARTIFACT_TYPE,
-                "digest": digest,
-                "size": size,
-                "annotations": {"org.opencontainers.image.title": "releases.toml"},
-            }
-        ],
-    }
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    doc = art.single_layer(body, ARTIFACT_TYPE, MAX_LOG_BYTES)
+    if doc is None:
+        raise LogError(
+            f"not an ml-env ledger (an OCI artifact of type {ARTIFACT_TYPE} with one layer of at most "
+            f"{MAX_LOG_BYTES} bytes)",
+            file=where,
+        )
+    return str(doc["layers"][0]["digest"])
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from typing import Any
 
 from .errors import RegistryError, UsageError
 from .grammar import MODEL_NAME, matches, printable
+from .registry import artifacts as art
 
 __all__ = [
     "ModelVersion",
@@ -46,11 +47,7 @@ __all__ = [
 ]
 
 ARTIFACT_TYPE = "application/vnd.ml-env.model.v1"
-LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
+LAYER_TYPE = art.LAYER_TAR  # a model layer is also an image layer (``package``)
 MODEL_PREFIX = "var/azureml-models"
 MAX_MODEL_MB = 200_000.0
 NUMBER_TRIES = 20
@@ -174,13 +171,9 @@ def register(
             existing = _read(client, registry, repo, found.digest)
             info(f"{name}:{existing.version} already holds these bytes ({layer[:19]}): reused")
             return ModelVersion(**{**existing.__dict__, "reused": True})
-        for d, path_or_bytes in ((EMPTY_DIGEST, EMPTY), (layer, layer_path)):
-            if client.blob_exists(repo, d):
-                continue
-            if isinstance(path_or_bytes, bytes):
-                client.upload_stream(repo, d, iter([path_or_bytes]), len(path_or_bytes))
-            else:
-                client.upload_stream(repo, d, _file_chunks(path_or_bytes), size)
+        art.put_empty_config(client, repo)
+        if not client.blob_exists(repo, layer):
+            client.upload_stream(repo, layer, _file_chunks(layer_path), size)
     number = max([int(t) for t in client.tags(repo) if t.isdigit() and len(t) < 10], default=0) + 1
     created = datetime.now(UTC).isoformat(timespec="seconds")
     for _ in range(NUMBER_TRIES):
@@ -196,12 +189,12 @@ def register(
         if client.head_manifest(repo, str(number)) is not None:
             number += 1  # taken by a concurrent registration
             continue
-        digest = client.put_manifest(repo, str(number), body, OCI_MANIFEST) or _sha(body)
+        digest = client.put_manifest(repo, str(number), body, art.OCI_MANIFEST) or art.sha256(body)
         after = client.head_manifest(repo, str(number))
         if after is None or after.digest != digest:
             number += 1  # lost the race for this number: the other writer keeps it
             continue
-        client.put_manifest(repo, content_tag, body, OCI_MANIFEST)
+        client.put_manifest(repo, content_tag, body, art.OCI_MANIFEST)
         info(f"registered {name}:{number} ({size / 2**20:.1f} MiB) in {registry}/{repo}")
         return _version(registry, repo, digest, annotations, layer, size)
     raise RegistryError(
@@ -215,20 +208,10 @@ def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def _sha(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
 def _manifest(layer: str, size: int, annotations: dict[str, str]) -> bytes:
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY), "data": "e30="},
-        "layers": [{"mediaType": LAYER_TYPE, "digest": layer, "size": size}],
-        "annotations": annotations,
-    }
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    return art.manifest(
+        ARTIFACT_TYPE, [{"mediaType": LAYER_TYPE, "digest": layer, "size": size}], annotations=annotations
+    )
 
 
 def _version(registry: str, repo: str, digest: str, ann: dict[str, Any], layer: str, size: int) -> ModelVersion:
@@ -256,22 +239,10 @@ def _read(client: Any, registry: str, repo: str, reference: str) -> ModelVersion
     if got is None:
         raise UsageError(f"model {registry}/{repo}:{printable(reference, 80)} not found")
     info, body = got
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    layers = doc.get("layers") if isinstance(doc, dict) else None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("artifactType") != ARTIFACT_TYPE
-        or not isinstance(layers, list)
-        or len(layers) != 1
-        or not isinstance(layers[0], dict)
-        or layers[0].get("mediaType") != LAYER_TYPE
-        or not isinstance(layers[0].get("digest"), str)
-        or not isinstance(layers[0].get("size"), int)
-    ):
+    doc = art.single_layer(body, LAYER_TYPE, 2**50, artifact_type=ARTIFACT_TYPE)
+    if doc is None:
         raise RegistryError(f"{registry}/{repo}@{info.digest[:19]} is not an ml-env model artifact")
+    layers = doc["layers"]
     got_ann = doc.get("annotations")
     ann: dict[str, Any] = got_ann if isinstance(got_ann, dict) else {}
     return _version(registry, repo, info.digest, ann, layers[0]["digest"], layers[0]["size"])

@@ -29,14 +29,13 @@ from typing import Any
 
 from .errors import RegistryError, UsageError
 from .grammar import printable
+from .registry import artifacts as art
 
 __all__ = ["PackageResult", "package", "APP_PREFIX", "PACKAGE_LABEL"]
 
 APP_PREFIX = "var/azureml-app"
 PACKAGE_LABEL = "ml-env.package.entry"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_MANIFEST, OCI_CONFIG, LAYER_TAR = art.OCI_MANIFEST, art.OCI_CONFIG, art.LAYER_TAR
 ENTRY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py", re.ASCII)
 
 
@@ -165,7 +164,7 @@ def package(
             _ensure(client, repo, layer["digest"], src.repository, None, layer.get("size"))
         _ensure(client, repo, app_digest, None, app_path, app_size)
         _ensure(client, repo, model_digest, model_repo, model_path, model_size)
-        _ensure_bytes(client, repo, cfg_digest, cfg_bytes)
+        art.put_blob(client, repo, cfg_bytes)
         layers = [*manifest["layers"],
                   {"mediaType": LAYER_TAR, "digest": app_digest, "size": app_size},
                   {"mediaType": LAYER_TAR, "digest": model_digest, "size": model_size}]  # fmt: skip
@@ -256,8 +255,3 @@ def _ensure(client: Any, repo: str, digest: str, from_repo: str | None, path: Pa
         client.upload_stream(repo, digest, client.blob_chunks(from_repo, digest), size)
         return
     raise RegistryError(f"blob {digest[:19]} is nowhere to be copied from")
-
-
-def _ensure_bytes(client: Any, repo: str, digest: str, data: bytes) -> None:
-    if not client.blob_exists(repo, digest):
-        client.upload_stream(repo, digest, iter([data]), len(data))

@@ -27,15 +27,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import RegistryError
+from .registry import artifacts as art
 
 __all__ = ["Contents", "cyclonedx_json", "spdx_json", "statement", "attach_attestations", "deb_packages", "source_date"]
 
 INTOTO = "application/vnd.in-toto+json"
 CYCLONEDX = "https://cyclonedx.org/bom"
 SPDX = "https://spdx.dev/Document"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_MANIFEST, OCI_INDEX, OCI_CONFIG = art.OCI_MANIFEST, art.OCI_INDEX, art.OCI_CONFIG
 MAX_DPKG = 8 * 2**20
 
 
@@ -160,17 +159,6 @@ def statement(predicate_type: str, predicate: dict[str, Any], subject_name: str,
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _put_blob(client: Any, repo: str, data: bytes) -> str:
-    d = _sha(data)
-    if not client.blob_exists(repo, d):
-        client.upload_stream(repo, d, iter([data]), len(data))
-    return d
-
-
 def attach_attestations(
     client: Any, repo: str, tag: str, top: str, make: Any, *, replace_types: tuple[str, ...] = (CYCLONEDX, SPDX)
 ) -> str:
@@ -201,16 +189,16 @@ def attach_attestations(
     for image in images:
         layers = []
         for ptype, data in make(image["digest"]):
-            layers.append({"mediaType": INTOTO, "digest": _put_blob(client, repo, data), "size": len(data),
+            layers.append({"mediaType": INTOTO, "digest": art.put_blob(client, repo, data), "size": len(data),
                            "annotations": {"in-toto.io/predicate-type": ptype}})  # fmt: skip
         config = json.dumps({"architecture": "unknown", "os": "unknown", "config": {},
                              "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]}},
                             sort_keys=True, separators=(",", ":")).encode()  # fmt: skip
         manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": {"mediaType": OCI_CONFIG, "digest": _put_blob(client, repo, config),
+                               "config": {"mediaType": OCI_CONFIG, "digest": art.put_blob(client, repo, config),
                                           "size": len(config)}, "layers": layers},
                               sort_keys=True, separators=(",", ":")).encode()  # fmt: skip
-        md = _sha(manifest)
+        md = art.sha256(manifest)
         client.put_manifest(repo, md, manifest, OCI_MANIFEST)
         keep.append({"mediaType": OCI_MANIFEST, "digest": md, "size": len(manifest),
                      "annotations": {"vnd.docker.reference.digest": image["digest"],
@@ -219,7 +207,7 @@ def attach_attestations(
     doc["manifests"] = keep
     doc.setdefault("mediaType", OCI_INDEX)
     new = json.dumps(doc, separators=(",", ":")).encode()
-    put = client.put_manifest(repo, tag, new, OCI_INDEX) or _sha(new)
+    put = client.put_manifest(repo, tag, new, OCI_INDEX) or art.sha256(new)
     return str(put)
 
 

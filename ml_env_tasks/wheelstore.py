@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BlobIntegrityError, RegistryError, UsageError
 from .grammar import printable
+from .registry import artifacts as art
 
 if TYPE_CHECKING:
     from .environment import Environment
@@ -37,10 +38,6 @@ __all__ = ["ARTIFACT_TYPE", "push", "targets", "download", "tag_for"]
 
 ARTIFACT_TYPE = "application/vnd.ml-env.wheels.v1"
 WHEEL_TYPE = "application/vnd.ml-env.wheel.v1+zip"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
 TITLE = "org.opencontainers.image.title"
 MAX_WHEEL = 16 * 2**30  # a descriptor claiming more is refused before anything is read
 
@@ -76,21 +73,12 @@ def push(env: Environment, image: str, env_hash: str, *, insecure: bool = False)
             # the registry checks the bytes against the digest the spec was parsed with
             client.upload_stream(repo, digest, _file_chunks(w.real), w.size)
         layers.append({"mediaType": WHEEL_TYPE, "digest": digest, "size": w.size, "annotations": {TITLE: w.path.name}})
-    if not client.blob_exists(repo, EMPTY_DIGEST):
-        client.upload_stream(repo, EMPTY_DIGEST, iter([EMPTY]), len(EMPTY))
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY), "data": "e30="},
-        "layers": layers,
-        "subject": {"mediaType": subject.media_type or OCI_MANIFEST, "digest": subject.digest, "size": subject.size},
-        "annotations": {"ml-env.name": env.name, "ml-env.hash": env_hash},
-    }
-    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-    return client.put_manifest(repo, tag_for(env_hash), body, OCI_MANIFEST) or (
-        "sha256:" + hashlib.sha256(body).hexdigest()
-    )
+    art.put_empty_config(client, repo)
+    body = art.manifest(
+        ARTIFACT_TYPE, layers, annotations={"ml-env.name": env.name, "ml-env.hash": env_hash},
+        subject={"mediaType": subject.media_type or art.OCI_MANIFEST, "digest": subject.digest, "size": subject.size},
+    )  # fmt: skip
+    return client.put_manifest(repo, tag_for(env_hash), body, art.OCI_MANIFEST) or art.sha256(body)
 
 
 def targets(entry: VersionEntry, folder: Path) -> dict[str, Path]:
