@@ -91,6 +91,8 @@ def expected(env: spec.Environment) -> list[str]:
         out += ["RUN"] if env.inference else []
     out += ["ENV"] if env.variables else []
     out += ["ENV", "EXPOSE", "CMD"] if env.inference else []
+    if "RUN" in out:  # ml-env runs steps: they are dated by SOURCE_DATE_EPOCH, declared first
+        out.insert(1, "ARG")
     return out
 
 
