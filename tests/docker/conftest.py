@@ -19,21 +19,48 @@ def ws(lab: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     try:
         yield w
     finally:
-        # one Engine API call lists this test's images with their tags, filtered by the engine (a
-        # whole listing costs seconds on an engine with hundreds); one removed meanwhile is fine
-        from ml_env_tasks import engine
-        from ml_env_tasks.engine.api import EngineAPIError
+        # removing a test's images and repositories takes a second or two (the image store
+        # deletes one at a time): it runs beside the next test, and the session waits for it all
+        _CLEANUP.append(_cleaner().submit(_clean, lab, w.repo, list(w.extra_repos)))
 
-        api = engine.current().containers.api
-        r = w.repo  # its images: <repo>:tag, <host>/<repo>:tag, and the <repo>-suffix[/...] repositories
-        patterns = [f"{r}*", f"*/{r}*", f"{r}*/*", f"*/{r}*/*"]
-        for img in api.call("GET", api.path("/images/json", query={"filters": {"reference": patterns}})) or []:
-            for tag in img.get("RepoTags") or []:
-                if w.repo in tag:
-                    try:
-                        api.call("DELETE", api.path("/images/{}", tag, query={"force": "1"}))
-                    except EngineAPIError:
-                        pass  # went with another of its tags
-        creds = {lab["auth_registry"]: (lab["auth_user"], lab["auth_password"])}
-        for host, repo in [(lab["registry"], w.repo), (lab["auth_registry"], w.repo), *w.extra_repos]:
-            delete_repository(host, repo, creds.get(host))
+
+_CLEANUP: list = []
+_POOL: list = []
+
+
+def _cleaner():
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="ws-cleanup"))
+    return _POOL[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_at_the_end():
+    """Every workspace is cleaned before the session ends; a cleanup that failed fails it."""
+    yield
+    errors = [f.exception() for f in _CLEANUP if f.exception() is not None]
+    if _POOL:
+        _POOL[0].shutdown(wait=True)
+    assert not errors, f"workspace cleanup failed: {errors[:3]}"
+
+
+def _clean(lab: dict, repo: str, extra_repos: list) -> None:
+    # one Engine API call lists this test's images with their tags, filtered by the engine (a
+    # whole listing costs seconds on an engine with hundreds); one removed meanwhile is fine
+    from ml_env_tasks import engine
+    from ml_env_tasks.engine.api import EngineAPIError
+
+    api = engine.current().containers.api
+    patterns = [f"{repo}*", f"*/{repo}*", f"{repo}*/*", f"*/{repo}*/*"]  # <repo>, <host>/<repo>, <repo>-x[/...]
+    for img in api.call("GET", api.path("/images/json", query={"filters": {"reference": patterns}})) or []:
+        for tag in img.get("RepoTags") or []:
+            if repo in tag:
+                try:
+                    api.call("DELETE", api.path("/images/{}", tag, query={"force": "1"}))
+                except EngineAPIError:
+                    pass  # went with another of its tags
+    creds = {lab["auth_registry"]: (lab["auth_user"], lab["auth_password"])}
+    for host, r in [(lab["registry"], repo), (lab["auth_registry"], repo), *extra_repos]:
+        delete_repository(host, r, creds.get(host))
