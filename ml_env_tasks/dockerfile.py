@@ -302,9 +302,12 @@ def describe(plan: BuildPlan) -> str:
     return f"# hash: {plan.hash}\n# context files:\n{ctx}\n{plan.dockerfile}"
 
 
-def plan_json(plan: BuildPlan, image: str | None, cache: dict[str, str] | None = None) -> str:
+def plan_json(
+    plan: BuildPlan, image: str | None, cache: dict[str, str] | None = None, build_args: dict[str, str] | None = None
+) -> str:
     doc: dict[str, object] = {
         "hash": plan.hash, "image": image, "dockerfile": plan.dockerfile, "context_files": sorted(plan.files),
+        "build_args": build_args or {},  # what another builder must pass to build the same image
     }  # fmt: skip
     if cache:
         doc["cache"] = cache

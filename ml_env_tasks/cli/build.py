@@ -53,6 +53,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..build import plan
+    from ..build.flow import source_date_epoch
     from ..dockerfile import describe, plan_json
 
     opts = build_options(args)
@@ -66,11 +67,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.context_dir:
         _write_context(p, Path(args.context_dir))
     out = output(args)
+    build_args = {"SOURCE_DATE_EPOCH": source_date_epoch()} if "ARG SOURCE_DATE_EPOCH" in p.dockerfile else {}
     if out.json_mode:
-        print(plan_json(p, ref, cache))
+        print(plan_json(p, ref, cache, build_args))
     else:
-        lines = [f"# image: {ref}"] + (
-            [f"# registry cache: {cache['exact']} (moving: {cache['moving']})"] if cache else []
+        lines = (
+            [f"# image: {ref}"]
+            + ([f"# registry cache: {cache['exact']} (moving: {cache['moving']})"] if cache else [])
+            + [f"# build argument: {k}={v}" for k, v in args.items()]
         )
         out.result(None, "\n".join(lines) + "\n" + describe(p))
     return 0

@@ -163,6 +163,8 @@ def main() -> int:
         baseline = ["docker", "buildx", "build", "--progress", "plain", "--network", lb["build_network"]]
         if lb.get("ca_bundle"):
             baseline += ["--secret", f"id=ml-env-ca,src={lb['ca_bundle']}"]
+        for k, v in (planned.get("build_args") or {}).items():  # the same build as ml-env's
+            baseline += ["--build-arg", f"{k}={v}"]
         baseline += ["--cache-from", f"type=registry,ref={exact}", "--cache-from", f"type=registry,ref={moving}"]
         baseline += ["--push", "-t", baseline_tag, str(ctx)]
         nb = rounds(5)
