@@ -74,7 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         lines = (
             [f"# image: {ref}"]
             + ([f"# registry cache: {cache['exact']} (moving: {cache['moving']})"] if cache else [])
-            + [f"# build argument: {k}={v}" for k, v in args.items()]
+            + [f"# build argument: {k}={v}" for k, v in build_args.items()]
         )
         out.result(None, "\n".join(lines) + "\n" + describe(p))
     return 0
