@@ -101,3 +101,27 @@ def test_action_inputs_keep_commas_where_values_hold_them() -> None:
     assert v["cache_from"] == ["type=registry,ref=h/c:1", "type=registry,ref=h/c:2"]
     opts = BuildOptions.from_values(v)
     assert opts.tags == ("latest", "v1", "v2") and opts.platforms == ("linux/amd64",)
+
+
+def test_plan_names_the_build_arguments_another_builder_needs(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    f = tmp_path / "e.toml"
+    f.write_text(
+        'name = "p"\n[base]\nimage = "127.0.0.1:5000/base/debian-python:bookworm"\n[python]\npackages = ["six==1.16.0"]\n'
+    )
+    text = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "plan", str(f)], capture_output=True, text=True)
+    assert text.returncode == 0, text.stderr
+    assert "# build argument: SOURCE_DATE_EPOCH=0" in text.stdout and "ARG SOURCE_DATE_EPOCH" in text.stdout
+    js = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.cli", "plan", str(f), "--json"], capture_output=True, text=True
+    )
+    assert json.loads(js.stdout)["build_args"] == {"SOURCE_DATE_EPOCH": "0"}
+    env_only = tmp_path / "v.toml"
+    env_only.write_text('name = "v"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n[env]\nA = "1"\n')
+    js = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.cli", "plan", str(env_only), "--json"], capture_output=True, text=True
+    )
+    assert json.loads(js.stdout)["build_args"] == {}  # ml-env runs nothing there: nothing to date
