@@ -24,7 +24,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,7 +173,7 @@ def register(
             return ModelVersion(**{**existing.__dict__, "reused": True})
         art.put_empty_config(client, repo)
         if not client.blob_exists(repo, layer):
-            client.upload_stream(repo, layer, _file_chunks(layer_path), size)
+            client.upload_stream(repo, layer, art.file_chunks(layer_path), size)
     number = max([int(t) for t in client.tags(repo) if t.isdigit() and len(t) < 10], default=0) + 1
     created = datetime.now(UTC).isoformat(timespec="seconds")
     for _ in range(NUMBER_TRIES):
@@ -200,12 +200,6 @@ def register(
     raise RegistryError(
         f"could not claim a version number for {name} in {registry}/{repo} (too many concurrent writers)"
     )
-
-
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 def _manifest(layer: str, size: int, annotations: dict[str, str]) -> bytes:

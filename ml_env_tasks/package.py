@@ -58,12 +58,6 @@ class PackageResult:
         return {**self.__dict__, "ref": self.ref}
 
 
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
 def _tar_to(chunks: Iterator[bytes], out: Path) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
     with open(out, "wb") as f:
@@ -249,7 +243,7 @@ def _ensure(client: Any, repo: str, digest: str, from_repo: str | None, path: Pa
     if from_repo and client.mount_blob(repo, digest, from_repo):
         return
     if path is not None:
-        client.upload_stream(repo, digest, _file_chunks(path), size)
+        client.upload_stream(repo, digest, art.file_chunks(path), size)
         return
     if from_repo:  # the registry would not mount: stream it across, verified as it passes
         client.upload_stream(repo, digest, client.blob_chunks(from_repo, digest), size)

@@ -22,7 +22,6 @@ import json
 import os
 import tempfile
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +53,6 @@ def _repository(image: str, insecure: bool = False) -> tuple[Any, str, str]:
     return RegistryClient(r.host, insecure=insecure), r.repository, r.reference
 
 
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
 def push(env: Environment, image: str, env_hash: str, *, insecure: bool = False) -> str:
     """Put ``env``'s wheels beside ``image`` (``host/repo:tag`` in a registry); the artifact's digest."""
     client, repo, reference = _repository(image, insecure)
@@ -71,7 +64,7 @@ def push(env: Environment, image: str, env_hash: str, *, insecure: bool = False)
         digest = f"sha256:{w.sha256}"
         if not client.blob_exists(repo, digest):
             # the registry checks the bytes against the digest the spec was parsed with
-            client.upload_stream(repo, digest, _file_chunks(w.real), w.size)
+            client.upload_stream(repo, digest, art.file_chunks(w.real), w.size)
         layers.append({"mediaType": WHEEL_TYPE, "digest": digest, "size": w.size, "annotations": {TITLE: w.path.name}})
     art.put_empty_config(client, repo)
     body = art.manifest(

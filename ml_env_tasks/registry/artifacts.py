@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "sha256",
     "canonical",
     "put_blob",
+    "file_chunks",
     "manifest",
     "put_empty_config",
     "single_layer",
@@ -54,6 +56,13 @@ def put_blob(client: Any, repo: str, data: bytes) -> str:
     if not client.blob_exists(repo, d):
         client.upload_stream(repo, d, iter([data]), len(data))
     return d
+
+
+def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file read in fixed-size pieces, for a streamed blob upload."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def put_empty_config(client: Any, repo: str) -> None:
