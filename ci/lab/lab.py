@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -549,6 +550,17 @@ REMOTE_FORWARDED = (PLAIN_PORT, AUTH_PORT)
 REMOTE_DAEMON_CONFIG = {**DAEMON_CONFIG, "cgroup-parent": "ml-env-lab-remote"}
 # what the second engine must not see: client working trees and the lab's own secrets
 REMOTE_HIDDEN = ("/tmp", "/root", "/home", "/work", "/run/containerd")
+# system trees the engine needs; a checkout under one of them is hidden by itself, elsewhere by
+# its top-level folder (a CI checkout in /check/work/x hides /check: its sibling clones too)
+_SYSTEM_TOPS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "opt", "proc", "run", "sbin",
+                "srv", "sys", "usr", "var", "mnt", "media"}  # fmt: skip
+
+
+def remote_hidden() -> list[str]:
+    checkout = Path(__file__).resolve().parents[2]
+    top = Path("/", *checkout.parts[1:2])
+    extra = str(checkout) if top.name in _SYSTEM_TOPS or top == Path("/") else str(top)
+    return sorted({*REMOTE_HIDDEN, extra})
 
 
 def remote_tls() -> None:
@@ -720,7 +732,7 @@ def start_remote_engine() -> None:
     # in the new mount namespace (private: nothing mounted there reaches the host): a sysfs of
     # its network namespace with the host's cgroup tree kept; the engine's own folder kept
     # aside, what it must not see hidden, its folder put back in place
-    hide = " ".join(f"{d}" for d in REMOTE_HIDDEN)
+    hide = " ".join(shlex.quote(d) for d in remote_hidden())
     script = (
         "set -e\n"
         f"mkdir -p {cgroup} && mount --rbind /sys/fs/cgroup {cgroup}\n"
@@ -757,6 +769,11 @@ def remote_context() -> None:
          "--docker", f"host={REMOTE_URL},{tls}"], stdout=subprocess.DEVNULL)  # fmt: skip
 
 
+def _sees_checkout(pid: int) -> bool:
+    """Whether the engine (started from another checkout) sees this one: it must not."""
+    return os.path.lexists(f"/proc/{pid}/root{Path(__file__).resolve()}")
+
+
 def ensure_remote() -> None:
     """The second engine and what it needs, each started or healed only when missing or wrong;
     the first engine and the registries are never touched."""
@@ -768,8 +785,10 @@ def ensure_remote() -> None:
         stop("remote-forward")
         start("remote-forward", [sys.executable, str(Path(__file__).resolve()), "remote-forward"])
         wait_for("the registry relay in the remote namespace", remote_forward_answers, 30)
-    if read_pid("remote-dockerd") is not None and not (remote_engine_up() and remote_config_current()):
-        log("restarting the remote dockerd: it does not answer, or its config is not the one this lab wants")
+    pid = read_pid("remote-dockerd")
+    if pid is not None and not (remote_engine_up() and remote_config_current() and not _sees_checkout(pid)):
+        log("restarting the remote dockerd: it does not answer, its config is not the one this lab wants,"
+            " or it sees this checkout")
         stop("remote-dockerd")
     if read_pid("remote-dockerd") is None:
         if remote_engine_up():
