@@ -33,8 +33,8 @@ import json
 import os
 import re
 import secrets
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
