@@ -123,7 +123,7 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
         found = image_exists(ref, opts, rep)
         if found is not None:
             if env.base.image and env.base.digest is None:
-                warn_if_base_moved(ref, env.base.image, opts, rep, lambda: base_digest(env, opts))
+                warn_if_base_moved(ref, found, env.base.image, opts, rep, lambda: base_digest(env, opts))
             return reused(found, lock_from_registry_if_missing(env.path, ref, opts, rep))
     with _build_lock(p.hash, opts, rep):
         if not (opts.force or opts.upgrade or opts.check_reproducible):

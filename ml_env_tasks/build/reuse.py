@@ -121,7 +121,7 @@ def reuse_unchanged(path: str | Path, opts: BuildOptions, rep: Reporter) -> Buil
     if found is None:
         return None
     if s.base:
-        warn_if_base_moved(ref, s.base, opts, rep)
+        warn_if_base_moved(ref, found, s.base, opts, rep)
     lock = lock_from_registry_if_missing(Path(path), ref, opts, rep)
     return BuildResult(
         ref, found, s.hash, built=False, cache_hit=True, name=s.name, lock_path=lock,
@@ -164,17 +164,25 @@ def image_exists(ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
 
 
 def warn_if_base_moved(
-    ref: str, base: str, opts: BuildOptions, rep: Reporter, current: Callable[[], str | None] | None = None
+    ref: str,
+    found: str,
+    base: str,
+    opts: BuildOptions,
+    rep: Reporter,
+    current: Callable[[], str | None] | None = None,
 ) -> None:
-    """One warning when the base tag names another digest than when the image at ``ref`` was
-    built (its ``ml-env.base.digest`` label): the image is reused as it is, on the old base.
+    """One warning when the base tag names another digest than when the image at ``ref`` (whose
+    digest or id is ``found``) was built (its ``ml-env.base.digest`` label): the image is reused
+    as it is, on the old base.
 
     Two small questions (the image's labels, a HEAD of the base tag), asked only of an image that
-    recorded its base; anything unanswered is no warning, never an error: the check only informs."""
+    recorded its base; anything unanswered is no warning, never an error: the check only informs.
+    The label is remembered in the user cache (``found`` names content, so it never changes); the
+    base tag is asked every time, so a re-push is said on the very next reuse."""
     if opts.pin_base or "@" in base:
         return
     try:
-        built_on = _image_labels(ref, opts).get(BASE_DIGEST_LABEL)
+        built_on = _built_on(ref, found, opts)
         if not built_on:
             return  # built before ml-env recorded it
         now = current() if current is not None else _tag_digest(base, opts)
@@ -185,6 +193,31 @@ def warn_if_base_moved(
             f"base image {base} has moved since {ref} was built (built on {built_on[:19]}, now {now[:19]}); it is "
             "reused on the old base: --pin-base builds on the new one (a new hash), --upgrade rebuilds this one"
         )
+
+
+def _built_on(ref: str, found: str, opts: BuildOptions) -> str:
+    """The image's ``ml-env.base.digest`` label ('' when it has none), remembered in the user cache
+    by the image's digest (or id): content-addressed, so the answer never changes."""
+    import contextlib
+    import os
+
+    from ..digests import cache_dir
+
+    algo, _, hexpart = found.partition(":")
+    path = cache_dir() / "base-labels" / f"{algo}-{hexpart}" if hexpart.isalnum() and algo.isalnum() else None
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return path.read_text()
+    value = _image_labels(ref, opts).get(BASE_DIGEST_LABEL) or ""
+    if not (value.startswith("sha256:") and len(value) == 71 and all(c in "0123456789abcdef" for c in value[7:])):
+        value = ""  # only a digest is a recorded base; anything else (an image not built by ml-env) is none
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(value)
+            os.replace(tmp, path)  # whole or not at all: a concurrent build never reads half
+    return value
 
 
 def _image_labels(ref: str, opts: BuildOptions) -> dict[str, str]:

@@ -157,3 +157,21 @@ def test_shell_completion_answers_from_every_command(tmp_path: Path) -> None:
 
     assert {"build", "promote"} <= {c.strip() for c in complete("ml-env ")}
     assert "--pin-base" in {c.strip() for c in complete("ml-env build --pin")}
+
+
+def test_the_base_label_is_asked_once_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reuse asks an image's recorded base once: the answer is kept by the image's digest (content
+    never changes under it); anything but a digest in the label counts as none."""
+    from ml_env_tasks.build import reuse
+    from ml_env_tasks.build.model import BuildOptions
+
+    asked: list[str] = []
+    labels = {"a": {reuse.BASE_DIGEST_LABEL: "sha256:" + "a" * 64}, "b": {reuse.BASE_DIGEST_LABEL: "x\n" * 9}}
+    monkeypatch.setattr(reuse, "_image_labels", lambda ref, opts: asked.append(ref) or labels[ref])
+    opts = BuildOptions()
+    for _ in range(3):
+        assert reuse._built_on("a", "sha256:" + "1" * 64, opts) == "sha256:" + "a" * 64
+        assert reuse._built_on("b", "sha256:" + "2" * 64, opts) == ""
+    assert asked == ["a", "b"]
+    assert reuse._built_on("a", "sha256:../../x", opts) == "sha256:" + "a" * 64  # not a file name: asked again
+    assert asked == ["a", "b", "a"]
