@@ -787,8 +787,10 @@ def ensure_remote() -> None:
         wait_for("the registry relay in the remote namespace", remote_forward_answers, 30)
     pid = read_pid("remote-dockerd")
     if pid is not None and not (remote_engine_up() and remote_config_current() and not _sees_checkout(pid)):
-        log("restarting the remote dockerd: it does not answer, its config is not the one this lab wants,"
-            " or it sees this checkout")
+        log(
+            "restarting the remote dockerd: it does not answer, its config is not the one this lab wants,"
+            " or it sees this checkout"
+        )
         stop("remote-dockerd")
     if read_pid("remote-dockerd") is None:
         if remote_engine_up():
