@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import options as o
-from .options import Option
+from .options import INFERENCE_ENV, TRAIN_ENV, Option
 
 __all__ = ["Action", "ACTIONS", "render", "write_all"]
 
@@ -37,20 +37,14 @@ def _opt(name: str, flag: str, help: str, **kw: Any) -> Option:
 
 SPEC = (_opt("spec", "spec", "Environment file, e.g. envs/sklearn.toml (or curated/NAME)", gha="spec"),)
 TRAIN = (
-    _opt("env", "--env", "Environment file, curated/NAME, NAME:VERSION, or an image reference"),
+    TRAIN_ENV,
     _opt("source", "--source", "Source directory of the training script (snapshotted)"),
     _opt("script", "--script", "Script path inside the source directory"),
     _opt("args", "--args", "Arguments for the script, as one string (split like a shell would)"),
     _opt("register_model", "--register-model",
          "After a completed run, register this folder of its outputs as the next version of a model: NAME=outputs/PATH"),
 )  # fmt: skip
-SERVE_ENV = (
-    _opt(
-        "env", "--env",
-        "Inference environment (inference = true, or [inference] server = \"azureml\"), curated/NAME, NAME:VERSION "
-        "or an image",
-    ),
-)  # fmt: skip
+SERVE_ENV = (INFERENCE_ENV,)
 PROMOTE_WHAT = (
     _opt("source", "source", "Source image by tag or digest (e.g. the build action's ref output)", gha="source"),
     _opt("destination", "destination", "Destination host[:port]/repository, optionally :tag", gha="destination"),
@@ -90,7 +84,7 @@ ACTIONS: dict[str, Action] = {
             "model": "The registered model version, NAME:VERSION (with register-model)",
             "model-ref": "Its artifact, registry/repository:VERSION (with register-model)",
         },
-        required=("env", "source", "script"),
+        required=("source", "script"),
     ),
     "smoke-test": Action(
         "smoke-test",
@@ -184,9 +178,12 @@ def _inputs(action: Action) -> list[tuple[str, str, bool, str]]:
             continue
         seen.add(name)
         help_ = opt.help[0].upper() + opt.help[1:]
-        if opt.env:
+        if opt.env and not opt.config:
+            help_ += f" (default: ${opt.env})"
+        elif opt.env and f"{opt.config} from the config files" not in help_:
             help_ += f" (default: ${opt.env}, then the config files)"
-        out.append((name, help_, opt.name in action.required, ""))
+        # a value the config files can give is not required of the step, only of the run
+        out.append((name, help_, opt.name in action.required and not opt.config, ""))
     out += [(n, d, False, default) for n, d, default in action.extra + COMMON]
     return out
 

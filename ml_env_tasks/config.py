@@ -35,6 +35,8 @@ KEYS: dict[str, type] = {
     "context": str,
     "insecure": bool,
     "repository_prefix": str,
+    "train_env": str,
+    "inference_env": str,
 }
 
 

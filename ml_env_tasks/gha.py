@@ -146,7 +146,8 @@ def _resolved(action: str) -> Any:
     for name in a.required:
         if resolved.values.get(name) in (None, "", []):
             opt = next(o for o in a.options if o.name == name)
-            raise UsageError(f"input '{opt.input_name}' is required")
+            also = f" (or {opt.config} in [tool.ml-env])" if opt.config else ""
+            raise UsageError(f"input '{opt.input_name}' is required{also}")
     return resolved
 
 

@@ -33,6 +33,9 @@ __all__ = [
     "SMOKE",
     "PROMOTE",
     "CACHE_BACKENDS",
+    "DEFAULT_TRAIN_ENV",
+    "TRAIN_ENV",
+    "INFERENCE_ENV",
 ]
 
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
@@ -327,3 +330,14 @@ PROMOTE = (
     O("spec", "--spec", kind="path", gha="spec",
       help="with --require smoke-test: the environment file whose lock the tested image must hold"),
 )  # fmt: skip
+
+
+# --- the environment a command runs in ----------------------------------------------------------
+
+DEFAULT_TRAIN_ENV = "curated/minimal"
+TRAIN_ENV = O("env", "--env", default=DEFAULT_TRAIN_ENV, env="ML_ENV_TRAIN_ENV", config="train_env",
+              help="environment file, curated/NAME, NAME:VERSION, or an image reference (none given: train_env from the "
+                   f"config files, else {DEFAULT_TRAIN_ENV}, as Azure ML gives a run that names none a default environment)")  # fmt: skip
+INFERENCE_ENV = O("env", "--env", env="ML_ENV_INFERENCE_ENV", config="inference_env",
+                  help='inference environment (inference = true, or [inference] server = "azureml"), curated/NAME, '
+                       "NAME:VERSION or an image")  # fmt: skip

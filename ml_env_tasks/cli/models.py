@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..options import BUILD_HOW, BUILD_WHERE, SERVE, Option
+from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, Option
 from .common import build_options, command, output
 
 REGISTRY = [o for o in BUILD_WHERE if o.name in ("registry", "insecure")]
 REPO = (Option("repository", ("--repository",), help="repository of the model (default models/<name>)"),)
 PACKAGE = (
-    Option("env", ("--env",), help="inference environment: file, curated/NAME, NAME:VERSION or image"),
+    INFERENCE_ENV,
     Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), or a folder"),
     Option("package_repository", ("--package-repository",), help="repository of the image (default ml-packages/<env>)"),
     Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
@@ -113,7 +113,8 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     for required in ("env", "entry", "model"):
         if not getattr(args, required):
-            raise UsageError(f"--{required} is required")
+            also = " (or inference_env in [tool.ml-env])" if required == "env" else ""
+            raise UsageError(f"--{required} is required{also}")
     out = output(args)
     r = package(
         args.env, args.entry, args.model, build=build_options(args), repository=args.package_repository,

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..options import BUILD_HOW, BUILD_WHERE, RUN, Option
+from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, Option
 from .common import build_options, command, output
 
 TRAIN = (
-    Option("env", ("--env",), help="environment file, curated/NAME, NAME:VERSION, or an image reference"),
+    TRAIN_ENV,
     Option("source", ("--source",), kind="path", help="source directory, snapshotted (honours .amlignore, else .dockerignore/.gitignore)"),
     Option("script", ("--script",), help="script path inside --source"),
     Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
@@ -39,7 +39,7 @@ RUNS_DIR = [o for o in RUN if o.name == "runs_dir"]
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     if name == "train":
-        p.usage = "ml-env train --env ENV --source DIR --script FILE [options] [-- SCRIPT ARGS...]"
+        p.usage = "ml-env train [--env ENV] --source DIR --script FILE [options] [-- SCRIPT ARGS...]"
         command(p, cmd_train, TRAIN, RUN, KUBE, BUILD_WHERE, BUILD_HOW)
         return
     sub = p.add_subparsers(dest="runs_command", metavar="{list,show,gc}", parser_class=type(p))
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..runs import RunOptions, parse_pairs, train
     from ..runs.train import split_inputs
 
-    for required in ("env", "source", "script"):
+    for required in ("source", "script"):
         if not getattr(args, required):
             raise UsageError(f"--{required} is required")
     if args.args and args.script_args:
@@ -96,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         versions=args.versions,
     )
     out = output(args)
+    if args.o.sources.get("env") == "default":
+        out.info(f"no --env: the run uses {DEFAULT_TRAIN_ENV} (set train_env in [tool.ml-env] to choose another)")
     if kube:
         from ..runs.kubernetes import KubeOptions, emit_job
 

@@ -6,11 +6,11 @@ import argparse
 import sys
 from typing import Any
 
-from ..options import BUILD_HOW, BUILD_WHERE, SERVE, SMOKE, Option
+from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, Option
 from .common import build_options, command, output
 
 ENV = (
-    Option("env", ("--env",), help="inference environment file (inference = true or inference.server), curated/NAME, NAME:VERSION, or an image"),
+    INFERENCE_ENV,
     Option("versions", ("--versions",), kind="path", default=None, env="ML_ENV_VERSIONS", config="versions", gha=None,
            help="versions file, for NAME:VERSION environments (default envs/versions.toml)"),
 )  # fmt: skip
@@ -49,7 +49,9 @@ def serve_options(args: argparse.Namespace, **extra: Any) -> Any:
     from ..serve.local import ServeOptions, parse_models
 
     if not args.env:
-        raise UsageError("--env is required")  # --entry too, unless the image is a packaged one
+        raise UsageError(
+            "--env is required (or inference_env in [tool.ml-env])"
+        )  # --entry too, unless the image is a packaged one
     max_body = None
     if args.max_body:
         max_body = parse_size(args.max_body)

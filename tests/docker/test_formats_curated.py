@@ -47,6 +47,15 @@ def test_curated_environments_build(ws) -> None:
         assert r.digest
     cloned = clone("curated/minimal", "my-minimal", ws.dir / "envs")
     assert build(cloned, ws.opts()).digest
+    # a run that names no environment runs in curated/minimal (built above: reused), and says so
+    src = ws.dir / "src"
+    src.mkdir()
+    (src / "t.py").write_text("import sys\nprint('ran on', sys.version_info[:2])\n")
+    args = [a if a != ws.repo else f"{ws.repo}/minimal" for a in ws.cli_args()]
+    ran = ml_env("train", "--source", str(src), "--script", "t.py", *args, "--runs-dir", str(ws.dir / "runs"), "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert "no --env: the run uses curated/minimal" in ran.stderr and "ran on (3, 11)" in ran.stderr
+    assert json.loads(ran.stdout)["environment"]["name"] == "ml-env-minimal", ran.stdout
 
 
 def test_register_list_get_diff_through_the_cli(ws) -> None:

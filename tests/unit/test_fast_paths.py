@@ -175,3 +175,31 @@ def test_the_base_label_is_asked_once_per_image(monkeypatch: pytest.MonkeyPatch)
     assert asked == ["a", "b"]
     assert reuse._built_on("a", "sha256:../../x", opts) == "sha256:" + "a" * 64  # not a file name: asked again
     assert asked == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("command", "pyproject", "expected", "source"),
+    [
+        (["train", "--source", ".", "--script", "t.py"], "", "curated/minimal", "default"),
+        (["train", "--source", ".", "--script", "t.py"], 'train_env = "envs/t.toml"\n', "envs/t.toml", "project"),
+        (["train", "--env", "x.toml", "--source", ".", "--script", "t.py"], 'train_env = "y"\n', "x.toml", "flag"),
+        (["serve", "--entry", "s.py"], 'inference_env = "curated/sklearn-inference"\n', "curated/sklearn-inference",
+         "project"),
+        (["serve", "--entry", "s.py"], "", None, "default"),
+        (["package", "--entry", "s.py"], 'inference_env = "i.toml"\ntrain_env = "t.toml"\n', "i.toml", "project"),
+    ],
+)  # fmt: skip
+def test_the_environment_a_command_runs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], pyproject: str, expected: str | None,
+    source: str,
+) -> None:  # fmt: skip
+    """Without --env, train runs in the default environment (Azure ML's habit), and a project names
+    its own once in [tool.ml-env]: train_env for runs, inference_env for serving and packaging."""
+    from ml_env_tasks.cli import build_parser
+    from ml_env_tasks.cli.common import resolve
+
+    (tmp_path / "pyproject.toml").write_text(f"[project]\nname = 'p'\n[tool.ml-env]\n{pyproject}")
+    monkeypatch.chdir(tmp_path)
+    args = build_parser(command).parse_args(command)
+    resolve(args)
+    assert args.env == expected and args.o.sources["env"].split(" ")[0] == source
