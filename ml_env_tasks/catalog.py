@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from . import spec
 from .errors import MlEnvError
 from .grammar import NAME, matches
 from .spec import CURATED_DIR, RESERVED_PREFIX
 
-__all__ = ["curated", "resolve_curated", "clone", "scaffold", "DEFAULT_BASE"]
+__all__ = ["curated", "describe_curated", "resolve_curated", "clone", "scaffold", "DEFAULT_BASE"]
 
 # the base image scaffolds and imports name when their source names none
 # the official Python image (Debian bookworm slim): resolvable anywhere; the lab serves a
@@ -20,6 +22,33 @@ DEFAULT_BASE = "python:3.11-slim-bookworm"
 
 def curated() -> list[Path]:
     return sorted(CURATED_DIR.glob("*.toml"))
+
+
+def describe_curated(path: Path) -> dict[str, Any]:
+    """What ``list`` shows of a curated environment, as Azure's ``Environment.list`` does: its
+    name, description, base and packages (declared; and as installed, from the lock of a build of
+    it on this machine, else the lock it ships with)."""
+    from .pins import lock_packages, lock_to_read
+
+    env = spec.load(path)
+    declared = list(env.packages)
+    for ref in env.requirements:
+        text = (ref.data or b"").decode("utf-8", "replace")
+        declared += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    locked: dict[str, str] = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        locked = lock_packages(lock_to_read(path).read_text(encoding="utf-8"))
+    return {
+        "name": f"curated/{path.stem}",
+        "environment": env.name,
+        "version": env.version,
+        "description": env.description,
+        "base": env.base.image,
+        "inference": env.inference,
+        "apt": list(env.apt),
+        "packages": declared,
+        "locked": locked,
+    }
 
 
 def resolve_curated(ref: str) -> Path:

@@ -167,15 +167,27 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..catalog import curated
+    from ..catalog import curated, describe_curated
     from ..versions import Versions
 
     v = Versions(args.versions)
     registered = v.entries() if args.all else v.latest()
-    cur = [f"curated/{p.stem}" for p in curated()]
+    described = [describe_curated(p) for p in curated()]
     rows = [f"{e.name}:{e.version:<4} {e.hash[:12]}  {e.image}@{e.digest or '-'}  {e.registered}" for e in registered]
-    rows.append("curated: " + ", ".join(cur))
-    output(args).result({"registered": [e.summary() for e in registered], "curated": cur}, "\n".join(rows))
+    for d in described:
+        rows.append(f"{d['name']}  ({d['environment']}:{d['version']}) {d['description'] or ''}".rstrip())
+        rows.append(f"  base      {d['base']}" + ("  (+ scoring server)" if d["inference"] else ""))
+        if d["apt"]:
+            rows.append(f"  apt       {', '.join(d['apt'])}")
+        rows.append(f"  packages  {', '.join(d['packages']) or '(none)'}")
+        if d["locked"]:
+            rows.append(f"  installed {', '.join(f'{k}=={v}' for k, v in d['locked'].items())}")
+    data = {
+        "registered": [e.summary() for e in registered],
+        "curated": [d["name"] for d in described],
+        "curated_environments": described,
+    }
+    output(args).result(data, "\n".join(rows))
     return 0
 
 

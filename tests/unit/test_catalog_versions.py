@@ -192,3 +192,33 @@ def test_a_wheel_outside_the_environment_folder_is_not_registered(tmp_path: Path
     with pytest.raises(UsageError, match="outside the environment's directory"):
         v.register(spec.load(f), image="r/w:h", digest="sha256:1", registry="r")
     assert v.entries() == []
+
+
+def test_list_shows_each_curated_environment_with_its_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Azure's Environment.list: every curated environment with its base and packages, declared
+    and (from its lock) installed; a build of it on this machine has the last word."""
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+    def listing() -> dict:
+        p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list", "--json"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    got = {d["name"]: d for d in listing()["curated_environments"]}
+    sk = got["curated/sklearn"]
+    assert sk["base"] == "python:3.11-slim-bookworm" and "scikit-learn==1.5.2" in sk["packages"]
+    assert sk["locked"]["scikit-learn"] == "1.5.2" and not sk["inference"]
+    assert (
+        got["curated/sklearn-inference"]["inference"] and "torch==2.5.1+cpu" in got["curated/pytorch-cpu"]["packages"]
+    )
+    own = tmp_path / "cache" / "ml-env" / "curated" / "sklearn.lock"
+    own.parent.mkdir(parents=True)
+    own.write_text("numpy==2.0.0\n")
+    assert {d["name"]: d for d in listing()["curated_environments"]}["curated/sklearn"]["locked"] == {"numpy": "2.0.0"}
+    text = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list"], capture_output=True, text=True).stdout
+    assert "curated/pytorch-cpu" in text and "packages  torch==2.5.1+cpu, numpy==2.1.3" in text
