@@ -12,9 +12,10 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["file_sha256", "stream_sha256", "cache_dir", "BUFFER"]
+__all__ = ["file_sha256", "stream_sha256", "cache_dir", "counted", "BUFFER"]
 
 BUFFER = 1 << 20
 RACY_SECONDS = 2.0
@@ -62,3 +63,13 @@ def file_sha256(path: Path, *, use_cache: bool = True) -> str:
             tmp.write_text(digest)
             os.replace(tmp, entry)
     return digest
+
+
+def counted(chunks: Iterator[bytes], sent: list[int], on_chunk: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """The chunks as they go, their total kept in ``sent[0]`` (and each size told to ``on_chunk``):
+    a stream measured without being held."""
+    for chunk in chunks:
+        sent[0] += len(chunk)
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+        yield chunk

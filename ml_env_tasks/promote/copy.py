@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from ..digests import counted
 from ..errors import BlobIntegrityError, RegistryError, RegistryTransient, RegistryUnreachable
 from ..registry import RegistryClient
 
@@ -166,7 +167,7 @@ def _stream_blob(
     for attempt in range(1, BLOB_ATTEMPTS + 1):
         sent = [0]
         try:
-            stream = _counted(sc.blob_chunks(src_repo, digest), sent, moved)
+            stream = counted(sc.blob_chunks(src_repo, digest), sent, moved)
             dc.upload_stream(dst_repo, digest, stream, size=size if size > 0 else None)
             break
         except (RegistryUnreachable, BlobIntegrityError, RegistryTransient) as e:
@@ -176,13 +177,6 @@ def _stream_blob(
             time.sleep(0.2 * attempt)
     if not dc.blob_exists(dst_repo, digest):
         raise RegistryError(f"blob {digest[:19]} is not in {dc.host}/{dst_repo} after its upload")
-
-
-def _counted(chunks: Iterator[bytes], sent: list[int], moved: Callable[[int], None]) -> Iterator[bytes]:
-    for chunk in chunks:
-        sent[0] += len(chunk)
-        moved(len(chunk))
-        yield chunk
 
 
 def copy_referrers(

@@ -18,11 +18,13 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..digests import counted
 from ..errors import EngineError
 from ..resources import Resources
 from ..snapshot import Entry, Snapshot, TarPart, folder_snapshot, tar_chunks, tar_parts
@@ -156,9 +158,12 @@ class LocalDockerRunner:
             with on_stop_signals(lambda signum: stop(RunStatus.CANCELED)):
                 uid, gid = _numeric_user(job.user)
                 if self.remote:
+                    t0, sent = time.monotonic(), [0]
                     box.put_tar(
-                        tar_parts(_remote_parts(job, uid, gid)), "copying the code and inputs into the container"
+                        counted(tar_parts(_remote_parts(job, uid, gid)), sent),
+                        "copying the code and inputs into the container",
                     )
+                    where["inputs_sent"] = {"bytes": sent[0], "seconds": round(time.monotonic() - t0, 3)}
                 else:
                     box.put_tar(tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
                 box.start()
@@ -171,8 +176,9 @@ class LocalDockerRunner:
                 except Exception as e:  # the engine went away mid-run
                     return Outcome(RunStatus.FAILED, None, f"lost the container: {_short(e)}", where)
             if self.remote:  # whatever the script's end, what it wrote comes back
+                t0 = time.monotonic()
                 files, size = box.get_tar(OUTPUT_DIR, job.outputs, what="bringing the outputs back")
-                where["outputs_received"] = {"files": files, "bytes": size}
+                where["outputs_received"] = {"files": files, "bytes": size, "seconds": round(time.monotonic() - t0, 3)}
             if stop_reason:
                 return Outcome(stop_reason[0], code, None, where)
             if box.state().oom_killed:
