@@ -129,4 +129,9 @@ def private_docker_config(directory: Path, address: str, username: str, password
     fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(cfg, fh)
+    # the user's builders, contexts and CLI plugins stay what they are (buildx keeps its
+    # builders beside the config: without them --builder NAME would name nothing)
+    for name in ("buildx", "contexts", "cli-plugins"):
+        if (src.parent / name).is_dir():
+            os.symlink(src.parent / name, d / name)
     return d

@@ -9,6 +9,12 @@ One lab per machine. Usage (as root, on Debian bookworm), from any checkout:
     python3 ci/lab/lab.py remote-up   # the second, remote engine alone (``up`` starts it too)
     python3 ci/lab/lab.py remote-down # stops the second engine alone, by PID
 
+A buildx builder of the ``remote`` driver (``ml-env-lab-remote-builder``) is registered too: its
+BuildKit is the engine's own, reached through a relay process on a unix socket (the socket
+upgrades each connection to the engine's BuildKit API, as buildx's docker driver does). No
+standalone buildkitd can be fetched here (its image lives on Docker Hub), and to buildx this is
+a remote builder like any other: nothing it builds lands in the engine unless it is loaded.
+
 Only the standard library is used: this runs before the project's dependencies exist.
 What it does and why is written up in the README ("The lab"). Facts behind each step:
 an engine from Debian trixie's packages on bookworm (bookworm's BuildKit only exports
@@ -649,6 +655,18 @@ def remote_network_down() -> None:
     ok(["iptables", "-w", "-X", REMOTE_CHAIN])
 
 
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Bytes from ``a`` to ``b`` until ``a`` ends; then ``b`` is told no more is coming."""
+    try:
+        while data := a.recv(1 << 16):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
 def forward_main() -> int:
     """``remote-forward``: the lab's registries inside the remote engine's namespace. Listening
     sockets are made there (setns), then this process goes back to the host's namespace, where
@@ -672,16 +690,6 @@ def forward_main() -> int:
     if libc.setns(home, clone_newnet) != 0:
         raise SystemExit(f"[lab] setns back: {os.strerror(ctypes.get_errno())}")
 
-    def pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(1 << 16):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                b.shutdown(socket.SHUT_WR)
-
     def serve(listener: socket.socket, port: int) -> None:
         while True:
             conn, _ = listener.accept()
@@ -692,7 +700,7 @@ def forward_main() -> int:
                 conn.close()
                 continue
             for a, b in ((conn, up_), (up_, conn)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
 
     threads = [threading.Thread(target=serve, args=lp, daemon=True) for lp in listeners]
     for t in threads:
@@ -700,6 +708,79 @@ def forward_main() -> int:
     for t in threads:
         t.join()
     return 0
+
+
+# --- a remote-driver builder ---------------------------------------------------------------
+
+RELAY_BUILDER = "ml-env-lab-remote-builder"
+RELAY_SOCKET = RUN / "buildkit.sock"
+ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+def relay_main() -> int:
+    """``buildkit-relay``: each connection to RELAY_SOCKET becomes one to the engine's BuildKit
+    API (``POST /grpc`` upgraded to h2c, as buildx's docker driver dials it), bytes relayed both ways."""
+    import threading
+
+    def handle(conn: socket.socket) -> None:
+        engine = socket.socket(socket.AF_UNIX)
+        try:
+            engine.connect(ENGINE_SOCKET)
+            engine.sendall(b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                           b"Content-Length: 0\r\n\r\n")  # fmt: skip
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                got = engine.recv(1)
+                if not got:
+                    break
+                head += got
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                raise OSError(f"the engine did not upgrade: {head[:80]!r}")
+        except OSError as e:
+            print(f"[lab] buildkit relay: {e}", file=sys.stderr, flush=True)
+            conn.close()
+            engine.close()
+            return
+        threading.Thread(target=_pipe, args=(conn, engine), daemon=True).start()
+        _pipe(engine, conn)
+
+    RELAY_SOCKET.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(RELAY_SOCKET))
+    RELAY_SOCKET.chmod(0o600)
+    listener.listen(64)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def relay_builder_health() -> tuple[bool, str]:
+    code, text = output(["docker", "buildx", "inspect", RELAY_BUILDER, "--bootstrap"], timeout=60)
+    driver = re.search(r"Driver:\s*(\S+)", text)
+    status = re.search(r"Status:\s*(\S+)", text)
+    good = code == 0 and bool(driver and driver.group(1) == "remote" and status and status.group(1) == "running")
+    return good, (f"{RELAY_BUILDER}: driver remote, {RELAY_SOCKET}" if good else _error_line(text))
+
+
+def ensure_relay_builder() -> None:
+    """The relay process and the builder, each started or made again only when missing or wrong."""
+    if read_pid("buildkit-relay") is None or not RELAY_SOCKET.exists():
+        stop("buildkit-relay")
+        start("buildkit-relay", [sys.executable, str(Path(__file__).resolve()), "buildkit-relay"])
+        wait_for("the BuildKit relay's socket", RELAY_SOCKET.exists, 15)
+    code, text = output(["docker", "buildx", "inspect", RELAY_BUILDER])
+    if code == 0 and f"unix://{RELAY_SOCKET}" in text:
+        return
+    if code == 0:
+        ok(["docker", "buildx", "rm", RELAY_BUILDER])
+    run(["docker", "buildx", "create", "--name", RELAY_BUILDER, "--driver", "remote", f"unix://{RELAY_SOCKET}"],
+        stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def relay_builder_down() -> None:
+    ok(["docker", "buildx", "rm", RELAY_BUILDER])
+    stop("buildkit-relay")
+    RELAY_SOCKET.unlink(missing_ok=True)
 
 
 def remote_forward_answers() -> bool:
@@ -930,6 +1011,9 @@ def health() -> list[tuple[str, bool, str]]:
                        if resolved else "the engine cannot resolve it (mirror or stand-in missing)"))  # fmt: skip
     site = SITE_CONFIG.exists() and 'network = "host"' in SITE_CONFIG.read_text()
     checks.append(("site config", site, str(SITE_CONFIG) if site else f"{SITE_CONFIG} is missing or has no network"))
+    if engine:
+        good, detail = relay_builder_health()
+        checks.append(("remote-driver builder", good, detail))
     return checks + remote_health()
 
 
@@ -991,6 +1075,7 @@ def write_env(user: str, password: str) -> dict:
         "dockerd_pid": read_pid("dockerd"),
         "owns_engine": read_pid("dockerd") is not None,
         "state": str(STATE),
+        "remote_builder": RELAY_BUILDER,
         **remote_env(),
     }
     _write_env_file(env)
@@ -1064,6 +1149,7 @@ def up() -> None:
         base_python()
         public_python()
         write_site_config()
+        ensure_relay_builder()
         ensure_remote()
         checks = heal_engine_side(health())
         if not all(p for n, p, _ in checks if n.startswith("remote ")):
@@ -1083,6 +1169,7 @@ def up() -> None:
 def down() -> None:
     with machine_lock():
         _remote_down()
+        relay_builder_down()
         for name in ("registry-auth", "registry-plain", "dockerd"):
             stop(name)
         ENV_JSON.unlink(missing_ok=True)
@@ -1114,6 +1201,8 @@ def main(argv: list[str]) -> int:
         remote_down()
     elif cmd == "remote-forward":  # the relay process `up` starts (not for people)
         return forward_main()
+    elif cmd == "buildkit-relay":  # the remote-driver builder's relay `up` starts (not for people)
+        return relay_main()
     elif cmd == "pristine-image":
         with machine_lock():
             print(pristine_image())

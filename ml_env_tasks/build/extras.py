@@ -184,12 +184,14 @@ def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ",\"'") else text
 
 
-def output_spec(names: list[str], *, push: bool, annotations: dict[str, str]) -> dict[str, str]:
-    """buildx's ``--output type=image,...`` carrying manifest annotations.
+def output_spec(names: list[str], *, push: bool, annotations: dict[str, str], load: bool = False) -> dict[str, str]:
+    """buildx's ``--output type=image,...`` carrying manifest annotations (``type=docker``: loaded
+    into the engine, for a builder that does not put images there itself).
 
     python-on-whales joins a dict as ``k=v,k=v``; a field with a comma or a quote is written as one
     quoted CSV field (``"k=v,w"``), the way buildx's CSV reader wants it."""
-    fields = [("type", "image"), ("name", ",".join(names)), ("push", "true" if push else "false")]
+    fields = [("type", "docker" if load else "image"), ("name", ",".join(names))]
+    fields += [] if load else [("push", "true" if push else "false")]
     fields += [(f"annotation-manifest.{k}", v) for k, v in annotations.items()]
     out: dict[str, str] = {}
     for k, v in fields:

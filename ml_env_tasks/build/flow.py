@@ -155,7 +155,6 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         secrets = build_secrets(env, opts, secrets_dir, redactor)
         engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
         caps = engine.capabilities(opts.builder)
-        check_builder(caps)
         platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
         extra = extras.parse(opts)
         cache = with_user_cache(choose_cache(env, opts, caps, ref), extra, caps)
@@ -173,10 +172,13 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
             how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
                                    "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
+            # a docker-driver builder puts what it builds in the engine; any other (docker-container,
+            # remote, kubernetes) keeps it in its own cache unless told to load it (a tar sent back)
+            load = caps.driver != "docker"
             try:
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
-                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, **how,
+                    cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
                 )  # fmt: skip
                 lock_text = read_lock(engine, env, p.python, ref)
                 check_python_version(engine, env, p.python, ref, rep)
@@ -188,13 +190,14 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         names = [ref, *extra_tags]
                         push = bool(opts.registry)
                         output = None
-                        if extra.annotations:  # only an --output carries them; it names and pushes too
-                            output = output_spec(names, push=push, annotations=extra.annotations)
-                            names, push = [], False
+                        loads = load and not push
+                        if extra.annotations:  # only an --output carries them; it names and pushes (or loads) too
+                            output = output_spec(names, push=push, annotations=extra.annotations, load=loads)
+                            names, push, loads = [], False, False
                         second = engine.build(
                             context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
                             cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
-                            provenance={"mode": "max"} if opts.registry else None, **how,
+                            provenance={"mode": "max"} if opts.registry else None, load=loads, **how,
                         )  # fmt: skip
                         break
                     except BuildError as e:
@@ -219,6 +222,8 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         if opts.registry and digest:
             digest = _attach_sbom(env, p, ref, digest, lock_text, engine, opts)
             digest = _verify_pushed(ref, digest, opts)
+            if load:  # the engine holds the first pass (no lock label) under the tag: the registry has the image
+                engine.remove_image(ref)
         lock_written = None
         if env.lock is None:
             lp = lock_path_for(env.path)
@@ -253,7 +258,7 @@ def _check_reproducible(engine: Any, context: Path, ref: str, p: BuildPlan, labe
     rep.info("building again with no cache to compare (--check-reproducible)")
     engine.build(
         context, tags=[check], push=False, labels=labels, secrets=secrets, network=opts.network, cache_from=[],
-        cache_to=None, no_cache=True, on_line=on_line, **how,
+        cache_to=None, no_cache=True, on_line=on_line, load=engine.capabilities(opts.builder).driver != "docker", **how,
     )  # fmt: skip
     try:
         found = compare_images(engine, ref, check)
@@ -315,17 +320,6 @@ def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_tex
 
     client = RegistryClient(r.host, insecure=opts.insecure)
     return attach_attestations(client, r.repository, r.tag or p.hash, digest, make)
-
-
-def check_builder(caps: Any) -> None:
-    """The builder must load what it builds into the engine: the lock is read from the image."""
-    if caps.driver != "docker":
-        raise EngineError(
-            f"buildx builder {caps.builder!r} uses the {caps.driver} driver; ml-env builds with a docker-driver "
-            "builder (the first pass loads the image into the engine to read its lock from it)",
-            hint="pass --builder default (or a builder of the docker driver), or `ml-env plan --write-context DIR` "
-            "and build the context with your builder",
-        )
 
 
 def with_user_cache(plan: CachePlan, extra: extras.Extras, caps: Any) -> CachePlan:

@@ -125,3 +125,12 @@ def test_plan_names_the_build_arguments_another_builder_needs(tmp_path) -> None:
         [sys.executable, "-m", "ml_env_tasks.cli", "plan", str(env_only), "--json"], capture_output=True, text=True
     )
     assert json.loads(js.stdout)["build_args"] == {}  # ml-env runs nothing there: nothing to date
+
+
+def test_an_output_that_loads_carries_annotations_without_a_push_field() -> None:
+    """A builder that keeps its results (not the docker driver) loads through type=docker."""
+    from ml_env_tasks.build.extras import output_spec
+
+    got = output_spec(["r/x:1"], push=False, annotations={"a": "b"}, load=True)
+    assert got == {"type": "docker", "name": "r/x:1", "annotation-manifest.a": "b"}
+    assert output_spec(["r/x:1"], push=True, annotations={}, load=False)["type"] == "image"
