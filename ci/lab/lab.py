@@ -80,10 +80,10 @@ PROGRAMS = {
     "registry-plain": "docker-registry",
     "registry-auth": "docker-registry",
     "remote-dockerd": "dockerd",
-    "remote-forward": Path(sys.executable).name,
 }
-# a process whose program is an interpreter is ours only if its command line says so too
-MARKERS = {"remote-forward": b"remote-forward"}
+# the lab's own relays run this script under a Python (whichever interpreter ran `up`: a
+# checkout's venv or the system's): ours when the command line names the relay
+MARKERS = {"remote-forward": b"remote-forward", "buildkit-relay": b"buildkit-relay"}
 
 
 def log(msg: str) -> None:
@@ -157,8 +157,9 @@ def read_pid(name: str) -> int | None:
     except OSError:
         return None
     argv0 = cmdline.split(b"\0")[0].decode(errors="replace")
-    if name in MARKERS and MARKERS[name] not in cmdline.split(b"\0"):
-        return None
+    if name in MARKERS:
+        ours = MARKERS[name] in cmdline.split(b"\0") and Path(argv0).name.startswith("python")
+        return pid if ours else None
     return pid if Path(argv0).name == PROGRAMS[name] else None
 
 
