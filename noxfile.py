@@ -104,7 +104,15 @@ def tests(session: nox.Session) -> None:
     session.run(sys.executable, "-m", "mypy", external=True)
     lab_up(session)
     env = {"ML_ENV_LAB": str(LAB_ENV), "ML_ENV_LAB_SCRIPT": str(LAB)}
-    session.run(sys.executable, "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)
+    pytest = [sys.executable, "-m", "pytest"]
+    if session.posargs:
+        session.run(*pytest, *session.posargs, env=env, external=True)
+        return
+    # what changes shared state runs alone; the rest in two workers, a module per worker at a
+    # time (the lab's builds wait on I/O and the registries as much as on the CPU)
+    session.run(*pytest, "-m", "exclusive", "tests", env=env, external=True)
+    workers = os.environ.get("ML_ENV_TEST_WORKERS", "2")
+    session.run(*pytest, "-n", workers, "--dist", "loadfile", "-m", "not exclusive", "tests", env=env, external=True)
 
 
 @nox.session(venv_backend="none")

@@ -254,19 +254,21 @@ def _open_in(root_fd: int, rel: str) -> Iterator[io.BufferedReader]:
 
 
 class _Checked:
-    """Reads a file for the tar, hashing as it goes; the last read fails on a changed file."""
+    """Reads a file for the tar, hashing as it goes when the snapshot knows its digest (inputs and
+    models are not hashed: only their size is checked); the last read fails on a changed file."""
 
     def __init__(self, f: io.BufferedReader, entry: Entry) -> None:
         self.f = f
         self.entry = entry
-        self.h = hashlib.sha256()
+        self.h = hashlib.sha256() if entry.sha256 else None
         self.left = entry.size
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
-        self.h.update(data)
+        if self.h is not None:
+            self.h.update(data)
         self.left -= len(data)
-        if self.left <= 0 and (self.left < 0 or (self.entry.sha256 and self.h.hexdigest() != self.entry.sha256)):
+        if self.left <= 0 and (self.left < 0 or (self.h is not None and self.h.hexdigest() != self.entry.sha256)):
             raise UsageError(f"source file {self.entry.rel} changed after the snapshot; run again")
         return data
 
@@ -293,6 +295,9 @@ class _QueueWriter:
         raise _Stopped
 
     def write(self, data: bytes) -> int:
+        if not self.buf and len(data) >= CHUNK:  # a whole chunk of a file: no copy
+            self.put(bytes(data))
+            return len(data)
         self.buf += data
         if len(self.buf) >= CHUNK:
             self.put(bytes(self.buf))
@@ -380,7 +385,13 @@ def tar_parts(parts: list[TarPart]) -> Iterator[bytes]:
     def produce() -> None:
         try:
             # a write-only stream object is all "w|" needs (typeshed wants a full IO[bytes])
-            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            with tarfile.open(
+                fileobj=out,
+                mode="w|",
+                format=tarfile.PAX_FORMAT,
+                bufsize=CHUNK,  # type: ignore[call-overload]
+                copybufsize=CHUNK,
+            ) as tar:
                 made: set[str] = set()
                 for part in parts:
                     add_part(tar, part, made)

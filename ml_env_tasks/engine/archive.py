@@ -22,6 +22,7 @@ __all__ = ["MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS", "receive_tar"]
 
 MAX_ARCHIVE_BYTES = int(os.environ.get("ML_ENV_MAX_OUTPUT_BYTES", 64 * 2**30))
 MAX_ARCHIVE_MEMBERS = 1_000_000
+CHUNK = 1 << 20  # read and written a MiB at a time (tarfile's default is 10 KiB records, 16 KiB copies)
 
 
 def _inside(top: str, name: str) -> bool:
@@ -48,7 +49,7 @@ def receive_tar(
         return EngineError(f"{what}: the engine's archive holds {printable(name, 80)!r}: {why}; nothing more written")
 
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, copybufsize=CHUNK) as tar:  # type: ignore[call-overload]
             for m in tar:
                 members += 1
                 if members > max_members:

@@ -85,6 +85,7 @@ index_url_env = "CORP_INDEX_URL"
     )
 
 
+@pytest.mark.exclusive  # it prunes the build cache every other test builds with
 def test_registry_cache_survives_a_pruned_daemon(ws) -> None:
     f = ws.spec(
         f"""
@@ -171,6 +172,7 @@ def test_pin_base_follows_a_moved_tag(ws) -> None:
     docker.image.remove(base_ref, force=True)
 
 
+@pytest.mark.exclusive  # it prunes the build cache
 def test_a_changed_dependency_reuses_the_moving_cache_after_a_prune(ws) -> None:
     """Adding a package used to read a cache ref that did not exist yet: every change was cold."""
     text = f"""

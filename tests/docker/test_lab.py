@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.exclusive]  # it restarts the engine
 
 
 def _lab(script: Path, *args: str) -> subprocess.CompletedProcess:

@@ -243,8 +243,9 @@ def test_a_killed_cli_leaves_a_lost_run_that_the_next_command_closes(ws) -> None
     finally:
         if p.poll() is None:
             p.kill()
-        for cid in run_containers():
-            docker.container.remove(cid, force=True)
+        for run in runs.iterdir() if runs.exists() else ():  # this test's runs only: others run beside it
+            for cid in run_containers(run.name):
+                docker.container.remove(cid, force=True)
 
 
 def test_no_secret_reaches_any_artefact(ws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
