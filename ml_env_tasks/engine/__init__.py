@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BuildError, EngineError, RegistryAuthError
+from ..errors import BuildError, EngineError, RegistryAuthError, UsageError
 from .buildlog import TAIL_LINES, count_step, failure_message, last_error_line, lines, tail, text
 from .context import Endpoint, current_endpoint, select_context
 
@@ -134,6 +134,10 @@ class Engine:
         """What the engine and its buildx builder (the current one, or ``builder``) can do."""
         if self._caps is not None and self._caps_builder == builder:
             return self._caps
+        if builder is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", builder):
+            from ..grammar import printable
+
+            raise UsageError(f"--builder {printable(builder, 60)!r} is not a buildx builder name")
         from python_on_whales.exceptions import DockerException
 
         try:

@@ -346,3 +346,14 @@ def test_a_get_restore_never_writes_outside_its_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="outside"):
         v.write_back(v.get("e:1"), tmp_path / "out" / "e.toml")
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["--help", "-x", "a b", "x;rm", "../b", "", "é"])
+def test_a_builder_name_is_a_name_before_anything_runs(name: str) -> None:
+    """--builder reaches the docker CLI as an argument: an option or anything but a name is one
+    line, exit 2, before buildx is asked."""
+    from ml_env_tasks.engine import Engine
+    from ml_env_tasks.errors import UsageError
+
+    with pytest.raises(UsageError, match="is not a buildx builder name"):
+        Engine().capabilities(name)
