@@ -246,7 +246,7 @@ BUILD_HOW = (
     O("log_dir", "--log-dir", kind="path", default=lambda: Path(".ml-env/logs"), config="log_dir",
       help="where build logs are saved"),
     O("builder", "--builder", env="ML_ENV_BUILDER", config="builder",
-      help="buildx builder to build with, any driver (default: the current one)"),
+      help="buildx builder to build with, any driver; none given: the current one"),
 )  # fmt: skip
 
 BUILD_ONLY = (
