@@ -133,7 +133,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the baseline tool in the same run: `-- build promote train serve hash` (all by
+    """Benchmarks against the baseline tool in the same run: `-- build promote train transfer serve hash` (all by
     default). ml-env is measured as a user runs it: installed (not editable) into its own venv
     under .bench/venv, rebuilt from this checkout each time. Figures go to .bench/*.json; a
     baseline that did not do what it claims stops the run (exit 3)."""
