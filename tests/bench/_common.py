@@ -198,3 +198,12 @@ def manifest_digest(ref: str) -> str | None:
         if e.code == 404:
             return None
         raise
+
+
+def bench_project(work: Path, name: str, base: str, *, file: str = "plain.toml", top: str = "") -> Path:
+    """A project folder for a bench: its pyproject (so no config of this checkout applies) and an
+    environment file ``file`` named ``name`` on ``base`` (``top``: more top-level keys)."""
+    (work / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
+    spec = work / file
+    spec.write_text(f'name = "{name}"\n{top}[base]\nimage = "{base}"\n')
+    return spec

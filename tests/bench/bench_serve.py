@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import figure, free_port, invalid, lab, rounds, run, write  # noqa: E402
+from _common import bench_project, figure, free_port, invalid, lab, rounds, run, write  # noqa: E402
 
 from ml_env_tasks.build import BuildOptions  # noqa: E402
 from ml_env_tasks.serve import local  # noqa: E402
@@ -170,9 +170,7 @@ def main() -> int:
     lb = lab()
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-serve-"))
     try:
-        (work / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
-        spec = work / "serve.toml"
-        spec.write_text(f'name = "bench-serve"\ninference = true\n[base]\nimage = "{lb["base_image_python"]}"\n')
+        spec = bench_project(work, "bench-serve", lb["base_image_python"], file="serve.toml", top="inference = true\n")
         app = work / "app"
         app.mkdir()
         (app / "score.py").write_text(SCORE)

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import figure, invalid, lab, mlenv, rounds, run, write  # noqa: E402
+from _common import bench_project, figure, invalid, lab, mlenv, rounds, run, write  # noqa: E402
 
 MARK = "bench-train-ran"
 
@@ -41,9 +41,7 @@ def main() -> int:
     cli = mlenv()
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-train-"))
     try:
-        (work / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
-        spec = work / "plain.toml"
-        spec.write_text(f'name = "bench-train"\n[base]\nimage = "{lb["base_image_python"]}"\n')
+        spec = bench_project(work, "bench-train", lb["base_image_python"])
         src = work / "src"
         src.mkdir()
         (src / "noop.py").write_text(f"print({MARK!r})\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import figure, invalid, lab, mlenv, rounds, run, write  # noqa: E402
+from _common import bench_project, figure, invalid, lab, mlenv, rounds, run, write  # noqa: E402
 
 FILES, FILE_MB = 20, 10  # 200 MiB
 MB = 2**20
@@ -70,9 +70,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-transfer-"))
     containers: list[str] = []
     try:
-        (work / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
-        spec = work / "plain.toml"
-        spec.write_text(f'name = "bench-transfer"\n[base]\nimage = "{lb["base_image_python"]}"\n')
+        spec = bench_project(work, "bench-transfer", lb["base_image_python"])
         src = work / "src"
         src.mkdir()
         (src / "copy.py").write_text(
