@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import spec
-from .errors import MlEnvError
-from .grammar import NAME, matches
+from .errors import MlEnvError, UsageError
+from .grammar import NAME, matches, printable
 from .spec import CURATED_DIR, RESERVED_PREFIX
 
 __all__ = ["curated", "describe_curated", "resolve_curated", "clone", "scaffold", "DEFAULT_BASE"]
@@ -55,12 +55,13 @@ def resolve_curated(ref: str) -> Path:
     """``curated/sklearn`` (or ``ml-env-sklearn``, or a path) -> the environment file."""
     name = ref.removeprefix("curated/").removeprefix(RESERVED_PREFIX).removesuffix(".toml")
     p = CURATED_DIR / f"{name}.toml"
-    if p.exists():
-        return p
-    if Path(ref).exists():
-        return Path(ref)
+    with contextlib.suppress(OSError):  # a name too long for a path is no curated environment either
+        if p.exists():
+            return p
+        if Path(ref).exists():
+            return Path(ref)
     have = ", ".join(f"curated/{c.stem}" for c in curated())
-    raise MlEnvError(f"no curated environment {ref!r}", hint=f"have: {have}")
+    raise UsageError(f"no curated environment '{printable(ref, 80)}'", hint=f"have: {have}")
 
 
 def _check_name(name: str) -> None:

@@ -50,7 +50,12 @@ class ResolvedEnv:
 
 
 def is_environment_file(ref: str) -> bool:
-    return ref.endswith(".toml") or Path(ref).is_file()
+    if ref.endswith(".toml"):
+        return True
+    try:
+        return Path(ref).is_file()
+    except OSError:  # e.g. a name longer than a path may be: not a file, so an image reference (checked there)
+        return False
 
 
 def resolve_environment(
