@@ -28,16 +28,15 @@ def describe_curated(path: Path) -> dict[str, Any]:
     """What ``list`` shows of a curated environment, as Azure's ``Environment.list`` does: its
     name, description, base and packages (declared; and as installed, from the lock of a build of
     it on this machine, else the lock it ships with)."""
-    from .pins import lock_packages, lock_to_read
+    from .pins import lock_packages, lock_to_read, read_lock_file
 
     env = spec.load(path)
     declared = list(env.packages)
     for ref in env.requirements:
-        text = (ref.data or b"").decode("utf-8", "replace")
-        declared += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
-    locked: dict[str, str] = {}
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        locked = lock_packages(lock_to_read(path).read_text(encoding="utf-8"))
+        lines = (ref.data or b"").decode("utf-8", "replace").splitlines()
+        declared += [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    lock = read_lock_file(lock_to_read(path))
+    locked = lock_packages(lock) if lock is not None else {}
     return {
         "name": f"curated/{path.stem}",
         "environment": env.name,
@@ -54,14 +53,19 @@ def describe_curated(path: Path) -> dict[str, Any]:
 def resolve_curated(ref: str) -> Path:
     """``curated/sklearn`` (or ``ml-env-sklearn``, or a path) -> the environment file."""
     name = ref.removeprefix("curated/").removeprefix(RESERVED_PREFIX).removesuffix(".toml")
+    if ref.startswith("curated/") and not matches(NAME, name):  # a name, never a path out of the set
+        raise UsageError(f"no curated environment '{printable(ref, 80)}'", hint=f"have: {_have()}")
     p = CURATED_DIR / f"{name}.toml"
     with contextlib.suppress(OSError):  # a name too long for a path is no curated environment either
         if p.exists():
             return p
         if Path(ref).exists():
             return Path(ref)
-    have = ", ".join(f"curated/{c.stem}" for c in curated())
-    raise UsageError(f"no curated environment '{printable(ref, 80)}'", hint=f"have: {have}")
+    raise UsageError(f"no curated environment '{printable(ref, 80)}'", hint=f"have: {_have()}")
+
+
+def _have() -> str:
+    return ", ".join(f"curated/{c.stem}" for c in curated())
 
 
 def _check_name(name: str) -> None:

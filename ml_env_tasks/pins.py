@@ -6,9 +6,47 @@ from the image label) need not load the model.
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 
-__all__ = ["lock_packages", "lock_path_for", "lock_to_read"]
+__all__ = ["lock_packages", "lock_path_for", "lock_to_read", "is_lock_text", "read_lock_file", "MAX_LOCK"]
+
+MAX_LOCK = 4 * 2**20
+# what `pip list --format=freeze` writes: a name, ==, a version (PEP 440, local part included)
+_PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*", re.A)
+
+
+def _pins(text: str) -> list[str | None]:
+    """Each non-blank, non-comment line: the pin, or None when it is not one."""
+    out: list[str | None] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line if _PIN.fullmatch(line) else None)
+    return out
+
+
+def is_lock_text(text: str) -> bool:
+    """Whether outside text (an image label) is a lock ml-env wrote: bounded, pins only."""
+    from .build.lockfile import LOCK_HEADER
+
+    return len(text) < MAX_LOCK and text.startswith(LOCK_HEADER) and None not in _pins(text)
+
+
+def read_lock_file(path: Path) -> str | None:
+    """A lock file's text if it is a regular file of a sane size (never a FIFO or a device, which
+    would hang or never end); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LOCK:
+            return None
+        return f.read(MAX_LOCK + 1)[:MAX_LOCK].decode("utf-8", "replace")
 
 
 def lock_packages(text: str) -> dict[str, str]:
@@ -16,11 +54,10 @@ def lock_packages(text: str) -> dict[str, str]:
     from packaging.utils import canonicalize_name
 
     out = {}
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
+    for line in _pins(text):
+        if line is not None:  # anything but a pin is no package (and never echoed)
             name, _, ver = line.partition("==")
-            out[canonicalize_name(name)] = ver.strip()
+            out[canonicalize_name(name)] = ver
     return dict(sorted(out.items()))
 
 

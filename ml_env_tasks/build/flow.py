@@ -175,11 +175,15 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             # a docker-driver builder puts what it builds in the engine; any other (docker-container,
             # remote, kubernetes) keeps it in its own cache unless told to load it (a tar sent back)
             load = caps.driver != "docker"
+            # the first pass carries the image's tag in the engine without its lock: if the build
+            # stops before the second pass, the tag goes too (a later build must not reuse it)
+            partial = False
             try:
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
                     cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
                 )  # fmt: skip
+                partial = True
                 lock_text = read_lock(engine, env, p.python, ref)
                 check_python_version(engine, env, p.python, ref, rep)
                 if env.lock is not None:
@@ -199,6 +203,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                             cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
                             provenance={"mode": "max"} if opts.registry else None, load=loads, **how,
                         )  # fmt: skip
+                        partial = False
                         break
                     except BuildError as e:
                         # every step is cached by now: what fails here is the push or the cache
@@ -212,11 +217,17 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 if opts.check_reproducible:
                     repro = _check_reproducible(engine, context, ref, p, labels, secrets, opts, on_line, how, rep)
             except MlEnvError as e:
+                if partial:
+                    engine.remove_image(ref)
                 if e.details:
                     e.details = redactor(e.details)
                 e.message = redactor(e.message)
                 if isinstance(e, BuildError):
                     e.hint = "; ".join(x for x in (e.hint, f"full log: {log_path}") if x)
+                raise
+            except BaseException:  # interrupted, or a bug: the same rule
+                if partial:
+                    engine.remove_image(ref)
                 raise
         digest = second.digest or first.digest
         if opts.registry and digest:

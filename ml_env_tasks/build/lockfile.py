@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, MlEnvError, RegistryError
 from ..fsutil import write_atomic
-from ..pins import lock_packages, lock_path_for, lock_to_read
+from ..pins import is_lock_text, lock_packages, lock_path_for, lock_to_read
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
@@ -97,8 +97,10 @@ def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions,
         return None
     labels = ((cfg or {}).get("config") or {}).get("Labels") or {}
     text = labels.get("ml-env.lock") if isinstance(labels, dict) else None
-    if isinstance(text, str) and text.startswith(LOCK_HEADER) and len(text) < 4 * 2**20:
+    if isinstance(text, str) and is_lock_text(text):
         write_atomic(lp, text)
         rep.info(f"wrote {lp} from the image's label")
         return str(lp)
+    if text is not None:
+        rep.warn(f"{ref}: its ml-env.lock label is not a lock ml-env wrote; no lock file written from it")
     return None

@@ -222,3 +222,32 @@ def test_list_shows_each_curated_environment_with_its_packages(tmp_path: Path, m
     assert {d["name"]: d for d in listing()["curated_environments"]}["curated/sklearn"]["locked"] == {"numpy": "2.0.0"}
     text = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list"], capture_output=True, text=True).stdout
     assert "curated/pytorch-cpu" in text and "packages  torch==2.5.1+cpu, numpy==2.1.3" in text
+
+
+def test_a_hostile_lock_is_never_echoed_nor_waited_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user cache is outside text for list: escape sequences are no package, a FIFO or a
+    device is no lock (it would hang, or never end), a huge file is skipped. A label that is not
+    a lock ml-env wrote is not one either."""
+    import os
+    import subprocess
+    import sys
+
+    from ml_env_tasks.pins import is_lock_text, lock_packages
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    own = tmp_path / "cache" / "ml-env" / "curated"
+    own.mkdir(parents=True)
+    (own / "sklearn.lock").write_text("evil\x1b]0;PWNED\x07\x1b[2J==1.0\nok-pkg==2.0\nfoo==$(id)\n")
+    os.mkfifo(own / "minimal.lock")
+    (own / "pytorch-cpu.lock").symlink_to("/dev/zero")
+    with (own / "sklearn-inference.lock").open("wb") as f:
+        f.truncate(64 * 2**20)
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "\x1b" not in p.stdout + p.stderr and "PWNED" not in p.stdout and "$(id)" not in p.stdout
+    assert "installed ok-pkg==2.0" in p.stdout
+    assert lock_packages("a==1\nb c==2\n# x\nd==3 ; x\n") == {"a": "1"}
+    from ml_env_tasks.build.lockfile import LOCK_HEADER
+
+    assert is_lock_text(LOCK_HEADER + "numpy==2.1.3\ntorch==2.5.1+cpu\n")
+    assert not is_lock_text(LOCK_HEADER + "pkg==1\x1b[5m\n") and not is_lock_text("numpy==2.1.3\n")
