@@ -32,11 +32,10 @@ KEYS: dict[str, type] = {
     "versions": str,
     "log_dir": str,
     "builder": str,
-    "context": str,
     "insecure": bool,
-    "repository_prefix": str,
     "train_env": str,
     "inference_env": str,
+    "require": list,  # of strings: the gates a promotion needs
 }
 
 
@@ -114,8 +113,13 @@ def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
             raise UsageError(
                 "unknown key", file=str(path), key=printable(key, 80), hint=f"known keys: {', '.join(sorted(KEYS))}"
             )
-        if not isinstance(v, KEYS[k]) or (isinstance(v, str) and not v.isprintable()):
-            raise UsageError(f"must be a {KEYS[k].__name__}", file=str(path), key=key)
+        if not isinstance(v, KEYS[k]):
+            kind = "an array of strings" if KEYS[k] is list else f"a {KEYS[k].__name__}"
+            raise UsageError(f"must be {kind}", file=str(path), key=key)
+        texts = v if isinstance(v, list) else [v] if isinstance(v, str) else []
+        if not all(isinstance(t, str) and t.isprintable() and len(t) <= 4096 for t in texts):
+            what = "strings without" if isinstance(v, list) else "a string without"
+            raise UsageError(f"must be {what} control characters (at most 4096 characters)", file=str(path), key=key)
     return ConfigFile(path, dict(doc))
 
 

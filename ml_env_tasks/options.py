@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_TRAIN_ENV",
     "TRAIN_ENV",
     "INFERENCE_ENV",
+    "VERSIONS",
 ]
 
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
@@ -338,6 +339,16 @@ DEFAULT_TRAIN_ENV = "curated/minimal"
 TRAIN_ENV = O("env", "--env", default=DEFAULT_TRAIN_ENV, env="ML_ENV_TRAIN_ENV", config="train_env",
               help="environment file, curated/NAME, NAME:VERSION, or an image reference (none given: train_env from the "
                    f"config files, else {DEFAULT_TRAIN_ENV}, as Azure ML gives a run that names none a default environment)")  # fmt: skip
+VERSIONS = O(
+    "versions",
+    "--versions",
+    kind="path",
+    default=lambda: Path("envs/versions.toml"),
+    env="ML_ENV_VERSIONS",
+    config="versions",
+    gha=None,
+    help="versions file, for NAME:VERSION environments",
+)
 INFERENCE_ENV = O("env", "--env", env="ML_ENV_INFERENCE_ENV", config="inference_env",
                   help='inference environment (inference = true, or [inference] server = "azureml"), curated/NAME, '
                        "NAME:VERSION or an image")  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ..options import Option, add_options, resolve_options
@@ -32,7 +33,18 @@ def resolve(args: argparse.Namespace) -> None:
         return
     from ..config import load_layers
 
-    args.o = resolve_options(options, args, layers=load_layers())
+    layers = load_layers()
+    args.o = resolve_options(options, args, layers=layers)
+    env = args.o.values.get("env")
+    if isinstance(env, str) and layers.project.path and args.o.sources.get("env", "").startswith("project"):
+        # train_env / inference_env name a file of the project: relative to pyproject.toml's folder,
+        # as a command run from a subfolder expects (an image or curated/NAME is left as it is)
+        beside = layers.project.path.parent / env
+        try:
+            if not Path(env).is_absolute() and beside.is_file():
+                args.o.values["env"] = str(beside)
+        except OSError:
+            pass
     for name, value in args.o.values.items():
         setattr(args, name, value)
 

@@ -15,11 +15,17 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def _settable() -> list[options.Option]:
+    from ..config import KEYS
+
     seen: dict[str, options.Option] = {}
-    for group in (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE):
+    groups = (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE,
+              (options.TRAIN_ENV, options.INFERENCE_ENV, options.VERSIONS))  # fmt: skip
+    for group in groups:
         for o in group:
-            if (o.config or o.env) and o.name not in seen:
-                seen[o.name] = o
+            if (o.config or o.env) and (o.config or o.name) not in seen:
+                seen[o.config or o.name] = o
+    missing = set(KEYS) - {o.config for o in seen.values()}
+    assert not missing, f"config keys no option declares: {missing}"
     return list(seen.values())
 
 
@@ -28,7 +34,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     layers = load_layers()
     settable = _settable()
-    resolved = options.resolve_options(settable, argparse.Namespace(), layers=layers)
     rows = []
     settings: dict[str, dict[str, str | None]] = {}
     data: dict[str, Any] = {
@@ -39,10 +44,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             "site": str(site_config_path()),
         },
     }
-    for o in settable:
+    for o in settable:  # one at a time: two settings may fill the same option (--env: train_env, inference_env)
+        resolved = options.resolve_options([o], argparse.Namespace(), layers=layers)
         value, source = resolved.values[o.name], resolved.sources[o.name]
         settings[o.config or o.name] = {"value": None if value is None else str(value), "source": source, "env": o.env}
-        rows.append(f"{o.config or o.name:12} = {'' if value is None else value!s:40} ({source})")
+        rows.append(f"{o.config or o.name:14} = {'' if value is None else value!s:40} ({source})")
     rows.append(
         f"files: project {data['files']['project'] or '-'}, user {data['files']['user']}, site {data['files']['site']}"
     )

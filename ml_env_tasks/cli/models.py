@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, Option
+from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, VERSIONS, Option
 from .common import build_options, command, output
 
 REGISTRY = [o for o in BUILD_WHERE if o.name in ("registry", "insecure")]
@@ -15,14 +14,13 @@ PACKAGE = (
     INFERENCE_ENV,
     Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), or a folder"),
     Option("package_repository", ("--package-repository",), help="repository of the image (default ml-packages/<env>)"),
-    Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
-           config="versions", gha=None, help="versions file, for NAME:VERSION environments"),
+    VERSIONS,
 )  # fmt: skip
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     if name == "package":
-        p.usage = "ml-env package --env ENV --entry score.py --model NAME:V|DIR --registry HOST [--json]"
+        p.usage = "ml-env package [--env ENV] --entry score.py --model NAME:V|DIR --registry HOST [--json]"
         entry = [o for o in SERVE if o.name == "entry"]
         command(p, cmd_package, PACKAGE, entry, BUILD_WHERE, BUILD_HOW)
         return

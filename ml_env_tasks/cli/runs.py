@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, Option
+from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option
 from .common import build_options, command, output
 
 TRAIN = (
@@ -14,8 +13,7 @@ TRAIN = (
     Option("source", ("--source",), kind="path", help="source directory, snapshotted (honours .amlignore, else .dockerignore/.gitignore)"),
     Option("script", ("--script",), help="script path inside --source"),
     Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
-    Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
-           config="versions", gha=None, help="versions file, for NAME:VERSION environments"),
+    VERSIONS,
     Option("register_model", ("--register-model",), metavar="NAME=outputs/PATH", gha=None,
            help="after a completed run, register that folder of its outputs as the next version of model NAME "
                 "(needs --registry)"),
@@ -98,6 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = output(args)
     if args.o.sources.get("env") == "default":
         out.info(f"no --env: the run uses {DEFAULT_TRAIN_ENV} (set train_env in [tool.ml-env] to choose another)")
+    elif args.o.sources.get("env") != "flag":
+        from ..grammar import printable
+
+        out.info(f"no --env: the run uses {printable(args.env, 200)} (train_env, from {args.o.sources['env']})")
     if kube:
         from ..runs.kubernetes import KubeOptions, emit_job
 

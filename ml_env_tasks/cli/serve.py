@@ -28,7 +28,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         command(p, cmd_smoke_test, ENV, SERVE, SMOKE, BUILD_WHERE, BUILD_HOW)
         return
     p.usage = (
-        "ml-env serve --env ENV --entry score.py --model DIR [--port N] [--detach] [--replace NAME]"
+        "ml-env serve [--env ENV] --entry score.py --model DIR [--port N] [--detach] [--replace NAME]"
         " | serve {list,stop,logs} ..."
     )
     command(p, cmd_serve, ENV, SERVE, START, BUILD_WHERE, BUILD_HOW)

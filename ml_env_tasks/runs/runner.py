@@ -159,11 +159,17 @@ class LocalDockerRunner:
                 uid, gid = _numeric_user(job.user)
                 if self.remote:
                     t0, sent = time.monotonic(), [0]
+                    parts = _remote_parts(job, uid, gid)
                     box.put_tar(
-                        counted(tar_parts(_remote_parts(job, uid, gid)), sent),
+                        counted(tar_parts(parts), sent),
                         "copying the code and inputs into the container",
                     )
-                    where["inputs_sent"] = {"bytes": sent[0], "seconds": round(time.monotonic() - t0, 3)}
+                    files = sum(len(p.snap.files) for p in parts if p.snap is not None)
+                    where["inputs_sent"] = {
+                        "files": files,
+                        "bytes": sent[0],
+                        "seconds": round(time.monotonic() - t0, 3),
+                    }
                 else:
                     box.put_tar(tar_chunks(job.snapshot, CODE_DIR.strip("/"), uid=uid, gid=gid))
                 box.start()

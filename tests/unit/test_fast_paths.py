@@ -203,3 +203,19 @@ def test_the_environment_a_command_runs_in(
     args = build_parser(command).parse_args(command)
     resolve(args)
     assert args.env == expected and args.o.sources["env"].split(" ")[0] == source
+
+
+def test_a_project_environment_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_env names a file of the project: relative to pyproject.toml, wherever the command runs."""
+    from ml_env_tasks.cli import build_parser
+    from ml_env_tasks.cli.common import resolve
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n[tool.ml-env]\ntrain_env = 'envs/t.toml'\n")
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "t.toml").write_text('name = "t"\n')
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    command = ["train", "--source", ".", "--script", "t.py"]
+    args = build_parser(command).parse_args(command)
+    resolve(args)
+    assert Path(args.env) == tmp_path / "envs" / "t.toml"
