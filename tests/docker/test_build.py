@@ -228,3 +228,20 @@ def test_concurrent_builds_one_digest(ws) -> None:
     assert results[0]["digest"] == results[1]["digest"]
     assert sorted(r["built"] for r in results) == [False, True]
     assert registry_digest(results[0]["image"]) == results[0]["digest"]
+
+
+def test_a_build_stopped_after_its_first_pass_leaves_no_image_under_its_tag(ws) -> None:
+    """The first pass tags the image in the engine without its lock; when the second pass fails
+    (here its cache export), that tag goes: the next build builds, it does not reuse a lockless image."""
+    f = ws.spec(f'name = "halfway"\n[base]\nimage = "{ws.lab["base_image_python"]}"\n[env]\nH = "1"\n')
+    local = [a for a in ws.cli_args() if a not in ("--registry", ws.lab["registry"])]
+    failed = ml_env("build", str(f), *local, "--cache-to", "type=local,dest=/proc/ml-env-nope", "--json", "--quiet")
+    assert failed.returncode == 1 and "/proc/ml-env-nope" in failed.stderr, failed.stderr
+    h = ml_env("hash", str(f)).stdout.strip()
+    assert Engine().local_image_id(f"{ws.repo}:{h}") is None
+    again = ml_env("build", str(f), *local, "--json", "--quiet")
+    assert again.returncode == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert out["built"] and out["lock_path"]
+    assert "ml-env.lock" in Engine().containers.image_labels(out["image"])
+    Engine().remove_image(out["image"])
