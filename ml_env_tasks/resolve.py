@@ -103,7 +103,21 @@ def resolve_environment(
             result.built, result.seconds, bool(bopts.registry), env.shm_size, env,
             inference_server=env.inference_server,
         )  # fmt: skip
+    if _is_folder(ref):  # neither an environment file nor an image: say so before asking a registry
+        from .grammar import printable
+
+        raise UsageError(
+            f"environment {printable(ref, 120)!r} is a folder here",
+            hint="name the environment file in it (NAME.toml); for an image of that name, give its tag (NAME:TAG)",
+        )
     return _image(ref, bopts)
+
+
+def _is_folder(ref: str) -> bool:
+    try:
+        return Path(ref).is_dir()
+    except OSError:
+        return False
 
 
 def _unchanged(ref: str, path: Path, opts: BuildOptions, rep: Reporter, need_inference: bool) -> ResolvedEnv | None:

@@ -357,3 +357,16 @@ def test_a_builder_name_is_a_name_before_anything_runs(name: str) -> None:
 
     with pytest.raises(UsageError, match="is not a buildx builder name"):
         Engine().capabilities(name)
+
+
+def test_a_folder_named_as_an_environment_is_said_before_any_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--env envs (a folder) was taken as a Docker Hub image: seconds of retries, then exit 4."""
+    from ml_env_tasks.errors import UsageError
+    from ml_env_tasks.resolve import resolve_environment
+
+    (tmp_path / "envs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="'envs' is a folder here"):
+        resolve_environment("envs", None)
