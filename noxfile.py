@@ -108,11 +108,12 @@ def tests(session: nox.Session) -> None:
     if session.posargs:
         session.run(*pytest, *session.posargs, env=env, external=True)
         return
-    # what changes shared state runs alone; the rest in two workers, a module per worker at a
-    # time (the lab's builds wait on I/O and the registries as much as on the CPU)
+    # what changes shared state runs alone, first; then the tests against the engine one after
+    # the other in one worker (see tests/conftest.py: concurrent pushes can crash this engine)
+    # while the pure-logic tests run in the other
     session.run(*pytest, "-m", "exclusive", "tests", env=env, external=True)
     workers = os.environ.get("ML_ENV_TEST_WORKERS", "2")
-    session.run(*pytest, "-n", workers, "--dist", "loadfile", "-m", "not exclusive", "tests", env=env, external=True)
+    session.run(*pytest, "-n", workers, "--dist", "loadgroup", "-m", "not exclusive", "tests", env=env, external=True)
 
 
 @nox.session(venv_backend="none")

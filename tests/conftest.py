@@ -46,6 +46,16 @@ def _probe_lab() -> tuple[dict | None, str | None]:
     return lab, None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) the tests against the engine run one after the
+    other in one worker, the rest beside them: two concurrent pushes to the lab's plain-HTTP
+    registry can crash this engine (moby/moby#48818, a nil dereference in BuildKit's HTTP fallback
+    with the containerd image store), which fails every test in flight."""
+    for item in items:
+        if item.get_closest_marker("docker") is not None:
+            item.add_marker(pytest.mark.xdist_group("engine"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     global _LAB, _LAB_PROBLEM
     if item.get_closest_marker("docker") is None:
