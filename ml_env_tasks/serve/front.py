@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 CONTROL = os.environ.get("ML_ENV_FRONT_CONTROL", "/ml-env-front/target.json")
 PORT = int(os.environ.get("ML_ENV_FRONT_PORT", "5001"))
@@ -40,6 +41,8 @@ MAX_CONNECTIONS = int(os.environ.get("ML_ENV_FRONT_MAX_CONNECTIONS", "256"))
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
 CHUNK = 64 * 1024
+SALVAGE = 1024 * 1024  # an early answer still unread when its connection was reset
+LINGER_S = 2.0  # after the last answer: how long the rest of an unread request body is read and dropped
 # hop-by-hop: about one connection, never forwarded (the front sets its own framing and Connection)
 HOP = {
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect",
@@ -193,6 +196,58 @@ async def client_read(coro: object, timeout: float = BODY_TIMEOUT_S) -> bytes:
         raise ClientGone from None
 
 
+async def copy_body(
+    frame: int | str | None,
+    src: asyncio.StreamReader,
+    get: Callable[[Awaitable[bytes]], Awaitable[bytes]],
+    put: Callable[[bytes], Awaitable[None]],
+    *,
+    chunked_out: bool,
+    cut: Callable[[], Exception],
+    malformed: Callable[[], Exception],
+) -> None:
+    """Copy one message body framed as ``frame`` says (a length, ``"chunked"``, or None: until EOF)
+    from ``src`` to ``put``, ``get`` bounding each read. Chunk framing is re-emitted when
+    ``chunked_out``; trailers are dropped. ``cut()`` is raised when the body ends early,
+    ``malformed()`` when its chunk framing is broken."""
+
+    async def exactly(n: int) -> None:
+        while n:
+            data = await get(src.read(min(n, CHUNK)))
+            if not data:
+                raise cut()
+            n -= len(data)
+            await put(data)
+
+    if frame is None:
+        while data := await get(src.read(CHUNK)):
+            await put(data)
+        return
+    if isinstance(frame, int):
+        await exactly(frame)
+        return
+    while True:
+        size = chunk_size(await get(src.readuntil(b"\r\n")))
+        if size < 0:
+            raise malformed()
+        if size == 0:
+            for _ in range(MAX_HEADERS + 1):
+                if await get(src.readuntil(b"\r\n")) == b"\r\n":
+                    break
+            else:
+                raise malformed()  # trailers are header fields: as many at most
+            if chunked_out:
+                await put(b"0\r\n\r\n")
+            return
+        if chunked_out:
+            await put(b"%x\r\n" % size)
+        await exactly(size)
+        if await get(src.readexactly(2)) != b"\r\n":
+            raise malformed()
+        if chunked_out:
+            await put(b"\r\n")
+
+
 async def pump_body(frame: int | str, reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> None:
     """Copy a request body from the client to the backend, framed as it was read. Raises Refused
     or ClientGone for the client's faults; a backend that stops reading ends it quietly."""
@@ -207,35 +262,8 @@ async def pump_body(frame: int | str, reader: asyncio.StreamReader, up: asyncio.
             except (ConnectionError, asyncio.TimeoutError):  # noqa: UP041
                 upstream_ok = False  # it answered early (413?) or went away: its response says which
 
-    if isinstance(frame, int):
-        left = frame
-        while left:
-            data = await client_read(reader.read(min(left, CHUNK)))
-            if not data:
-                raise ClientGone
-            left -= len(data)
-            await put(data)
-        return
-    while True:
-        line = await client_read(reader.readuntil(b"\r\n"))
-        size = chunk_size(line)
-        if size < 0:
-            raise Refused(400, "a malformed chunk")
-        if size == 0:
-            while (await client_read(reader.readuntil(b"\r\n"))) != b"\r\n":
-                pass  # trailers: dropped
-            await put(b"0\r\n\r\n")
-            return
-        await put(b"%x\r\n" % size)
-        while size:
-            data = await client_read(reader.read(min(size, CHUNK)))
-            if not data:
-                raise ClientGone
-            size -= len(data)
-            await put(data)
-        if await client_read(reader.readexactly(2)) != b"\r\n":
-            raise Refused(400, "a malformed chunk")
-        await put(b"\r\n")
+    await copy_body(frame, reader, client_read, put, chunked_out=True, cut=ClientGone,
+                    malformed=lambda: Refused(400, "a malformed chunk"))  # fmt: skip
 
 
 class BadGateway(Exception):
@@ -305,59 +333,47 @@ async def relay_response(
     await client_write(writer, ("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
     if bodiless:
         return keep
-    if isinstance(frame, int):
-        left = frame
-        while left:
-            data = await up_read(up.read(min(left, CHUNK)))
-            if not data:
-                raise BadGateway
-            left -= len(data)
-            await client_write(writer, data)
-    elif frame is None:
-        while data := await up_read(up.read(CHUNK)):
-            await client_write(writer, data)
-    else:
-        while True:
-            line = await up_read(up.readuntil(b"\r\n"))
-            size = chunk_size(line)
-            if size < 0:
-                raise BadGateway
-            if size == 0:
-                while (await up_read(up.readuntil(b"\r\n"))) != b"\r\n":
-                    pass
-                if chunked_ok:
-                    await client_write(writer, b"0\r\n\r\n")
-                break
-            if chunked_ok:
-                await client_write(writer, b"%x\r\n" % size)
-            while size:
-                data = await up_read(up.read(min(size, CHUNK)))
-                if not data:
-                    raise BadGateway
-                size -= len(data)
-                await client_write(writer, data)
-            if await up_read(up.readexactly(2)) != b"\r\n":
-                raise BadGateway
-            if chunked_ok:
-                await client_write(writer, b"\r\n")
+    await copy_body(frame, up, up_read, lambda data: client_write(writer, data), chunked_out=chunked_ok,
+                    cut=BadGateway, malformed=BadGateway)  # fmt: skip
     return keep
 
 
-class UpstreamReader(asyncio.StreamReader):
-    """A backend's stream: a reset ends it like EOF, after the bytes that came before it (a server
-    that answers early, 413, and closes with the body unread resets the connection; its answer counts)."""
+class UpstreamProtocol(asyncio.StreamReaderProtocol):
+    """A backend's connection: a reset ends its stream like EOF, after every byte that came before
+    it. A server that answers early (413) and closes with the body unread resets the connection,
+    and asyncio stops reading at the first write that fails, which can come before the answer was
+    read: what the kernel still holds (at most SALVAGE bytes) is read first, so the answer counts."""
 
-    def set_exception(self, exc: Exception) -> None:
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self.upstream_reader = reader
+        self.upstream_transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.upstream_transport = transport
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
         if isinstance(exc, ConnectionError):
-            self.feed_eof()
-        else:
-            super().set_exception(exc)
+            sock = self.upstream_transport.get_extra_info("socket") if self.upstream_transport else None
+            fd, left = (sock.fileno() if sock is not None else -1), SALVAGE
+            while fd >= 0 and left > 0:
+                try:
+                    data = os.read(fd, min(left, CHUNK))  # still open here: asyncio closes it after this
+                except OSError:
+                    break
+                if not data:
+                    break
+                left -= len(data)
+                self.upstream_reader.feed_data(data)
+            exc = None
+        super().connection_lost(exc)
 
 
 async def open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
-    reader = UpstreamReader(limit=MAX_HEAD)
-    protocol = asyncio.StreamReaderProtocol(reader)
+    reader = asyncio.StreamReader(limit=MAX_HEAD)
+    protocol = UpstreamProtocol(reader)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
@@ -455,12 +471,26 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     except Exception as e:  # one line, never a request's content: the log is not the clients' to fill
         say(f"internal error: {type(e).__name__}")
     finally:
+        await linger(reader, writer)
         State.connections -= 1
-        try:
-            await asyncio.wait_for(writer.drain(), 1)
-        except Exception:
-            pass
-        writer.close()
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close a client connection without losing its last answer. An answer given before the
+    request body was all read (413, 408, an early backend answer) would be cut by the reset that
+    closing a socket with unread bytes sends, so the front stops writing (FIN), then reads and drops
+    what the client still sends, for LINGER_S at most, and only then closes."""
+    try:
+        await asyncio.wait_for(writer.drain(), 1)
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+            deadline = asyncio.get_running_loop().time() + LINGER_S
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                if not await asyncio.wait_for(reader.read(CHUNK), left):
+                    break
+    except Exception:
+        pass
+    writer.close()
 
 
 async def main() -> None:
