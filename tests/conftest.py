@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from .docker.helpers import lab_unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 LAB_SCRIPT = Path(os.environ.get("ML_ENV_LAB_SCRIPT", ROOT / "ci/lab/lab.py"))
 _LAB: dict | None = None
@@ -63,9 +65,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if _LAB is None and _LAB_PROBLEM is None:
         _LAB, _LAB_PROBLEM = _probe_lab()
     if _LAB_PROBLEM:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI=true and the Docker lab is not available: {_LAB_PROBLEM}", pytrace=False)
-        pytest.skip(_LAB_PROBLEM)
+        lab_unavailable(_LAB_PROBLEM)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ml_env
+from .helpers import lab_unavailable, ml_env
 
 pytestmark = pytest.mark.docker
 
@@ -50,10 +50,7 @@ print("ML_ENV_METRIC plain=" + os.environ["PLAIN"])
 def remote(lab: dict, ws):
     """The remote engine's context; the workspace's images on that engine go afterwards."""
     if not lab.get("remote_context"):
-        problem = "the lab has no remote engine (lab.py up or remote-up)"
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(problem)
+        lab_unavailable("the lab has no remote engine (lab.py up or remote-up)")
     context = str(lab["remote_context"])
     yield context
     for ref in docker_on(context, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split():
