@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ..errors import EXIT_INTERNAL, MlEnvError
+from ..errors import EXIT_INTERNAL, MlEnvError, UsageError
 
 __all__ = ["main", "run", "build_parser", "report_error", "report_internal", "COMMANDS"]
 
@@ -149,6 +149,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         resolve(args)
         return int(args.func(args))
     except MlEnvError as e:
+        _name_the_setting(e, args)
         report_error(e, json_mode=json_mode)
         return e.exit_code
     except KeyboardInterrupt:
@@ -159,6 +160,20 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: never a raw traceback unless asked for
         report_internal(e, json_mode=json_mode)
         return EXIT_INTERNAL
+
+
+def _name_the_setting(e: MlEnvError, args: argparse.Namespace) -> None:
+    """An error about an option's value (``--builder '...' is not ...``) whose value the user did not
+    type says where it came from: the config key and file, or the environment variable."""
+    resolved = getattr(args, "o", None)
+    if not isinstance(e, UsageError) or resolved is None or e.file:
+        return
+    for opt in getattr(args, "_options", ()):
+        source = resolved.sources.get(opt.name, "flag")
+        if source not in ("flag", "input", "default") and str(e.message).startswith(f"{opt.flags[0]} "):
+            by = source if source.startswith("environment") else f"{opt.config} in {source}"
+            e.hint = f"{e.hint}; set by {by}" if e.hint else f"set by {by}"
+            return
 
 
 def report_error(e: MlEnvError, *, json_mode: bool = False) -> None:

@@ -219,3 +219,33 @@ def test_a_project_environment_is_found_from_a_subfolder(tmp_path: Path, monkeyp
     args = build_parser(command).parse_args(command)
     resolve(args)
     assert Path(args.env) == tmp_path / "envs" / "t.toml"
+
+
+@pytest.mark.parametrize("where", ["project", "environment"])
+def test_a_bad_setting_names_where_it_was_set(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option's value the user did not type is named by its key and file (or variable) in the error."""
+    from ml_env_tasks.cli import run
+
+    tool = "require = ['bogus']\n" if where == "project" else ""
+    (tmp_path / "pyproject.toml").write_text(f"[project]\nname = 'p'\n[tool.ml-env]\n{tool}")
+    if where == "environment":
+        monkeypatch.setenv("ML_ENV_LEDGER", "oci://u:secret@127.0.0.1:9/x")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # never reached
+    monkeypatch.chdir(tmp_path)
+    assert run(["promote", "127.0.0.1:9/a/b:1", "127.0.0.1:9/c/d", "--tag", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "secret" not in err
+    if where == "project":
+        assert (
+            err
+            == f"ml-env: error: --require 'bogus': the gates are smoke-test (set by require in project ({tmp_path / 'pyproject.toml'}))"
+        )
+    else:
+        assert err.startswith("ml-env: error: --ledger oci://...: give") and err.endswith(
+            "(set by environment (ML_ENV_LEDGER))"
+        )
+    # typed on the command line: no source said
+    assert run(["promote", "127.0.0.1:9/a/b:1", "127.0.0.1:9/c/d", "--tag", "x", "--require", "nope"]) == 2
+    assert capsys.readouterr().err.strip() == "ml-env: error: --require 'nope': the gates are smoke-test"
