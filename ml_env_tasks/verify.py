@@ -25,6 +25,7 @@ __all__ = ["Check", "verify", "attestations", "SBOM_TYPES", "PROVENANCE_TYPES"]
 SBOM_TYPES = ("https://spdx.dev/Document", "https://cyclonedx.org/bom")
 PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1")
 HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+GATES = ("smoke-test",)  # as promote's --require
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,21 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
 
 
 def verify(
-    image: str, *, ledger: str | Path | None = None, require: tuple[str, ...] = (), insecure: bool = False
+    image: str,
+    *,
+    ledger: str | Path | None = None,
+    require: tuple[str, ...] = (),
+    insecure: bool = False,
+    ledger_given: bool = True,
 ) -> list[Check]:
+    """``ledger_given``: the ledger was named (flag, variable, config), so a missing one fails;
+    False for the default ``releases.toml``, which may simply not exist here (a skip)."""
     from .attest import smoke_records
     from .registry import RegistryClient, check_registry_host, parse_ref
 
+    unknown = [g for g in require if g not in GATES]
+    if unknown:
+        raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
     if "://" in image:
         raise UsageError("IMAGE is host[:port]/repository[:tag|@digest]")
     check_registry_host(image.split("/", 1)[0], "image registry")
@@ -88,7 +99,8 @@ def verify(
     where = f"{ref.host}/{ref.repository}@{digest}"
     checks.append(Check("image", True, where))
     cfg = client.image_config(ref.repository, digest) or {}
-    labels = (cfg.get("config") or {}).get("Labels") or {}
+    inner = cfg.get("config")  # untrusted: any JSON at all
+    labels = inner.get("Labels") if isinstance(inner, dict) else None
     labels = {str(k): v for k, v in labels.items() if isinstance(v, str)} if isinstance(labels, dict) else {}
     spec, claimed = labels.get("ml-env.spec"), labels.get("ml-env.hash", "")
     if spec is None or not HEX64.fullmatch(claimed):
@@ -110,7 +122,7 @@ def verify(
     prov = [t for t in found if t in PROVENANCE_TYPES]
     checks.append(Check("sbom", bool(sbom), ", ".join(sbom) if sbom else "no SBOM attestation attached"))
     checks.append(Check("provenance", bool(prov), ", ".join(prov) if prov else "no provenance attestation attached"))
-    checks.append(_ledger_check(ledger, digest))
+    checks.append(_ledger_check(ledger, digest, given=ledger_given))
     if "smoke-test" in require:
         records = smoke_records(client, ref.repository, digest)
         last = records[0] if records else None
@@ -123,14 +135,15 @@ def verify(
     return checks
 
 
-def _ledger_check(ledger: str | Path | None, digest: str) -> Check:
+def _ledger_check(ledger: str | Path | None, digest: str, *, given: bool = True) -> Check:
     from .errors import MlEnvError
     from .ledger_oci import is_remote, open_ledger
 
     if ledger is None:
         return Check("ledger", None, "no ledger given")
     if not is_remote(ledger) and not Path(ledger).exists():
-        return Check("ledger", None, f"{ledger} does not exist")
+        # a ledger named on purpose that is not there records nothing: that is a failed check
+        return Check("ledger", False if given else None, f"{printable(str(ledger))} does not exist")
     try:
         with open_ledger(ledger) as led:
             hits = [e for e in led.entries() if e.digest == digest]

@@ -127,7 +127,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..verify import verify
 
     out = output(args)
-    checks = verify(args.image, ledger=args.ledger, require=tuple(args.require), insecure=args.insecure)
+    given = getattr(args, "o", None) is None or args.o.sources.get("ledger", "default") != "default"
+    checks = verify(
+        args.image, ledger=args.ledger, require=tuple(args.require), insecure=args.insecure, ledger_given=given
+    )
     failed = [c for c in checks if c.ok is False]
     out.result(
         {"image": args.image, "ok": not failed, "checks": [c.to_json() for c in checks]},

@@ -1,0 +1,122 @@
+"""``ml-env verify`` against an in-memory registry that answers whatever a hostile pusher put there:
+every check is one line, nothing raises, and a check that cannot be made is never an ``ok``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ml_env_tasks.registry as registry_mod
+from ml_env_tasks.errors import UsageError
+from ml_env_tasks.verify import verify
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+HOST, REPO = "127.0.0.1:5000", "h16/verify"
+
+
+def sha(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+@dataclass
+class Info:
+    digest: str
+    media_type: str
+    size: int
+
+
+class FakeRegistry:
+    """manifests and blobs by digest, tags to digests."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.tags: dict[str, str] = {}
+
+    def blob(self, data: bytes) -> str:
+        self.blobs[sha(data)] = data
+        return sha(data)
+
+    def manifest(self, doc: dict[str, Any], tag: str | None = None) -> str:
+        body = json.dumps(doc).encode()
+        self.manifests[sha(body)] = body
+        if tag:
+            self.tags[tag] = sha(body)
+        return sha(body)
+
+    def image(self, config: Any, tag: str | None = None, layers: list[dict[str, Any]] | None = None) -> str:
+        c = json.dumps(config).encode()
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": self.blob(c),
+                          "size": len(c)}, "layers": layers or []}  # fmt: skip
+        return self.manifest(doc, tag)
+
+    # the client's interface, as verify uses it
+    def _digest(self, ref: str) -> str | None:
+        return ref if ref in self.manifests else self.tags.get(ref)
+
+    def head_manifest(self, repo: str, ref: str) -> Info | None:
+        d = self._digest(ref)
+        return None if d is None else Info(d, OCI_MANIFEST, len(self.manifests[d]))
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[Info, bytes] | None:
+        d = self._digest(ref)
+        return None if d is None else (Info(d, OCI_MANIFEST, len(self.manifests[d])), self.manifests[d])
+
+    def get_blob(self, repo: str, digest: str, limit: int = 0) -> bytes:
+        return self.blobs[digest]
+
+    def image_config(self, repo: str, ref: str) -> Any:
+        d = self._digest(ref)
+        if d is None:
+            return None
+        doc = json.loads(self.manifests[d])
+        for m in doc.get("manifests") or []:
+            if (m.get("platform") or {}).get("os") != "unknown":
+                return self.image_config(repo, m["digest"])
+        return json.loads(self.blobs[doc["config"]["digest"]])
+
+    def referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
+        return []
+
+
+@pytest.fixture
+def reg(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
+    fake = FakeRegistry()
+    monkeypatch.setattr(registry_mod, "RegistryClient", lambda host, insecure=False: fake)
+    return fake
+
+
+def spec_labels(spec: str = '{"base":{"image":"x"}}') -> dict[str, str]:
+    return {"ml-env.spec": spec, "ml-env.hash": hashlib.sha256(spec.encode()).hexdigest()}
+
+
+def checks(image: str, **kw: Any) -> dict[str, Any]:
+    return {c.name: c for c in verify(image, **kw)}
+
+
+def test_an_unknown_gate_is_a_usage_error_not_a_silently_skipped_check(reg: FakeRegistry) -> None:
+    reg.image({"config": {"Labels": spec_labels()}}, tag="t")
+    with pytest.raises(UsageError, match="smok-test"):
+        verify(f"{HOST}/{REPO}:t", require=("smok-test",))
+
+
+@pytest.mark.parametrize("inner", ["nope", 7, ["Labels"], None, {"Labels": "x"}, {"Labels": [1]}])
+def test_an_image_config_of_any_shape_is_a_failed_hash_check(reg: FakeRegistry, inner: Any) -> None:
+    reg.image({"architecture": "amd64", "os": "linux", "config": inner}, tag="odd")
+    got = checks(f"{HOST}/{REPO}:odd", ledger=None)
+    assert got["hash"].ok is False and "not an image ml-env built" in got["hash"].detail
+
+
+def test_a_named_ledger_that_does_not_exist_fails_the_check(reg: FakeRegistry, tmp_path: Path) -> None:
+    reg.image({"config": {"Labels": spec_labels()}}, tag="t")
+    missing = tmp_path / "releases.toml"
+    assert checks(f"{HOST}/{REPO}:t", ledger=missing)["ledger"].ok is False
+    # the default releases.toml, not named by anyone: nothing to check here
+    assert checks(f"{HOST}/{REPO}:t", ledger=missing, ledger_given=False)["ledger"].ok is None
