@@ -43,7 +43,16 @@ class Check:
 
 
 def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
-    """predicate type -> the attestation manifests carrying it, for the images of an index."""
+    """predicate type -> the attestation manifests carrying it, for the images of an index.
+
+    An attestation counts only when it is about an image of this very index: its manifest's
+    ``vnd.docker.reference.digest`` names an image manifest listed beside it, and the in-toto
+    statement it carries (read, checked against its digest, bounded) has that predicate type, a
+    predicate, and that manifest among its subjects. An annotation alone proves nothing: anyone
+    can write one over an empty layer, or copy another image's attestations into an index.
+    """
+    from .errors import RegistryError
+
     got = client.get_manifest(repo, digest)
     out: dict[str, list[str]] = {}
     if got is None:
@@ -52,22 +61,63 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
         doc = json.loads(got[1])
     except ValueError:
         return out
-    for m in doc.get("manifests") or [] if isinstance(doc, dict) else []:
-        ann = m.get("annotations") if isinstance(m, dict) else None
-        if not isinstance(ann, dict) or ann.get("vnd.docker.reference.type") != "attestation-manifest":
+    listed = doc.get("manifests") if isinstance(doc, dict) else None
+    entries = (
+        [m for m in listed if isinstance(m, dict) and _is_digest(m.get("digest"))] if isinstance(listed, list) else []
+    )
+    kinds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for m in entries:
+        ann = m.get("annotations")
+        kinds.append((m, ann if isinstance(ann, dict) else {}))
+    images = {m["digest"] for m, ann in kinds if ann.get("vnd.docker.reference.type") != "attestation-manifest"}
+    for m, ann in kinds:
+        target = ann.get("vnd.docker.reference.digest")
+        if ann.get("vnd.docker.reference.type") != "attestation-manifest" or not isinstance(target, str):
             continue
-        att = client.get_manifest(repo, m.get("digest", ""))
+        if target not in images:
+            continue
+        att = client.get_manifest(repo, m["digest"])
         if att is None:
             continue
         try:
             layers = json.loads(att[1]).get("layers") or []
         except (ValueError, AttributeError):
             continue
-        for layer in layers:
-            pt = (layer.get("annotations") or {}).get("in-toto.io/predicate-type") if isinstance(layer, dict) else None
-            if isinstance(pt, str):
+        for layer in layers if isinstance(layers, list) else []:
+            la = layer.get("annotations") if isinstance(layer, dict) else None
+            pt = la.get("in-toto.io/predicate-type") if isinstance(la, dict) else None
+            if not isinstance(pt, str) or not _is_digest(layer.get("digest")):
+                continue
+            size = layer.get("size")
+            if not isinstance(size, int) or not 0 < size <= MAX_STATEMENT:
+                continue
+            try:
+                statement = json.loads(client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT))
+            except (ValueError, RegistryError):
+                continue
+            if _about(statement, pt, target):
                 out.setdefault(pt, []).append(m["digest"])
     return out
+
+
+MAX_STATEMENT = 64 * 2**20
+
+
+def _is_digest(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith("sha256:") and HEX64.fullmatch(v[7:]) is not None
+
+
+def _about(statement: Any, predicate_type: str, manifest: str) -> bool:
+    """An in-toto statement of this predicate type whose subjects include this manifest."""
+    if not isinstance(statement, dict) or statement.get("predicateType") != predicate_type:
+        return False
+    if not isinstance(statement.get("predicate"), dict) or not statement["predicate"]:
+        return False
+    subjects = statement.get("subject")
+    return isinstance(subjects, list) and any(
+        isinstance(s, dict) and isinstance(s.get("digest"), dict) and f"sha256:{s['digest'].get('sha256')}" == manifest
+        for s in subjects
+    )
 
 
 def verify(

@@ -120,3 +120,46 @@ def test_a_named_ledger_that_does_not_exist_fails_the_check(reg: FakeRegistry, t
     assert checks(f"{HOST}/{REPO}:t", ledger=missing)["ledger"].ok is False
     # the default releases.toml, not named by anyone: nothing to check here
     assert checks(f"{HOST}/{REPO}:t", ledger=missing, ledger_given=False)["ledger"].ok is None
+
+
+def attested_index(reg: FakeRegistry, *, refers_to: str | None = None, subject: str | None = None,
+                   statement: dict[str, Any] | None = None, tag: str = "idx") -> str:  # fmt: skip
+    """An index of one image and one attestation manifest carrying an SBOM and a provenance statement."""
+    image = reg.image({"config": {"Labels": spec_labels()}})
+    layers = []
+    for pt in ("https://cyclonedx.org/bom", "https://slsa.dev/provenance/v0.2"):
+        st = statement if statement is not None else {
+            "_type": "https://in-toto.io/Statement/v0.1", "predicateType": pt, "predicate": {"any": "thing"},
+            "subject": [{"name": "x", "digest": {"sha256": (subject or image).split(":", 1)[1]}}],
+        }  # fmt: skip
+        body = json.dumps(st).encode()
+        layers.append({"mediaType": "application/vnd.in-toto+json", "digest": reg.blob(body), "size": len(body),
+                       "annotations": {"in-toto.io/predicate-type": pt}})  # fmt: skip
+    att = reg.manifest({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": layers})
+    return reg.manifest({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": image, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": OCI_MANIFEST, "digest": att, "size": 1, "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                         "vnd.docker.reference.digest": refers_to or image}},
+    ]}, tag=tag)  # fmt: skip
+
+
+def test_attestations_about_this_image_pass(reg: FakeRegistry) -> None:
+    attested_index(reg)
+    got = checks(f"{HOST}/{REPO}:idx", ledger=None)
+    assert got["sbom"].ok and got["provenance"].ok
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"statement": {}},  # an annotation over an empty statement
+        {"statement": {"predicateType": "https://cyclonedx.org/bom"}},  # no predicate, no subject
+        {"subject": "sha256:" + "1" * 64},  # a statement about another image, copied into this index
+        {"refers_to": "sha256:" + "2" * 64},  # an attestation manifest of an image not in this index
+    ],
+)
+def test_an_attestation_that_is_not_about_this_image_is_not_counted(reg: FakeRegistry, forgery: dict[str, Any]) -> None:
+    attested_index(reg, **forgery)
+    got = checks(f"{HOST}/{REPO}:idx", ledger=None)
+    assert got["sbom"].ok is False and got["provenance"].ok is False
