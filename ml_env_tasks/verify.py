@@ -160,8 +160,15 @@ def verify(
         ok = actual == claimed
         checks.append(Check("hash", ok, f"embedded environment hashes to {actual[:16]}…" + ("" if ok else
                                           f", the label says {printable(claimed, 70)}")))  # fmt: skip
-    package = labels.get("ml-env.package.hash", "")
-    expect = package if HEX64.fullmatch(package) else claimed
+    package = labels.get("ml-env.package.hash")
+    expect = claimed
+    if package is not None:
+        # a packaged image's tag is its package hash: recomputed from the parts its labels name
+        # (environment digest, entry folder hash, entry name, model digest), never taken on trust
+        ok = package_hash(labels) == package
+        checks.append(Check("package", ok, f"package parts hash to {package[:16]}…" if ok else
+                            "the ml-env.package.* labels do not hash to ml-env.package.hash"))  # fmt: skip
+        expect = package if ok else ""
     if ref.tag and HEX64.fullmatch(ref.tag):
         checks.append(Check("tag", ref.tag == expect, f"tag {ref.tag[:16]}… " +
                             ("is the content hash" if ref.tag == expect else "is not the content hash")))  # fmt: skip
@@ -183,6 +190,16 @@ def verify(
             checks.append(Check("smoke-test", ok, f"last run {printable(last['time'], 40)}: {last['passed']} passed, "
                                                   f"{last['failed']} failed"))  # fmt: skip
     return checks
+
+
+def package_hash(labels: dict[str, str]) -> str | None:
+    """The package hash the ``ml-env.package.*`` labels make (``package.py``'s key), None when one is malformed."""
+    env, entry_hash = labels.get("ml-env.package.environment", ""), labels.get("ml-env.package.entry_hash", "")
+    entry, model = labels.get("ml-env.package.entry", ""), labels.get("ml-env.package.model_digest", "")
+    env_digest = env.rpartition("@")[2]
+    if not (_is_digest(env_digest) and _is_digest(model) and entry and HEX64.fullmatch(entry_hash)):
+        return None
+    return hashlib.sha256(f"{env_digest}\n{entry_hash}\n{entry}\n{model}".encode()).hexdigest()
 
 
 def _ledger_check(ledger: str | Path | None, digest: str, *, given: bool = True) -> Check:

@@ -163,3 +163,31 @@ def test_an_attestation_that_is_not_about_this_image_is_not_counted(reg: FakeReg
     attested_index(reg, **forgery)
     got = checks(f"{HOST}/{REPO}:idx", ledger=None)
     assert got["sbom"].ok is False and got["provenance"].ok is False
+
+
+def package_labels() -> dict[str, str]:
+    env_digest, entry_hash, model = "sha256:" + "e" * 64, "a" * 64, "sha256:" + "b" * 64
+    key = hashlib.sha256(f"{env_digest}\n{entry_hash}\nscore.py\n{model}".encode()).hexdigest()
+    return {**spec_labels(), "ml-env.package.environment": f"{HOST}/envs/x@{env_digest}",
+            "ml-env.package.entry": "score.py", "ml-env.package.entry_hash": entry_hash,
+            "ml-env.package.model_digest": model, "ml-env.package.hash": key}  # fmt: skip
+
+
+def test_a_packaged_image_tag_is_checked_against_its_recomputed_package_hash(reg: FakeRegistry) -> None:
+    labels = package_labels()
+    reg.image({"config": {"Labels": labels}}, tag=labels["ml-env.package.hash"])
+    got = checks(f"{HOST}/{REPO}:{labels['ml-env.package.hash']}", ledger=None)
+    assert got["package"].ok and got["tag"].ok
+
+
+def test_a_forged_package_hash_label_does_not_make_any_tag_pass(reg: FakeRegistry) -> None:
+    """One label used to decide what the tag is checked against: set it to the tag, and an image
+    with any content (and any tag) was 'the content hash'."""
+    anything = hashlib.sha256(b"evil").hexdigest()
+    reg.image({"config": {"Labels": {**spec_labels(), "ml-env.package.hash": anything}}}, tag=anything)
+    got = checks(f"{HOST}/{REPO}:{anything}", ledger=None)
+    assert got["package"].ok is False and got["tag"].ok is False
+    labels = {**package_labels(), "ml-env.package.entry": "other.py"}  # a part changed, the hash kept
+    reg.image({"config": {"Labels": labels}}, tag=labels["ml-env.package.hash"])
+    got = checks(f"{HOST}/{REPO}:{labels['ml-env.package.hash']}", ledger=None)
+    assert got["package"].ok is False and got["tag"].ok is False
