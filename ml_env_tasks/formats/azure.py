@@ -453,4 +453,20 @@ def import_requirements(src: Path, stem: str | None = None) -> Imported:
             w.append(
                 f"line {n} ({s.split()[0]}): set python.index_url_env / extra_index_urls_env instead (credentials)"
             )
+    _inference_from_requirements(data, doc, w)
     return Imported(name, doc, w, {f"{stem or name}.requirements.txt": data})
+
+
+def _inference_from_requirements(data: bytes, doc: tomlkit.TOMLDocument, w: list[str]) -> None:
+    """A requirements file that installs Azure's scoring server, as a conda file's pip section
+    does: ``inference.server = "azureml"`` (pip's names: any case, ``-``/``_``/``.`` alike)."""
+    text = data.decode("utf-8", errors="replace")
+    for pkg in AZURE_INFERENCE_PACKAGES:
+        name = "[-_.]".join(pkg.split("-"))
+        if re.search(rf"^\s*{name}(?=\s*(?:[=<>!~\[;#@]|$))", text, re.M | re.I):
+            _azureml_server(doc)
+            w.append(
+                f'{pkg} in the requirements file is Azure\'s inference stack: inference.server = "azureml" '
+                f"(the inference layer installs {AZUREML_PACKAGES[0]} and runs azmlinfsrv)"
+            )
+            return

@@ -254,6 +254,22 @@ def test_azure_inference_dependency_maps_to_the_azureml_server(work: Path) -> No
     assert c.inference_server == "builtin"
 
 
+@pytest.mark.parametrize(
+    "line", ["azureml-defaults==1.55.0", "AzureML_Defaults", "azureml-inference-server-http>=1.3 ; python_version>'3'"]
+)
+def test_azure_inference_dependency_in_a_requirements_file_maps_to_the_azureml_server(work: Path, line: str) -> None:
+    """The same dependency in a pip requirements file (Azure's other way to name them) chooses the
+    same server: it used to import as a plain environment, silently."""
+    req = work / "scoring.txt"
+    req.write_text(f"numpy==1.26.4\n{line}\n")
+    imp = import_source(req, stem="r")
+    r = write(imp, work / "envs" / "r.toml")
+    assert r.inference and r.inference_server == "azureml"
+    assert any("in the requirements file is Azure's inference stack" in w for w in imp.warnings)
+    req.write_text("numpy==1.26.4\nazureml-defaults-extra==1\n# azureml-defaults\n")
+    assert write(import_source(req, stem="s"), work / "envs" / "s.toml").inference is False
+
+
 def test_export_of_an_azureml_server_environment_lists_the_server(work: Path) -> None:
     f = work / "envs" / "s.toml"
     f.write_text(
