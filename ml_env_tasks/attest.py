@@ -17,20 +17,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .digests import is_digest
 from .errors import RegistryError
 from .registry import artifacts as art
 
-__all__ = ["SMOKE_TYPE", "Attached", "attach", "referrers", "smoke_records", "record_smoke", "latest_passing"]
+__all__ = [
+    "GATES",
+    "check_gates",
+    "SMOKE_TYPE",
+    "Attached",
+    "attach",
+    "referrers",
+    "smoke_records",
+    "record_smoke",
+    "latest_passing",
+]
 
 SMOKE_TYPE = "application/vnd.ml-env.smoke-test.v1+json"
 MAX_PAYLOAD = 256 * 1024
 ATTEMPTS = 5
+GATES = ("smoke-test",)  # what promote --require and verify --require can ask for
 
 
-def _is_digest(v: Any) -> bool:
-    return (
-        isinstance(v, str) and v.startswith("sha256:") and len(v) == 71 and all(c in "0123456789abcdef" for c in v[7:])
-    )
+def check_gates(require: tuple[str, ...] | list[str]) -> None:
+    """Every gate named is one there is: a typo must not silently remove a gate."""
+    from .errors import UsageError
+    from .grammar import printable
+
+    unknown = [g for g in require if g not in GATES]
+    if unknown:
+        raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
 
 
 def referrers(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
@@ -47,7 +63,7 @@ def referrers(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
         found = doc.get("manifests") if isinstance(doc, dict) else None
         if not isinstance(found, list):
             return []
-    return [m for m in found if isinstance(m, dict) and _is_digest(m.get("digest"))]
+    return [m for m in found if isinstance(m, dict) and is_digest(m.get("digest"))]
 
 
 def _fallback_tag(digest: str) -> str:
@@ -142,7 +158,7 @@ def smoke_records(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
             subject = doc["subject"]["digest"]
         except (ValueError, KeyError, IndexError, TypeError):
             continue
-        if subject != digest or not _is_digest(layer.get("digest")) or not isinstance(layer.get("size"), int):
+        if subject != digest or not is_digest(layer.get("digest")) or not isinstance(layer.get("size"), int):
             continue
         if layer["size"] > MAX_PAYLOAD:
             continue

@@ -15,10 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["file_sha256", "stream_sha256", "cache_dir", "counted", "BUFFER"]
+__all__ = ["file_sha256", "stream_sha256", "cache_dir", "counted", "is_digest", "BUFFER"]
 
 BUFFER = 1 << 20
 RACY_SECONDS = 2.0
+
+
+def is_digest(v: object) -> bool:
+    """A sha256 digest as registries write them (``sha256:`` and 64 lower-case hex digits); anything
+    else read from a registry or a record is not one."""
+    return (
+        isinstance(v, str) and len(v) == 71 and v.startswith("sha256:") and all(c in "0123456789abcdef" for c in v[7:])
+    )
 
 
 def cache_dir() -> Path:

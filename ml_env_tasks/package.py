@@ -31,7 +31,7 @@ from .errors import RegistryError, UsageError
 from .grammar import printable
 from .registry import artifacts as art
 
-__all__ = ["PackageResult", "package", "APP_PREFIX", "PACKAGE_LABEL"]
+__all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LABEL"]
 
 APP_PREFIX = "var/azureml-app"
 PACKAGE_LABEL = "ml-env.package.entry"
@@ -56,6 +56,11 @@ class PackageResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "ref": self.ref}
+
+
+def package_key(env_digest: str, entry_hash: str, entry: str, model_digest: str) -> str:
+    """A packaged image's tag: the hash of its three parts (``verify`` recomputes it from the labels)."""
+    return hashlib.sha256(f"{env_digest}\n{entry_hash}\n{entry}\n{model_digest}".encode()).hexdigest()
 
 
 def _tar_to(chunks: Iterator[bytes], out: Path) -> tuple[str, int]:
@@ -132,7 +137,7 @@ def package(
             model_path, model_digest, model_size = None, mv.layer, mv.size
             model_repo = mv.repository.split("/", 1)[1]
             model_label = f"{mv.name}:{mv.version}"
-        key = hashlib.sha256(f"{env.digest}\n{snap.hash}\n{entry.name}\n{model_digest}".encode()).hexdigest()
+        key = package_key(env.digest, snap.hash, entry.name, model_digest)
         image = f"{registry}/{repo}:{key}"
         found = client.head_manifest(repo, key)
         if found is not None:
@@ -167,9 +172,58 @@ def package(
              "config": {"mediaType": OCI_CONFIG, "digest": cfg_digest, "size": len(cfg_bytes)}, "layers": layers},
             separators=(",", ":"), sort_keys=True,
         ).encode()  # fmt: skip
-        digest = client.put_manifest(repo, key, body, OCI_MANIFEST) or "sha256:" + hashlib.sha256(body).hexdigest()
+        # by digest first: the tag names the image only once its SBOM and provenance are beside it
+        image_digest = client.put_manifest(repo, art.sha256(body), body, OCI_MANIFEST) or art.sha256(body)
+        digest = _attest(client, repo, key, image_digest, src.repository, env.digest, env.pinned, config,
+                         (entry.name, snap.hash), (model_label, model_digest))  # fmt: skip
     info(f"packaged {image}@{digest[:19]}: {env.pinned} + {entry.name} + model {model_label}")
     return PackageResult(image, digest, env.pinned, entry.name, snap.hash, model_label, model_digest, False)
+
+
+PACKAGE_BUILD_TYPE = "https://ml-env.invalid/package/v1"
+
+
+def _attest(client: Any, repo: str, tag: str, image_digest: str, env_repo: str, env_digest: str, env_ref: str,
+            env_config: dict[str, Any], entry: tuple[str, str], model: tuple[str, str]) -> str:  # fmt: skip
+    """Attach the package's SBOM and provenance in BuildKit's layout, as a build does, and tag the
+    index ``tag``: the index digest. The SBOM is the environment's (the lock's Python packages, the
+    Debian packages its own SBOM lists) plus the two parts on top; the provenance (SLSA v1) names
+    the three inputs by digest. Both are deterministic, so the same parts give the same digest."""
+    from .pins import lock_packages
+    from .sbom import CYCLONEDX, SLSA_V1, SPDX, Contents, attach_attestations, cyclonedx_json, debian_listed, spdx_json
+    from .sbom import statement as in_toto
+    from .verify import attested
+
+    inner = env_config.get("config")
+    labels = inner.get("Labels") if isinstance(inner, dict) else None
+    lock = labels.get("ml-env.lock") if isinstance(labels, dict) else None
+    env_sboms = attested(client, env_repo, env_digest).get(CYCLONEDX, [])
+    name, (entry_name, entry_hash), (model_label, model_digest) = f"{client.host}/{repo}", entry, model
+    contents = Contents(
+        name, tag, lock_packages(lock) if isinstance(lock, str) else {},
+        debian_listed(env_sboms[0][1].get("predicate")) if env_sboms else [], env_ref,
+        extra=[(f"entry {entry_name}", "", entry_hash), (f"model {model_label}", "", model_digest.split(":", 1)[1])],
+    )  # fmt: skip
+    cdx, spdx = cyclonedx_json(contents), spdx_json(contents)
+    provenance = {
+        "buildDefinition": {
+            "buildType": PACKAGE_BUILD_TYPE,
+            "externalParameters": {"environment": env_ref, "entry": entry_name, "model": model_label},
+            "internalParameters": {},
+            "resolvedDependencies": [
+                {"uri": f"oci://{env_ref}", "digest": {"sha256": env_digest.split(":", 1)[1]}},
+                {"name": f"entry {entry_name}", "digest": {"sha256": entry_hash}},
+                {"name": f"model {model_label}", "digest": {"sha256": model_digest.split(":", 1)[1]}},
+            ],
+        },
+        "runDetails": {"builder": {"id": "https://ml-env.invalid/package"}, "metadata": {}},
+    }
+
+    def make(manifest: str) -> list[tuple[str, bytes]]:
+        return [(CYCLONEDX, in_toto(CYCLONEDX, cdx, name, manifest)), (SPDX, in_toto(SPDX, spdx, name, manifest)),
+                (SLSA_V1, in_toto(SLSA_V1, provenance, name, manifest))]  # fmt: skip
+
+    return attach_attestations(client, repo, tag, image_digest, make, replace_types=(CYCLONEDX, SPDX, SLSA_V1))
 
 
 def _platform_image(client: Any, repo: str, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -29,11 +29,21 @@ from typing import Any
 from .errors import RegistryError
 from .registry import artifacts as art
 
-__all__ = ["Contents", "cyclonedx_json", "spdx_json", "statement", "attach_attestations", "deb_packages", "source_date"]
+__all__ = [
+    "Contents",
+    "debian_listed",
+    "cyclonedx_json",
+    "spdx_json",
+    "statement",
+    "attach_attestations",
+    "deb_packages",
+    "source_date",
+]
 
 INTOTO = "application/vnd.in-toto+json"
 CYCLONEDX = "https://cyclonedx.org/bom"
 SPDX = "https://spdx.dev/Document"
+SLSA_V1 = "https://slsa.dev/provenance/v1"
 OCI_MANIFEST, OCI_INDEX, OCI_CONFIG = art.OCI_MANIFEST, art.OCI_INDEX, art.OCI_CONFIG
 MAX_DPKG = 8 * 2**20
 
@@ -70,6 +80,28 @@ def deb_packages(engine: Any, ref: str) -> list[tuple[str, str, str]]:
         parts = line.split("\t")
         if len(parts) == 3 and all(p and p.isprintable() and len(p) < 200 for p in parts):
             rows.append((parts[0], parts[1], parts[2]))
+    return sorted(set(rows))
+
+
+def debian_listed(cyclonedx: Any) -> list[tuple[str, str, str]]:
+    """The Debian packages a CycloneDX document lists (by their ``pkg:deb/debian/...`` purls), as
+    ``deb_packages`` gives them: what a packaged image takes over from its environment's SBOM."""
+    from packageurl import PackageURL
+
+    rows = []
+    components = cyclonedx.get("components") if isinstance(cyclonedx, dict) else None
+    for c in components if isinstance(components, list) else []:
+        purl = c.get("purl") if isinstance(c, dict) else None
+        if not isinstance(purl, str) or not purl.startswith("pkg:deb/debian/") or len(purl) > 600:
+            continue
+        try:
+            p = PackageURL.from_string(purl)
+        except ValueError:
+            continue
+        arch = (p.qualifiers or {}).get("arch", "") if isinstance(p.qualifiers, dict) else ""
+        row = (p.name, p.version or "", arch)
+        if all(x and x.isprintable() and len(x) < 200 for x in row):
+            rows.append(row)
     return sorted(set(rows))
 
 

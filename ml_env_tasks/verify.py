@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .digests import is_digest
 from .errors import UsageError
 from .grammar import printable
 
-__all__ = ["Check", "verify", "attestations", "SBOM_TYPES", "PROVENANCE_TYPES"]
+__all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
 
 SBOM_TYPES = ("https://spdx.dev/Document", "https://cyclonedx.org/bom")
 PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1")
 HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
-GATES = ("smoke-test",)  # as promote's --require
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,12 @@ class Check:
 
 
 def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
-    """predicate type -> the attestation manifests carrying it, for the images of an index.
+    """predicate type -> the attestation manifests carrying it, for the images of an index (``attested``)."""
+    return {pt: [m for m, _ in found] for pt, found in attested(client, repo, digest).items()}
+
+
+def attested(client: Any, repo: str, digest: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """predicate type -> (attestation manifest, in-toto statement) for the images of an index.
 
     An attestation counts only when it is about an image of this very index: its manifest's
     ``vnd.docker.reference.digest`` names an image manifest listed beside it, and the in-toto
@@ -54,7 +59,7 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
     from .errors import RegistryError
 
     got = client.get_manifest(repo, digest)
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     if got is None:
         return out
     try:
@@ -63,7 +68,7 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
         return out
     listed = doc.get("manifests") if isinstance(doc, dict) else None
     entries = (
-        [m for m in listed if isinstance(m, dict) and _is_digest(m.get("digest"))] if isinstance(listed, list) else []
+        [m for m in listed if isinstance(m, dict) and is_digest(m.get("digest"))] if isinstance(listed, list) else []
     )
     kinds: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for m in entries:
@@ -86,7 +91,7 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
         for layer in layers if isinstance(layers, list) else []:
             la = layer.get("annotations") if isinstance(layer, dict) else None
             pt = la.get("in-toto.io/predicate-type") if isinstance(la, dict) else None
-            if not isinstance(pt, str) or not _is_digest(layer.get("digest")):
+            if not isinstance(pt, str) or not is_digest(layer.get("digest")):
                 continue
             size = layer.get("size")
             if not isinstance(size, int) or not 0 < size <= MAX_STATEMENT:
@@ -96,15 +101,11 @@ def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
             except (ValueError, RegistryError):
                 continue
             if _about(statement, pt, target):
-                out.setdefault(pt, []).append(m["digest"])
+                out.setdefault(pt, []).append((m["digest"], statement))
     return out
 
 
 MAX_STATEMENT = 64 * 2**20
-
-
-def _is_digest(v: Any) -> bool:
-    return isinstance(v, str) and v.startswith("sha256:") and HEX64.fullmatch(v[7:]) is not None
 
 
 def _about(statement: Any, predicate_type: str, manifest: str) -> bool:
@@ -130,12 +131,10 @@ def verify(
 ) -> list[Check]:
     """``ledger_given``: the ledger was named (flag, variable, config), so a missing one fails;
     False for the default ``releases.toml``, which may simply not exist here (a skip)."""
-    from .attest import smoke_records
+    from .attest import check_gates, smoke_records
     from .registry import RegistryClient, check_registry_host, parse_ref
 
-    unknown = [g for g in require if g not in GATES]
-    if unknown:
-        raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
+    check_gates(require)
     if "://" in image:
         raise UsageError("IMAGE is host[:port]/repository[:tag|@digest]")
     check_registry_host(image.split("/", 1)[0], "image registry")
@@ -197,9 +196,11 @@ def package_hash(labels: dict[str, str]) -> str | None:
     env, entry_hash = labels.get("ml-env.package.environment", ""), labels.get("ml-env.package.entry_hash", "")
     entry, model = labels.get("ml-env.package.entry", ""), labels.get("ml-env.package.model_digest", "")
     env_digest = env.rpartition("@")[2]
-    if not (_is_digest(env_digest) and _is_digest(model) and entry and HEX64.fullmatch(entry_hash)):
+    if not (is_digest(env_digest) and is_digest(model) and entry and HEX64.fullmatch(entry_hash)):
         return None
-    return hashlib.sha256(f"{env_digest}\n{entry_hash}\n{entry}\n{model}".encode()).hexdigest()
+    from .package import package_key
+
+    return package_key(env_digest, entry_hash, entry, model)
 
 
 def _ledger_check(ledger: str | Path | None, digest: str, *, given: bool = True) -> Check:

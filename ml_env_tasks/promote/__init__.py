@@ -124,9 +124,10 @@ def promote(
     dst, tags = _dest(opts)
     if opts.jobs < 1 or opts.jobs > 32:
         raise UsageError("--jobs must be between 1 and 32")
-    unknown = [g for g in opts.require if g not in GATES]
-    if unknown:
-        raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
+    if opts.require:
+        from ..attest import check_gates
+
+        check_gates(opts.require)
     expected_lock = _spec_lock(opts.spec) if opts.spec is not None and "smoke-test" in opts.require else None
     opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)
     if opts.ledger is not None and not opts.dry_run:
@@ -135,9 +136,6 @@ def promote(
         if ledger:
             ledger.check()  # a corrupt ledger stops us before an image is copied
         return _promote(opts, src, dst, tags, ledger, say, progress, t0, expected_lock)
-
-
-GATES = ("smoke-test",)
 
 
 def _spec_lock(spec: Path) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from ..digests import counted
+from ..digests import counted, is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryTransient, RegistryUnreachable
 from ..registry import RegistryClient
 
@@ -62,24 +62,18 @@ def validate_manifest(body: bytes, what: str) -> dict[str, Any]:
     ok = isinstance(doc, dict)
     if ok and ("manifests" in doc or doc.get("mediaType") in INDEX_TYPES):
         ms = doc.get("manifests")
-        ok = isinstance(ms, list) and all(isinstance(m, dict) and _is_digest(m.get("digest")) for m in ms)
+        ok = isinstance(ms, list) and all(isinstance(m, dict) and is_digest(m.get("digest")) for m in ms)
     elif ok:
         cfg, layers = doc.get("config"), doc.get("layers", [])
         ok = (
             isinstance(cfg, dict)
-            and _is_digest(cfg.get("digest"))
+            and is_digest(cfg.get("digest"))
             and isinstance(layers, list)
-            and all(isinstance(x, dict) and _is_digest(x.get("digest")) for x in layers)
+            and all(isinstance(x, dict) and is_digest(x.get("digest")) for x in layers)
         )
     if not ok:
         raise RegistryError(f"{what} is not an OCI/Docker image manifest or index")
     return cast(dict[str, Any], doc)
-
-
-def _is_digest(v: Any) -> bool:
-    return (
-        isinstance(v, str) and len(v) == 71 and v.startswith("sha256:") and all(c in "0123456789abcdef" for c in v[7:])
-    )
 
 
 def collect(sc: RegistryClient, repo: str, digest: str, body: bytes, media_type: str, tree: Tree) -> None:

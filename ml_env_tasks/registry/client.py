@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urljoin
 
+from ..digests import is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryUnreachable
 from .constants import CHUNK, MANIFEST_TYPES, MAX_MANIFEST
 from .reference import ManifestInfo
@@ -85,11 +86,11 @@ class RegistryClient(Transport):
         if "manifests" in doc:
             for m in doc.get("manifests") or []:
                 plat = m.get("platform") or {} if isinstance(m, dict) else {}
-                if isinstance(m, dict) and plat.get("os") != "unknown" and _is_digest(m.get("digest")):
+                if isinstance(m, dict) and plat.get("os") != "unknown" and is_digest(m.get("digest")):
                     return self.config_digest(repository, m["digest"])
             return None
         cfg = doc.get("config")
-        if not isinstance(cfg, dict) or not _is_digest(cfg.get("digest")):
+        if not isinstance(cfg, dict) or not is_digest(cfg.get("digest")):
             raise RegistryError(f"{self.host}/{repository}@{got[0].digest[:19]} is not an image manifest (no config)")
         return str(cfg["digest"])
 
@@ -230,11 +231,7 @@ class RegistryClient(Transport):
             found = r.json().get("manifests") or []
         except (ValueError, AttributeError):
             return None
-        return [m for m in found if isinstance(m, dict) and _is_digest(m.get("digest"))]
-
-
-def _is_digest(v: Any) -> bool:
-    return isinstance(v, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", v) is not None
+        return [m for m in found if isinstance(m, dict) and is_digest(m.get("digest"))]
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:

@@ -94,6 +94,17 @@ def test_deploy_journey_register_package_smoke_promote_serve(ws, tmp_path: Path)
     # the same three parts from a folder give the same layer: the same image
     same = package(str(env), app / "score.py", str(model), build=ws.opts(), repository=pkg_repo)
     assert same.digest == r.digest
+    # provable as a built image is: SBOM (the environment's packages and the two parts) and provenance
+    from ml_env_tasks.sbom import CYCLONEDX, SLSA_V1
+    from ml_env_tasks.verify import attested, verify
+
+    checks = {c.name: c.ok for c in verify(r.image, ledger=None)}
+    assert all(checks[k] for k in ("image", "hash", "package", "tag", "sbom", "provenance")), checks
+    found = attested(client, pkg_repo, r.digest)
+    names = {c["name"] for c in found[CYCLONEDX][0][1]["predicate"]["components"]}
+    assert {f"model factor:{mv.version}", "entry score.py"} <= names and "python3" in " ".join(names)
+    deps = found[SLSA_V1][0][1]["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps[2]["digest"]["sha256"] == mv.layer.split(":", 1)[1] and deps[1]["digest"]["sha256"] == r.entry_hash
 
     # smoke-test the packaged image as it is: no entry, no model mounted
     cases = tmp_path / "cases.jsonl"
