@@ -140,15 +140,21 @@ class Ledger(TomlLog):
         return entry
 
     def recorded(self, destination: str, digest: str, tags: tuple[str, ...]) -> Promotion | None:
-        """The last promotion of ``digest`` to ``destination``, when the ledger records it there
-        under every one of ``tags`` (across entries); None otherwise."""
-        seen: set[str] = set()
+        """The last promotion of ``digest`` to ``destination``, when by the ledger every one of
+        ``tags`` there is ``digest`` now (the last entry naming the tag names this digest); None
+        otherwise. A tag the ledger saw move to another digest since is not recorded as this one:
+        the registry holding it here again is a finding the ledger has to add, or it would keep
+        naming the other digest."""
+        now: dict[str, str] = {}
         last: Promotion | None = None
         for e in self.entries():
-            if e.destination == destination and e.digest == digest:
-                seen.update(e.tags)
+            if e.destination != destination:
+                continue
+            for t in e.tags:
+                now[t] = e.digest
+            if e.digest == digest:
                 last = e
-        return last if set(tags) <= seen else None
+        return last if all(now.get(t) == digest for t in tags) else None
 
     def current(self, env: str | None, tag: str) -> Current | None:
         """Which digest ``tag`` is for ``env`` now, and since when (the promotion that set it)."""

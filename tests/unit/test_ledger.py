@@ -86,3 +86,20 @@ def test_registry_ledger_locations_are_checked_without_echoing_them() -> None:
         with pytest.raises(UsageError) as e:
             RemoteLedger(bad)
         assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tag_moved_away_and_back_is_not_taken_as_recorded(tmp_path: Path) -> None:
+    """prod: a, then b (moved, recorded), then back to a outside ml-env. A re-run promoting a as
+    prod finds it in the registry: the ledger's record of a at prod is stale (b came after), so it
+    must not count as recorded, or the ledger keeps saying b while the registry says a."""
+    ledger = Ledger(tmp_path / "releases.toml")
+    ledger.append(entry(1, d("a"), ["1.0", "prod"]))
+    ledger.append(entry(2, d("b"), ["prod"]))
+    assert ledger.recorded("r/prod/sklearn", d("a"), ("prod",)) is None
+    assert ledger.recorded("r/prod/sklearn", d("a"), ("1.0",)) is not None  # 1.0 never moved
+    assert ledger.recorded("r/prod/sklearn", d("b"), ("prod",)) is not None
+    assert ledger.recorded("r/prod/sklearn", d("a"), ("1.0", "prod")) is None
+    assert ledger.recorded("elsewhere", d("b"), ("prod",)) is None
+    ledger.append(entry(3, d("a"), ["prod"]))  # what the re-run records (found)
+    assert ledger.recorded("r/prod/sklearn", d("a"), ("1.0", "prod")) is not None
+    assert ledger.current("sklearn", "prod").digest == d("a")
