@@ -83,6 +83,10 @@ class TomlLog:
                 doc.add(tomlkit.comment(line))
             return doc
         text = self._text()
+        if text and not text.endswith("\n"):
+            # a log whose last line has no newline (an editor, a merge, another tool): tomlkit would
+            # glue the next [[table]] header to that line and write a log nobody can read again
+            text += "\n"
         try:
             return tomlkit.parse(text)
         except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
@@ -144,4 +148,16 @@ class TomlLog:
                     continue
                 table.add(k, tomlkit.string(v, multiline=True) if isinstance(v, str) and "\n" in v else v)
             doc[self.table].append(table)
-            write_atomic(self.path, tomlkit.dumps(doc))
+            text = tomlkit.dumps(doc)
+            self._check_written(text)
+            write_atomic(self.path, text)
+
+    def _check_written(self, text: str) -> None:
+        """What an append is about to write must read back as this log: never replace a log with
+        one the strict reader refuses (the old one stays as it was)."""
+        import tomllib
+
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            raise LogError("appending to it would not give valid TOML; it is left as it is", file=self.where) from None

@@ -103,3 +103,15 @@ def test_a_tag_moved_away_and_back_is_not_taken_as_recorded(tmp_path: Path) -> N
     ledger.append(entry(3, d("a"), ["prod"]))  # what the re-run records (found)
     assert ledger.recorded("r/prod/sklearn", d("a"), ("1.0", "prod")) is not None
     assert ledger.current("sklearn", "prod").digest == d("a")
+
+
+def test_appending_to_a_ledger_without_a_final_newline_keeps_it_readable(tmp_path: Path) -> None:
+    """A ledger whose last line has no newline (hand-edited, merged, written by another tool, or a
+    registry-kept one someone else pushed): the append must not glue its [[promotion]] header to
+    that line, which wrote (and, for a registry ledger, pushed) a ledger nobody could read."""
+    f = tmp_path / "releases.toml"
+    f.write_text('[[promotion]]\ntime = "t"\ndigest = "' + d("a") + '"\ndestination = "x"\ntags = ["prod"]')
+    ledger = Ledger(f)
+    ledger.append(entry(2, d("b"), ["prod"]))
+    assert [e.digest for e in Ledger(f).entries()] == [d("a"), d("b")]
+    assert ledger.current(None, "prod").digest == d("b")
