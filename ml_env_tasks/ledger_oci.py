@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ PREFIX = "oci://"
 LEDGER_TAG = "ml-env-ledger"
 ARTIFACT_TYPE = "application/vnd.ml-env.ledger.v1+toml"
 WRITE_ATTEMPTS = 5
+SETTLE_MIN, SETTLE_MAX = 0.2, 5.0  # seconds to wait before checking a write was not overwritten
 
 
 def is_remote(location: str | Path | None) -> bool:
@@ -111,8 +113,15 @@ class RemoteLedger(Ledger):
         return bool(self._new)
 
     def push(self) -> str:
-        """Write the appended entries to the registry; the ledger's new manifest digest."""
+        """Write the appended entries to the registry; the ledger's new manifest digest.
+
+        The tag naming our write right after it is not enough: a writer that checked the tag
+        just before our write still writes its copy (without our entries) just after it. So once
+        the tag names our write, we wait a little longer than our own check-to-write took and
+        read the ledger again: our entries must be in it (ours, or a later writer's that merged
+        them); if they are not, they are merged into what is there and written again."""
         for _attempt in range(WRITE_ATTEMPTS):
+            started = time.monotonic()
             now = self.client.head_manifest(self.repository, self.tag)
             if (now.digest if now else None) != self._read:
                 self._merge()
@@ -126,14 +135,40 @@ class RemoteLedger(Ledger):
             written = put or art.sha256(body)
             after = self.client.head_manifest(self.repository, self.tag)
             if after is not None and after.digest == written:
-                self._read, self._new = written, []
-                return written
+                time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 2 * (time.monotonic() - started))))
+                later = self.client.head_manifest(self.repository, self.tag)
+                if later is not None and later.digest == written:
+                    self._read, self._new = written, []
+                    return written
+                if later is not None and self._holds_mine(later.digest):
+                    self._read, self._new = later.digest, []
+                    return later.digest
+                after = later
             self._read = after.digest if after else None  # another writer won: merge again
             self._merge()
         raise RegistryError(
             f"the ledger {self.where} kept changing while this promotion was recorded ({WRITE_ATTEMPTS} tries)",
             hint="the promotion itself is done; run it again to record it (a re-run records what it finds)",
         )
+
+    def _holds_mine(self, manifest_digest: str) -> bool:
+        """Whether the ledger the tag names now (another writer's) holds every entry we wrote."""
+        mine = self._new
+        self.pull()
+        if self._read != manifest_digest:  # it moved again while we read it: look once more
+            return False
+        have = self.raw_entries()
+
+        def held(e: dict[str, Any]) -> bool:
+            if {k: v for k, v in e.items() if v is not None} in have:
+                return True
+            tags = tuple(e.get("tags") or ())
+            return (
+                bool(e.get("found"))
+                and self.recorded(str(e.get("destination")), str(e.get("digest")), tags) is not None
+            )
+
+        return all(held(e) for e in mine)
 
     def _merge(self) -> None:
         """Another writer moved the ledger: take theirs, then our entries after it."""

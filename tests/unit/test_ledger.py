@@ -115,3 +115,95 @@ def test_appending_to_a_ledger_without_a_final_newline_keeps_it_readable(tmp_pat
     ledger.append(entry(2, d("b"), ["prod"]))
     assert [e.digest for e in Ledger(f).entries()] == [d("a"), d("b")]
     assert ledger.current(None, "prod").digest == d("b")
+
+
+class _Registry:
+    """An in-memory registry for a registry-kept ledger: manifests by tag and digest, blobs; a
+    hook runs when a HEAD of the tag comes, to put another writer exactly there."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self._sha = lambda b: "sha256:" + hashlib.sha256(b).hexdigest()
+        self.blobs: dict[str, bytes] = {}
+        self.tags: dict[str, bytes] = {}
+        self.on_head: list = []
+
+    def _info(self, body: bytes):
+        from ml_env_tasks.registry.reference import ManifestInfo
+
+        return ManifestInfo(self._sha(body), "application/vnd.oci.image.manifest.v1+json", len(body))
+
+    def head_manifest(self, repo: str, ref: str):
+        if self.on_head:
+            self.on_head.pop(0)()
+        body = self.tags.get(ref)
+        return self._info(body) if body is not None else None
+
+    def get_manifest(self, repo: str, ref: str):
+        body = self.tags.get(ref)
+        return (self._info(body), body) if body is not None else None
+
+    def get_blob(self, repo: str, digest: str, limit: int = 0) -> bytes:
+        return self.blobs[digest]
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        return digest in self.blobs
+
+    def upload_stream(self, repo: str, digest: str, chunks, size=None) -> None:
+        self.blobs[digest] = b"".join(chunks)
+
+    def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
+        self.tags[ref] = body
+        return self._sha(body)
+
+
+class _Client:
+    """One writer's view of the shared registry; ``stale`` answers its next HEADs of the tag with
+    what the tag named before (a writer whose check came just before another's write)."""
+
+    def __init__(self, reg: _Registry) -> None:
+        self.reg, self.stale = reg, []
+
+    def head_manifest(self, repo: str, ref: str):
+        if self.stale:
+            return self.stale.pop(0)
+        return self.reg.head_manifest(repo, ref)
+
+    def __getattr__(self, name: str):
+        return getattr(self.reg, name)
+
+
+def test_a_registry_ledger_write_overwritten_by_a_stale_writer_is_written_again(monkeypatch) -> None:
+    """Writers a and b read the same ledger. a writes and sees the tag name its write; b, whose
+    check of the tag came before a's write, then writes its copy (without a's entry) over it. Both
+    said "recorded"; the ledger had lost a's promotion (8 promotions from 8 machines at once left
+    4 entries). a must look again after its write and put its entry back."""
+    import ml_env_tasks.ledger_oci as lo
+
+    monkeypatch.setattr(lo, "SETTLE_MIN", 0.0, raising=False)
+    reg = _Registry()
+    ca, cb = _Client(reg), _Client(reg)
+    a = lo.RemoteLedger("oci://127.0.0.1:5000/prod/x", client=ca)
+    b = lo.RemoteLedger("oci://127.0.0.1:5000/prod/x", client=cb)
+    a.append(entry(1, d("a"), ["a"]))
+    b.append(entry(2, d("b"), ["b"]))
+
+    def b_writes_its_stale_copy() -> None:
+        cb.stale = [None]  # b's check came before a's write: no ledger yet, as b read it
+        b.push()
+
+    # a: HEAD (check), put, HEAD (verify: its write), HEAD (a moment later): b wrote in between
+    reg.on_head = [lambda: None, lambda: None, b_writes_its_stale_copy]
+    try:
+        a.push()
+        while reg.on_head:  # b's write comes now if a did not wait for it
+            reg.on_head.pop(0)()
+    finally:
+        a.close()
+        b.close()
+    final = lo.RemoteLedger("oci://127.0.0.1:5000/prod/x", client=_Client(reg))
+    try:
+        assert sorted(e.digest for e in final.entries()) == [d("a"), d("b")]
+    finally:
+        final.close()
