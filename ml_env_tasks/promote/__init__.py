@@ -128,6 +128,7 @@ def promote(
         from ..attest import check_gates
 
         check_gates(opts.require)
+    _not_the_ledger(dst, tags, opts.ledger)
     expected_lock = _spec_lock(opts.spec) if opts.spec is not None and "smoke-test" in opts.require else None
     opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)
     if opts.ledger is not None and not opts.dry_run:
@@ -136,6 +137,25 @@ def promote(
         if ledger:
             ledger.check()  # a corrupt ledger stops us before an image is copied
         return _promote(opts, src, dst, tags, ledger, say, progress, t0, expected_lock)
+
+
+def _not_the_ledger(dst: Reference, tags: list[str], ledger: Path | str | None) -> None:
+    """A destination tag that names a registry-kept ledger is refused: an image written there
+    (with --allow-overwrite) replaced the whole release history, and every later promotion of
+    that destination failed on a ledger that is no ledger."""
+    from ..ledger_oci import LEDGER_TAG, PREFIX, ledger_location
+
+    repo = f"{dst.host}/{dst.repository}"
+    kept = {f"{PREFIX}{repo}:{LEDGER_TAG}"}
+    if ledger is not None:
+        text = ledger_location(ledger, repo)
+        kept.add(text if text.rsplit("/", 1)[-1].count(":") else f"{text}:{LEDGER_TAG}")
+    for t in tags:
+        if f"{PREFIX}{repo}:{t}" in kept:
+            raise UsageError(
+                f"tag {t} of {repo} holds the release ledger; an image is never promoted over it",
+                hint="choose another tag",
+            )
 
 
 def _spec_lock(spec: Path) -> str:

@@ -207,3 +207,22 @@ def test_a_registry_ledger_write_overwritten_by_a_stale_writer_is_written_again(
         assert sorted(e.digest for e in final.entries()) == [d("a"), d("b")]
     finally:
         final.close()
+
+
+def test_a_promotion_over_the_ledger_tag_is_refused_before_any_registry_is_touched(tmp_path: Path) -> None:
+    """`promote SRC DEST --tag ml-env-ledger --allow-overwrite` wrote the image over the registry
+    ledger (the whole history), then failed with exit 2, and so did every later promotion there."""
+    from ml_env_tasks.errors import UsageError
+    from ml_env_tasks.promote import PromoteOptions, promote
+
+    src, dst = "127.0.0.1:9/src/x:1", "127.0.0.1:9/prod/x"  # nothing listens: no registry is asked
+    cases = [
+        (("ml-env-ledger",), "registry"),
+        (("ml-env-ledger",), None),
+        (("ok", "custom"), "oci://127.0.0.1:9/prod/x:custom"),
+    ]
+    for tags, ledger in cases:
+        with pytest.raises(UsageError, match="holds the release ledger"):
+            promote(PromoteOptions(src, dst, tags=tags, ledger=ledger, allow_overwrite=True))
+    with pytest.raises(UsageError, match="holds the release ledger"):
+        promote(PromoteOptions(src, f"{dst}:ml-env-ledger", ledger=tmp_path / "l.toml", allow_overwrite=True))
