@@ -313,8 +313,6 @@ SMOKE = (
 )  # fmt: skip
 
 PROMOTE = (
-    O("check_reproducible", "--check-reproducible", kind="flag", default=False,
-      help="build a second time with no cache and compare: name the files that differ (exit 1 if any)"),
     O("tags", "--tag", kind="list", gha="tags", metavar="TAG", help="destination tag (several allowed)"),
     O("allow_overwrite", "--allow-overwrite", kind="flag", default=False, help="move a tag that points at another digest"),
     O("dry_run", "--dry-run", kind="flag", default=False, help="print what would happen; write nothing"),

@@ -121,3 +121,20 @@ def test_inputs_resolve_like_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INPUT_PIN_BASE", "maybe")
     with pytest.raises(Exception, match="input 'pin-base' must be true or false"):
         from_inputs(ACTIONS["build"].options)
+
+
+def test_promote_offers_no_build_option() -> None:
+    """`promote --check-reproducible` (and the promote action's check-reproducible input) was
+    accepted and did nothing: a promotion builds nothing, so a user asking for a reproducibility
+    check got exit 0 and no check. Unknown to promote, it is refused like any unknown flag."""
+    import subprocess
+    import sys
+
+    inputs = yaml.safe_load((ROOT / "ci/github/promote/action.yml").read_text())["inputs"]
+    assert "check-reproducible" not in inputs
+    p = subprocess.run(
+        [sys.executable, "-m", "ml_env_tasks.cli", "promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x",
+         "--check-reproducible"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 2 and "--check-reproducible" in p.stderr
