@@ -30,6 +30,8 @@ ml-env smoke-test --env envs/sklearn-inference.toml --registry "$REGISTRY" --ent
 tested="$(ml-env build envs/sklearn-inference.toml --registry "$REGISTRY" --json --quiet \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["image"].rsplit(":", 1)[0] + "@" + r["digest"])')"
 
-# 4. promote it (a tag that points elsewhere is refused) and show what production is now
-ml-env promote "$tested" "$PROD" --tag "$VERSION" --tag prod --allow-overwrite --ledger "$LEDGER"
+# 4. promote it: the version tag never moves (a VERSION already given to another image is refused,
+#    exit 5: choose a new VERSION), then prod moves to it; show what production is now
+ml-env promote "$tested" "$PROD" --tag "$VERSION" --ledger "$LEDGER"
+ml-env promote "$tested" "$PROD" --tag prod --allow-overwrite --ledger "$LEDGER"
 ml-env ledger show --ledger "$LEDGER" --env sklearn-inference --tag prod

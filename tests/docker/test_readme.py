@@ -83,7 +83,8 @@ def test_github_actions_example_uses_real_inputs() -> None:
 
 def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
     """The release example, twice in a row: the second run reuses everything, promotes nothing
-    new, and the ledger (kept in the registry by default) still has one record."""
+    new, and the ledger (kept in the registry by default) still has its two records (the version
+    tag, then prod). A version tag that names another image is never moved."""
     cwd, env = checkout
     shutil.copy(ROOT / "examples/release/release.sh", cwd / "release.sh")
     prod = f"127.0.0.1:5001/test/release-{os.getpid()}"
@@ -103,8 +104,20 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
 
         with open_ledger(f"oci://{prod}:ml-env-ledger") as ledger:
             entries = ledger.entries()
-        assert len(entries) == 1 and entries[0].tags == ("9.9.9", "prod") and entries[0].digest in lasts[0]
+        digest = lasts[0].split()[2]
+        assert [e.tags for e in entries] == [("9.9.9",), ("prod",)] and {e.digest for e in entries} == {digest}
         assert not (cwd / "releases.toml").exists()
+
+        # the version tag never moves: 9.9.9 given to another image (elsewhere) is refused, exit 5
+        from ml_env_tasks.registry import RegistryClient
+
+        from .helpers import push_single_image
+
+        auth = RegistryClient("127.0.0.1:5001", credentials=(lab["auth_user"], lab["auth_password"]))
+        other = push_single_image(auth, prod.split("/", 1)[1], "9.9.9", payload=b"another release")
+        p = subprocess.run(["bash", "release.sh"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 5 and "9.9.9" in p.stderr, p.stderr[-3000:]
+        assert auth.head_manifest(prod.split("/", 1)[1], "9.9.9").digest == other
     finally:
         from .helpers import delete_repository
 
