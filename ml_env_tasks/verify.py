@@ -178,7 +178,7 @@ def verify(
     prov = [t for t in found if t in PROVENANCE_TYPES]
     checks.append(Check("sbom", bool(sbom), ", ".join(sbom) if sbom else "no SBOM attestation attached"))
     checks.append(Check("provenance", bool(prov), ", ".join(prov) if prov else "no provenance attestation attached"))
-    checks.append(_ledger_check(ledger, digest, given=ledger_given))
+    checks.append(_ledger_check(ledger, digest, f"{ref.host}/{ref.repository}", insecure=insecure, given=ledger_given))
     if "smoke-test" in require:
         records = smoke_records(client, ref.repository, digest)
         last = records[0] if records else None
@@ -203,17 +203,21 @@ def package_hash(labels: dict[str, str]) -> str | None:
     return package_key(env_digest, entry_hash, entry, model)
 
 
-def _ledger_check(ledger: str | Path | None, digest: str, *, given: bool = True) -> Check:
+def _ledger_check(
+    ledger: str | Path | None, digest: str, repository: str, *, insecure: bool = False, given: bool = True
+) -> Check:
+    """``registry`` is the ledger kept in the image's own repository, as promote keeps it."""
     from .errors import MlEnvError
-    from .ledger_oci import is_remote, open_ledger
+    from .ledger_oci import is_remote, ledger_location, open_ledger
 
     if ledger is None:
         return Check("ledger", None, "no ledger given")
+    ledger = ledger_location(ledger, repository)
     if not is_remote(ledger) and not Path(ledger).exists():
         # a ledger named on purpose that is not there records nothing: that is a failed check
         return Check("ledger", False if given else None, f"{printable(str(ledger))} does not exist")
     try:
-        with open_ledger(ledger) as led:
+        with open_ledger(ledger, insecure=insecure) as led:
             hits = [e for e in led.entries() if e.digest == digest]
             where = led.where
     except MlEnvError as e:

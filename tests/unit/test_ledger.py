@@ -226,3 +226,25 @@ def test_a_promotion_over_the_ledger_tag_is_refused_before_any_registry_is_touch
             promote(PromoteOptions(src, dst, tags=tags, ledger=ledger, allow_overwrite=True))
     with pytest.raises(UsageError, match="holds the release ledger"):
         promote(PromoteOptions(src, f"{dst}:ml-env-ledger", ledger=tmp_path / "l.toml", allow_overwrite=True))
+
+
+def test_verify_reads_the_registry_ledger_when_told_registry(monkeypatch) -> None:
+    """`verify IMAGE --ledger registry` (the value CI's config uses, as promote reads it) looked for
+    a file named 'registry', said 'skip: registry does not exist' and exited 0: the ledger was
+    never checked. It is the ledger in the image's own repository."""
+    import contextlib
+
+    import ml_env_tasks.ledger_oci as lo
+    from ml_env_tasks.verify import _ledger_check
+
+    asked = []
+
+    @contextlib.contextmanager
+    def fake_open(location, **_kw):
+        asked.append(str(location))
+        yield Ledger(Path("/nonexistent/none.toml"))
+
+    monkeypatch.setattr(lo, "open_ledger", fake_open)
+    c = _ledger_check("registry", d("a"), "127.0.0.1:5000/prod/x")
+    assert asked == ["oci://127.0.0.1:5000/prod/x:ml-env-ledger"]
+    assert c.ok is False and "no promotion of this digest" in c.line()
