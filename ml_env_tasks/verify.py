@@ -135,8 +135,10 @@ def verify(
     from .registry import RegistryClient, check_registry_host, parse_ref
 
     check_gates(require)
-    if "://" in image:
-        raise UsageError("IMAGE is host[:port]/repository[:tag|@digest]")
+    first = image.split("/", 1)[0]
+    if "://" in image or "/" not in image or not ("." in first or ":" in first or first == "localhost"):
+        # docker's rule: without a host first it would be Docker Hub, which verify never guesses
+        raise UsageError(f"IMAGE {printable(image, 120)!r} is not host[:port]/repository[:tag|@digest]")
     check_registry_host(image.split("/", 1)[0], "image registry")
     ref = parse_ref(image)
     client = RegistryClient(ref.host, insecure=insecure)

@@ -128,6 +128,8 @@ def promote(
         from ..attest import check_gates
 
         check_gates(opts.require)
+    if opts.spec is not None and "smoke-test" not in opts.require:
+        raise UsageError("--spec names the lock a smoke test must have used: it goes with --require smoke-test")
     _not_the_ledger(dst, tags, opts.ledger)
     expected_lock = _spec_lock(opts.spec) if opts.spec is not None and "smoke-test" in opts.require else None
     opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)

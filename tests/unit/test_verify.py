@@ -191,3 +191,20 @@ def test_a_forged_package_hash_label_does_not_make_any_tag_pass(reg: FakeRegistr
     reg.image({"config": {"Labels": labels}}, tag=labels["ml-env.package.hash"])
     got = checks(f"{HOST}/{REPO}:{labels['ml-env.package.hash']}", ledger=None)
     assert got["package"].ok is False and got["tag"].ok is False
+
+
+@pytest.mark.parametrize("image", ["team/x:y", "x", "docker.io", "http://127.0.0.1:5000/a/b:1"])
+def test_verify_never_guesses_docker_hub(image: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An image without a registry host first is bad input (exit 2), not five tries at Docker Hub."""
+    from ml_env_tasks.cli import run
+
+    assert run(["verify", image]) == 2
+    assert "is not host[:port]/repository" in capsys.readouterr().err
+
+
+def test_promote_spec_goes_with_the_smoke_test_gate(capsys: pytest.CaptureFixture[str]) -> None:
+    """--spec without --require smoke-test would be silently ignored: it is a usage error."""
+    from ml_env_tasks.cli import run
+
+    assert run(["promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x", "--spec", "envs/sklearn.toml"]) == 2
+    assert "--require smoke-test" in capsys.readouterr().err
