@@ -13,11 +13,11 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
-
-from .docker.helpers import lab_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_SCRIPT = Path(os.environ.get("ML_ENV_LAB_SCRIPT", ROOT / "ci/lab/lab.py"))
@@ -56,6 +56,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("docker") is not None:
             item.add_marker(pytest.mark.xdist_group("engine"))
+
+
+def lab_unavailable(problem: str) -> NoReturn:
+    """A Docker test that cannot run: a failure under CI=true (never a silent skip), else a skip."""
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true and the Docker lab is not available: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture(name="lab_unavailable")
+def lab_unavailable_fixture() -> Callable[[str], NoReturn]:
+    """``lab_unavailable`` for a fixture that finds a part of the lab missing (this file is also
+    copied alone into other suites, so it is handed out, not imported)."""
+    return lab_unavailable
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

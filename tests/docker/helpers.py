@@ -19,19 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
-
-import pytest
 
 from ml_env_tasks.build import BuildOptions
 from ml_env_tasks.registry import RegistryClient
-
-
-def lab_unavailable(problem: str) -> NoReturn:
-    """A Docker test that cannot run: a failure under CI=true (never a silent skip), else a skip."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and the Docker lab is not available: {problem}", pytrace=False)
-    pytest.skip(problem)
 
 
 def ml_env(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import lab_unavailable, ml_env
+from .helpers import ml_env
 
 pytestmark = pytest.mark.docker
 
@@ -47,7 +47,7 @@ print("ML_ENV_METRIC plain=" + os.environ["PLAIN"])
 
 
 @pytest.fixture
-def remote(lab: dict, ws):
+def remote(lab: dict, ws, lab_unavailable):
     """The remote engine's context; the workspace's images on that engine go afterwards."""
     if not lab.get("remote_context"):
         lab_unavailable("the lab has no remote engine (lab.py up or remote-up)")
