@@ -58,6 +58,23 @@ class PackageResult:
         return {**self.__dict__, "ref": self.ref}
 
 
+def _from_registry(env: Any, build: Any) -> Any:
+    """An environment image given by reference is found in the local engine first; a package is
+    assembled in its registry, so the registry is asked (its digest is the one that counts)."""
+    import dataclasses
+
+    from .registry import RegistryClient, parse_ref
+
+    try:
+        r = parse_ref(env.image)
+    except UsageError:
+        return env
+    if r.host != build.registry:
+        return env  # said below: one registry for the environment and the package
+    found = RegistryClient(r.host, insecure=build.insecure).head_manifest(r.repository, r.reference)
+    return dataclasses.replace(env, digest=found.digest, in_registry=True) if found is not None else env
+
+
 def package_key(env_digest: str, entry_hash: str, entry: str, model_digest: str) -> str:
     """A packaged image's tag: the hash of its three parts (``verify`` recomputes it from the labels)."""
     return hashlib.sha256(f"{env_digest}\n{entry_hash}\n{entry}\n{model_digest}".encode()).hexdigest()
@@ -101,6 +118,8 @@ def package(
 
     env = resolve_environment(environment, build, reporter=_Say(stream_logs=False), need_inference=True,
                               versions=versions)  # fmt: skip
+    if not env.in_registry and env.spec is None:
+        env = _from_registry(env, build)  # an image given by reference that the engine also has
     if not env.in_registry or not env.digest:
         raise UsageError(f"environment image {env.image} is not in a registry")
     src = parse_ref(env.pinned)

@@ -94,6 +94,11 @@ def test_deploy_journey_register_package_smoke_promote_serve(ws, tmp_path: Path)
     # the same three parts from a folder give the same layer: the same image
     same = package(str(env), app / "score.py", str(model), build=ws.opts(), repository=pkg_repo)
     assert same.digest == r.digest
+    # the environment given as the image itself, by its tag, which the engine has too: the
+    # registry is asked for it (it was refused as "not in a registry")
+    env_tag = r.environment.split("@")[0] + ":" + cfg["Labels"]["ml-env.hash"]
+    by_ref = package(env_tag, app / "score.py", str(model), build=ws.opts(), repository=pkg_repo)
+    assert by_ref.reused and by_ref.digest == r.digest
     # provable as a built image is: SBOM (the environment's packages and the two parts) and provenance
     from ml_env_tasks.sbom import CYCLONEDX, SLSA_V1
     from ml_env_tasks.verify import attested, verify
