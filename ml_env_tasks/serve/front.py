@@ -441,6 +441,7 @@ async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, he
     finally:
         if pump is not None and not pump.done():
             pump.cancel()
+            await asyncio.wait({pump})  # its read of the client ends before anything else reads there
         up_w.close()
         target.inflight -= 1
         settle(target)
