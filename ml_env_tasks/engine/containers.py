@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,9 +282,28 @@ class Containers:
         with contextlib.suppress(EngineAPIError, EngineError):
             self.api.call("POST", self.api.path("/containers/{}/stop", cid, query={"t": timeout}), timeout=timeout + 30)
 
-    def remove(self, cid: str) -> None:
-        with contextlib.suppress(EngineAPIError, EngineError):
-            self.api.call("DELETE", self.api.path("/containers/{}", cid, query={"force": 1, "v": 1}))
+    def remove(self, cid: str, *, within: float = 30.0) -> None:
+        """Remove a container (forced, with its anonymous volumes) and see that it is gone. The
+        engine may answer a removal with an error and keep the container (``removal already in
+        progress``, a file system still busy: it is then ``dead`` or ``removing``), and a name
+        still held blocks the next start under it: asked again until it is gone, for ``within``
+        seconds, then an error naming it."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.api.call("DELETE", self.api.path("/containers/{}", cid, query={"force": 1, "v": 1}))
+                return
+            except NotFound:
+                return
+            except (EngineAPIError, EngineError) as e:
+                failure = e
+            with contextlib.suppress(EngineError):
+                if self.state(cid).status == "gone":
+                    return
+            if time.monotonic() >= deadline:
+                message = failure.message if isinstance(failure, EngineAPIError) else str(failure)
+                raise EngineError(f"container {cid[:12]} could not be removed: {message}")
+            time.sleep(0.25)
 
     def state(self, cid: str) -> ContainerState:
         """Where the container is now; ``gone`` when it no longer exists."""

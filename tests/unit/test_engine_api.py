@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from ml_env_tasks.engine import Engine
-from ml_env_tasks.engine.api import MAX_BODY
+from ml_env_tasks.engine.api import MAX_BODY, EngineAPI, EngineAPIError, NotFound
 from ml_env_tasks.engine.buildlog import MAX_LOG_LINE
 from ml_env_tasks.errors import EngineError
 from ml_env_tasks.resources import Resources
@@ -289,3 +289,40 @@ def test_a_failed_build_ends_with_the_tools_own_lines() -> None:
         "the build failed at step: something else",
         None,
     )
+
+
+class _RemovalAPI:
+    """An Engine API whose DELETE fails ``failures`` times (409, as a busy removal answers) before
+    the container goes; GET /json answers as the container's state is then."""
+
+    path = staticmethod(EngineAPI.path)
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.deletes, self.gone = failures, 0, False
+
+    def call(self, method: str, path: str, **_kw: object) -> object:
+        if method == "DELETE":
+            self.deletes += 1
+            if self.gone:
+                raise NotFound(404, "no such container")
+            if self.deletes <= self.failures:
+                raise EngineAPIError(409, "removal of container abc is already in progress")
+            self.gone = True
+            return None
+        if self.gone:
+            raise NotFound(404, "no such container")
+        return {"State": {"Status": "removing"}}
+
+
+def test_a_container_removal_the_engine_refuses_is_asked_again_until_gone() -> None:
+    """A removal answered with an error left the container (and its name) behind, silently: the
+    next start under that name said 'already running'. It is asked again until gone, or said."""
+    from ml_env_tasks.engine.containers import Containers
+
+    api = _RemovalAPI(failures=2)
+    Containers(api).remove("abc")  # type: ignore[arg-type]
+    assert api.gone and api.deletes == 3
+    stuck = _RemovalAPI(failures=10**6)
+    with pytest.raises(EngineError, match="container abc could not be removed: removal of container abc"):
+        Containers(stuck).remove("abc", within=0.6)  # type: ignore[arg-type]
+    Containers(_RemovalAPI(failures=0)).remove("abc")  # type: ignore[arg-type]
