@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .digests import is_digest
-from .errors import RegistryError
+from .errors import RegistryError, UsageError
+from .grammar import printable
 from .registry import artifacts as art
 
 __all__ = [
@@ -41,9 +42,6 @@ GATES = ("smoke-test",)  # what promote --require and verify --require can ask f
 
 def check_gates(require: tuple[str, ...] | list[str]) -> None:
     """Every gate named is one there is: a typo must not silently remove a gate."""
-    from .errors import UsageError
-    from .grammar import printable
-
     unknown = [g for g in require if g not in GATES]
     if unknown:
         raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")

@@ -57,6 +57,11 @@ def ledger_location(value: str | Path, destination: str | None) -> str:
     return text
 
 
+def with_ledger_tag(reference: str) -> str:
+    """``HOST/REPO[:TAG]`` with the ledger's tag when it names none."""
+    return reference if ":" in reference.rsplit("/", 1)[-1] else f"{reference}:{LEDGER_TAG}"
+
+
 class RemoteLedger(Ledger):
     """A ledger read from (and written back to) a registry; a private file holds it meanwhile."""
 
@@ -67,8 +72,7 @@ class RemoteLedger(Ledger):
         if "@" in rest or not rest or "/" not in rest:  # (credentials or a digest: never echoed)
             raise UsageError("--ledger oci://...: give oci://HOST/REPOSITORY[:TAG], without credentials or a digest")
         check_registry_host(rest.split("/", 1)[0], "ledger registry")
-        last = rest.rsplit("/", 1)[-1]
-        ref = parse_ref(rest if ":" in last else f"{rest}:{LEDGER_TAG}")
+        ref = parse_ref(with_ledger_tag(rest))
         if not ref.tag or not matches(TAG, ref.tag):
             raise UsageError(f"ledger {printable(location, 120)!r}: the tag is not a tag")
         self._dir = Path(tempfile.mkdtemp(prefix="ml-env-ledger-"))
@@ -159,26 +163,22 @@ class RemoteLedger(Ledger):
             return False
         have = self.raw_entries()
 
-        def held(e: dict[str, Any]) -> bool:
-            if {k: v for k, v in e.items() if v is not None} in have:
-                return True
-            tags = tuple(e.get("tags") or ())
-            return (
-                bool(e.get("found"))
-                and self.recorded(str(e.get("destination")), str(e.get("digest")), tags) is not None
-            )
+        return all({k: v for k, v in e.items() if v is not None} in have or self._finding_recorded(e) for e in mine)
 
-        return all(held(e) for e in mine)
+    def _finding_recorded(self, entry: dict[str, Any]) -> bool:
+        """A ``found`` entry whose finding the ledger already records (another writer's re-run)."""
+        tags = tuple(entry.get("tags") or ())
+        return bool(entry.get("found")) and (
+            self.recorded(str(entry.get("destination")), str(entry.get("digest")), tags) is not None
+        )
 
     def _merge(self) -> None:
         """Another writer moved the ledger: take theirs, then our entries after it."""
         mine = self._new
         self.pull()
         for e in mine:
-            tags = tuple(e.get("tags") or ())
-            if e.get("found") and self.recorded(str(e.get("destination")), str(e.get("digest")), tags):
-                continue  # they recorded the same finding
-            TomlLog.append_raw(self, e)
+            if not self._finding_recorded(e):  # else they recorded the same finding
+                TomlLog.append_raw(self, e)
         self._new = mine
 
     def close(self) -> None:

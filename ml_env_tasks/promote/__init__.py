@@ -145,13 +145,12 @@ def _not_the_ledger(dst: Reference, tags: list[str], ledger: Path | str | None) 
     """A destination tag that names a registry-kept ledger is refused: an image written there
     (with --allow-overwrite) replaced the whole release history, and every later promotion of
     that destination failed on a ledger that is no ledger."""
-    from ..ledger_oci import LEDGER_TAG, PREFIX, ledger_location
+    from ..ledger_oci import PREFIX, is_remote, ledger_location, with_ledger_tag
 
     repo = f"{dst.host}/{dst.repository}"
-    kept = {f"{PREFIX}{repo}:{LEDGER_TAG}"}
-    if ledger is not None:
-        text = ledger_location(ledger, repo)
-        kept.add(text if text.rsplit("/", 1)[-1].count(":") else f"{text}:{LEDGER_TAG}")
+    kept = {PREFIX + with_ledger_tag(repo)}
+    if ledger is not None and is_remote(text := ledger_location(ledger, repo)):
+        kept.add(PREFIX + with_ledger_tag(text[len(PREFIX) :]))
     for t in tags:
         if f"{PREFIX}{repo}:{t}" in kept:
             raise UsageError(
