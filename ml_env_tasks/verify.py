@@ -20,11 +20,12 @@ from typing import Any
 from .digests import is_digest
 from .errors import UsageError
 from .grammar import printable
+from .sbom import CYCLONEDX, SLSA_V1, SPDX
 
 __all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
 
-SBOM_TYPES = ("https://spdx.dev/Document", "https://cyclonedx.org/bom")
-PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1")
+SBOM_TYPES = (SPDX, CYCLONEDX)
+PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", SLSA_V1)  # BuildKit's (v0.2 or v1), ml-env package's (v1)
 HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
