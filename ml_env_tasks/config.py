@@ -6,6 +6,14 @@ the machine (``site``), the built-in default. ``ml-env config`` shows every effe
 where it came from. Files are read with ``tomllib``; an unknown key or a wrong type is one error
 naming the file and the key. The lab writes the machine's file (network, CA bundle, registry),
 so commands run on it need no preamble.
+
+**Trust.** The project's table is repository content: in CI a pull request writes it while the
+job holds the runner's secrets. So the project may not turn TLS off (``insecure``), choose where
+the build and its secrets run (``builder``), put the build on the host's network
+(``network = "host"``) or allow an environment file to read a variable (``spec_env``), and every
+path it names (``ca_bundle``, ``runs_dir``, ``log_dir``, ``versions``, a ledger file, an
+environment file) must resolve, symlinks included, inside the project. Those settings come only
+from the invoking user: a flag, the environment, the user's or the machine's config.
 """
 
 from __future__ import annotations
@@ -18,7 +26,16 @@ from typing import Any
 from .errors import UsageError
 from .grammar import printable, toml_error
 
-__all__ = ["ConfigFile", "Layers", "load_layers", "user_config_path", "site_config_path", "KEYS"]
+__all__ = [
+    "ConfigFile",
+    "Layers",
+    "load_layers",
+    "user_layers",
+    "USER_ONLY",
+    "user_config_path",
+    "site_config_path",
+    "KEYS",
+]
 
 MAX_CONFIG = 1 * 2**20
 # the keys a config file may set, and the type each must have
@@ -36,7 +53,17 @@ KEYS: dict[str, type] = {
     "train_env": str,
     "inference_env": str,
     "require": list,  # of strings: the gates a promotion needs
+    "spec_env": list,  # of NAME or NAME@HOST: the variables an environment file may read
 }
+
+# what only the invoking user may set (never the project's table), and why
+USER_ONLY = {
+    "insecure": "turns TLS off",
+    "builder": "chooses where the build, and the secrets it is given, run",
+    "spec_env": "allows an environment file to read the runner's environment variables",
+}
+# host paths the project may name, but only inside itself
+PROJECT_PATHS = ("ca_bundle", "runs_dir", "log_dir", "versions", "ledger", "train_env", "inference_env")
 
 
 @dataclass(frozen=True)
@@ -81,7 +108,7 @@ def site_config_path() -> Path:
     return Path(platformdirs.site_config_dir("ml-env")) / "config.toml"
 
 
-def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
+def _read(path: Path, *, table: tuple[str, ...] = (), project: bool = False) -> ConfigFile:
     try:
         if not path.is_file():
             return ConfigFile(None)
@@ -120,7 +147,47 @@ def _read(path: Path, *, table: tuple[str, ...] = ()) -> ConfigFile:
         if not all(isinstance(t, str) and t.isprintable() and len(t) <= 4096 for t in texts):
             what = "strings without" if isinstance(v, list) else "a string without"
             raise UsageError(f"must be {what} control characters (at most 4096 characters)", file=str(path), key=key)
+        if project:
+            _check_project_value(path, k, v, key)
     return ConfigFile(path, dict(doc))
+
+
+def _check_project_value(path: Path, k: str, v: Any, key: str) -> None:
+    """The project's table may not reach secrets, TLS or host files (see the module's docstring)."""
+    user_only = "; set it with a flag, an environment variable, or the user's or machine's config"
+    if k in USER_ONLY and (v is not False):
+        raise UsageError(
+            f"the project's config cannot set this: it {USER_ONLY[k]}",
+            file=str(path),
+            key=key,
+            hint=f"repository content is untrusted{user_only}",
+        )
+    if k == "network" and v not in ("default", "none"):
+        raise UsageError(
+            "the project's config can only set the build network to default or none",
+            file=str(path),
+            key=key,
+            hint=f"another network (host) reaches the runner's own services{user_only}",
+        )
+    if k not in PROJECT_PATHS or not isinstance(v, str):
+        return
+    if k == "ledger" and (v == "registry" or v.startswith("oci://")):
+        return
+    p = Path(v).expanduser()
+    if k in ("train_env", "inference_env") and not (p.is_absolute() or p.exists() or p.is_symlink()):
+        return  # curated/NAME, NAME:VERSION or an image: not a host path
+    root = path.parent.resolve()
+    try:
+        real = (Path.cwd() / p).resolve()
+    except (OSError, RuntimeError):
+        real = None
+    if real is None or not real.is_relative_to(root):
+        raise UsageError(
+            "the project's config names a path outside the project",
+            file=str(path),
+            key=key,
+            hint=f"paths in [tool.ml-env] must resolve (symlinks included) inside {root}{user_only}",
+        )
 
 
 def project_file(start: Path | None = None) -> Path | None:
@@ -134,5 +201,10 @@ def project_file(start: Path | None = None) -> Path | None:
 
 def load_layers(start: Path | None = None) -> Layers:
     pyproject = project_file(start)
-    project = _read(pyproject, table=("tool", "ml-env")) if pyproject else ConfigFile(None)
+    project = _read(pyproject, table=("tool", "ml-env"), project=True) if pyproject else ConfigFile(None)
     return Layers(project, _read(user_config_path()), _read(site_config_path()))
+
+
+def user_layers() -> Layers:
+    """The invoking user's and the machine's config only: for what the project may not set."""
+    return Layers(ConfigFile(None), _read(user_config_path()), _read(site_config_path()))

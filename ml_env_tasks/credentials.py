@@ -3,7 +3,9 @@ config for one build, and ``docker login``'s stdin protocol.
 
 Resolution follows docker's (and docker-py's ``docker.auth``): ``credHelpers`` for the host,
 then ``auths`` entries (``auth``, ``username``/``password``, ``identitytoken``), then
-``credsStore``; then ``ML_ENV_REGISTRY_USERNAME``/``ML_ENV_REGISTRY_PASSWORD``. The tests check
+``credsStore``; then ``ML_ENV_REGISTRY_USERNAME``/``ML_ENV_REGISTRY_PASSWORD``, for one host only:
+``ML_ENV_REGISTRY_HOST``, else ``ML_ENV_REGISTRY`` (both the invoking user's environment; a
+registry a project's config names never receives them). The tests check
 it against docker-py's resolution; it is written out here because importing docker-py costs
 about a quarter of a second, which a registry lookup cannot afford.
 """
@@ -22,7 +24,13 @@ from .refs import DOCKER_HUB
 
 MAX_CONFIG = 1 * 2**20
 
-__all__ = ["credentials_for", "docker_config_path", "credential_helper_get", "private_docker_config"]
+__all__ = [
+    "credentials_for",
+    "env_credentials_host",
+    "docker_config_path",
+    "credential_helper_get",
+    "private_docker_config",
+]
 
 
 def docker_config_path() -> Path:
@@ -75,9 +83,15 @@ def credentials_for(host: str) -> tuple[str, str] | None:
         if found:
             return found
     env_user, env_pw = os.environ.get("ML_ENV_REGISTRY_USERNAME"), os.environ.get("ML_ENV_REGISTRY_PASSWORD")
-    if env_user and env_pw:
+    if env_user and env_pw and host == env_credentials_host():
         return env_user, env_pw
     return None
+
+
+def env_credentials_host() -> str | None:
+    """The one registry ``ML_ENV_REGISTRY_USERNAME``/``_PASSWORD`` are for: ``ML_ENV_REGISTRY_HOST``,
+    else ``ML_ENV_REGISTRY``; None when neither is set (then they go nowhere)."""
+    return (os.environ.get("ML_ENV_REGISTRY_HOST") or os.environ.get("ML_ENV_REGISTRY") or "").strip() or None
 
 
 def _helper(name: str, host: str, missing_ok: bool = False) -> tuple[str, str] | None:

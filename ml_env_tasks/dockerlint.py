@@ -3,7 +3,9 @@
 A base Dockerfile comes first in the rendered Dockerfile and ml-env's own steps follow it, so
 nothing in it may reach past its end: no parser directive (``# escape=`` would change how our
 steps parse, ``# syntax=`` pulls a frontend image), no trailing line continuation, no heredoc
-left open. It has no build context, so ``COPY``/``ADD`` from the context are refused. Errors
+left open. It has no build context, so ``COPY``/``ADD`` from the context are refused. The build's
+secrets (a CA bundle, pip's config with index tokens) are ml-env's own: no ``RUN --mount`` of type
+``secret`` or ``ssh`` (nor one in an ``ONBUILD`` trigger) may read them. Errors
 name the line and, when it is a Dockerfile keyword, the instruction; never other text of the file.
 """
 
@@ -117,8 +119,32 @@ def check_base_dockerfile(text: str, file: str | None, key: str) -> None:
                     line=lineno,
                     hint="use COPY --from=<stage>, or put the files in a wheel",
                 )
+        if instr in ("RUN", "ONBUILD") and _reads_secrets(args):
+            raise SpecError(
+                f"line {lineno}: a {instr} that mounts a build secret or the SSH agent",
+                file=file,
+                key=key,
+                line=lineno,
+                hint="the build's secrets are ml-env's own (CA bundle, index credentials); a base Dockerfile cannot read them",
+            )
     if not saw_from:
         raise SpecError("the base Dockerfile has no FROM instruction", file=file, key=key)
+
+
+_MOUNT = re.compile(r"--mount(?:=|\s+)(\S+)", re.IGNORECASE)
+
+
+def _reads_secrets(args: str) -> bool:
+    """A ``--mount`` of type secret or ssh anywhere in a RUN's flags (or an ONBUILD's RUN), however
+    it is quoted or ordered: its CSV fields are read without quotes, as BuildKit does."""
+    for spec in _MOUNT.findall(args):
+        fields = [f.strip().strip("'\"").lower() for f in spec.strip("'\"").split(",")]
+        for f in fields:
+            name, _, value = f.partition("=")
+            kind = value.strip().strip("'\"")
+            if name.strip() == "type" and (kind in ("secret", "ssh") or "$" in kind):
+                return True  # a variable in the type could expand to either
+    return False
 
 
 def last_user(text: str) -> str | None:

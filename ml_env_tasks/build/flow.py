@@ -84,7 +84,8 @@ def base_digest(env: Environment, opts: BuildOptions) -> str | None:
         return ref.digest
     creds = None
     if b.registry and b.registry.username and b.registry.address == ref.host:
-        creds = (b.registry.username, env_secret(b.registry.password_env, env, "base.registry.password_env"))
+        password = env_secret(b.registry.password_env, env, "base.registry.password_env", host=b.registry.address)
+        creds = (b.registry.username, password)
     if ref.host == DOCKER_HUB and not creds:
         # Docker Hub names are resolved by the engine, which knows its registry mirrors
         from .. import engine

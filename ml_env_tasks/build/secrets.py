@@ -15,13 +15,42 @@ from ..redact import Redactor
 from ..spec import Environment
 from .model import BuildOptions
 
-__all__ = ["build_secrets", "docker_config_for", "env_secret"]
+__all__ = ["build_secrets", "docker_config_for", "env_secret", "allowed_spec_env", "SPEC_ENV"]
 
 
-def env_secret(name: str | None, env: Environment, key: str) -> str:
-    """The value of the environment variable a spec names (never the spec's own text)."""
+SPEC_ENV = "ML_ENV_SPEC_ENV"
+
+
+def allowed_spec_env() -> frozenset[str]:
+    """What the invoking user lets environment files read: ``NAME`` (an index URL variable, whose
+    value names its own host) or ``NAME@HOST`` (a registry password, sent to HOST only), from
+    ``$ML_ENV_SPEC_ENV`` (commas or spaces) and ``spec_env`` in the user's or machine's config;
+    never from the project, which a pull request writes."""
+    from ..config import user_layers
+
+    found = set(os.environ.get(SPEC_ENV, "").replace(",", " ").split())
+    layers = user_layers()
+    for layer in (layers.user, layers.site):
+        v = layer.get("spec_env")
+        if isinstance(v, list):
+            found.update(x.strip() for x in v if isinstance(x, str))
+    return frozenset(found)
+
+
+def env_secret(name: str | None, env: Environment, key: str, *, host: str | None = None) -> str:
+    """The value of the environment variable a spec names (never the spec's own text), if the
+    invoking user allowed the spec to read it (for ``host``, when it is a registry password)."""
     if not name:
         raise SpecError("no environment variable named", file=str(env.path), key=key)
+    entry = f"{name}@{host}" if host else name
+    if entry not in allowed_spec_env():
+        raise SpecError(
+            f"reads the environment variable {name}{f' for {host}' if host else ''}, which the user has not allowed",
+            file=str(env.path),
+            key=key,
+            hint=f"an environment file is repository content; to let it, add {entry!r} to ${SPEC_ENV} or to "
+            "spec_env in your user or machine config (never the project's)",
+        )
     value = os.environ.get(name)
     if not value:
         raise SpecError(f"environment variable {name} is not set", file=str(env.path), key=key)
@@ -88,7 +117,7 @@ def docker_config_for(env: Environment, workdir: Path, redactor: Redactor) -> Pa
     reg = env.base.registry
     if reg is None or not reg.username:
         return None
-    password = env_secret(reg.password_env, env, "base.registry.password_env")
+    password = env_secret(reg.password_env, env, "base.registry.password_env", host=reg.address)
     redactor.add(password)
     from ..credentials import private_docker_config
 

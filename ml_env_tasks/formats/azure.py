@@ -249,7 +249,10 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
             r.add("username", user)
             var = _password_env(address)
             r.add("password_env", var)
-            w.append(f"docker.baseImageRegistry.password is not written: set the environment variable {var} to it")
+            w.append(
+                f"docker.baseImageRegistry.password is not written: set the environment variable {var} to it, "
+                f"and allow the environment file to read it for that registry: ML_ENV_SPEC_ENV={var}@{address}"
+            )
         base.add("registry", r)
     doc.add("base", base)
     handled = {"baseImage", "baseDockerfile", "baseImageRegistry", "shmSize", "enabled", "arguments", "sharedVolumes"}

@@ -42,6 +42,7 @@ def test_secrets_never_leak(ws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     local = make_wheel(ws.dir, "localpkg", "2.0.0", "SOURCE = 'wheel'\n")
     with private_index(tmp_path / "index", [indexed], "ml-env-user", token) as url:
         monkeypatch.setenv("CORP_INDEX_URL", url)
+        monkeypatch.setenv("ML_ENV_SPEC_ENV", "CORP_INDEX_URL")  # the user lets the spec read it
         f = ws.spec(
             f"""
 name = "secret"
@@ -135,6 +136,7 @@ FROM_PRIVATE = "1"
 """
     f = ws.spec(text)
     monkeypatch.setenv("BASE_PW", lab["auth_password"])
+    monkeypatch.setenv("ML_ENV_SPEC_ENV", f"BASE_PW@{lab['auth_registry']}")  # for that registry only
     rep = Capture()
     r = build(f, ws.opts(), rep)
     assert r.built
@@ -210,6 +212,7 @@ def test_uv_installs_the_same_packages_with_a_private_index_and_leaves_no_trace(
     pkg = make_wheel(wheelhouse, "uvprivpkg", "1.0.0", "SOURCE = 'index'\n")
     with private_index(tmp_path / "index", [pkg], "uv-user", token) as url:
         monkeypatch.setenv("UV_PRIVATE_INDEX", url)
+        monkeypatch.setenv("ML_ENV_SPEC_ENV", "UV_PRIVATE_INDEX")
         f = ws.spec(
             f"""
 name = "uvenv"

@@ -270,6 +270,7 @@ def test_no_secret_reaches_any_artefact(ws, tmp_path: Path, monkeypatch: pytest.
     outputs: list[str] = []
     with private_index(tmp_path / "index", [pkg], "idx-user", token) as url:
         monkeypatch.setenv("CORP_INDEX", url)
+        monkeypatch.setenv("ML_ENV_SPEC_ENV", "CORP_INDEX")
         monkeypatch.setenv("API_TOKEN", run_secret)
         env = ws.spec(
             'name = "allsecrets"\ninference = true\n[base]\nimage = "{}"\n[python]\npackages = ["secpkg==1.0.0"]\n'
