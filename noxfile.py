@@ -19,7 +19,9 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
 
-import ml_env_tasks.nox  # noqa: E402,F401  (dogfooding: the reusable sessions)
+import ml_env_tasks.nox  # noqa: E402  (dogfooding: the reusable sessions, as a user's noxfile does)
+
+ml_env_tasks.nox.register()
 
 nox.options.sessions = ["tests"]
 LAB = ROOT / "ci/lab/lab.py"

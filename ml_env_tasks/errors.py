@@ -23,9 +23,29 @@ __all__ = [
     "RecordError",
     "LogError",
     "EXIT_INTERNAL",
+    "EXIT_CODES",
+    "exit_meaning",
 ]
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: an error nobody raised on purpose (a bug); the CLI prints one line
+
+# every exit code a front can end with, and what it means (the CLI's --help, the nox sessions)
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "a build or a run failed",
+    2: "bad input: an environment file, an imported file, a record, an argument or a setting",
+    3: "the Docker engine or buildx is missing, or the builder cannot do what was asked",
+    4: "registry error: unreachable, refused credentials, 5xx after retries",
+    5: "refused: a tag points elsewhere, another promotion won, or a gate did not pass",
+    EXIT_INTERNAL: "internal error (a bug): ML_ENV_DEBUG=1 shows the traceback",
+    124: "a run timed out",
+    130: "interrupted",
+}
+
+
+def exit_meaning(code: int) -> str:
+    """What an exit code of ml-env means, in a few words (a run's own code is the script's)."""
+    return EXIT_CODES.get(code, "the training script's own exit code")
 
 
 class MlEnvError(Exception):

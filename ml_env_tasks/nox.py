@@ -1,14 +1,17 @@
-"""Reusable nox sessions. In your noxfile::
+"""Reusable nox sessions, for a guest in someone else's noxfile. Nothing is registered at import;
+in your noxfile::
 
-    import ml_env_tasks.nox                      # every session, over the environments in envs/
+    import ml_env_tasks.nox
+    ml_env_tasks.nox.register()                  # every session, over the environments in envs/
 
 or choose, rename and point them elsewhere::
 
-    import ml_env_tasks.nox
     ml_env_tasks.nox.register(prefix="ml-", only=["env_build", "train"], envs="environments/")
 
-Then ``nox -l -t ml-env`` lists them. The per-environment sessions (``env_build``, ``env_plan``,
-``env_hash``) are parametrised over every ``*.toml`` in the folder::
+A session you already have under one of those names is never replaced: ``register`` refuses,
+naming it (choose a ``prefix`` or ``only``). Then ``nox -l -t ml-env`` lists them. The
+per-environment sessions (``env_build``, ``env_plan``, ``env_hash``) are parametrised over every
+``*.toml`` in the folder::
 
     nox -s "env_build(env='sklearn')"            # one environment
     nox -s env_build                             # all of them
@@ -17,19 +20,24 @@ Then ``nox -l -t ml-env`` lists them. The per-environment sessions (``env_build`
 
 Sessions only drive Docker and registries, so they need no virtualenv (``venv_backend="none"``)
 and are not default sessions: a bare ``nox`` never starts a build. They call the same core as
-the ``ml-env`` CLI, in-process; a user error fails the session with the CLI's one-line message.
+the ``ml-env`` CLI, in-process; a user error fails the session with the CLI's one-line message
+and ml-env's exit code with its meaning (nox itself exits 1). Third-party libraries' debug
+logging stays out of nox's output while a session runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nox
 import nox.registry
 
 from . import cli
+from .errors import exit_meaning
 from .gha import env_matrix, environments
 
 __all__ = ["SESSIONS", "register", "run_cli", "environments"]
@@ -59,12 +67,35 @@ TAGS = ["ml-env"]
 _registered: list[str] = []
 
 
+class _OnlyOurs(logging.Filter):
+    """Below WARNING, only nox's and ml-env's own records reach nox's handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in ("nox", "ml_env_tasks")
+
+
+@contextmanager
+def _quiet_third_parties() -> Iterator[None]:
+    """nox logs at DEBUG on the root logger; python-on-whales, py-serializable and the like would
+    print every command they run into it. A filter on the root's handlers, for the session only."""
+    handlers = list(logging.getLogger().handlers)
+    keep = _OnlyOurs()
+    for h in handlers:
+        h.addFilter(keep)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(keep)
+
+
 def run_cli(session: nox.Session, command: str, args: Iterable[str]) -> None:
     argv = [*command.split(), *args]
     session.log("ml-env " + " ".join(argv))
-    rc = cli.run(argv)
+    with _quiet_third_parties():
+        rc = cli.run(argv)
     if rc != 0:
-        session.error(f"ml-env {command} failed (exit {rc})")
+        session.error(f"ml-env {command} failed: exit {rc}, {exit_meaning(rc)}")
 
 
 def _plain(name: str, command: str, doc: str) -> Callable[[nox.Session], None]:
@@ -103,7 +134,7 @@ def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
             matrix = env_matrix(envs)
         except MlEnvError as e:  # a broken environment file: one line, like every other session
             cli.report_error(e, json_mode=False)
-            session.error(f"env_matrix failed (exit {e.exit_code})")
+            session.error(f"env_matrix failed: exit {e.exit_code}, {exit_meaning(e.exit_code)}")
         print(matrix)
         if os.environ.get("GITHUB_OUTPUT"):
             from .gha import set_output
@@ -116,17 +147,21 @@ def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
 
 
 def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Path = "envs/") -> list[str]:
-    """Register (or re-register) the sessions: a subset (``only``), renamed (``prefix``), over the
-    environments in ``envs``. Replaces what an earlier call or the import registered. Returns
-    the session names."""
+    """Register the sessions: a subset (``only``), renamed (``prefix``), over the environments in
+    ``envs``. A second call replaces what the first registered; a session the noxfile already has
+    under one of the names is refused (ValueError naming it), never replaced. Returns the names."""
     chosen = list(SESSIONS) if only is None else list(only)
     unknown = [n for n in chosen if n not in SESSIONS]
     if unknown:
         raise ValueError(f"unknown ml-env sessions {unknown}; known: {list(SESSIONS)}")
     registry = getattr(nox.registry, "_REGISTRY", None)
     if registry is None:  # pragma: no cover - a nox without the registry dict
-        raise RuntimeError(
-            "this nox version keeps sessions differently; call register() once, before any import-time registration"
+        raise RuntimeError("this nox version keeps sessions differently: ml_env_tasks.nox cannot register")
+    taken = [f"{prefix}{n}" for n in chosen if f"{prefix}{n}" in registry and f"{prefix}{n}" not in _registered]
+    if taken:
+        raise ValueError(
+            f"ml_env_tasks.nox.register: your noxfile already has session(s) {taken}; ml-env leaves them alone. "
+            f"Register under a prefix (register(prefix='ml-')) or choose others with only=[...]"
         )
     for old in _registered:
         registry.pop(old, None)
@@ -145,6 +180,3 @@ def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Pa
         nox.session(name=full, venv_backend="none", tags=TAGS, default=False)(fn)
         _registered.append(full)
     return list(_registered)
-
-
-register()

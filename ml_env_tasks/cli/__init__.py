@@ -94,7 +94,15 @@ def _selected(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] = (), *, full: bool = False) -> Parser:
     """The parser, with only the selected command (if any) configured in full; ``full``: every
     command configured (shell completion needs them all)."""
-    parser = Parser(prog="ml-env", description="Content-addressed ML environment images.")
+    from ..errors import EXIT_CODES
+
+    codes = "\n".join(f"  {c:>3}  {m}" for c, m in EXIT_CODES.items())
+    parser = Parser(
+        prog="ml-env",
+        description="Content-addressed ML environment images.",
+        epilog=f"exit codes (every command):\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument(
         "--context", help="the docker context to use (default: DOCKER_HOST, DOCKER_CONTEXT, the current one)"
@@ -105,7 +113,13 @@ def build_parser(argv: Sequence[str] = (), *, full: bool = False) -> Parser:
     # every command is listed for the help and the usage error
     for name in [selected] if selected else COMMANDS:
         module, help_ = COMMANDS[name]
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"exit codes:\n{codes}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == selected or full:
             importlib.import_module(f"{__name__}.{module}").configure(name, p)
     return parser

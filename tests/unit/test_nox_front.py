@@ -12,6 +12,9 @@ from ml_env_tasks import spec
 from ml_env_tasks.hashing import env_hash
 
 
+REGISTER_ALL = "import ml_env_tasks.nox\nml_env_tasks.nox.register()\n"
+
+
 def nox(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nox", *args], cwd=project, capture_output=True, text=True, timeout=120
@@ -19,7 +22,7 @@ def nox(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_import_gives_sessions_that_call_the_core(tmp_path: Path) -> None:
-    (tmp_path / "noxfile.py").write_text("import ml_env_tasks.nox  # noqa: F401\n")
+    (tmp_path / "noxfile.py").write_text(REGISTER_ALL)
     (tmp_path / "envs").mkdir()
     f = tmp_path / "envs" / "tiny.toml"
     f.write_text('name = "tiny"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
@@ -43,7 +46,7 @@ def test_import_gives_sessions_that_call_the_core(tmp_path: Path) -> None:
 
 
 def test_user_error_fails_the_session_with_one_clear_line(tmp_path: Path) -> None:
-    (tmp_path / "noxfile.py").write_text("import ml_env_tasks.nox  # noqa: F401\n")
+    (tmp_path / "noxfile.py").write_text(REGISTER_ALL)
     (tmp_path / "bad.toml").write_text('name = "x"\n[base]\nimage = "a/b:1"\n[apt]\npackages = ["Bad"]\n')
     p = nox(tmp_path, "-s", "env_plan", "--", "bad.toml")
     assert p.returncode != 0
@@ -82,7 +85,7 @@ def test_register_subset_renamed_in_another_folder(tmp_path: Path) -> None:
 
 
 def test_env_matrix_for_github_actions(tmp_path: Path) -> None:
-    p = project(tmp_path, "import ml_env_tasks.nox  # noqa: F401\n")
+    p = project(tmp_path, REGISTER_ALL)
     out_file = tmp_path / "gh_output"
     out_file.write_text("")
     r = subprocess.run([sys.executable, "-m", "nox", "-s", "env_matrix"], cwd=p, capture_output=True, text=True, timeout=120,
@@ -131,7 +134,7 @@ def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) ->
     from ml_env_tasks.gha import environments
     from ml_env_tasks.versions import Versions
 
-    p = project(tmp_path, "import ml_env_tasks.nox  # noqa: F401\n")
+    p = project(tmp_path, REGISTER_ALL)
     Versions(p / "envs/versions.toml").register(
         spec.load(p / "envs/alpha.toml"), image="r/alpha:h", digest="sha256:1", registry="r"
     )
@@ -166,3 +169,31 @@ def test_only_an_append_only_log_counts_as_one(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
         assert is_log_file(tmp_path / name) is expected, name
     assert is_log_file(tmp_path / "missing.toml") is False
+
+
+def test_a_guest_in_someone_elses_noxfile(tmp_path: Path) -> None:
+    """Importing registers nothing; register() refuses to replace the user's own sessions; under
+    --quiet no third-party debug line reaches the output; a failure says ml-env's exit code."""
+    own = (
+        "import nox\n\n@nox.session(venv_backend='none')\ndef train(session):\n    print('users own train')\n\n"
+        "@nox.session(venv_backend='none')\ndef build(session):\n    print('users own build')\n\n"
+    )
+    p = project(tmp_path, own + "import ml_env_tasks.nox  # noqa: F401\n")
+    listing = {s["session"] for s in json.loads(nox(p, "-l", "--json").stdout)}
+    assert listing == {"train", "build"}  # the import alone added nothing
+    (p / "noxfile.py").write_text(own + "import ml_env_tasks.nox\nml_env_tasks.nox.register()\n")
+    refused = nox(p, "-l")
+    assert refused.returncode != 0 and "already has session(s) ['train']" in refused.stderr
+    assert "prefix" in refused.stderr
+    (p / "noxfile.py").write_text(own + "import ml_env_tasks.nox\nml_env_tasks.nox.register(prefix='ml-')\n")
+    mine = nox(p, "-s", "train")
+    assert mine.returncode == 0 and "users own train" in mine.stdout + mine.stderr
+    assert "has already been registered" not in mine.stderr
+    ok = nox(p, "-v", "-s", "ml-env_plan(env='alpha')")
+    assert ok.returncode == 0, ok.stderr
+    for noisy in ("python_on_whales", "py_serializable", "Running command", "DEBUG"):
+        assert noisy not in ok.stdout + ok.stderr, noisy
+    (p / "envs/bad.toml").write_text('name = "x"\n[base]\nimage = "a/b:1"\n[apt]\npackages = ["Bad"]\n')
+    bad = nox(p, "-s", "ml-env_plan", "--", "envs/bad.toml")
+    assert bad.returncode != 0
+    assert "failed: exit 2, bad input" in bad.stderr and "Traceback" not in bad.stderr
