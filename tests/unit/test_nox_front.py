@@ -11,7 +11,6 @@ from pathlib import Path
 from ml_env_tasks import spec
 from ml_env_tasks.hashing import env_hash
 
-
 REGISTER_ALL = "import ml_env_tasks.nox\nml_env_tasks.nox.register()\n"
 
 
