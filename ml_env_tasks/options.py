@@ -37,6 +37,7 @@ __all__ = [
     "TRAIN_ENV",
     "INFERENCE_ENV",
     "VERSIONS",
+    "SPEC_ENV",
 ]
 
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
@@ -347,6 +348,10 @@ VERSIONS = O(
     gha=None,
     help="versions file, for NAME:VERSION environments",
 )
+# what environment files may read from this environment (the user's word only: never the project's)
+SPEC_ENV = O("spec_env", "--spec-env", kind="list", env="ML_ENV_SPEC_ENV", config="spec_env", gha=None, metavar="NAME[@HOST]",
+             help="environment variables an environment file may read: NAME (an index URL) or NAME@HOST (a registry "
+                  "password, sent to HOST only)")  # fmt: skip
 INFERENCE_ENV = O("env", "--env", env="ML_ENV_INFERENCE_ENV", config="inference_env",
                   help='inference environment (inference = true, or [inference] server = "azureml"), curated/NAME, '
                        "NAME:VERSION or an image")  # fmt: skip

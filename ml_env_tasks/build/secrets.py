@@ -27,11 +27,13 @@ def allowed_spec_env() -> frozenset[str]:
     ``$ML_ENV_SPEC_ENV`` (commas or spaces) and ``spec_env`` in the user's or machine's config;
     never from the project, which a pull request writes."""
     from ..config import user_layers
+    from ..options import SPEC_ENV as OPTION
 
+    assert OPTION.env == SPEC_ENV and OPTION.config == "spec_env"
     found = set(os.environ.get(SPEC_ENV, "").replace(",", " ").split())
     layers = user_layers()
     for layer in (layers.user, layers.site):
-        v = layer.get("spec_env")
+        v = layer.get(OPTION.config)
         if isinstance(v, list):
             found.update(x.strip() for x in v if isinstance(x, str))
     return frozenset(found)
