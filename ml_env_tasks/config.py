@@ -83,13 +83,18 @@ class Layers:
     user: ConfigFile
     site: ConfigFile
 
-    def lookup(self, key: str) -> tuple[Any, str] | None:
-        """(value, where it came from) from the files, or None."""
+    def find(self, key: str) -> tuple[Any, str, Path | None] | None:
+        """(value, layer: project, user or site, its file) from the files, or None."""
         for name, f in (("project", self.project), ("user", self.user), ("site", self.site)):
             v = f.get(key)
             if v is not None:
-                return v, f"{name} ({f.path})"
+                return v, name, f.path
         return None
+
+    def lookup(self, key: str) -> tuple[Any, str] | None:
+        """(value, where it came from, as text) from the files, or None."""
+        found = self.find(key)
+        return None if found is None else (found[0], f"{found[1]} ({found[2]})")
 
 
 def user_config_path() -> Path:

@@ -1,8 +1,9 @@
 """GitHub Actions: the one place that turns library results into outputs, job summaries,
 log groups and annotations. The composite actions under ``ci/github/`` (rendered from
-``ml_env_tasks.actions``) call ``python -m ml_env_tasks.gha <action>``, which reads its inputs
-from ``INPUT_*`` environment variables (never interpolated into a shell line) through the same
-option declarations as the CLI, so config files and environment variables apply alike.
+``ml_env_tasks.actions``) call ``python -m ml_env_tasks.gha <action>``: the command of that name
+in ``ml_env_tasks.commands``, its inputs read from ``INPUT_*`` environment variables (never
+interpolated into a shell line) through the same option declarations as the CLI, so config files
+and environment variables apply alike; its Outcome's outputs, summary and annotations written.
 
 Escaping follows actions/toolkit ``command.ts``: data escapes ``%``, CR, LF; properties also
 escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random delimiter.
@@ -11,16 +12,16 @@ escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random del
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import MlEnvError
+from .commands import Command, Outcome, Values, every
+from .errors import MlEnvError, UsageError
 from .grammar import bounded
 from .redact import redact_userinfo
 
@@ -34,6 +35,9 @@ __all__ = [
     "mask",
     "annotate_error",
     "locate_key",
+    "actions",
+    "resolve_inputs",
+    "run_action",
     "main",
 ]
 
@@ -127,348 +131,85 @@ def annotate_error(e: MlEnvError) -> None:
     command("error", msg, file=e.file, line=line, title=f"ml-env: {type(e).__name__}")
 
 
-# --- entry points for the composite actions ----------------------------------------------
+# --- the actions: every command that declares an Action, run from INPUT_* variables ------------
 
 
-def _values(action: str) -> Any:
-    """The action's inputs, resolved like the CLI's options (input > env > config > default)."""
-    return _resolved(action).values
+class ActionConsole:
+    """A command's console in a GitHub Actions step: progress as plain lines, a build's or a run's
+    own output inside a log group where workflow commands are not processed."""
+
+    json_mode = False
+    actions = True
+
+    def info(self, msg: str) -> None:
+        print(f"ml-env: {msg}", flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"ml-env: warning: {msg}", flush=True)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+
+    @contextlib.contextmanager
+    def section(self, title: str) -> Iterator[None]:
+        with group(title), stop_commands():
+            yield
+
+    def progress(self) -> None:
+        return None
+
+    def emit(self, outcome: Outcome) -> None:
+        print(outcome.text_now(), flush=True)
 
 
-def _resolved(action: str) -> Any:
-    from .actions import ACTIONS
+def actions() -> dict[str, Command]:
+    """Action name -> its command: every command of the registry that declares an Action."""
+    return {c.name: c for c in every() if c.action is not None}
+
+
+def resolve_inputs(command: Command, environ: Mapping[str, str] | None = None) -> Values:
+    """The step's inputs, resolved like the CLI's options (input > env > config > default), with
+    the action's own defaults where nothing was given; what the action requires, checked."""
     from .config import load_layers
-    from .errors import UsageError
-    from .options import from_inputs
+    from .options import Source, from_inputs
 
-    a = ACTIONS[action]
-    resolved = from_inputs(a.options, layers=load_layers())
-    for name in a.required:
-        if resolved.values.get(name) in (None, "", []):
-            opt = next(o for o in a.options if o.name == name)
+    assert command.action is not None
+    values = from_inputs(command.options, environ, layers=load_layers())
+    for name, default in command.action.defaults.items():
+        if values.origin(name).source is Source.DEFAULT:
+            values.values[name] = default
+    for name in command.action.required:
+        if values.values.get(name) in (None, "", []):
+            opt = command.option(name)
             also = f" (or {opt.config} in [tool.ml-env])" if opt.config else ""
             raise UsageError(f"input '{opt.input_name}' is required{also}")
-    return resolved
+    return values
 
 
-def _build_options(values: dict[str, Any]) -> Any:
-    from .build import BuildOptions
-    from .registry import check_registry_host
-
-    opts = BuildOptions.from_values(values)
-    if opts.registry:
-        check_registry_host(opts.registry, "input 'registry'")
-    return opts
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
-def _say(msg: str) -> None:
-    print(f"ml-env: {msg}", flush=True)
-
-
-def build_action() -> int:
-    from .build import Reporter, build
-    from .catalog import resolve_curated
-
-    v = _values("build")
-    spec_path = str(resolve_curated(v["spec"])) if v["spec"].startswith("curated/") else v["spec"]
-    with group(f"ml-env build {v['spec']}"), stop_commands():
-        result = build(spec_path, _build_options(v), Reporter(stream_logs=True, out=sys.stdout))
-    for k in ("image", "digest", "hash"):
-        set_output(k, str(getattr(result, k) or ""))
-    set_output("built", "true" if result.built else "false")
-    set_output("cache-hit", "true" if result.cache_hit else "false")
-    set_output("ref", result.pinned)
-    set_output("tags", "\n".join([result.image, *result.tags]))
-    image_id = result.image_id or _image_id(result, v)
-    set_output("imageid", image_id or "")
-    set_output("metadata", json.dumps(build_metadata(result, image_id), sort_keys=True))
-    state = "built" if result.built else "reused (hash already in the registry)"
-    append_summary(
-        f"### ml-env build: `{result.name}`\n\n"
-        "| field | value |\n|---|---|\n"
-        f"| environment | `{_cell(v['spec'])}` |\n"
-        f"| image | `{result.image}` |\n"
-        f"| digest | `{result.digest}` |\n"
-        f"| hash | `{result.hash}` |\n"
-        f"| result | {state} |\n"
-        f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
-        f"| time | {result.seconds:.1f}s |\n"
-        + (f"| tags | {_cell(', '.join(result.tags))} |\n" if result.tags else "")
-        + (f"| unpinned | {_cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
-    )
-    if result.unpinned:
-        command(
-            "warning",
-            f"unpinned packages: {', '.join(result.unpinned)}; the lock records their versions",
-            file=spec_path,
-        )
-    return 0
-
-
-def _image_id(result: Any, values: dict[str, Any]) -> str | None:
-    """The ID the engine gives a reused image, as buildx reports it for a built one: with the
-    containerd image store the manifest (index) digest, with the classic store the config digest."""
-    from . import engine
-
-    eng = engine.current()
-    local = eng.local_image_id(result.image)
-    if local or not (result.registry and result.digest):
-        return local
-    if eng.capabilities(values.get("builder")).containerd_store:
-        return str(result.digest)
-    from .registry import RegistryClient, parse_ref
-
-    r = parse_ref(result.image)
-    return RegistryClient(r.host, insecure=bool(values.get("insecure"))).config_digest(r.repository, result.digest)
-
-
-def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
-    """build-push-action's ``metadata`` output: buildx's metadata of the build, or the same keys
-    for a reused image."""
-    meta = dict(result.metadata)
-    meta.setdefault("containerimage.digest", result.digest or "")
-    if image_id:
-        meta.setdefault("containerimage.config.digest", image_id)
-    meta["image.name"] = ",".join([result.image, *result.tags])
-    meta["ml-env.hash"] = result.hash
-    meta["ml-env.built"] = result.built
-    return meta
-
-
-def train_action() -> int:
-    import shlex
-
-    from .models import parse_register_model, register_run_output
-    from .resources import Resources
-    from .runs import RunOptions, parse_pairs, train
-    from .runs.train import split_inputs
-
-    v = _values("train")
-    for name in v["secrets"] or []:
-        mask(os.environ.get(name))
-    model = parse_register_model(v["register_model"], v["registry"], "input 'register-model'")
-    opts = RunOptions(
-        environment=v["env"],
-        source=Path(v["source"]),
-        script=v["script"],
-        args=tuple(shlex.split(v["args"] or "")),
-        experiment=v["experiment"],
-        inputs=split_inputs(parse_pairs(v["inputs"] or [], "input"))[0],
-        input_volumes=split_inputs(parse_pairs(v["inputs"] or [], "input"))[1],
-        env_vars=parse_pairs(v["env_vars"] or [], "env-var"),
-        secrets=tuple(v["secrets"] or ()),
-        resources=Resources.parse(
-            cpus=v["cpus"], memory=v["memory"], shm_size=v["shm_size"], gpus=v["gpus"], prefix="input "
-        ),
-        timeout=v["timeout"],
-        runs_dir=v["runs_dir"],
-        user=v["user"],
-        snapshot_max_mb=v["max_snapshot_mb"],
-        build=_build_options(v),
-    )
-    with group(f"ml-env train {opts.script}"), stop_commands():
-        result = train(opts, on_line=_log, info=_say)
-    set_output("run-id", result.run_id)
-    set_output("status", str(result.status))
-    set_output("exit-code", "" if result.exit_code is None else str(result.exit_code))
-    set_output("outputs", str(result.outputs))
-    registered = ""
-    if model and result.cli_exit_code == 0:
-        mv = register_run_output(v["registry"], model, result.outputs, result.run_id, _say)
-        set_output("model", f"{mv.name}:{mv.version}")
-        set_output("model-ref", mv.ref)
-        registered = f"| model | `{mv.name}:{mv.version}` {'(same bytes as before)' if mv.reused else 'registered'} |\n"
-    rec = result.record
-    rows = "".join(f"| {_cell(str(k))} | {_cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
-    append_summary(
-        f"### ml-env train: `{result.run_id}`\n\n"
-        f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
-        f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
-        f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
-        f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n{registered}\n"
-        f"| metric | value |\n|---|---|\n{rows}"
-    )
-    if str(result.status) != "completed":
-        command("error", f"run {result.run_id} {result.status}: {rec.reason or ''}", title="ml-env train")
-    return result.cli_exit_code
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def smoke_test_action() -> int:
-    from .grammar import parse_size
-    from .resources import Resources
-    from .serve.local import ServeOptions, parse_models
-    from .serve.smoke import record_result, run_smoke_test, write_reports
-
-    v = _values("smoke-test")
-    cases = Path(v["cases"])
-    opts = ServeOptions(
-        environment=v["env"],
-        entry=Path(v["entry"]) if v["entry"] else None,
-        models=parse_models(v["model"] or []),
-        scoring_timeout_ms=v["scoring_timeout_ms"],
-        workers=v["workers"],
-        build=_build_options(v),
-        resources=Resources.parse(cpus=v["cpus"], memory=v["memory"], prefix="input "),
-        max_body=parse_size(v["max_body"]) if v["max_body"] else None,
-        read_timeout=v["read_timeout"],
-    )
-    with group(f"ml-env smoke-test {cases}"), stop_commands():
-        report = run_smoke_test(opts, cases, repeat=v["repeat"], ready_timeout=v["ready_timeout"], info=_say)
-    js, xml = write_reports(report, Path(v["report_dir"]), cases)
-    recorded = None if v["no_record"] else record_result(report, cases, insecure=v["insecure"], info=_say)
-    set_output("record", recorded or "")
-    set_output("passed", str(report.passed))
-    set_output("failed", str(report.failed))
-    set_output("p50-ms", f"{report.p50_ms:.1f}")
-    set_output("p95-ms", f"{report.p95_ms:.1f}")
-    set_output("report", str(js))
-    set_output("junit", str(xml))
-    rows = "".join(
-        f"| {'✅' if c.passed else '❌'} | {_cell(c.name)} | {c.status} | "
-        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else _cell(c.message[:200])} |\n"
-        for c in report.cases
-    )
-    append_summary(
-        f"### ml-env smoke-test: {report.passed} passed, {report.failed} failed\n\n"
-        f"`{report.image}` ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
-        f"p95 {report.p95_ms:.1f} ms, max {report.max_ms:.1f} ms\n\n"
-        f"| | case | status | ms | failure |\n|---|---|---|---|---|\n{rows}"
-    )
-    for c in report.cases:
-        if not c.passed:
-            command("error", f"{c.name}: {c.message}", file=str(cases), line=c.line, title="ml-env smoke-test")
-    if report.failed and report.logs_tail:
-        with group("scoring container log (last lines)"), stop_commands():
-            print(report.logs_tail)
-    return 1 if report.failed else 0
-
-
-def promote_action() -> int:
-    from .ledger_oci import ledger_location
-    from .promote import PromoteOptions, promote
-
-    resolved = _resolved("promote")
-    v = dict(resolved.values)
-    if resolved.sources["ledger"] == "default":
-        # a CI job starts from a fresh clone: by default the ledger lives next to the images
-        v["ledger"] = "registry"
-    opts = PromoteOptions(
-        source=v["source"],
-        destination=v["destination"],
-        tags=tuple(v["tags"] or ()),
-        allow_overwrite=v["allow_overwrite"],
-        dry_run=v["dry_run"],
-        insecure=v["insecure"],
-        ledger=None if v["no_ledger"] else v["ledger"],
-        copy_referrers=not v["no_referrers"],
-        jobs=v["jobs"],
-        require=tuple(v["require"] or ()),
-        spec=Path(v["spec"]) if v["spec"] else None,
-    )
-    with group(f"ml-env promote {opts.source}"):
-        r = promote(opts, info=_say)
-    set_output("digest", r.digest)
-    set_output("refs", "\n".join(r.refs))
-    set_output("ref", f"{r.destination}@{r.digest}")
-    set_output("no-op", "true" if r.no_op else "false")
-    where = "" if opts.ledger is None or r.dry_run else ledger_location(opts.ledger, r.destination)
-    set_output("ledger", where)
-    state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
-    if r.recorded_found:
-        state += "; recorded in the ledger as found"
-    tags_md = ", ".join(f"`{ref.rsplit(':', 1)[1]}`" for ref in r.refs)
-    append_summary(
-        f"### ml-env promote: {state}\n\n| field | value |\n|---|---|\n"
-        f"| environment | {_cell(r.environment.get('name') or '-')} |\n| digest | `{r.digest}` |\n"
-        f"| source | `{r.source}` |\n| destination | `{r.destination}` |\n| tags | {tags_md} |\n"
-        f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, {r.skipped_blobs} present |\n"
-        + (f"| moved tags | {_cell(', '.join(r.moved_tags))} |\n" if r.moved_tags else "")
-        + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
-        + (f"| ledger | `{where}`{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
-    )
-    return 0
-
-
-def package_action() -> int:
-    from .package import package
-
-    v = _values("package")
-    with group(f"ml-env package {v['env']}"):
-        r = package(
-            v["env"], Path(v["entry"]), v["model"], build=_build_options(v), repository=v["package_repository"],
-            info=_say,
-        )  # fmt: skip
-    for name, value in (("image", r.image), ("digest", r.digest), ("ref", r.ref)):
-        set_output(name, value)
-    set_output("reused", "true" if r.reused else "false")
-    append_summary(
-        f"### ml-env package: {'reused' if r.reused else 'packaged'}\n\n| part | value |\n|---|---|\n"
-        f"| image | `{r.ref}` |\n| environment | `{r.environment}` |\n| entry | `{_cell(r.entry)}` "
-        f"(`{r.entry_hash[:16]}`) |\n| model | `{_cell(r.model)}` (`{r.model_digest[:19]}`) |\n"
-    )
-    return 0
-
-
-def environments(envs: str | Path) -> list[str]:
-    """The environment names of a folder (its ``*.toml`` files, not sub-folders). The versions
-    file ``ml-env register`` writes there (``envs/versions.toml``) is a log, not an environment."""
-    from .tomllog import is_log_file
-
-    d = Path(envs)
-    return sorted(p.stem for p in d.glob("*.toml") if not is_log_file(p)) if d.is_dir() else []
-
-
-def env_matrix(envs: Path) -> str:
-    """The environments of a folder as a GitHub Actions matrix (``{"include": [...]}``): each
-    file is parsed, so a broken one fails here, before any job starts."""
-    from . import spec
-
-    include = []
-    for n in environments(envs):
-        env = spec.load(envs / f"{n}.toml")
-        include.append({"env": n, "spec": str(envs / f"{n}.toml"), "name": env.name, "inference": env.inference})
-    return json.dumps({"include": include})
-
-
-def matrix_action() -> int:
-    """The reusable workflow's first job: the matrix of environments to build."""
-    from .errors import UsageError
-    from .grammar import printable
-
-    envs = os.environ.get("INPUT_ENVS", "").strip() or "envs"
-    if not environments(envs):  # an empty matrix would skip every job without a word
-        raise UsageError(f"input 'envs': no environment files (*.toml) in {printable(envs, 200)!r}")
-    matrix = env_matrix(Path(envs))
-    print(matrix)
-    set_output("matrix", matrix)
-    return 0
-
-
-def login_action() -> int:
-    """docker/login-action style: mask the password first, then log in through the engine. A
-    registry that needs no login (no username and no password given) is a no-op."""
-    from . import engine
-
-    registry, username = os.environ.get("INPUT_REGISTRY", "").strip(), os.environ.get("INPUT_USERNAME", "").strip()
-    password = os.environ.get("INPUT_PASSWORD", "")
-    mask(password)
-    if not username and not password:
-        print(f"ml-env: no credentials given for {registry or 'the registry'}: nothing to log in with")
-        return 0
-    if not (registry and username and password):
-        raise MlEnvError("inputs 'registry', 'username' and 'password' go together")
-    engine.current().login(registry, username, password)
-    print(f"ml-env: logged in to {registry} as {username}")
-    return 0
+def run_action(name: str) -> int:
+    """One composite action's step: inputs, the command, then outputs, summary and annotations."""
+    cmd = actions()[name]
+    assert cmd.action is not None
+    for secret in cmd.action.secret_inputs:  # before anything else can print it
+        mask(os.environ.get(f"INPUT_{secret.upper().replace('-', '_')}"))
+    values = resolve_inputs(cmd)
+    for secret_name in values.values.get("secrets") or ():
+        mask(os.environ.get(secret_name))
+    outcome = cmd.run(values, ActionConsole())
+    text = outcome.text_now()
+    if text:
+        print(text, flush=True)
+    for key, value in outcome.outputs_now().items():
+        set_output(key, value)
+    if outcome.summary:
+        append_summary(outcome.summary)
+    for a in outcome.annotations:
+        command(a.level, a.message, file=a.file, line=a.line, title=a.title)
+    if outcome.tail:
+        title, tail = outcome.tail
+        with group(title), stop_commands():
+            print(tail)
+    return outcome.exit_code
 
 
 @contextlib.contextmanager
@@ -483,30 +224,20 @@ def stop_commands() -> Iterator[None]:
         print(f"::{token}::", flush=True)
 
 
-ACTIONS = {
-    "matrix": matrix_action,
-    "login": login_action,
-    "build": build_action,
-    "train": train_action,
-    "smoke-test": smoke_test_action,
-    "package": package_action,
-    "promote": promote_action,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ACTIONS:
-        print(f"usage: python -m ml_env_tasks.gha {{{','.join(ACTIONS)}}}", file=sys.stderr)
+    known = actions()
+    if not argv or argv[0] not in known:
+        print(f"usage: python -m ml_env_tasks.gha {{{','.join(known)}}}", file=sys.stderr)
         return 2
     try:
-        return ACTIONS[argv[0]]()
+        return run_action(argv[0])
     except MlEnvError as e:
         annotate_error(e)
         print(f"ml-env: error: {bounded(redact_userinfo(str(e)))}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # a bug: one line and an annotation, like the CLI
-        from .cli import report_internal
+        from .commands.terminal import report_internal
         from .errors import EXIT_INTERNAL
 
         report_internal(e)

@@ -36,33 +36,13 @@ from pathlib import Path
 import nox
 import nox.registry
 
-from . import cli
-from .errors import exit_meaning
-from .gha import env_matrix, environments
+from .commands import Command, every
+from .commands.build import env_matrix, environments
+from .commands.terminal import Terminal, execute, report_error
+from .errors import MlEnvError, exit_meaning
 
-__all__ = ["SESSIONS", "register", "run_cli", "environments"]
+__all__ = ["register", "run_cli", "environments"]
 
-# name -> (ml-env command, one-line description, parametrised over the environments?)
-SESSIONS: dict[str, tuple[str, str, bool]] = {
-    "env_build": ("build", "Build an environment image, or reuse it when its hash is already in the registry.", True),
-    "env_plan": ("plan", "Print an environment's Dockerfile, hash and image tag without building.", True),
-    "env_hash": ("hash", "Print an environment's content hash.", True),
-    "env_matrix": ("", "Print the environments as a GitHub Actions matrix (JSON; also to $GITHUB_OUTPUT).", False),
-    "train": ("train", "Run a training script in an environment: -- --env E --source D --script S [-- ARGS].", False),
-    "runs": ("runs", "Show run history: -- list | show RUN.", False),
-    "serve": (
-        "serve",
-        "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach] [--replace NAME].",
-        False,
-    ),
-    "smoke_test": (
-        "smoke-test",
-        "Smoke-test an inference image: -- --env E --entry score.py --model DIR --cases C.",
-        False,
-    ),
-    "promote": ("promote", "Promote an image by digest to another registry: -- SOURCE DEST --tag T.", False),
-    "ledger": ("ledger", "Show the release ledger: -- show [--env NAME] [--tag prod].", False),
-}
 TAGS = ["ml-env"]
 _registered: list[str] = []
 
@@ -90,26 +70,47 @@ def _quiet_third_parties() -> Iterator[None]:
 
 
 def run_cli(session: nox.Session, command: str, args: Iterable[str]) -> None:
+    """``ml-env COMMAND ARGS`` in this process (as the CLI parses and runs it), quietly."""
+    from .commands.parse import parse
+
     argv = [*command.split(), *args]
     session.log("ml-env " + " ".join(argv))
     with _quiet_third_parties():
-        rc = cli.run(argv)
+        try:
+            parsed = parse(argv)
+        except MlEnvError as e:
+            report_error(e)
+            rc = e.exit_code
+        else:
+            if parsed.command is None:
+                rc = parsed.exit_code if parsed.exit_code is not None else 2
+            else:
+                console = Terminal(parsed.json_mode)
+                rc = execute(parsed.command, parsed.values, console)
     if rc != 0:
         session.error(f"ml-env {command} failed: exit {rc}, {exit_meaning(rc)}")
 
 
-def _plain(name: str, command: str, doc: str) -> Callable[[nox.Session], None]:
+def _sessions() -> dict[str, Command]:
+    """Session name -> the command it runs (the registry's commands that offer one)."""
+    return {c.session.name: c for c in every() if c.session is not None}
+
+
+def _plain(name: str, command: Command) -> Callable[[nox.Session], None]:
+    word = command.words[0]  # a group's session (runs, ledger) takes the subcommand in its arguments
+
     def session_fn(session: nox.Session) -> None:
         if not session.posargs:
-            session.error(f"usage: nox -s {name} -- ARGS; see `ml-env {command} --help`")
-        run_cli(session, command, session.posargs)
+            session.error(f"usage: nox -s {name} -- ARGS; see `ml-env {word} --help`")
+        run_cli(session, word, session.posargs)
 
-    session_fn.__doc__ = doc
+    assert command.session is not None
+    session_fn.__doc__ = command.session.doc
     session_fn.__name__ = name
     return session_fn
 
 
-def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) -> Callable[..., None]:
+def _per_env(name: str, command: Command, envs: Path, names: list[str]) -> Callable[..., None]:
     @nox.parametrize("env", names)
     def session_fn(session: nox.Session, env: str) -> None:
         args = list(session.posargs)
@@ -117,31 +118,31 @@ def _per_env(name: str, command: str, doc: str, envs: Path, names: list[str]) ->
             # a file named on the command line: done once, by the first parametrisation
             if env != names[0]:
                 session.skip(f"{args[0]} is handled once, by {name}(env='{names[0]}')")
-            run_cli(session, command, args)
+            run_cli(session, command.name, args)
         else:
-            run_cli(session, command, [str(envs / f"{env}.toml"), *args])
+            run_cli(session, command.name, [str(envs / f"{env}.toml"), *args])
 
-    session_fn.__doc__ = doc
+    assert command.session is not None
+    session_fn.__doc__ = command.session.doc
     session_fn.__name__ = name
     return session_fn  # type: ignore[no-any-return]  # nox.parametrize is untyped
 
 
-def _matrix(envs: Path, doc: str) -> Callable[[nox.Session], None]:
+def _matrix(envs: Path, command: Command) -> Callable[[nox.Session], None]:
     def session_fn(session: nox.Session) -> None:
-        from .errors import MlEnvError
-
         try:
             matrix = env_matrix(envs)
         except MlEnvError as e:  # a broken environment file: one line, like every other session
-            cli.report_error(e, json_mode=False)
+            report_error(e, json_mode=False)
             session.error(f"env_matrix failed: exit {e.exit_code}, {exit_meaning(e.exit_code)}")
         print(matrix)
-        if os.environ.get("GITHUB_OUTPUT"):
-            from .gha import set_output
+        path = os.environ.get("GITHUB_OUTPUT")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"matrix={matrix}\n")
 
-            set_output("matrix", matrix)
-
-    session_fn.__doc__ = doc
+    assert command.session is not None
+    session_fn.__doc__ = command.session.doc
     session_fn.__name__ = "env_matrix"
     return session_fn
 
@@ -150,10 +151,11 @@ def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Pa
     """Register the sessions: a subset (``only``), renamed (``prefix``), over the environments in
     ``envs``. A second call replaces what the first registered; a session the noxfile already has
     under one of the names is refused (ValueError naming it), never replaced. Returns the names."""
-    chosen = list(SESSIONS) if only is None else list(only)
-    unknown = [n for n in chosen if n not in SESSIONS]
+    sessions = _sessions()
+    chosen = list(sessions) if only is None else list(only)
+    unknown = [n for n in chosen if n not in sessions]
     if unknown:
-        raise ValueError(f"unknown ml-env sessions {unknown}; known: {list(SESSIONS)}")
+        raise ValueError(f"unknown ml-env sessions {unknown}; known: {list(sessions)}")
     registry = getattr(nox.registry, "_REGISTRY", None)
     if registry is None:  # pragma: no cover - a nox without the registry dict
         raise RuntimeError("this nox version keeps sessions differently: ml_env_tasks.nox cannot register")
@@ -169,14 +171,15 @@ def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Pa
     env_dir = Path(envs)
     names = environments(env_dir)
     for name in chosen:
-        command, doc, per_env = SESSIONS[name]
+        command = sessions[name]
+        assert command.session is not None
         full = f"{prefix}{name}"
-        if name == "env_matrix":
-            fn = _matrix(env_dir, doc)
-        elif per_env and names:
-            fn = _per_env(full, command, doc, env_dir, names)
+        if command.name == "matrix":
+            fn = _matrix(env_dir, command)
+        elif command.session.per_env and names:
+            fn = _per_env(full, command, env_dir, names)
         else:
-            fn = _plain(full, command, doc)
+            fn = _plain(full, command)
         nox.session(name=full, venv_backend="none", tags=TAGS, default=False)(fn)
         _registered.append(full)
     return list(_registered)

@@ -9,6 +9,7 @@ variable, the project's ``[tool.ml-env]``, the user's config, the machine's conf
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .grammar import has_control, printable
 
 __all__ = [
     "Option",
+    "Origin",
+    "Source",
     "Resolved",
     "add_options",
     "resolve_options",
@@ -114,32 +117,84 @@ class Option:
         return value if not isinstance(value, str) or self.kind == "str" else self.parse_text(value, where)
 
 
+class Source(enum.Enum):
+    """Where a value came from, highest precedence first."""
+
+    FLAG = "flag"
+    INPUT = "input"  # a GitHub Actions input
+    ENVIRONMENT = "environment"
+    PROJECT = "project"
+    USER = "user"
+    SITE = "site"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A value's source and, for a variable or a file, which one."""
+
+    source: Source
+    detail: str | None = None  # the variable's name, or the config file's path
+
+    @property
+    def given(self) -> bool:
+        """Typed by the invoking user on this command (a flag or an action input)."""
+        return self.source in (Source.FLAG, Source.INPUT)
+
+    @property
+    def from_config(self) -> bool:
+        return self.source in (Source.PROJECT, Source.USER, Source.SITE)
+
+    def __str__(self) -> str:
+        return f"{self.source.value} ({self.detail})" if self.detail else self.source.value
+
+
+FLAG, INPUT, DEFAULT = Origin(Source.FLAG), Origin(Source.INPUT), Origin(Source.DEFAULT)
+
+
 @dataclass(frozen=True)
 class Resolved:
-    """Option values and where each came from."""
+    """Option values and where each came from; ``values.name`` reads one (an unknown name is an
+    error, never None)."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Origin] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(f"no option {name!r}") from None
+
+    def origin(self, name: str) -> Origin:
+        return self.sources.get(name, DEFAULT)
+
+    def with_values(self, **changes: Any) -> Resolved:
+        unknown = set(changes) - set(self.values)
+        if unknown:
+            raise KeyError(f"no options {sorted(unknown)}")
+        return Resolved({**self.values, **changes}, {**self.sources, **dict.fromkeys(changes, FLAG)})
+
 
 def _resolve_one(
-    opt: Option, given: Any, given_from: str, layers: Layers | None, environ: Mapping[str, str]
-) -> tuple[Any, str]:
+    opt: Option, given: Any, given_from: Origin, layers: Layers | None, environ: Mapping[str, str]
+) -> tuple[Any, Origin]:
     if given is not None and given != []:
         return given, given_from
     if opt.env and environ.get(opt.env):
-        return opt.parse_text(environ[opt.env], f"${opt.env}"), f"environment ({opt.env})"
+        return opt.parse_text(environ[opt.env], f"${opt.env}"), Origin(Source.ENVIRONMENT, opt.env)
     if opt.config and layers is not None:
-        found = layers.lookup(opt.config)
+        found = layers.find(opt.config)
         if found is not None:
-            return opt.from_config(found[0], f"{found[1]}: {opt.config}"), found[1]
+            origin = Origin(Source(found[1]), str(found[2]))
+            return opt.from_config(found[0], f"{origin}: {opt.config}"), origin
     default = opt.default() if callable(opt.default) else opt.default
     if default is None and opt.kind == "list":
         default = []
-    return default, "default"
+    return default, DEFAULT
 
 
 def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
@@ -158,7 +213,7 @@ def resolve_options(
     env = os.environ if environ is None else environ
     values, sources = {}, {}
     for opt in options:
-        values[opt.name], sources[opt.name] = _resolve_one(opt, getattr(ns, opt.name, None), "flag", layers, env)
+        values[opt.name], sources[opt.name] = _resolve_one(opt, getattr(ns, opt.name, None), FLAG, layers, env)
     return Resolved(values, sources)
 
 
@@ -174,7 +229,7 @@ def from_inputs(
         given = opt.parse_text(raw, f"input '{name}'") if raw else None
         if opt.kind == "flag" and given is False:
             given = None  # "false" is the actions' default: let the other layers speak
-        values[opt.name], sources[opt.name] = _resolve_one(opt, given, "input", layers, env)
+        values[opt.name], sources[opt.name] = _resolve_one(opt, given, INPUT, layers, env)
     return Resolved(values, sources)
 
 
@@ -345,8 +400,7 @@ VERSIONS = O(
     default=lambda: Path("envs/versions.toml"),
     env="ML_ENV_VERSIONS",
     config="versions",
-    gha=None,
-    help="versions file, for NAME:VERSION environments",
+    help="versions file, for NAME:VERSION environments (envs/versions.toml)",
 )
 # what environment files may read from this environment (the user's word only: never the project's)
 SPEC_ENV = O("spec_env", "--spec-env", kind="list", env="ML_ENV_SPEC_ENV", config="spec_env", gha=None, metavar="NAME[@HOST]",

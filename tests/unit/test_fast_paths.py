@@ -195,20 +195,17 @@ def test_the_environment_a_command_runs_in(
 ) -> None:  # fmt: skip
     """Without --env, train runs in the default environment (Azure ML's habit), and a project names
     its own once in [tool.ml-env]: train_env for runs, inference_env for serving and packaging."""
-    from ml_env_tasks.cli import build_parser
-    from ml_env_tasks.cli.common import resolve
+    from ml_env_tasks.commands.parse import parse
 
     (tmp_path / "pyproject.toml").write_text(f"[project]\nname = 'p'\n[tool.ml-env]\n{pyproject}")
     monkeypatch.chdir(tmp_path)
-    args = build_parser(command).parse_args(command)
-    resolve(args)
-    assert args.env == expected and args.o.sources["env"].split(" ")[0] == source
+    values = parse(command).values
+    assert values.env == expected and values.origin("env").source.value == source
 
 
 def test_a_project_environment_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train_env names a file of the project: relative to pyproject.toml, wherever the command runs."""
-    from ml_env_tasks.cli import build_parser
-    from ml_env_tasks.cli.common import resolve
+    from ml_env_tasks.commands.parse import parse
 
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n[tool.ml-env]\ntrain_env = 'envs/t.toml'\n")
     (tmp_path / "envs").mkdir()
@@ -216,9 +213,7 @@ def test_a_project_environment_is_found_from_a_subfolder(tmp_path: Path, monkeyp
     (tmp_path / "src").mkdir()
     monkeypatch.chdir(tmp_path / "src")
     command = ["train", "--source", ".", "--script", "t.py"]
-    args = build_parser(command).parse_args(command)
-    resolve(args)
-    assert Path(args.env) == tmp_path / "envs" / "t.toml"
+    assert Path(parse(command).values.env) == tmp_path / "envs" / "t.toml"
 
 
 @pytest.mark.parametrize("where", ["project", "environment"])

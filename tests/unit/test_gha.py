@@ -82,31 +82,33 @@ def test_build_action_speaks_build_push_actions_vocabulary() -> None:
     wanted = {"tags", "labels", "annotations", "builder", "cache-from", "cache-to", "platforms"}
     assert wanted <= set(doc["inputs"])
     assert {"imageid", "metadata", "digest", "cache-hit", "tags"} <= set(doc["outputs"])
-    code = (ROOT / "ml_env_tasks/gha.py").read_text()
-    for name in doc["outputs"]:  # every declared output is one the step writes
-        assert f'set_output("{name}"' in code or f'"{name}"' in code.split("def build_action")[1].split("def ")[0], name
+    code = (ROOT / "ml_env_tasks/commands/build.py").read_text()
+    for name in doc["outputs"]:  # every declared output is one the command gives
+        assert f'"{name}":' in code.split("def outputs()")[1].split("def ")[0], name
 
 
-@pytest.mark.parametrize("name", ["build", "train", "smoke-test", "promote", "login"])
+@pytest.mark.parametrize("name", ["build", "matrix", "train", "smoke-test", "package", "promote", "login"])
 def test_action_files_are_rendered_from_the_option_declarations(name: str) -> None:
-    """Every input is an option of ml_env_tasks.options (or one of the action's own) and reaches
+    """Every input is an option of the action's command (or one of the action's own) and reaches
     the step as INPUT_*: the committed file is exactly what the declarations render."""
-    from ml_env_tasks.actions import ACTIONS, render
+    from ml_env_tasks.actions import actions, render
 
+    ACTIONS = {n: c.action for n, c in actions().items()}  # noqa: N806
+    assert sorted(actions()) == sorted(p.parent.name for p in (ROOT / "ci/github").glob("*/action.yml"))
     committed = (ROOT / "ci/github" / name / "action.yml").read_text()
-    assert committed == render(ACTIONS[name]), f"ci/github/{name}/action.yml is stale: run `nox -s actions`"
+    assert committed == render(actions()[name]), f"ci/github/{name}/action.yml is stale: run `nox -s actions`"
     doc = yaml.safe_load(committed)
     step_env = doc["runs"]["steps"][-1]["env"]
     for inp in doc["inputs"]:
         if inp not in ("install", "python"):
             assert step_env[f"INPUT_{inp.upper().replace('-', '_')}"] == f"${{{{ inputs.{inp} }}}}"
-    option_inputs = {o.input_name for o in ACTIONS[name].options if o.input_name}
+    option_inputs = {o.input_name for o in actions()[name].options if o.input_name}
     own = {n for n, _, _ in ACTIONS[name].extra} | {"install", "python"}
     assert set(doc["inputs"]) == option_inputs | own
 
 
 def test_inputs_resolve_like_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml_env_tasks.actions import ACTIONS
+    from ml_env_tasks.commands import load
     from ml_env_tasks.options import from_inputs
 
     monkeypatch.setenv("INPUT_REGISTRY", "r.example:5000")
@@ -114,13 +116,13 @@ def test_inputs_resolve_like_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INPUT_LOCKED", "false")
     monkeypatch.setenv("ML_ENV_BUILD_NETWORK", "host")
     monkeypatch.setenv("INPUT_NETWORK", "")
-    got = from_inputs(ACTIONS["build"].options)
-    assert got.values["registry"] == "r.example:5000" and got.sources["registry"] == "input"
+    got = from_inputs(load("build").options)
+    assert got.values["registry"] == "r.example:5000" and str(got.sources["registry"]) == "input"
     assert got.values["pin_base"] is True and got.values["locked"] is False
-    assert got.values["network"] == "host" and got.sources["network"] == "environment (ML_ENV_BUILD_NETWORK)"
+    assert got.values["network"] == "host" and str(got.sources["network"]) == "environment (ML_ENV_BUILD_NETWORK)"
     monkeypatch.setenv("INPUT_PIN_BASE", "maybe")
     with pytest.raises(Exception, match="input 'pin-base' must be true or false"):
-        from_inputs(ACTIONS["build"].options)
+        from_inputs(load("build").options)
 
 
 def test_promote_offers_no_build_option() -> None:

@@ -317,12 +317,12 @@ def test_ledger_show_escapes_what_came_from_outside(tmp_path: Path) -> None:
 def test_an_unexpected_error_is_one_line_exit_70(tmp_path: Path) -> None:
     """A bug shows where it is, not what it says (the text could hold anything)."""
     code = (
-        "import sys\n"
+        "import dataclasses, sys\n"
         "import ml_env_tasks.cli as c\n"
-        "import ml_env_tasks.cli.build as b\n"
-        "def boom(args):\n"
+        "import ml_env_tasks.commands.build as b\n"
+        "def boom(values, io):\n"
         "    raise KeyError('SECRET-IN-A-BUG')\n"
-        "b.cmd_explain = boom\n"
+        "b.COMMANDS['explain'] = dataclasses.replace(b.COMMANDS['explain'], run=boom)\n"
         "sys.exit(c.run(['explain', 'a.toml', 'b.toml']))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

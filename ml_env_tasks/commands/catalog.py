@@ -3,64 +3,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import options
 from ..options import BUILD_HOW, BUILD_WHERE, Option
-from .common import build_options, command, output
+from . import Command, Console, Outcome, Values
+from .common import build_options, reporter
 
-VERSIONS = (
-    Option("versions", ("--versions",), kind="path", default=lambda: Path("envs/versions.toml"), env="ML_ENV_VERSIONS",
-           config="versions", help="the versions file"),
-)  # fmt: skip
+__all__ = ["COMMANDS"]
 
-
-def configure(name: str, p: argparse.ArgumentParser) -> None:
-    if name == "import":
-        command(p, cmd_import, (
-            Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file, requirements file, or a v2 command job YAML"),
-            Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout); for a job, its inline environment"),
-        ))  # fmt: skip
-    elif name == "export":
-        command(p, cmd_export, (
-            Option("spec", ("spec",), help="environment file"),
-            Option("format", ("--format",), kind="choice", choices=("v1", "v2"), required=True, help="Azure ML format"),
-            Option("output", ("-o", "--output"), kind="path", required=True, help="v1: a directory; v2: a .yml file"),
-        ))  # fmt: skip
-    elif name == "register":
-        command(
-            p, cmd_register, (Option("spec", ("spec",), help="environment file"),), BUILD_WHERE, BUILD_HOW, VERSIONS
-        )
-    elif name == "list":
-        command(
-            p,
-            cmd_list,
-            VERSIONS,
-            (Option("all", ("--all",), kind="flag", default=False, help="every version, not only the latest"),),
-        )
-    elif name == "get":
-        command(p, cmd_get, (
-            Option("ref", ("ref",), metavar="NAME[:VERSION]", help="a registered environment"),
-            Option("output", ("-o", "--output"), kind="path", help="a folder to write the environment file and its files into"),
-            Option("force", ("--force",), kind="flag", default=False, help="overwrite files that exist"),
-        ), VERSIONS)  # fmt: skip
-    elif name == "diff":
-        command(p, cmd_diff, (
-            Option("a", ("a",), metavar="NAME:VERSION", help="one version"),
-            Option("b", ("b",), metavar="NAME:VERSION", help="the other"),
-        ), VERSIONS)  # fmt: skip
-    elif name == "clone":
-        command(p, cmd_clone, (
-            Option("source", ("source",), metavar="curated/NAME", help="a curated (or any) environment"),
-            Option("name", ("name",), help="the new environment's name"),
-            Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("envs"), help="where to write it"),
-        ))  # fmt: skip
-    elif name == "scaffold":
-        command(p, cmd_scaffold, (
-            Option("name", ("name",), help="the environment's name"),
-            Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("."), help="the project folder"),
-        ))  # fmt: skip
+VERSIONS = (options.VERSIONS,)
 
 
 def _jsonable(v: Any) -> Any:
@@ -69,10 +22,10 @@ def _jsonable(v: Any) -> Any:
     return None if v is MISSING else v
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def run_import(args: Values, io: Console) -> Outcome:
     from ..formats.azure import ImportedJob, import_source
 
-    out = output(args)
+    out = io
     result = import_source(args.source, stem=args.output.stem if args.output else None)
     if isinstance(result, ImportedJob):
         return _import_job(args, out, result)
@@ -97,11 +50,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         if args.output
         else result.text()
     )
-    out.result(data, text)
-    return 0
+    return Outcome(data, text)
 
 
-def _import_job(args: argparse.Namespace, out: Any, job: Any) -> int:
+def _import_job(args: Values, out: Console, job: Any) -> Outcome:
     """A command job: the ``ml-env train`` command that runs it (its inline environment written
     with -o first, and only when the command can name it)."""
     argv = job.argv(args.output)  # an inline environment without -o is a usage error, nothing written
@@ -112,33 +64,30 @@ def _import_job(args: argparse.Namespace, out: Any, job: Any) -> int:
         written = job.environment.write(args.output)
     elif args.output:
         out.warn(f"the job's environment is registered ({job.env_ref}): nothing written to {args.output}")
-    out.result(
+    return Outcome(
         {"argv": ["ml-env", *argv], "command": job.command(args.output), "files": [str(p) for p in written],
          "warnings": job.warnings},
         job.command(args.output),
     )  # fmt: skip
-    return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run_export(args: Values, io: Console) -> Outcome:
     from .. import spec
     from ..formats.azure import export_v1, export_v2
 
-    out = output(args)
+    out = io
     env = spec.load(args.spec)
     warnings = export_v1(env, args.output) if args.format == "v1" else export_v2(env, args.output)
     for w in warnings:
         out.warn(w)
-    out.result({"output": str(args.output), "warnings": warnings}, f"wrote {args.output}")
-    return 0
+    return Outcome({"output": str(args.output), "warnings": warnings}, f"wrote {args.output}")
 
 
-def cmd_register(args: argparse.Namespace) -> int:
+def run_register(args: Values, io: Console) -> Outcome:
     from ..resolve import resolve_environment
     from ..versions import Versions
-    from .common import reporter
 
-    out = output(args)
+    out = io
     resolved = resolve_environment(
         args.spec, build_options(args), reporter=reporter(out, stream_logs=False), need_env=True
     )
@@ -160,13 +109,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         resolved.env, image=resolved.image, digest=resolved.digest, registry=args.registry
     )
     state = "registered" if created else "unchanged, still"
-    out.result(
+    return Outcome(
         entry.summary() | {"created": created}, f"{entry.ref} {state} ({entry.hash[:12]}, {entry.image}@{entry.digest})"
     )
-    return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def run_list(args: Values, io: Console) -> Outcome:
     from ..catalog import curated, describe_curated
     from ..versions import Versions
 
@@ -187,47 +135,78 @@ def cmd_list(args: argparse.Namespace) -> int:
         "curated": [d["name"] for d in described],
         "curated_environments": described,
     }
-    output(args).result(data, "\n".join(rows))
-    return 0
+    return Outcome(data, "\n".join(rows))
 
 
-def cmd_get(args: argparse.Namespace) -> int:
+def run_get(args: Values, io: Console) -> Outcome:
     from ..versions import Versions
 
-    out = output(args)
+    out = io
     v = Versions(args.versions)
     entry = v.get(args.ref)
     if args.output:
         written, missing = v.restore(entry, args.output, force=args.force)
         if missing:
             out.warn(f"{missing}; put {', '.join(sorted(entry.wheels))} where the environment file names them to build")
-        out.result({"output": str(args.output), "version": entry.version, "files": [str(p) for p in written]},
+        return Outcome({"output": str(args.output), "version": entry.version, "files": [str(p) for p in written]},
                    f"wrote {', '.join(str(p) for p in written)} ({entry.ref})")  # fmt: skip
     else:
-        out.result(entry.to_dict(), entry.spec)
-    return 0
+        return Outcome(entry.to_dict(), entry.spec)
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
+def run_diff(args: Values, io: Console) -> Outcome:
     from ..versions import Versions
 
     diffs = Versions(args.versions).diff(args.a, args.b)
     data = [{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs]
-    output(args).result(data, "\n".join(str(d) for d in diffs) if diffs else "same environment")
-    return 0
+    return Outcome(data, "\n".join(str(d) for d in diffs) if diffs else "same environment")
 
 
-def cmd_clone(args: argparse.Namespace) -> int:
+def run_clone(args: Values, io: Console) -> Outcome:
     from ..catalog import clone
 
     path = clone(args.source, args.name, args.directory)
-    output(args).result({"output": str(path)}, f"wrote {path}")
-    return 0
+    return Outcome({"output": str(path)}, f"wrote {path}")
 
 
-def cmd_scaffold(args: argparse.Namespace) -> int:
+def run_scaffold(args: Values, io: Console) -> Outcome:
     from ..catalog import scaffold
 
     files = scaffold(args.name, args.directory)
-    output(args).result({"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
-    return 0
+    return Outcome({"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
+
+
+COMMANDS = {
+    "import": Command("import", "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements)", (
+        Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file, requirements file, or a v2 command job YAML"),
+        Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout); for a job, its inline environment"),
+    ), run_import),
+    "export": Command("export", "export an environment file to Azure ML v1 (directory) or v2 (YAML)", (
+        Option("spec", ("spec",), help="environment file"),
+        Option("format", ("--format",), kind="choice", choices=("v1", "v2"), required=True, help="Azure ML format"),
+        Option("output", ("-o", "--output"), kind="path", required=True, help="v1: a directory; v2: a .yml file"),
+    ), run_export),
+    "register": Command("register", "build (or reuse) and record a new version when the hash changed",
+                        (Option("spec", ("spec",), help="environment file"),) + BUILD_WHERE + BUILD_HOW + VERSIONS,
+                        run_register),
+    "list": Command("list", "registered environments and curated ones", VERSIONS + (
+        Option("all", ("--all",), kind="flag", default=False, help="every version, not only the latest"),), run_list),
+    "get": Command("get", "print a registered version's environment file, or write it (-o DIR)", (
+        Option("ref", ("ref",), metavar="NAME[:VERSION]", help="a registered environment"),
+        Option("output", ("-o", "--output"), kind="path", help="a folder to write the environment file and its files into"),
+        Option("force", ("--force",), kind="flag", default=False, help="overwrite files that exist"),
+    ) + VERSIONS, run_get),
+    "diff": Command("diff", "field-level differences between two registered versions", (
+        Option("a", ("a",), metavar="NAME:VERSION", help="one version"),
+        Option("b", ("b",), metavar="NAME:VERSION", help="the other"),
+    ) + VERSIONS, run_diff),
+    "clone": Command("clone", "copy a curated (or any) environment under your own name", (
+        Option("source", ("source",), metavar="curated/NAME", help="a curated (or any) environment"),
+        Option("name", ("name",), help="the new environment's name"),
+        Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("envs"), help="where to write it"),
+    ), run_clone),
+    "scaffold": Command("scaffold", "write a starter environment, requirements file and train script", (
+        Option("name", ("name",), help="the environment's name"),
+        Option("directory", ("-d", "--directory"), kind="path", default=lambda: Path("."), help="the project folder"),
+    ), run_scaffold),
+}  # fmt: skip

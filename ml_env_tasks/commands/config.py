@@ -7,11 +7,9 @@ import argparse
 from typing import Any
 
 from .. import options
-from .common import command, output
+from . import Command, Console, Outcome, Values
 
-
-def configure(name: str, p: argparse.ArgumentParser) -> None:
-    command(p, cmd_config)
+__all__ = ["COMMANDS"]
 
 
 def _settable() -> list[options.Option]:
@@ -29,7 +27,7 @@ def _settable() -> list[options.Option]:
     return list(seen.values())
 
 
-def cmd_config(args: argparse.Namespace) -> int:
+def run_config(args: Values, io: Console) -> Outcome:
     from ..config import load_layers, site_config_path, user_config_path
 
     layers = load_layers()
@@ -46,11 +44,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     }
     for o in settable:  # one at a time: two settings may fill the same option (--env: train_env, inference_env)
         resolved = options.resolve_options([o], argparse.Namespace(), layers=layers)
-        value, source = resolved.values[o.name], resolved.sources[o.name]
+        value, source = resolved.values[o.name], str(resolved.origin(o.name))
         settings[o.config or o.name] = {"value": None if value is None else str(value), "source": source, "env": o.env}
         rows.append(f"{o.config or o.name:14} = {'' if value is None else value!s:40} ({source})")
     rows.append(
         f"files: project {data['files']['project'] or '-'}, user {data['files']['user']}, site {data['files']['site']}"
     )
-    output(args).result(data, "\n".join(rows))
-    return 0
+    return Outcome(data, "\n".join(rows))
+
+
+COMMANDS = {"config": Command("config", "show every effective setting and where it came from", (), run_config)}

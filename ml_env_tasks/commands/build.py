@@ -1,0 +1,256 @@
+"""``build``, ``plan``, ``hash``, ``explain`` and ``matrix``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
+from . import Action, Annotation, Command, Console, Outcome, Session, Values
+from .common import SPEC, build_options, cell, reporter, spec_path
+
+__all__ = ["COMMANDS", "environments", "env_matrix", "build_metadata"]
+
+QUIET = Option("quiet", ("--quiet", "-q"), kind="flag", default=False, gha=None,
+               help="do not stream the build log (it is still saved)")  # fmt: skip
+OUTPUTS = {
+    "image": "Image reference, <registry>/<repository>:<hash>",
+    "digest": "Manifest digest of the image (sha256:...)",
+    "hash": "Content hash of the environment",
+    "built": "'true' if this run built the image, 'false' if it was reused",
+    "cache-hit": "'true' if every build step came from a cache",
+    "ref": "image@digest, for later steps to pin",
+    "tags": "Every reference the image has after this step, one per line (the hash tag first)",
+    "imageid": "Image ID, as the engine names the image (containerd store: the manifest digest; classic: the config's)",
+    "metadata": "Build result metadata as JSON (buildx's keys: containerimage.digest, image.name, ...)",
+}
+
+
+def run_build(v: Values, io: Console) -> Outcome:
+    from ..build import build
+
+    opts = build_options(v, where="input 'registry'" if io.actions else "--registry")
+    path = spec_path(v.spec)
+    with io.section(f"ml-env build {v.spec}"):
+        result = build(path, opts, reporter(io, stream_logs=not v.quiet))
+    state = "built" if result.built else "up to date (not rebuilt)"
+    also = "".join(f"\n  also {t}" for t in result.tags)
+    repro = result.reproducible
+    if repro is not None:
+        also += "\n  reproducible" if repro["same"] else "".join(f"\n  differs: {f}" for f in repro["files"])
+
+    def outputs() -> dict[str, str]:
+        image_id = result.image_id or _image_id(result, v)
+        return {
+            "image": result.image, "digest": result.digest or "", "hash": result.hash,
+            "built": "true" if result.built else "false", "cache-hit": "true" if result.cache_hit else "false",
+            "ref": result.pinned, "tags": "\n".join([result.image, *result.tags]), "imageid": image_id or "",
+            "metadata": json.dumps(build_metadata(result, image_id), sort_keys=True),
+        }  # fmt: skip
+
+    reused = "built" if result.built else "reused (hash already in the registry)"
+    summary = (
+        f"### ml-env build: `{result.name}`\n\n| field | value |\n|---|---|\n"
+        f"| environment | `{cell(v.spec)}` |\n| image | `{result.image}` |\n| digest | `{result.digest}` |\n"
+        f"| hash | `{result.hash}` |\n| result | {reused} |\n"
+        f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
+        f"| time | {result.seconds:.1f}s |\n"
+        + (f"| tags | {cell(', '.join(result.tags))} |\n" if result.tags else "")
+        + (f"| unpinned | {cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
+    )
+    notes: tuple[Annotation, ...] = ()
+    if result.unpinned:
+        notes = (
+            Annotation(
+                f"unpinned packages: {', '.join(result.unpinned)}; the lock records their versions", "warning", path
+            ),
+        )
+    return Outcome(
+        result.to_json(),
+        f"{result.image}@{result.digest}  {state}{also}",
+        exit_code=1 if repro is not None and not repro["same"] else 0,
+        outputs=outputs,
+        summary=summary,
+        annotations=notes,
+    )
+
+
+def _image_id(result: Any, v: Values) -> str | None:
+    """The ID the engine gives a reused image, as buildx reports it for a built one: with the
+    containerd image store the manifest (index) digest, with the classic store the config digest."""
+    from .. import engine
+
+    eng = engine.current()
+    local = eng.local_image_id(result.image)
+    if local or not (result.registry and result.digest):
+        return local
+    if eng.capabilities(v.builder).containerd_store:
+        return str(result.digest)
+    from ..registry import RegistryClient, parse_ref
+
+    r = parse_ref(result.image)
+    return RegistryClient(r.host, insecure=bool(v.insecure)).config_digest(r.repository, result.digest)
+
+
+def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
+    """build-push-action's ``metadata`` output: buildx's metadata of the build, or the same keys
+    for a reused image."""
+    meta = dict(result.metadata)
+    meta.setdefault("containerimage.digest", result.digest or "")
+    if image_id:
+        meta.setdefault("containerimage.config.digest", image_id)
+    meta["image.name"] = ",".join([result.image, *result.tags])
+    meta["ml-env.hash"] = result.hash
+    meta["ml-env.built"] = result.built
+    return meta
+
+
+def run_plan(v: Values, io: Console) -> Outcome:
+    from ..build import plan
+    from ..build.flow import source_date_epoch
+    from ..dockerfile import describe, plan_json
+
+    opts = build_options(v)
+    env, p, ref = plan(spec_path(v.spec), opts)
+    cache = None
+    if opts.registry or opts.cache_ref:
+        from ..build import cache_refs
+
+        exact, moving = cache_refs(env, opts)
+        cache = {"exact": exact, "moving": moving}
+    if v.context_dir:
+        _write_context(p, Path(v.context_dir))
+    build_args = {"SOURCE_DATE_EPOCH": source_date_epoch()} if "ARG SOURCE_DATE_EPOCH" in p.dockerfile else {}
+    lines = (
+        [f"# image: {ref}"]
+        + ([f"# registry cache: {cache['exact']} (moving: {cache['moving']})"] if cache else [])
+        + [f"# build argument: {k}={x}" for k, x in build_args.items()]
+    )
+    return Outcome(json.loads(plan_json(p, ref, cache, build_args)), lambda: "\n".join(lines) + "\n" + describe(p))
+
+
+def _write_context(p: Any, d: Path) -> None:
+    from ..dockerfile import write_context
+    from ..errors import UsageError
+
+    if d.is_symlink() or (d.exists() and (not d.is_dir() or any(d.iterdir()))):
+        raise UsageError(f"--write-context {d}: must be a new or empty directory")
+    d.mkdir(parents=True, exist_ok=True)
+    write_context(p, d)
+
+
+def run_hash(v: Values, io: Console) -> Outcome:
+    from ..build import load_env
+    from ..hashing import canonical, canonical_json, env_hash
+
+    env = load_env(spec_path(v.spec), build_options(v))
+    h = env_hash(env)
+    data: dict[str, Any] = {"name": env.name, "hash": h}
+    if v.canonical:
+        data["canonical"] = canonical(env)
+    return Outcome(data, h + (f"\n{canonical_json(env)}" if v.canonical else ""))
+
+
+def _jsonable(x: Any) -> Any:
+    from ..hashing import MISSING
+
+    return None if x is MISSING else x
+
+
+def run_explain(v: Values, io: Console) -> Outcome:
+    from .. import spec
+    from ..hashing import env_hash, explain
+
+    a, b = spec.load(v.a), spec.load(v.b)
+    diffs = explain(a, b)
+    data = {
+        "a": {"path": v.a, "hash": env_hash(a)},
+        "b": {"path": v.b, "hash": env_hash(b)},
+        "same": not diffs,
+        "differences": [{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs],
+    }
+    return Outcome(data, lambda: "\n".join(str(d) for d in diffs) if diffs else f"same hash {env_hash(a)}")
+
+
+def environments(envs: str | Path) -> list[str]:
+    """The environment names of a folder (its ``*.toml`` files, not sub-folders). The versions
+    file ``ml-env register`` writes there (``envs/versions.toml``) is a log, not an environment."""
+    from ..tomllog import is_log_file
+
+    d = Path(envs)
+    return sorted(p.stem for p in d.glob("*.toml") if not is_log_file(p)) if d.is_dir() else []
+
+
+def env_matrix(envs: Path) -> str:
+    """The environments of a folder as a GitHub Actions matrix (``{"include": [...]}``): each
+    file is parsed, so a broken one fails here, before any job starts."""
+    from .. import spec
+
+    include = []
+    for n in environments(envs):
+        env = spec.load(envs / f"{n}.toml")
+        include.append({"env": n, "spec": str(envs / f"{n}.toml"), "name": env.name, "inference": env.inference})
+    return json.dumps({"include": include})
+
+
+def run_matrix(v: Values, io: Console) -> Outcome:
+    from ..errors import UsageError
+    from ..grammar import printable
+
+    envs = str(v.envs or "envs")
+    if not environments(envs):  # an empty matrix would skip every job without a word
+        where = "input 'envs'" if io.actions else "envs"
+        raise UsageError(f"{where}: no environment files (*.toml) in {printable(envs, 200)!r}")
+    matrix = env_matrix(Path(envs))
+    return Outcome(json.loads(matrix), matrix, outputs={"matrix": matrix})
+
+
+COMMANDS = {
+    "build": Command(
+        "build", "build an environment (or reuse it when its hash is already in the registry)",
+        SPEC + BUILD_WHERE + BUILD_HOW + BUILD_ONLY + (QUIET,), run_build,
+        action=Action(
+            "ml-env build",
+            "Build an ML environment image tagged by the content hash of its environment file, with BuildKit "
+            "caching; an unchanged environment is not rebuilt. Outputs the image and its digest.",
+            OUTPUTS, required=("spec",),
+        ),
+        session=Session("env_build", "Build an environment image, or reuse it when its hash is already in the registry.",
+                        per_env=True),
+    ),
+    "plan": Command(
+        "plan", "print the Dockerfile, hash and image tag without building",
+        SPEC + BUILD_WHERE + (
+            Option("context_dir", ("--write-context",), metavar="DIR", gha=None,
+                   help="also write the build context (Dockerfile and files) to DIR, new or empty, for another builder"),
+        ), run_plan,
+        session=Session("env_plan", "Print an environment's Dockerfile, hash and image tag without building.",
+                        per_env=True),
+    ),
+    "hash": Command(
+        "hash", "print the environment's content hash",
+        SPEC + tuple(o for o in BUILD_WHERE if o.name in ("pin_base", "locked", "insecure"))
+        + (Option("canonical", ("--canonical",), kind="flag", default=False, gha=None,
+                  help="also print the canonical JSON that is hashed"),),
+        run_hash,
+        session=Session("env_hash", "Print an environment's content hash.", per_env=True),
+    ),
+    "explain": Command(
+        "explain", "list the fields that make two specs' hashes differ",
+        (Option("a", ("a",), help="an environment file"), Option("b", ("b",), help="another")), run_explain,
+    ),
+    "matrix": Command(
+        "matrix", "the environments of a folder as a GitHub Actions matrix (JSON)",
+        (Option("envs", ("--envs",), kind="path", default=lambda: Path("envs"), gha="envs",
+                help="Folder of environment files (*.toml)"),),
+        run_matrix,
+        action=Action(
+            "ml-env matrix",
+            "The environment files of a folder as a GitHub Actions matrix ({\"include\": [{env, spec, name, "
+            "inference}]}), each parsed first: a broken one fails here, before any job starts.",
+            {"matrix": "The matrix as JSON, for strategy.matrix: ${{ fromJson(...) }}"},
+        ),
+        session=Session("env_matrix", "Print the environments as a GitHub Actions matrix (JSON; also to $GITHUB_OUTPUT)."),
+    ),
+}  # fmt: skip

@@ -1,0 +1,224 @@
+"""``train`` and ``runs list|show|gc``."""
+
+from __future__ import annotations
+
+from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option, Source
+from . import Action, Annotation, Command, Console, Outcome, Session, Values
+from .common import build_options, cell
+
+
+def _input(name: str) -> str:
+    return f"input '{name}'"
+
+
+def _flag(name: str) -> str:
+    return f"--{name}"
+
+
+__all__ = ["COMMANDS"]
+
+TRAIN = (
+    TRAIN_ENV,
+    Option("source", ("--source",), kind="path", help="source directory, snapshotted (honours .amlignore, else .dockerignore/.gitignore)"),
+    Option("script", ("--script",), help="script path inside --source"),
+    Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
+    VERSIONS,
+    Option("register_model", ("--register-model",), metavar="NAME=outputs/PATH",
+           help="after a completed run, register that folder of its outputs as the next version of model NAME "
+                "(needs --registry)"),
+)  # fmt: skip
+# a Job written out instead of a local run (``ml_env_tasks.runs.kubernetes``); not action inputs
+KUBE = (
+    Option("runner", ("--runner",), kind="choice", choices=("local", "kubernetes"), default="local", gha=None,
+           help="local: a container on the engine; kubernetes: write a batch/v1 Job (--emit), run nothing"),
+    Option("emit", ("--emit",), kind="path", metavar="FILE", gha=None,
+           help="with --runner kubernetes: where the Job's YAML goes (a ConfigMap with the code, then the Job)"),
+    Option("output_pvc", ("--output-pvc",), metavar="CLAIM[/SUBPATH]", gha=None,
+           help="with --runner kubernetes: the claim outputs go to, in a folder named after the run id"),
+    Option("namespace", ("--namespace",), gha=None, help="with --runner kubernetes: the Job's namespace"),
+    Option("backoff_limit", ("--backoff-limit",), kind="int", default=0, gha=None,
+           help="with --runner kubernetes: retries of a failed pod (default 0: a failed run is failed)"),
+    Option("ttl_after_finished", ("--ttl-after-finished",), kind="int", default=7 * 86400, gha=None,
+           help="with --runner kubernetes: seconds a finished Job (and its logs) is kept (default 7 days)"),
+)  # fmt: skip
+RUNS_DIR = tuple(o for o in RUN if o.name == "runs_dir")
+OUTPUTS = {
+    "run-id": "The run's id (runs/<run-id>/run.json holds its record)",
+    "status": "completed, failed, canceled, timed_out or lost",
+    "exit-code": "The script's exit code",
+    "outputs": "Path of the run's outputs directory",
+    "model": "The registered model version, NAME:VERSION (with register-model)",
+    "model-ref": "Its artifact, registry/repository:VERSION (with register-model)",
+}
+
+
+def run_train(v: Values, io: Console) -> Outcome:
+    import shlex
+
+    from ..errors import UsageError
+    from ..models import parse_register_model
+    from ..resources import Resources
+    from ..runs import RunOptions, parse_pairs, train
+    from ..runs.train import split_inputs
+
+    flag = _input if io.actions else _flag
+    script_args = tuple(v.values.get("script_args") or ())
+    if v.args and script_args:
+        raise UsageError("give the script's arguments after -- or in --args, not both")
+    if v.emit is not None and v.runner != "kubernetes":
+        raise UsageError("--emit writes a Kubernetes Job: add --runner kubernetes")
+    if v.runner == "kubernetes" and v.emit is None:
+        raise UsageError("--runner kubernetes writes a Job and runs nothing: give --emit FILE")
+    if v.runner == "kubernetes" and v.register_model:
+        raise UsageError("--register-model needs the run's outputs here: not with --runner kubernetes")
+    model = parse_register_model(v.register_model, v.registry, flag("register-model"))
+    kube = v.runner == "kubernetes"
+    pairs = parse_pairs(v.inputs, flag("input"))
+    paths, volumes = split_inputs(pairs)
+    opts = RunOptions(
+        environment=v.env,
+        source=v.source,
+        script=v.script,
+        args=script_args or tuple(shlex.split(v.args or "")),
+        experiment=v.experiment,
+        inputs={} if kube else paths,
+        input_volumes={} if kube else volumes,
+        env_vars=parse_pairs(v.env_vars, flag("env-var")),
+        secrets=tuple(v.secrets),
+        resources=Resources.parse(cpus=v.cpus, memory=v.memory, shm_size=v.shm_size, gpus=v.gpus,
+                                  prefix="input " if io.actions else ""),
+        timeout=v.timeout,
+        runs_dir=v.runs_dir,
+        user=v.user,
+        snapshot_max_mb=v.max_snapshot_mb,
+        build=build_options(v, where=flag("registry")),
+        versions=v.versions,
+    )  # fmt: skip
+    origin = v.origin("env")
+    if origin.source is Source.DEFAULT:
+        io.info(f"no --env: the run uses {DEFAULT_TRAIN_ENV} (set train_env in [tool.ml-env] to choose another)")
+    elif not origin.given:
+        from ..grammar import printable
+
+        io.info(f"no --env: the run uses {printable(v.env, 200)} (train_env, from {origin})")
+    if kube:
+        from ..runs.kubernetes import KubeOptions, emit_job
+
+        kopts = KubeOptions(
+            emit=v.emit, inputs=pairs, output_pvc=v.output_pvc, namespace=v.namespace,
+            backoff_limit=v.backoff_limit, ttl_after_finished=v.ttl_after_finished,
+        )  # fmt: skip
+        emitted = emit_job(opts, kopts, info=io.info)
+        return Outcome(emitted.to_json(), f"Job {emitted.job} (run {emitted.run_id}) written to {emitted.file}")
+    with io.section(f"ml-env train {opts.script}"):
+        result = train(opts, on_line=io.log, info=io.info)
+    record = result.record.to_dict()
+    text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
+    outputs = {
+        "run-id": result.run_id,
+        "status": str(result.status),
+        "exit-code": "" if result.exit_code is None else str(result.exit_code),
+        "outputs": str(result.outputs),
+    }
+    registered = ""
+    if model and result.cli_exit_code == 0:
+        from ..models import register_run_output
+
+        mv = register_run_output(v.registry, model, result.outputs, result.run_id, io.info)
+        record["registered_model"] = mv.to_json()
+        text += f"\nmodel {mv.ref}@{mv.digest} {'(same bytes as before)' if mv.reused else 'registered'}"
+        outputs |= {"model": f"{mv.name}:{mv.version}", "model-ref": mv.ref}
+        registered = f"| model | `{mv.name}:{mv.version}` {'(same bytes as before)' if mv.reused else 'registered'} |\n"
+    rec = result.record
+    rows = "".join(f"| {cell(str(k))} | {cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
+    summary = (
+        f"### ml-env train: `{result.run_id}`\n\n"
+        f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
+        f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
+        f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
+        f"| command | `{cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n{registered}\n"
+        f"| metric | value |\n|---|---|\n{rows}"
+    )
+    notes: tuple[Annotation, ...] = ()
+    if str(result.status) != "completed":
+        notes = (Annotation(f"run {result.run_id} {result.status}: {rec.reason or ''}", title="ml-env train"),)
+    return Outcome(record, text, result.cli_exit_code, outputs, summary, notes)
+
+
+def run_list(v: Values, io: Console) -> Outcome:
+    from ..grammar import printable
+    from ..runs import list_runs, reap_lost
+
+    reap_lost(v.runs_dir, warn=io.warn)
+    runs = [r for r in list_runs(v.runs_dir, warn=io.warn) if not v.experiment or r.experiment == v.experiment]
+
+    def text() -> str:
+        rows = [f"{'RUN':52} {'STATUS':10} {'EXIT':>4}  {'STARTED':24} METRICS"]
+        for r in runs:
+            metrics = ", ".join(f"{printable(k, 30)}={printable(x, 30)}" for k, x in list(r.metrics.items())[:3])
+            code = "" if r.exit_code is None else str(r.exit_code)
+            rows.append(f"{r.run_id:52} {r.status:10} {code:>4}  {printable(r.started, 24):24} {metrics}")
+        return "\n".join(rows)
+
+    return Outcome([r.to_dict() for r in runs], text)
+
+
+def run_show(v: Values, io: Console) -> Outcome:
+    from ..grammar import printable as pr
+    from ..runs import load_run, reap_lost
+
+    reap_lost(v.runs_dir, warn=io.warn)
+    r = load_run(v.runs_dir, v.run_id)
+
+    def text() -> str:
+        env, src = r.environment, r.source
+        dirty = " (dirty)" if src.git_dirty else ""
+        rows = [
+            f"run:         {r.run_id}  ({pr(r.experiment)})",
+            f"status:      {r.status}  exit {r.exit_code}" + (f"  ({pr(r.reason, 300)})" if r.reason else ""),
+            f"environment: {pr(env.name or '-')}  {pr(env.image)}  {pr(env.digest or '')}",
+            f"source:      {pr(src.path)}  snapshot {src.snapshot_hash[:16]}  git {pr(src.git_commit or '-')}{dirty}",
+            f"command:     {pr(' '.join(r.command), 500)}",
+            f"time:        {pr(r.started)} -> {pr(r.ended or '(running)')}",
+        ]
+        rows += [f"metric:      {pr(k, 60)} = {pr(x, 60)}" for k, x in r.metrics.items()]
+        rows += [f"output:      {pr(o.get('path'))}  {pr(o.get('bytes'))} bytes" for o in r.outputs]
+        return "\n".join(rows)
+
+    return Outcome(r.to_dict(), text)
+
+
+def run_gc(v: Values, io: Console) -> Outcome:
+    from ..runs import gc
+
+    done = gc(v.runs_dir, warn=io.warn)
+    return Outcome(
+        done, f"{len(done['lost'])} run(s) marked lost, {len(done['removed_containers'])} container(s) removed"
+    )
+
+
+COMMANDS = {
+    "train": Command(
+        "train", "run a training script inside an environment (built or reused by hash)",
+        TRAIN + RUN + KUBE + BUILD_WHERE + BUILD_HOW, run_train,
+        usage="ml-env train [--env ENV] --source DIR --script FILE [options] [-- SCRIPT ARGS...]",
+        required=("source", "script"), script_args=True,
+        action=Action(
+            "ml-env train",
+            "Run a training script inside an environment container (built or reused by hash): source snapshot, "
+            "read-only inputs, outputs, metrics and a run record. Fails with the script's exit code.",
+            OUTPUTS, required=("source", "script"),
+        ),
+        session=Session("train", "Run a training script in an environment: -- --env E --source D --script S [-- ARGS]."),
+    ),
+    "runs list": Command(
+        "runs list", "list runs", RUNS_DIR + (Option("experiment", ("--experiment",), help="only this experiment"),),
+        run_list, session=Session("runs", "Show run history: -- list | show RUN."),
+    ),
+    "runs show": Command(
+        "runs show", "show one run", (Option("run_id", ("run_id",), help="a run id or a unique prefix"),) + RUNS_DIR,
+        run_show,
+    ),
+    "runs gc": Command("runs gc", "mark runs whose ml-env process died as lost; remove their containers", RUNS_DIR,
+                       run_gc),
+}  # fmt: skip
