@@ -28,13 +28,15 @@ def add(t: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, *, link: s
     t.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
-def path_max_chain(t: tarfile.TarFile, into: Path, prefix: str, escape_to: str, *, hard: bool = True) -> None:
+def path_max_chain(t: tarfile.TarFile, into: Path | int, prefix: str, escape_to: str, *, hard: bool = True) -> None:
     """CVE-2025-4517's archive (as cpython's own regression test builds it): folders with long
     names behind a chain of short links, so a path written with the links stays short while its
     resolved form nears PATH_MAX; a last link past PATH_MAX that os.path.realpath (before the
-    fix) stops resolving; a link through it to ``escape_to``; files written through that link."""
+    fix) stops resolving; a link through it to ``escape_to``; files written through that link.
+    Also used by tests/docker/test_hostile_models.py."""
     steps = "abcdefghijklmnop"
-    room = os.pathconf(into, "PC_PATH_MAX") - len(str(into)) - len(prefix) - 1
+    into_len = into if isinstance(into, int) else len(str(into))  # the folder extracted into (its length)
+    room = os.pathconf("/", "PC_PATH_MAX") - into_len - len(prefix) - 1
     comp = "d" * (room // (len(steps) + 1))
     path = ""
     for step in steps:
