@@ -163,7 +163,10 @@ def extract(
     """Write the members of ``tar`` (read in order: a stream works) under ``dest``, an existing
     folder. ``name`` maps a member's name to its path under ``dest`` (None: skip it; it raises
     the caller's error for a name it does not accept). Refusals are ``refuse(name, why)``."""
-    tree = _Tree(dest)
+    try:
+        tree = _Tree(dest)
+    except OSError as e:
+        raise refuse(None, f"cannot be written to {dest} ({e.strerror or type(e).__name__})") from None
     files = total = members = 0
     written: set[tuple[str, ...]] = set()  # regular files (the targets hard links may name)
     links: list[str] = []
@@ -242,7 +245,7 @@ def extract(
     except tarfile.TarError as e:
         raise refuse(None, f"is not a valid tar ({printable(str(e), 120)})") from None
     except OSError as e:
-        raise refuse(current or None, f"could not be written ({e.strerror or type(e).__name__})") from None
+        raise refuse(current or None, f"could not be read or written ({e.strerror or type(e).__name__})") from None
     finally:
         tree.close()
     check_links(dest, links, refuse)

@@ -72,6 +72,21 @@ def test_a_hostile_model_version_writes_nothing_outside_its_folder(ws, tmp_path:
     assert p.returncode == 4 and "resolves outside" in p.stderr, p.stderr
     assert not (dest / "up").is_symlink()
 
+    # a link that stays inside the model, dangling, until it lands next to a link of the folder's
+    # own (--force keeps what the model does not replace): checked again on the final folder
+    def through(t: tarfile.TarFile) -> None:
+        add(t, PREFIX + "weights.bin", data=b"w")
+        add(t, PREFIX + "secret", tarfile.SYMTYPE, link="data/victim")
+
+    repo3 = repo + "3"
+    ws.extra_repos.append((reg, repo3))
+    push_model(reg, repo3, layer_of(through))
+    (outside / "victim").write_text("mine")
+    (dest / "data").symlink_to(outside)
+    p = ml_env("model", "download", "evil:1", str(dest), "--registry", reg, "--repository", repo3, "--force")
+    assert p.returncode == 4 and "'secret'" in p.stderr and "resolves outside" in p.stderr, p.stderr
+    assert not (dest / "secret").is_symlink() and (dest / "weights.bin").read_bytes() == b"w"
+
 
 def test_a_destination_under_a_file_is_one_usage_line(ws, tmp_path: Path) -> None:
     reg = ws.lab["registry"]
