@@ -2,12 +2,13 @@
 
 One extraction for every tar this project does not trust: a model version's layer from a
 registry (``models``) and a run's outputs from a remote engine (``engine.archive``). tarfile's
-extraction (and its ``data`` filter) is not used. Before the fix of CVE-2025-4517 (Python
-3.11.7, this project's floor and its CI, has it not) the filter's ``os.path.realpath`` gives up
-past PATH_MAX and a chain of links walks out of the folder; and even a sound filter checks a
-link against the folder it extracts into, not the folder the tree ends up in after a move. So
-this module writes the members itself and depends on no stdlib fix (``requires-python`` needs
-no patch floor for it):
+extraction (and its ``data`` filter) is not used. Before the fix of CVE-2025-4517 (the Python
+3.11.7 CI runs on predates it) the filter's ``os.path.realpath`` gives up past PATH_MAX and a
+chain of links walks out of the folder; later fixes (empty link names, the hard-link fallback)
+show the filter is still moving; and even a sound filter checks a link against the folder it
+extracts into, not the folder the tree ends up in after a move. So this module writes the
+members itself and depends on no stdlib fix: ``requires-python`` keeps no patch floor for it
+(one above 3.11.7 would also refuse the project's own CI):
 
 - a member's name is a relative path of plain parts: absolute names, ``..``, ``.`` and empty
   parts are refused;
