@@ -13,8 +13,9 @@ the same bytes again answers the existing version. Versions are 1, 2, 3... (tags
 number taken by a concurrent registration is skipped, and the tag is verified after writing.
 
 What the registry answers is untrusted: the artifact must be exactly that shape, annotations are
-printed escaped, and a download is verified against its digest and extracted with tarfile's
-``data`` filter, only below the model prefix, into a new or empty folder.
+printed escaped, and a download is verified against its digest and extracted by ``safetar``
+(files, folders and links that resolve inside the FINAL folder only; no stdlib filter relied
+on), only below the model prefix, into a new or empty folder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from .errors import RegistryError, UsageError
 from .grammar import MODEL_NAME, matches, printable
 from .registry import artifacts as art
+from .safetar import Extracted, Refuse, check_links, extract
 
 __all__ = [
     "ModelVersion",
@@ -269,45 +271,76 @@ def download(
     registry: str, ref: str, dest: Path, *, repository: str | None = None, force: bool = False
 ) -> ModelVersion:
     """The version's files into ``dest`` (new or empty, unless ``force``), verified and contained."""
+    _check_destination(dest, force)
     mv = get(registry, ref, repository=repository)
-    if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not force))):
-        raise UsageError(f"{dest} must be a new or empty folder", hint="--force writes into a folder with files")
     client, repo = _repository(registry, mv.name, repository)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ml-env-model-", dir=dest.parent) as tmp:
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp_dir = tempfile.TemporaryDirectory(prefix="ml-env-model-", dir=dest.parent)
+    except OSError as e:
+        raise UsageError(f"{dest}: cannot make the folder ({e.strerror or type(e).__name__})") from None
+    with tmp_dir as tmp:
         blob = Path(tmp) / "layer.tar"
         with open(blob, "wb") as f:
             for chunk in client.blob_chunks(repo, mv.layer):  # hashed as it passes; a mismatch raises
                 f.write(chunk)
         staging = Path(tmp) / "files"
         staging.mkdir()
-        _extract(blob, staging, f"{registry}/{repo}:{mv.version}")
-        root = staging / MODEL_PREFIX
-        for item in sorted(root.iterdir()) if root.is_dir() else []:
+        what = f"{registry}/{repo}:{mv.version}"
+        # the staging folder holds the model's own tree (the prefix taken off): what resolves
+        # inside it resolves inside dest once moved, and is checked again there after the move
+        got = _extract(blob, staging, what)
+        for item in sorted(staging.iterdir()):
             target = dest / item.name
             if target.exists() or target.is_symlink():
                 if not force:
                     raise UsageError(f"{target} exists", hint="--force replaces it")
                 _remove(target)
             os.replace(item, target)
+        check_links(dest, got.links, _refusal(what))
     return mv
 
 
-def _extract(blob: Path, into: Path, what: str) -> None:
+def _check_destination(dest: Path, force: bool) -> None:
+    """``dest`` is a new or empty folder (or, with ``force``, a folder), under folders: one clear
+    error before anything is fetched, never an OSError."""
+    if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not force))):
+        raise UsageError(f"{dest} must be a new or empty folder", hint="--force writes into a folder with files")
+    for parent in dest.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UsageError(f"{dest}: {parent} is not a folder", hint="download into a folder path")
+            break
+
+
+def _refusal(what: str) -> Refuse:
+    def refuse(name: str | None, why: str) -> RegistryError:
+        if name is None:
+            return RegistryError(f"model {what}: its layer {why}")
+        return RegistryError(f"model {what}: its layer holds {printable(name, 80)!r}: {why}; refused")
+
+    return refuse
+
+
+def _extract(blob: Path, into: Path, what: str) -> Extracted:
+    """The layer's files under MODEL_PREFIX into ``into`` (the prefix taken off), by the one
+    extraction for untrusted tars (``safetar``): files, folders and links inside only."""
     prefix = MODEL_PREFIX + "/"
-    with tarfile.open(blob, mode="r:") as tar:
-        members = []
-        for m in tar:
-            name = m.name.lstrip("./")
-            if name.rstrip("/") in MODEL_PREFIX.split("/") or name.rstrip("/") == MODEL_PREFIX:
-                continue
-            if not name.startswith(prefix) or not (m.isfile() or m.isdir() or m.issym()):
-                raise RegistryError(f"model {what}: its layer holds {printable(m.name, 80)!r}, outside the model")
-            members.append(m)
-        try:
-            tar.extractall(into, members=members, filter="data")
-        except tarfile.FilterError as e:
-            raise RegistryError(f"model {what}: refused a layer entry ({type(e).__name__})") from None
+    refuse = _refusal(what)
+
+    def under_prefix(name: str) -> str | None:
+        name = name.removeprefix("./")
+        if name.rstrip("/") in ("var", "azureml-models", MODEL_PREFIX):
+            return None
+        if not name.startswith(prefix):
+            raise refuse(name, "outside the model")
+        return name[len(prefix) :]
+
+    try:
+        with tarfile.open(blob, mode="r:") as tar:
+            return extract(tar, into, name=under_prefix, refuse=refuse, max_bytes=2**50, max_members=10_000_000)
+    except tarfile.TarError as e:
+        raise refuse(None, f"is not a valid tar ({printable(str(e), 120)})") from None
 
 
 def _remove(p: Path) -> None:

@@ -233,11 +233,15 @@ class Engine:
 
     # images --------------------------------------------------------------------------------
     def run_capture(self, image: str, command: list[str], *, entrypoint: str | None = None) -> str:
-        """Run a short command in a throwaway container (no network) and return its stdout."""
+        """Run a short command in a throwaway container (no network, confined as every container
+        this project starts: ``containers.CONFINED``) and return its stdout."""
         from python_on_whales.exceptions import DockerException
 
+        from .containers import CONFINED
+
         try:
-            out = self.docker.run(image, command, remove=True, networks=["none"], entrypoint=entrypoint)
+            out = self.docker.run(image, command, remove=True, networks=["none"], entrypoint=entrypoint,
+                                  security_options=CONFINED["SecurityOpt"], cap_drop=CONFINED["CapDrop"])  # fmt: skip
         except DockerException as e:
             raise self._translate(e, f"running {' '.join(command)} in {image}") from None
         return str(out)

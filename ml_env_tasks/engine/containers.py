@@ -21,7 +21,15 @@ from ..resources import Resources
 from .api import EngineAPI, EngineAPIError, NotFound
 from .buildlog import MAX_LOG_LINE
 
-__all__ = ["Container", "Containers", "ContainerInfo", "ContainerState", "PortBinding"]
+__all__ = ["Container", "Containers", "ContainerInfo", "ContainerState", "PortBinding", "CONFINED"]
+
+# Every container this project starts runs code it does not vouch for (a training script, a
+# scoring script, an image a pull request built): no process in it may gain privileges (setuid
+# binaries, file capabilities: ``no-new-privileges``) and it holds no capability at all. Root in
+# such a container still owns root's files (its image, an outputs folder root made) but cannot
+# chown, override permissions, make device nodes or bind low ports; nothing the project runs
+# needs more (the scoring servers listen on 5001).
+CONFINED: dict[str, Any] = {"SecurityOpt": ["no-new-privileges"], "CapDrop": ["ALL"]}
 
 
 @dataclass(frozen=True)
@@ -112,12 +120,16 @@ class Containers:
         ports: dict[int, int] | None = None,
         network: str | None = None,
         host_ip: str = "127.0.0.1",
+        cap_add: tuple[str, ...] = (),
     ) -> Container:
-        """A created container. ``volumes``: (host path or volume name, container path, mode);
-        ``ports``: container port -> host port on ``host_ip`` (0: the engine picks one);
-        ``network``: a user-defined network to join instead of the default bridge."""
+        """A created container, ``CONFINED``. ``volumes``: (host path or volume name, container
+        path, mode); ``ports``: container port -> host port on ``host_ip`` (0: the engine picks
+        one); ``network``: a user-defined network to join instead of the default bridge;
+        ``cap_add``: the capabilities it gets back (none unless a caller shows it needs one)."""
         r = resources or Resources()
-        host: dict[str, Any] = {"Binds": [f"{src}:{dst}:{mode}" for src, dst, mode in volumes]}
+        host: dict[str, Any] = {"Binds": [f"{src}:{dst}:{mode}" for src, dst, mode in volumes], **CONFINED}
+        if cap_add:
+            host["CapAdd"] = list(cap_add)
         if r.cpus:
             host["NanoCpus"] = int(r.cpus * 1e9)
         if r.memory:

@@ -7,6 +7,10 @@ streamed through the Engine API (``PUT /containers/{id}/archive``), and the outp
 the same way (``GET``), contained (``engine.archive``), before the container is removed.
 ``--input NAME=volume:VOLUME`` mounts a volume the engine already has, on either kind.
 
+The container is ``CONFINED`` (``engine.containers``): ``no-new-privileges`` and no capability,
+whether it runs as root or not, so it cannot make device nodes or chown; what it leaves in the
+outputs (setuid/setgid bits, FIFOs, sockets) is cleared by ``train`` once it is gone.
+
 A Kubernetes Job or an Azure ML job would be another ``Runner``; the Kubernetes one is written
 out as a manifest (``ml_env_tasks.runs.kubernetes``), never faked as run.
 """

@@ -24,6 +24,7 @@ from ..grammar import ENV_NAME, INPUT_NAME, matches, printable
 from ..provenance import git_info
 from ..redact import Redactor
 from ..resources import Resources
+from ..safetar import strip_privileges
 from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
 from .history import reap_lost
 from .placeholders import expand
@@ -237,14 +238,19 @@ def train(
         try:
             outcome = runner.run(job, line_out)
         except MlEnvError as e:
-            _finish(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics)
+            _finish(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics, say)
             raise
         except BaseException as e:
             _finish(
-                run_dir, record, Outcome(RunStatus.FAILED, None, f"{type(e).__name__}: {e}"), outputs, stdout_metrics
+                run_dir,
+                record,
+                Outcome(RunStatus.FAILED, None, f"{type(e).__name__}: {e}"),
+                outputs,
+                stdout_metrics,
+                say,
             )
             raise
-    _finish(run_dir, record, outcome, outputs, stdout_metrics)
+    _finish(run_dir, record, outcome, outputs, stdout_metrics, say)
     say(
         f"run {run_id}: {record.status}"
         + (f" (exit {record.exit_code})" if record.exit_code is not None else "")
@@ -268,7 +274,17 @@ def _without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
     return replace(snap, files=kept)
 
 
-def _finish(run_dir: Path, record: RunRecord, outcome: Outcome, outputs: Path, stdout_metrics: dict[str, Any]) -> None:
+def _finish(
+    run_dir: Path,
+    record: RunRecord,
+    outcome: Outcome,
+    outputs: Path,
+    stdout_metrics: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    # the container wrote the outputs (a bind mount, locally) as whatever uid it ran as, root
+    # included, and is gone now: no setuid/setgid file, device, FIFO or socket stays there
+    strip_privileges(outputs, lambda m: say("warning: " + m), label="outputs/")
     record.status, record.exit_code, record.reason = outcome.status, outcome.exit_code, outcome.reason
     record.engine = outcome.engine
     record.ended = now()

@@ -158,6 +158,8 @@ def test_create_sends_what_docker_run_would(tmp_path: Path, monkeypatch: pytest.
     assert hc["DeviceRequests"][0]["DeviceIDs"] == ["0", "1"] and hc["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
     assert hc["PortBindings"] == {"5001/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
     assert doc["ExposedPorts"] == {"5001/tcp": {}}
+    # whatever runs in it cannot gain privileges nor use root's capabilities
+    assert hc["SecurityOpt"] == ["no-new-privileges"] and hc["CapDrop"] == ["ALL"] and "CapAdd" not in hc
 
 
 def test_a_missing_image_is_pulled_with_dockers_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
