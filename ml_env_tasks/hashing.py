@@ -20,7 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import Environment, lock_packages
+from .environment import Environment
+from .pins import lock_packages
 from .stack import UV_VERSION, inference_stack
 
 __all__ = ["RENDERER", "canonical", "canonical_json", "dependency_key", "env_hash", "explain", "Difference"]

@@ -209,9 +209,18 @@ def _attest(client: Any, repo: str, tag: str, image_digest: str, env_repo: str, 
     Debian packages its own SBOM lists) plus the two parts on top; the provenance (SLSA v1) names
     the three inputs by digest. Both are deterministic, so the same parts give the same digest."""
     from .pins import lock_packages
-    from .sbom import CYCLONEDX, SLSA_V1, SPDX, Contents, attach_attestations, cyclonedx_json, debian_listed, spdx_json
+    from .sbom import (
+        CYCLONEDX,
+        SLSA_V1,
+        SPDX,
+        Contents,
+        attach_attestations,
+        attested,
+        cyclonedx_json,
+        debian_listed,
+        spdx_json,
+    )
     from .sbom import statement as in_toto
-    from .verify import attested
 
     inner = env_config.get("config")
     labels = inner.get("Labels") if isinstance(inner, dict) else None

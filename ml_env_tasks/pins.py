@@ -11,7 +11,11 @@ import re
 import stat
 from pathlib import Path
 
-__all__ = ["lock_packages", "lock_path_for", "lock_to_read", "is_lock_text", "read_lock_file", "MAX_LOCK"]
+__all__ = [
+    "lock_packages", "lock_path_for", "lock_to_read", "is_lock_text", "read_lock_file", "MAX_LOCK", "LOCK_HEADER",
+]  # fmt: skip
+
+LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
 
 MAX_LOCK = 4 * 2**20
 # what `pip list --format=freeze` writes: a name, ==, a version (PEP 440, local part included)
@@ -30,8 +34,6 @@ def _pins(text: str) -> list[str | None]:
 
 def is_lock_text(text: str) -> bool:
     """Whether outside text (an image label) is a lock ml-env wrote: bounded, pins only."""
-    from .build.lockfile import LOCK_HEADER
-
     return len(text) < MAX_LOCK and text.startswith(LOCK_HEADER) and None not in _pins(text)
 
 

@@ -11,7 +11,6 @@ smoke-test``, a passing smoke test is recorded against it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from .digests import is_digest
 from .errors import UsageError
 from .grammar import printable
-from .sbom import CYCLONEDX, SLSA_V1, SPDX
+from .sbom import CYCLONEDX, SLSA_V1, SPDX, attestations, attested
 
 __all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
 
@@ -41,85 +40,6 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
-    """predicate type -> the attestation manifests carrying it, for the images of an index (``attested``)."""
-    return {pt: [m for m, _ in found] for pt, found in attested(client, repo, digest).items()}
-
-
-def attested(client: Any, repo: str, digest: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """predicate type -> (attestation manifest, in-toto statement) for the images of an index.
-
-    An attestation counts only when it is about an image of this very index: its manifest's
-    ``vnd.docker.reference.digest`` names an image manifest listed beside it, and the in-toto
-    statement it carries (read, checked against its digest, bounded) has that predicate type, a
-    predicate, and that manifest among its subjects. An annotation alone proves nothing: anyone
-    can write one over an empty layer, or copy another image's attestations into an index.
-    """
-    from .errors import RegistryError
-
-    got = client.get_manifest(repo, digest)
-    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    if got is None:
-        return out
-    try:
-        doc = json.loads(got[1])
-    except ValueError:
-        return out
-    listed = doc.get("manifests") if isinstance(doc, dict) else None
-    entries = (
-        [m for m in listed if isinstance(m, dict) and is_digest(m.get("digest"))] if isinstance(listed, list) else []
-    )
-    kinds: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for m in entries:
-        ann = m.get("annotations")
-        kinds.append((m, ann if isinstance(ann, dict) else {}))
-    images = {m["digest"] for m, ann in kinds if ann.get("vnd.docker.reference.type") != "attestation-manifest"}
-    for m, ann in kinds:
-        target = ann.get("vnd.docker.reference.digest")
-        if ann.get("vnd.docker.reference.type") != "attestation-manifest" or not isinstance(target, str):
-            continue
-        if target not in images:
-            continue
-        att = client.get_manifest(repo, m["digest"])
-        if att is None:
-            continue
-        try:
-            layers = json.loads(att[1]).get("layers") or []
-        except (ValueError, AttributeError):
-            continue
-        for layer in layers if isinstance(layers, list) else []:
-            la = layer.get("annotations") if isinstance(layer, dict) else None
-            pt = la.get("in-toto.io/predicate-type") if isinstance(la, dict) else None
-            if not isinstance(pt, str) or not is_digest(layer.get("digest")):
-                continue
-            size = layer.get("size")
-            if not isinstance(size, int) or not 0 < size <= MAX_STATEMENT:
-                continue
-            try:
-                statement = json.loads(client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT))
-            except (ValueError, RegistryError):
-                continue
-            if _about(statement, pt, target):
-                out.setdefault(pt, []).append((m["digest"], statement))
-    return out
-
-
-MAX_STATEMENT = 64 * 2**20
-
-
-def _about(statement: Any, predicate_type: str, manifest: str) -> bool:
-    """An in-toto statement of this predicate type whose subjects include this manifest."""
-    if not isinstance(statement, dict) or statement.get("predicateType") != predicate_type:
-        return False
-    if not isinstance(statement.get("predicate"), dict) or not statement["predicate"]:
-        return False
-    subjects = statement.get("subject")
-    return isinstance(subjects, list) and any(
-        isinstance(s, dict) and isinstance(s.get("digest"), dict) and f"sha256:{s['digest'].get('sha256')}" == manifest
-        for s in subjects
-    )
 
 
 def verify(

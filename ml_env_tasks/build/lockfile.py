@@ -8,15 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, MlEnvError, RegistryError
 from ..fsutil import write_atomic
-from ..pins import is_lock_text, lock_packages, lock_path_for, lock_to_read
+from ..pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for, lock_to_read
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
     from ..environment import Environment
 
 __all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
-
-LOCK_HEADER = "# ml-env lock: the Python packages installed in the image (pip list --format=freeze).\n"
 
 
 # what `pip list --format=freeze` says, without needing pip: every distribution the interpreter sees

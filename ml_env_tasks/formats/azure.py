@@ -180,7 +180,7 @@ def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
         if not isinstance(data, dict):
             raise SpecError("expected a YAML mapping at the top", file=str(src))
         if is_command_job(data):
-            return import_command_job(src, data, stem)
+            return import_command_job(src, data, stem, import_v2)
         if "dependencies" in data and not ({"image", "build"} & set(data)):
             return import_conda(src, data, stem)
         return import_v2(src, data, stem)

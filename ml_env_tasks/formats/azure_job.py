@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,12 @@ class _Job:
         return resolve_inside(self.base, rel, self.root, file=self.file, key=where, what=what)
 
 
-def import_command_job(src: Path, data: dict[str, Any], stem: str | None = None) -> ImportedJob:
-    """The ``ml-env train`` invocation for an Azure ML v2 command job YAML (already parsed, bounded)."""
+def import_command_job(
+    src: Path, data: dict[str, Any], stem: str | None, import_environment: Callable[[Path, Any, str | None], Any]
+) -> ImportedJob:
+    """The ``ml-env train`` invocation for an Azure ML v2 command job YAML (already parsed, bounded);
+    an inline environment is imported by ``import_environment`` (``azure.import_v2``, which calls
+    this module: passed in, so the two stay one-way)."""
     j = _Job(src, data)
     schema = data.get("$schema")
     if (isinstance(schema, str) and "commandJob" not in schema) or data.get("type", "command") != "command":
@@ -128,7 +133,7 @@ def import_command_job(src: Path, data: dict[str, Any], stem: str | None = None)
         else:
             j.warnings.append(f"field {printable(k, 60)!r} is not mapped (not imported)")
 
-    environment, env_ref = _environment(j, stem)
+    environment, env_ref = _environment(j, stem, import_environment)
     script, raw_args = _command(j)
     code = j.text(data, "code", "code")
     if code is None:
@@ -158,12 +163,12 @@ def import_command_job(src: Path, data: dict[str, Any], stem: str | None = None)
     return ImportedJob(env_ref, argv, environment, j.warnings)
 
 
-def _environment(j: _Job, stem: str | None) -> tuple[Any, str | None]:
+def _environment(
+    j: _Job, stem: str | None, import_environment: Callable[[Path, Any, str | None], Any]
+) -> tuple[Any, str | None]:
     env = j.data.get("environment")
     if isinstance(env, dict):
-        from .azure import import_v2
-
-        imported = import_v2(j.src, env, stem)
+        imported = import_environment(j.src, env, stem)
         j.warnings += [f"environment: {w}" for w in imported.warnings]
         return imported, None
     if not isinstance(env, str) or has_control(env):

@@ -100,8 +100,8 @@ def test_deploy_journey_register_package_smoke_promote_serve(ws, tmp_path: Path)
     by_ref = package(env_tag, app / "score.py", str(model), build=ws.opts(), repository=pkg_repo)
     assert by_ref.reused and by_ref.digest == r.digest
     # provable as a built image is: SBOM (the environment's packages and the two parts) and provenance
-    from ml_env_tasks.sbom import CYCLONEDX, SLSA_V1
-    from ml_env_tasks.verify import attested, verify
+    from ml_env_tasks.sbom import CYCLONEDX, SLSA_V1, attested
+    from ml_env_tasks.verify import verify
 
     checks = {c.name: c.ok for c in verify(r.image, ledger=None)}
     assert all(checks[k] for k in ("image", "hash", "package", "tag", "sbom", "provenance")), checks
