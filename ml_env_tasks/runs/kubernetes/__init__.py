@@ -33,11 +33,14 @@ from __future__ import annotations
 from .emit import emit_job
 from .manifest import check, manifests, names, to_yaml
 from .model import (
+    ARCHIVE_KEY,
     CONFIGMAP_LIMIT,
+    INIT_SCRIPT,
     Emitted,
     KubeJob,
     KubeOptions,
     PvcRef,
+    archive_limit,
     code_archive,
     dns_label,
     new_run_id,
@@ -47,6 +50,9 @@ from .model import (
 )
 
 __all__ = [
+    "ARCHIVE_KEY",
+    "INIT_SCRIPT",
+    "archive_limit",
     "CONFIGMAP_LIMIT",
     "Emitted",
     "KubeJob",
