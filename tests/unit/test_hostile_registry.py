@@ -31,6 +31,7 @@ BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "config": {"digest": "sha256:" + "c" * 64, "size": 2}, "layers": []}).encode()  # fmt: skip
 M_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 BLOB = b"real layer bytes" * 1000
 B_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
@@ -154,7 +155,7 @@ def test_a_loopback_realm_is_used_and_its_token_stays_with_the_registry() -> Non
 
         def handle(h):
             if h.headers.get("Authorization") == "Bearer tok-123":
-                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+                return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
             return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="reg"'}, b""
 
         with server(handle) as (port, seen):
@@ -186,7 +187,7 @@ def test_an_identity_token_is_posted_as_a_refresh_token() -> None:
 
         def handle(h):
             if h.headers.get("Authorization") == "Bearer acc":
-                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+                return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
             return (
                 401,
                 {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{srv.server_address[1]}/t",service="s"'},
@@ -209,7 +210,7 @@ def test_429_storm_is_retried_with_retry_after_then_gives_up() -> None:
         count["n"] += 1
         if count["n"] <= 2:
             return 429, {"Retry-After": "1"}, b""
-        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+        return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
 
     with server(handle) as (port, _):
         t0 = time.monotonic()
@@ -234,7 +235,7 @@ def test_parallel_clients_do_not_retry_in_lockstep() -> None:
                 first_fail[who] = time.monotonic()
                 return 429, {}, b""
             retried[who] = time.monotonic() - first_fail[who]
-        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+        return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
 
     with server(handle) as (port, _):
         threads = [
@@ -402,3 +403,54 @@ def test_a_registered_wheel_is_written_only_inside_the_folder(tmp_path) -> None:
     for bad in ("../d-1-py3-none-any.whl", "/etc/d-1-py3-none-any.whl", "a/../../d-1-py3-none-any.whl"):
         with pytest.raises(UsageError, match="outside"):
             targets(entry(bad), tmp_path)
+
+
+# --- a registry error is never "exists" ------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 409, 418, 422])
+def test_a_registry_error_on_a_manifest_is_never_exists(status: int) -> None:
+    error = json.dumps({"errors": [{"code": "MANIFEST_INVALID", "message": "no"}]}).encode()
+
+    def handle(h):
+        return status, {"Content-Type": "application/json"}, error
+
+    with server(handle) as (port, _):
+        c = client(port)
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.head_manifest("r", "latest")
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.get_manifest("r", "latest")
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.blob_exists("r", B_DIGEST)
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.tags("r")
+
+
+def test_a_200_that_is_not_a_manifest_is_not_exists() -> None:
+    def handle(h):
+        return 200, {"Content-Type": "text/html"}, b'{"errors": []}'
+
+    with server(handle) as (port, _):
+        with pytest.raises(RegistryError, match="not an image manifest"):
+            client(port).head_manifest("r", "latest")
+
+
+def test_a_200_with_a_generic_type_and_a_manifest_body_exists() -> None:
+    def handle(h):
+        return 200, {"Content-Type": "application/json"}, MANIFEST
+
+    with server(handle) as (port, _):
+        info = client(port).head_manifest("r", "latest")
+    assert info is not None and info.digest == M_DIGEST
+
+
+def test_the_build_check_fails_closed_on_a_registry_error(monkeypatch) -> None:
+    from ml_env_tasks.build import reuse
+
+    with server(lambda h: (400, {"Content-Type": "application/json"}, b'{"errors": []}')) as (port, _):
+        opts = type("O", (), {"registry": "r", "insecure": False, "build_on_check_error": False})()
+        rep = type("R", (), {"warn": lambda self, m: None})()
+        with pytest.raises(RegistryError, match="could not check"):
+            reuse.image_exists(f"127.0.0.1:{port}/r:t", opts, rep)  # type: ignore[arg-type]
+
