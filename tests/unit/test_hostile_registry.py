@@ -454,3 +454,29 @@ def test_the_build_check_fails_closed_on_a_registry_error(monkeypatch) -> None:
         with pytest.raises(RegistryError, match="could not check"):
             reuse.image_exists(f"127.0.0.1:{port}/r:t", opts, rep)  # type: ignore[arg-type]
 
+
+# --- loopback means an address, not a name ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host,loop",
+    [
+        ("127.0.0.1:5000", True),
+        ("127.9.8.7", True),
+        ("localhost:5000", True),
+        ("localhost", True),
+        ("[::1]:5000", True),
+        ("127.attacker.example", False),
+        ("127.attacker.example:5000", False),
+        ("127.0.0.1.nip.io:5000", False),
+        ("localhost.attacker.example", False),
+        ("127.1:5000", False),
+        ("128.0.0.1", False),
+        ("registry.example:443", False),
+    ],
+)
+def test_loopback_is_an_address_not_a_prefix(host: str, loop: bool) -> None:
+    from ml_env_tasks.registry import is_loopback
+
+    assert is_loopback(host) is loop
+    assert RegistryClient(host, credentials=False).scheme == ("http" if loop else "https")
