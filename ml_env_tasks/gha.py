@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import MlEnvError
+from .fsutil import read_text_bounded
 from .grammar import bounded
 from .redact import redact_userinfo
 
@@ -92,8 +93,8 @@ def locate_key(path: str | Path, key: str | None) -> int | None:
     if not key:
         return None
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_text_bounded(path, 4 * 2**20, error=MlEnvError).splitlines()
+    except (OSError, MlEnvError):
         return None
     parts = [re.sub(r"\[\d+\]$", "", p) for p in key.split(":")[0].split(".")]
     leaf = parts[-1]
