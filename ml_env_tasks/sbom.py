@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import RegistryError
 from .registry import artifacts as art
+from .untrusted import json_loads
 
 __all__ = [
     "Contents",
@@ -205,7 +206,7 @@ def attach_attestations(
     if "manifests" in doc:
         entries = [m for m in doc["manifests"] if isinstance(m, dict)]
     else:
-        cfg = json.loads(client.get_blob(repo, doc["config"]["digest"]))
+        cfg = json_loads(client.get_blob(repo, doc["config"]["digest"]), error=RegistryError, file=f"{repo} config")
         platform = {"architecture": cfg.get("architecture", "amd64"), "os": cfg.get("os", "linux")}
         entries = [
             {"mediaType": info.media_type or OCI_MANIFEST, "digest": top, "size": len(body), "platform": platform}

@@ -21,6 +21,7 @@ from .digests import is_digest
 from .errors import UsageError
 from .grammar import printable
 from .sbom import CYCLONEDX, SLSA_V1, SPDX
+from .untrusted import json_loads
 
 __all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
 
@@ -98,7 +99,8 @@ def attested(client: Any, repo: str, digest: str) -> dict[str, list[tuple[str, d
             if not isinstance(size, int) or not 0 < size <= MAX_STATEMENT:
                 continue
             try:
-                statement = json.loads(client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT))
+                blob = client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT)
+                statement = json_loads(blob, error=RegistryError, file=f"{repo}@{layer['digest'][:19]}")
             except (ValueError, RegistryError):
                 continue
             if _about(statement, pt, target):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from urllib.parse import urljoin
 from ..digests import is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryUnreachable
 from ..grammar import printable
+from ..untrusted import check_depth, json_loads
 from .constants import CHUNK, MANIFEST_TYPES, MAX_MANIFEST
 from .reference import ManifestInfo
 from .transport import Response, Transport, short
@@ -65,6 +65,8 @@ class RegistryClient(Transport):
             return None
         self._expect_manifest(r, "GET", repository, reference)
         body = r.body
+        # every manifest is JSON that callers parse: its nesting is bounded here, once
+        check_depth(body, toml=False, error=RegistryError, file=f"{self.host}/{repository}:{printable(reference, 80)}")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(
@@ -249,7 +251,7 @@ class RegistryClient(Transport):
         if r.status != 200:
             raise RegistryError(f"registry {self.host} answered {r.status} to the tag list of {repository}")
         try:
-            tags = r.json().get("tags") or []
+            tags = r.json(f"the tag list of {self.host}/{repository}").get("tags") or []
         except (ValueError, AttributeError):
             raise RegistryError(f"registry {self.host} sent a tag list that is not JSON") from None
         return [t for t in tags if isinstance(t, str)]
@@ -265,7 +267,7 @@ class RegistryClient(Transport):
         if r.status != 200 or "json" not in r.header("Content-Type"):
             return None
         try:
-            found = r.json().get("manifests") or []
+            found = r.json(f"the referrers of {self.host}/{repository}@{digest[:19]}").get("manifests") or []
         except (ValueError, AttributeError):
             return None
         return [m for m in found if isinstance(m, dict) and is_digest(m.get("digest"))]
@@ -273,8 +275,8 @@ class RegistryClient(Transport):
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = json_loads(data, error=RegistryError, file=what)
+    except ValueError:
         raise RegistryError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what} is not a JSON object")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import re
 import socket
 import threading
@@ -22,6 +21,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
 from ..grammar import printable
+from ..untrusted import json_loads
 from .constants import CHUNK, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY
 from .reference import is_loopback
 
@@ -44,8 +44,10 @@ class Response:
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default) or default
 
-    def json(self) -> Any:
-        return json.loads(self.body)
+    def json(self, what: str) -> Any:
+        """The body as JSON, its nesting bounded (RegistryError naming ``what``; ValueError when
+        it is not JSON)."""
+        return json_loads(self.body, error=RegistryError, file=what)
 
     @property
     def text(self) -> str:
@@ -331,7 +333,7 @@ class Transport:
     def error_text(self, resp: Response) -> str:
         """A registry's error, as codes and a short message, masked and bounded (never the raw body)."""
         try:
-            doc = json.loads(resp.body[:MAX_SMALL_BODY])
+            doc = json_loads(resp.body[:MAX_SMALL_BODY], error=RegistryError, file=None)
             errs = doc.get("errors") if isinstance(doc, dict) else None
             if isinstance(errs, list) and errs:
                 parts = []
@@ -341,7 +343,7 @@ class Transport:
                     msg = e.get("message") if isinstance(e, dict) else None
                     parts.append(f"{code}: {self._mask(str(msg))[:120]}" if msg else code)
                 return "; ".join(parts)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RegistryError):
             pass
         return f"HTTP {resp.status}"
 
@@ -401,7 +403,7 @@ class Transport:
         if r.status != 200 or len(data) > MAX_SMALL_BODY:
             raise RegistryError(f"token service of {self.host} answered {r.status}")
         try:
-            doc = json.loads(data)
+            doc = json_loads(data, error=RegistryError, file=f"token service of {self.host}")
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None

@@ -480,3 +480,60 @@ def test_loopback_is_an_address_not_a_prefix(host: str, loop: bool) -> None:
 
     assert is_loopback(host) is loop
     assert RegistryClient(host, credentials=False).scheme == ("http" if loop else "https")
+
+
+# --- answers nested thousands deep: one RegistryError, never a RecursionError (exit 70) ----------
+
+DEEP_JSON = b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+
+
+def test_a_deep_token_answer_is_one_error() -> None:
+    with server(lambda h: (200, {}, b'{"token": ' + b"[" * 20_000 + b"]" * 20_000 + b"}")) as (tport, _):
+
+        def handle(h):
+            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="reg"'}, b""
+
+        with server(handle) as (port, _):
+            with pytest.raises(RegistryError, match="token service.*nested"):
+                client(port).head_manifest("r", "latest")
+
+
+def test_a_deep_manifest_tag_list_or_referrers_is_one_error() -> None:
+    def handle(h):
+        return 200, {"Content-Type": MANIFEST_TYPE, "Docker-Content-Digest": M_DIGEST}, DEEP_JSON
+
+    with server(handle) as (port, _):
+        c = client(port)
+        with pytest.raises(RegistryError, match="nested"):
+            c.get_manifest("r", "latest")
+        with pytest.raises(RegistryError, match="tag list.*nested"):
+            c.tags("r")
+    with server(lambda h: (200, {"Content-Type": "application/json"}, DEEP_JSON)) as (port, _):
+        with pytest.raises(RegistryError, match="referrers.*nested"):
+            client(port).referrers("r", M_DIGEST)
+
+
+def test_a_deep_error_body_is_still_one_error() -> None:
+    with server(lambda h: (400, {"Content-Type": "application/json"}, DEEP_JSON)) as (port, _):
+        with pytest.raises(RegistryError, match="HTTP 400"):
+            client(port).put_manifest("r", "t", MANIFEST, MANIFEST_TYPE)
+
+
+def test_a_deep_oci_ledger_is_one_error() -> None:
+    from ml_env_tasks.errors import LogError
+    from ml_env_tasks.ledger_oci import ARTIFACT_TYPE, RemoteLedger
+    from ml_env_tasks.registry import artifacts as art
+
+    blob = b"[[promotion]]\na = " + b"[" * 20_000 + b"]" * 20_000 + b"\n"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    body = art.manifest(ARTIFACT_TYPE, [{"mediaType": ARTIFACT_TYPE, "digest": digest, "size": len(blob)}])
+
+    def handle(h):
+        if "/manifests/" in h.path:
+            return 200, {"Content-Type": MANIFEST_TYPE}, body
+        return (200, {}, blob) if digest in h.path else (404, {}, b"")
+
+    with server(handle) as (port, _):
+        with pytest.raises(LogError, match="nested") as exc:
+            RemoteLedger(f"oci://127.0.0.1:{port}/r", client=client(port))
+    assert f"oci://127.0.0.1:{port}/r:ml-env-ledger" in str(exc.value)
