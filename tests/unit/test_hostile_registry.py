@@ -537,3 +537,113 @@ def test_a_deep_oci_ledger_is_one_error() -> None:
         with pytest.raises(LogError, match="nested") as exc:
             RemoteLedger(f"oci://127.0.0.1:{port}/r", client=client(port))
     assert f"oci://127.0.0.1:{port}/r:ml-env-ledger" in str(exc.value)
+
+
+# --- a registry that drips: every read within the socket timeout, the whole never done ----------
+
+
+@contextmanager
+def dripping(head: bytes, body: bytes, *, drip_head: bool = False) -> Iterator[int]:
+    """A raw HTTP server that answers every request with ``head`` then ``body``, one byte every
+    50 ms (the head too when ``drip_head``), until the client goes away or the test ends."""
+    import socket as so
+
+    stop = threading.Event()
+    lsock = so.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.settimeout(0.2)
+
+    def serve(conn: so.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)  # the request (small; no body)
+                slow = head + body if drip_head else body
+                if not drip_head:
+                    conn.sendall(head)
+                for i in range(len(slow)):
+                    if stop.is_set():
+                        return
+                    conn.sendall(slow[i : i + 1])
+                    time.sleep(0.05)
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        lsock.close()
+
+
+def slow_client(port: int) -> RegistryClient:
+    c = RegistryClient(f"127.0.0.1:{port}", credentials=False, retries=0, timeout=2.0)
+    c.deadline = 1.0  # seconds, plus one per 256 KiB it may carry
+    return c
+
+
+def finishes(fn, seconds: float = 30) -> BaseException | None:
+    """What ``fn()`` raised (None if nothing), failing the test if it is still running after ``seconds``."""
+    out: dict[str, BaseException | None] = {"e": None}
+
+    def go():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001
+            out["e"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still waiting on a dripping registry after {seconds} s"
+    return out["e"]
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize("drip_head", [True, False], ids=["headers", "body"])
+def test_a_dripping_registry_is_cut_off_by_the_deadline(drip_head: bool) -> None:
+    body = b'{"tags": [' + b'"t",' * 5000 + b'"t"]}'
+    with dripping(JSON_HEAD % len(body), body, drip_head=drip_head) as port:
+        t0 = time.monotonic()
+        e = finishes(lambda: slow_client(port).tags("r"))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_dripping_blob_stream_is_cut_off_per_chunk() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BLOB)
+    with dripping(head, BLOB) as port:
+        e = finishes(lambda: b"".join(slow_client(port).blob_chunks("r", B_DIGEST, size=4096)))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+
+
+def test_a_dripping_token_service_is_cut_off() -> None:
+    body = b'{"token": "' + b"t" * 5000 + b'"}'
+    with dripping(JSON_HEAD % len(body), body) as tport:
+
+        def handle(h):
+            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="r"'}, b""
+
+        with server(handle) as (port, _):
+            e = finishes(lambda: slow_client(port).head_manifest("r", "latest"))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+
+
+def test_a_slow_but_steady_answer_within_the_deadline_is_read() -> None:
+    body = b'{"tags": ["a", "b"]}'
+    with dripping(JSON_HEAD % len(body), body) as port:  # ~1 s of drip, under 1 s + a margin
+        c = slow_client(port)
+        c.deadline = 10.0
+        assert c.tags("r") == ["a", "b"]
