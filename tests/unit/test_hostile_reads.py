@@ -309,3 +309,27 @@ def test_a_deep_smoke_case_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(MlEnvError, match="nested") as exc:
         load_cases(f)
     assert "cases.jsonl:2" in str(exc.value)
+
+
+def test_a_deep_spec_in_a_versions_entry_with_wheels_is_one_error(tmp_path: Path) -> None:
+    from ml_env_tasks.versions import VersionEntry
+    from ml_env_tasks.wheelstore import targets
+
+    entry = VersionEntry("e", 1, "h", "", "i", "", "now", "a = " + "[" * DEEP, wheels={"x.whl": "0" * 64})
+    with pytest.raises(MlEnvError, match="nested") as exc:
+        targets(entry, tmp_path)
+    assert "e:1" in str(exc.value) and exc.value.exit_code == 2
+
+
+def test_a_promotion_gate_lock_that_is_a_device_or_a_fifo_is_refused(project: Path) -> None:
+    from ml_env_tasks.promote import _spec_lock
+
+    f = project / "envs/e.toml"
+    f.write_text(VALID)
+    lock = project / "envs/e.lock"
+    for make in (lambda: lock.symlink_to("/dev/zero"), lambda: os.mkfifo(lock)):
+        lock.unlink(missing_ok=True)
+        make()
+        with pytest.raises(BaseException) as exc:
+            within(lambda p: _spec_lock(Path(p)), str(f))
+        _no_crash(exc.value, "e.lock")
