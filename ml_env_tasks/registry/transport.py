@@ -98,7 +98,7 @@ class Response:
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default) or default
 
-    def json(self, what: str) -> Any:
+    def json(self, what: str = "the registry's answer") -> Any:
         """The body as JSON, its nesting bounded (RegistryError naming ``what``; ValueError when
         it is not JSON)."""
         return json_loads(self.body, error=RegistryError, file=what)
