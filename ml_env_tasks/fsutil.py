@@ -52,7 +52,7 @@ def read_bounded(
             chunks.append(chunk)
             got += len(chunk)
         if got > limit:
-            raise error(f"larger than {limit} bytes: not a {what} (refused)", file=where)
+            raise error(f"over {limit} bytes (the {what} limit): refused", file=where)
         return b"".join(chunks)
     finally:
         os.close(fd)

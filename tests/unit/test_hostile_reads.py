@@ -78,7 +78,7 @@ def test_the_reader_is_bounded_by_what_it_reads(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"x" * 11)
     assert read_bounded(f, 11, error=MlEnvError) == b"x" * 11
-    with pytest.raises(MlEnvError, match="larger than 10 bytes"):
+    with pytest.raises(MlEnvError, match="over 10 bytes"):
         read_bounded(f, 10, error=MlEnvError)
 
 
