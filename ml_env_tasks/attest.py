@@ -21,6 +21,7 @@ from .digests import is_digest
 from .errors import RegistryError, UsageError
 from .grammar import printable
 from .registry import artifacts as art
+from .untrusted import json_loads
 
 __all__ = [
     "GATES",
@@ -161,7 +162,8 @@ def smoke_records(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
         if layer["size"] > MAX_PAYLOAD:
             continue
         try:
-            rec = json.loads(client.get_blob(repo, layer["digest"], limit=MAX_PAYLOAD))
+            blob = client.get_blob(repo, layer["digest"], limit=MAX_PAYLOAD)
+            rec = json_loads(blob, error=RegistryError, file=f"{repo}@{layer['digest'][:19]}")
         except (ValueError, RegistryError):
             continue
         if not isinstance(rec, dict) or rec.get("tested") != digest:

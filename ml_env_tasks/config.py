@@ -114,17 +114,16 @@ def site_config_path() -> Path:
 
 
 def _read(path: Path, *, table: tuple[str, ...] = (), project: bool = False) -> ConfigFile:
+    from .fsutil import read_text_bounded
+    from .untrusted import toml_loads
+
     try:
-        if not path.is_file():
+        if not path.exists() or path.is_dir():
             return ConfigFile(None)
-        if path.stat().st_size > MAX_CONFIG:
-            raise UsageError(f"larger than {MAX_CONFIG} bytes: not a config file", file=str(path))
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path, MAX_CONFIG, error=UsageError, what="config file")
         if table and table[-1] not in text:
             return ConfigFile(None)  # a pyproject.toml without our table: no need to parse it
-        import tomllib
-
-        doc: Any = tomllib.loads(text)
+        doc: Any = toml_loads(text, error=UsageError, file=str(path))
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot be read: {getattr(e, 'strerror', None) or 'not UTF-8'}", file=str(path)) from None
     except ValueError as e:  # tomllib.TOMLDecodeError (UnicodeDecodeError is caught above)

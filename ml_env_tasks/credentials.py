@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RegistryError
+from .fsutil import read_bounded
 from .refs import DOCKER_HUB
+from .untrusted import json_loads
 
 MAX_CONFIG = 1 * 2**20
 
@@ -50,9 +52,11 @@ def credentials_for(host: str) -> tuple[str, str] | None:
     path = docker_config_path()
     if path.exists():
         try:
-            if path.stat().st_size > MAX_CONFIG:
-                raise ValueError("over 1 MiB")
-            cfg = json.loads(path.read_bytes())
+            cfg = json_loads(
+                read_bounded(path, MAX_CONFIG, error=RegistryError, what="docker config"),
+                error=RegistryError,
+                file=str(path),
+            )
             if not isinstance(cfg, dict):
                 raise ValueError("not an object")
         except (OSError, ValueError) as e:
@@ -130,9 +134,13 @@ def private_docker_config(directory: Path, address: str, username: str, password
     src = docker_config_path()
     if src.exists():
         try:
-            loaded = json.loads(src.read_bytes())
+            loaded = json_loads(
+                read_bounded(src, MAX_CONFIG, error=RegistryError, what="docker config"),
+                error=RegistryError,
+                file=str(src),
+            )
             cfg = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RegistryError):
             cfg = {}
     found = cfg.get("auths")
     auths: dict[str, Any] = found if isinstance(found, dict) else {}

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from .commands import Command, Outcome, Values, every
 from .errors import MlEnvError, UsageError
+from .fsutil import read_text_bounded
 from .grammar import bounded
 from .redact import redact_userinfo
 
@@ -96,8 +97,8 @@ def locate_key(path: str | Path, key: str | None) -> int | None:
     if not key:
         return None
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_text_bounded(path, 4 * 2**20, error=MlEnvError).splitlines()
+    except (OSError, MlEnvError):
         return None
     parts = [re.sub(r"\[\d+\]$", "", p) for p in key.split(":")[0].split(".")]
     leaf = parts[-1]

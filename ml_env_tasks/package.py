@@ -30,6 +30,7 @@ from typing import Any
 from .errors import RegistryError, UsageError
 from .grammar import printable
 from .registry import artifacts as art
+from .untrusted import json_loads
 
 __all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LABEL"]
 
@@ -282,7 +283,7 @@ def _platform_image(client: Any, repo: str, digest: str) -> tuple[dict[str, Any]
 
 def _obj(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
+        doc = json_loads(data, error=RegistryError, file=f"the {what}")
     except ValueError:
         doc = None
     if not isinstance(doc, dict):

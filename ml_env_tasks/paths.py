@@ -74,10 +74,12 @@ def read_inside(
         raise SpecError(f"{what} {rel!r} is a directory, expected a file", file=file, key=key)
     if not resolved.is_file():
         raise SpecError(f"{what} {rel!r} is not a regular file", file=file, key=key)
-    size = resolved.stat().st_size
-    if limit is not None and size > limit:
-        raise SpecError(f"{what} {rel!r} is {size} bytes, over the {limit} byte limit", file=file, key=key)
+    from .fsutil import read_bounded
+
     try:
-        return resolved, resolved.read_bytes()
+        data = read_bounded(resolved, limit if limit is not None else 2**62, error=SpecError, what=what)
+    except SpecError as e:
+        raise SpecError(f"{what} {rel!r} {e.message}", file=file, key=key) from None
     except OSError as e:
         raise SpecError(f"{what} {rel!r} cannot be read: {e.strerror}", file=file, key=key) from None
+    return resolved, data

@@ -29,6 +29,7 @@ from typing import Any
 from .digests import is_digest
 from .errors import RegistryError
 from .registry import artifacts as art
+from .untrusted import json_loads
 
 __all__ = [
     "Contents",
@@ -208,7 +209,7 @@ def attach_attestations(
     if "manifests" in doc:
         entries = [m for m in doc["manifests"] if isinstance(m, dict)]
     else:
-        cfg = json.loads(client.get_blob(repo, doc["config"]["digest"]))
+        cfg = json_loads(client.get_blob(repo, doc["config"]["digest"]), error=RegistryError, file=f"{repo} config")
         platform = {"architecture": cfg.get("architecture", "amd64"), "os": cfg.get("os", "linux")}
         entries = [
             {"mediaType": info.media_type or OCI_MANIFEST, "digest": top, "size": len(body), "platform": platform}
@@ -314,7 +315,8 @@ def attested(client: Any, repo: str, digest: str) -> dict[str, list[tuple[str, d
             if not isinstance(size, int) or not 0 < size <= MAX_STATEMENT:
                 continue
             try:
-                statement = json.loads(client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT))
+                blob = client.get_blob(repo, layer["digest"], limit=MAX_STATEMENT)
+                statement = json_loads(blob, error=RegistryError, file=f"{repo}@{layer['digest'][:19]}")
             except (ValueError, RegistryError):
                 continue
             if _about(statement, pt, target):

@@ -26,6 +26,7 @@ from typing import Any
 
 from .digests import stream_sha256
 from .errors import UsageError
+from .fsutil import read_bounded
 
 __all__ = [
     "Entry",
@@ -85,10 +86,14 @@ def _patterns(source: Path, real_root: Path, warn: Callable[[str], None]) -> tup
         if not (p.exists() or p.is_symlink()):
             continue
         real = Path(os.path.realpath(p))
-        if not real.is_relative_to(real_root) or not real.is_file() or real.stat().st_size > IGNORE_FILE_LIMIT:
+        try:
+            if not real.is_relative_to(real_root):
+                raise UsageError("outside the source")
+            data = read_bounded(real, IGNORE_FILE_LIMIT, error=UsageError)
+        except (OSError, UsageError):
             warn(f"{n} is not a regular file inside {source} (or is over 1 MiB): not used")
             continue
-        patterns += real.read_text(encoding="utf-8", errors="replace").splitlines()
+        patterns += data.decode("utf-8", errors="replace").splitlines()
         used.append(n)
     return patterns, "+".join(used) or None
 

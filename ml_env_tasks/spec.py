@@ -58,19 +58,17 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
     check_path_text(shown, file=None, key=None, what="environment file")
     p = Path(path)
     try:
-        st = p.stat()
+        p.stat()
     except FileNotFoundError:
         raise SpecError("environment file not found", file=printable(shown)) from None
     except OSError as e:
         raise SpecError(f"cannot be read: {e.strerror}", file=printable(shown)) from None
     if p.is_dir():
         raise SpecError("is a directory, expected an environment .toml file", file=shown)
+    from .fsutil import read_text_bounded
+
     try:
-        if st.st_size > MAX_SPEC_BYTES:
-            raise SpecError(f"larger than {MAX_SPEC_BYTES} bytes: not an environment file", file=shown)
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError("not UTF-8 text", file=shown) from None
+        text = read_text_bounded(p, MAX_SPEC_BYTES, error=SpecError, what="environment file", shown=shown)
     except OSError as e:
         raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
     env = parse(text, p, shown=shown)
@@ -100,5 +98,11 @@ def parse(
     """``recorded_wheels`` (file name -> sha256, as a versions file records them) stands in for
     wheels that are absent, so two registered versions can be compared without their bytes."""
     from .specparse import parse_document
+    from .untrusted import check_depth
 
-    return parse_document(text, path, shown or str(path), recorded_wheels=recorded_wheels)
+    where = shown or str(path)
+    check_depth(text, toml=True, error=SpecError, file=where)
+    try:
+        return parse_document(text, path, where, recorded_wheels=recorded_wheels)
+    except RecursionError:
+        raise SpecError("nested too deep to parse: refused", file=where) from None

@@ -17,8 +17,9 @@ from typing import Any, ClassVar, TypeVar
 
 from .digests import cache_dir
 from .errors import LogError
-from .fsutil import locked, write_atomic
+from .fsutil import locked, read_text_bounded, write_atomic
 from .grammar import toml_error
+from .untrusted import check_depth, toml_loads
 
 __all__ = ["TomlLog", "MAX_LOG_BYTES", "is_log_file"]
 
@@ -34,10 +35,8 @@ def is_log_file(path: Path) -> bool:
     import tomllib
 
     try:
-        if path.stat().st_size > MAX_LOG_BYTES:
-            return False
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        doc = toml_loads(read_text_bounded(path, MAX_LOG_BYTES, error=LogError), error=LogError, file=str(path))
+    except (OSError, LogError, tomllib.TOMLDecodeError):
         return False
     return bool(doc) and all(isinstance(v, list) and all(isinstance(e, dict) for e in v) for v in doc.values())
 
@@ -87,19 +86,20 @@ class TomlLog:
             # a log whose last line has no newline (an editor, a merge, another tool): tomlkit would
             # glue the next [[table]] header to that line and write a log nobody can read again
             text += "\n"
+        check_depth(text, toml=True, error=LogError, file=self.where)
         try:
             return tomlkit.parse(text)
+        except RecursionError:
+            raise LogError("nested too deep to parse: refused", file=self.where) from None
         except Exception as e:  # tomlkit's parse errors carry a line; they never quote the file
             at = getattr(e, "line", None)
             raise LogError(f"not valid TOML{f' at line {at}' if at else ''}", file=self.where) from None
 
     def _text(self) -> str:
         try:
-            if self.path.stat().st_size > MAX_LOG_BYTES:
-                raise LogError(f"larger than {MAX_LOG_BYTES} bytes: not a {self.table} log", file=self.where)
-            return self.path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise LogError("not UTF-8 text", file=self.where) from None
+            return read_text_bounded(
+                self.path, MAX_LOG_BYTES, error=LogError, what=f"{self.table} log", shown=self.where
+            )
         except OSError as e:
             raise LogError(f"cannot be read: {e.strerror}", file=self.where) from None
 
@@ -113,7 +113,7 @@ class TomlLog:
         if not self.path.exists():
             return []
         try:
-            doc = tomllib.loads(self._text())
+            doc = toml_loads(self._text(), error=LogError, file=self.where)
         except tomllib.TOMLDecodeError as e:
             what, line = toml_error(e)
             raise LogError(f"not valid TOML {what}" if line else "not valid TOML", file=self.where, line=line) from None

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import spec, wheelstore
-from .errors import UsageError
+from .errors import SpecError, UsageError
+from .fsutil import read_text_bounded
 from .grammar import NAME, matches, printable
 from .hashing import Difference, env_hash, explain
+from .spec import MAX_SPEC_BYTES
 from .tomllog import TomlLog
 
 __all__ = ["Versions", "VersionEntry", "VERSIONS_DEFAULT"]
@@ -126,7 +128,7 @@ class Versions(TomlLog):
                 image=image,
                 registry=registry or "",
                 registered=datetime.now(UTC).isoformat(timespec="seconds"),
-                spec=env.path.read_text(encoding="utf-8"),
+                spec=read_text_bounded(env.path, MAX_SPEC_BYTES, error=SpecError, what="environment file"),
                 files=files,
                 wheels={w.path.name: w.sha256 for w in env.wheels},
             )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BlobIntegrityError, RegistryError, UsageError
 from .grammar import printable
 from .registry import artifacts as art
+from .untrusted import toml_loads
 
 if TYPE_CHECKING:
     from .environment import Environment
@@ -81,7 +82,7 @@ def targets(entry: VersionEntry, folder: Path) -> dict[str, Path]:
     from .paths import check_path_text
 
     try:
-        doc = tomllib.loads(entry.spec)
+        doc = toml_loads(entry.spec, error=UsageError, file=entry.ref)
     except tomllib.TOMLDecodeError:
         raise UsageError(f"{entry.ref}: the registered environment file is not valid TOML") from None
     named = (doc.get("python") or {}).get("wheels") if isinstance(doc.get("python"), dict) else None

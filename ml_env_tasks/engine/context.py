@@ -10,14 +10,15 @@ and ssh are the CLI's own.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, UsageError
+from ..fsutil import read_bounded
 from ..grammar import printable
+from ..untrusted import json_loads
 
 if TYPE_CHECKING:
     from .api import EngineAPI
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Endpoint", "current_endpoint", "endpoint_address", "select_context", "selected_context"]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+MAX_DOCKER_JSON = 1 * 2**20  # the docker CLI's config.json and a context's meta.json
 _selected: list[str | None] = [None]
 
 
@@ -95,8 +97,9 @@ def endpoint_address(host: str) -> str:
 def _config_context() -> str | None:
     path = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
-        name = json.loads(path.read_text()).get("currentContext")
-    except (OSError, ValueError, AttributeError):
+        name = json_loads(read_bounded(path, MAX_DOCKER_JSON, error=EngineError), error=EngineError, file=str(path))
+        name = name.get("currentContext")
+    except (OSError, ValueError, AttributeError, EngineError):
         return None
     return name if isinstance(name, str) and name and name != "default" else None
 
@@ -109,7 +112,7 @@ def _context_host(name: str) -> str:
     base = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "contexts" / "meta"
     meta = base / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
     try:
-        doc = json.loads(meta.read_text())
+        doc = json_loads(read_bounded(meta, MAX_DOCKER_JSON, error=EngineError), error=EngineError, file=str(meta))
     except FileNotFoundError:
         raise EngineError(f"docker context {printable(name, 60)} does not exist", hint="docker context ls") from None
     except (OSError, ValueError):

@@ -28,9 +28,11 @@ import yaml
 
 from ..catalog import DEFAULT_BASE
 from ..errors import SpecError
+from ..fsutil import read_bounded
 from ..grammar import ENV_NAME, matches, printable
 from ..paths import MAX_TEXT_FILE, project_root, read_inside
 from ..stack import AZUREML_PACKAGES
+from ..untrusted import json_loads
 from ..yamlsafe import load_yaml
 from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
 from .azure_job import ImportedJob, import_command_job, is_command_job
@@ -173,10 +175,8 @@ def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
         raise SpecError(f"a directory without {V1_JSON}: not an Azure ML v1 environment directory", file=str(src))
     if not src.is_file():
         raise SpecError("not a regular file", file=str(src))
-    if src.stat().st_size > MAX_TEXT_FILE:
-        raise SpecError(f"larger than {MAX_TEXT_FILE} bytes: not an environment file", file=str(src))
     if src.suffix in (".yml", ".yaml"):
-        data = load_yaml(src.read_bytes(), file=str(src))
+        data = load_yaml(_read(src), file=str(src))
         if not isinstance(data, dict):
             raise SpecError("expected a YAML mapping at the top", file=str(src))
         if is_command_job(data):
@@ -187,6 +187,14 @@ def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
     if src.suffix == ".json":
         return import_v1(src.parent, json_path=src, stem=stem)
     return import_requirements(src, stem)
+
+
+def _read(src: Path) -> bytes:
+    """An imported file's bytes: a regular file of at most MAX_TEXT_FILE bytes (never a device or a FIFO)."""
+    try:
+        return read_bounded(src, MAX_TEXT_FILE, error=SpecError, what="environment file")
+    except OSError as e:
+        raise SpecError(f"cannot be read: {e.strerror}", file=str(src)) from None
 
 
 def _password_env(address: str) -> str:
@@ -203,11 +211,9 @@ def _password_env(address: str) -> str:
 
 def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -> Imported:
     jp = json_path or d / V1_JSON
-    if jp.stat().st_size > MAX_TEXT_FILE:
-        raise SpecError(f"larger than {MAX_TEXT_FILE} bytes", file=str(jp))
     try:
-        data = json.loads(jp.read_bytes())
-    except (ValueError, RecursionError) as e:
+        data = json_loads(_read(jp), error=SpecError, file=str(jp))
+    except ValueError as e:
         where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
         raise SpecError(f"not valid JSON{where}", file=str(jp)) from None
     if not isinstance(data, dict):
@@ -430,7 +436,7 @@ def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Im
         w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
     if data.get("prefix"):
         w.append("prefix is ignored: the environment lives in the image")
-    conda = src.read_bytes()
+    conda = _read(src)
     _inference_from_conda(conda, doc, w)
     return Imported(name, doc, w, {f"{stem or name}.conda.yml": conda})
 
@@ -444,7 +450,7 @@ def import_requirements(src: Path, stem: str | None = None) -> Imported:
     pyt = tomlkit.table()
     pyt.add("requirements", [f"{stem or name}.requirements.txt"])
     doc.add("python", pyt)
-    data = src.read_bytes()
+    data = _read(src)
     for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         s = line.strip()
         if s.startswith(("-r ", "-c ", "--requirement", "--constraint")):

@@ -161,11 +161,13 @@ def _not_the_ledger(dst: Reference, tags: list[str], ledger: Path | str | None) 
 
 def _spec_lock(spec: Path) -> str:
     """The sha256 of the lock beside an environment file (what its tested image must hold)."""
+    from ..fsutil import read_bounded
+    from ..pins import MAX_LOCK
     from ..spec import lock_path_for
 
     lock = lock_path_for(spec)
     try:
-        return hashlib.sha256(lock.read_bytes()).hexdigest()
+        return hashlib.sha256(read_bounded(lock, MAX_LOCK, error=UsageError, what="lock file")).hexdigest()
     except OSError:
         raise UsageError(f"--spec {spec}: it has no lock ({lock.name}) to compare the tested image with") from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,6 +17,8 @@ from urllib.parse import urljoin
 
 from ..digests import is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryUnreachable
+from ..grammar import printable
+from ..untrusted import check_depth, json_loads
 from .constants import CHUNK, MANIFEST_TYPES, MAX_MANIFEST
 from .reference import ManifestInfo
 from .transport import Response, Transport, short
@@ -40,30 +41,58 @@ class RegistryClient(Transport):
         )
 
     def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
-        """The manifest's digest if it exists, None if the registry says it does not; raises otherwise."""
+        """The manifest's digest if it exists (200 with a manifest's media type and digest), None
+        if the registry says it does not (404); anything else raises, never "exists"."""
         r = self._manifest("HEAD", repository, reference)
         if r.status == 404:
             return None
+        self._expect_manifest(r, "HEAD", repository, reference)
         digest = r.header("Docker-Content-Digest")
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            # some registries omit it on HEAD: read the manifest to know its digest
+        valid = re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+        if valid and reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"registry {self.host} says {repository}@{reference[:19]} is {digest[:19]}")
+        if not valid or _media_type(r) not in MANIFEST_TYPES:
+            # some registries omit them on HEAD: read the manifest to know its digest and type
             got = self.get_manifest(repository, reference)
             return got[0] if got else None
-        if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError(f"registry {self.host} says {repository}@{reference[:19]} is {digest[:19]}")
-        return ManifestInfo(digest, r.header("Content-Type"), int(r.header("Content-Length", "0") or 0))
+        return ManifestInfo(digest, _media_type(r), int(r.header("Content-Length", "0") or 0))
 
     def get_manifest(self, repository: str, reference: str) -> tuple[ManifestInfo, bytes] | None:
+        """The manifest and its bytes if it exists (200 with a manifest's media type, hashing to
+        the digest asked for), None for 404; anything else raises."""
         r = self._manifest("GET", repository, reference)
         if r.status == 404:
             return None
+        self._expect_manifest(r, "GET", repository, reference)
         body = r.body
+        # every manifest is JSON that callers parse: its nesting is bounded here, once
+        check_depth(body, toml=False, error=RegistryError, file=f"{self.host}/{repository}:{printable(reference, 80)}")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(
                 f"registry {self.host} served {repository}@{reference[:19]} with content whose digest is {digest[:19]}"
             )
-        return ManifestInfo(digest, r.header("Content-Type"), len(body)), body
+        media_type = _media_type(r)
+        if media_type not in MANIFEST_TYPES:
+            # a registry may answer a generic JSON type: the manifest's own mediaType must name one
+            doc = _json_object(body, f"{self.host}/{repository}:{printable(reference, 80)}")
+            media_type = str(doc.get("mediaType") or "")
+            if media_type not in MANIFEST_TYPES:
+                raise RegistryError(
+                    f"registry {self.host} answered {repository}:{printable(reference, 80)} with something "
+                    "that is not an image manifest or index (media type)"
+                )
+        return ManifestInfo(digest, media_type, len(body)), body
+
+    def _expect_manifest(self, r: Response, method: str, repository: str, reference: str) -> None:
+        """Only 200 is an answer about a manifest: a 400 (or any other status) is an error, whatever
+        its body (it is never hashed as if it were the manifest)."""
+        if r.status != 200:
+            raise RegistryError(
+                f"registry {self.host} answered {r.status} to {method} of manifest "
+                f"{repository}:{printable(reference, 80)} ({self.error_text(r)})",
+                hint="an error from the registry is never taken for 'exists' or 'missing'",
+            )
 
     def get_blob(self, repository: str, digest: str, limit: int = MAX_MANIFEST) -> bytes:
         """A small blob (an image config), read whole and checked against its digest."""
@@ -72,6 +101,10 @@ class RegistryClient(Transport):
         )
         if r.status == 404:
             raise RegistryError(f"blob {digest[:19]} not found in {self.host}/{repository}")
+        if r.status != 200:
+            raise RegistryError(
+                f"registry {self.host} answered {r.status} to blob {digest[:19]} ({self.error_text(r)})"
+            )
         if "sha256:" + hashlib.sha256(r.body).hexdigest() != digest:
             raise BlobIntegrityError(f"blob {digest[:19]} from {self.host}/{repository} does not match its digest")
         return r.body
@@ -107,6 +140,10 @@ class RegistryClient(Transport):
         r = self.request(
             "HEAD", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", ok=(200, 404)
         )
+        if r.status not in (200, 404):
+            raise RegistryError(
+                f"registry {self.host} answered {r.status} to HEAD of blob {digest[:19]} in {repository}"
+            )
         return r.status == 200
 
     def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
@@ -211,8 +248,10 @@ class RegistryClient(Transport):
         r = self.request("GET", f"/v2/{repository}/tags/list", scope=f"repository:{repository}:pull", ok=(200, 404))
         if r.status == 404:
             return []
+        if r.status != 200:
+            raise RegistryError(f"registry {self.host} answered {r.status} to the tag list of {repository}")
         try:
-            tags = r.json().get("tags") or []
+            tags = r.json(f"the tag list of {self.host}/{repository}").get("tags") or []
         except (ValueError, AttributeError):
             raise RegistryError(f"registry {self.host} sent a tag list that is not JSON") from None
         return [t for t in tags if isinstance(t, str)]
@@ -228,7 +267,7 @@ class RegistryClient(Transport):
         if r.status != 200 or "json" not in r.header("Content-Type"):
             return None
         try:
-            found = r.json().get("manifests") or []
+            found = r.json(f"the referrers of {self.host}/{repository}@{digest[:19]}").get("manifests") or []
         except (ValueError, AttributeError):
             return None
         return [m for m in found if isinstance(m, dict) and is_digest(m.get("digest"))]
@@ -236,12 +275,16 @@ class RegistryClient(Transport):
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = json_loads(data, error=RegistryError, file=what)
+    except ValueError:
         raise RegistryError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what} is not a JSON object")
     return doc
+
+
+def _media_type(r: Response) -> str:
+    return r.header("Content-Type").split(";", 1)[0].strip()
 
 
 def _push_scope(repository: str, extra_pull: str | None = None) -> str:

@@ -69,8 +69,18 @@ def check_registry_host(value: str, what: str = "--registry") -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host[:port]`` is this machine by its address: a literal IPv4 address in
+    127.0.0.0/8, ``[::1]``, or exactly ``localhost``. A name that merely starts with ``127.``
+    (``127.attacker.example``) is a name like any other: plain http is never allowed to it."""
+    import ipaddress
+
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in ("localhost", "[::1]") or name.startswith("127.")
+    if name in ("localhost", "[::1]"):
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """HTTP to a registry: connections, retries with jittered backoff, auth challenges, bounds.
 
-The registry is untrusted. Credentials go to the registry's own host and, for a Bearer
+The registry is untrusted. Every exchange has an overall deadline (``_Watchdog``: the socket is
+shut down when it passes), so a registry that drips bytes cannot stall a command that a per-read
+socket timeout would let it hold forever; a streamed blob has one per chunk. Credentials go to the registry's own host and, for a Bearer
 challenge, to the token realm it names only if that realm is https or plain http on a loopback
 address; never across a redirect to another host. Bodies are read with a size bound, and
 nothing a registry sends is echoed except an error code and a short, control-character-free
@@ -11,8 +13,8 @@ thread and host; stamina (jittered backoff) is imported on the first retry only.
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
-import json
 import re
 import socket
 import threading
@@ -22,20 +24,72 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
 from ..grammar import printable
-from .constants import CHUNK, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY
+from ..untrusted import json_loads
+from .constants import CHUNK, DEADLINE, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY, MIN_RATE
 from .reference import is_loopback
 
 __all__ = ["Response", "Transport", "short"]
 
 
+class _Watchdog:
+    """Shuts a connection's socket down when ``seconds`` have passed, unless cancelled first: the
+    read blocked on it returns, and ``fired`` says why. (A TCP connect still under way has no
+    socket yet; it is bounded by its own timeout, and the watchdog looks again shortly.)"""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._conn = conn
+        self._cancelled = False
+        self._lock = threading.Lock()  # once cancel() returns, the socket is never shut down
+        self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self.fired = True
+            sock = self._conn.sock
+            if sock is None:
+                self._arm(0.5)
+                return
+            try:  # the plain socket's shutdown, also under TLS (SSLSocket's would drop its state mid-read)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            self._timer.cancel()
+
+
 class Response:
     """A registry's answer: status, headers, and the body read (bounded) or left to stream."""
 
-    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes | None, raw: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: http.client.HTTPMessage,
+        body: bytes | None,
+        raw: Any = None,
+        *,
+        conn: http.client.HTTPConnection | None = None,
+        chunk_deadline: Callable[[int], float] | None = None,
+        too_slow: Callable[[_Watchdog], RegistryError] | None = None,
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body if body is not None else b""
         self._raw = raw  # an unread http.client.HTTPResponse, for streaming
+        self._conn = conn  # its connection, which the per-chunk deadline shuts down
+        self._chunk_deadline = chunk_deadline
+        self._too_slow = too_slow
 
     @property
     def status_code(self) -> int:
@@ -44,8 +98,10 @@ class Response:
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default) or default
 
-    def json(self) -> Any:
-        return json.loads(self.body)
+    def json(self, what: str = "the registry's answer") -> Any:
+        """The body as JSON, its nesting bounded (RegistryError naming ``what``; ValueError when
+        it is not JSON)."""
+        return json_loads(self.body, error=RegistryError, file=what)
 
     @property
     def text(self) -> str:
@@ -57,7 +113,23 @@ class Response:
             yield self.body
             return
         try:
-            while chunk := raw.read(size):
+            while True:
+                dog = None
+                if self._conn is not None and self._chunk_deadline is not None:
+                    dog = _Watchdog(self._conn, self._chunk_deadline(size))
+                try:
+                    chunk = raw.read(size)
+                except (OSError, http.client.HTTPException):
+                    if dog is not None and dog.fired and self._too_slow is not None:
+                        raise self._too_slow(dog) from None
+                    raise
+                finally:
+                    if dog is not None:
+                        dog.cancel()
+                if dog is not None and dog.fired and self._too_slow is not None:
+                    raise self._too_slow(dog)
+                if not chunk:
+                    return
                 yield chunk
         finally:
             raw.close()
@@ -95,6 +167,7 @@ class Transport:
         retries: int = 4,
         backoff: float = 0.25,
         timeout: float = 30.0,
+        deadline: float = DEADLINE,
     ) -> None:
         self.host = host
         self.scheme = "http" if (insecure or is_loopback(host)) else "https"
@@ -105,6 +178,7 @@ class Transport:
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.deadline = deadline
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -160,6 +234,17 @@ class Transport:
             conn.close()
         self._local.__dict__["pool"] = {}
 
+    def _deadline(self, size: int) -> float:
+        """Seconds an exchange that may carry ``size`` bytes has, connect to last byte."""
+        return self.deadline + size / MIN_RATE
+
+    def _too_slow(self, method: str, url: str, dog: _Watchdog) -> RegistryUnreachable:
+        what = printable(urlsplit(url).path, 120)
+        return RegistryUnreachable(
+            f"registry {self.host} did not complete {method} {what} within {dog.seconds:.0f} s: refused",
+            hint="it answers too slowly (a byte at a time?); every request has an overall deadline",
+        )
+
     def _send(
         self,
         method: str,
@@ -182,38 +267,58 @@ class Transport:
             if _origin(url) != _origin(self.base):
                 h.pop("Authorization", None)  # credentials never leave the registry's own host
             conn = self._conn(scheme, netloc, fresh=stream)
+            streamed_body = body is not None and not isinstance(body, (bytes, bytearray))
+            # the deadline covers the whole exchange; for an upload, the answer once its body is sent
+            dog = None if streamed_body else _Watchdog(conn, self._deadline(limit))
             try:
-                if body is not None and not isinstance(body, (bytes, bytearray)):
-                    # a streamed body goes chunked, unless its length was given
-                    conn.request(method, path, body=body, headers=h, encode_chunked="Content-Length" not in h)
-                else:
-                    conn.request(method, path, body=body, headers=h)
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(scheme, netloc)
-                raise _Transient(short(e)) from None
-            except BaseException:  # a streamed body that failed (its source broke or did not verify)
-                self._drop(scheme, netloc)
-                raise
-            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location") and body is None:
-                resp.read(MAX_SMALL_BODY)
-                url = urljoin(url, resp.getheader("Location", ""))
-                if resp.status == 303:
-                    method = "GET"
-                continue
-            if stream and resp.status == 200 and method != "HEAD":
-                return Response(resp.status, resp.headers, None, raw=resp)
-            try:
-                data = resp.read(limit + 1)  # for HEAD this is b"" and frees the connection
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(scheme, netloc)
-                raise _Transient(short(e)) from None
-            if len(data) > limit:
-                self._drop(scheme, netloc)
-                raise RegistryError(f"registry {self.host} answered {method} with a body over {limit} bytes: refused")
-            if resp.will_close:
-                self._drop(scheme, netloc)
-            return Response(resp.status, resp.headers, data)
+                try:
+                    if streamed_body:
+                        # a streamed body goes chunked, unless its length was given
+                        conn.request(method, path, body=body, headers=h, encode_chunked="Content-Length" not in h)
+                        dog = _Watchdog(conn, self._deadline(limit))
+                    else:
+                        conn.request(method, path, body=body, headers=h)
+                    resp = conn.getresponse()
+                except (OSError, http.client.HTTPException) as e:
+                    self._drop(scheme, netloc)
+                    if dog is not None and dog.fired:
+                        raise self._too_slow(method, url, dog) from None
+                    raise _Transient(short(e)) from None
+                except BaseException:  # a streamed body that failed (its source broke or did not verify)
+                    self._drop(scheme, netloc)
+                    raise
+                if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location") and body is None:
+                    resp.read(MAX_SMALL_BODY)
+                    url = urljoin(url, resp.getheader("Location", ""))
+                    if resp.status == 303:
+                        method = "GET"
+                    continue
+                if stream and resp.status == 200 and method != "HEAD":
+                    return Response(
+                        resp.status, resp.headers, None, raw=resp, conn=conn, chunk_deadline=self._deadline,
+                        too_slow=functools.partial(self._too_slow, method, url),
+                    )  # fmt: skip
+                try:
+                    data = resp.read(limit + 1)  # for HEAD this is b"" and frees the connection
+                except (OSError, http.client.HTTPException) as e:
+                    self._drop(scheme, netloc)
+                    if dog is not None and dog.fired:
+                        raise self._too_slow(method, url, dog) from None
+                    raise _Transient(short(e)) from None
+                if dog is not None and dog.fired:  # a body cut short when the socket was shut down
+                    self._drop(scheme, netloc)
+                    raise self._too_slow(method, url, dog)
+                if len(data) > limit:
+                    self._drop(scheme, netloc)
+                    raise RegistryError(
+                        f"registry {self.host} answered {method} with a body over {limit} bytes: refused"
+                    )
+                if resp.will_close:
+                    self._drop(scheme, netloc)
+                return Response(resp.status, resp.headers, data)
+            finally:
+                if dog is not None:
+                    dog.cancel()
         raise RegistryError(f"registry {self.host} redirected more than {MAX_REDIRECTS} times")
 
     def request(
@@ -331,7 +436,7 @@ class Transport:
     def error_text(self, resp: Response) -> str:
         """A registry's error, as codes and a short message, masked and bounded (never the raw body)."""
         try:
-            doc = json.loads(resp.body[:MAX_SMALL_BODY])
+            doc = json_loads(resp.body[:MAX_SMALL_BODY], error=RegistryError, file=None)
             errs = doc.get("errors") if isinstance(doc, dict) else None
             if isinstance(errs, list) and errs:
                 parts = []
@@ -341,7 +446,7 @@ class Transport:
                     msg = e.get("message") if isinstance(e, dict) else None
                     parts.append(f"{code}: {self._mask(str(msg))[:120]}" if msg else code)
                 return "; ".join(parts)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RegistryError):
             pass
         return f"HTTP {resp.status}"
 
@@ -389,19 +494,27 @@ class Transport:
                 headers["Authorization"] = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
         p = urlsplit(url)
         conn = self._conn(p.scheme, p.netloc)
+        dog = _Watchdog(conn, self._deadline(MAX_SMALL_BODY))
         try:
             conn.request(method, (p.path or "/") + (f"?{p.query}" if p.query else ""), body=body, headers=headers)
             r = conn.getresponse()
             data = r.read(MAX_SMALL_BODY + 1)
         except (OSError, http.client.HTTPException) as e:
             self._drop(p.scheme, p.netloc)
+            if dog.fired:
+                raise self._too_slow(method, f"token service of {self.host}", dog) from None
             raise RegistryUnreachable(f"token service of {self.host} is unreachable: {short(e)}") from None
+        finally:
+            dog.cancel()
+        if dog.fired:
+            self._drop(p.scheme, p.netloc)
+            raise self._too_slow(method, f"token service of {self.host}", dog)
         if r.status in (401, 403):
             raise RegistryAuthError(f"token service of {self.host} refused the credentials ({r.status})")
         if r.status != 200 or len(data) > MAX_SMALL_BODY:
             raise RegistryError(f"token service of {self.host} answered {r.status}")
         try:
-            doc = json.loads(data)
+            doc = json_loads(data, error=RegistryError, file=f"token service of {self.host}")
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecordError
-from ..fsutil import write_atomic
+from ..fsutil import read_bounded, write_atomic
 from ..grammar import RUN_ID, matches
 from ..resources import Resources
+from ..untrusted import json_loads
 
 __all__ = ["RunStatus", "RunRecord", "RunEnvironment", "SourceInfo", "CliProcess", "now"]
 
@@ -248,9 +249,8 @@ class RunRecord:
     @classmethod
     def read(cls, path: Path) -> RunRecord:
         try:
-            if path.stat().st_size > 16 * 2**20:
-                raise ValueError("larger than 16 MiB")
-            return cls.from_dict(json.loads(path.read_bytes()))
+            data = read_bounded(path, 16 * 2**20, error=RecordError, what="run record")
+            return cls.from_dict(json_loads(data, error=RecordError, file=str(path)))
         except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
             msg = str(e) if isinstance(e, ValueError) and not isinstance(e, json.JSONDecodeError) else "not valid JSON"
             if isinstance(e, OSError):

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..digests import file_sha256
-from ..errors import MlEnvError, UsageError
+from ..errors import MlEnvError, RecordError, UsageError
+from ..fsutil import read_bounded
 from ..grammar import ENV_NAME, INPUT_NAME, matches, printable
 from ..provenance import git_info
 from ..redact import Redactor
 from ..resources import Resources
 from ..safetar import strip_privileges
 from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
+from ..untrusted import json_loads
 from .history import reap_lost
 from .placeholders import expand
 from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
@@ -95,18 +97,15 @@ def _new_run_id(experiment: str) -> str:
 
 
 def _parse_metrics(outputs: Path, stdout_metrics: dict[str, Any]) -> dict[str, Any]:
-    import json
 
     metrics: dict[str, Any] = {}
     f = outputs / "metrics.json"
     if f.is_file() and not f.is_symlink():
         try:
-            if f.stat().st_size > 4 * 2**20:
-                raise ValueError
-            data = json.loads(f.read_bytes())
+            data = json_loads(read_bounded(f, 4 * 2**20, error=RecordError), error=RecordError, file=str(f))
             if isinstance(data, dict):
                 metrics.update(data)
-        except (ValueError, RecursionError):
+        except (OSError, ValueError, RecursionError, RecordError):
             metrics["_error"] = "metrics.json is not valid JSON (or over 4 MiB)"
     metrics.update(stdout_metrics)
     return metrics

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MlEnvError, ServiceFailed, SpecError
+from ..fsutil import read_text_bounded
+from ..untrusted import json_loads
 from . import client
 from .local import ServeOptions, Service, remove, start, wait_ready
 
@@ -37,6 +39,7 @@ __all__ = [
     "write_reports",
 ]
 
+MAX_CASES_BYTES = 64 * 2**20  # a cases file; each request body is bounded by the server anyway
 CASE_KEYS = {
     "name",
     "request",
@@ -98,14 +101,18 @@ class SmokeReport:
 
 
 def load_cases(path: Path) -> list[Case]:
-    if not path.is_file():
+    if not path.exists():
         raise SpecError("cases file not found", file=str(path))
+    try:
+        text = read_text_bounded(path, MAX_CASES_BYTES, error=SpecError, what="cases file")
+    except OSError as e:
+        raise SpecError(f"cannot be read: {e.strerror}", file=str(path)) from None
     cases: list[Case] = []
-    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, raw in enumerate(text.splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         try:
-            obj = json.loads(raw)
+            obj = json_loads(raw, error=SpecError, file=f"{path}:{i}")
         except ValueError as e:
             raise SpecError(f"not a JSON object: {e}", file=str(path), line=i) from None
         if not isinstance(obj, dict):

@@ -31,6 +31,7 @@ BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "config": {"digest": "sha256:" + "c" * 64, "size": 2}, "layers": []}).encode()  # fmt: skip
 M_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 BLOB = b"real layer bytes" * 1000
 B_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
@@ -154,7 +155,7 @@ def test_a_loopback_realm_is_used_and_its_token_stays_with_the_registry() -> Non
 
         def handle(h):
             if h.headers.get("Authorization") == "Bearer tok-123":
-                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+                return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
             return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="reg"'}, b""
 
         with server(handle) as (port, seen):
@@ -186,7 +187,7 @@ def test_an_identity_token_is_posted_as_a_refresh_token() -> None:
 
         def handle(h):
             if h.headers.get("Authorization") == "Bearer acc":
-                return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+                return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
             return (
                 401,
                 {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{srv.server_address[1]}/t",service="s"'},
@@ -209,7 +210,7 @@ def test_429_storm_is_retried_with_retry_after_then_gives_up() -> None:
         count["n"] += 1
         if count["n"] <= 2:
             return 429, {"Retry-After": "1"}, b""
-        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+        return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
 
     with server(handle) as (port, _):
         t0 = time.monotonic()
@@ -234,7 +235,7 @@ def test_parallel_clients_do_not_retry_in_lockstep() -> None:
                 first_fail[who] = time.monotonic()
                 return 429, {}, b""
             retried[who] = time.monotonic() - first_fail[who]
-        return 200, {"Docker-Content-Digest": M_DIGEST}, b""
+        return 200, {"Docker-Content-Digest": M_DIGEST, "Content-Type": MANIFEST_TYPE}, b""
 
     with server(handle) as (port, _):
         threads = [
@@ -402,3 +403,247 @@ def test_a_registered_wheel_is_written_only_inside_the_folder(tmp_path) -> None:
     for bad in ("../d-1-py3-none-any.whl", "/etc/d-1-py3-none-any.whl", "a/../../d-1-py3-none-any.whl"):
         with pytest.raises(UsageError, match="outside"):
             targets(entry(bad), tmp_path)
+
+
+# --- a registry error is never "exists" ------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 409, 418, 422])
+def test_a_registry_error_on_a_manifest_is_never_exists(status: int) -> None:
+    error = json.dumps({"errors": [{"code": "MANIFEST_INVALID", "message": "no"}]}).encode()
+
+    def handle(h):
+        return status, {"Content-Type": "application/json"}, error
+
+    with server(handle) as (port, _):
+        c = client(port)
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.head_manifest("r", "latest")
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.get_manifest("r", "latest")
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.blob_exists("r", B_DIGEST)
+        with pytest.raises(RegistryError, match=f"answered {status}"):
+            c.tags("r")
+
+
+def test_a_200_that_is_not_a_manifest_is_not_exists() -> None:
+    def handle(h):
+        return 200, {"Content-Type": "text/html"}, b'{"errors": []}'
+
+    with server(handle) as (port, _):
+        with pytest.raises(RegistryError, match="not an image manifest"):
+            client(port).head_manifest("r", "latest")
+
+
+def test_a_200_with_a_generic_type_and_a_manifest_body_exists() -> None:
+    def handle(h):
+        return 200, {"Content-Type": "application/json"}, MANIFEST
+
+    with server(handle) as (port, _):
+        info = client(port).head_manifest("r", "latest")
+    assert info is not None and info.digest == M_DIGEST
+
+
+def test_the_build_check_fails_closed_on_a_registry_error(monkeypatch) -> None:
+    from ml_env_tasks.build import reuse
+
+    with server(lambda h: (400, {"Content-Type": "application/json"}, b'{"errors": []}')) as (port, _):
+        opts = type("O", (), {"registry": "r", "insecure": False, "build_on_check_error": False})()
+        rep = type("R", (), {"warn": lambda self, m: None})()
+        with pytest.raises(RegistryError, match="could not check"):
+            reuse.image_exists(f"127.0.0.1:{port}/r:t", opts, rep)  # type: ignore[arg-type]
+
+
+# --- loopback means an address, not a name ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host,loop",
+    [
+        ("127.0.0.1:5000", True),
+        ("127.9.8.7", True),
+        ("localhost:5000", True),
+        ("localhost", True),
+        ("[::1]:5000", True),
+        ("127.attacker.example", False),
+        ("127.attacker.example:5000", False),
+        ("127.0.0.1.nip.io:5000", False),
+        ("localhost.attacker.example", False),
+        ("127.1:5000", False),
+        ("128.0.0.1", False),
+        ("registry.example:443", False),
+    ],
+)
+def test_loopback_is_an_address_not_a_prefix(host: str, loop: bool) -> None:
+    from ml_env_tasks.registry import is_loopback
+
+    assert is_loopback(host) is loop
+    assert RegistryClient(host, credentials=False).scheme == ("http" if loop else "https")
+
+
+# --- answers nested thousands deep: one RegistryError, never a RecursionError (exit 70) ----------
+
+DEEP_JSON = b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+
+
+def test_a_deep_token_answer_is_one_error() -> None:
+    with server(lambda h: (200, {}, b'{"token": ' + b"[" * 20_000 + b"]" * 20_000 + b"}")) as (tport, _):
+
+        def handle(h):
+            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="reg"'}, b""
+
+        with server(handle) as (port, _):
+            with pytest.raises(RegistryError, match="token service.*nested"):
+                client(port).head_manifest("r", "latest")
+
+
+def test_a_deep_manifest_tag_list_or_referrers_is_one_error() -> None:
+    def handle(h):
+        return 200, {"Content-Type": MANIFEST_TYPE, "Docker-Content-Digest": M_DIGEST}, DEEP_JSON
+
+    with server(handle) as (port, _):
+        c = client(port)
+        with pytest.raises(RegistryError, match="nested"):
+            c.get_manifest("r", "latest")
+        with pytest.raises(RegistryError, match="tag list.*nested"):
+            c.tags("r")
+    with server(lambda h: (200, {"Content-Type": "application/json"}, DEEP_JSON)) as (port, _):
+        with pytest.raises(RegistryError, match="referrers.*nested"):
+            client(port).referrers("r", M_DIGEST)
+
+
+def test_a_deep_error_body_is_still_one_error() -> None:
+    with server(lambda h: (400, {"Content-Type": "application/json"}, DEEP_JSON)) as (port, _):
+        with pytest.raises(RegistryError, match="HTTP 400"):
+            client(port).put_manifest("r", "t", MANIFEST, MANIFEST_TYPE)
+
+
+def test_a_deep_oci_ledger_is_one_error() -> None:
+    from ml_env_tasks.errors import LogError
+    from ml_env_tasks.ledger_oci import ARTIFACT_TYPE, RemoteLedger
+    from ml_env_tasks.registry import artifacts as art
+
+    blob = b"[[promotion]]\na = " + b"[" * 20_000 + b"]" * 20_000 + b"\n"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    body = art.manifest(ARTIFACT_TYPE, [{"mediaType": ARTIFACT_TYPE, "digest": digest, "size": len(blob)}])
+
+    def handle(h):
+        if "/manifests/" in h.path:
+            return 200, {"Content-Type": MANIFEST_TYPE}, body
+        return (200, {}, blob) if digest in h.path else (404, {}, b"")
+
+    with server(handle) as (port, _):
+        with pytest.raises(LogError, match="nested") as exc:
+            RemoteLedger(f"oci://127.0.0.1:{port}/r", client=client(port))
+    assert f"oci://127.0.0.1:{port}/r:ml-env-ledger" in str(exc.value)
+
+
+# --- a registry that drips: every read within the socket timeout, the whole never done ----------
+
+
+@contextmanager
+def dripping(head: bytes, body: bytes, *, drip_head: bool = False) -> Iterator[int]:
+    """A raw HTTP server that answers every request with ``head`` then ``body``, one byte every
+    50 ms (the head too when ``drip_head``), until the client goes away or the test ends."""
+    import socket as so
+
+    stop = threading.Event()
+    lsock = so.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.settimeout(0.2)
+
+    def serve(conn: so.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)  # the request (small; no body)
+                slow = head + body if drip_head else body
+                if not drip_head:
+                    conn.sendall(head)
+                for i in range(len(slow)):
+                    if stop.is_set():
+                        return
+                    conn.sendall(slow[i : i + 1])
+                    time.sleep(0.05)
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        lsock.close()
+
+
+def slow_client(port: int) -> RegistryClient:
+    c = RegistryClient(f"127.0.0.1:{port}", credentials=False, retries=0, timeout=2.0)
+    c.deadline = 1.0  # seconds, plus one per 256 KiB it may carry
+    return c
+
+
+def finishes(fn, seconds: float = 30) -> BaseException | None:
+    """What ``fn()`` raised (None if nothing), failing the test if it is still running after ``seconds``."""
+    out: dict[str, BaseException | None] = {"e": None}
+
+    def go():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001
+            out["e"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still waiting on a dripping registry after {seconds} s"
+    return out["e"]
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize("drip_head", [True, False], ids=["headers", "body"])
+def test_a_dripping_registry_is_cut_off_by_the_deadline(drip_head: bool) -> None:
+    body = b'{"tags": [' + b'"t",' * 5000 + b'"t"]}'
+    with dripping(JSON_HEAD % len(body), body, drip_head=drip_head) as port:
+        t0 = time.monotonic()
+        e = finishes(lambda: slow_client(port).tags("r"))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_dripping_blob_stream_is_cut_off_per_chunk() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BLOB)
+    with dripping(head, BLOB) as port:
+        e = finishes(lambda: b"".join(slow_client(port).blob_chunks("r", B_DIGEST, size=4096)))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+
+
+def test_a_dripping_token_service_is_cut_off() -> None:
+    body = b'{"token": "' + b"t" * 5000 + b'"}'
+    with dripping(JSON_HEAD % len(body), body) as tport:
+
+        def handle(h):
+            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{tport}/token",service="r"'}, b""
+
+        with server(handle) as (port, _):
+            e = finishes(lambda: slow_client(port).head_manifest("r", "latest"))
+    assert isinstance(e, RegistryError) and "within" in str(e), repr(e)
+
+
+def test_a_slow_but_steady_answer_within_the_deadline_is_read() -> None:
+    body = b'{"tags": ["a", "b"]}'
+    with dripping(JSON_HEAD % len(body), body) as port:  # ~1 s of drip, under 1 s + a margin
+        c = slow_client(port)
+        c.deadline = 10.0
+        assert c.tags("r") == ["a", "b"]
