@@ -5,7 +5,14 @@ from ``INPUT_*`` environment variables (never interpolated into a shell line) th
 option declarations as the CLI, so config files and environment variables apply alike.
 
 Escaping follows actions/toolkit ``command.ts``: data escapes ``%``, CR, LF; properties also
-escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random delimiter.
+escape ``:`` and ``,``; other control characters are shown as ``\\xNN`` (an escape sequence
+cannot rewrite the log). Multi-line outputs use ``name<<DELIM`` with a random delimiter.
+
+Job summaries are markdown that GitHub renders: nothing in them comes from outside as markup.
+Text from a run, a spec, a cases file or a server's answer (a metric's name, a case's failure
+message) goes in through ``_cell`` (control and line-breaking characters shown escaped, HTML
+characters as entities, every other ASCII punctuation backslash-escaped, bounded) or ``_code``
+(a code span no backtick in the text can close); a table has at most ``MAX_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -38,6 +45,16 @@ __all__ = [
 ]
 
 
+# what is never written as it is: C0 and C1 controls but CR/LF/TAB, DEL, line and paragraph
+# separators, bidirectional overrides (text that reads differently from what it is)
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_ROWS = 200
+
+
+def _visible(s: str, pattern: re.Pattern[str] = _UNSAFE) -> str:
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", s)
+
+
 def escape_data(s: str) -> str:
     return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
@@ -47,9 +64,11 @@ def escape_property(s: str) -> str:
 
 
 def command(name: str, message: str = "", out: TextIO | None = None, **props: Any) -> None:
-    """Print ``::name k=v,...::message`` with toolkit escaping; None properties are left out."""
-    p = ",".join(f"{k}={escape_property(str(v))}" for k, v in props.items() if v is not None)
-    print(f"::{name}{' ' + p if p else ''}::{escape_data(message)}", file=out or sys.stdout, flush=True)
+    """Print ``::name k=v,...::message`` with toolkit escaping; None properties are left out.
+    Other control characters are shown escaped, but in ``add-mask``: a secret is masked as it is."""
+    shown = (lambda s: s) if name == "add-mask" else _visible
+    p = ",".join(f"{k}={escape_property(shown(str(v)))}" for k, v in props.items() if v is not None)
+    print(f"::{name}{' ' + p if p else ''}::{escape_data(shown(message))}", file=out or sys.stdout, flush=True)
 
 
 def set_output(name: str, value: str) -> None:
@@ -73,7 +92,7 @@ def append_summary(markdown: str) -> None:
 
 @contextlib.contextmanager
 def group(title: str) -> Iterator[None]:
-    print(f"::group::{escape_data(title)}", flush=True)
+    print(f"::group::{escape_data(_visible(title))}", flush=True)
     try:
         yield
     finally:
@@ -188,17 +207,17 @@ def build_action() -> int:
     set_output("metadata", json.dumps(build_metadata(result, image_id), sort_keys=True))
     state = "built" if result.built else "reused (hash already in the registry)"
     append_summary(
-        f"### ml-env build: `{result.name}`\n\n"
+        f"### ml-env build: {_code(result.name)}\n\n"
         "| field | value |\n|---|---|\n"
-        f"| environment | `{_cell(v['spec'])}` |\n"
-        f"| image | `{result.image}` |\n"
-        f"| digest | `{result.digest}` |\n"
-        f"| hash | `{result.hash}` |\n"
+        f"| environment | {_code(v['spec'])} |\n"
+        f"| image | {_code(result.image)} |\n"
+        f"| digest | {_code(str(result.digest))} |\n"
+        f"| hash | {_code(result.hash)} |\n"
         f"| result | {state} |\n"
-        f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
+        f"| cache | {_cell(result.cache_backend or '-')}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
         f"| time | {result.seconds:.1f}s |\n"
-        + (f"| tags | {_cell(', '.join(result.tags))} |\n" if result.tags else "")
-        + (f"| unpinned | {_cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
+        + (f"| tags | {_cell(', '.join(result.tags), 2000)} |\n" if result.tags else "")
+        + (f"| unpinned | {_cell(', '.join(result.unpinned), 2000)} |\n" if result.unpinned else "")
     )
     if result.unpinned:
         command(
@@ -281,15 +300,18 @@ def train_action() -> int:
         mv = register_run_output(v["registry"], model, result.outputs, result.run_id, _say)
         set_output("model", f"{mv.name}:{mv.version}")
         set_output("model-ref", mv.ref)
-        registered = f"| model | `{mv.name}:{mv.version}` {'(same bytes as before)' if mv.reused else 'registered'} |\n"
+        registered = f"| model | {_code(f'{mv.name}:{mv.version}')} {'(same bytes as before)' if mv.reused else 'registered'} |\n"
     rec = result.record
-    rows = "".join(f"| {_cell(str(k))} | {_cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
+    # metrics.json is the run's: its names and values are text, never markup
+    rows = _rows([f"| {_cell(str(k))} | {_cell(str(x))} |\n" for k, x in rec.metrics.items()]) or "| (none) | |\n"
     append_summary(
-        f"### ml-env train: `{result.run_id}`\n\n"
-        f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
-        f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
-        f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
-        f"| command | `{_cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n{registered}\n"
+        f"### ml-env train: {_code(result.run_id)}\n\n"
+        f"**{_cell(str(result.status))}**"
+        + (f" (exit {result.exit_code})" if result.exit_code is not None else "")
+        + "\n\n"
+        f"| field | value |\n|---|---|\n| environment | {_code(rec.environment.image)} |\n"
+        f"| source snapshot | {_code(rec.source.snapshot_hash[:16])} ({rec.source.files} files) |\n"
+        f"| command | {_code(' '.join(rec.command), 1000)} |\n| outputs | {_code(str(result.outputs))} |\n{registered}\n"
         f"| metric | value |\n|---|---|\n{rows}"
     )
     if str(result.status) != "completed":
@@ -297,9 +319,33 @@ def train_action() -> int:
     return result.cli_exit_code
 
 
-def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+_LINES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_PUNCT = re.compile(r"[!-/:-@\[-`{-~]")
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """Text from outside as plain text in markdown (a table cell, a heading): no line break,
+    no HTML, no markup (links, images, emphasis, headings), at most ``limit`` characters."""
+    text = _visible(bounded(text, limit), _LINES)
+    return _PUNCT.sub(lambda m: _HTML.get(m.group(), "\\" + m.group()), text)
+
+
+def _code(text: str, limit: int = 300) -> str:
+    """Text from outside as a markdown code span (inside a table: ``|`` escaped, as GitHub's
+    tables need even there): fenced by more backticks than any run in it."""
+    text = _visible(bounded(text, limit), _LINES).replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _rows(cells: list[str]) -> str:
+    """Table rows, at most MAX_ROWS of them (a row that says how many were left out)."""
+    out = "".join(cells[:MAX_ROWS])
+    if len(cells) > MAX_ROWS:
+        out += f"| … {len(cells) - MAX_ROWS} more | |\n"
+    return out
 
 
 def smoke_test_action() -> int:
@@ -332,14 +378,14 @@ def smoke_test_action() -> int:
     set_output("p95-ms", f"{report.p95_ms:.1f}")
     set_output("report", str(js))
     set_output("junit", str(xml))
-    rows = "".join(
-        f"| {'✅' if c.passed else '❌'} | {_cell(c.name)} | {c.status} | "
-        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else _cell(c.message[:200])} |\n"
+    rows = _rows([
+        f"| {'✅' if c.passed else '❌'} | {_cell(c.name)} | {_cell(str(c.status))} | "
+        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else _cell(c.message, 200)} |\n"
         for c in report.cases
-    )
+    ])  # fmt: skip
     append_summary(
         f"### ml-env smoke-test: {report.passed} passed, {report.failed} failed\n\n"
-        f"`{report.image}` ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
+        f"{_code(report.image)} ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
         f"p95 {report.p95_ms:.1f} ms, max {report.max_ms:.1f} ms\n\n"
         f"| | case | status | ms | failure |\n|---|---|---|---|---|\n{rows}"
     )
@@ -385,15 +431,19 @@ def promote_action() -> int:
     state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
     if r.recorded_found:
         state += "; recorded in the ledger as found"
-    tags_md = ", ".join(f"`{ref.rsplit(':', 1)[1]}`" for ref in r.refs)
+    tags_md = ", ".join(_code(ref.rsplit(":", 1)[1]) for ref in r.refs)
     append_summary(
         f"### ml-env promote: {state}\n\n| field | value |\n|---|---|\n"
-        f"| environment | {_cell(r.environment.get('name') or '-')} |\n| digest | `{r.digest}` |\n"
-        f"| source | `{r.source}` |\n| destination | `{r.destination}` |\n| tags | {tags_md} |\n"
+        f"| environment | {_cell(str(r.environment.get('name') or '-'))} |\n| digest | {_code(r.digest)} |\n"
+        f"| source | {_code(r.source)} |\n| destination | {_code(r.destination)} |\n| tags | {tags_md} |\n"
         f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, {r.skipped_blobs} present |\n"
-        + (f"| moved tags | {_cell(', '.join(r.moved_tags))} |\n" if r.moved_tags else "")
-        + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
-        + (f"| ledger | `{where}`{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
+        + (f"| moved tags | {_cell(', '.join(r.moved_tags), 2000)} |\n" if r.moved_tags else "")
+        + (f"| referrers | {_cell(', '.join(r.referrers), 2000)} |\n" if r.referrers else "")
+        + (
+            f"| ledger | {_code(where)}{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n"
+            if where
+            else ""
+        )
     )
     return 0
 
@@ -412,8 +462,8 @@ def package_action() -> int:
     set_output("reused", "true" if r.reused else "false")
     append_summary(
         f"### ml-env package: {'reused' if r.reused else 'packaged'}\n\n| part | value |\n|---|---|\n"
-        f"| image | `{r.ref}` |\n| environment | `{r.environment}` |\n| entry | `{_cell(r.entry)}` "
-        f"(`{r.entry_hash[:16]}`) |\n| model | `{_cell(r.model)}` (`{r.model_digest[:19]}`) |\n"
+        f"| image | {_code(r.ref)} |\n| environment | {_code(r.environment)} |\n| entry | {_code(r.entry)} "
+        f"({_code(r.entry_hash[:16])}) |\n| model | {_code(r.model)} ({_code(r.model_digest[:19])}) |\n"
     )
     return 0
 
