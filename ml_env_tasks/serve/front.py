@@ -25,9 +25,9 @@ coding other than chunked are refused (400/501): what the front forwards is fram
 read it, and every malformed head gets an answer.
 
 A backend that cannot be reached (it crashed and is being restarted by the engine's restart
-policy, or is gone) gets its request a 502 at once: a refused connection is tried again only
-when the target has been switched meanwhile, and a connection attempt waits
-``CONNECT_TIMEOUT_S`` at most.
+policy, or is gone) gets its request a 502 at once when the connection is refused, within
+``CONNECT_TIMEOUT_S`` (2 s) when it goes unanswered: a failed connection is tried again only
+when the target has been switched meanwhile.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ upstream), so a kept-alive client connection is never tied to a scoring containe
 A fronted service's containers have the engine's restart policy ``on-failure`` (at most
 ``RESTART_RETRIES`` restarts): a scoring container that crashes (an OOM kill, a fault in
 ``run()``) comes back with its model loaded again, on the same network and address, and the
-front meanwhile answers 502 at once. A smoke test's container is never restarted: its crash is
+front meanwhile answers 502 within seconds (``front.CONNECT_TIMEOUT_S``), never waiting for it. A smoke test's container is never restarted: its crash is
 the finding.
 
 On an engine that is not a local socket (``tcp://``, ``ssh://``, a context naming one) nothing
