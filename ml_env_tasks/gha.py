@@ -6,7 +6,11 @@ interpolated into a shell line) through the same option declarations as the CLI,
 and environment variables apply alike; its Outcome's outputs, summary and annotations written.
 
 Escaping follows actions/toolkit ``command.ts``: data escapes ``%``, CR, LF; properties also
-escape ``:`` and ``,``. Multi-line outputs use ``name<<DELIM`` with a random delimiter.
+escape ``:`` and ``,``; other control characters are shown as ``\\xNN`` (an escape sequence
+cannot rewrite the log). Multi-line outputs use ``name<<DELIM`` with a random delimiter.
+
+Job summaries are markdown that GitHub renders: nothing in them comes from outside as markup
+(each command's summary puts outside text through ``commands.common.cell`` or ``code``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .commands import Command, Outcome, Values, every
+from .commands.common import visible
 from .errors import MlEnvError, UsageError
 from .fsutil import read_text_bounded
 from .grammar import bounded
@@ -43,6 +48,15 @@ __all__ = [
 ]
 
 
+# what is never written as it is: C0 and C1 controls but CR/LF/TAB, DEL, line and paragraph
+# separators, bidirectional overrides (text that reads differently from what it is)
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(s: str) -> str:
+    return visible(s, _UNSAFE)
+
+
 def escape_data(s: str) -> str:
     return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
@@ -52,9 +66,11 @@ def escape_property(s: str) -> str:
 
 
 def command(name: str, message: str = "", out: TextIO | None = None, **props: Any) -> None:
-    """Print ``::name k=v,...::message`` with toolkit escaping; None properties are left out."""
-    p = ",".join(f"{k}={escape_property(str(v))}" for k, v in props.items() if v is not None)
-    print(f"::{name}{' ' + p if p else ''}::{escape_data(message)}", file=out or sys.stdout, flush=True)
+    """Print ``::name k=v,...::message`` with toolkit escaping; None properties are left out.
+    Other control characters are shown escaped, but in ``add-mask``: a secret is masked as it is."""
+    shown = (lambda s: s) if name == "add-mask" else _visible
+    p = ",".join(f"{k}={escape_property(shown(str(v)))}" for k, v in props.items() if v is not None)
+    print(f"::{name}{' ' + p if p else ''}::{escape_data(shown(message))}", file=out or sys.stdout, flush=True)
 
 
 def set_output(name: str, value: str) -> None:
@@ -78,7 +94,7 @@ def append_summary(markdown: str) -> None:
 
 @contextlib.contextmanager
 def group(title: str) -> Iterator[None]:
-    print(f"::group::{escape_data(title)}", flush=True)
+    print(f"::group::{escape_data(_visible(title))}", flush=True)
     try:
         yield
     finally:

@@ -24,8 +24,10 @@ built locally (no Docker Hub is reachable).
 
 All state is machine-wide, under /var/lib/ml-env-lab/ (``ML_ENV_LAB_STATE``): registry
 storage, the auth registry's password, cached root file systems, and in ``run/`` the PID
-files, daemon config, logs and ``env.json``. Any checkout sees, checks, heals and stops the
-same engine and registries; deleting the checkout that started them loses nothing.
+files, daemon config, logs and ``env.json``. The auth registry's storage is 0700, its password
+files 0600 (``secure_state``, applied to a state found too, on each ``up``). Any checkout sees,
+checks, heals and stops the same engine and registries; deleting the checkout that started them
+loses nothing.
 
 The Debian mirror (for debootstrap and the extra trixie source) is read from this machine's
 own apt configuration.
@@ -340,16 +342,47 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+# what only root may read: the auth registry's storage (its images are what the password
+# guards), its password file and the credentials; made so, and made so again on each `up`
+# (state written by an older lab was world-readable)
+PRIVATE_DIRS = ("registry-auth",)
+PRIVATE_FILES = ("auth.json", "htpasswd")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte (never a world-readable moment)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.chmod(0o600)  # one left by an interrupted write keeps its mode through O_CREAT
+    tmp.replace(path)
+
+
+def secure_state(state: Path | None = None) -> None:
+    """The state folder's private parts: folders 0700, files 0600, whether new or found."""
+    state = state or STATE
+    state.mkdir(parents=True, exist_ok=True)
+    for name in PRIVATE_DIRS:
+        d = state / name
+        d.mkdir(mode=0o700, exist_ok=True)
+        d.chmod(0o700)
+    for name in PRIVATE_FILES:
+        f = state / name
+        if f.is_symlink():
+            raise SystemExit(f"[lab] {f} is a symbolic link: remove it and run `lab.py up` again")
+        if f.exists():
+            f.chmod(0o600)
+
+
 def auth_credentials() -> tuple[str, str]:
-    STATE.mkdir(parents=True, exist_ok=True)
+    secure_state()
     path = STATE / "auth.json"
     if path.exists():
         data = json.loads(path.read_text())
         return data["user"], data["password"]
     user, password = "mlenv", secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"user": user, "password": password}, f)
+    _write_private(path, json.dumps({"user": user, "password": password}))
     return user, password
 
 
@@ -360,6 +393,8 @@ def start_registry(name: str, port: int, htpasswd: Path | None) -> None:
         raise SystemExit(f"[lab] port 127.0.0.1:{port} is taken by something that is not a registry")
     storage = STATE / f"registry-{name}"
     storage.mkdir(parents=True, exist_ok=True)
+    if storage.name in PRIVATE_DIRS:
+        storage.chmod(0o700)
     lines = [
         "version: 0.1",
         "log: {level: warn}",
@@ -1137,12 +1172,11 @@ def up() -> None:
                 raise SystemExit("[lab] the engine runs but `docker buildx` is missing (package docker-buildx)")
         if not all(shutil.which(t) for t in ("docker-registry", "htpasswd", "debootstrap", "busybox")):
             install_packages()
-        user, password = auth_credentials()
+        user, password = auth_credentials()  # and the state's private parts made private (secure_state)
         htpasswd = STATE / "htpasswd"
         if not htpasswd.exists() or not ok(["htpasswd", "-vb", str(htpasswd), user, password]):
             line = run(["htpasswd", "-Bbn", user, password], capture_output=True, quiet=True).stdout.strip()
-            htpasswd.write_text(line + "\n")
-            htpasswd.chmod(0o600)
+            _write_private(htpasswd, line + "\n")
         start_registry("plain", PLAIN_PORT, None)
         start_registry("auth", AUTH_PORT, htpasswd)
         docker_login(user, password)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import SPEC, build_options, cell, reporter, spec_path
+from .common import SPEC, build_options, cell, code, reporter, spec_path
 
 __all__ = ["COMMANDS", "environments", "env_matrix", "build_metadata"]
 
@@ -51,13 +51,14 @@ def run_build(v: Values, io: Console) -> Outcome:
 
     reused = "built" if result.built else "reused (hash already in the registry)"
     summary = (
-        f"### ml-env build: `{result.name}`\n\n| field | value |\n|---|---|\n"
-        f"| environment | `{cell(v.spec)}` |\n| image | `{result.image}` |\n| digest | `{result.digest}` |\n"
-        f"| hash | `{result.hash}` |\n| result | {reused} |\n"
-        f"| cache | {result.cache_backend or '-'}{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
+        f"### ml-env build: {code(result.name)}\n\n| field | value |\n|---|---|\n"
+        f"| environment | {code(v.spec)} |\n| image | {code(result.image)} |\n| digest | {code(str(result.digest))} |\n"
+        f"| hash | {code(result.hash)} |\n| result | {reused} |\n"
+        f"| cache | {cell(result.cache_backend or '-')}"
+        f"{' (all steps cached)' if result.built and result.cache_hit else ''} |\n"
         f"| time | {result.seconds:.1f}s |\n"
-        + (f"| tags | {cell(', '.join(result.tags))} |\n" if result.tags else "")
-        + (f"| unpinned | {cell(', '.join(result.unpinned))} |\n" if result.unpinned else "")
+        + (f"| tags | {cell(', '.join(result.tags), 2000)} |\n" if result.tags else "")
+        + (f"| unpinned | {cell(', '.join(result.unpinned), 2000)} |\n" if result.unpinned else "")
     )
     notes: tuple[Annotation, ...] = ()
     if result.unpinned:

@@ -3,15 +3,17 @@ reporter speaking through the command's console, ``curated/NAME`` as a path, mar
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
+from ..grammar import bounded
 from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
 from . import Console, Values
 
 if TYPE_CHECKING:
     from ..build import BuildOptions, Reporter
 
-__all__ = ["BUILD_NAMES", "build_options", "reporter", "spec_path", "cell", "SPEC"]
+__all__ = ["BUILD_NAMES", "build_options", "reporter", "spec_path", "cell", "code", "rows", "visible", "SPEC"]
 
 BUILD_NAMES = tuple(dict.fromkeys(o.name for o in BUILD_WHERE + BUILD_HOW + BUILD_ONLY))
 SPEC = (Option("spec", ("spec",), help="environment file (envs/NAME.toml) or curated/NAME", gha="spec"),)
@@ -61,6 +63,37 @@ def spec_path(spec: str) -> str:
     return str(resolve_curated(spec))
 
 
-def cell(text: str) -> str:
-    """Text safe inside a markdown table cell of a job summary."""
-    return text.replace("|", "\\|").replace("\n", " ")
+# characters that break a line or a table, or read as something else (bidi overrides)
+LINES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_PUNCT = re.compile(r"[!-/:-@\[-`{-~]")
+MAX_ROWS = 200
+
+
+def visible(s: str, pattern: re.Pattern[str] = LINES) -> str:
+    """Characters ``pattern`` matches shown as ``\\xNN`` / ``\\uNNNN``: nothing invisible gets through."""
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", s)
+
+
+def cell(text: str, limit: int = 300) -> str:
+    """Text from outside as plain text in a job summary's markdown (a table cell, a heading): no
+    line break, no HTML, no markup (links, images, emphasis, headings), at most ``limit`` characters."""
+    text = visible(bounded(text, limit))
+    return _PUNCT.sub(lambda m: _HTML.get(m.group(), "\\" + m.group()), text)
+
+
+def code(text: str, limit: int = 300) -> str:
+    """Text from outside as a markdown code span (inside a table: ``|`` escaped, as GitHub's
+    tables need even there): fenced by more backticks than any run in it."""
+    text = visible(bounded(text, limit)).replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def rows(cells: list[str]) -> str:
+    """Table rows, at most MAX_ROWS of them (a row that says how many were left out)."""
+    out = "".join(cells[:MAX_ROWS])
+    if len(cells) > MAX_ROWS:
+        out += f"| … {len(cells) - MAX_ROWS} more | |\n"
+    return out

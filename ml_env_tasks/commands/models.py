@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, VERSIONS, Option
 from . import Action, Command, Console, Outcome, Values
-from .common import build_options, cell
+from .common import build_options, code
 
 __all__ = ["COMMANDS"]
 
@@ -78,8 +78,8 @@ def run_package(args: Values, io: Console) -> Outcome:
         )  # fmt: skip
     summary = (
         f"### ml-env package: {'reused' if r.reused else 'packaged'}\n\n| part | value |\n|---|---|\n"
-        f"| image | `{r.ref}` |\n| environment | `{r.environment}` |\n| entry | `{cell(r.entry)}` "
-        f"(`{r.entry_hash[:16]}`) |\n| model | `{cell(r.model)}` (`{r.model_digest[:19]}`) |\n"
+        f"| image | {code(r.ref)} |\n| environment | {code(r.environment)} |\n| entry | {code(r.entry)} "
+        f"({code(r.entry_hash[:16])}) |\n| model | {code(r.model)} ({code(r.model_digest[:19])}) |\n"
     )
     outputs = {"image": r.image, "digest": r.digest, "ref": r.ref, "reused": "true" if r.reused else "false"}
     return Outcome(r.to_json(), f"{r.ref}  {'reused' if r.reused else 'packaged'}", 0, outputs, summary)

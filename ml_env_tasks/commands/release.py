@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..options import PROMOTE, Option, Source
 from . import Action, Command, Console, Outcome, Session, Values
-from .common import cell
+from .common import cell, code
 
 __all__ = ["COMMANDS"]
 
@@ -57,16 +57,16 @@ def run_promote(v: Values, io: Console) -> Outcome:
     state = "dry run" if r.dry_run else ("already promoted (no change)" if r.no_op else "promoted")
     if r.recorded_found:
         state += "; recorded in the ledger as found"
-    tags_md = ", ".join(f"`{ref.rsplit(':', 1)[1]}`" for ref in r.refs)
+    tags_md = ", ".join(code(ref.rsplit(":", 1)[1]) for ref in r.refs)
     summary = (
         f"### ml-env promote: {state}\n\n| field | value |\n|---|---|\n"
-        f"| environment | {cell(r.environment.get('name') or '-')} |\n| digest | `{r.digest}` |\n"
-        f"| source | `{r.source}` |\n| destination | `{r.destination}` |\n| tags | {tags_md} |\n"
+        f"| environment | {cell(str(r.environment.get('name') or '-'))} |\n| digest | {code(r.digest)} |\n"
+        f"| source | {code(r.source)} |\n| destination | {code(r.destination)} |\n| tags | {tags_md} |\n"
         f"| blobs | {r.copied_blobs} copied ({r.copied_bytes / 2**20:.1f} MiB), {r.mounted_blobs} mounted, "
         f"{r.skipped_blobs} present |\n"
-        + (f"| moved tags | {cell(', '.join(r.moved_tags))} |\n" if r.moved_tags else "")
-        + (f"| referrers | {', '.join(r.referrers)} |\n" if r.referrers else "")
-        + (f"| ledger | `{where}`{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
+        + (f"| moved tags | {cell(', '.join(r.moved_tags), 2000)} |\n" if r.moved_tags else "")
+        + (f"| referrers | {cell(', '.join(r.referrers), 2000)} |\n" if r.referrers else "")
+        + (f"| ledger | {code(where)}{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
     )
     outputs = {
         "digest": r.digest, "refs": "\n".join(r.refs), "ref": f"{r.destination}@{r.digest}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell
+from .common import build_options, cell, code, rows
 
 
 def _input(name: str) -> str:
@@ -128,16 +128,21 @@ def run_train(v: Values, io: Console) -> Outcome:
         record["registered_model"] = mv.to_json()
         text += f"\nmodel {mv.ref}@{mv.digest} {'(same bytes as before)' if mv.reused else 'registered'}"
         outputs |= {"model": f"{mv.name}:{mv.version}", "model-ref": mv.ref}
-        registered = f"| model | `{mv.name}:{mv.version}` {'(same bytes as before)' if mv.reused else 'registered'} |\n"
+        registered = (
+            f"| model | {code(f'{mv.name}:{mv.version}')} {'(same bytes as before)' if mv.reused else 'registered'} |\n"
+        )
     rec = result.record
-    rows = "".join(f"| {cell(str(k))} | {cell(str(x))} |\n" for k, x in rec.metrics.items()) or "| (none) | |\n"
+    # metrics.json is the run's: its names and values are text, never markup
+    table = rows([f"| {cell(str(k))} | {cell(str(x))} |\n" for k, x in rec.metrics.items()]) or "| (none) | |\n"
     summary = (
-        f"### ml-env train: `{result.run_id}`\n\n"
-        f"**{result.status}**" + (f" (exit {result.exit_code})" if result.exit_code is not None else "") + "\n\n"
-        f"| field | value |\n|---|---|\n| environment | `{rec.environment.image}` |\n"
-        f"| source snapshot | `{rec.source.snapshot_hash[:16]}` ({rec.source.files} files) |\n"
-        f"| command | `{cell(' '.join(rec.command))}` |\n| outputs | `{result.outputs}` |\n{registered}\n"
-        f"| metric | value |\n|---|---|\n{rows}"
+        f"### ml-env train: {code(result.run_id)}\n\n"
+        f"**{cell(str(result.status))}**"
+        + (f" (exit {result.exit_code})" if result.exit_code is not None else "")
+        + "\n\n"
+        f"| field | value |\n|---|---|\n| environment | {code(rec.environment.image)} |\n"
+        f"| source snapshot | {code(rec.source.snapshot_hash[:16])} ({rec.source.files} files) |\n"
+        f"| command | {code(' '.join(rec.command), 1000)} |\n| outputs | {code(str(result.outputs))} |\n{registered}\n"
+        f"| metric | value |\n|---|---|\n{table}"
     )
     notes: tuple[Annotation, ...] = ()
     if str(result.status) != "completed":

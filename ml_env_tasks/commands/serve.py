@@ -7,7 +7,7 @@ from typing import Any
 
 from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, VERSIONS, Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell
+from .common import build_options, cell, code, rows
 
 
 def _input(name: str) -> str:
@@ -152,16 +152,16 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
         )
         return "\n".join(rows)
 
-    rows = "".join(
-        f"| {'✅' if c.passed else '❌'} | {cell(c.name)} | {c.status} | "
-        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else cell(c.message[:200])} |\n"
+    table = rows([
+        f"| {'✅' if c.passed else '❌'} | {cell(c.name)} | {cell(str(c.status))} | "
+        f"{(c.latencies_ms[0] if c.latencies_ms else 0):.1f} | {'' if c.passed else cell(c.message, 200)} |\n"
         for c in report.cases
-    )
+    ])  # fmt: skip
     summary = (
         f"### ml-env smoke-test: {report.passed} passed, {report.failed} failed\n\n"
-        f"`{report.image}` ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
+        f"{code(report.image)} ready in {report.ready_s:.2f}s; latency p50 {report.p50_ms:.1f} ms, "
         f"p95 {report.p95_ms:.1f} ms, max {report.max_ms:.1f} ms\n\n"
-        f"| | case | status | ms | failure |\n|---|---|---|---|---|\n{rows}"
+        f"| | case | status | ms | failure |\n|---|---|---|---|---|\n{table}"
     )
     outputs = {
         "record": recorded or "", "passed": str(report.passed), "failed": str(report.failed),

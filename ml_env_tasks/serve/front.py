@@ -17,9 +17,17 @@ Clients are untrusted: a request head over 64 KiB gets 431, one not complete wit
 connection; bodies and responses are streamed in 64 KiB pieces (never held whole; the backend
 enforces its own body limit), a body that stalls longer than ``ML_ENV_BODY_TIMEOUT_S`` (30 s)
 gets 408, a client that does not read its response for as long is dropped; at most
-``ML_ENV_FRONT_MAX_CONNECTIONS`` (256) client connections at once (503 beyond). Requests with
-both Content-Length and Transfer-Encoding, several lengths, or a coding other than chunked are
-refused (400/501): what the front forwards is framed the way it read it.
+``ML_ENV_FRONT_MAX_CONNECTIONS`` (256) client connections at once, and at most
+``ML_ENV_FRONT_MAX_PER_CLIENT`` (64) from one peer address, so that one client's idle
+connections cannot lock the others out (503 and closed beyond either). Requests with both
+Content-Length and Transfer-Encoding, several lengths, a length that is not ASCII digits, or a
+coding other than chunked are refused (400/501): what the front forwards is framed the way it
+read it, and every malformed head gets an answer.
+
+A backend that cannot be reached (it crashed and is being restarted by the engine's restart
+policy, or is gone) gets its request a 502 at once when the connection is refused, within
+``CONNECT_TIMEOUT_S`` (2 s) when it goes unanswered: a failed connection is tried again only
+when the target has been switched meanwhile.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ from collections.abc import Awaitable, Callable
 
 CONTROL = os.environ.get("ML_ENV_FRONT_CONTROL", "/ml-env-front/target.json")
 PORT = int(os.environ.get("ML_ENV_FRONT_PORT", "5001"))
+HOST = os.environ.get("ML_ENV_FRONT_HOST", "0.0.0.0")  # the tests' fronts listen on loopback only
 HEADER_TIMEOUT_S = float(os.environ.get("ML_ENV_HEADER_TIMEOUT_S", "10"))
 BODY_TIMEOUT_S = float(os.environ.get("ML_ENV_BODY_TIMEOUT_S", "30"))
 # how long a backend may take to answer: run() may take SCORING_TIMEOUT_MS, plus the server's own time
 RESPONSE_TIMEOUT_S = int(os.environ.get("SCORING_TIMEOUT_MS", "3600000")) / 1000.0 + 60
 MAX_CONNECTIONS = int(os.environ.get("ML_ENV_FRONT_MAX_CONNECTIONS", "256"))
+MAX_PER_CLIENT = int(os.environ.get("ML_ENV_FRONT_MAX_PER_CLIENT", "64"))
+CONNECT_TIMEOUT_S = 2.0  # a backend on the same host answers a connect in a millisecond
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
 CHUNK = 64 * 1024
@@ -71,6 +82,12 @@ class State:
     current: Target | None = None
     draining: list[Target] = []
     connections = 0
+    per_peer: dict[str, int] = {}
+
+
+def digits(text: str) -> bool:
+    """ASCII decimal digits only: str.isdigit() also takes '¹' or '٣', which int() then refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def load_target() -> Target:
@@ -163,7 +180,7 @@ def framing(fields: list[tuple[str, str]]) -> int | str:
         return "chunked"
     if not cl:
         return 0
-    if len(cl) > 1 or not cl[0].isdigit() or len(cl[0]) > 18:
+    if len(cl) > 1 or not digits(cl[0]) or len(cl[0]) > 18:
         raise Refused(400, "a malformed Content-Length")
     return int(cl[0])
 
@@ -303,7 +320,7 @@ async def relay_response(
             frame: int | str | None = framing(fields)
         except Refused:
             raise BadGateway from None
-        if not (version.startswith("HTTP/1.") and status_text.isdigit() and len(status_text) == 3):
+        if not (version.startswith("HTTP/1.") and digits(status_text) and len(status_text) == 3):
             raise BadGateway
         status = int(status_text)
         if status == 101:
@@ -379,23 +396,25 @@ async def open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asy
 
 
 async def connect() -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the current backend, counted in its in-flight requests. A refused
-    connection is tried again (on the new backend, when it has just been switched)."""
+    """A connection to the current backend, counted in its in-flight requests. A connection
+    that fails is tried again only when the target was switched meanwhile (on the new backend):
+    a backend that is down (crashed, restarting) is said at once, never waited for."""
     error: Exception | None = None
-    for _ in range(20):
+    for _ in range(5):
         target = State.current
         assert target is not None
         target.inflight += 1
         try:
-            r, w = await asyncio.wait_for(open_upstream(target.host, target.port), 5)
+            r, w = await asyncio.wait_for(open_upstream(target.host, target.port), CONNECT_TIMEOUT_S)
             return target, r, w
         except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041
             error = e
             target.inflight -= 1
             settle(target)
         if State.current is target:
-            await asyncio.sleep(0.05)
-    raise BadGateway(f"the scoring container is not reachable: {error}")
+            break
+    reason = "timed out" if isinstance(error, asyncio.TimeoutError) else type(error).__name__  # noqa: UP041
+    raise BadGateway(f"the scoring container is not reachable ({reason}): it may be restarting")
 
 
 async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
@@ -447,12 +466,21 @@ async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, he
         settle(target)
 
 
+def peer_of(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    if State.connections >= MAX_CONNECTIONS:
-        reply(writer, 503, f"more than {MAX_CONNECTIONS} connections")
+    peer = peer_of(writer)
+    if State.connections >= MAX_CONNECTIONS or State.per_peer.get(peer, 0) >= MAX_PER_CLIENT:
+        over = State.connections >= MAX_CONNECTIONS
+        reply(writer, 503, f"more than {MAX_CONNECTIONS} connections" if over
+              else f"more than {MAX_PER_CLIENT} connections from one client")  # fmt: skip
         writer.close()
         return
     State.connections += 1
+    State.per_peer[peer] = State.per_peer.get(peer, 0) + 1
     try:
         while True:
             try:
@@ -474,6 +502,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     finally:
         await linger(reader, writer)
         State.connections -= 1
+        State.per_peer[peer] -= 1
+        if not State.per_peer[peer]:
+            del State.per_peer[peer]
 
 
 async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -502,7 +533,7 @@ async def main() -> None:
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
     loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
-    server = await asyncio.start_server(handle, "0.0.0.0", PORT, limit=MAX_HEAD, backlog=1024)
+    server = await asyncio.start_server(handle, HOST, PORT, limit=MAX_HEAD, backlog=1024)
     say(f"listening on :{PORT}, {State.current}")
     async with server:
         await stop

@@ -15,6 +15,12 @@ queued on the one that closes. The front forwards per request (``Connection: clo
 upstream), so a kept-alive client connection is never tied to a scoring container. Smoke tests
 (``start(front=False)``) keep one container that publishes its port itself.
 
+A fronted service's containers have the engine's restart policy ``on-failure`` (at most
+``RESTART_RETRIES`` restarts): a scoring container that crashes (an OOM kill, a fault in
+``run()``) comes back with its model loaded again, on the same network and address, and the
+front meanwhile answers 502 within seconds (``front.CONNECT_TIMEOUT_S``), never waiting for it. A smoke test's container is never restarted: its crash is
+the finding.
+
 On an engine that is not a local socket (``tcp://``, ``ssh://``, a context naming one) nothing
 is mounted from this machine: the entry script's folder (its snapshot, ignore files honoured)
 and the models are copied into the container through the Engine API before it starts, the
@@ -68,6 +74,7 @@ GENERATION = "ml-env.serve.generation"  # which of them: 1, 2, ... one per --rep
 NETWORK = "ml-env.serve.network"
 FRONT_DIR = "/ml-env-front"
 DRAIN_TIMEOUT_S = 60.0  # how long requests in flight on a replaced container may take to finish
+RESTART_RETRIES = 5  # how many times the engine restarts a fronted service's container that exits non-zero
 # readiness, per scoring server: ml-env's answers GET /score once init() is done; azmlinfsrv's
 # GET /score would call run(), and its GET / is answered only by a worker that has run init()
 READY_PATHS = {"builtin": "/score", "azureml": "/"}
@@ -327,6 +334,20 @@ def _front_tar(generation: int, host: str, *, script: bool) -> Iterator[bytes]:
     yield buf.getvalue()
 
 
+def _restart_on_failure(box: Any) -> None:
+    """The engine restarts the container when it exits non-zero, RESTART_RETRIES times at most
+    (set on the created container, before it starts: the Engine API's update)."""
+    from ..engine.api import EngineAPIError
+    from ..errors import EngineError
+
+    api = _containers().api
+    policy = {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": RESTART_RETRIES}}
+    try:
+        api.call("POST", api.path("/containers/{}/update", box.id), json_body=policy)
+    except EngineAPIError as e:
+        raise EngineError(f"setting the restart policy of {box.name} failed: {e.message}") from None
+
+
 def _start_backend(plan: _Plan, name: str, generation: int, opts: ServeOptions) -> tuple[str, int]:
     """A scoring container of a fronted service, on its network; its port is published on a port
     the engine picks (on the engine's host), for the readiness check. Returns its id and that port."""
@@ -338,6 +359,7 @@ def _start_backend(plan: _Plan, name: str, generation: int, opts: ServeOptions) 
     )  # fmt: skip
     try:
         _copy_in(box, plan)
+        _restart_on_failure(box)
         box.start()
         return box.id, c.host_port(box.id, CONTAINER_PORT)
     except BaseException:
@@ -361,6 +383,7 @@ def _start_fronted(plan: _Plan, name: str, port: int, opts: ServeOptions) -> Ser
             ports={CONTAINER_PORT: port}, network=_network(name), host_ip=_host_ip(plan),
         )  # fmt: skip
         box.put_tar(_front_tar(1, c.address(backend, _network(name)), script=True))
+        _restart_on_failure(box)
         box.start()
         if plan.remote:
             port = box.host_port(CONTAINER_PORT) or port
@@ -484,7 +507,7 @@ def _backends(name: str) -> dict[int, Any]:
     out = {}
     for info in _containers().list_by_label(f"{BACKEND}={name}"):
         g = info.labels.get(GENERATION, "")
-        if g.isdigit():
+        if g.isascii() and g.isdigit() and len(g) < 10:
             out[int(g)] = info
     return out
 

@@ -23,6 +23,7 @@ server with a non-zero exit and the traceback in the log.
 
 Clients are untrusted: a request body over ``ML_ENV_MAX_BODY_BYTES`` (default 16 MiB) gets 413
 before it is read whole; a body not received within ``ML_ENV_BODY_TIMEOUT_S`` (30 s) gets 408;
+a client that goes away mid-body leaves nothing in the log;
 a connection that has not sent a complete request head within ``ML_ENV_HEADER_TIMEOUT_S``
 (10 s) is closed; at most ``ML_ENV_MAX_CONNECTIONS`` (64) connections are served at once
 (503 beyond, uvicorn's own limit).
@@ -47,7 +48,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -157,9 +158,10 @@ class _TooLarge(Exception):
 
 async def read_body(request: Request) -> bytes | Response:
     """The request body, or the error response: 413 over MAX_BODY (before it is all read), 408
-    when it does not arrive within BODY_TIMEOUT_S."""
+    when it does not arrive within BODY_TIMEOUT_S. A client that goes away before its body is
+    complete gets a 400 nobody reads and leaves nothing in the log (a client cannot fill it)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         return error(413, f"the request body is over {MAX_BODY} bytes (ML_ENV_MAX_BODY_BYTES)", close=True)
     chunks: list[bytes] = []
     size = 0
@@ -178,6 +180,8 @@ async def read_body(request: Request) -> bytes | Response:
         return error(413, f"the request body is over {MAX_BODY} bytes (ML_ENV_MAX_BODY_BYTES)", close=True)
     except TimeoutError:
         return error(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", close=True)
+    except ClientDisconnect:
+        return error(400, "the client went away before its request body was complete", close=True)
     return b"".join(chunks)
 
 
