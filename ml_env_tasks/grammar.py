@@ -11,6 +11,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "digits",
     "APT_PACKAGE",
     "ENV_NAME",
     "LABEL_KEY",
@@ -55,6 +56,12 @@ def matches(pattern: re.Pattern[str], value: object) -> bool:
 def has_control(value: str) -> bool:
     """CR, LF, NUL or another control character (a tab is allowed)."""
     return _CONTROL.search(value) is not None
+
+
+def digits(text: str) -> bool:
+    """ASCII decimal digits only: ``str.isdigit()`` also takes ``'¹'`` or ``'٣'``, which ``int()``
+    then refuses (an exit 70 where bad input deserves one line)."""
+    return text.isascii() and text.isdigit()
 
 
 def printable(value: object, limit: int = 200) -> str:

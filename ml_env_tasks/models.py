@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RegistryError, UsageError
-from .grammar import MODEL_NAME, matches, printable
+from .grammar import MODEL_NAME, digits, matches, printable
 from .registry import artifacts as art
 from .safetar import Extracted, Refuse, check_links, extract
 
@@ -87,7 +87,7 @@ def parse_model_ref(text: str) -> tuple[str, int | None]:
         raise UsageError(f"model {printable(name, 70)!r} is not a model name", hint="letters, digits, '_', '.', '-'")
     if not sep:
         return name, None
-    if not version.isdigit() or len(version) > 9 or int(version) < 1:
+    if not digits(version) or len(version) > 9 or int(version) < 1:
         raise UsageError(f"model {name}: version {printable(version, 20)!r} is not a version number (1, 2, ...)")
     return name, int(version)
 
@@ -176,7 +176,7 @@ def register(
         art.put_empty_config(client, repo)
         if not client.blob_exists(repo, layer):
             client.upload_stream(repo, layer, art.file_chunks(layer_path), size)
-    number = max([int(t) for t in client.tags(repo) if t.isdigit() and len(t) < 10], default=0) + 1
+    number = max([int(t) for t in client.tags(repo) if digits(t) and len(t) < 10], default=0) + 1
     created = datetime.now(UTC).isoformat(timespec="seconds")
     for _ in range(NUMBER_TRIES):
         annotations = {
@@ -218,7 +218,7 @@ def _version(registry: str, repo: str, digest: str, ann: dict[str, Any], layer: 
     version = str(ann.get(f"{_A}version", ""))
     return ModelVersion(
         name=printable(ann.get(f"{_A}name", ""), 63),
-        version=int(version) if version.isdigit() and len(version) < 10 else 0,
+        version=int(version) if digits(version) and len(version) < 10 else 0,
         repository=f"{registry}/{repo}",
         digest=digest,
         layer=layer,
@@ -249,7 +249,7 @@ def get(registry: str, ref: str, *, repository: str | None = None) -> ModelVersi
     name, version = parse_model_ref(ref)
     client, repo = _repository(registry, name, repository)
     if version is None:
-        numbers = sorted(int(t) for t in client.tags(repo) if t.isdigit() and len(t) < 10)
+        numbers = sorted(int(t) for t in client.tags(repo) if digits(t) and len(t) < 10)
         if not numbers:
             raise UsageError(f"model {name} has no versions in {registry}/{repo}")
         version = numbers[-1]
@@ -263,7 +263,7 @@ def list_versions(registry: str, name: str, *, repository: str | None = None) ->
         tags = client.tags(repo)
     except RegistryError:
         tags = []
-    numbers = sorted(int(t) for t in tags if t.isdigit() and len(t) < 10)
+    numbers = sorted(int(t) for t in tags if digits(t) and len(t) < 10)
     return [_read(client, registry, repo, str(n)) for n in numbers]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Layers
 from .errors import UsageError
-from .grammar import has_control, printable
+from .grammar import digits, has_control, printable
 
 __all__ = [
     "Option",
@@ -247,7 +247,7 @@ def _path(text: str) -> Path:
 
 
 def _int(text: str) -> int:
-    if not text.isdigit() or len(text) > 9:
+    if not digits(text) or len(text) > 9:
         raise argparse.ArgumentTypeError(f"{printable(text, 40)!r} is not a whole number")
     return int(text)
 
@@ -263,7 +263,7 @@ def _float(text: str) -> float:
 
 
 def port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not digits(text) or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError("a port is a number from 0 to 65535")
     return int(text)
 

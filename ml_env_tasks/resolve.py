@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SpecError, UsageError
+from .grammar import digits
 
 if TYPE_CHECKING:
     from .build import BuildOptions, Reporter
@@ -176,7 +177,7 @@ def _looks_registered(ref: str, versions: Path) -> bool:
     from .versions import Versions
 
     name, sep, version = ref.partition(":")
-    if not (sep and matches(NAME, name) and version.isdigit() and versions.is_file()):
+    if not (sep and matches(NAME, name) and digits(version) and versions.is_file()):
         return False
     return bool(Versions(versions).entries(name))  # a registered name wins over an image of that name
 

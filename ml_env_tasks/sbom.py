@@ -28,6 +28,7 @@ from typing import Any
 
 from .digests import is_digest
 from .errors import RegistryError
+from .grammar import digits
 from .registry import artifacts as art
 from .untrusted import json_loads
 
@@ -65,7 +66,7 @@ class Contents:
 def source_date() -> datetime:
     """SOURCE_DATE_EPOCH when set (reproducible builds' convention), else the epoch."""
     raw = os.environ.get("SOURCE_DATE_EPOCH", "")
-    seconds = int(raw) if raw.isdigit() and len(raw) < 12 else 0
+    seconds = int(raw) if digits(raw) and len(raw) < 12 else 0
     return datetime.fromtimestamp(seconds, UTC)
 
 

@@ -27,6 +27,7 @@ from ..digests import cache_dir
 from ..dockerfile import BuildPlan, render, write_context
 from ..errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError, UsageError
 from ..fsutil import locked, write_atomic
+from ..grammar import digits
 from ..options import CACHE_BACKENDS
 from ..provenance import git_info
 from ..redact import Redactor
@@ -292,7 +293,7 @@ def source_date_epoch() -> str:
     import os
 
     raw = os.environ.get("SOURCE_DATE_EPOCH", "")
-    return raw if raw.isdigit() and len(raw) < 12 else "0"
+    return raw if digits(raw) and len(raw) < 12 else "0"
 
 
 def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:

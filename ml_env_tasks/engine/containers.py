@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError
+from ..grammar import digits
 from ..resources import Resources
 from .api import EngineAPI, EngineAPIError, NotFound
 from .buildlog import MAX_LOG_LINE
@@ -138,7 +139,7 @@ class Containers:
             host["ShmSize"] = r.shm_size
         if r.gpus:
             gpu: dict[str, Any] = {"Driver": "", "Capabilities": [["gpu"]], "Options": {}}
-            if r.gpus == "all" or r.gpus.isdigit():
+            if r.gpus == "all" or digits(r.gpus):
                 gpu.update(Count=-1 if r.gpus == "all" else int(r.gpus), DeviceIDs=[])
             else:
                 gpu.update(Count=0, DeviceIDs=[x for x in r.gpus.replace("device=", "").split(",") if x])
@@ -268,7 +269,7 @@ class Containers:
         """The host port a container port is published on (one the engine picked)."""
         ports = (self.inspect(cid).get("NetworkSettings") or {}).get("Ports") or {}
         for b in ports.get(f"{container_port}/tcp") or []:
-            if str(b.get("HostPort") or "").isdigit():
+            if digits(str(b.get("HostPort") or "")):
                 return int(b["HostPort"])
         raise EngineError(f"the container {cid[:12]} publishes no port for {container_port}")
 

@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 
 from ..digests import is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryUnreachable
-from ..grammar import printable
+from ..grammar import digits, printable
 from ..untrusted import check_depth, json_loads
 from .constants import CHUNK, MANIFEST_TYPES, MAX_MANIFEST
 from .reference import ManifestInfo
@@ -55,7 +55,8 @@ class RegistryClient(Transport):
             # some registries omit them on HEAD: read the manifest to know its digest and type
             got = self.get_manifest(repository, reference)
             return got[0] if got else None
-        return ManifestInfo(digest, _media_type(r), int(r.header("Content-Length", "0") or 0))
+        length = r.header("Content-Length", "0")
+        return ManifestInfo(digest, _media_type(r), int(length) if digits(length) and len(length) < 16 else 0)
 
     def get_manifest(self, repository: str, reference: str) -> tuple[ManifestInfo, bytes] | None:
         """The manifest and its bytes if it exists (200 with a manifest's media type, hashing to

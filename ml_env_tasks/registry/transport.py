@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
-from ..grammar import printable
+from ..grammar import digits, printable
 from ..untrusted import json_loads
 from .constants import CHUNK, DEADLINE, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY, MIN_RATE
 from .reference import is_loopback
@@ -430,7 +430,7 @@ class Transport:
             if resp.status >= 500 or resp.status == 429:
                 resp.close()
                 after = resp.header("Retry-After")
-                raise _Transient(f"HTTP {resp.status}", resp.status, float(after) if after.isdigit() else None)
+                raise _Transient(f"HTTP {resp.status}", resp.status, float(after) if digits(after) else None)
             return resp
 
     def error_text(self, resp: Response) -> str:

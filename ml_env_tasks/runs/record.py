@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import RecordError
 from ..fsutil import read_bounded, write_atomic
-from ..grammar import RUN_ID, matches
+from ..grammar import RUN_ID, digits, matches
 from ..resources import Resources
 from ..untrusted import json_loads
 
@@ -126,7 +126,7 @@ class CliProcess:
     @classmethod
     def from_label(cls, text: str) -> CliProcess | None:
         parts = text.rsplit("/", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 3 or not digits(parts[1]) or not digits(parts[2]):
             return None
         return cls(int(parts[1]), parts[0], int(parts[2]) or None)
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ..digests import counted
 from ..errors import EngineError
+from ..grammar import digits
 from ..resources import Resources
 from ..snapshot import Entry, Snapshot, TarPart, folder_snapshot, tar_chunks, tar_parts
 from .record import CliProcess, RunStatus
@@ -224,10 +225,10 @@ def _remote_parts(job: Job, uid: int, gid: int) -> list[TarPart]:
 
 def _numeric_user(user: str | None) -> tuple[int, int]:
     """The uid:gid that owns the code folder in the container (root for a user given by name)."""
-    if user and ":" in user and all(p.isdigit() for p in user.split(":", 1)):
+    if user and ":" in user and all(digits(p) for p in user.split(":", 1)):
         u, g = user.split(":", 1)
         return int(u), int(g)
-    if user and user.isdigit():
+    if user and digits(user):
         return int(user), int(user)
     return 0, 0
 

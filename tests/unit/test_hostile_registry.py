@@ -647,3 +647,16 @@ def test_a_slow_but_steady_answer_within_the_deadline_is_read() -> None:
         c = slow_client(port)
         c.deadline = 10.0
         assert c.tags("r") == ["a", "b"]
+
+
+def test_a_retry_after_of_non_ascii_digits_is_no_crash() -> None:
+    """``'¹'.isdigit()`` is true and ``float('¹')`` raises: a registry's Retry-After is read as
+    ASCII digits only, else ignored (the usual backoff), never a ValueError (exit 70)."""
+
+    def handle(h):
+        return 429, {"Retry-After": "\u00b9", "Content-Type": "application/json"}, b"{}"
+
+    with server(handle) as (port, seen):
+        with pytest.raises(RegistryError):
+            client(port).head_manifest("r", "latest")
+    assert len(seen.requests) > 1  # it was retried, as a 429 is
