@@ -121,7 +121,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def actions(session: nox.Session) -> None:
     """Render ci/github/*/action.yml from the option declarations (ml_env_tasks/actions.py)."""
-    from ml_env_tasks.actions import write_all
+    from ml_env_tasks.fronts.actions import write_all
 
     for path in write_all(ROOT / "ci/github"):
         session.log(f"wrote {path.relative_to(ROOT)}")

@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..options import CACHE_BACKENDS
+    from ..settings.options import CACHE_BACKENDS
     from .cache import CachePlan, cache_refs, choose_cache
     from .flow import build_env, load_env, pin_base, plan
     from .model import BuildOptions, BuildResult, Reporter, image_ref, repository_for

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..digests import cache_dir
 from ..errors import EngineError, RegistryError, UsageError
-from ..hashing import dependency_key
 from ..registry import RegistryClient, parse_ref
+from ..safe.digests import cache_dir
 from ..spec import Environment
+from ..spec.hashing import dependency_key
 from .model import BuildOptions, Reporter, repository_for
 
 __all__ = ["CachePlan", "cache_refs", "choose_cache", "existing_sources", "point_moving_ref"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineError, UsageError
-from ..grammar import LABEL_KEY, TAG, has_control, matches, printable
+from ..safe.grammar import LABEL_KEY, TAG, has_control, matches, printable
 
 __all__ = [
     "CACHE_TYPES",

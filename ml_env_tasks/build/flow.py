@@ -23,23 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from .. import spec as spec_mod
-from ..digests import cache_dir
-from ..dockerfile import BuildPlan, render, write_context
 from ..errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError, UsageError
-from ..fsutil import locked, write_atomic
-from ..grammar import digits
-from ..options import CACHE_BACKENDS
-from ..provenance import git_info
-from ..redact import Redactor
-from ..refs import DOCKER_HUB
 from ..registry import RegistryClient, parse_ref
+from ..registry.refs import DOCKER_HUB
+from ..release.provenance import git_info
+from ..safe.digests import cache_dir
+from ..safe.fsutil import locked, write_atomic
+from ..safe.grammar import digits
+from ..safe.redact import Redactor
+from ..settings.options import CACHE_BACKENDS
 from ..spec import Environment, lock_path_for
 from . import extras
 from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref
+from .dockerfile import BuildPlan, render, write_context
+from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .extras import check_platforms, output_spec
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
-from .reuse import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .secrets import build_secrets, docker_config_for, env_secret
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
@@ -101,7 +101,7 @@ def base_digest(env: Environment, opts: BuildOptions) -> str | None:
 
 def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Build (or reuse) the image of an environment already loaded (and pinned, with --pin-base)."""
-    from .. import speccache
+    from . import speccache
 
     rep = reporter or Reporter()
     t0 = time.monotonic()
@@ -308,8 +308,7 @@ def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:
 def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_text: str, engine: Any,
                  opts: BuildOptions) -> str:  # fmt: skip
     """The pushed image's SBOM (``sbom``), attached beside BuildKit's provenance: the new digest."""
-    from ..pins import lock_packages
-    from ..sbom import (
+    from ..release.sbom import (
         CYCLONEDX,
         SPDX,
         Contents,
@@ -319,6 +318,7 @@ def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_tex
         spdx_json,
         statement,
     )
+    from ..spec.pins import lock_packages
 
     r = parse_ref(ref)
     name = f"{r.host}/{r.repository}"

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, MlEnvError, RegistryError
-from ..fsutil import write_atomic
-from ..pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for, lock_to_read
+from ..safe.fsutil import write_atomic
+from ..spec.pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for, lock_to_read
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
-    from ..environment import Environment
+    from ..spec.environment import Environment
 
 __all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from ..environment import Environment
+    from ..spec.environment import Environment
 
 __all__ = ["Reporter", "BuildOptions", "BuildResult", "repository_for", "image_ref"]
 
@@ -117,7 +117,7 @@ def repository_for_name(name: str, opts: BuildOptions) -> str:
 
 def image_ref(env: Environment, opts: BuildOptions, h: str | None = None) -> str:
     if h is None:
-        from ..hashing import env_hash
+        from ..spec.hashing import env_hash
 
         h = env_hash(env)
     repo = repository_for(env, opts)

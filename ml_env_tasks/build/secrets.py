@@ -9,10 +9,10 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..dockerfile import SECRET_CA, SECRET_PIP, SECRET_UV
 from ..errors import SpecError, UsageError
-from ..redact import Redactor
+from ..safe.redact import Redactor
 from ..spec import Environment
+from .dockerfile import SECRET_CA, SECRET_PIP, SECRET_UV
 from .model import BuildOptions
 
 __all__ = ["build_secrets", "docker_config_for", "env_secret", "allowed_spec_env", "SPEC_ENV"]
@@ -26,8 +26,8 @@ def allowed_spec_env() -> frozenset[str]:
     value names its own host) or ``NAME@HOST`` (a registry password, sent to HOST only), from
     ``$ML_ENV_SPEC_ENV`` (commas or spaces) and ``spec_env`` in the user's or machine's config;
     never from the project, which a pull request writes."""
-    from ..config import user_layers
-    from ..options import SPEC_ENV as OPTION
+    from ..settings.files import user_layers
+    from ..settings.options import SPEC_ENV as OPTION
 
     assert OPTION.env == SPEC_ENV and OPTION.config == "spec_env"
     found = set(os.environ.get(SPEC_ENV, "").replace(",", " ").split())
@@ -121,6 +121,6 @@ def docker_config_for(env: Environment, workdir: Path, redactor: Redactor) -> Pa
         return None
     password = env_secret(reg.password_env, env, "base.registry.password_env", host=reg.address)
     redactor.add(password)
-    from ..credentials import private_docker_config
+    from ..registry.credentials import private_docker_config
 
     return private_docker_config(workdir, reg.address, reg.username, password)

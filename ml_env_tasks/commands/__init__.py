@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..options import Option, Resolved
+from ..settings.options import Option, Resolved
 
 __all__ = [
     "REGISTRY",

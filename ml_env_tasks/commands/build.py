@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
+from ..settings.options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 from .common import SPEC, build_options, cell, code, reporter, spec_path
 
@@ -109,8 +109,8 @@ def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
 
 def run_plan(v: Values, io: Console) -> Outcome:
     from ..build import plan
+    from ..build.dockerfile import describe, plan_json
     from ..build.flow import source_date_epoch
-    from ..dockerfile import describe, plan_json
 
     opts = build_options(v)
     env, p, ref = plan(spec_path(v.spec), opts)
@@ -132,7 +132,7 @@ def run_plan(v: Values, io: Console) -> Outcome:
 
 
 def _write_context(p: Any, d: Path) -> None:
-    from ..dockerfile import write_context
+    from ..build.dockerfile import write_context
     from ..errors import UsageError
 
     if d.is_symlink() or (d.exists() and (not d.is_dir() or any(d.iterdir()))):
@@ -143,7 +143,7 @@ def _write_context(p: Any, d: Path) -> None:
 
 def run_hash(v: Values, io: Console) -> Outcome:
     from ..build import load_env
-    from ..hashing import canonical, canonical_json, env_hash
+    from ..spec.hashing import canonical, canonical_json, env_hash
 
     env = load_env(spec_path(v.spec), build_options(v))
     h = env_hash(env)
@@ -154,14 +154,14 @@ def run_hash(v: Values, io: Console) -> Outcome:
 
 
 def _jsonable(x: Any) -> Any:
-    from ..hashing import MISSING
+    from ..spec.hashing import MISSING
 
     return None if x is MISSING else x
 
 
 def run_explain(v: Values, io: Console) -> Outcome:
     from .. import spec
-    from ..hashing import env_hash, explain
+    from ..spec.hashing import env_hash, explain
 
     a, b = spec.load(v.a), spec.load(v.b)
     diffs = explain(a, b)
@@ -177,7 +177,7 @@ def run_explain(v: Values, io: Console) -> Outcome:
 def environments(envs: str | Path) -> list[str]:
     """The environment names of a folder (its ``*.toml`` files, not sub-folders). The versions
     file ``ml-env register`` writes there (``envs/versions.toml``) is a log, not an environment."""
-    from ..tomllog import is_log_file
+    from ..safe.tomllog import is_log_file
 
     d = Path(envs)
     return sorted(p.stem for p in d.glob("*.toml") if not is_log_file(p)) if d.is_dir() else []
@@ -197,7 +197,7 @@ def env_matrix(envs: Path) -> str:
 
 def run_matrix(v: Values, io: Console) -> Outcome:
     from ..errors import UsageError
-    from ..grammar import printable
+    from ..safe.grammar import printable
 
     envs = str(v.envs or "envs")
     if not environments(envs):  # an empty matrix would skip every job without a word

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import options
-from ..options import BUILD_HOW, BUILD_WHERE, Option
+from ..settings import options
+from ..settings.options import BUILD_HOW, BUILD_WHERE, Option
 from . import Command, Console, Outcome, Values
 from .common import build_options, reporter
 
@@ -17,7 +17,7 @@ VERSIONS = (options.VERSIONS,)
 
 
 def _jsonable(v: Any) -> Any:
-    from ..hashing import MISSING
+    from ..spec.hashing import MISSING
 
     return None if v is MISSING else v
 
@@ -84,8 +84,8 @@ def run_export(args: Values, io: Console) -> Outcome:
 
 
 def run_register(args: Values, io: Console) -> Outcome:
-    from ..resolve import resolve_environment
-    from ..versions import Versions
+    from ..build.resolve import resolve_environment
+    from ..catalog.versions import Versions
 
     out = io
     resolved = resolve_environment(
@@ -95,7 +95,7 @@ def run_register(args: Values, io: Console) -> Outcome:
     if resolved.env.wheels:  # their bytes first: a version is recorded once it can be restored
         assert resolved.hash is not None
         if args.registry:
-            from ..wheelstore import push, tag_for
+            from ..catalog.wheelstore import push, tag_for
 
             push(resolved.env, resolved.image, resolved.hash, insecure=args.insecure)
             out.info(
@@ -116,7 +116,7 @@ def run_register(args: Values, io: Console) -> Outcome:
 
 def run_list(args: Values, io: Console) -> Outcome:
     from ..catalog import curated, describe_curated
-    from ..versions import Versions
+    from ..catalog.versions import Versions
 
     v = Versions(args.versions)
     registered = v.entries() if args.all else v.latest()
@@ -139,7 +139,7 @@ def run_list(args: Values, io: Console) -> Outcome:
 
 
 def run_get(args: Values, io: Console) -> Outcome:
-    from ..versions import Versions
+    from ..catalog.versions import Versions
 
     out = io
     v = Versions(args.versions)
@@ -155,7 +155,7 @@ def run_get(args: Values, io: Console) -> Outcome:
 
 
 def run_diff(args: Values, io: Console) -> Outcome:
-    from ..versions import Versions
+    from ..catalog.versions import Versions
 
     diffs = Versions(args.versions).diff(args.a, args.b)
     data = [{"field": d.field, "a": _jsonable(d.a), "b": _jsonable(d.b)} for d in diffs]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..grammar import bounded
-from ..options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
+from ..safe.grammar import bounded
+from ..settings.options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
 from . import Console, Values
 
 if TYPE_CHECKING:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import options
+from ..settings import options
 from . import Command, Console, Outcome, Values
 
 __all__ = ["COMMANDS"]
 
 
 def _settable() -> list[options.Option]:
-    from ..config import KEYS
+    from ..settings.files import KEYS
 
     seen: dict[str, options.Option] = {}
     groups = (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE,
@@ -28,7 +28,7 @@ def _settable() -> list[options.Option]:
 
 
 def run_config(args: Values, io: Console) -> Outcome:
-    from ..config import load_layers, site_config_path, user_config_path
+    from ..settings.files import load_layers, site_config_path, user_config_path
 
     layers = load_layers()
     settable = _settable()

@@ -4,7 +4,7 @@ inputs) is the same command."""
 from __future__ import annotations
 
 from ..errors import MlEnvError
-from ..options import Option
+from ..settings.options import Option
 from . import Action, Command, Console, Outcome, Values
 
 __all__ = ["COMMANDS"]

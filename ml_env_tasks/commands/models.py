@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, VERSIONS, Option
+from ..settings.options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, VERSIONS, Option
 from . import Action, Command, Console, Outcome, Values
 from .common import build_options, code
 
@@ -27,7 +27,7 @@ def _registry(args: Values) -> str:
 
 
 def _row(m: object) -> str:
-    from ..grammar import printable as pr
+    from ..safe.grammar import printable as pr
 
     d = m.to_json()  # type: ignore[attr-defined]
     metrics = ", ".join(f"{pr(k, 30)}={pr(v, 30)}" for k, v in sorted(d["metrics"].items())[:6])
@@ -69,7 +69,7 @@ def run_download(args: Values, io: Console) -> Outcome:
 
 
 def run_package(args: Values, io: Console) -> Outcome:
-    from ..package import package
+    from ..models.package import package
 
     with io.section(f"ml-env package {args.env}"):
         r = package(

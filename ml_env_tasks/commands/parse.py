@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import EXIT_CODES, UsageError
-from ..grammar import bounded, printable
-from ..options import Option, Resolved, Source, add_options, resolve_options
+from ..safe.grammar import bounded, printable
+from ..settings.options import Option, Resolved, Source, add_options, resolve_options
 from . import REGISTRY, Command, load, top_level
 
 __all__ = ["Parser", "Parsed", "build_parser", "parse", "selected", "EPILOG"]
@@ -175,7 +175,7 @@ def parse(argv: Sequence[str]) -> Parsed:
         target.print_help(sys.stderr)
         return Parsed(None, Resolved(), Parser.json_mode, ns.context, 2)
     command = load(name)
-    from ..config import load_layers
+    from ..settings.files import load_layers
 
     layers = load_layers()
     values = resolve_options(command.options, ns, layers=layers)

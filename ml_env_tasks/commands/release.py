@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..options import PROMOTE, Option, Source
+from ..settings.options import PROMOTE, Option, Source
 from . import Action, Command, Console, Outcome, Session, Values
 from .common import cell, code
 
@@ -26,8 +26,8 @@ OUTPUTS = {
 
 
 def run_promote(v: Values, io: Console) -> Outcome:
-    from ..ledger_oci import ledger_location
-    from ..promote import PromoteOptions, promote
+    from ..release.ledger_oci import ledger_location
+    from ..release.promote import PromoteOptions, promote
 
     opts = PromoteOptions(
         source=v.source,
@@ -77,8 +77,8 @@ def run_promote(v: Values, io: Console) -> Outcome:
 
 def run_show(v: Values, io: Console) -> Outcome:
     from ..errors import UsageError
-    from ..grammar import printable as pr
-    from ..ledger_oci import open_ledger
+    from ..release.ledger_oci import open_ledger
+    from ..safe.grammar import printable as pr
 
     with open_ledger(v.ledger) as ledger:
         if v.tag:
@@ -101,7 +101,7 @@ def run_show(v: Values, io: Console) -> Outcome:
 
 def run_verify(v: Values, io: Console) -> Outcome:
     """One line per check; exit 1 when any fails (0 when all pass or do not apply)."""
-    from ..verify import verify
+    from ..release.verify import verify
 
     given = v.origin("ledger").source is not Source.DEFAULT
     checks = verify(v.image, ledger=v.ledger, require=tuple(v.require), insecure=v.insecure, ledger_given=given)

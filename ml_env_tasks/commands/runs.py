@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option, Source
+from ..settings.options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 from .common import build_options, cell, code, rows
 
@@ -55,9 +55,9 @@ OUTPUTS = {
 def run_train(v: Values, io: Console) -> Outcome:
     import shlex
 
+    from ..engine.resources import Resources
     from ..errors import UsageError
     from ..models import parse_register_model
-    from ..resources import Resources
     from ..runs import RunOptions, parse_pairs, train
     from ..runs.train import split_inputs
 
@@ -98,7 +98,7 @@ def run_train(v: Values, io: Console) -> Outcome:
     if origin.source is Source.DEFAULT:
         io.info(f"no --env: the run uses {DEFAULT_TRAIN_ENV} (set train_env in [tool.ml-env] to choose another)")
     elif not origin.given:
-        from ..grammar import printable
+        from ..safe.grammar import printable
 
         io.info(f"no --env: the run uses {printable(v.env, 200)} (train_env, from {origin})")
     if kube:
@@ -151,8 +151,8 @@ def run_train(v: Values, io: Console) -> Outcome:
 
 
 def run_list(v: Values, io: Console) -> Outcome:
-    from ..grammar import printable
     from ..runs import list_runs, reap_lost
+    from ..safe.grammar import printable
 
     reap_lost(v.runs_dir, warn=io.warn)
     runs = [r for r in list_runs(v.runs_dir, warn=io.warn) if not v.experiment or r.experiment == v.experiment]
@@ -169,8 +169,8 @@ def run_list(v: Values, io: Console) -> Outcome:
 
 
 def run_show(v: Values, io: Console) -> Outcome:
-    from ..grammar import printable as pr
     from ..runs import load_run, reap_lost
+    from ..safe.grammar import printable as pr
 
     reap_lost(v.runs_dir, warn=io.warn)
     r = load_run(v.runs_dir, v.run_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, VERSIONS, Option
+from ..settings.options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, VERSIONS, Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 from .common import build_options, cell, code, rows
 
@@ -41,9 +41,9 @@ OUTPUTS = {
 
 
 def serve_options(v: Values, io: Console, **extra: Any) -> Any:
+    from ..engine.resources import Resources
     from ..errors import UsageError
-    from ..grammar import parse_size
-    from ..resources import Resources
+    from ..safe.grammar import parse_size
     from ..serve.local import ServeOptions, parse_models
 
     flag = _input if io.actions else _flag

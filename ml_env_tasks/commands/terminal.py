@@ -140,8 +140,8 @@ def _name_the_setting(e: MlEnvError, command: Command, values: Values) -> None:
 
 
 def report_error(e: MlEnvError, *, json_mode: bool = False) -> None:
-    from ..grammar import bounded
-    from ..redact import redact_userinfo
+    from ..safe.grammar import bounded
+    from ..safe.redact import redact_userinfo
 
     if e.details:
         lines = redact_userinfo(e.details).splitlines()[-40:]

@@ -135,7 +135,7 @@ class Engine:
         if self._caps is not None and self._caps_builder == builder:
             return self._caps
         if builder is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", builder):
-            from ..grammar import printable
+            from ..safe.grammar import printable
 
             raise UsageError(f"--builder {printable(builder, 60)!r} is not a buildx builder name")
         from python_on_whales.exceptions import DockerException

@@ -98,7 +98,7 @@ class _CLIConnection(http.client.HTTPConnection):
 
 
 def _message(status: int, body: bytes) -> str:
-    from ..grammar import bounded, printable
+    from ..safe.grammar import bounded, printable
 
     try:
         msg = json.loads(body).get("message")

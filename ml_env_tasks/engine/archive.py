@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import EngineError
-from ..grammar import printable
-from ..safetar import extract
+from ..safe.grammar import printable
+from ..safe.tars import extract
 
 __all__ = ["MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS", "receive_tar"]
 

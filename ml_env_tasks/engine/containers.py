@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError
-from ..grammar import digits
-from ..resources import Resources
+from ..safe.grammar import digits
 from .api import EngineAPI, EngineAPIError, NotFound
 from .buildlog import MAX_LOG_LINE
+from .resources import Resources
 
 __all__ = ["Container", "Containers", "ContainerInfo", "ContainerState", "PortBinding", "CONFINED"]
 
@@ -426,7 +426,7 @@ def _registry_auth(host: str) -> str | None:
     """The X-Registry-Auth header for a pull from ``host``: docker's credentials for it."""
     import base64
 
-    from ..credentials import credentials_for
+    from ..registry.credentials import credentials_for
 
     creds = credentials_for(host)
     if creds is None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, UsageError
-from ..fsutil import read_bounded
-from ..grammar import printable
-from ..untrusted import json_loads
+from ..safe.fsutil import read_bounded
+from ..safe.grammar import printable
+from ..safe.untrusted import json_loads
 
 if TYPE_CHECKING:
     from .api import EngineAPI

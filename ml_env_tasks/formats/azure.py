@@ -26,14 +26,14 @@ from typing import Any
 import tomlkit
 import yaml
 
+from ..build.stack import AZUREML_PACKAGES
 from ..catalog import DEFAULT_BASE
 from ..errors import SpecError
-from ..fsutil import read_bounded
-from ..grammar import ENV_NAME, matches, printable
-from ..paths import MAX_TEXT_FILE, project_root, read_inside
-from ..stack import AZUREML_PACKAGES
-from ..untrusted import json_loads
-from ..yamlsafe import load_yaml
+from ..safe.fsutil import read_bounded
+from ..safe.grammar import ENV_NAME, matches, printable
+from ..safe.paths import MAX_TEXT_FILE, project_root, read_inside
+from ..safe.untrusted import json_loads
+from ..safe.yamlsafe import load_yaml
 from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
 from .azure_job import ImportedJob, import_command_job, is_command_job
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..safe.yamlsafe import load_yaml
 from ..spec import Environment
-from ..yamlsafe import load_yaml
 
 __all__ = ["export_v1", "export_v2", "V1_JSON", "V1_CONDA"]
 
@@ -23,7 +23,7 @@ def _server_packages(env: Environment) -> list[str]:
     export lists it (and an import of the export maps it back to the setting)."""
     from packaging.requirements import Requirement
 
-    from ..stack import AZUREML_PACKAGES
+    from ..build.stack import AZUREML_PACKAGES
 
     if not (env.inference and env.inference_server == "azureml"):
         return []

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UsageError
-from ..grammar import ENV_NAME, INPUT_NAME, NAME, has_control, matches, printable
-from ..paths import project_root, resolve_inside
 from ..runs.placeholders import PLACEHOLDER, REFERENCE
+from ..safe.grammar import ENV_NAME, INPUT_NAME, NAME, has_control, matches, printable
+from ..safe.paths import project_root, resolve_inside
 
 __all__ = ["ImportedJob", "import_command_job", "is_command_job"]
 

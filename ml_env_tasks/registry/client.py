@@ -15,10 +15,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urljoin
 
-from ..digests import is_digest
 from ..errors import BlobIntegrityError, RegistryError, RegistryUnreachable
-from ..grammar import digits, printable
-from ..untrusted import check_depth, json_loads
+from ..safe.digests import is_digest
+from ..safe.grammar import digits, printable
+from ..safe.untrusted import check_depth, json_loads
 from .constants import CHUNK, MANIFEST_TYPES, MAX_MANIFEST
 from .reference import ManifestInfo
 from .transport import Response, Transport, short

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..grammar import printable
-from ..refs import DOCKER_HUB, IMAGE_RE
+from ..safe.grammar import printable
 from .constants import HOST_RE
+from .refs import DOCKER_HUB, IMAGE_RE
 
 __all__ = ["Reference", "ManifestInfo", "parse_ref", "check_registry_host", "is_loopback"]
 

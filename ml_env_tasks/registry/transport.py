@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
-from ..grammar import digits, printable
-from ..untrusted import json_loads
+from ..safe.grammar import digits, printable
+from ..safe.untrusted import json_loads
 from .constants import CHUNK, DEADLINE, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY, MIN_RATE
 from .reference import is_loopback
 
@@ -186,7 +186,7 @@ class Transport:
     # credentials, read only when asked for
     def credentials(self) -> tuple[str, str] | None:
         if not self._creds_loaded:
-            from ..credentials import credentials_for
+            from .credentials import credentials_for
 
             self._creds = credentials_for(self.host)
             self._creds_loaded = True

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MlEnvError, RecordError, UsageError
-from ..grammar import RUN_ID, matches, printable
+from ..safe.grammar import RUN_ID, matches, printable
 from .record import RunRecord, RunStatus, now
 
 __all__ = ["list_runs", "load_run", "reap_lost", "gc"]

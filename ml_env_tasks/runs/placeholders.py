@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from ..errors import UsageError
-from ..grammar import printable
+from ..safe.grammar import printable
 from .runner import INPUTS_DIR, OUTPUT_DIR
 
 __all__ = ["expand"]

@@ -13,11 +13,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ..engine.resources import Resources
 from ..errors import RecordError
-from ..fsutil import read_bounded, write_atomic
-from ..grammar import RUN_ID, digits, matches
-from ..resources import Resources
-from ..untrusted import json_loads
+from ..safe.fsutil import read_bounded, write_atomic
+from ..safe.grammar import RUN_ID, digits, matches
+from ..safe.untrusted import json_loads
 
 __all__ = ["RunStatus", "RunRecord", "RunEnvironment", "SourceInfo", "CliProcess", "now"]
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..digests import counted
+from ..engine.resources import Resources
 from ..errors import EngineError
-from ..grammar import digits
-from ..resources import Resources
-from ..snapshot import Entry, Snapshot, TarPart, folder_snapshot, tar_chunks, tar_parts
+from ..safe.digests import counted
+from ..safe.grammar import digits
 from .record import CliProcess, RunStatus
+from .snapshot import Entry, Snapshot, TarPart, folder_snapshot, tar_chunks, tar_parts
 
 __all__ = [
     "Job",

@@ -18,20 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..digests import file_sha256
+from ..engine.resources import Resources
 from ..errors import MlEnvError, RecordError, UsageError
-from ..fsutil import read_bounded
-from ..grammar import ENV_NAME, INPUT_NAME, matches, printable
-from ..provenance import git_info
-from ..redact import Redactor
-from ..resources import Resources
-from ..safetar import strip_privileges
-from ..snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
-from ..untrusted import json_loads
+from ..release.provenance import git_info
+from ..safe.digests import file_sha256
+from ..safe.fsutil import read_bounded
+from ..safe.grammar import ENV_NAME, INPUT_NAME, matches, printable
+from ..safe.redact import Redactor
+from ..safe.tars import strip_privileges
+from ..safe.untrusted import json_loads
 from .history import reap_lost
 from .placeholders import expand
 from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo, now
 from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
+from .snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
 
 __all__ = ["RunOptions", "RunResult", "train", "parse_pairs", "split_inputs"]
 
@@ -148,7 +148,7 @@ def train(
             f"script {opts.script} is not in the source snapshot of {opts.source}", hint="is it ignored, or misspelt?"
         )
     from ..build import Reporter
-    from ..resolve import resolve_environment
+    from ..build.resolve import resolve_environment
 
     class _Say(Reporter):
         def info(self, msg: str) -> None:

@@ -42,9 +42,9 @@ from dataclasses import replace as replace_dc
 from pathlib import Path
 from typing import Any
 
+from ..engine.resources import Resources
 from ..errors import ServiceFailed, UsageError
-from ..grammar import MODEL_NAME, SERVICE_NAME, matches, printable
-from ..resources import Resources
+from ..safe.grammar import MODEL_NAME, SERVICE_NAME, matches, printable
 from . import client
 
 __all__ = [
@@ -181,7 +181,7 @@ def _endpoint() -> Any:
 
 def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     from ..build import Reporter
-    from ..resolve import resolve_environment
+    from ..build.resolve import resolve_environment
 
     entry = opts.entry
     if entry is not None and not entry.is_file():
@@ -219,7 +219,7 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     if entry is not None:
         models = {(f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT): p for n, p in opts.models.items()}
         if remote:
-            from ..snapshot import TarPart, folder_snapshot, snapshot
+            from ..runs.snapshot import TarPart, folder_snapshot, snapshot
 
             app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m))
             if not app.has(entry.name):
@@ -246,7 +246,7 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
 def _copy_in(box: Any, plan: _Plan) -> None:
     """A remote engine's container gets the entry script and the models through the Engine API."""
     if plan.copies:
-        from ..snapshot import tar_parts
+        from ..runs.snapshot import tar_parts
 
         box.put_tar(tar_parts(plan.copies), "copying the entry script and models into the container")
 

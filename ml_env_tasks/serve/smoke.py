@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MlEnvError, ServiceFailed, SpecError
-from ..fsutil import read_text_bounded
-from ..untrusted import json_loads
+from ..safe.fsutil import read_text_bounded
+from ..safe.untrusted import json_loads
 from . import client
 from .local import ServeOptions, Service, remove, start, wait_ready
 
@@ -344,9 +344,9 @@ def record_result(report: SmokeReport, cases_path: Path, *, insecure: bool = Fal
     """Attach the result to the digest it tested, in the image's registry (``attest``): what
     ``promote --require smoke-test`` asks for. An image only in the local engine has nowhere to
     carry it; a registry that refuses is a warning, never a failed smoke test."""
-    from ..attest import record_smoke
-    from ..digests import file_sha256
     from ..errors import RegistryError
+    from ..release.attest import record_smoke
+    from ..safe.digests import file_sha256
 
     try:
         att = record_smoke(report.image, report, file_sha256(cases_path, use_cache=False), insecure=insecure)

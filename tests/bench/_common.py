@@ -43,7 +43,7 @@ def mlenv() -> list[str]:
     if b:
         return [b]
     print("bench: ML_ENV_BIN is not set; measuring the source tree (run `nox -s bench` for the installed CLI)")
-    return [sys.executable, "-m", "ml_env_tasks.cli"]
+    return [sys.executable, "-m", "ml_env_tasks"]
 
 
 def rounds(default: int) -> int:

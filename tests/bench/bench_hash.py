@@ -28,7 +28,7 @@ SIZE = int(os.environ.get("ML_ENV_BENCH_WHEEL_MB", "1024")) * 2**20
 DIGEST = """
 import json, sys, time
 from pathlib import Path
-from ml_env_tasks.digests import file_sha256
+from ml_env_tasks.safe.digests import file_sha256
 t = time.perf_counter()
 d = file_sha256(Path(sys.argv[1]))
 print(json.dumps({"s": time.perf_counter() - t, "digest": d}))

@@ -27,7 +27,7 @@ from ml_env_tasks.registry import RegistryClient
 def ml_env(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the `ml-env` CLI as a user would, in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", *args],
+        [sys.executable, "-m", "ml_env_tasks", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -10,8 +10,8 @@ import pytest
 
 from ml_env_tasks.build import Reporter
 from ml_env_tasks.build.flow import build_env, load_env
-from ml_env_tasks.pins import lock_packages, lock_path_for
 from ml_env_tasks.registry import RegistryClient
+from ml_env_tasks.spec.pins import lock_packages, lock_path_for
 
 from .helpers import ml_env, push_single_image
 

@@ -12,8 +12,8 @@ import pytest
 from ml_env_tasks import BuildError, RegistryAuthError, RegistryError, RegistryUnreachable, spec
 from ml_env_tasks.build import build
 from ml_env_tasks.engine import Engine
-from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.registry import RegistryClient, parse_ref
+from ml_env_tasks.spec.hashing import env_hash
 
 from .helpers import fault_proxy, free_port, ml_env
 
@@ -78,11 +78,11 @@ def test_cli_json_and_noop_exit(ws) -> None:
     assert "buildx" not in p2.stderr and "#1" not in p2.stderr  # BuildKit was not touched
 
 
-HEAVY = ("python_on_whales", "docker", "tomlkit", "packaging", "ml_env_tasks.build.flow", "ml_env_tasks.dockerfile",
-         "ml_env_tasks.specparse", "ml_env_tasks.environment")  # fmt: skip
+HEAVY = ("python_on_whales", "docker", "tomlkit", "packaging", "ml_env_tasks.build.flow", "ml_env_tasks.build.dockerfile",
+         "ml_env_tasks.spec.validate", "ml_env_tasks.spec.environment")  # fmt: skip
 PROBE = """
 import json, sys
-from ml_env_tasks.cli import run
+from ml_env_tasks.fronts.cli import run
 code = run(sys.argv[1:])
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
@@ -220,7 +220,7 @@ def test_persistent_5xx_is_a_clear_error(ws) -> None:
 
 def test_concurrent_builds_one_digest(ws) -> None:
     f = ws.spec(TINY.format(base=ws.lab["base_image_tiny"]).replace("[env]", '[env]\nRACE = "1"'))
-    cmd = [sys.executable, "-m", "ml_env_tasks.cli", "build", str(f), *ws.cli_args(), "--json", "--quiet"]
+    cmd = [sys.executable, "-m", "ml_env_tasks", "build", str(f), *ws.cli_args(), "--json", "--quiet"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -12,8 +12,8 @@ from python_on_whales import docker
 from ml_env_tasks import BuildError, RegistryAuthError, SpecError, spec
 from ml_env_tasks.build import Reporter, build, cache_refs
 from ml_env_tasks.engine import Engine
-from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.registry import RegistryClient
+from ml_env_tasks.spec.hashing import env_hash
 
 from .helpers import make_wheel, private_index
 

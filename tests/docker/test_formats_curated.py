@@ -89,7 +89,7 @@ def test_register_list_get_diff_through_the_cli(ws) -> None:
     assert ml_env("get", "versioned:2", "-o", str(out), "--force", *args).returncode == 0
     assert ml_env("hash", str(out / "versioned.toml")).stdout.strip() == two["hash"]
     # NAME:VERSION is accepted where an environment is: the registered file, its image
-    from ml_env_tasks.resolve import resolve_environment
+    from ml_env_tasks.build.resolve import resolve_environment
 
     r = resolve_environment("versioned:1", ws.opts(), versions=Path(versions))
     assert r.hash == one_hash and r.digest == json.loads(one.stdout)["digest"] and not r.built

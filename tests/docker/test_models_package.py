@@ -10,9 +10,9 @@ import pytest
 
 from ml_env_tasks import models
 from ml_env_tasks.errors import RegistryError, UsageError
-from ml_env_tasks.package import package
-from ml_env_tasks.promote import PromoteOptions, promote
+from ml_env_tasks.models.package import package
 from ml_env_tasks.registry import RegistryClient
+from ml_env_tasks.release.promote import PromoteOptions, promote
 from ml_env_tasks.serve import client as http
 from ml_env_tasks.serve import local
 from ml_env_tasks.serve.local import ServeOptions
@@ -100,8 +100,8 @@ def test_deploy_journey_register_package_smoke_promote_serve(ws, tmp_path: Path)
     by_ref = package(env_tag, app / "score.py", str(model), build=ws.opts(), repository=pkg_repo)
     assert by_ref.reused and by_ref.digest == r.digest
     # provable as a built image is: SBOM (the environment's packages and the two parts) and provenance
-    from ml_env_tasks.sbom import CYCLONEDX, SLSA_V1, attested
-    from ml_env_tasks.verify import verify
+    from ml_env_tasks.release.sbom import CYCLONEDX, SLSA_V1, attested
+    from ml_env_tasks.release.verify import verify
 
     checks = {c.name: c.ok for c in verify(r.image, ledger=None)}
     assert all(checks[k] for k in ("image", "hash", "package", "tag", "sbom", "provenance")), checks
@@ -171,10 +171,10 @@ def test_provable_release_sbom_provenance_gate_verify(ws, tmp_path: Path) -> Non
     refuses without it and accepts with it → both attestations survive → verify passes."""
     import subprocess
 
-    from ml_env_tasks.attest import smoke_records
     from ml_env_tasks.build import build
+    from ml_env_tasks.release.attest import smoke_records
+    from ml_env_tasks.release.verify import verify
     from ml_env_tasks.serve.smoke import record_result
-    from ml_env_tasks.verify import verify
 
     lab = ws.lab
     reg = lab["registry"]

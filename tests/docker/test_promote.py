@@ -10,9 +10,9 @@ import pytest
 
 from ml_env_tasks import RegistryError
 from ml_env_tasks.build import build
-from ml_env_tasks.ledger import Ledger
-from ml_env_tasks.promote import PromoteOptions, TagConflict, promote
 from ml_env_tasks.registry import RegistryClient
+from ml_env_tasks.release.ledger import Ledger
+from ml_env_tasks.release.promote import PromoteOptions, TagConflict, promote
 
 from .helpers import fault_proxy, ml_env, push_single_image
 
@@ -236,7 +236,7 @@ def test_rerun_from_a_fresh_clone_records_what_it_finds(ws, regs) -> None:
 
 
 def test_ledger_kept_in_the_registry_is_shared_by_every_clone(ws, regs) -> None:
-    from ml_env_tasks.ledger_oci import ARTIFACT_TYPE, RemoteLedger, open_ledger
+    from ml_env_tasks.release.ledger_oci import ARTIFACT_TYPE, RemoteLedger, open_ledger
 
     plain, auth = regs
     one = push_single_image(plain, ws.repo, "one", payload=b"oci-1")

@@ -68,7 +68,7 @@ def test_quick_start_on_a_pristine_bookworm(tmp_path: Path, lab: dict) -> None:
         assert "- demo ->" in p.stdout and "tests ->" in p.stdout, p.stdout[-2000:]
         assert p.stdout.strip().endswith("system python untouched")
         there = next(x for x in p.stdout.splitlines() if x.startswith("hash="))[5:]
-        here = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "hash", "envs/sklearn.toml"], cwd=ROOT,
+        here = subprocess.run([sys.executable, "-m", "ml_env_tasks", "hash", "envs/sklearn.toml"], cwd=ROOT,
                               capture_output=True, text=True).stdout.strip()  # fmt: skip
         assert len(there) == 64 and there == here, "the same environment hashes the same on another machine"
     finally:

@@ -100,7 +100,7 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
             assert lasts[-1].startswith("sklearn-inference prod: sha256:") and "since" in lasts[-1]
         assert lasts[0] == lasts[1]  # the same digest, since the same first promotion
         assert "already there, nothing changed" in p.stdout
-        from ml_env_tasks.ledger_oci import open_ledger
+        from ml_env_tasks.release.ledger_oci import open_ledger
 
         with open_ledger(f"oci://{prod}:ml-env-ledger") as ledger:
             entries = ledger.entries()

@@ -96,7 +96,7 @@ def test_build_train_and_promote_through_the_remote_engine(ws, remote: str, tmp_
     # the image was built by the remote engine: that engine has it, by the same reference
     assert docker_on(remote, "image", "inspect", "--format", "{{.Id}}", image).strip()
 
-    cmd = [sys.executable, "-m", "ml_env_tasks.cli", "--context", remote, "train", "--env", str(env),
+    cmd = [sys.executable, "-m", "ml_env_tasks", "--context", remote, "train", "--env", str(env),
            "--source", str(src), "--script", "job.py", "--input", f"data={data}", "--env-var", "PAUSE=3",
            "--runs-dir", str(runs), *ws.cli_args(), "--json", "--", "${{outputs.named}}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,7 +179,7 @@ def test_smoke_test_and_serve_reach_the_service_on_the_engine_host(ws, remote: s
     (model / "factor.txt").write_text("3")
     cases = ws.dir / "cases.jsonl"
     cases.write_text(json.dumps({"name": "triples", "request": {"x": [1, 2]}, "expect_json": {"y": [3, 6]}}) + "\n")
-    cmd = [sys.executable, "-m", "ml_env_tasks.cli", "--context", remote, "smoke-test", "--env", str(env),
+    cmd = [sys.executable, "-m", "ml_env_tasks", "--context", remote, "smoke-test", "--env", str(env),
            "--entry", str(app / "score.py"), "--model", str(model), "--cases", str(cases), "--no-record",
            *ws.cli_args(), "--registry", ws.lab["registry"], "--repository", ws.repo]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.spec import load
+from ml_env_tasks.spec.hashing import env_hash
 
 from .helpers import ml_env
 

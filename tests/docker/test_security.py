@@ -18,8 +18,8 @@ import pytest
 import requests
 from python_on_whales import docker
 
-from ml_env_tasks.ledger import Ledger
 from ml_env_tasks.registry import RegistryClient
+from ml_env_tasks.release.ledger import Ledger
 
 from .helpers import make_wheel, ml_env, private_index, push_single_image
 
@@ -63,7 +63,7 @@ def _race(ws, n: int) -> None:
             [
                 sys.executable,
                 "-m",
-                "ml_env_tasks.cli",
+                "ml_env_tasks",
                 "promote",
                 f"{ws.lab['registry']}/{ws.repo}:c{i}",
                 dest,
@@ -107,7 +107,7 @@ def test_concurrent_promotions_sharing_a_ledger(ws) -> None:
             [
                 sys.executable,
                 "-m",
-                "ml_env_tasks.cli",
+                "ml_env_tasks",
                 "promote",
                 f"{ws.lab['registry']}/{ws.repo}:s{i}",
                 dest,
@@ -224,7 +224,7 @@ def test_a_killed_cli_leaves_a_lost_run_that_the_next_command_closes(ws) -> None
     warm = ml_env("build", str(env), *ws.cli_args(), "--quiet")
     assert warm.returncode == 0, warm.stderr
     p = subprocess.Popen(
-        [sys.executable, "-m", "ml_env_tasks.cli", "train", "--env", str(env), "--source", str(src), "--script",
+        [sys.executable, "-m", "ml_env_tasks", "train", "--env", str(env), "--source", str(src), "--script",
          "slow.py", "--runs-dir", str(runs), *ws.cli_args()],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -317,8 +317,8 @@ def test_no_secret_reaches_any_artefact(ws, tmp_path: Path, monkeypatch: pytest.
 def _attestation_texts(host: str, repo: str, digest: str) -> list[str]:
     """Every attestation the image carries (provenance in mode=max, the SBOM) and every record
     attached to it: they are artefacts too."""
-    from ml_env_tasks.attest import referrers
     from ml_env_tasks.registry import RegistryClient
+    from ml_env_tasks.release.attest import referrers
 
     client = RegistryClient(host)
     texts, seen = [], set()

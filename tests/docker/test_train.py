@@ -15,8 +15,8 @@ from python_on_whales import docker
 
 from ml_env_tasks import spec
 from ml_env_tasks.build import build
-from ml_env_tasks.hashing import env_hash
 from ml_env_tasks.runs import RunOptions, train
+from ml_env_tasks.spec.hashing import env_hash
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def quiet(*_a) -> None:
 
 def train_cmd(ws, env_file: Path, src: Path, script: str) -> list[str]:
     """The `ml-env train` command line for a script in this workspace."""
-    return [sys.executable, "-m", "ml_env_tasks.cli", "train", "--env", str(env_file), "--source", str(src),
+    return [sys.executable, "-m", "ml_env_tasks", "train", "--env", str(env_file), "--source", str(src),
             "--script", script, "--runs-dir", str(ws.dir / "runs"), *ws.cli_args()]  # fmt: skip
 
 
@@ -304,7 +304,7 @@ def test_an_azure_command_job_imported_and_run(ws) -> None:
     doc = yaml.safe_load((d / "job.yml").read_text())
     doc["environment"] = {"image": ws.lab["base_image_python"]}  # no conda solve in a test
     (d / "job.yml").write_text(yaml.safe_dump(doc))
-    cli = [sys.executable, "-m", "ml_env_tasks.cli"]
+    cli = [sys.executable, "-m", "ml_env_tasks"]
     p = subprocess.run([*cli, "import", "job.yml", "-o", "job-env.toml", "--json"], cwd=d, capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert p.returncode == 0, p.stderr

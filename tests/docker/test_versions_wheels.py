@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ml_env_tasks.catalog.wheelstore import ARTIFACT_TYPE, tag_for
 from ml_env_tasks.registry import RegistryClient
-from ml_env_tasks.wheelstore import ARTIFACT_TYPE, tag_for
 
 from .helpers import make_wheel, ml_env
 
@@ -66,7 +66,7 @@ def test_a_version_with_a_private_wheel_restores_and_builds_in_a_fresh_folder(ws
 
     # NAME:VERSION where an environment is expected: restored into the user cache with its wheel
     monkeypatch.setenv("XDG_CACHE_HOME", str(ws.dir / "cache"))
-    from ml_env_tasks.resolve import resolve_environment
+    from ml_env_tasks.build.resolve import resolve_environment
 
     r = resolve_environment("w:1", ws.opts(), versions=fresh / "versions.toml")
     assert (r.hash, r.digest, r.built) == (entry["hash"], entry["digest"], False)

@@ -88,8 +88,8 @@ def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] |
 
 
 def _prod_ledger(lab: dict) -> list[Any]:
-    from ml_env_tasks.ledger_oci import RemoteLedger
     from ml_env_tasks.registry import RegistryClient
+    from ml_env_tasks.release.ledger_oci import RemoteLedger
 
     client = RegistryClient("127.0.0.1:5001", credentials=(lab["auth_user"], lab["auth_password"]))
     ledger = RemoteLedger("oci://127.0.0.1:5001/prod/sklearn-inference:ml-env-ledger", client=client)
@@ -170,7 +170,7 @@ def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act
         assert any((u / "runs").is_dir() for u in uploaded), uploaded
         # the promotion is recorded next to the image it promoted, for every later clone
         assert needs["open"]["outputs"]["ledger"] == f"oci://{destination}:ml-env-ledger"
-        from ml_env_tasks.ledger_oci import open_ledger
+        from ml_env_tasks.release.ledger_oci import open_ledger
 
         with open_ledger(needs["open"]["outputs"]["ledger"]) as ledger:
             [entry] = ledger.entries()

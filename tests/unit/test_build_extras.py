@@ -7,16 +7,9 @@ import csv
 import pytest
 
 from ml_env_tasks.build import BuildOptions
-from ml_env_tasks.build.extras import (
-    cache_entry,
-    check_platforms,
-    key_values,
-    native_platform,
-    output_spec,
-    tag_refs,
-)
+from ml_env_tasks.build.extras import cache_entry, check_platforms, key_values, native_platform, output_spec, tag_refs
 from ml_env_tasks.errors import EngineError, UsageError
-from ml_env_tasks.options import BUILD_ONLY, from_inputs
+from ml_env_tasks.settings.options import BUILD_ONLY, from_inputs
 
 
 def test_labels_and_annotations_are_checked_whole() -> None:
@@ -112,17 +105,17 @@ def test_plan_names_the_build_arguments_another_builder_needs(tmp_path) -> None:
     f.write_text(
         'name = "p"\n[base]\nimage = "127.0.0.1:5000/base/debian-python:bookworm"\n[python]\npackages = ["six==1.16.0"]\n'
     )
-    text = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "plan", str(f)], capture_output=True, text=True)
+    text = subprocess.run([sys.executable, "-m", "ml_env_tasks", "plan", str(f)], capture_output=True, text=True)
     assert text.returncode == 0, text.stderr
     assert "# build argument: SOURCE_DATE_EPOCH=0" in text.stdout and "ARG SOURCE_DATE_EPOCH" in text.stdout
     js = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "plan", str(f), "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "ml_env_tasks", "plan", str(f), "--json"], capture_output=True, text=True
     )
     assert json.loads(js.stdout)["build_args"] == {"SOURCE_DATE_EPOCH": "0"}
     env_only = tmp_path / "v.toml"
     env_only.write_text('name = "v"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n[env]\nA = "1"\n')
     js = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "plan", str(env_only), "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "ml_env_tasks", "plan", str(env_only), "--json"], capture_output=True, text=True
     )
     assert json.loads(js.stdout)["build_args"] == {}  # ml-env runs nothing there: nothing to date
 

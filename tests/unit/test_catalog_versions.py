@@ -8,9 +8,9 @@ import pytest
 
 from ml_env_tasks import SpecError, spec
 from ml_env_tasks.catalog import clone, curated, scaffold
+from ml_env_tasks.catalog.versions import Versions
 from ml_env_tasks.errors import MlEnvError, UsageError
-from ml_env_tasks.hashing import env_hash
-from ml_env_tasks.versions import Versions
+from ml_env_tasks.spec.hashing import env_hash
 
 
 def test_curated_set_and_reserved_prefix(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_shipped_files_name_public_base_images_and_curated_locks_stay_out_of_the
     """No environment a user gets names the lab's registry; a curated environment's lock goes to
     the user cache (the installed package is not the user's to write in), a project's beside it."""
     from ml_env_tasks.catalog import DEFAULT_BASE
-    from ml_env_tasks.pins import lock_path_for
+    from ml_env_tasks.spec.pins import lock_path_for
 
     root = Path(__file__).resolve().parents[2]
     shipped = [*curated(), *(root / "envs").glob("*.toml")]
@@ -98,7 +98,7 @@ def test_shipped_files_name_public_base_images_and_curated_locks_stay_out_of_the
     assert lock_path_for(sk) == tmp_path / "cache" / "ml-env" / "curated" / "sklearn.lock"
     assert lock_path_for(tmp_path / "envs" / "x.toml") == tmp_path / "envs" / "x.lock"
     # the lock shipped with the package is read until the user has one of their own
-    from ml_env_tasks.pins import lock_to_read
+    from ml_env_tasks.spec.pins import lock_to_read
 
     assert lock_to_read(sk) == sk.with_suffix(".lock") and sk.with_suffix(".lock").exists()
     lock_path_for(sk).parent.mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_get_into_a_folder_refuses_to_overwrite_and_list_all_shows_every_version
     import sys
 
     def ml_env(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", *args], cwd=tmp_path, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "ml_env_tasks", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60)  # fmt: skip
 
     envs = tmp_path / "envs"
@@ -205,7 +205,7 @@ def test_list_shows_each_curated_environment_with_its_packages(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
 
     def listing() -> dict:
-        p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list", "--json"], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "list", "--json"], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
 
@@ -220,7 +220,7 @@ def test_list_shows_each_curated_environment_with_its_packages(tmp_path: Path, m
     own.parent.mkdir(parents=True)
     own.write_text("numpy==2.0.0\n")
     assert {d["name"]: d for d in listing()["curated_environments"]}["curated/sklearn"]["locked"] == {"numpy": "2.0.0"}
-    text = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list"], capture_output=True, text=True).stdout
+    text = subprocess.run([sys.executable, "-m", "ml_env_tasks", "list"], capture_output=True, text=True).stdout
     assert "curated/pytorch-cpu" in text and "packages  torch==2.5.1+cpu, numpy==2.1.3" in text
 
 
@@ -232,7 +232,7 @@ def test_a_hostile_lock_is_never_echoed_nor_waited_on(tmp_path: Path, monkeypatc
     import subprocess
     import sys
 
-    from ml_env_tasks.pins import is_lock_text, lock_packages
+    from ml_env_tasks.spec.pins import is_lock_text, lock_packages
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     own = tmp_path / "cache" / "ml-env" / "curated"
@@ -242,7 +242,7 @@ def test_a_hostile_lock_is_never_echoed_nor_waited_on(tmp_path: Path, monkeypatc
     (own / "pytorch-cpu.lock").symlink_to("/dev/zero")
     with (own / "sklearn-inference.lock").open("wb") as f:
         f.truncate(64 * 2**20)
-    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "list"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "list"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "\x1b" not in p.stdout + p.stderr and "PWNED" not in p.stdout and "$(id)" not in p.stdout
     assert "installed ok-pkg==2.0" in p.stdout

@@ -12,7 +12,7 @@ import pytest
 from ml_env_tasks.commands import REGISTRY, Command, every, load
 from ml_env_tasks.commands.common import build_options
 from ml_env_tasks.errors import UsageError
-from ml_env_tasks.options import Option, Resolved, add_options, from_inputs, resolve_options
+from ml_env_tasks.settings.options import Option, Resolved, add_options, from_inputs, resolve_options
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = list(REGISTRY)
@@ -83,8 +83,8 @@ def test_an_option_means_the_same_on_the_command_line_and_as_an_input(command: s
 def test_the_fronts_are_generated_from_the_registry() -> None:
     import nox.registry
 
-    import ml_env_tasks.nox as front
-    from ml_env_tasks.actions import actions
+    import ml_env_tasks.fronts.nox as front
+    from ml_env_tasks.fronts.actions import actions
 
     declared = {c.session.name for c in every() if c.session is not None}
     saved = dict(nox.registry._REGISTRY)
@@ -114,7 +114,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-FRONTS = {"cli": "ml_env_tasks/cli", "nox": "ml_env_tasks/nox.py", "gha": "ml_env_tasks/gha.py"}
+FRONTS = {"cli": "ml_env_tasks/fronts/cli.py", "nox": "ml_env_tasks/fronts/nox.py", "gha": "ml_env_tasks/fronts/gha.py"}
 
 
 @pytest.mark.parametrize("front", sorted(FRONTS))
@@ -122,14 +122,14 @@ def test_the_fronts_stand_side_by_side(front: str) -> None:
     """No front imports another; the core (everything else) imports none of them."""
     path = ROOT / FRONTS[front]
     files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    others = {f"ml_env_tasks.{f}" for f in FRONTS if f != front}
+    others = {f"ml_env_tasks.fronts.{f}" for f in FRONTS if f != front}
     for f in files:
         bad = {m for m in _imports(f) if any(m == o or m.startswith(o + ".") for o in others)}
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
 
 
 def test_the_core_imports_no_front() -> None:
-    fronts = {f"ml_env_tasks.{f}" for f in FRONTS} | {"ml_env_tasks.actions"}
+    fronts = {f"ml_env_tasks.{f}" for f in FRONTS} | {"ml_env_tasks.fronts.actions"}
     for f in sorted((ROOT / "ml_env_tasks").rglob("*.py")):
         rel = f.relative_to(ROOT / "ml_env_tasks")
         if rel.parts[0] in ("cli", "nox.py", "gha.py", "actions.py"):
@@ -150,7 +150,7 @@ def test_every_command_runs_through_one_function(capsys: pytest.CaptureFixture[s
     """A command's run gives an Outcome every front shows its own way (here: the CLI's JSON)."""
     import json
 
-    from ml_env_tasks.cli import run
+    from ml_env_tasks.fronts.cli import run
 
     assert run(["hash", str(ROOT / "envs/sklearn.toml"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

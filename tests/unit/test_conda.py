@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ml_env_tasks import SpecError, spec
-from ml_env_tasks.dockerfile import render
+from ml_env_tasks.build.dockerfile import render
 
 CONDA = """name: project_environment
 channels:
@@ -64,7 +64,7 @@ def test_conda_installer_uses_the_base_images_conda(tmp_path: Path) -> None:
 
 
 def test_conda_installer_is_in_the_hash_only_when_set(tmp_path: Path) -> None:
-    from ml_env_tasks.hashing import canonical
+    from ml_env_tasks.spec.hashing import canonical
 
     assert "conda_installer" not in canonical(load(tmp_path, CONDA))["python"]
     assert canonical(load(tmp_path, CONDA, 'conda_installer = "conda"\n'))["python"]["conda_installer"] == "conda"

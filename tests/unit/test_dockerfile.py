@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ml_env_tasks import spec
-from ml_env_tasks.dockerfile import render
-from ml_env_tasks.redact import Redactor
+from ml_env_tasks.build.dockerfile import render
+from ml_env_tasks.safe.redact import Redactor
 
 FULL = """
 name = "r"
@@ -149,7 +149,7 @@ def test_cache_backend_choice_follows_the_engine(tmp_path: Path) -> None:
     from ml_env_tasks.build import choose_cache as _cache
     from ml_env_tasks.engine import Capabilities
     from ml_env_tasks.errors import EngineError
-    from ml_env_tasks.hashing import dependency_key
+    from ml_env_tasks.spec.hashing import dependency_key
 
     f = tmp_path / "e.toml"
     f.write_text('name = "t"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')

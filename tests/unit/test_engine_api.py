@@ -20,8 +20,8 @@ import pytest
 from ml_env_tasks.engine import Engine
 from ml_env_tasks.engine.api import MAX_BODY, EngineAPI, EngineAPIError, NotFound
 from ml_env_tasks.engine.buildlog import MAX_LOG_LINE
+from ml_env_tasks.engine.resources import Resources
 from ml_env_tasks.errors import EngineError
-from ml_env_tasks.resources import Resources
 
 ID = "sha256:" + "b" * 64
 IMG = "127.0.0.1:5000/ml-envs/x:" + "a" * 64

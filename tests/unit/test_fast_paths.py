@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ml_env_tasks import spec, speccache
-from ml_env_tasks.config import load_layers
-from ml_env_tasks.dockerfile import render
+from ml_env_tasks import spec
+from ml_env_tasks.build import speccache
+from ml_env_tasks.build.dockerfile import render
 from ml_env_tasks.errors import LogError, SpecError, UsageError
-from ml_env_tasks.grammar import toml_error
-from ml_env_tasks.ledger import Ledger
+from ml_env_tasks.release.ledger import Ledger
+from ml_env_tasks.safe.grammar import toml_error
+from ml_env_tasks.settings.files import load_layers
 
 SPEC = """
 name = "fast"
@@ -152,7 +153,7 @@ def test_shell_completion_answers_from_every_command(tmp_path: Path) -> None:
         out = tmp_path / "completions"
         env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n", "COMP_LINE": line,
                "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}  # fmt: skip
-        subprocess.run([sys.executable, "-m", "ml_env_tasks.cli"], env=env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "ml_env_tasks"], env=env, capture_output=True, timeout=60)
         return out.read_text().split("\n") if out.exists() else []
 
     assert {"build", "promote"} <= {c.strip() for c in complete("ml-env ")}
@@ -162,7 +163,7 @@ def test_shell_completion_answers_from_every_command(tmp_path: Path) -> None:
 def test_the_base_label_is_asked_once_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reuse asks an image's recorded base once: the answer is kept by the image's digest (content
     never changes under it); anything but a digest in the label counts as none."""
-    from ml_env_tasks.build import reuse
+    from ml_env_tasks.build import exists as reuse
     from ml_env_tasks.build.model import BuildOptions
 
     asked: list[str] = []
@@ -221,7 +222,7 @@ def test_a_bad_setting_names_where_it_was_set(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An option's value the user did not type is named by its key and file (or variable) in the error."""
-    from ml_env_tasks.cli import run
+    from ml_env_tasks.fronts.cli import run
 
     tool = "require = ['bogus']\n" if where == "project" else ""
     (tmp_path / "pyproject.toml").write_text(f"[project]\nname = 'p'\n[tool.ml-env]\n{tool}")

@@ -14,7 +14,7 @@ import yaml
 from ml_env_tasks import SpecError, spec
 from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.formats.azure import export_v1, export_v2, import_source
-from ml_env_tasks.hashing import env_hash, explain
+from ml_env_tasks.spec.hashing import env_hash, explain
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
 
@@ -109,17 +109,17 @@ def test_round_trip_v1_and_v2(work: Path) -> None:
 
 
 def test_cli_import_to_stdout_and_file(work: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn")],
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "import", str(work / "azure/v1-sklearn")],
                        capture_output=True, text=True, cwd=work)  # fmt: skip
     assert p.returncode == 0 and p.stdout.startswith("# Imported") and "warning: unsupported field" in p.stderr
     # the conda file the printed environment names cannot travel on stdout: said, and not written anywhere
     assert "conda_file = " in p.stdout and "which stdout cannot carry: use -o FILE" in p.stderr
     assert not list(work.glob("*.conda.yml"))
     out = work / "envs" / "team.toml"
-    p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0 and spec.load(out).name == "team-sklearn-env"
-    again = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
+    again = subprocess.run([sys.executable, "-m", "ml_env_tasks", "import", str(work / "azure/v1-sklearn"), "-o", str(out)],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 2 and "not overwriting" in again.stderr
 
@@ -212,7 +212,7 @@ def test_command_job_symlinked_code_outside_the_project_is_refused(work: Path, m
 def test_import_cli_for_a_command_job(work: Path) -> None:
     d = work / "azure" / "v2-command-job"
     (work / ".git").mkdir()
-    cli = [sys.executable, "-m", "ml_env_tasks.cli", "import", "job.yml"]
+    cli = [sys.executable, "-m", "ml_env_tasks", "import", "job.yml"]
     p = subprocess.run(cli, cwd=d, capture_output=True, text=True)
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert "inline: give -o FILE.toml" in p.stderr and not (d / "job-env.toml").exists()
@@ -223,7 +223,7 @@ def test_import_cli_for_a_command_job(work: Path) -> None:
     assert sorted(got["files"]) == ["env/job-env.conda.yml", "env/job-env.toml"]
     assert spec.load(d / "env" / "job-env.toml").name == "job"
     # the printed command parses as `ml-env train` arguments (the CLI splits the script's off at --)
-    from ml_env_tasks.cli import build_parser
+    from ml_env_tasks.fronts.cli import build_parser
 
     argv = got["argv"][1:]
     i = argv.index("--")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml_env_tasks import gha
 from ml_env_tasks.errors import SpecError
+from ml_env_tasks.fronts import gha
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTIONS = sorted((ROOT / "ci" / "github").glob("*/action.yml"))
@@ -91,7 +91,7 @@ def test_build_action_speaks_build_push_actions_vocabulary() -> None:
 def test_action_files_are_rendered_from_the_option_declarations(name: str) -> None:
     """Every input is an option of the action's command (or one of the action's own) and reaches
     the step as INPUT_*: the committed file is exactly what the declarations render."""
-    from ml_env_tasks.actions import actions, render
+    from ml_env_tasks.fronts.actions import actions, render
 
     ACTIONS = {n: c.action for n, c in actions().items()}  # noqa: N806
     assert sorted(actions()) == sorted(p.parent.name for p in (ROOT / "ci/github").glob("*/action.yml"))
@@ -109,7 +109,7 @@ def test_action_files_are_rendered_from_the_option_declarations(name: str) -> No
 
 def test_inputs_resolve_like_options(monkeypatch: pytest.MonkeyPatch) -> None:
     from ml_env_tasks.commands import load
-    from ml_env_tasks.options import from_inputs
+    from ml_env_tasks.settings.options import from_inputs
 
     monkeypatch.setenv("INPUT_REGISTRY", "r.example:5000")
     monkeypatch.setenv("INPUT_PIN_BASE", "true")
@@ -135,7 +135,7 @@ def test_promote_offers_no_build_option() -> None:
     inputs = yaml.safe_load((ROOT / "ci/github/promote/action.yml").read_text())["inputs"]
     assert "check-reproducible" not in inputs
     p = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x",
+        [sys.executable, "-m", "ml_env_tasks", "promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x",
          "--check-reproducible"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

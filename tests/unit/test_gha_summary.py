@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ml_env_tasks import gha
 from ml_env_tasks.commands import common
+from ml_env_tasks.fronts import gha
 
 HOSTILE = [
     "loss\r### Injected heading",

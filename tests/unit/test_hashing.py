@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_env_tasks import spec
-from ml_env_tasks.hashing import canonical, canonical_json, env_hash, explain
+from ml_env_tasks.spec.hashing import canonical, canonical_json, env_hash, explain
 
 FULL = """
 name = "demo"
@@ -185,7 +185,7 @@ def test_explain_same(tmp_path: Path) -> None:
 
 
 def test_dependency_key_ignores_metadata_and_inference(tmp_path: Path) -> None:
-    from ml_env_tasks.hashing import dependency_key
+    from ml_env_tasks.spec.hashing import dependency_key
 
     a = spec.load(write(tmp_path, FULL, name="a.toml"))
     twin = spec.load(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ml_env_tasks import spec
-from ml_env_tasks.dockerfile import render
+from ml_env_tasks.build.dockerfile import render
 from ml_env_tasks.errors import SpecError, UsageError
 from ml_env_tasks.formats.azure import import_source
 
@@ -22,7 +22,7 @@ SECRET = "TOP-SECRET-LINE-4f1c"
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", *args],
+        [sys.executable, "-m", "ml_env_tasks", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -304,7 +304,7 @@ def test_wrong_types_in_the_ledger(tmp_path: Path, text: str) -> None:
 
 
 def test_ledger_show_escapes_what_came_from_outside(tmp_path: Path) -> None:
-    from ml_env_tasks.ledger import Ledger, Promotion
+    from ml_env_tasks.release.ledger import Ledger, Promotion
 
     f = tmp_path / "releases.toml"
     Ledger(f).append(
@@ -318,7 +318,7 @@ def test_an_unexpected_error_is_one_line_exit_70(tmp_path: Path) -> None:
     """A bug shows where it is, not what it says (the text could hold anything)."""
     code = (
         "import dataclasses, sys\n"
-        "import ml_env_tasks.cli as c\n"
+        "import ml_env_tasks.fronts.cli as c\n"
         "import ml_env_tasks.commands.build as b\n"
         "def boom(values, io):\n"
         "    raise KeyError('SECRET-IN-A-BUG')\n"
@@ -339,7 +339,7 @@ def test_an_unexpected_error_is_one_line_exit_70(tmp_path: Path) -> None:
 
 
 def test_a_get_restore_never_writes_outside_its_folder(tmp_path: Path) -> None:
-    from ml_env_tasks.versions import VersionEntry, Versions
+    from ml_env_tasks.catalog.versions import VersionEntry, Versions
 
     v = Versions(tmp_path / "versions.toml")
     v.append_raw(VersionEntry("e", 1, "h", "", "i", "", "t", 'name = "e"\n', files={"../../escape.txt": "x"}).to_dict())
@@ -363,8 +363,8 @@ def test_a_folder_named_as_an_environment_is_said_before_any_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--env envs (a folder) was taken as a Docker Hub image: seconds of retries, then exit 4."""
+    from ml_env_tasks.build.resolve import resolve_environment
     from ml_env_tasks.errors import UsageError
-    from ml_env_tasks.resolve import resolve_environment
 
     (tmp_path / "envs").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from ml_env_tasks import config, spec
+from ml_env_tasks import spec
 from ml_env_tasks.errors import EXIT_INTERNAL, MlEnvError
-from ml_env_tasks.fsutil import read_bounded
-from ml_env_tasks.untrusted import MAX_DEPTH, check_depth, json_loads, toml_loads
+from ml_env_tasks.safe.fsutil import read_bounded
+from ml_env_tasks.safe.untrusted import MAX_DEPTH, check_depth, json_loads, toml_loads
+from ml_env_tasks.settings import files as config
 
 AS_LIMIT = 2 * 2**30  # a child that reads /dev/zero unbounded dies of MemoryError here, not of the OOM killer
 DEEP = 20_000
@@ -139,7 +140,7 @@ def within(fn: Callable[[str], Any], path: str, seconds: float = 20) -> Any:
 
 
 def _docker_config(path: str) -> Any:
-    from ml_env_tasks.credentials import credentials_for
+    from ml_env_tasks.registry.credentials import credentials_for
 
     d = Path(path).parent / "docker"
     d.mkdir(exist_ok=True)
@@ -157,13 +158,13 @@ def _docker_config(path: str) -> Any:
 
 
 def _ledger(path: str) -> Any:
-    from ml_env_tasks.ledger import Ledger
+    from ml_env_tasks.release.ledger import Ledger
 
     return Ledger(Path(path)).raw_entries()
 
 
 def _versions(path: str) -> Any:
-    from ml_env_tasks.versions import Versions
+    from ml_env_tasks.catalog.versions import Versions
 
     return Versions(Path(path)).raw_entries()
 
@@ -242,7 +243,7 @@ def test_a_deep_spec_recorded_in_a_versions_file_is_one_error(tmp_path: Path) ->
 
 
 def test_a_log_file_check_on_a_device_or_deep_file_is_simply_no(tmp_path: Path) -> None:
-    from ml_env_tasks.tomllog import is_log_file
+    from ml_env_tasks.safe.tomllog import is_log_file
 
     (tmp_path / "z.toml").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "f.toml")
@@ -255,21 +256,21 @@ def test_a_log_file_check_on_a_device_or_deep_file_is_simply_no(tmp_path: Path) 
 
 
 def test_dev_zero_as_an_environment_file(project: Path) -> None:
-    one_line(run("ml_env_tasks.cli", "plan", "/dev/zero", cwd=project), 2, "/dev/zero")
+    one_line(run("ml_env_tasks", "plan", "/dev/zero", cwd=project), 2, "/dev/zero")
 
 
 def test_a_symlink_to_dev_zero_and_a_fifo_as_environment_files(project: Path) -> None:
     (project / "envs/zz.toml").symlink_to("/dev/zero")
     os.mkfifo(project / "envs/ff.toml")
-    one_line(run("ml_env_tasks.cli", "plan", "envs/zz.toml", cwd=project), 2, "zz.toml")
-    one_line(run("ml_env_tasks.cli", "plan", "envs/ff.toml", cwd=project), 2, "ff.toml")
+    one_line(run("ml_env_tasks", "plan", "envs/zz.toml", cwd=project), 2, "zz.toml")
+    one_line(run("ml_env_tasks", "plan", "envs/ff.toml", cwd=project), 2, "ff.toml")
 
 
 def test_the_github_matrix_job_refuses_a_symlink_to_dev_zero(project: Path) -> None:
     (project / "envs/a.toml").write_text(VALID)
     (project / "envs/zz.toml").symlink_to("/dev/zero")
     out = project / "gh-output"
-    p = run("ml_env_tasks.gha", "matrix", cwd=project, env={"INPUT_ENVS": "envs", "GITHUB_OUTPUT": str(out)})
+    p = run("ml_env_tasks.fronts.gha", "matrix", cwd=project, env={"INPUT_ENVS": "envs", "GITHUB_OUTPUT": str(out)})
     assert p.returncode == 2, (p.returncode, p.stdout[-300:], p.stderr[-2000:])
     assert "zz.toml" in p.stdout + p.stderr and "Traceback" not in p.stderr
     assert not out.exists() or "matrix" not in out.read_text()
@@ -281,7 +282,7 @@ def test_dev_zero_and_deep_logs_through_the_cli(project: Path, what: str) -> Non
     deep.write_text("[[x]]\na = " + "[" * DEEP + "]" * DEEP + "\n")
     for path, needle in (("/dev/zero", "/dev/zero"), (str(deep), "deep.toml")):
         args = ["ledger", "show", "--ledger", path] if what == "ledger" else ["list", "--versions", path]
-        one_line(run("ml_env_tasks.cli", *args, cwd=project), 2, needle)
+        one_line(run("ml_env_tasks", *args, cwd=project), 2, needle)
 
 
 def test_dev_zero_and_a_deep_file_as_the_user_config(project: Path) -> None:
@@ -290,7 +291,7 @@ def test_dev_zero_and_a_deep_file_as_the_user_config(project: Path) -> None:
     deep = project / "deep.toml"
     deep.write_text("a = " + "[" * DEEP + "]" * DEEP + "\n")
     for path in ("/dev/zero", str(deep)):
-        p = run("ml_env_tasks.cli", "plan", str(f), cwd=project, env={"ML_ENV_CONFIG": path})
+        p = run("ml_env_tasks", "plan", str(f), cwd=project, env={"ML_ENV_CONFIG": path})
         one_line(p, 2, path)
 
 
@@ -298,7 +299,7 @@ def test_a_deep_pyproject_is_one_line(project: Path) -> None:
     (project / "pyproject.toml").write_text("[tool.ml-env]\na = " + "[" * DEEP + "]" * DEEP + "\n")
     f = project / "envs/e.toml"
     f.write_text(VALID)
-    one_line(run("ml_env_tasks.cli", "plan", str(f), cwd=project), 2, "pyproject.toml")
+    one_line(run("ml_env_tasks", "plan", str(f), cwd=project), 2, "pyproject.toml")
 
 
 def test_a_deep_smoke_case_names_its_line(tmp_path: Path) -> None:
@@ -312,8 +313,8 @@ def test_a_deep_smoke_case_names_its_line(tmp_path: Path) -> None:
 
 
 def test_a_deep_spec_in_a_versions_entry_with_wheels_is_one_error(tmp_path: Path) -> None:
-    from ml_env_tasks.versions import VersionEntry
-    from ml_env_tasks.wheelstore import targets
+    from ml_env_tasks.catalog.versions import VersionEntry
+    from ml_env_tasks.catalog.wheelstore import targets
 
     entry = VersionEntry("e", 1, "h", "", "i", "", "now", "a = " + "[" * DEEP, wheels={"x.whl": "0" * 64})
     with pytest.raises(MlEnvError, match="nested") as exc:
@@ -322,7 +323,7 @@ def test_a_deep_spec_in_a_versions_entry_with_wheels_is_one_error(tmp_path: Path
 
 
 def test_a_promotion_gate_lock_that_is_a_device_or_a_fifo_is_refused(project: Path) -> None:
-    from ml_env_tasks.promote import _spec_lock
+    from ml_env_tasks.release.promote import _spec_lock
 
     f = project / "envs/e.toml"
     f.write_text(VALID)

@@ -18,12 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ml_env_tasks.errors import (
-    BlobIntegrityError,
-    RegistryAuthError,
-    RegistryError,
-    RegistryTransient,
-)
+from ml_env_tasks.errors import BlobIntegrityError, RegistryAuthError, RegistryError, RegistryTransient
 from ml_env_tasks.registry import RegistryClient
 
 USER, PASSWORD = "alice", "hunter2-very-secret"
@@ -283,7 +278,7 @@ def test_credentials_resolution_matches_docker_py(tmp_path, monkeypatch) -> None
     """Our docker-config reading gives what docker-py's ``docker.auth`` gives, for the same file."""
     import docker.auth
 
-    from ml_env_tasks.credentials import credentials_for
+    from ml_env_tasks.registry.credentials import credentials_for
 
     # a real credential helper (the docker protocol: `get` reads a host, answers JSON)
     helper = tmp_path / "bin" / "docker-credential-mltest"
@@ -355,8 +350,8 @@ def test_a_private_wheel_whose_bytes_are_not_its_digest_is_refused_and_nothing_i
     import subprocess
     import sys
 
-    from ml_env_tasks.versions import VersionEntry, Versions
-    from ml_env_tasks.wheelstore import ARTIFACT_TYPE, TITLE, tag_for
+    from ml_env_tasks.catalog.versions import VersionEntry, Versions
+    from ml_env_tasks.catalog.wheelstore import ARTIFACT_TYPE, TITLE, tag_for
 
     wheel = b"PK\x03\x04 a wheel" * 100
     sha = hashlib.sha256(wheel).hexdigest()
@@ -380,7 +375,7 @@ def test_a_private_wheel_whose_bytes_are_not_its_digest_is_refused_and_nothing_i
         spec_text = f'name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["wheels/{name}"]\n'
         v.append_raw(VersionEntry("w", 1, h, "sha256:" + "b" * 64, f"{reg}/team/w:{h}", reg, "now", spec_text,
                                   {}, {name: sha}).to_dict())  # fmt: skip
-        p = subprocess.run([sys.executable, "-m", "ml_env_tasks.cli", "get", "w:1", "-o", "out", "--versions",
+        p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "get", "w:1", "-o", "out", "--versions",
                             "versions.toml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert any("/blobs/" in s for s in served)
     assert p.returncode == 4 and "Traceback" not in p.stderr
@@ -389,9 +384,9 @@ def test_a_private_wheel_whose_bytes_are_not_its_digest_is_refused_and_nothing_i
 
 
 def test_a_registered_wheel_is_written_only_inside_the_folder(tmp_path) -> None:
+    from ml_env_tasks.catalog.versions import VersionEntry
+    from ml_env_tasks.catalog.wheelstore import targets
     from ml_env_tasks.errors import UsageError
-    from ml_env_tasks.versions import VersionEntry
-    from ml_env_tasks.wheelstore import targets
 
     def entry(rel: str) -> VersionEntry:
         text = f'name = "w"\n[base]\nimage = "a/b:1"\n[python]\nwheels = ["{rel}"]\n'
@@ -446,7 +441,7 @@ def test_a_200_with_a_generic_type_and_a_manifest_body_exists() -> None:
 
 
 def test_the_build_check_fails_closed_on_a_registry_error(monkeypatch) -> None:
-    from ml_env_tasks.build import reuse
+    from ml_env_tasks.build import exists as reuse
 
     with server(lambda h: (400, {"Content-Type": "application/json"}, b'{"errors": []}')) as (port, _):
         opts = type("O", (), {"registry": "r", "insecure": False, "build_on_check_error": False})()
@@ -521,8 +516,8 @@ def test_a_deep_error_body_is_still_one_error() -> None:
 
 def test_a_deep_oci_ledger_is_one_error() -> None:
     from ml_env_tasks.errors import LogError
-    from ml_env_tasks.ledger_oci import ARTIFACT_TYPE, RemoteLedger
     from ml_env_tasks.registry import artifacts as art
+    from ml_env_tasks.release.ledger_oci import ARTIFACT_TYPE, RemoteLedger
 
     blob = b"[[promotion]]\na = " + b"[" * 20_000 + b"]" * 20_000 + b"\n"
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from ml_env_tasks import spec
-from ml_env_tasks.dockerfile import render
-from ml_env_tasks.hashing import canonical, dependency_key, env_hash
-from ml_env_tasks.stack import AZUREML_PACKAGES
+from ml_env_tasks.build.dockerfile import render
+from ml_env_tasks.build.stack import AZUREML_PACKAGES
+from ml_env_tasks.spec.hashing import canonical, dependency_key, env_hash
 
 BASE = '[base]\nimage = "127.0.0.1:5000/base/debian-python:bookworm"\n[python]\npackages = ["numpy==2.1.3"]\n'
 

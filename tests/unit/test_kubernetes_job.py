@@ -23,10 +23,10 @@ import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 from packaging.version import Version
 
+from ml_env_tasks.engine.resources import Resources
 from ml_env_tasks.errors import UsageError
-from ml_env_tasks.resources import Resources
 from ml_env_tasks.runs import kubernetes as k8s
-from ml_env_tasks.snapshot import snapshot
+from ml_env_tasks.runs.snapshot import snapshot
 
 from .test_hostile_input import cli, one_clean_line
 

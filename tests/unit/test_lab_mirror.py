@@ -72,7 +72,7 @@ def test_site_config_keeps_what_others_wrote(lab, tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("ML_ENV_SITE_CONFIG", str(site))
     monkeypatch.setenv("ML_ENV_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.chdir(tmp_path)
-    from ml_env_tasks.config import load_layers
+    from ml_env_tasks.settings.files import load_layers
 
     layers = load_layers(tmp_path)
     assert layers.lookup("network") == ("host", f"site ({site})")

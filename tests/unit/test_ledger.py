@@ -9,7 +9,7 @@ import pytest
 import tomlkit
 
 from ml_env_tasks.errors import MlEnvError
-from ml_env_tasks.ledger import Ledger, Promotion
+from ml_env_tasks.release.ledger import Ledger, Promotion
 
 
 def d(c: str) -> str:
@@ -75,7 +75,7 @@ def test_registry_ledger_locations_are_checked_without_echoing_them() -> None:
     import pytest
 
     from ml_env_tasks.errors import UsageError
-    from ml_env_tasks.ledger_oci import RemoteLedger, is_remote, ledger_location
+    from ml_env_tasks.release.ledger_oci import RemoteLedger, is_remote, ledger_location
 
     assert ledger_location("registry", "h:5000/prod/x") == "oci://h:5000/prod/x:ml-env-ledger"
     assert ledger_location("releases.toml", "h/x") == "releases.toml" and not is_remote("releases.toml")
@@ -179,7 +179,7 @@ def test_a_registry_ledger_write_overwritten_by_a_stale_writer_is_written_again(
     check of the tag came before a's write, then writes its copy (without a's entry) over it. Both
     said "recorded"; the ledger had lost a's promotion (8 promotions from 8 machines at once left
     4 entries). a must look again after its write and put its entry back."""
-    import ml_env_tasks.ledger_oci as lo
+    import ml_env_tasks.release.ledger_oci as lo
 
     monkeypatch.setattr(lo, "SETTLE_MIN", 0.0, raising=False)
     reg = _Registry()
@@ -213,7 +213,7 @@ def test_a_promotion_over_the_ledger_tag_is_refused_before_any_registry_is_touch
     """`promote SRC DEST --tag ml-env-ledger --allow-overwrite` wrote the image over the registry
     ledger (the whole history), then failed with exit 2, and so did every later promotion there."""
     from ml_env_tasks.errors import UsageError
-    from ml_env_tasks.promote import PromoteOptions, promote
+    from ml_env_tasks.release.promote import PromoteOptions, promote
 
     src, dst = "127.0.0.1:9/src/x:1", "127.0.0.1:9/prod/x"  # nothing listens: no registry is asked
     cases = [
@@ -234,8 +234,8 @@ def test_verify_reads_the_registry_ledger_when_told_registry(monkeypatch) -> Non
     never checked. It is the ledger in the image's own repository."""
     import contextlib
 
-    import ml_env_tasks.ledger_oci as lo
-    from ml_env_tasks.verify import _ledger_check
+    import ml_env_tasks.release.ledger_oci as lo
+    from ml_env_tasks.release.verify import _ledger_check
 
     asked = []
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ml_env_tasks import spec
-from ml_env_tasks.hashing import env_hash
+from ml_env_tasks.spec.hashing import env_hash
 
 REGISTER_ALL = "import ml_env_tasks.nox\nml_env_tasks.nox.register()\n"
 
@@ -96,7 +96,7 @@ def test_env_matrix_for_github_actions(tmp_path: Path) -> None:
 
 
 def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
-    """The reusable workflow's matrix job (python -m ml_env_tasks.gha matrix) gives what the nox
+    """The reusable workflow's matrix job (python -m ml_env_tasks.fronts.gha matrix) gives what the nox
     session gives, without nox; a broken environment file fails it with the file named."""
     envs = tmp_path / "envs"
     envs.mkdir()
@@ -105,7 +105,7 @@ def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
     out_file = tmp_path / "out"
     env = {**os.environ, "INPUT_ENVS": str(envs), "GITHUB_OUTPUT": str(out_file)}
     r = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
     matrix = json.loads(r.stdout)
@@ -113,7 +113,7 @@ def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
     assert out_file.read_text() == f"matrix={json.dumps(matrix)}\n"
     (envs / "gamma.toml").write_text('name = "gamma"\n[base]\nimage = "x"\n[apt]\npackages = ["Bad Name"]\n')
     r = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode != 0 and "gamma.toml" in r.stderr and "Traceback" not in r.stderr
 
@@ -122,7 +122,7 @@ def test_matrix_action_refuses_a_folder_without_environments(tmp_path: Path) -> 
     # (a NUL cannot reach an environment variable at all)
     for bad in (str(tmp_path / "missing"), "a\nb", "../../etc"):
         env = {**os.environ, "INPUT_ENVS": bad, "GITHUB_OUTPUT": str(tmp_path / "out")}
-        r = subprocess.run([sys.executable, "-m", "ml_env_tasks.gha", "matrix"], env=env, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], env=env, capture_output=True,
                            text=True, timeout=60)  # fmt: skip
         why = "control characters" if "\n" in bad else "no environment files"
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -131,8 +131,8 @@ def test_matrix_action_refuses_a_folder_without_environments(tmp_path: Path) -> 
 def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) -> None:
     """`ml-env register` writes envs/versions.toml: the matrix (action and nox) and the nox
     sessions list the environments only; a broken environment is still one line, no traceback."""
+    from ml_env_tasks.catalog.versions import Versions
     from ml_env_tasks.commands.build import environments
-    from ml_env_tasks.versions import Versions
 
     p = project(tmp_path, REGISTER_ALL)
     Versions(p / "envs/versions.toml").register(
@@ -140,7 +140,7 @@ def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) ->
     )
     assert environments(p / "envs") == ["alpha", "beta"]
     env = {**os.environ, "INPUT_ENVS": "envs", "GITHUB_OUTPUT": str(tmp_path / "out")}
-    r = subprocess.run([sys.executable, "-m", "ml_env_tasks.gha", "matrix"], cwd=p, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], cwd=p, env=env, capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert [m["env"] for m in json.loads(r.stdout)["include"]] == ["alpha", "beta"]
@@ -156,7 +156,7 @@ def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) ->
 
 
 def test_only_an_append_only_log_counts_as_one(tmp_path: Path) -> None:
-    from ml_env_tasks.tomllog import is_log_file
+    from ml_env_tasks.safe.tomllog import is_log_file
 
     cases = {
         "ledger.toml": ("# header\n[[promotion]]\ndigest = 'sha256:1'\n", True),

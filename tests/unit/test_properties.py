@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ml_env_tasks import spec
-from ml_env_tasks.dockerfile import render
+from ml_env_tasks.build.dockerfile import render
 from ml_env_tasks.errors import SpecError, UsageError
 
 HOSTILE = st.one_of(
@@ -252,7 +252,7 @@ OPTIONS = ["--json", "--tag", "--env", "--format", "-o", "--runs-dir", "--ledger
         max_size=5),
 )  # fmt: skip
 def test_command_lines_end_in_a_user_error_code(project: Path, command: list[str], rest: list[str]) -> None:
-    from ml_env_tasks import cli
+    from ml_env_tasks.fronts import cli
 
     if command == ["promote"]:
         rest = rest + ["--dry-run"]  # never write a registry from a fuzzer

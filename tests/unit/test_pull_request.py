@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_env_tasks.config import load_layers
-from ml_env_tasks.credentials import credentials_for
-from ml_env_tasks.dockerlint import check_base_dockerfile
 from ml_env_tasks.errors import SpecError, UsageError
+from ml_env_tasks.registry.credentials import credentials_for
+from ml_env_tasks.settings.files import load_layers
+from ml_env_tasks.spec.dockerlint import check_base_dockerfile
 
 from .test_hostile_registry import M_DIGEST, MANIFEST, server
 
@@ -39,7 +39,7 @@ def _challenge(h):
 
 def _ml_env(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ml_env_tasks", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
 
 

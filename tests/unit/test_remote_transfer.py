@@ -12,11 +12,11 @@ import pytest
 
 from ml_env_tasks.engine.archive import receive_tar
 from ml_env_tasks.engine.context import endpoint_address
+from ml_env_tasks.engine.resources import Resources
 from ml_env_tasks.errors import EngineError, UsageError
-from ml_env_tasks.resources import Resources
 from ml_env_tasks.runs.runner import Job, _remote_parts
+from ml_env_tasks.runs.snapshot import folder_snapshot, snapshot, tar_parts
 from ml_env_tasks.runs.train import RunOptions, _validate, split_inputs
-from ml_env_tasks.snapshot import folder_snapshot, snapshot, tar_parts
 
 
 def tar_of(*members: tuple[tarfile.TarInfo, bytes | None]) -> io.BytesIO:
@@ -120,7 +120,7 @@ def test_a_file_changed_while_it_is_sent_fails_the_upload(tmp_path: Path) -> Non
     f.write_bytes(b"12345")
     snap = folder_snapshot(tmp_path / "d")
     f.write_bytes(b"123")
-    from ml_env_tasks.snapshot import TarPart
+    from ml_env_tasks.runs.snapshot import TarPart
 
     with pytest.raises((UsageError, OSError, tarfile.TarError)):
         b"".join(tar_parts([TarPart("mnt/inputs/d", snap)]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_the_sbom_is_deterministic_and_lists_what_is_installed() -> None:
-    from ml_env_tasks.sbom import Contents, cyclonedx_json, spdx_json
+    from ml_env_tasks.release.sbom import Contents, cyclonedx_json, spdx_json
 
     c = Contents("h/r", "a" * 64, {"numpy": "2.1.3", "pip": "23.0.1"}, [("libc6", "2.36-9", "amd64")], "python:3.11")
     one, two = cyclonedx_json(c), cyclonedx_json(c)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.runs import RunOptions
+from ml_env_tasks.runs.snapshot import snapshot, tar_chunks
 from ml_env_tasks.runs.train import _validate, _without_outputs
-from ml_env_tasks.snapshot import snapshot, tar_chunks
 
 
 def tree(d: Path, files: dict[str, str | bytes]) -> Path:
@@ -192,7 +192,7 @@ def test_fixed_names_match_as_gitignore_does(parts: list[str], is_dir: bool) -> 
     answer as pathspec's gitignore matching, for files and folders at any depth."""
     import pathspec
 
-    from ml_env_tasks.snapshot import ALWAYS_IGNORED, _matcher
+    from ml_env_tasks.runs.snapshot import ALWAYS_IGNORED, _matcher
 
     rel = "/".join(parts) + ("/" if is_dir else "")
     ours = _matcher(list(ALWAYS_IGNORED))

@@ -223,7 +223,7 @@ def test_cli_bad_spec_exit_2_one_line_no_traceback(tmp_path: Path, argv_tail: li
     f = tmp_path / "env.toml"
     f.write_text('name = "x"\n[base]\nimage = "a/b:1"\n[python]\npackages = ["bad req !!"]\n')
     p = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", *argv_tail, str(f)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ml_env_tasks", *argv_tail, str(f)], capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
@@ -234,7 +234,7 @@ def test_cli_bad_spec_exit_2_one_line_no_traceback(tmp_path: Path, argv_tail: li
 
 def test_cli_json_error(tmp_path: Path) -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "hash", str(tmp_path / "missing.toml"), "--json"],
+        [sys.executable, "-m", "ml_env_tasks", "hash", str(tmp_path / "missing.toml"), "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -252,7 +252,7 @@ def test_no_engine_is_one_clear_error(tmp_path: Path) -> None:
     f = tmp_path / "env.toml"
     f.write_text(OK)
     p = subprocess.run(
-        [sys.executable, "-m", "ml_env_tasks.cli", "build", str(f)],
+        [sys.executable, "-m", "ml_env_tasks", "build", str(f)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,7 @@ import pytest
 from ml_env_tasks import models
 from ml_env_tasks.engine.archive import receive_tar
 from ml_env_tasks.errors import EngineError, RegistryError
-from ml_env_tasks.safetar import size_text, strip_privileges
+from ml_env_tasks.safe.tars import size_text, strip_privileges
 
 PREFIX = models.MODEL_PREFIX + "/"
 

@@ -13,7 +13,7 @@ import pytest
 
 import ml_env_tasks.registry as registry_mod
 from ml_env_tasks.errors import UsageError
-from ml_env_tasks.verify import verify
+from ml_env_tasks.release.verify import verify
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -196,7 +196,7 @@ def test_a_forged_package_hash_label_does_not_make_any_tag_pass(reg: FakeRegistr
 @pytest.mark.parametrize("image", ["team/x:y", "x", "docker.io", "http://127.0.0.1:5000/a/b:1"])
 def test_verify_never_guesses_docker_hub(image: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An image without a registry host first is bad input (exit 2), not five tries at Docker Hub."""
-    from ml_env_tasks.cli import run
+    from ml_env_tasks.fronts.cli import run
 
     assert run(["verify", image]) == 2
     assert "is not host[:port]/repository" in capsys.readouterr().err
@@ -204,7 +204,7 @@ def test_verify_never_guesses_docker_hub(image: str, capsys: pytest.CaptureFixtu
 
 def test_promote_spec_goes_with_the_smoke_test_gate(capsys: pytest.CaptureFixture[str]) -> None:
     """--spec without --require smoke-test would be silently ignored: it is a usage error."""
-    from ml_env_tasks.cli import run
+    from ml_env_tasks.fronts.cli import run
 
     assert run(["promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x", "--spec", "envs/sklearn.toml"]) == 2
     assert "--require smoke-test" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UsageError
-from ...grammar import printable
+from ...safe.grammar import printable
 from .manifest import check, manifests, names, to_yaml
 from .model import Emitted, KubeJob, KubeOptions, code_archive, new_run_id, parse_pvc, parse_user
 
@@ -61,7 +61,7 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     check(pre)  # every user mistake before anything is built
     if kube.emit.is_dir():
         raise UsageError(f"--emit {printable(kube.emit)} is a directory: give a file name, e.g. job.yaml")
-    from ...snapshot import snapshot
+    from ..snapshot import snapshot
 
     snap = snapshot(run.source, max_mb=run.snapshot_max_mb, warn=lambda m: say("warning: " + m))
     if not snap.has(script.as_posix()):
@@ -70,7 +70,7 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
         )
     archive = code_archive(snap)
     from ...build import Reporter
-    from ...resolve import resolve_environment
+    from ...build.resolve import resolve_environment
 
     class _Say(Reporter):
         def info(self, msg: str) -> None:
@@ -93,7 +93,7 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     )
     check(job)
     docs = manifests(job)
-    from ...fsutil import write_atomic
+    from ...safe.fsutil import write_atomic
 
     try:
         write_atomic(kube.emit, to_yaml(docs))
@@ -108,6 +108,6 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
 
 def _built_here(ref: str, versions: Path | None) -> bool:
     """An environment ml-env builds (a file, curated, a registered version), not an image reference."""
-    from ...resolve import _looks_registered, is_environment_file
+    from ...build.resolve import _looks_registered, is_environment_file
 
     return ref.startswith("curated/") or is_environment_file(ref) or bool(versions and _looks_registered(ref, versions))

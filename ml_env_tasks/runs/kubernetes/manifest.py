@@ -8,9 +8,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ...engine.resources import Resources
 from ...errors import UsageError
-from ...grammar import ENV_NAME, INPUT_NAME, matches, printable
-from ...resources import Resources
+from ...safe.grammar import ENV_NAME, INPUT_NAME, matches, printable
 from ..runner import CODE_DIR, INPUTS_DIR, OUTPUT_DIR
 from .model import (
     _DNS_LABEL,

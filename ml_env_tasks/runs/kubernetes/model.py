@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ...engine.resources import Resources
 from ...errors import UsageError
-from ...grammar import ENV_NAME, has_control, matches, printable
-from ...resources import Resources
-from ...snapshot import Snapshot, tar_chunks
+from ...safe.grammar import ENV_NAME, has_control, matches, printable
+from ..snapshot import Snapshot, tar_chunks
 
 CONFIGMAP_LIMIT = 2**20  # what the API server accepts for one ConfigMap (etcd's object limit)
 _CONFIGMAP_OVERHEAD = 4096  # metadata and key names, with room to spare
