@@ -1,6 +1,6 @@
 """OCI distribution: image references, the HTTP transport (auth, retries, bounds) and the
 manifest/blob operations builds and promotions use. Auth comes from the docker config
-(``ml_env_tasks.credentials``), read only when a registry asks for it."""
+(``registry.credentials``), read only when a registry asks for it."""
 
 from __future__ import annotations
 

@@ -16,143 +16,21 @@ import base64
 import functools
 import http.client
 import re
-import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryAuthError, RegistryError, RegistryTransient, RegistryUnreachable
 from ..safe.grammar import digits, printable
 from ..safe.untrusted import json_loads
-from .constants import CHUNK, DEADLINE, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY, MIN_RATE
+from .constants import DEADLINE, ERROR_CODE_RE, MAX_REDIRECTS, MAX_SMALL_BODY, MIN_RATE
 from .reference import is_loopback
+from .wire import Response, short
+from .wire import Transient as _Transient
+from .wire import Watchdog as _Watchdog
+from .wire import origin as _origin
 
 __all__ = ["Response", "Transport", "short"]
-
-
-class _Watchdog:
-    """Shuts a connection's socket down when ``seconds`` have passed, unless cancelled first: the
-    read blocked on it returns, and ``fired`` says why. (A TCP connect still under way has no
-    socket yet; it is bounded by its own timeout, and the watchdog looks again shortly.)"""
-
-    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
-        self.seconds = seconds
-        self.fired = False
-        self._conn = conn
-        self._cancelled = False
-        self._lock = threading.Lock()  # once cancel() returns, the socket is never shut down
-        self._arm(seconds)
-
-    def _arm(self, seconds: float) -> None:
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._cancelled:
-                return
-            self.fired = True
-            sock = self._conn.sock
-            if sock is None:
-                self._arm(0.5)
-                return
-            try:  # the plain socket's shutdown, also under TLS (SSLSocket's would drop its state mid-read)
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            self._timer.cancel()
-
-
-class Response:
-    """A registry's answer: status, headers, and the body read (bounded) or left to stream."""
-
-    def __init__(
-        self,
-        status: int,
-        headers: http.client.HTTPMessage,
-        body: bytes | None,
-        raw: Any = None,
-        *,
-        conn: http.client.HTTPConnection | None = None,
-        chunk_deadline: Callable[[int], float] | None = None,
-        too_slow: Callable[[_Watchdog], RegistryError] | None = None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body if body is not None else b""
-        self._raw = raw  # an unread http.client.HTTPResponse, for streaming
-        self._conn = conn  # its connection, which the per-chunk deadline shuts down
-        self._chunk_deadline = chunk_deadline
-        self._too_slow = too_slow
-
-    @property
-    def status_code(self) -> int:
-        return self.status
-
-    def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name, default) or default
-
-    def json(self, what: str = "the registry's answer") -> Any:
-        """The body as JSON, its nesting bounded (RegistryError naming ``what``; ValueError when
-        it is not JSON)."""
-        return json_loads(self.body, error=RegistryError, file=what)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-    def iter_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        raw = self._raw
-        if raw is None:
-            yield self.body
-            return
-        try:
-            while True:
-                dog = None
-                if self._conn is not None and self._chunk_deadline is not None:
-                    dog = _Watchdog(self._conn, self._chunk_deadline(size))
-                try:
-                    chunk = raw.read(size)
-                except (OSError, http.client.HTTPException):
-                    if dog is not None and dog.fired and self._too_slow is not None:
-                        raise self._too_slow(dog) from None
-                    raise
-                finally:
-                    if dog is not None:
-                        dog.cancel()
-                if dog is not None and dog.fired and self._too_slow is not None:
-                    raise self._too_slow(dog)
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            raw.close()
-
-    def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
-
-
-class _Transient(Exception):
-    """One attempt failed in a way worth retrying; ``retry_after`` from the registry, if any."""
-
-    def __init__(self, what: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(what)
-        self.what = what
-        self.status = status
-        self.retry_after = retry_after
-
-
-def _origin(url: str) -> tuple[str, str]:
-    p = urlsplit(url)
-    port = p.port or (443 if p.scheme == "https" else 80)
-    return p.scheme, f"{p.hostname}:{port}"
 
 
 class Transport:
@@ -521,15 +399,3 @@ class Transport:
         if not isinstance(token, str) or not token or not token.isprintable():
             raise RegistryError(f"token service of {self.host} returned no usable token")
         return token
-
-
-def short(e: BaseException) -> str:
-    if isinstance(e, socket.timeout | TimeoutError):
-        return "timed out"
-    if isinstance(e, ConnectionRefusedError):
-        return "Connection refused"
-    if isinstance(e, socket.gaierror):
-        return "Name or service not known"
-    s = str(e) or type(e).__name__
-    m = re.search(r"\[Errno -?\d+\] [^'\")]+|Connection refused|timed out|Name or service not known", s)
-    return printable(m.group(0) if m else s, 200)

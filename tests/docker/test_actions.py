@@ -204,7 +204,8 @@ def test_train_action_outputs_and_metrics_summary(ws) -> None:
     assert Path(outputs["outputs"]).joinpath("metrics.json").exists()
     assert (ws.dir / "runs" / outputs["run-id"] / "run.json").exists()
     assert "args ['--alpha', '0.5 0.6']" in proc.stdout
-    assert "| rmse | 1.5 |" in summary and "| r2 | 0.9 |" in summary
+    # the run's metrics are plain text in the summary: punctuation escaped, rendered as written
+    assert "| rmse | 1\\.5 |" in summary and "| r2 | 0\\.9 |" in summary
     failing, out2, summary2 = run_action(action, {**inputs, "env-vars": "FAIL=5"}, ws.dir)
     assert failing.returncode == 5
     assert out2["status"] == "failed" and "**failed** (exit 5)" in summary2
