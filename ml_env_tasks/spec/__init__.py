@@ -1,33 +1,44 @@
-"""Loading an environment file: ``load`` reads it (size-capped, text only) and ``specparse``
-validates it into the model of ``environment`` (re-exported here).
-
-Every error names the file and the key at fault (``envs/x.toml: python.packages[2]: ...``).
-Referenced files (requirements, conda file, base Dockerfile, lock) are read here, once, so that
-hashing and rendering work on contents, never on paths; wheels are hashed here (streamed) and
-copied into the build context later. Every referenced path resolves inside the environment's
-project (see ``paths``). The validation itself lives in ``specparse``.
+"""The declared environment: the model (``environment``), reading a file (``reader``: ``load``,
+bounded, text only) and validating it (``validate``, every error naming the file and the key at
+fault: ``envs/x.toml: python.packages[2]: ...``), conda files (``conda``), what a base
+Dockerfile may hold (``dockerlint``), the canonical form and the content hash (``hashing``) and
+the lock grammar (``pins``). Referenced files are read once, here, so hashing and rendering work
+on contents, never on paths; every referenced path resolves inside the environment's project.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..errors import SpecError
-from ..registry.refs import check_image_ref
-from ..safe.grammar import printable
-from .environment import (
-    CURATED_DIR,
-    RESERVED_PREFIX,
-    BaseImage,
-    BaseRegistry,
-    Environment,
-    FileRef,
-    IndexConfig,
-    lock_packages,
-    lock_path_for,
-)
-from .pins import lock_to_read
+if TYPE_CHECKING:
+    from ..registry.refs import check_image_ref
+    from .environment import (
+        CURATED_DIR,
+        RESERVED_PREFIX,
+        BaseImage,
+        BaseRegistry,
+        Environment,
+        FileRef,
+        IndexConfig,
+        lock_packages,
+        lock_path_for,
+    )
+    from .reader import MAX_SPEC_BYTES, load, parse
+
+# the names below load their module on first use (PEP 562): importing one room of spec (the lock
+# grammar, say) does not load the reader, the validator or the registry's references
+_WHERE = {
+    "check_image_ref": "..registry.refs",
+    "MAX_SPEC_BYTES": ".reader",
+    "load": ".reader",
+    "parse": ".reader",
+    **dict.fromkeys(
+        ("CURATED_DIR", "RESERVED_PREFIX", "BaseImage", "BaseRegistry", "Environment", "FileRef", "IndexConfig",
+         "lock_packages", "lock_path_for"),
+        ".environment",
+    ),
+}  # fmt: skip
 
 __all__ = [
     "BaseImage",
@@ -42,67 +53,14 @@ __all__ = [
     "check_image_ref",
     "CURATED_DIR",
     "RESERVED_PREFIX",
+    "MAX_SPEC_BYTES",
 ]
 
-MAX_SPEC_BYTES = 1 * 2**20
 
-
-# --- loading -----------------------------------------------------------------------------
-
-
-def load(path: str | Path, *, locked: bool = False) -> Environment:
-    """Read and validate an environment file. ``locked`` also reads the lock file beside it."""
-    from ..safe.paths import check_path_text, read_inside
-
-    shown = str(path)
-    check_path_text(shown, file=None, key=None, what="environment file")
-    p = Path(path)
-    try:
-        p.stat()
-    except FileNotFoundError:
-        raise SpecError("environment file not found", file=printable(shown)) from None
-    except OSError as e:
-        raise SpecError(f"cannot be read: {e.strerror}", file=printable(shown)) from None
-    if p.is_dir():
-        raise SpecError("is a directory, expected an environment .toml file", file=shown)
-    from ..safe.fsutil import read_text_bounded
-
-    try:
-        text = read_text_bounded(p, MAX_SPEC_BYTES, error=SpecError, what="environment file", shown=shown)
-    except OSError as e:
-        raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
-    env = parse(text, p, shown=shown)
-    if locked:
-        lp = lock_to_read(p)
-        if not lp.exists():
-            raise SpecError(
-                f"--locked needs the lock file {lp}, which does not exist",
-                file=shown,
-                hint="build once without --locked to write it",
-            )
-        from ..safe.paths import project_root
-
-        # beside the spec (inside the project), or a curated environment's in the user cache
-        folder = lp.parent if lp.parent != p.parent else p.parent
-        root = folder if lp.parent != p.parent else project_root(p.parent)
-        real, data = read_inside(folder, lp.name, root, file=shown, key=None, what="lock file")
-        import hashlib
-
-        env = env.with_lock(FileRef(lp, real, hashlib.sha256(data).hexdigest(), len(data), data))
-    return env
-
-
-def parse(
-    text: str, path: Path, *, shown: str | None = None, recorded_wheels: Mapping[str, str] | None = None
-) -> Environment:
-    """``recorded_wheels`` (file name -> sha256, as a versions file records them) stands in for
-    wheels that are absent, so two registered versions can be compared without their bytes."""
-    from ..safe.untrusted import check_depth
-    from .validate import parse_document
-
-    where = shown or str(path)
-    check_depth(text, toml=True, error=SpecError, file=where)
-    try:
-        return parse_document(text, path, where, recorded_wheels=recorded_wheels)
-    except RecursionError:
-        raise SpecError("nested too deep to parse: refused", file=where) from None
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
