@@ -190,4 +190,8 @@ def _restore_registered(ref: str, versions: Path) -> Path:
 
     v = Versions(versions)
     entry = v.get(ref)
-    return v.restore_cached(entry, cache_dir() / "versions" / entry.hash / f"{entry.name}.toml")
+    root = (cache_dir() / "versions").resolve()
+    out = root / entry.hash / f"{entry.name}.toml"
+    if not out.resolve().is_relative_to(root):  # the versions file is repository content
+        raise UsageError(f"{ref}: its recorded hash is not a content hash", file=str(versions))
+    return v.restore_cached(entry, out)

@@ -10,6 +10,7 @@ in a team it is committed like code, so versions are reviewed and merge like any
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from .. import spec
 from ..errors import SpecError, UsageError
-from ..safe.fsutil import read_text_bounded
+from ..safe.fsutil import read_text_bounded, write_atomic
 from ..safe.grammar import NAME, matches, printable
 from ..safe.tomllog import TomlLog
 from ..spec import MAX_SPEC_BYTES
@@ -29,6 +30,9 @@ from . import wheelstore
 __all__ = ["Versions", "VersionEntry", "VERSIONS_DEFAULT"]
 
 VERSIONS_DEFAULT = Path("envs/versions.toml")
+
+
+HASH = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class VersionEntry:
         name = s("name")
         if not matches(NAME, name):
             raise ValueError("name is not an environment name")
+        if not HASH.fullmatch(s("hash")):  # a cache folder is named after it: never a path
+            raise ValueError("hash is not a sha256 content hash")
         return cls(name, version, s("hash"), s("digest"), s("image"), s("registry"), s("registered"), s("spec"),
                    {str(k): v for k, v in files.items()}, {str(k): str(v) for k, v in wheels.items()})  # fmt: skip
 
@@ -165,10 +171,9 @@ class Versions(TomlLog):
                 raise UsageError(f"{entry.ref}: a registered file would be written outside {out.parent}; refused")
         out.parent.mkdir(parents=True, exist_ok=True)
         for rel, text in entry.files.items():
-            p = out.parent / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-        out.write_text(entry.spec)
+            (out.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out.parent / rel, text)  # a rename: never through a link
+        write_atomic(out, entry.spec)
         return out
 
     def restore(self, entry: VersionEntry, folder: Path, *, force: bool = False) -> tuple[list[Path], str | None]:
@@ -181,6 +186,9 @@ class Versions(TomlLog):
         out = folder / f"{entry.name}.toml"
         wheels = wheelstore.targets(entry, folder)
         targets = [out] + [folder / rel for rel in entry.files] + list(wheels.values())
+        linked = [str(t) for t in targets if t.is_symlink()]
+        if linked:
+            raise UsageError(f"not writing through a symlink: {', '.join(linked)}")
         clash = [str(t) for t in targets if t.exists()]
         if clash and not force:
             raise UsageError(f"not overwriting {', '.join(clash)}", hint="--force overwrites them")

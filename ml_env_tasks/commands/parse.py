@@ -195,6 +195,15 @@ def _beside_project(values: Resolved, layers: object) -> None:
     beside = project.parent / env
     try:
         if not Path(env).is_absolute() and beside.is_file():
+            if not beside.resolve().is_relative_to(project.parent.resolve()):
+                raise UsageError(
+                    "the project's config names a path outside the project",
+                    file=str(project),
+                    key="tool.ml-env.train_env"
+                    if values.values.get("script") is not None
+                    else "tool.ml-env.inference_env",
+                    hint="paths in [tool.ml-env] must resolve (symlinks included) inside the project",
+                )
             values.values["env"] = str(beside)
     except OSError:
         pass

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+from ..safe.grammar import MODEL_NAME, matches, printable
+from ..safe.paths import no_link_out
 from ..settings.options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, VERSIONS, Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell, code, rows
+from .common import build_options, cell, code, rows, visible
 
 
 def _input(name: str) -> str:
@@ -40,11 +43,28 @@ OUTPUTS = {
 }
 
 
+def parse_models(items: list[str]) -> dict[str, Path]:
+    """``--model PATH`` (one model, at AZUREML_MODEL_DIR) or ``--model NAME=PATH`` (several)."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = "", item
+        elif not matches(MODEL_NAME, name):
+            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
+        if name in out:
+            raise UsageError(f"--model {name or '(unnamed)'} given twice")
+        out[name] = no_link_out(Path(path), "--model")
+    if "" in out and len(out) > 1:
+        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
+    return out
+
+
 def serve_options(v: Values, io: Console, **extra: Any) -> Any:
     from ..engine.resources import Resources
     from ..errors import UsageError
     from ..safe.grammar import parse_size
-    from ..serve.local import ServeOptions, parse_models
+    from ..serve.local import ServeOptions
 
     flag = _input if io.actions else _flag
     if not v.env:
@@ -144,7 +164,8 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
 
     def text() -> str:
         rows = [
-            f"{'PASS' if c.passed else 'FAIL'}  {c.name}" + ("" if c.passed else f": {c.message}") for c in report.cases
+            f"{'PASS' if c.passed else 'FAIL'}  {visible(c.name)}" + ("" if c.passed else f": {visible(c.message)}")
+            for c in report.cases
         ]
         rows.append(
             f"{report.passed} passed, {report.failed} failed; ready in {report.ready_s:.2f}s; "

@@ -50,8 +50,8 @@ class Resources:
                 c = float(cpus)
             except (TypeError, ValueError):
                 raise UsageError(f"{prefix}cpus {printable(cpus, 40)!r} is not a number") from None
-            if not 0 < c <= 1024:
-                raise UsageError(f"{prefix}cpus must be between 0 and 1024")
+            if not 0.001 <= c <= 1024:  # below a thousandth the engine's NanoCPUs round to 0: no limit at all
+                raise UsageError(f"{prefix}cpus must be between 0.001 and 1024")
         g = None
         if gpus not in (None, ""):
             if not isinstance(gpus, str) or not _GPUS.fullmatch(gpus):

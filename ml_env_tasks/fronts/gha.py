@@ -214,8 +214,9 @@ def run_action(name: str) -> int:
         mask(os.environ.get(secret_name))
     outcome = cmd.run(values, ActionConsole())
     text = outcome.text_now()
-    if text:
-        print(text, flush=True)
+    if text:  # it can hold what a run, a cases file or a server said: no line of it is a workflow command
+        with stop_commands():
+            print(text, flush=True)
     for key, value in outcome.outputs_now().items():
         set_output(key, value)
     if outcome.summary:

@@ -74,6 +74,8 @@ def is_loopback(host: str) -> bool:
     (``127.attacker.example``) is a name like any other: plain http is never allowed to it."""
     import ipaddress
 
+    if "@" in host or "/" in host:  # user info or a path: not a host[:port] ("127.0.0.1:1@evil.example")
+        return False
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     if name in ("localhost", "[::1]"):
         return True

@@ -134,7 +134,13 @@ class Transport:
     ) -> Response:
         """One HTTP exchange, following redirects for requests without a streamed body."""
         for _ in range(MAX_REDIRECTS + 1):
-            p = urlsplit(url)
+            try:
+                p = urlsplit(url)
+                p.port  # noqa: B018 - a port that is not a number raises here
+            except ValueError:
+                raise RegistryError(f"registry {self.host} pointed at a URL that does not parse") from None
+            if "@" in p.netloc:
+                raise RegistryError(f"registry {self.host} pointed at a URL with credentials in it: refused")
             if p.scheme not in ("http", "https") or not p.hostname:
                 raise RegistryError(f"registry {self.host} pointed at a URL that is not http(s)")
             if p.scheme == "http" and not (is_loopback(p.netloc) or (self.scheme == "http" and p.netloc == self.host)):
@@ -167,7 +173,10 @@ class Transport:
                     raise
                 if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location") and body is None:
                     resp.read(MAX_SMALL_BODY)
-                    url = urljoin(url, resp.getheader("Location", ""))
+                    try:
+                        url = urljoin(url, resp.getheader("Location", ""))
+                    except ValueError:
+                        raise RegistryError(f"registry {self.host} pointed at a URL that does not parse") from None
                     if resp.status == 303:
                         method = "GET"
                     continue
@@ -341,8 +350,12 @@ class Transport:
                 self._auth[scope] = f"Basic {token}"
         elif scheme.lower() == "bearer":
             realm = params.get("realm", "")
-            p = urlsplit(realm)
-            if not realm or p.scheme not in ("http", "https") or not p.hostname:
+            try:
+                p = urlsplit(realm)
+                p.port  # noqa: B018
+            except ValueError:
+                raise RegistryError(f"registry {self.host} sent a Bearer challenge without a usable realm") from None
+            if not realm or "@" in p.netloc or p.scheme not in ("http", "https") or not p.hostname:
                 raise RegistryError(f"registry {self.host} sent a Bearer challenge without a usable realm")
             if p.scheme == "http" and not is_loopback(p.netloc):
                 raise RegistryAuthError(

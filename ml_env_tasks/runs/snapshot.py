@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import UsageError
 from ..safe.digests import stream_sha256
 from ..safe.fsutil import read_bounded
+from ..safe.grammar import printable
 
 __all__ = [
     "Entry",
@@ -123,9 +124,13 @@ def _matcher(patterns: list[str]) -> Any:
 
 
 def _link_entry(p: Path, rel: str, real_root: Path) -> Entry | None:
-    """An in-tree symlink as an entry with a relative target; None for one pointing outside."""
-    target = os.readlink(p)
-    real = Path(os.path.realpath(p))
+    """An in-tree symlink as an entry with a relative target; None for one pointing outside (or
+    one that cannot be read, as some in /proc cannot: left out like one pointing outside)."""
+    try:
+        target = os.readlink(p)
+        real = Path(os.path.realpath(p))
+    except OSError:
+        return None
     if not real.is_relative_to(real_root):
         return None
     if os.path.isabs(target):
@@ -165,7 +170,10 @@ def snapshot(
             p = Path(dirpath) / name
             if spec.match_file(rel):
                 continue
-            st = p.lstat()
+            try:
+                st = p.lstat()
+            except OSError:  # gone while walked (a process's file in /proc): not in the snapshot
+                continue
             if stat.S_ISLNK(st.st_mode):
                 link = _link_entry(p, rel, real_root)
                 if link is None:
@@ -178,7 +186,7 @@ def snapshot(
     if skipped:
         warn(
             f"{len(skipped)} symlink(s) in {source} point outside it and are left out: "
-            + ", ".join(skipped[:5])
+            + ", ".join(printable(x, 120) for x in skipped[:5])
             + (" ..." if len(skipped) > 5 else "")
         )
     total = sum(f[1] for f in found)
@@ -222,7 +230,10 @@ def folder_snapshot(path: Path, *, warn: Callable[[str], None] = print) -> Snaps
         dirnames.sort()
         for name in sorted(filenames):
             rel, p = (rel_dir / name).as_posix(), Path(dirpath) / name
-            st = p.lstat()
+            try:
+                st = p.lstat()
+            except OSError:  # gone while walked (a process's file in /proc): not in the snapshot
+                continue
             if stat.S_ISLNK(st.st_mode):
                 link = _link_entry(p, rel, real_root)
                 if link is None:
@@ -232,7 +243,8 @@ def folder_snapshot(path: Path, *, warn: Callable[[str], None] = print) -> Snaps
             elif stat.S_ISREG(st.st_mode):
                 found.append(Entry(rel, st.st_size, ""))
     if skipped:
-        warn(f"{len(skipped)} symlink(s) in {path} point outside it and are left out: " + ", ".join(skipped[:5]))
+        shown = ", ".join(printable(x, 120) for x in skipped[:5])
+        warn(f"{len(skipped)} symlink(s) in {path} point outside it and are left out: {shown}")
     return Snapshot(path, tuple(sorted(found, key=lambda e: e.rel)), None, tuple(skipped))
 
 

@@ -24,6 +24,7 @@ from ..release.provenance import git_info
 from ..safe.digests import file_sha256
 from ..safe.fsutil import read_bounded
 from ..safe.grammar import ENV_NAME, INPUT_NAME, matches, printable
+from ..safe.paths import no_link_out
 from ..safe.redact import Redactor
 from ..safe.tars import strip_privileges
 from ..safe.untrusted import json_loads
@@ -162,7 +163,10 @@ def train(
     )
     environment = RunEnvironment(resolved.spec, resolved.name, resolved.hash, resolved.pinned, resolved.digest)
     python, shm = resolved.python, resolved.shm_size
-    outputs.mkdir(parents=True)
+    try:
+        outputs.mkdir(parents=True)
+    except OSError as e:
+        raise UsageError(f"--runs-dir {opts.runs_dir}: cannot make a run folder there ({e.strerror})") from None
     user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
     _give_outputs_to(outputs, user)
     for name in output_names:  # ${{outputs.NAME}} is a folder that exists, as Azure ML mounts it
@@ -362,6 +366,8 @@ def _validate(opts: RunOptions) -> None:
         r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?", opts.user
     ):
         raise UsageError("--user must be NAME, UID or UID:GID")
+    if opts.user is not None and any(p.isdigit() and int(p) > 2**31 - 1 for p in opts.user.split(":")):
+        raise UsageError("--user: a uid or gid is at most 2147483647")
     script = Path(opts.script)
     if "\0" in opts.script or script.is_absolute() or ".." in script.parts:
         raise UsageError(f"--script {printable(opts.script)} must be a path inside --source")
@@ -385,6 +391,6 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
 def split_inputs(pairs: dict[str, str]) -> tuple[dict[str, Path], dict[str, str]]:
     """``--input NAME=PATH`` and ``--input NAME=volume:VOLUME`` apart (a local path that starts
     with ``volume:`` is written ``./volume:...``)."""
-    paths = {k: Path(v) for k, v in pairs.items() if not v.startswith("volume:")}
+    paths = {k: no_link_out(Path(v), f"--input {k}=") for k, v in pairs.items() if not v.startswith("volume:")}
     volumes = {k: v.removeprefix("volume:") for k, v in pairs.items() if v.startswith("volume:")}
     return paths, volumes

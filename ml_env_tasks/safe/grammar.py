@@ -79,6 +79,9 @@ def bounded(text: str, limit: int = MAX_LINE) -> str:
     return text[:limit] + f"… ({len(text) - limit} more characters)"
 
 
+MAX_SIZE = 2**50  # a size (memory, shared memory, a body) above 1 PiB is a typing error, not a size
+
+
 def parse_size(value: object) -> int | None:
     """Bytes from a Docker size (``512m``, ``4g``, ``2GiB``, ``1048576``); None if it is not one."""
     if isinstance(value, bool):
@@ -91,7 +94,8 @@ def parse_size(value: object) -> int | None:
     if not m:
         return None
     factor = 1024 ** "kmgtp".find(m.group(2).lower()) * 1024 if m.group(2) else 1
-    return int(float(m.group(1)) * factor)
+    size = int(float(m.group(1)) * factor)
+    return size if size <= MAX_SIZE else None  # no engine takes more; past it, a number is an error
 
 
 def toml_error(e: ValueError) -> tuple[str, int | None]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import SpecError
 from .grammar import has_control
 
-__all__ = ["project_root", "resolve_inside", "read_inside", "check_path_text", "MAX_TEXT_FILE"]
+__all__ = ["no_link_out", "project_root", "resolve_inside", "read_inside", "check_path_text", "MAX_TEXT_FILE"]
 
 MAX_TEXT_FILE = 4 * 2**20  # requirements, conda files, Dockerfiles, imported Azure files
 
@@ -83,3 +83,30 @@ def read_inside(
     except OSError as e:
         raise SpecError(f"{what} {rel!r} cannot be read: {e.strerror}", file=file, key=key) from None
     return resolved, data
+
+
+def no_link_out(value: Path, what: str) -> Path:
+    """A relative path a command takes (a flag, an input, a default such as ``runs``) that stays in
+    the working folder as written must stay there once its symlinks are followed: in CI the
+    workflow names ``./data`` or ``runs``, but a pull request decides what is at that path, and a
+    committed ``data -> /home/runner`` would hand a host folder to a run (or write a run's files
+    there). A path the user wrote with ``..`` or absolute is theirs to choose and left as it is."""
+    import os
+
+    from ..errors import UsageError
+
+    if value.is_absolute():
+        return value
+    cwd = Path.cwd().resolve()
+    if not Path(os.path.normpath(cwd / value)).is_relative_to(cwd):
+        return value
+    try:
+        real = (cwd / value).resolve()
+    except (OSError, RuntimeError):
+        return value  # a loop or an unreadable link: the command's own read says so
+    if not real.is_relative_to(cwd):
+        raise UsageError(
+            f"{what} {value} leads out of the working folder through a symlink (to {real})",
+            hint="a path in the checkout may be a link a pull request committed; give the real path if you mean it",
+        )
+    return value

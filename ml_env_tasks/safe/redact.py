@@ -21,6 +21,9 @@ class Redactor:
     def add(self, secret: str | None) -> None:
         if secret and len(secret) >= 4:
             self._secrets.add(secret)
+            for line in secret.splitlines():  # a log is masked line by line: each line of a key is secret
+                if len(line.strip()) >= 4:
+                    self._secrets.add(line.strip())
 
     def add_url(self, url: str) -> None:
         """A private index URL: the URL, its host and any credentials in it are all secret."""

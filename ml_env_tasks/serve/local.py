@@ -44,7 +44,7 @@ from typing import Any
 
 from ..engine.resources import Resources
 from ..errors import ServiceFailed, UsageError
-from ..safe.grammar import MODEL_NAME, SERVICE_NAME, matches, printable
+from ..safe.grammar import SERVICE_NAME, matches, printable
 from . import client
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "remove",
     "ServiceFailed",
     "list_services",
-    "parse_models",
 ]
 
 APP_ROOT = "/var/azureml-app"
@@ -134,23 +133,6 @@ def free_port() -> int:
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def parse_models(items: list[str]) -> dict[str, Path]:
-    """``--model PATH`` (one model, at AZUREML_MODEL_DIR) or ``--model NAME=PATH`` (several)."""
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = "", item
-        elif not matches(MODEL_NAME, name):
-            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
-        if name in out:
-            raise UsageError(f"--model {name or '(unnamed)'} given twice")
-        out[name] = Path(path)
-    if "" in out and len(out) > 1:
-        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
-    return out
 
 
 def _containers() -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MlEnvError, ServiceFailed, SpecError
-from ..safe.fsutil import read_text_bounded
+from ..safe.fsutil import read_text_bounded, write_atomic
 from ..safe.untrusted import json_loads
 from . import client
 from .local import ServeOptions, Service, remove, start, wait_ready
@@ -311,7 +311,7 @@ def _why(e: BaseException) -> str:
 def write_reports(report: SmokeReport, directory: Path, cases_path: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     js = directory / "smoke-test.json"
-    js.write_text(json.dumps(report.to_json(), indent=2))
+    write_atomic(js, json.dumps(report.to_json(), indent=2))  # a rename: never through a committed link
     suite = ET.Element(
         "testsuite",
         name=f"ml-env smoke-test {cases_path.name}",
@@ -336,7 +336,7 @@ def write_reports(report: SmokeReport, directory: Path, cases_path: Path) -> tup
     if report.logs_tail:
         ET.SubElement(suite, "system-err").text = report.logs_tail
     xml = directory / "smoke-test.junit.xml"
-    ET.ElementTree(suite).write(xml, encoding="utf-8", xml_declaration=True)
+    write_atomic(xml, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
     return js, xml
 
 

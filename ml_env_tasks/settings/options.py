@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..safe.grammar import digits, has_control, printable
+from ..safe.paths import no_link_out
 from .files import Layers
 
 __all__ = [
@@ -182,10 +183,29 @@ class Resolved:
 def _resolve_one(
     opt: Option, given: Any, given_from: Origin, layers: Layers | None, environ: Mapping[str, str]
 ) -> tuple[Any, Origin]:
+    value, origin = _resolve_value(opt, given, given_from, layers, environ)
+    if opt.kind == "path" and isinstance(value, Path):
+        no_link_out(value, opt.flags[0])
+    return value, origin
+
+
+def _resolve_value(
+    opt: Option, given: Any, given_from: Origin, layers: Layers | None, environ: Mapping[str, str]
+) -> tuple[Any, Origin]:
     if given is not None and given != []:
         return given, given_from
     if opt.env and environ.get(opt.env):
         return opt.parse_text(environ[opt.env], f"${opt.env}"), Origin(Source.ENVIRONMENT, opt.env)
+    if opt.config == "require" and layers is not None:
+        # a gate is a floor: the project may add gates, never drop the user's or the machine's
+        gates: list[str] = []
+        for layer in (layers.project, layers.user, layers.site):
+            v = layer.get("require")
+            gates += [g for g in (v or []) if isinstance(g, str) and g not in gates]
+        if gates:
+            name, first = next((n, f) for n, f in (("project", layers.project), ("user", layers.user),
+                                                   ("site", layers.site)) if f.get("require"))  # fmt: skip
+            return gates, Origin(Source(name), str(first.path))
     if opt.config and layers is not None:
         found = layers.find(opt.config)
         if found is not None:

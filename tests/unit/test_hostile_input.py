@@ -342,7 +342,9 @@ def test_a_get_restore_never_writes_outside_its_folder(tmp_path: Path) -> None:
     from ml_env_tasks.catalog.versions import VersionEntry, Versions
 
     v = Versions(tmp_path / "versions.toml")
-    v.append_raw(VersionEntry("e", 1, "h", "", "i", "", "t", 'name = "e"\n', files={"../../escape.txt": "x"}).to_dict())
+    v.append_raw(
+        VersionEntry("e", 1, "a" * 64, "", "i", "", "t", 'name = "e"\n', files={"../../escape.txt": "x"}).to_dict()
+    )
     with pytest.raises(UsageError, match="outside"):
         v.write_back(v.get("e:1"), tmp_path / "out" / "e.toml")
     assert not (tmp_path.parent / "escape.txt").exists()

@@ -655,3 +655,18 @@ def test_a_retry_after_of_non_ascii_digits_is_no_crash() -> None:
         with pytest.raises(RegistryError):
             client(port).head_manifest("r", "latest")
     assert len(seen.requests) > 1  # it was retried, as a 429 is
+
+
+@pytest.mark.parametrize(
+    "where", ["http://127.0.0.1:1@evil.example/v2/r/manifests/x", "http://[::1/v2/x", "http://127.0.0.1:port/x"]
+)
+def test_a_redirect_to_a_url_with_user_info_or_no_parse_is_one_error(where: str) -> None:
+    """A registry's Location with user info (``127.0.0.1:1@evil.example``) or that does not parse was
+    an InvalidURL/ValueError from http.client (exit 70); it is a RegistryError."""
+
+    def handle(h):
+        return 307, {"Location": where}, b""
+
+    with server(handle) as (port, _):
+        with pytest.raises(RegistryError):
+            client(port).get_manifest("r", "latest")

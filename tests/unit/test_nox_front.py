@@ -11,6 +11,12 @@ from pathlib import Path
 from ml_env_tasks import spec
 from ml_env_tasks.spec.hashing import env_hash
 
+
+def _json_line(out: str) -> str:
+    """The one JSON line of an action's output (its text sits between stop-commands markers)."""
+    return next(x for x in out.splitlines() if x.startswith("{"))
+
+
 REGISTER_ALL = "import ml_env_tasks.nox\nml_env_tasks.nox.register()\n"
 
 
@@ -108,7 +114,7 @@ def test_matrix_action_is_the_same_matrix(tmp_path: Path, monkeypatch) -> None:
         [sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
-    matrix = json.loads(r.stdout)
+    matrix = json.loads(_json_line(r.stdout))
     assert [m["env"] for m in matrix["include"]] == ["alpha", "beta"]
     assert out_file.read_text() == f"matrix={json.dumps(matrix)}\n"
     (envs / "gamma.toml").write_text('name = "gamma"\n[base]\nimage = "x"\n[apt]\npackages = ["Bad Name"]\n')
@@ -143,7 +149,7 @@ def test_the_versions_file_beside_the_environments_is_not_one(tmp_path: Path) ->
     r = subprocess.run([sys.executable, "-m", "ml_env_tasks.fronts.gha", "matrix"], cwd=p, env=env, capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert [m["env"] for m in json.loads(r.stdout)["include"]] == ["alpha", "beta"]
+    assert [m["env"] for m in json.loads(_json_line(r.stdout))["include"]] == ["alpha", "beta"]
     listing = {s["session"] for s in json.loads(nox(p, "-l", "--json", "-t", "ml-env").stdout)}
     assert "env_build(env='alpha')" in listing and not any("versions" in s for s in listing)
     m = nox(p, "-s", "env_matrix")
