@@ -21,11 +21,11 @@ A fronted service's containers have the engine's restart policy ``on-failure`` (
 front meanwhile answers 502 within seconds (``front.CONNECT_TIMEOUT_S``), never waiting for it. A smoke test's container is never restarted: its crash is
 the finding.
 
-On an engine that is not a local socket (``tcp://``, ``ssh://``, a context naming one) nothing
-is mounted from this machine: the entry script's folder (its snapshot, ignore files honoured)
-and the models are copied into the container through the Engine API before it starts, the
-port is published on the engine host's interfaces (the engine picks it for ``--port 0``) and
-the service's URL is the engine's host (``Endpoint.address``) with that port.
+The entry script's folder goes in as its snapshot (ignore files honoured; never ``.git``, where
+a CI checkout keeps its token), through the Engine API before the container starts. On an
+engine that is not a local socket (``tcp://``, ``ssh://``) the models are copied too, the port
+is published on the engine host's interfaces (``--port 0``: the engine picks it) and the URL
+is the engine's host (``Endpoint.address``) with that port; locally the models are mounted.
 """
 
 from __future__ import annotations
@@ -200,17 +200,17 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     remote = not _endpoint().local
     if entry is not None:
         models = {(f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT): p for n, p in opts.models.items()}
-        if remote:
-            from ..runs.snapshot import TarPart, folder_snapshot, snapshot
+        from ..runs.snapshot import TarPart, folder_snapshot, snapshot
 
-            app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m))
-            if not app.has(entry.name):
-                raise UsageError(f"entry script {entry} is ignored by its folder's ignore file")
-            copies = [TarPart(APP_ROOT.strip("/"), app)]
+        # its snapshot on every engine, as a run's source: never .git, .ml-env, runs or what is ignored
+        app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m))
+        if not app.has(entry.name):
+            raise UsageError(f"entry script {entry} is ignored by its folder's ignore file")
+        copies = [TarPart(APP_ROOT.strip("/"), app)]
+        if remote:
             copies += [TarPart(dst.strip("/"), folder_snapshot(p)) for dst, p in models.items()]
         else:
-            volumes = [(str(entry.parent.resolve()), APP_ROOT, "ro")]
-            volumes += [(str(p.resolve()), dst, "ro") for dst, p in models.items()]
+            volumes = [(str(p.resolve()), dst, "ro") for dst, p in models.items()]
         envs = {"AML_APP_ROOT": APP_ROOT, "AZUREML_ENTRY_SCRIPT": entry.name, "AZUREML_MODEL_DIR": MODEL_ROOT}
     if opts.scoring_timeout_ms:
         envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)

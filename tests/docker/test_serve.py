@@ -231,3 +231,22 @@ def test_example_trains_then_serves_and_shares_layers(ws) -> None:
     t, i = _layers(training.image, ws.lab), _layers(inference.image, ws.lab)
     assert i[: len(t)] == t and len(i) == len(t) + 1  # every dependency layer shared; one layer added
     assert leftovers() == []
+
+
+def test_the_entry_folder_of_a_checkout_reaches_the_container_without_git(ws, app) -> None:
+    """A CI checkout keeps its token in .git/config (actions/checkout's extraheader): the entry's
+    folder goes in as its snapshot, so a score.py a pull request wrote cannot read it."""
+    env, entry, model = app
+    git = entry.parent / ".git"
+    git.mkdir()
+    (git / "config").write_text('[http "https://github.com/"]\n\textraheader = AUTHORIZATION: basic FAKE-TOKEN-abc\n')
+    (entry.parent / "kept.txt").write_text("kept")
+    entry.write_text(
+        GOOD + "\ndef run(raw):\n    import os\n    root = os.environ['AML_APP_ROOT']\n"
+        "    return {'git': os.path.exists(os.path.join(root, '.git')), 'kept': os.path.exists(os.path.join(root, 'kept.txt'))}\n"
+    )
+    report = run_smoke_test(
+        opts(ws, env, entry, model), cases(ws, {"request": {}, "expect_json": {"git": False, "kept": True}})
+    )
+    assert report.passed == 1, [c.message for c in report.cases]
+    assert leftovers() == []
