@@ -138,6 +138,20 @@ def _link_entry(p: Path, rel: str, real_root: Path) -> Entry | None:
     return Entry(rel, 0, hashlib.sha256(target.encode()).hexdigest(), target)
 
 
+def _walked(p: Path, rel: str, real_root: Path) -> tuple[str, int, Entry | None]:
+    """What a walked name is for a snapshot: ``file`` (its size), ``link`` (in-tree, its entry),
+    ``outside`` (a link that leaves), or ``none``: sockets, FIFOs and devices are never part of
+    one, nor a file gone while walked (a process's in ``/proc``)."""
+    try:
+        st = p.lstat()
+    except OSError:
+        return "none", 0, None
+    if stat.S_ISLNK(st.st_mode):
+        link = _link_entry(p, rel, real_root)
+        return ("outside", 0, None) if link is None else ("link", 0, link)
+    return ("file", st.st_size, None) if stat.S_ISREG(st.st_mode) else ("none", 0, None)
+
+
 def snapshot(
     source: Path,
     *,
@@ -170,19 +184,13 @@ def snapshot(
             p = Path(dirpath) / name
             if spec.match_file(rel):
                 continue
-            try:
-                st = p.lstat()
-            except OSError:  # gone while walked (a process's file in /proc): not in the snapshot
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                link = _link_entry(p, rel, real_root)
-                if link is None:
-                    skipped.append(rel)
-                else:
-                    found.append((rel, 0, None, link))
-            elif stat.S_ISREG(st.st_mode):
-                found.append((rel, st.st_size, p, None))
-            # sockets, fifos and devices are never part of a snapshot
+            kind, size, link = _walked(p, rel, real_root)
+            if kind == "outside":
+                skipped.append(rel)
+            elif kind == "link":
+                found.append((rel, 0, None, link))
+            elif kind == "file":
+                found.append((rel, size, p, None))
     if skipped:
         warn(
             f"{len(skipped)} symlink(s) in {source} point outside it and are left out: "
@@ -230,18 +238,13 @@ def folder_snapshot(path: Path, *, warn: Callable[[str], None] = print) -> Snaps
         dirnames.sort()
         for name in sorted(filenames):
             rel, p = (rel_dir / name).as_posix(), Path(dirpath) / name
-            try:
-                st = p.lstat()
-            except OSError:  # gone while walked (a process's file in /proc): not in the snapshot
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                link = _link_entry(p, rel, real_root)
-                if link is None:
-                    skipped.append(rel)
-                else:
-                    found.append(link)
-            elif stat.S_ISREG(st.st_mode):
-                found.append(Entry(rel, st.st_size, ""))
+            kind, size, link = _walked(p, rel, real_root)
+            if kind == "outside":
+                skipped.append(rel)
+            elif kind == "link" and link is not None:
+                found.append(link)
+            elif kind == "file":
+                found.append(Entry(rel, size, ""))
     if skipped:
         shown = ", ".join(printable(x, 120) for x in skipped[:5])
         warn(f"{len(skipped)} symlink(s) in {path} point outside it and are left out: {shown}")
