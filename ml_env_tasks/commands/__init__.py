@@ -82,7 +82,7 @@ GROUPS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # a declaration: no generated methods it never uses
 class Annotation:
     """An error or warning a front shows beside a file (GitHub: an annotation)."""
 
@@ -93,7 +93,7 @@ class Annotation:
     title: str | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Outcome:
     """What a command gives every front: ``data`` is its JSON, ``text`` what a person reads (a
     string, or a function that makes it), ``outputs`` its GitHub outputs (or a function that
@@ -138,7 +138,7 @@ class Console(Protocol):
         """Show a result now, while the command goes on (a service that is ready, then its log)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Action:
     """A command offered as a composite GitHub action under ``ci/github/<name>/``."""
 
@@ -151,7 +151,7 @@ class Action:
     defaults: dict[str, Any] = field(default_factory=dict)  # option defaults that differ in CI
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Session:
     """A command offered as a nox session (``ml_env_tasks.nox.register``)."""
 
@@ -160,7 +160,7 @@ class Session:
     per_env: bool = False  # parametrised over the environment files of a folder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Command:
     name: str
     help: str

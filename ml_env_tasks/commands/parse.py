@@ -9,7 +9,6 @@ time, and each command's module an import): a no-op build pays for nothing else.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -42,6 +41,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {line}\n")
 
     def _suggest(self, message: str) -> str | None:
+        import difflib  # only for a usage error: a command that parses never pays for it
+
         words: list[str] = []
         if message.startswith("unrecognized arguments:"):
             typed = [w.split("=", 1)[0] for w in message.split(":", 1)[1].split() if w.startswith("-")]
