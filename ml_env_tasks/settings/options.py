@@ -63,6 +63,7 @@ class Option:
     metavar: str | None = None
     required: bool = False
     commas: bool = True  # a list given as text splits on commas too (not for values that hold commas)
+    words: bool = False  # ... and on spaces (tags, as metadata-action and the README write them: "1.4.0 prod")
 
     @property
     def positional(self) -> bool:
@@ -106,6 +107,7 @@ class Option:
             raise UsageError(f"{where} must be true or false")
         if self.kind == "list":
             text = text.replace(",", "\n") if self.commas else text
+            text = "\n".join(text.split()) if self.words else text
             return [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
         if self.choices and text not in self.choices:
             raise UsageError(f"{where} must be one of {', '.join(self.choices)}")
@@ -332,7 +334,7 @@ BUILD_ONLY = (
       help="re-resolve unpinned packages (no cache for the build) and rewrite the lock"),
     O("check_reproducible", "--check-reproducible", kind="flag", default=False,
       help="build a second time with no cache and compare: name the files that differ (exit 1 if any)"),
-    O("tags", "--tag", kind="list", gha="tags", metavar="TAG",
+    O("tags", "--tag", kind="list", gha="tags", metavar="TAG", words=True,
       help="extra tag, TAG or host/repository:TAG (several allowed); applied to a reused image too"),
     O("labels", "--label", kind="list", commas=False, gha="labels", metavar="KEY=VALUE",
       help="extra image label (one per line in an input), not part of the content hash (written when the image is built)"),
@@ -389,7 +391,8 @@ SMOKE = (
 )  # fmt: skip
 
 PROMOTE = (
-    O("tags", "--tag", kind="list", gha="tags", metavar="TAG", help="destination tag (several allowed)"),
+    O("tags", "--tag", kind="list", gha="tags", metavar="TAG", words=True,
+      help="destination tag (several allowed; an input takes them separated by spaces, commas or newlines)"),
     O("allow_overwrite", "--allow-overwrite", kind="flag", default=False, help="move a tag that points at another digest"),
     O("dry_run", "--dry-run", kind="flag", default=False, help="print what would happen; write nothing"),
     O("insecure", "--insecure", kind="flag", default=False, config="insecure",

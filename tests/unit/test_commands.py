@@ -156,3 +156,25 @@ def test_every_command_runs_through_one_function(capsys: pytest.CaptureFixture[s
     data = json.loads(capsys.readouterr().out)
     assert data["name"] == "sklearn" and len(data["hash"]) == 64
     assert isinstance(load("hash"), Command)
+
+
+@pytest.mark.parametrize("text", ["0.0.1 prod", "0.0.1, prod", "0.0.1\nprod\n", " 0.0.1,prod "])
+def test_tags_as_an_input_split_like_metadata_action_writes_them(text: str) -> None:
+    """The README's promote example wrote `tags: "1.4.0 prod"`: one tag '1.4.0 prod', refused."""
+    for command in ("build", "promote"):
+        o = load(command).option("tags")
+        assert from_inputs([o], {"INPUT_TAGS": text}, layers=None).values["tags"] == ["0.0.1", "prod"]
+
+
+def test_the_readme_examples_give_valid_tags() -> None:
+    import re
+
+    from ml_env_tasks.registry.reference import parse_ref
+
+    text = (ROOT / "README.md").read_text()
+    o = load("promote").option("tags")
+    found = re.findall(r'tags: "([^"]+)"', text) + re.findall(r"tags: ([0-9][^\n#]*?)\s*(?:#|\n)", text)
+    assert found
+    for value in found:
+        for tag in o.parse_text(value, "input 'tags'"):
+            parse_ref(f"r.example/x:{tag}")  # raises on a tag that is not one
