@@ -112,7 +112,9 @@ def repository_for(env: Environment, opts: BuildOptions) -> str:
 
 
 def repository_for_name(name: str, opts: BuildOptions) -> str:
-    return opts.repository or f"ml-envs/{name}"
+    from ..registry.reference import repository_named
+
+    return repository_named(opts.repository, "ml-envs/{name}", name)
 
 
 def image_ref(env: Environment, opts: BuildOptions, h: str | None = None) -> str:

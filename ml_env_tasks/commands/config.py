@@ -17,7 +17,8 @@ def _settable() -> list[options.Option]:
 
     seen: dict[str, options.Option] = {}
     groups = (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE,
-              (options.TRAIN_ENV, options.INFERENCE_ENV, options.VERSIONS, options.SPEC_ENV))  # fmt: skip
+              (options.TRAIN_ENV, options.INFERENCE_ENV, options.VERSIONS, options.SPEC_ENV, options.MODEL_REPOSITORY,
+               options.PACKAGE_REPOSITORY))  # fmt: skip
     for group in groups:
         for o in group:
             if (o.config or o.env) and (o.config or o.name) not in seen:

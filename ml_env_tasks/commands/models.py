@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from ..settings.options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, VERSIONS, Option
+from ..settings.options import (
+    BUILD_HOW,
+    BUILD_WHERE,
+    INFERENCE_ENV,
+    MODEL_REPOSITORY,
+    PACKAGE_REPOSITORY,
+    SERVE,
+    VERSIONS,
+    Option,
+)
 from . import Action, Command, Console, Outcome, Values
 from .common import build_options, code
 
 __all__ = ["COMMANDS"]
 
 REGISTRY = tuple(o for o in BUILD_WHERE if o.name in ("registry", "insecure"))
-REPO = (Option("repository", ("--repository",), help="repository of the model (default models/<name>)"),)
+REPO = (MODEL_REPOSITORY,)
 PACKAGE = (
     INFERENCE_ENV,
     Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), or a folder"),
-    Option("package_repository", ("--package-repository",), help="repository of the image (default ml-packages/<env>)"),
+    PACKAGE_REPOSITORY,
     VERSIONS,
 )  # fmt: skip
 

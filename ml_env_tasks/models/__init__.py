@@ -94,9 +94,10 @@ def parse_model_ref(text: str) -> tuple[str, int | None]:
 
 def _repository(registry: str, name: str, repository: str | None) -> tuple[Any, str]:
     from ..registry import RegistryClient, check_registry_host
+    from ..registry.reference import repository_named
 
     check_registry_host(registry)
-    repo = repository or f"models/{name.lower()}"
+    repo = repository_named(repository, "models/{name}", name.lower())
     from ..registry import parse_ref
 
     parse_ref(f"{registry}/{repo}")  # a repository name the distribution spec accepts

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
+from ..registry.reference import repository_named
 from ..safe.grammar import printable
 from ..safe.untrusted import json_loads
 
@@ -130,7 +131,7 @@ def package(
         )
     client = RegistryClient(registry, insecure=build.insecure)
     name = env.name or src.repository.rsplit("/", 1)[-1]
-    repo = repository or f"ml-packages/{name}"
+    repo = repository_named(repository, "ml-packages/{name}", name)
     parse_ref(f"{registry}/{repo}")
 
     with tempfile.TemporaryDirectory(prefix="ml-env-package-") as tmp:

@@ -9,7 +9,7 @@ from ..safe.grammar import printable
 from .constants import HOST_RE
 from .refs import DOCKER_HUB, IMAGE_RE
 
-__all__ = ["Reference", "ManifestInfo", "parse_ref", "check_registry_host", "is_loopback"]
+__all__ = ["Reference", "ManifestInfo", "parse_ref", "check_registry_host", "is_loopback", "repository_named"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ def check_registry_host(value: str, what: str = "--registry") -> str:
     if not HOST_RE.fullmatch(value):
         raise UsageError(f"{what} {printable(value, 80)!r} is not a registry host[:port]")
     return value
+
+
+def repository_named(setting: str | None, default: str, name: str) -> str:
+    """A repository from a setting (a flag, ``ML_ENV_*REPOSITORY``, ``repository`` in a config file):
+    ``{name}`` is replaced by the environment's (or model's) name, so one setting serves every
+    environment of a project (``acme/ml/{name}``); no setting: the default (``ml-envs/{name}``)."""
+    return (setting or default).replace("{name}", name)
 
 
 def is_loopback(host: str) -> bool:

@@ -41,6 +41,9 @@ MAX_CONFIG = 1 * 2**20
 # the keys a config file may set, and the type each must have
 KEYS: dict[str, type] = {
     "registry": str,
+    "repository": str,  # where environment images go; {name}: the environment's name
+    "model_repository": str,
+    "package_repository": str,
     "cache": str,
     "network": str,
     "ca_bundle": str,

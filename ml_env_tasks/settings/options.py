@@ -42,6 +42,8 @@ __all__ = [
     "INFERENCE_ENV",
     "VERSIONS",
     "SPEC_ENV",
+    "MODEL_REPOSITORY",
+    "PACKAGE_REPOSITORY",
 ]
 
 CACHE_BACKENDS = ("auto", "inline", "registry", "local", "gha", "none")
@@ -304,7 +306,8 @@ def O(name: str, *flags: str, **kw: Any) -> Option:  # noqa: E743, N802 - a shor
 BUILD_WHERE = (
     O("registry", "--registry", env="ML_ENV_REGISTRY", config="registry",
       help="registry host[:port] the image lives in (without it the image stays in the engine)"),
-    O("repository", "--repository", help="repository in the registry (default ml-envs/<name>)"),
+    O("repository", "--repository", env="ML_ENV_REPOSITORY", config="repository",
+      help="repository in the registry; {name} is the environment's name (default ml-envs/{name})"),
     O("pin_base", "--pin-base", kind="flag", default=False, help="hash the base tag's digest (a moved tag means a new hash)"),
     O("locked", "--locked", kind="flag", default=False, help="install exactly the lock file beside the spec"),
     O("insecure", "--insecure", kind="flag", default=False, config="insecure",
@@ -425,6 +428,12 @@ VERSIONS = O(
     config="versions",
     help="versions file, for NAME:VERSION environments (envs/versions.toml)",
 )
+# where model versions and packaged images go (the model and package commands)
+MODEL_REPOSITORY = O("repository", "--repository", env="ML_ENV_MODEL_REPOSITORY", config="model_repository",
+                     help="repository of the model; {name} is the model's name (default models/{name})")  # fmt: skip
+PACKAGE_REPOSITORY = O("package_repository", "--package-repository", env="ML_ENV_PACKAGE_REPOSITORY",
+                       config="package_repository",
+                       help="repository of the image; {name} is the environment's name (default ml-packages/{name})")  # fmt: skip
 # what environment files may read from this environment (the user's word only: never the project's)
 SPEC_ENV = O("spec_env", "--spec-env", kind="list", env="ML_ENV_SPEC_ENV", config="spec_env", gha=None, metavar="NAME[@HOST]",
              help="environment variables an environment file may read: NAME (an index URL) or NAME@HOST (a registry "
