@@ -6,9 +6,11 @@ retries, auth)."""
 from __future__ import annotations
 
 import http.client
+import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,40 +25,50 @@ __all__ = ["Response", "Watchdog", "Transient", "origin", "short"]
 
 class Watchdog:
     """Shuts a connection's socket down when ``seconds`` have passed, unless cancelled first: the
-    read blocked on it returns, and ``fired`` says why. (A TCP connect still under way has no
+    read blocked on it returns, and ``fired`` says why. A stream that keeps moving ``extend``s its
+    deadline per chunk: one watching thread per exchange, never one per chunk (a thread started per
+    64 KiB chunk cost a gigabyte's promotion seconds). (A TCP connect still under way has no
     socket yet; it is bounded by its own timeout, and the watchdog looks again shortly.)"""
 
     def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
         self.seconds = seconds
         self.fired = False
         self._conn = conn
-        self._cancelled = False
+        self._deadline = time.monotonic() + seconds
+        self._done = threading.Event()
         self._lock = threading.Lock()  # once cancel() returns, the socket is never shut down
-        self._arm(seconds)
+        threading.Thread(target=self._watch, daemon=True).start()
 
-    def _arm(self, seconds: float) -> None:
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+    def extend(self, seconds: float) -> None:
+        """The deadline is ``seconds`` from now (the next chunk's)."""
+        self.seconds = seconds
+        self._deadline = time.monotonic() + seconds
 
-    def _fire(self) -> None:
-        with self._lock:
-            if self._cancelled:
+    def pause(self) -> None:
+        """No deadline until the next ``extend`` (while the stream's reader works on a chunk)."""
+        self._deadline = math.inf
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(3600.0, max(0.0, self._deadline - time.monotonic()))):
+            if time.monotonic() < self._deadline:
+                continue  # extended meanwhile
+            with self._lock:
+                if self._done.is_set():
+                    return
+                self.fired = True
+                sock = self._conn.sock
+                if sock is None:
+                    self._deadline = time.monotonic() + 0.5
+                    continue
+                try:  # the plain socket's shutdown, also under TLS (SSLSocket's would drop its state mid-read)
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 return
-            self.fired = True
-            sock = self._conn.sock
-            if sock is None:
-                self._arm(0.5)
-                return
-            try:  # the plain socket's shutdown, also under TLS (SSLSocket's would drop its state mid-read)
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def cancel(self) -> None:
         with self._lock:
-            self._cancelled = True
-            self._timer.cancel()
+            self._done.set()
 
 
 class Response:
@@ -102,26 +114,29 @@ class Response:
         if raw is None:
             yield self.body
             return
+        dog = None
+        if self._conn is not None and self._chunk_deadline is not None:
+            dog = Watchdog(self._conn, self._chunk_deadline(size))
         try:
             while True:
-                dog = None
-                if self._conn is not None and self._chunk_deadline is not None:
-                    dog = Watchdog(self._conn, self._chunk_deadline(size))
+                if dog is not None:
+                    dog.extend(self._chunk_deadline(size) if self._chunk_deadline else dog.seconds)
                 try:
                     chunk = raw.read(size)
                 except (OSError, http.client.HTTPException):
                     if dog is not None and dog.fired and self._too_slow is not None:
                         raise self._too_slow(dog) from None
                     raise
-                finally:
-                    if dog is not None:
-                        dog.cancel()
                 if dog is not None and dog.fired and self._too_slow is not None:
                     raise self._too_slow(dog)
                 if not chunk:
                     return
+                if dog is not None:
+                    dog.pause()  # the deadline is the registry's, not the time the reader takes
                 yield chunk
         finally:
+            if dog is not None:
+                dog.cancel()
             raw.close()
 
     def close(self) -> None:
