@@ -15,11 +15,9 @@ queued on the one that closes. The front forwards per request (``Connection: clo
 upstream), so a kept-alive client connection is never tied to a scoring container. Smoke tests
 (``start(front=False)``) keep one container that publishes its port itself.
 
-A fronted service's containers have the engine's restart policy ``on-failure`` (at most
-``RESTART_RETRIES`` restarts): a scoring container that crashes (an OOM kill, a fault in
-``run()``) comes back with its model loaded again, on the same network and address, and the
-front meanwhile answers 502 within seconds (``front.CONNECT_TIMEOUT_S``), never waiting for it. A smoke test's container is never restarted: its crash is
-the finding.
+A fronted service's containers restart ``on-failure`` (``RESTART_RETRIES`` at most): a crashed
+scoring container comes back on the same network and address while the front answers 502 within
+``front.CONNECT_TIMEOUT_S``. A smoke test's container is never restarted: its crash is the finding.
 
 The entry script's folder goes in as its snapshot (ignore files honoured; never ``.git``, where
 a CI checkout keeps its token), through the Engine API before the container starts. On an
@@ -193,12 +191,11 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
         )
     if packaged and (entry is not None or opts.models):
         raise UsageError(f"{opts.environment} is a packaged image: it holds its entry script and model already")
-    # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it by name
     volumes: list[tuple[str, str, str]] = []
     envs: dict[str, str] = {}  # a packaged image has its own AZUREML_* settings
     copies: list[Any] = []
     remote = not _endpoint().local
-    if entry is not None:
+    if entry is not None:  # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it
         models = {(f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT): p for n, p in opts.models.items()}
         from ..runs.snapshot import TarPart, folder_snapshot, snapshot
 
@@ -255,7 +252,10 @@ def start(
     if not matches(SERVICE_NAME, name):
         raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = _containers()
-    if c.list_by_label(f"{LABEL}={name}"):
+    held, stale = c.list_by_label(f"{LABEL}={name}"), ("exited", "dead", "removing")
+    for gone in (i for i in held if i.state in stale):  # stopped, or still being removed: not a service
+        c.remove(gone.id)
+    if any(i.state not in stale for i in held):
         raise UsageError(
             f"a service named {name} is already running",
             hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",

@@ -250,3 +250,27 @@ def test_the_entry_folder_of_a_checkout_reaches_the_container_without_git(ws, ap
     )
     assert report.passed == 1, [c.message for c in report.cases]
     assert leftovers() == []
+
+
+def test_a_stopped_container_left_under_the_name_does_not_hold_it(ws, app) -> None:
+    """A container of the service's name that has exited (or that the engine is still removing) is
+    not a running service: start removes it and goes on (seen in CI: 'already running' just after
+    the test before had removed its service)."""
+    from ml_env_tasks import engine
+
+    env, entry, model = app
+    c = engine.current().containers
+    box = c.create(ws.lab["base_image_tiny"], ["true"], name=f"ml-env-serve-stale-{ws.repo[-6:]}", envs={},
+                   volumes=[], labels={local.LABEL: "light"}, workdir="/", user=None)  # fmt: skip
+    try:
+        box.start()
+        c.wait(box.id)
+        svc = local.start(opts(ws, env, entry, model, port=0))
+        try:
+            local.wait_ready(svc)
+        finally:
+            local.remove(svc)
+        assert c.state(box.id).status == "gone"
+    finally:
+        c.remove(box.id)
+    assert leftovers() == []
