@@ -27,7 +27,7 @@ def allowed_spec_env() -> frozenset[str]:
     ``$ML_ENV_SPEC_ENV`` (commas or spaces) and ``spec_env`` in the user's or machine's config;
     never from the project, which a pull request writes."""
     from ..settings.files import user_layers
-    from ..settings.options import SPEC_ENV as OPTION
+    from ..settings.groups import SPEC_ENV as OPTION
 
     assert OPTION.env == SPEC_ENV and OPTION.config == "spec_env"
     found = set(os.environ.get(SPEC_ENV, "").replace(",", " ").split())

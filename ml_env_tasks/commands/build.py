@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..settings.options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
+from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, SIGN
+from ..settings.options import Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import SPEC, build_options, cell, code, reporter, spec_path
+from .common import SPEC, build_options, cell, code, reporter, sign_pushed, signing_key, spec_path
 
 __all__ = ["COMMANDS", "environments", "env_matrix", "build_metadata"]
 
@@ -29,11 +30,18 @@ OUTPUTS = {
 
 def run_build(v: Values, io: Console) -> Outcome:
     from ..build import build
+    from ..errors import UsageError
 
     opts = build_options(v, where="input 'registry'" if io.actions else "--registry")
     path = spec_path(v.spec)
+    key = signing_key(v)  # a missing key file is an error before the build, not after it
+    if key is not None and not opts.registry:
+        raise UsageError(
+            "--sign-key signs an image in a registry: give --registry (an engine's image has no digest to sign)"
+        )
     with io.section(f"ml-env build {v.spec}"):
         result = build(path, opts, reporter(io, stream_logs=not v.quiet))
+        signed = sign_pushed(result.pinned, key, ("image", "sbom", "provenance"), v, io)
     state = "built" if result.built else "up to date (not rebuilt)"
     also = "".join(f"\n  also {t}" for t in result.tags)
     repro = result.reproducible
@@ -59,6 +67,7 @@ def run_build(v: Values, io: Console) -> Outcome:
         f"| time | {result.seconds:.1f}s |\n"
         + (f"| tags | {cell(', '.join(result.tags), 2000)} |\n" if result.tags else "")
         + (f"| unpinned | {cell(', '.join(result.unpinned), 2000)} |\n" if result.unpinned else "")
+        + (f"| signed | {cell(', '.join(signed.covered))} by {code(signed.by)} |\n" if signed else "")
     )
     notes: tuple[Annotation, ...] = ()
     if result.unpinned:
@@ -68,8 +77,8 @@ def run_build(v: Values, io: Console) -> Outcome:
             ),
         )
     return Outcome(
-        result.to_json(),
-        f"{result.image}@{result.digest}  {state}{also}",
+        {**result.to_json(), "signed": signed.to_json() if signed else None},
+        f"{result.image}@{result.digest}  {state}{also}" + (f"\n  signed by {signed.by}" if signed else ""),
         exit_code=1 if repro is not None and not repro["same"] else 0,
         outputs=outputs,
         summary=summary,
@@ -210,7 +219,7 @@ def run_matrix(v: Values, io: Console) -> Outcome:
 COMMANDS = {
     "build": Command(
         "build", "build an environment (or reuse it when its hash is already in the registry)",
-        SPEC + BUILD_WHERE + BUILD_HOW + BUILD_ONLY + (QUIET,), run_build,
+        SPEC + BUILD_WHERE + BUILD_HOW + BUILD_ONLY + SIGN + (QUIET,), run_build,
         action=Action(
             "ml-env build",
             "Build an ML environment image tagged by the content hash of its environment file, with BuildKit "

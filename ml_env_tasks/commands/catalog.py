@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..settings import options
-from ..settings.options import BUILD_HOW, BUILD_WHERE, Option
+from ..settings.groups import BUILD_HOW, BUILD_WHERE
+from ..settings.groups import VERSIONS as VERSIONS_OPTION
+from ..settings.options import Option
 from . import Command, Console, Outcome, Values
 from .common import build_options, reporter
 
 __all__ = ["COMMANDS"]
 
-VERSIONS = (options.VERSIONS,)
+VERSIONS = (VERSIONS_OPTION,)
 
 
 def _jsonable(v: Any) -> Any:

@@ -7,13 +7,28 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..safe.grammar import bounded
-from ..settings.options import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, Option
+from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE
+from ..settings.options import Option
 from . import Console, Values
 
 if TYPE_CHECKING:
     from ..build import BuildOptions, Reporter
+    from ..release.cosign import Key, Trust
+    from ..release.signing import Signed
 
-__all__ = ["BUILD_NAMES", "build_options", "reporter", "spec_path", "cell", "code", "rows", "visible", "SPEC"]
+__all__ = [
+    "BUILD_NAMES",
+    "signing_key",
+    "trusted",
+    "build_options",
+    "reporter",
+    "spec_path",
+    "cell",
+    "code",
+    "rows",
+    "visible",
+    "SPEC",
+]
 
 BUILD_NAMES = tuple(dict.fromkeys(o.name for o in BUILD_WHERE + BUILD_HOW + BUILD_ONLY))
 SPEC = (Option("spec", ("spec",), help="environment file (envs/NAME.toml) or curated/NAME", gha="spec"),)
@@ -34,6 +49,32 @@ def build_options(v: Values, *, where: str = "--registry") -> BuildOptions:
     if opts.registry:
         check_registry_host(opts.registry, where)
     return opts
+
+
+def signing_key(v: Values) -> Key | None:
+    """The key the SIGN options name (None: sign nothing)."""
+    if not v.sign_key and not v.sign_keyless:
+        return None  # the no-op build loads nothing of signing
+    from ..release.cosign import Key
+
+    return Key.parse(v.sign_key, keyless=bool(v.sign_keyless))
+
+
+def trusted(v: Values) -> Trust | None:
+    """Who the TRUST options name (None: nobody)."""
+    from ..release.cosign import Trust
+
+    return Trust.parse(v.verify_key, v.certificate_identity, v.certificate_oidc_issuer)
+
+
+def sign_pushed(pinned: str | None, key: Key | None, kinds: tuple[str, ...], v: Values, io: Console) -> Signed | None:
+    """With a key: ``pinned`` (host/repository@digest) signed, and what it carries attested."""
+    if key is None or not pinned or "@" not in pinned:
+        return None
+    from ..release.signing import sign_release
+
+    ca = v.values.get("ca_bundle")
+    return sign_release(pinned, key, kinds=kinds, insecure=bool(v.values.get("insecure")), ca_bundle=ca, say=io.info)
 
 
 def reporter(io: Console, *, stream_logs: bool) -> Reporter:

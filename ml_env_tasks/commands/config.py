@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import options
+from ..settings import groups, options
 from . import Command, Console, Outcome, Values
 
 __all__ = ["COMMANDS"]
@@ -16,10 +16,10 @@ def _settable() -> list[options.Option]:
     from ..settings.files import KEYS
 
     seen: dict[str, options.Option] = {}
-    groups = (options.BUILD_WHERE, options.BUILD_HOW, options.RUN, options.PROMOTE,
-              (options.TRAIN_ENV, options.INFERENCE_ENV, options.VERSIONS, options.SPEC_ENV, options.MODEL_REPOSITORY,
-               options.PACKAGE_REPOSITORY))  # fmt: skip
-    for group in groups:
+    g = groups
+    every = (g.BUILD_WHERE, g.BUILD_HOW, g.RUN, g.PROMOTE, g.SIGN, g.TRUST,
+             (g.TRAIN_ENV, g.INFERENCE_ENV, g.VERSIONS, g.SPEC_ENV, g.MODEL_REPOSITORY, g.PACKAGE_REPOSITORY))  # fmt: skip
+    for group in every:
         for o in group:
             if (o.config or o.env) and (o.config or o.name) not in seen:
                 seen[o.config or o.name] = o

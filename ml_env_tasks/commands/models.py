@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from ..settings.options import (
+from ..settings.groups import (
     BUILD_HOW,
     BUILD_WHERE,
     INFERENCE_ENV,
     MODEL_REPOSITORY,
     PACKAGE_REPOSITORY,
     SERVE,
+    SIGN,
     VERSIONS,
-    Option,
 )
+from ..settings.options import Option
 from . import Action, Command, Console, Outcome, Values
-from .common import build_options, code
+from .common import build_options, cell, code, sign_pushed, signing_key
 
 __all__ = ["COMMANDS"]
 
@@ -80,18 +81,22 @@ def run_download(args: Values, io: Console) -> Outcome:
 def run_package(args: Values, io: Console) -> Outcome:
     from ..models.package import package
 
+    key = signing_key(args)
     with io.section(f"ml-env package {args.env}"):
         r = package(
             args.env, args.entry, args.model, build=build_options(args), repository=args.package_repository,
             versions=args.versions, info=io.info,
         )  # fmt: skip
+        signed = sign_pushed(r.ref, key, ("image", "sbom", "provenance"), args, io)
     summary = (
         f"### ml-env package: {'reused' if r.reused else 'packaged'}\n\n| part | value |\n|---|---|\n"
         f"| image | {code(r.ref)} |\n| environment | {code(r.environment)} |\n| entry | {code(r.entry)} "
         f"({code(r.entry_hash[:16])}) |\n| model | {code(r.model)} ({code(r.model_digest[:19])}) |\n"
+        + (f"| signed | {cell(', '.join(signed.covered))} by {code(signed.by)} |\n" if signed else "")
     )
     outputs = {"image": r.image, "digest": r.digest, "ref": r.ref, "reused": "true" if r.reused else "false"}
-    return Outcome(r.to_json(), f"{r.ref}  {'reused' if r.reused else 'packaged'}", 0, outputs, summary)
+    text = f"{r.ref}  {'reused' if r.reused else 'packaged'}" + (f", signed by {signed.by}" if signed else "")
+    return Outcome({**r.to_json(), "signed": signed.to_json() if signed else None}, text, 0, outputs, summary)
 
 
 NAME = (Option("name", ("name",), help="model name"),)
@@ -114,7 +119,7 @@ COMMANDS = {
     ),
     "package": Command(
         "package", "an inference image with its entry script and model inside (serve, smoke-test, promote it)",
-        PACKAGE + tuple(o for o in SERVE if o.name == "entry") + BUILD_WHERE + BUILD_HOW, run_package,
+        PACKAGE + tuple(o for o in SERVE if o.name == "entry") + BUILD_WHERE + BUILD_HOW + SIGN, run_package,
         usage="ml-env package [--env ENV] --entry score.py --model NAME:V|DIR --registry HOST [--json]",
         required=("env", "entry", "model"),
         action=Action(

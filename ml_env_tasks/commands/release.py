@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from ..settings.options import PROMOTE, Option, Source
+from ..settings.groups import PROMOTE, SIGN, TRUST
+from ..settings.options import Option, Source
 from . import Action, Command, Console, Outcome, Session, Values
-from .common import cell, code
+from .common import cell, code, signing_key, trusted
 
 __all__ = ["COMMANDS"]
 
@@ -26,6 +28,7 @@ OUTPUTS = {
 
 
 def run_promote(v: Values, io: Console) -> Outcome:
+    from ..release.attest import check_gates
     from ..release.ledger_oci import ledger_location
     from ..release.promote import PromoteOptions, promote
 
@@ -39,8 +42,10 @@ def run_promote(v: Values, io: Console) -> Outcome:
         ledger=None if v.no_ledger else v.ledger,
         copy_referrers=not v.no_referrers,
         jobs=v.jobs,
-        require=tuple(v.require),
+        require=check_gates(v.require),
         spec=Path(v.spec) if v.spec else None,
+        sign=signing_key(v),
+        trust=trusted(v),
     )
     with io.section(f"ml-env promote {opts.source}"):
         r = promote(opts, info=io.info, progress=io.progress())
@@ -66,6 +71,11 @@ def run_promote(v: Values, io: Console) -> Outcome:
         f"{r.skipped_blobs} present |\n"
         + (f"| moved tags | {cell(', '.join(r.moved_tags), 2000)} |\n" if r.moved_tags else "")
         + (f"| referrers | {cell(', '.join(r.referrers), 2000)} |\n" if r.referrers else "")
+        + (
+            f"| signed | {cell(', '.join(r.signed['signed'] + r.signed['already']))} by {code(r.signed['by'])} |\n"
+            if r.signed
+            else ""
+        )
         + (f"| ledger | {code(where)}{' (recorded)' if r.ledger_entry else ' (already recorded)'} |\n" if where else "")
     )
     outputs = {
@@ -99,12 +109,44 @@ def run_show(v: Values, io: Console) -> Outcome:
     return Outcome([e.to_dict() for e in entries], "\n".join(rows))
 
 
+def run_sign(v: Values, io: Console) -> Outcome:
+    """Sign an image by digest and attest what it carries; exit 0 when all is signed."""
+    from ..errors import UsageError
+    from ..registry import RegistryClient, check_registry_host, parse_ref
+    from ..release.signing import sign_release
+
+    key = signing_key(v)
+    kinds = tuple(dict.fromkeys(k.strip() for item in v.attest or () for k in item.split(",") if k.strip()))
+    if bad := [k for k in kinds if k not in KINDS]:
+        raise UsageError(f"--attest {bad[0][:40]!r}: the kinds are {', '.join(KINDS)}")
+    if key is None:
+        raise UsageError("ml-env sign needs a key: --sign-key KEY (or ML_ENV_SIGN_KEY), or --sign-keyless")
+    check_registry_host(v.image.split("/", 1)[0], "image registry")
+    ref = parse_ref(v.image)
+    head = RegistryClient(ref.host, insecure=v.insecure).head_manifest(ref.repository, ref.reference)
+    if head is None:
+        raise UsageError(f"{v.image} is not in its registry")
+    with io.section(f"ml-env sign {v.image}"):
+        done = sign_release(ref.pinned(head.digest), key, kinds=kinds or KINDS, insecure=v.insecure,
+                            say=io.info)  # fmt: skip
+    text = (
+        f"{done.ref}  signed by {done.by}: "
+        + ", ".join(f"{k} ({'new' if k in done.signed else 'already'})" for k in done.covered)
+        + (f"; nothing to attest for {', '.join(done.absent)}" if done.absent else "")
+    )
+    summary = (f"### ml-env sign\n\n| field | value |\n|---|---|\n| image | {code(done.ref)} |\n"
+               f"| key | {code(done.by)} {code(done.fingerprint[:23])} |\n| signed | {cell(', '.join(done.covered))} |\n")  # fmt: skip
+    return Outcome(done.to_json(), text, 0, {"ref": done.ref, "fingerprint": done.fingerprint}, summary)
+
+
 def run_verify(v: Values, io: Console) -> Outcome:
     """One line per check; exit 1 when any fails (0 when all pass or do not apply)."""
+    from ..release.attest import check_gates
     from ..release.verify import verify
 
     given = v.origin("ledger").source is not Source.DEFAULT
-    checks = verify(v.image, ledger=v.ledger, require=tuple(v.require), insecure=v.insecure, ledger_given=given)
+    checks = verify(v.image, ledger=v.ledger, require=check_gates(v.require), insecure=v.insecure, ledger_given=given,
+                    trust=trusted(v))  # fmt: skip
     failed = [c for c in checks if c.ok is False]
     return Outcome(
         {"image": v.image, "ok": not failed, "checks": [c.to_json() for c in checks]},
@@ -113,10 +155,15 @@ def run_verify(v: Values, io: Console) -> Outcome:
     )
 
 
+KINDS = ("image", "sbom", "provenance", "smoke-test")  # release.signing.KINDS, without loading it
+# verify names the key as cosign does (--key); the other commands say which key (--verify-key)
+VERIFY_TRUST = tuple(replace(o, flags=("--key", "--verify-key"), gha="verify-key") if o.name == "verify_key" else o
+                     for o in TRUST)  # fmt: skip
+
 COMMANDS = {
     "promote": Command(
         "promote", "copy an image by digest to another registry/repository and record it in the ledger",
-        WHAT + PROMOTE, run_promote,
+        WHAT + PROMOTE + SIGN + TRUST, run_promote,
         usage="ml-env promote SOURCE DEST[:TAG] --tag T [--tag T2] [--allow-overwrite] [--dry-run]",
         action=Action(
             "ml-env promote",
@@ -137,9 +184,26 @@ COMMANDS = {
         run_show, session=Session("ledger", "Show the release ledger: -- show [--env NAME] [--tag prod]."),
     ),
     "verify": Command(
-        "verify", "check an image: content hash, tag, SBOM, provenance, ledger record, smoke test",
+        "verify", "check an image: content hash, tag, SBOM, provenance, ledger record, smoke test, signatures",
         (Option("image", ("image",), help="host/repository:tag or @digest"),)
-        + tuple(o for o in PROMOTE if o.name in ("ledger", "require", "insecure")),
-        run_verify, usage="ml-env verify IMAGE [--ledger FILE|oci://...] [--require smoke-test] [--json]",
+        + tuple(o for o in PROMOTE if o.name in ("ledger", "require", "insecure")) + VERIFY_TRUST,
+        run_verify,
+        usage="ml-env verify IMAGE [--key cosign.pub] [--ledger FILE|oci://...] [--require smoke-test] [--json]",
+    ),
+    "sign": Command(
+        "sign", "sign an image by digest with cosign, and attest its SBOM, provenance and smoke-test record",
+        (Option("image", ("image",), help="host/repository:tag or @digest (a tag is resolved to its digest once)"),
+         Option("attest", ("--attest",), kind="list", metavar="KIND",
+                help=f"what to sign: {', '.join(KINDS)} (default: all there is)"),
+         *(o for o in PROMOTE if o.name == "insecure"), *SIGN),
+        run_sign, usage="ml-env sign IMAGE --sign-key cosign.key [--attest image,sbom] [--json]",
+        action=Action(
+            "ml-env sign",
+            "Sign an image by digest with cosign (a key from a secret, or keyless with the workflow's OIDC identity) "
+            "and attest its SBOM, provenance and smoke-test record, so `cosign verify` and `cosign "
+            "verify-attestation` accept it anywhere.",
+            {"ref": "host/repository@digest signed", "fingerprint": "sha256 of the signing key's public PEM"},
+            required=("image",),
+        ),
     ),
 }  # fmt: skip

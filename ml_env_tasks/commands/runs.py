@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..settings.options import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS, Option, Source
+from ..settings.groups import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS
+from ..settings.options import Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 from .common import build_options, cell, code, rows
 

@@ -8,9 +8,10 @@ from typing import Any
 from ..errors import UsageError
 from ..safe.grammar import MODEL_NAME, matches, printable
 from ..safe.paths import no_link_out
-from ..settings.options import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SMOKE, VERSIONS, Option
+from ..settings.groups import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SIGN, SMOKE, VERSIONS
+from ..settings.options import Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell, code, rows, visible
+from .common import build_options, cell, code, rows, sign_pushed, signing_key, visible
 
 
 def _input(name: str) -> str:
@@ -157,10 +158,16 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
         raise UsageError("--repeat must be at least 1")
     cases = Path(v.cases)
     opts = serve_options(v, io)
+    key = signing_key(v)
+    if key is not None and v.no_record:
+        raise UsageError("--sign-key signs the smoke test's record: it cannot go with --no-record")
     with io.section(f"ml-env smoke-test {cases}"):
         report = run_smoke_test(opts, cases, repeat=v.repeat, ready_timeout=v.ready_timeout, info=io.info)
     js, xml = write_reports(report, Path(v.report_dir), cases)
     recorded = None if v.no_record else record_result(report, cases, insecure=v.insecure, info=io.info)
+    signed = sign_pushed(report.image, key, ("smoke-test",), v, io) if recorded else None
+    if key is not None and not recorded:
+        io.info("warning: nothing signed: the result is recorded only for an image in a registry, by digest")
 
     def text() -> str:
         rows = [
@@ -197,7 +204,13 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
         ("last lines of the scoring container's log", report.logs_tail) if report.failed and report.logs_tail else None
     )
     return Outcome(
-        {**report.to_json(), "report": str(js), "junit": str(xml), "record": recorded},
+        {
+            **report.to_json(),
+            "report": str(js),
+            "junit": str(xml),
+            "record": recorded,
+            "signed": signed.to_json() if signed else None,
+        },
         text,
         1 if report.failed else 0,
         outputs,
@@ -224,7 +237,7 @@ COMMANDS = {
     ),
     "smoke-test": Command(
         "smoke-test", "build or reuse an inference image, start it, send sample requests, check the answers",
-        ENV + SERVE + SMOKE + BUILD_WHERE + BUILD_HOW, run_smoke_test, required=("cases",),
+        ENV + SERVE + SMOKE + BUILD_WHERE + BUILD_HOW + SIGN, run_smoke_test, required=("cases",),
         action=Action(
             "ml-env smoke-test",
             "Build or reuse an inference image (an environment with inference = true, or inference.server = "

@@ -38,14 +38,17 @@ __all__ = [
 SMOKE_TYPE = "application/vnd.ml-env.smoke-test.v1+json"
 MAX_PAYLOAD = 256 * 1024
 ATTEMPTS = 5
-GATES = ("smoke-test",)  # what promote --require and verify --require can ask for
+GATES = ("smoke-test", "signed")  # what promote --require and verify --require can ask for
 
 
-def check_gates(require: tuple[str, ...] | list[str]) -> None:
-    """Every gate named is one there is: a typo must not silently remove a gate."""
-    unknown = [g for g in require if g not in GATES]
+def check_gates(require: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The gates named (``--require a,b`` or ``--require a --require b``), each one there is: a
+    typo must not silently remove a gate."""
+    named = tuple(dict.fromkeys(g.strip() for item in require for g in item.split(",") if g.strip()))
+    unknown = [g for g in named if g not in GATES]
     if unknown:
         raise UsageError(f"--require {printable(unknown[0], 40)!r}: the gates are {', '.join(GATES)}")
+    return named
 
 
 def referrers(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:

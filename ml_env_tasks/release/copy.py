@@ -183,6 +183,10 @@ def copy_referrers(
     result: Copied,
     say: Callable[[str], None],
 ) -> None:
+    """The digest's signatures, attestations and records, copied beside it. A tag the destination
+    already has the same is left; one it has different (signed there too, records attached
+    there) is merged, never replaced: cosign's ``.sig``/``.att`` by their layers (signatures),
+    the referrers fallback index by its entries."""
     algo, hexd = digest.split(":", 1)
     refs: list[tuple[str | None, str, bytes, str]] = []  # (tag, digest, body, media type)
     tag: str | None
@@ -196,6 +200,9 @@ def copy_referrers(
         if got is not None:
             refs.append((None, ref["digest"], got[1], got[0].media_type))
     for tag, d, body, mt in refs:
+        have = dc.get_manifest(dst_repo, tag) if tag else None
+        if have is not None and have[0].digest == d or tag is None and dc.head_manifest(dst_repo, d) is not None:
+            continue  # already there, the same
         tree = Tree()
         collect(sc, src_repo, d, body, mt, tree)
         copy_blobs(sc, dc, src_repo, dst_repo, tree.blobs, jobs, result, None)
@@ -203,6 +210,38 @@ def copy_referrers(
             if dc.head_manifest(dst_repo, md) is None:
                 dc.put_manifest(dst_repo, md, mb, mmt)
         if tag:
+            if have is not None:
+                body, mt = _merged(dc, dst_repo, have[1], body, mt)
             dc.put_manifest(dst_repo, tag, body, mt)
         result.referrers.append(tag or d)
-        say(f"copied {tag or d[:19]}")
+        say(f"copied {tag or d[:19]}" + (" (merged with the destination's)" if tag and have is not None else ""))
+
+
+def _merged(dc: RegistryClient, repo: str, have: bytes, new: bytes, media_type: str) -> tuple[bytes, str]:
+    """The destination's signature manifest or referrers index with the source's entries added."""
+    from ..registry import artifacts as art
+
+    try:
+        old_doc, new_doc = json.loads(have), json.loads(new)
+    except ValueError:
+        return new, media_type  # the destination's is not JSON: it is replaced
+    if not (isinstance(old_doc, dict) and isinstance(new_doc, dict)):
+        return new, media_type
+    key = "manifests" if media_type in INDEX_TYPES else "layers"
+    old_items, new_items = old_doc.get(key), new_doc.get(key)
+    if not (isinstance(old_items, list) and isinstance(new_items, list)):
+        return new, media_type
+    seen = {m.get("digest") for m in old_items if isinstance(m, dict)}
+    items = [*old_items, *(m for m in new_items if isinstance(m, dict) and m.get("digest") not in seen)]
+    if len(items) == len(old_items):
+        return have, media_type
+    doc = {**old_doc, key: items}
+    if key == "layers":  # cosign's signature image: its config lists the layers as diff ids
+        config = {
+            "architecture": "", "created": "0001-01-01T00:00:00Z", "os": "", "config": {},
+            "history": [{"created": "0001-01-01T00:00:00Z"} for _ in items],
+            "rootfs": {"type": "layers", "diff_ids": [m.get("digest") for m in items]},
+        }  # fmt: skip
+        data = art.canonical(config)
+        doc["config"] = {**old_doc.get("config", {}), "digest": art.put_blob(dc, repo, data), "size": len(data)}
+    return art.canonical(doc), media_type

@@ -36,6 +36,8 @@ class Promotion:
     ci_run_url: str | None = None
     moved_tags: tuple[str, ...] = ()
     found: bool = False  # recorded from what the registry already held, not copied by this run
+    signed_by: str = ""  # the signing key's fingerprint (sha256 of its public PEM), or "keyless (OIDC)"
+    signed: tuple[str, ...] = ()  # what carries that signature at the destination: image, sbom, ...
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # fields of later versions, kept
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +58,9 @@ class Promotion:
             d["moved_tags"] = list(self.moved_tags)
         if self.found:
             d["found"] = True
+        if self.signed_by:
+            d["signed_by"] = self.signed_by
+            d["signed"] = list(self.signed)
         return {**self.extra, **d}
 
     @classmethod
@@ -74,8 +79,11 @@ class Promotion:
             raise ValueError("moved_tags must be an array")
         if not isinstance(d.get("found", False), bool):
             raise ValueError("found must be true or false")
+        signed = d.get("signed", [])
+        if not isinstance(signed, list) or not all(isinstance(x, str) for x in signed):
+            raise ValueError("signed must be an array of strings")
         known = {"time", "environment", "environment_hash", "digest", "source", "destination", "tags",
-                 "git_revision", "actor", "ci_run_url", "moved_tags", "found"}  # fmt: skip
+                 "git_revision", "actor", "ci_run_url", "moved_tags", "found", "signed_by", "signed"}  # fmt: skip
         return cls(
             time=s("time"),
             digest=s("digest"),
@@ -89,6 +97,8 @@ class Promotion:
             ci_run_url=d.get("ci_run_url") if isinstance(d.get("ci_run_url"), str) else None,
             moved_tags=tuple(str(x) for x in moved),
             found=bool(d.get("found", False)),
+            signed_by=s("signed_by"),
+            signed=tuple(signed),
             extra={k: v for k, v in d.items() if k not in known},
         )
 

@@ -41,6 +41,7 @@ from ..registry import Reference, RegistryClient, check_registry_host, parse_ref
 from ..safe.fsutil import locked
 from ..safe.grammar import TAG, matches, printable
 from .copy import Progress, Tree, collect, copy_blobs, copy_referrers, validate_manifest
+from .cosign import Key, Trust
 from .ledger import Ledger, Promotion, environment_hash, environment_name
 from .ledger_oci import open_ledger
 
@@ -60,6 +61,9 @@ class PromoteOptions:
     jobs: int = 4  # blobs copied at once
     require: tuple[str, ...] = ()  # gates the digest must have passed: "smoke-test"
     spec: Path | None = None  # with the smoke-test gate: the environment file whose lock was tested
+    sign: Key | None = None  # sign the destination digest (and attest what it carries) with this key
+    trust: Trust | None = None  # with the signed gate: whose signature the source digest must carry
+    ca_bundle: Path | None = None  # for cosign's TLS
 
 
 @dataclass
@@ -81,6 +85,7 @@ class PromoteResult:
     plan: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
     ledger_entry: dict[str, Any] | None = None
+    signed: dict[str, Any] | None = None  # what signing at the destination did (Signed.to_json)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +133,11 @@ def promote(
         from .attest import check_gates
 
         check_gates(opts.require)
+    if "signed" in opts.require and opts.trust is None:
+        raise UsageError(
+            "--require signed needs who is trusted: --verify-key (a public key file, env://NAME or a KMS URI), "
+            "or --certificate-identity with --certificate-oidc-issuer"
+        )
     if opts.spec is not None and "smoke-test" not in opts.require:
         raise UsageError("--spec names the lock a smoke test must have used: it goes with --require smoke-test")
     _not_the_ledger(dst, tags, opts.ledger)
@@ -220,6 +230,11 @@ def _promote(
     say(f"source {opts.source} is {digest}")
     if "smoke-test" in opts.require:
         say(_check_gates(sc, src, digest, opts, expected_lock))
+    if "signed" in opts.require:
+        from .signing import check_signed
+
+        say("gate signed: " + check_signed(src.pinned(digest), opts.trust, smoke_test="smoke-test" in opts.require,
+                                           insecure=opts.insecure, ca_bundle=opts.ca_bundle))  # fmt: skip
     result = PromoteResult(
         digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
     )
@@ -243,6 +258,9 @@ def _promote(
     if all(have == digest for have in state.values()):  # each tag HEAD answered this very manifest
         result.no_op = True
         say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to copy")
+        if opts.copy_referrers:  # signatures and records added since the last promotion travel too
+            copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
+        _sign(opts, dst, digest, result, say)
         known = ledger.recorded(result.destination, digest, tuple(tags)) if ledger is not None else None
         if known is not None:
             result.environment = {"name": known.environment, "hash": known.environment_hash}
@@ -282,6 +300,7 @@ def _promote(
     if opts.copy_referrers:
         copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
     _write_tags(dc, dst, tags, digest, body, top.media_type, opts.allow_overwrite)
+    _sign(opts, dst, digest, result, say)
     result.seconds = time.monotonic() - t0
     say(
         f"promoted {digest[:19]} to {', '.join(result.refs)}: {result.copied_blobs} blobs copied "
@@ -292,6 +311,16 @@ def _promote(
         ledger.append(entry)
         result.ledger_entry = entry.to_dict()
     return result
+
+
+def _sign(opts: PromoteOptions, dst: Reference, digest: str, result: PromoteResult, say: Callable[[str], None]) -> None:
+    """With a signing key: the destination digest signed, with what it carries attested."""
+    if opts.sign is None:
+        return
+    from .signing import sign_release
+
+    done = sign_release(dst.pinned(digest), opts.sign, insecure=opts.insecure, ca_bundle=opts.ca_bundle, say=say)
+    result.signed = done.to_json()
 
 
 def _tag_state(dc: RegistryClient, dst: Reference, tags: list[str], digest: str) -> dict[str, str | None]:
@@ -366,7 +395,10 @@ def _entry(result: PromoteResult, tags: list[str], *, found: bool) -> Promotion:
         ci_run_url=run_url,
         moved_tags=tuple(result.moved_tags),
         found=found,
-    )
+        signed_by=str((result.signed or {}).get("fingerprint") or (result.signed or {}).get("by") or ""),
+        signed=tuple(k for k in ("image", "sbom", "provenance", "smoke-test")
+                     if k in (result.signed or {}).get("signed", []) + (result.signed or {}).get("already", [])),
+    )  # fmt: skip
 
 
 def _user_name() -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import UsageError
 from ..safe.digests import is_digest
 from ..safe.grammar import printable
+from .cosign import Trust
 from .sbom import CYCLONEDX, SLSA_V1, SPDX, attestations, attested
 
 __all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
@@ -49,13 +50,19 @@ def verify(
     require: tuple[str, ...] = (),
     insecure: bool = False,
     ledger_given: bool = True,
+    trust: Trust | None = None,
 ) -> list[Check]:
     """``ledger_given``: the ledger was named (flag, variable, config), so a missing one fails;
-    False for the default ``releases.toml``, which may simply not exist here (a skip)."""
+    False for the default ``releases.toml``, which may simply not exist here (a skip).
+    ``trust``: whose cosign signatures count; with it the signature and each kind of signed
+    attestation are checked (``--require signed`` without it is a usage error)."""
     from ..registry import RegistryClient, check_registry_host, parse_ref
     from .attest import check_gates, smoke_records
 
     check_gates(require)
+    if "signed" in require and trust is None:
+        raise UsageError("--require signed needs who is trusted: --key (a public key file, env://NAME or a KMS URI), "
+                         "or --certificate-identity with --certificate-oidc-issuer")  # fmt: skip
     first = image.split("/", 1)[0]
     if "://" in image or "/" not in image or not ("." in first or ":" in first or first == "localhost"):
         # docker's rule: without a host first it would be Docker Hub, which verify never guesses
@@ -102,6 +109,15 @@ def verify(
     checks.append(Check("sbom", bool(sbom), ", ".join(sbom) if sbom else "no SBOM attestation attached"))
     checks.append(Check("provenance", bool(prov), ", ".join(prov) if prov else "no provenance attestation attached"))
     checks.append(_ledger_check(ledger, digest, f"{ref.host}/{ref.repository}", insecure=insecure, given=ledger_given))
+    if trust is not None:
+        from .signing import signed_checks
+
+        for name, ok, detail in signed_checks(where, trust, insecure=insecure):
+            if name == "signed smoke-test":
+                if not ok and "smoke-test" not in require:
+                    checks.append(Check(name, None, detail + " (not required)"))
+                    continue
+            checks.append(Check(name, ok, detail))
     if "smoke-test" in require:
         records = smoke_records(client, ref.repository, digest)
         last = records[0] if records else None

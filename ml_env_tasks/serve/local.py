@@ -252,12 +252,12 @@ def start(
     if not matches(SERVICE_NAME, name):
         raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = _containers()
-    held, stale = c.list_by_label(f"{LABEL}={name}"), ("exited", "dead", "removing")
-    for gone in (i for i in held if i.state in stale):  # stopped, or still being removed: not a service
+    held, stale = c.list_by_label(f"{LABEL}={name}"), ("created", "exited", "dead", "removing")
+    for gone in (i for i in held if i.state in stale):  # never started, stopped or being removed: no service
         c.remove(gone.id)
-    if any(i.state not in stale for i in held):
+    if live := [i for i in held if i.state not in stale]:
         raise UsageError(
-            f"a service named {name} is already running",
+            f"a service named {name} is already running ({live[0].name}, {live[0].state})",
             hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",
         )
     if plan.remote:

@@ -57,6 +57,11 @@ KEYS: dict[str, type] = {
     "inference_env": str,
     "require": list,  # of strings: the gates a promotion needs
     "spec_env": list,  # of NAME or NAME@HOST: the variables an environment file may read
+    "sign_key": str,
+    "sign_keyless": bool,
+    "verify_key": str,
+    "certificate_identity": str,
+    "certificate_oidc_issuer": str,
 }
 
 # what only the invoking user may set (never the project's table), and why
@@ -64,6 +69,11 @@ USER_ONLY = {
     "insecure": "turns TLS off",
     "builder": "chooses where the build, and the secrets it is given, run",
     "spec_env": "allows an environment file to read the runner's environment variables",
+    "sign_key": "chooses the key (a host file, a variable) releases are signed with",
+    "sign_keyless": "signs with the workflow's identity",
+    "verify_key": "chooses whose signature a gate trusts",
+    "certificate_identity": "chooses whose signature a gate trusts",
+    "certificate_oidc_issuer": "chooses whose signature a gate trusts",
 }
 # host paths the project may name, but only inside itself
 PROJECT_PATHS = ("ca_bundle", "runs_dir", "log_dir", "versions", "ledger", "train_env", "inference_env")

@@ -9,7 +9,8 @@ import pytest
 from ml_env_tasks.build import BuildOptions
 from ml_env_tasks.build.extras import cache_entry, check_platforms, key_values, native_platform, output_spec, tag_refs
 from ml_env_tasks.errors import EngineError, UsageError
-from ml_env_tasks.settings.options import BUILD_ONLY, from_inputs
+from ml_env_tasks.settings.groups import BUILD_ONLY
+from ml_env_tasks.settings.options import from_inputs
 
 
 def test_labels_and_annotations_are_checked_whole() -> None:
