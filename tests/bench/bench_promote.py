@@ -11,6 +11,10 @@ measured in the same run (``nox -s bench -- promote``).
 2. Re-promotion of an image the destination already holds under the tag, a CLI process, with
    the ledger. Checked: ml-env reports a no-op. Goal: <= 0.1 s. ``skopeo copy`` of the same
    (it checks every blob again) is reported beside it.
+3. The cost of signing: the same first promotion with ``--sign-key`` (cosign: the signature on
+   the digest at the destination) against without, each round into empty registries, order
+   rotating. Checked: the signed destination verifies with the real ``cosign verify``, the
+   unsigned one has no signature tag. Reported: the ratio and the seconds signing adds.
 
 Writes .bench/promote.json. Exit 3 when a run did not do what its figure claims.
 """
@@ -192,10 +196,54 @@ def main() -> int:
         lines.append(
             f"re-promotion:       ml-env {o:.3f}s (CLI process) vs skopeo {statistics.median(sk):.2f}s (goal <= 0.1 s)"
         )
+        figures["signed_promotion"], line = signing_cost(cli, pinned, digest, work)
+        lines.append(line)
         write("promote", figures, lines)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def signing_cost(cli: list[str], pinned: str, digest: str, work: Path) -> tuple[dict, str]:
+    if not shutil.which("cosign"):
+        invalid("cosign is not installed (lab.py up installs it): no signing figure")
+    keys = work / "keys"
+    keys.mkdir()
+    env = {**os.environ, "COSIGN_PASSWORD": "bench-only"}
+    subprocess.run(["cosign", "generate-key-pair"], cwd=keys, env=env, check=True, capture_output=True)
+    n = rounds(5)
+    times: dict[str, list[float]] = {"signed": [], "plain": []}
+    order = list(times)
+    sig_tag = digest.replace(":", "-") + ".sig"
+    for i in range(n):
+        print(f"bench: promotion with and without signing, round {i + 1}/{n}: {', '.join(order)}")
+        for kind in order:
+            with scratch_registry() as host:
+                dst = f"{host}/prod/big"
+                cmd = [*cli, "promote", pinned, dst, "--tag", "v1", "--no-ledger", "--json"]
+                if kind == "signed":
+                    cmd += ["--sign-key", str(keys / "cosign.key")]
+                r = run(cmd, env=env)
+                if r.json()["digest"] != digest:
+                    invalid(f"{kind}: the promoted digest changed")
+                if kind == "signed":
+                    v = subprocess.run(["cosign", "verify", "--key", str(keys / "cosign.pub"), "--insecure-ignore-tlog",
+                                        "--allow-http-registry", f"{dst}@{digest}"], capture_output=True, text=True)  # fmt: skip
+                    if v.returncode != 0:
+                        invalid(f"the signed promotion does not verify with cosign: {v.stderr[-300:]}")
+                elif manifest_digest(f"{dst}:{sig_tag}") is not None:
+                    invalid("the unsigned promotion left a signature tag")
+                times[kind].append(r.seconds)
+        order = order[1:] + order[:1]
+    signed, plain = statistics.median(times["signed"]), statistics.median(times["plain"])
+    fig = figure(times["signed"], times["plain"], baseline_name="the same promotion without --sign-key",
+                 goal="(reported: what signing costs)", met=True, added_s=signed - plain)  # fmt: skip
+    line = (
+        f"signed promotion:   {signed:.2f}s with --sign-key vs {plain:.2f}s without -> {signed / plain:.2f}x, "
+        f"+{signed - plain:.2f}s (min-max {min(times['signed']):.2f}-{max(times['signed']):.2f} vs "
+        f"{min(times['plain']):.2f}-{max(times['plain']):.2f})"
+    )
+    return fig, line
 
 
 if __name__ == "__main__":

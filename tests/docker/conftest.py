@@ -64,3 +64,29 @@ def _clean(lab: dict, repo: str, extra_repos: list) -> None:
     creds = {lab["auth_registry"]: (lab["auth_user"], lab["auth_password"])}
     for host, r in [(lab["registry"], repo), (lab["auth_registry"], repo), *extra_repos]:
         delete_repository(host, r, creds.get(host))
+
+
+@pytest.fixture
+def cosign_keys(lab: dict, tmp_path: Path, lab_unavailable):
+    """Key pairs made by the real ``cosign generate-key-pair``, each with its own password; the
+    lab's own pair (``cosign_key`` in env.json) for the name ``build``."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+
+    if not shutil.which("cosign"):
+        lab_unavailable("cosign is not installed (the lab installs it: lab.py up)")
+
+    def make(name: str) -> dict:
+        if name == "build" and lab.get("cosign_key"):
+            return {"key": lab["cosign_key"], "pub": Path(lab["cosign_pub"]), "password": lab["cosign_password"]}
+        d = tmp_path / f"keys-{name}"
+        d.mkdir()
+        password = secrets.token_urlsafe(16)
+        p = subprocess.run(["cosign", "generate-key-pair"], cwd=d, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COSIGN_PASSWORD": password})  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        return {"key": str(d / "cosign.key"), "pub": d / "cosign.pub", "password": password}
+
+    return make

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -225,27 +224,3 @@ def test_a_wrong_password_is_one_line_that_names_the_key_not_the_password(ws, co
                env={"ML_ENV_TEST_KEY": Path(key["key"]).read_text(), "COSIGN_PASSWORD": key["password"]})  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert cosign_verify(Path(key["pub"]), ref).returncode == 0
-
-
-@pytest.fixture
-def cosign_keys(lab: dict, tmp_path: Path, lab_unavailable):
-    """Key pairs made by the real ``cosign generate-key-pair``, each with its own password; the
-    lab's own pair (``cosign_key`` in env.json) for the name ``build``."""
-    import secrets
-    import shutil
-
-    if not shutil.which("cosign"):
-        lab_unavailable("cosign is not installed (the lab installs it: lab.py up)")
-
-    def make(name: str) -> dict:
-        if name == "build" and lab.get("cosign_key"):
-            return {"key": lab["cosign_key"], "pub": Path(lab["cosign_pub"]), "password": lab["cosign_password"]}
-        d = tmp_path / f"keys-{name}"
-        d.mkdir()
-        password = secrets.token_urlsafe(16)
-        p = subprocess.run(["cosign", "generate-key-pair"], cwd=d, capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "COSIGN_PASSWORD": password})  # fmt: skip
-        assert p.returncode == 0, p.stderr
-        return {"key": str(d / "cosign.key"), "pub": d / "cosign.pub", "password": password}
-
-    return make

@@ -131,11 +131,20 @@ def test_ci_pipeline_job_is_green_twice_from_fresh_clones(tmp_path: Path, act_ho
     assert len(ours) == 1 and ours[0].digest == first["ref"].rsplit("@", 1)[1]
 
 
-def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act_home: Path, lab: dict) -> None:
+def test_reusable_workflow_from_a_caller_with_two_registries(
+    tmp_path: Path, act_home: Path, lab: dict, cosign_keys
+) -> None:
     repo = copy_checkout(tmp_path / "repo")
     shutil.copy(HERE / "call-pipeline.yml", repo / ".github/workflows/call-pipeline.yml")
+    key = cosign_keys("build")
+    shutil.copy(key["pub"], repo / "cosign.pub")  # the caller's committed public key
+    pem = Path(key["key"]).read_text()
     secrets = tmp_path / "secrets"
-    secrets.write_text(f"LAB_PASSWORD={lab['auth_password']}\n")
+    escaped = pem.strip().replace("\n", "\\n")  # act reads the file as dotenv: \n inside double quotes
+    secrets.write_text(
+        f"LAB_PASSWORD={lab['auth_password']}\nLAB_COSIGN_PASSWORD={key['password']}\n"
+        f'LAB_COSIGN_KEY="{escaped}\\n"\n'
+    )
     secrets.chmod(0o600)
     destination = f"{lab['registry']}/test/act-{os.getpid()}"
     report = tmp_path / "report.json"
@@ -179,6 +188,16 @@ def test_reusable_workflow_from_a_caller_with_two_registries(tmp_path: Path, act
         cfg = RegistryClient(lab["registry"]).image_config(destination.split("/", 1)[1], entry.digest)
         assert cfg["config"]["Labels"]["ml-env.package.model"] == needs["open"]["outputs"]["model"]
         assert "### ml-env package" in run.summaries() and "gate smoke-test: passed" in run.log()
+        # signed in the pipeline, gated on that signature, and signed at the destination too
+        assert "gate signed: signature of" in run.log()
+        assert entry.to_dict()["signed"] == ["image", "sbom", "provenance", "smoke-test"]
+        promoted_ref = f"{destination}@{entry.digest}"
+        for kind in ([], ["verify-attestation", "--type", "urn:ml-env:smoke-test:v1"]):
+            v = subprocess.run(["cosign", *(kind or ["verify"]), "--key", str(key["pub"]), "--insecure-ignore-tlog",
+                                "--allow-http-registry", promoted_ref], capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert v.returncode == 0, v.stderr
+        log = run.log()
+        assert key["password"] not in log and not [ln for ln in pem.splitlines()[1:-1] if ln in log]
     finally:
         from .helpers import delete_repository
 
