@@ -20,10 +20,11 @@ def _lab(script: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_another_checkout_sees_checks_and_heals_the_same_lab(tmp_path: Path, lab: dict) -> None:
-    # a second checkout (only what the lab needs), somewhere else on the machine
+    # a second checkout (only what the lab needs: lab.py and the modules beside it), somewhere else
     other = tmp_path / "clone"
     shutil.copytree(ROOT / "ci", other / "ci")
     script = other / "ci/lab/lab.py"
+    assert len(list(script.parent.glob("lab_*.py"))) > 1
     before = json.loads(Path(_lab(script, "env-path").stdout.strip()).read_text())
     assert before["owns_engine"] and before["dockerd_pid"]
 

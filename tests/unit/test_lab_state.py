@@ -4,6 +4,7 @@ a temporary state folder, never the machine's lab."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -17,14 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The lab's registries module (state, credentials, registries), its state in ``tmp_path``.
+    Loaded as the tests load the lab, through ``lab.py`` (which puts its folder on sys.path)."""
     spec = importlib.util.spec_from_file_location("lab_state_under_test", ROOT / "ci/lab/lab.py")
     assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     state = tmp_path / "state"
-    monkeypatch.setattr(module, "STATE", state)
-    monkeypatch.setattr(module, "RUN", state / "run")
-    return module
+    # each module holds its own binding of STATE and RUN: every one that has them is patched
+    for name in ("lab_proc", "lab_registries"):
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "STATE", state)
+        monkeypatch.setattr(module, "RUN", state / "run")
+    return importlib.import_module("lab_registries")
 
 
 def mode(p: Path) -> int:

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "ml_env_tasks"
 MAX_LINES = 460
 # not split yet, each held where it is (a ratchet: it may shrink, never grow; below the limit it
-# leaves this list): the service's front and its engine side, and the lab
-NOT_YET_SPLIT = {"ml_env_tasks/serve/front.py": 547, "ml_env_tasks/serve/local.py": 570, "ci/lab/lab.py": 1251}
+# leaves this list): the service's front and its engine side
+NOT_YET_SPLIT = {"ml_env_tasks/serve/front.py": 547, "ml_env_tasks/serve/local.py": 570}
 
 
 def _name(path: Path) -> str:
@@ -115,6 +115,18 @@ def test_no_module_holds_more_than_one_reason_to_change(path: Path) -> None:
         assert MAX_LINES < lines <= NOT_YET_SPLIT[rel], f"{rel}: {lines} lines (held at {NOT_YET_SPLIT[rel]})"
         return
     assert lines <= MAX_LINES, f"{rel} has {lines} lines: split it along its reasons to change"
+
+
+def test_the_size_check_sees_every_module_of_the_lab() -> None:
+    lab = sorted((ROOT / "ci/lab").glob("*.py"))
+    assert ROOT / "ci/lab/lab.py" in lab and len(lab) > 1
+    assert set(lab) <= set(SOURCES)
+
+
+def test_every_module_of_the_lab_says_what_it_owns() -> None:
+    for path in sorted((ROOT / "ci/lab").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and len(doc) > 40, f"{path.relative_to(ROOT)} has no docstring saying what it owns"
 
 
 def test_every_room_says_what_it_owns() -> None:
