@@ -110,6 +110,7 @@ from lab_remote import (  # noqa: E402
     remote_env,
     remote_health,
 )
+from lab_signing import cosign_keys  # noqa: E402
 
 # --- health -------------------------------------------------------------------------------
 
@@ -211,6 +212,7 @@ def write_env(user: str, password: str) -> dict:
         "state": str(STATE),
         "remote_builder": RELAY_BUILDER,
         **remote_env(),
+        **cosign_keys(),
     }
     _write_env_file(env)
     return env
@@ -268,7 +270,7 @@ def up() -> None:
             install_packages()
             if not ok(["docker", "buildx", "version"]):
                 raise SystemExit("[lab] the engine runs but `docker buildx` is missing (package docker-buildx)")
-        if not all(shutil.which(t) for t in ("docker-registry", "htpasswd", "debootstrap", "busybox")):
+        if not all(shutil.which(t) for t in ("docker-registry", "htpasswd", "debootstrap", "busybox", "cosign")):
             install_packages()
         user, password = auth_credentials()  # and the state's private parts made private (secure_state)
         htpasswd = STATE / "htpasswd"
@@ -293,7 +295,7 @@ def up() -> None:
         if not report(checks):
             raise SystemExit("[lab] not healthy after `up`: see the FAIL lines above")
         env = write_env(user, password)
-    shown = {k: ("***" if k == "auth_password" else v) for k, v in env.items()}
+    shown = {k: ("***" if k in ("auth_password", "cosign_password") else v) for k, v in env.items()}
     log(f"ready in {time.monotonic() - t0:.1f}s ({ENV_JSON}): {json.dumps(shown)}")
     if not env["containerd_store"]:
         log("note: this engine uses the classic image store; only the inline build cache is available")

@@ -13,6 +13,7 @@ from pathlib import Path
 from lab_proc import run
 
 APT_PACKAGES_TRIXIE = ["docker.io/trixie", "docker-cli/trixie", "containerd/trixie", "docker-buildx/trixie"]
+COSIGN = "cosign/trixie"  # signing (bookworm has no cosign); the engine's packages come from trixie too
 APT_PACKAGES = ["docker-registry", "skopeo", "debootstrap", "apache2-utils", "busybox-static", "iproute2"]
 
 
@@ -77,11 +78,12 @@ def debian_mirror(root: Path = Path("/etc/apt")) -> str:
 def install_packages() -> None:
     need_engine = not (shutil.which("dockerd") and Path("/usr/libexec/docker/cli-plugins/docker-buildx").exists())
     need_tools = [p for p in ["docker-registry", "skopeo", "debootstrap", "htpasswd", "busybox"] if not shutil.which(p)]
-    if not need_engine and not need_tools:
+    need_cosign = not shutil.which("cosign")
+    if not need_engine and not need_tools and not need_cosign:
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     trixie = Path("/etc/apt/sources.list.d/ml-env-lab-trixie.list")
-    if need_engine and not trixie.exists():
+    if (need_engine or need_cosign) and not trixie.exists():
         trixie.write_text(
             f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {debian_mirror()} trixie main\n"
         )
@@ -89,7 +91,7 @@ def install_packages() -> None:
             "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
         )
     run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
-    pkgs = (APT_PACKAGES_TRIXIE if need_engine else []) + APT_PACKAGES
+    pkgs = (APT_PACKAGES_TRIXIE if need_engine else []) + ([COSIGN] if need_cosign else []) + APT_PACKAGES
     # policy-rc.d keeps the packages' init scripts from starting a dockerd we did not start
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = not policy.exists()

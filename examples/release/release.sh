@@ -6,7 +6,9 @@
 #
 # Settings (environment): REGISTRY (tested images), PROD (production repository), VERSION
 # (1.0.0), LEDGER (default: kept in the registry next to PROD, so every clone and every re-run
-# sees one history), RUNS. Build settings (network, CA bundle) come from ml-env's config files.
+# sees one history), RUNS, SIGN_KEY (a cosign key file or env://NAME, its password in
+# COSIGN_PASSWORD: the promotion signs the released digest at PROD and the ledger names the key).
+# Build settings (network, CA bundle) come from ml-env's config files.
 # Running it again changes nothing: the image is reused, the promotion is already there.
 set -euo pipefail
 REGISTRY=${REGISTRY:?set REGISTRY to the registry the tested images live in}
@@ -14,6 +16,8 @@ PROD=${PROD:?set PROD to the production repository, e.g. registry.example.com/pr
 VERSION=${VERSION:-1.0.0}
 LEDGER=${LEDGER:-oci://$PROD:ml-env-ledger}
 RUNS=${RUNS:-runs}
+sign=()
+if [ -n "${SIGN_KEY:-}" ]; then sign=(--sign-key "$SIGN_KEY"); fi
 run_json="$(mktemp)"
 trap 'rm -f "$run_json"' EXIT
 
@@ -32,6 +36,6 @@ tested="$(ml-env build envs/sklearn-inference.toml --registry "$REGISTRY" --json
 
 # 4. promote it: the version tag never moves (a VERSION already given to another image is refused,
 #    exit 5: choose a new VERSION), then prod moves to it; show what production is now
-ml-env promote "$tested" "$PROD" --tag "$VERSION" --ledger "$LEDGER"
-ml-env promote "$tested" "$PROD" --tag prod --allow-overwrite --ledger "$LEDGER"
+ml-env promote "$tested" "$PROD" --tag "$VERSION" --ledger "$LEDGER" "${sign[@]}"
+ml-env promote "$tested" "$PROD" --tag prod --allow-overwrite --ledger "$LEDGER" "${sign[@]}"
 ml-env ledger show --ledger "$LEDGER" --env sklearn-inference --tag prod

@@ -300,3 +300,28 @@ def test_login_action_masks_the_password_and_logs_in(ws, tmp_path: Path) -> None
         )
     finally:
         del os.environ["DOCKER_CONFIG"]
+
+
+def test_sign_action_signs_by_digest_with_a_key_from_a_secret(ws, cosign_keys, monkeypatch) -> None:
+    """The sign action with the key in a variable, as a workflow passes a secret: the image by
+    digest signed, outputs and summary, and neither the key nor its password in any of it."""
+    from ml_env_tasks.registry import RegistryClient
+
+    from .helpers import push_single_image
+
+    key = cosign_keys("action")
+    digest = push_single_image(RegistryClient(ws.lab["registry"]), ws.repo, "tested", payload=b"sign me")
+    monkeypatch.setenv("COSIGN_PRIVATE_KEY", Path(key["key"]).read_text())
+    monkeypatch.setenv("COSIGN_PASSWORD", key["password"])
+    inputs = {"image": f"{ws.lab['registry']}/{ws.repo}:tested", "sign-key": "env://COSIGN_PRIVATE_KEY",
+              "install": "false"}  # fmt: skip
+    proc, outputs, summary = run_action(ROOT / "ci/github/sign/action.yml", inputs, ws.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert outputs["ref"] == f"{ws.lab['registry']}/{ws.repo}@{digest}" and outputs["fingerprint"].startswith("sha256:")
+    assert "### ml-env sign" in summary and "env://COSIGN_PRIVATE_KEY" in summary
+    v = subprocess.run(["cosign", "verify", "--key", str(key["pub"]), "--insecure-ignore-tlog", "--allow-http-registry",
+                        outputs["ref"]], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert v.returncode == 0, v.stderr
+    said = proc.stdout + proc.stderr + summary + "".join(outputs.values())
+    secret_lines = Path(key["key"]).read_text().splitlines()[1:-1]
+    assert key["password"] not in said and not [ln for ln in secret_lines if ln in said]

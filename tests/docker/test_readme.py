@@ -81,14 +81,17 @@ def test_github_actions_example_uses_real_inputs() -> None:
             ids.add(step["id"])
 
 
-def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
+def test_release_example(checkout, tmp_path: Path, lab: dict, cosign_keys) -> None:
     """The release example, twice in a row: the second run reuses everything, promotes nothing
     new, and the ledger (kept in the registry by default) still has its two records (the version
-    tag, then prod). A version tag that names another image is never moved."""
+    tag, then prod), each naming the key that signed the release there. A version tag that names
+    another image is never moved."""
     cwd, env = checkout
     shutil.copy(ROOT / "examples/release/release.sh", cwd / "release.sh")
     prod = f"127.0.0.1:5001/test/release-{os.getpid()}"
-    env = {**env, "REGISTRY": lab["registry"], "PROD": prod, "VERSION": "9.9.9"}
+    key = cosign_keys("build")
+    env = {**env, "REGISTRY": lab["registry"], "PROD": prod, "VERSION": "9.9.9", "SIGN_KEY": key["key"],
+           "COSIGN_PASSWORD": key["password"]}  # fmt: skip
     env.pop("LEDGER", None)
     try:
         lasts = []
@@ -106,6 +109,10 @@ def test_release_example(checkout, tmp_path: Path, lab: dict) -> None:
             entries = ledger.entries()
         digest = lasts[0].split()[2]
         assert [e.tags for e in entries] == [("9.9.9",), ("prod",)] and {e.digest for e in entries} == {digest}
+        assert len({e.signed_by for e in entries}) == 1 and entries[0].signed_by.startswith("sha256:")
+        v = subprocess.run(["cosign", "verify", "--key", str(key["pub"]), "--insecure-ignore-tlog",
+                            "--allow-http-registry", f"{prod}:prod"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert v.returncode == 0, v.stderr
         assert not (cwd / "releases.toml").exists()
 
         # the version tag never moves: 9.9.9 given to another image (elsewhere) is refused, exit 5

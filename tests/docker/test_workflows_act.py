@@ -142,8 +142,7 @@ def test_reusable_workflow_from_a_caller_with_two_registries(
     secrets = tmp_path / "secrets"
     escaped = pem.strip().replace("\n", "\\n")  # act reads the file as dotenv: \n inside double quotes
     secrets.write_text(
-        f"LAB_PASSWORD={lab['auth_password']}\nLAB_COSIGN_PASSWORD={key['password']}\n"
-        f'LAB_COSIGN_KEY="{escaped}\\n"\n'
+        f'LAB_PASSWORD={lab["auth_password"]}\nLAB_COSIGN_PASSWORD={key["password"]}\nLAB_COSIGN_KEY="{escaped}\\n"\n'
     )
     secrets.chmod(0o600)
     destination = f"{lab['registry']}/test/act-{os.getpid()}"
@@ -197,7 +196,7 @@ def test_reusable_workflow_from_a_caller_with_two_registries(
                                 "--allow-http-registry", promoted_ref], capture_output=True, text=True, timeout=120)  # fmt: skip
             assert v.returncode == 0, v.stderr
         log = run.log()
-        assert key["password"] not in log and not [ln for ln in pem.splitlines()[1:-1] if ln in log]
+        assert key["password"] not in log + run.summaries() and not [ln for ln in pem.splitlines()[1:-1] if ln in log]
     finally:
         from .helpers import delete_repository
 

@@ -85,3 +85,29 @@ def test_a_password_file_is_never_world_readable(lab, monkeypatch: pytest.Monkey
     finally:
         os.umask(old)
     assert mode(target) == 0o600 and target.read_text() == "u:hash\n"
+
+
+def test_the_cosign_key_pair_is_private_made_once_and_remade_when_broken(lab, tmp_path: Path, lab_unavailable) -> None:
+    """The lab's signing keys: the real ``cosign generate-key-pair``, folder 0700, key and password
+    0600, the same pair on every ``up``, a new one when a part is missing; the password opens the key."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("cosign"):
+        lab_unavailable("cosign is not installed (lab.py up installs it)")
+    signing = importlib.import_module("lab_signing")
+    state = tmp_path / "state"
+    old = os.umask(0)
+    try:
+        first = signing.cosign_keys(state)
+    finally:
+        os.umask(old)
+    d = state / "cosign"
+    assert mode(d) == 0o700 and mode(d / "cosign.key") == 0o600 and mode(d / "password.json") == 0o600
+    assert signing.cosign_keys(state) == first  # kept
+    opened = subprocess.run(["cosign", "public-key", "--key", first["cosign_key"]], capture_output=True, text=True,
+                            env={**os.environ, "COSIGN_PASSWORD": first["cosign_password"]})  # fmt: skip
+    assert opened.returncode == 0 and opened.stdout.strip() == Path(first["cosign_pub"]).read_text().strip()
+    (d / "cosign.pub").unlink()
+    again = signing.cosign_keys(state)
+    assert again["cosign_password"] != first["cosign_password"] and Path(again["cosign_pub"]).is_file()
