@@ -182,20 +182,24 @@ def copy_referrers(
     jobs: int,
     result: Copied,
     say: Callable[[str], None],
+    *,
+    suffixes: tuple[str, ...] = DIGEST_TAG_SUFFIXES,
+    referrers: bool = True,
 ) -> None:
-    """The digest's signatures, attestations and records, copied beside it. A tag the destination
+    """The digest's signatures, attestations and records, copied beside it (``suffixes``: which
+    digest tags to look for; ``referrers``: ask the referrers API too). A tag the destination
     already has the same is left; one it has different (signed there too, records attached
     there) is merged, never replaced: cosign's ``.sig``/``.att`` by their layers (signatures),
     the referrers fallback index by its entries."""
     algo, hexd = digest.split(":", 1)
     refs: list[tuple[str | None, str, bytes, str]] = []  # (tag, digest, body, media type)
     tag: str | None
-    for suffix in DIGEST_TAG_SUFFIXES:
+    for suffix in suffixes:
         tag = f"{algo}-{hexd}{suffix}"
         got = sc.get_manifest(src_repo, tag)
         if got is not None:
             refs.append((tag, got[0].digest, got[1], got[0].media_type))
-    for ref in sc.referrers(src_repo, digest) or []:
+    for ref in (sc.referrers(src_repo, digest) if referrers else None) or []:
         got = sc.get_manifest(src_repo, ref["digest"])
         if got is not None:
             refs.append((None, ref["digest"], got[1], got[0].media_type))

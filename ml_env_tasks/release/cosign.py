@@ -35,6 +35,7 @@ from ..errors import EngineError, RegistryError, UsageError
 from ..registry.credentials import credentials_for
 from ..registry.reference import is_loopback
 from ..safe.grammar import printable
+from ..safe.paths import no_link_out
 from ..safe.redact import Redactor
 
 __all__ = ["Key", "Trust", "Cosign", "SignatureMissing", "cosign_binary", "KMS_SCHEMES"]
@@ -136,7 +137,7 @@ def _key_ref(value: str, what: str) -> str:
         raise UsageError(
             f"{what}: {printable(value, 80)!r} is neither a key file, env://NAME nor a KMS URI cosign knows"
         )
-    path = Path(value).expanduser()
+    path = no_link_out(Path(value).expanduser(), what)  # a committed link must not pick a host file
     if not path.is_file():
         raise UsageError(f"{what}: {printable(value, 120)} is not a key file")
     return str(path)

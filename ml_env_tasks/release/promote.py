@@ -258,8 +258,9 @@ def _promote(
     if all(have == digest for have in state.values()):  # each tag HEAD answered this very manifest
         result.no_op = True
         say(f"{digest[:19]} is already promoted as {', '.join(tags)}: nothing to copy")
-        if opts.copy_referrers:  # signatures and records added since the last promotion travel too
-            copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say)
+        if opts.copy_referrers:  # signatures added since the last promotion travel too (2 requests)
+            copy_referrers(sc, dc, src.repository, dst.repository, digest, opts.jobs, result, say,
+                           suffixes=(".sig", ".att"), referrers=False)  # fmt: skip
         _sign(opts, dst, digest, result, say)
         known = ledger.recorded(result.destination, digest, tuple(tags)) if ledger is not None else None
         if known is not None:

@@ -118,3 +118,17 @@ def test_cosigns_answers_are_read_as_cosign_writes_them() -> None:
     assert _no_signature(b"Error: no matching signatures: invalid signature when validating ASN.1 encoded signature")
     assert _no_signature(b"Error: none of the attestations matched the predicate type: spdxjson, found: x")
     assert not _no_signature(b"Error: GET http://r/v2/: connection refused")
+
+
+def test_a_relative_key_path_does_not_leave_through_a_committed_link(tmp_path: Path, monkeypatch) -> None:
+    outside = tmp_path / "outside.key"
+    outside.write_text("secret")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "cosign.key").symlink_to(outside)
+    monkeypatch.chdir(checkout)
+    with pytest.raises(UsageError, match="leads out of the working folder through a symlink"):
+        Key.parse("cosign.key")
+    with pytest.raises(UsageError, match="leads out of the working folder"):
+        Trust.parse("cosign.key")
+    assert Key.parse(str(outside)).ref == str(outside)  # a path the user writes absolute is theirs
