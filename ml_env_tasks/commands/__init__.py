@@ -51,7 +51,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "runs show": ("runs", "show one run"),
     "runs gc": ("runs", "mark runs whose ml-env process died as lost; remove their containers"),
     "serve": ("serve", "run a scoring server locally; serve list|stop|logs"),
-    "serve list": ("serve", "services on the engine"),
+    "serve list": ("serve", "your services on the engine (--all: everyone's)"),
     "serve stop": ("serve", "stop and remove a service"),
     "serve logs": ("serve", "a service's log"),
     "smoke-test": ("serve", "build or reuse an inference image, start it, send sample requests, check the answers"),

@@ -131,8 +131,9 @@ def run_serve(v: Values, io: Console) -> Outcome:
 def run_list(v: Values, io: Console) -> Outcome:
     from ..serve import local
 
-    services = local.list_services()
-    text = "\n".join(f"{s.name:24} {s.state:10} {s.url or '-':28} {s.image}" for s in services)
+    services = local.list_services(everyone=bool(v.all))
+    text = "\n".join(f"{s.name:24} {s.state:10} {s.url or '-':28} {s.image}" + (f"  (uid {s.owner or '?'})" if v.all else "")
+                     for s in services)  # fmt: skip
     return Outcome([s.to_json() for s in services], text)
 
 
@@ -229,7 +230,12 @@ COMMANDS = {
         session=Session("serve", "Run a scoring server locally: -- --env E --entry score.py --model DIR [--detach] "
                                  "[--replace NAME]."),
     ),
-    "serve list": Command("serve list", "services on the engine", (), run_list),
+    "serve list": Command(
+        "serve list", "your services on the engine (--all: everyone's)",
+        (Option("all", ("--all",), kind="flag", default=False,
+                help="every user's services on this engine, with the uid that started each"),),
+        run_list,
+    ),
     "serve stop": Command("serve stop", "stop and remove a service", NAMED, run_stop),
     "serve logs": Command(
         "serve logs", "a service's log", NAMED + (Option("tail", ("--tail",), default="all", help="only the last N lines"),),

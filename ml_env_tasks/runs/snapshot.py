@@ -198,14 +198,14 @@ def snapshot(
             + (" ..." if len(skipped) > 5 else "")
         )
     total = sum(f[1] for f in found)
-    biggest = ", ".join(f"{r} ({s / 2**20:.1f} MB)" for r, s, _, _ in sorted(found, key=lambda f: -f[1])[:5])
+    biggest = ", ".join(f"{r} ({s / 2**20:.1f} MiB)" for r, s, _, _ in sorted(found, key=lambda f: -f[1])[:5])
     if total > max_mb * 2**20:
         raise UsageError(
-            f"source snapshot of {source} is {total / 2**20:.0f} MB, over the {max_mb:.0f} MB limit; biggest files: {biggest}",
+            f"source snapshot of {source} is {total / 2**20:.0f} MiB, over the {max_mb:.0f} MiB limit; biggest files: {biggest}",
             hint="add them to .amlignore (or .dockerignore/.gitignore) and pass data with --input",
         )
     if total > warn_mb * 2**20:
-        warn(f"source snapshot is {total / 2**20:.0f} MB (over {warn_mb:.0f} MB); biggest files: {biggest}")
+        warn(f"source snapshot is {total / 2**20:.0f} MiB (over {warn_mb:.0f} MiB); biggest files: {biggest}")
     entries = []
     root_fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY)
     try:

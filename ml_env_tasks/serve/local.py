@@ -31,7 +31,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,28 @@ from ..engine.resources import Resources
 from ..errors import ServiceFailed, UsageError
 from ..safe.grammar import SERVICE_NAME, matches, printable
 from . import client
+from .services import (
+    BACKEND,
+    CONTAINER_PORT,
+    GENERATION,
+    LABEL,
+    NETWORK,
+    OWNER,
+    ROLE,
+    ServiceInfo,
+    _backends,
+    _containers,
+    _current_generation,
+    _endpoint,
+    _network,
+    _remove_service,
+    _serving,
+    _url,
+    list_services,
+    logs,
+    owner,
+    stop,
+)
 
 __all__ = [
     "ServeOptions",
@@ -63,12 +84,6 @@ __all__ = [
 
 APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
-CONTAINER_PORT = 5001
-LABEL = "ml-env.serve"  # the container that publishes a service's port: its front, or the scoring container
-ROLE = "ml-env.serve.role"  # "front"
-BACKEND = "ml-env.serve.backend"  # a fronted service's scoring containers
-GENERATION = "ml-env.serve.generation"  # which of them: 1, 2, ... one per --replace
-NETWORK = "ml-env.serve.network"
 FRONT_DIR = "/ml-env-front"
 DRAIN_TIMEOUT_S = 60.0  # how long requests in flight on a replaced container may take to finish
 RESTART_RETRIES = 5  # how many times the engine restarts a fronted service's container that exits non-zero
@@ -108,20 +123,6 @@ class Service:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class ServiceInfo:
-    """A running (or stopped) service found on the engine."""
-
-    name: str
-    state: str
-    url: str | None
-    image: str
-    id: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,12 +132,6 @@ def free_port() -> int:
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _containers() -> Any:
-    from .. import engine
-
-    return engine.current().containers
 
 
 @dataclass(frozen=True)
@@ -151,12 +146,6 @@ class _Plan:
     volumes: list[tuple[str, str, str]]
     copies: list[Any]  # on a remote engine: what is copied in instead of mounted (snapshot.TarPart)
     remote: bool
-
-
-def _endpoint() -> Any:
-    from .. import engine
-
-    return engine.current().endpoint
 
 
 def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
@@ -234,10 +223,6 @@ def _host_ip(plan: _Plan) -> str:
     return "0.0.0.0" if plan.remote else "127.0.0.1"
 
 
-def _url(port: int) -> str:
-    return f"http://{_endpoint().address}:{port}"
-
-
 def start(
     opts: ServeOptions, *, info: Callable[[str], None] | None = None, unique: bool = False, front: bool = False
 ) -> Service:
@@ -273,7 +258,7 @@ def start(
     else:
         box = c.create(
             plan.image, [], name=f"ml-env-serve-{name}", envs=plan.envs, volumes=plan.volumes,
-            labels={LABEL: name, "ml-env.image": plan.image}, workdir=APP_ROOT, user=None, resources=opts.resources,
+            labels={LABEL: name, OWNER: owner(), "ml-env.image": plan.image}, workdir=APP_ROOT, user=None, resources=opts.resources,
             ports={CONTAINER_PORT: port}, host_ip=_host_ip(plan),
         )  # fmt: skip
         try:
@@ -290,10 +275,6 @@ def start(
             f"the service runs on {_endpoint().describe()}: reached at {service.url} (the engine host's published port)"
         )
     return service
-
-
-def _network(name: str) -> str:
-    return f"ml-env-serve-{name}"
 
 
 def _front_tar(generation: int, host: str, *, script: bool) -> Iterator[bytes]:
@@ -336,7 +317,7 @@ def _start_backend(plan: _Plan, name: str, generation: int, opts: ServeOptions) 
     c = _containers()
     box = c.create(
         plan.image, [], name=f"ml-env-backend-{name}-{generation}", envs=plan.envs, volumes=plan.volumes,
-        labels={BACKEND: name, GENERATION: str(generation), "ml-env.image": plan.image}, workdir=APP_ROOT, user=None,
+        labels={BACKEND: name, OWNER: owner(), GENERATION: str(generation), "ml-env.image": plan.image}, workdir=APP_ROOT, user=None,
         resources=opts.resources, ports={CONTAINER_PORT: 0}, network=_network(name), host_ip=_host_ip(plan),
     )  # fmt: skip
     try:
@@ -361,7 +342,7 @@ def _start_fronted(plan: _Plan, name: str, port: int, opts: ServeOptions) -> Ser
             envs["SCORING_TIMEOUT_MS"] = str(opts.scoring_timeout_ms)
         box = c.create(
             plan.image, [plan.python, f"{FRONT_DIR}/front.py"], name=f"ml-env-serve-{name}", envs=envs, volumes=[],
-            labels={LABEL: name, ROLE: "front", "ml-env.image": plan.image}, workdir="/", user=None,
+            labels={LABEL: name, OWNER: owner(), ROLE: "front", "ml-env.image": plan.image}, workdir="/", user=None,
             ports={CONTAINER_PORT: port}, network=_network(name), host_ip=_host_ip(plan),
         )  # fmt: skip
         box.put_tar(_front_tar(1, c.address(backend, _network(name)), script=True))
@@ -476,30 +457,6 @@ def _await_front(front_id: str, line: str, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def _current_generation(front_id: str) -> int | None:
-    """The generation the front forwards to, from its last control line."""
-    found = re.findall(
-        r"^ml-env-front: (?:listening on :\d+, )?generation (\d+) -> ", _containers().logs_text(front_id), re.M
-    )
-    return int(found[-1]) if found else None
-
-
-def _backends(name: str) -> dict[int, Any]:
-    """A fronted service's scoring containers by generation."""
-    out = {}
-    for info in _containers().list_by_label(f"{BACKEND}={name}"):
-        g = info.labels.get(GENERATION, "")
-        if g.isascii() and g.isdigit() and len(g) < 10:
-            out[int(g)] = info
-    return out
-
-
-def _serving(name: str, front_id: str) -> Any:
-    """The scoring container a fronted service forwards to now (None: none)."""
-    g = _current_generation(front_id)
-    return _backends(name).get(g) if g is not None else None
-
-
 def current(service: Service) -> Service | None:
     """The service as it is now when its scoring container was replaced by a running one; else None."""
     if not service.front_id:
@@ -517,54 +474,6 @@ def remove(service: Service) -> None:
         _containers().remove(service.container_id)
 
 
-def _remove_service(name: str) -> None:
-    """Every container of a service (its front first, then its scoring containers) and its network."""
-    c = _containers()
-    for info in c.list_by_label(f"{LABEL}={name}") + c.list_by_label(f"{BACKEND}={name}"):
-        c.remove(info.id)
-    c.remove_network(_network(name))
-
-
 def follow(service: Service) -> Any:
     """The service's log lines as they come, until it stops."""
     return _containers().logs(service.container_id)
-
-
-def list_services() -> list[ServiceInfo]:
-    out = []
-    for info in _containers().list_by_label(LABEL):
-        name = info.labels.get(LABEL, "")
-        ports = [p for p in info.ports if p.container_port == CONTAINER_PORT]
-        url = _url(ports[0].host_port) if ports else None
-        image, state = info.labels.get("ml-env.image", ""), info.state
-        if info.labels.get(ROLE) == "front":  # the image and state of the container it forwards to
-            now = _serving(name, info.id)
-            image = now.labels.get("ml-env.image", "") if now else ""
-            if state == "running":
-                state = now.state if now else "no backend"
-        out.append(ServiceInfo(name, state, url, image, info.id))
-    return out
-
-
-def _find(name: str) -> str:
-    found = _containers().list_by_label(f"{LABEL}={name}")
-    if not found:
-        raise UsageError(f"no service named {printable(name, 60)}", hint="ml-env serve list")
-    return str(found[0].id)
-
-
-def stop(name: str) -> None:
-    _find(name)
-    _remove_service(name)
-
-
-def logs(name: str, tail: int | str = "all") -> str:
-    """The scoring container's log (a fronted service's: the one it forwards to now)."""
-    cid = _find(name)
-    info = next(iter(_containers().list_by_label(f"{LABEL}={name}")))
-    if info.labels.get(ROLE) == "front":
-        now = _serving(name, cid)
-        if now is None:
-            raise ServiceFailed(f"{name} has no scoring container", hint=f"ml-env serve stop {name}")
-        cid = now.id
-    return str(_containers().logs_text(cid, tail=tail))

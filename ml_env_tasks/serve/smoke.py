@@ -255,7 +255,7 @@ def run_smoke_test(
                 info(f"started {service.image} at {service.url}; waiting for readiness")
             ready = wait_ready(service, ready_timeout)
             results = [_run_case(service, case, repeat, request_timeout) for case in cases]
-        from .local import _containers
+        from .services import _containers
 
         lat = [x for r in results for x in r.latencies_ms]
         logs_tail = ""

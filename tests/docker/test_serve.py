@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -274,3 +275,28 @@ def test_a_stopped_container_left_under_the_name_does_not_hold_it(ws, app) -> No
     finally:
         c.remove(box.id)
     assert leftovers() == []
+
+
+def test_serve_list_shows_the_callers_services_unless_asked_for_all(ws) -> None:
+    """On a shared engine `serve list` shows the services the caller (its uid) started; another
+    user's, and one an older ml-env started without an owner, only with --all, with the uid."""
+    from ml_env_tasks import engine
+    from ml_env_tasks.serve.services import OWNER
+
+    c = engine.current().containers
+    boxes = []
+    try:
+        for name, owner in ((f"theirs-{ws.repo[-6:]}", "4242"), (f"mine-{ws.repo[-6:]}", str(os.getuid()))):
+            box = c.create(ws.lab["base_image_tiny"], ["sleep", "60"], name=f"ml-env-serve-{name}", envs={},
+                           volumes=[], labels={local.LABEL: name, OWNER: owner}, workdir="/", user=None)  # fmt: skip
+            boxes.append(box.id)
+            box.start()
+        mine = {s["name"]: s for s in json.loads(ml_env("serve", "list", "--json").stdout)}
+        every = {s["name"]: s for s in json.loads(ml_env("serve", "list", "--all", "--json").stdout)}
+        assert f"mine-{ws.repo[-6:]}" in mine and f"theirs-{ws.repo[-6:]}" not in mine
+        assert every[f"theirs-{ws.repo[-6:]}"]["owner"] == "4242"
+        text = ml_env("serve", "list", "--all").stdout
+        assert f"theirs-{ws.repo[-6:]}" in text and "(uid 4242)" in text
+    finally:
+        for b in boxes:
+            c.remove(b)

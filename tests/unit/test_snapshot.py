@@ -72,8 +72,8 @@ def test_size_limits_name_the_biggest_files(tmp_path: Path) -> None:
     tree(tmp_path, {"train.py": "x", "weights.bin": b"\0" * (3 * 2**20), "small.txt": "s"})
     warnings: list[str] = []
     snapshot(tmp_path, warn_mb=1, max_mb=10, warn=warnings.append)
-    assert len(warnings) == 1 and "weights.bin (3.0 MB)" in warnings[0]
-    with pytest.raises(MlEnvError, match=r"over the 2 MB limit; biggest files: weights.bin \(3.0 MB\)"):
+    assert len(warnings) == 1 and "weights.bin (3.0 MiB)" in warnings[0]
+    with pytest.raises(MlEnvError, match=r"over the 2 MiB limit; biggest files: weights.bin \(3.0 MiB\)"):
         snapshot(tmp_path, max_mb=2)
 
 

@@ -198,9 +198,11 @@ def code_archive(snap: Snapshot, *, limit: int | None = None) -> bytes:
     else:
         out += z.flush()
     if len(out) > limit:
-        biggest = ", ".join(f"{e.rel} ({e.size / 2**20:.1f} MB)" for e in sorted(snap.files, key=lambda e: -e.size)[:3])
+        biggest = ", ".join(
+            f"{e.rel} ({e.size / 2**20:.1f} MiB)" for e in sorted(snap.files, key=lambda e: -e.size)[:3]
+        )
         raise UsageError(
-            f"the source snapshot ({len(snap.files)} files, {snap.size / 2**20:.1f} MB) does not fit a ConfigMap: "
+            f"the source snapshot ({len(snap.files)} files, {snap.size / 2**20:.1f} MiB) does not fit a ConfigMap: "
             f"compressed it is over {limit // 1024} KiB (ConfigMaps hold 1 MiB, base64-encoded); biggest files: {biggest}",
             hint="leave data out of --source (.amlignore) and pass it as --input NAME=pvc:CLAIM",
         )
