@@ -3,11 +3,15 @@ inputs) is the same command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import MlEnvError
 from ..settings.options import Option
 from . import Action, Command, Console, Outcome, Values
 
 __all__ = ["COMMANDS"]
+
+PREFIX = "ml-env-login-"  # the job's docker config: RUNNER_TEMP/ml-env-login-XXXX/docker
 
 
 def run_login(v: Values, io: Console) -> Outcome:
@@ -28,8 +32,35 @@ def run_login(v: Values, io: Console) -> Outcome:
         )
     if not (registry and username and password):
         raise MlEnvError("inputs 'registry', 'username' and 'password' go together")
+    where = _job_docker_config(registry) if io.actions else None
     engine.current().login(registry, username, password)
-    return Outcome({"logged_in": True, "registry": registry}, f"logged in to {registry} as {username}")
+    data = {"logged_in": True, "registry": registry, "docker_config": str(where) if where else None}
+    return Outcome(data, f"logged in to {registry} as {username}" + (f" (for this job only: {where})" if where else ""))
+
+
+def _job_docker_config(registry: str) -> Path | None:
+    """In a GitHub Actions job, the login goes to a docker config of the job's own in
+    ``RUNNER_TEMP``, which the runner empties at the end of every job: on a self-hosted runner the
+    credentials do not outlive the job (a composite action has no post step to log out). The
+    job's later steps get it through ``GITHUB_ENV``; a second login in the job adds to it."""
+    import os
+
+    from ..registry.credentials import job_docker_config
+
+    temp, env_file = os.environ.get("RUNNER_TEMP"), os.environ.get("GITHUB_ENV")
+    if not (temp and env_file):
+        return None
+    now = Path(os.environ.get("DOCKER_CONFIG") or "/")
+    if now.parent.parent == Path(temp) and now.parent.name.startswith(PREFIX):
+        return now  # an earlier login of this job made it
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix=PREFIX, dir=temp)) / "docker"
+    job_docker_config(d, registry)
+    os.environ["DOCKER_CONFIG"] = str(d)
+    with open(env_file, "a", encoding="utf-8") as fh:
+        fh.write(f"DOCKER_CONFIG={d}\n")
+    return d
 
 
 COMMANDS = {

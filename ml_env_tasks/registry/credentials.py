@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "docker_config_path",
     "credential_helper_get",
     "private_docker_config",
+    "job_docker_config",
 ]
 
 
@@ -130,6 +132,31 @@ def credential_helper_get(name: str, host: str, *, missing_ok: bool = False) -> 
 def private_docker_config(directory: Path, address: str, username: str, password: str) -> Path:
     """A copy of the user's docker config with one more ``auths`` entry, in ``directory`` (mode
     0700/0600), for a build that pulls a private base with credentials named by the spec."""
+
+    def add(cfg: dict[str, Any]) -> None:
+        found = cfg.get("auths")
+        auths: dict[str, Any] = found if isinstance(found, dict) else {}
+        auths[address] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+        cfg["auths"] = auths
+
+    return _private_copy(directory / "docker-config", add)
+
+
+def job_docker_config(directory: Path, registry: str) -> Path:
+    """A copy of the user's docker config in ``directory`` that a ``docker login`` to ``registry``
+    writes into as a file: no credential store, no helper for that registry (either would keep
+    the password outside the folder, past the job)."""
+
+    def file_only(cfg: dict[str, Any]) -> None:
+        cfg.pop("credsStore", None)
+        helpers = cfg.get("credHelpers")
+        if isinstance(helpers, dict):
+            helpers.pop(registry, None)
+
+    return _private_copy(directory, file_only)
+
+
+def _private_copy(d: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     cfg: dict[str, Any] = {}
     src = docker_config_path()
     if src.exists():
@@ -142,13 +169,9 @@ def private_docker_config(directory: Path, address: str, username: str, password
             cfg = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError, RegistryError):
             cfg = {}
-    found = cfg.get("auths")
-    auths: dict[str, Any] = found if isinstance(found, dict) else {}
-    auths[address] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
-    cfg["auths"] = auths
-    d = directory / "docker-config"
+    edit(cfg)
     d.mkdir(mode=0o700)
-    fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT, 0o600)
+    fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(cfg, fh)
     # the user's builders, contexts and CLI plugins stay what they are (buildx keeps its

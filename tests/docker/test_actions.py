@@ -302,6 +302,44 @@ def test_login_action_masks_the_password_and_logs_in(ws, tmp_path: Path) -> None
         del os.environ["DOCKER_CONFIG"]
 
 
+def test_login_action_credentials_end_with_the_job(ws, tmp_path: Path, monkeypatch) -> None:
+    """In a job (RUNNER_TEMP, GITHUB_ENV set) the login writes a docker config of the job's own in
+    RUNNER_TEMP, which the runner empties when the job ends: the runner user's own config (here
+    with a credential store, which would have kept the password) is left as it was, and the job's
+    later steps find the login through GITHUB_ENV."""
+    from ml_env_tasks.registry import RegistryClient
+    from ml_env_tasks.registry.credentials import credentials_for
+
+    own = tmp_path / "runner-docker"
+    own.mkdir()
+    (own / "config.json").write_text('{"credsStore": "desktop", "auths": {"other.example": {}}}')
+    runner_temp, github_env = tmp_path / "runner-temp", tmp_path / "github_env"
+    runner_temp.mkdir()
+    github_env.write_text("")
+    monkeypatch.setenv("DOCKER_CONFIG", str(own))
+    monkeypatch.setenv("RUNNER_TEMP", str(runner_temp))
+    monkeypatch.setenv("GITHUB_ENV", str(github_env))
+    inputs = {"registry": ws.lab["auth_registry"], "username": ws.lab["auth_user"],
+              "password": ws.lab["auth_password"], "install": "false"}  # fmt: skip
+    proc, _, _ = run_action(ROOT / "ci/github/login/action.yml", inputs, ws.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert (own / "config.json").read_text() == '{"credsStore": "desktop", "auths": {"other.example": {}}}'
+    [line] = github_env.read_text().splitlines()
+    job_config = Path(line.removeprefix("DOCKER_CONFIG="))
+    assert (
+        job_config.is_relative_to(runner_temp) and ws.lab["auth_registry"] in (job_config / "config.json").read_text()
+    )
+    assert oct((job_config / "config.json").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("DOCKER_CONFIG", str(job_config))  # a later step of the job
+    assert credentials_for(ws.lab["auth_registry"]) == (ws.lab["auth_user"], ws.lab["auth_password"])
+    assert RegistryClient(ws.lab["auth_registry"]).head_manifest("nothing/here", "x") is None  # authenticated
+    import shutil
+
+    shutil.rmtree(runner_temp)  # the runner, at the end of the job
+    monkeypatch.setenv("DOCKER_CONFIG", str(own))
+    assert ws.lab["auth_password"] not in (own / "config.json").read_text()
+
+
 def test_sign_action_signs_by_digest_with_a_key_from_a_secret(ws, cosign_keys, monkeypatch) -> None:
     """The sign action with the key in a variable, as a workflow passes a secret: the image by
     digest signed, outputs and summary, and neither the key nor its password in any of it."""
