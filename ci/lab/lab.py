@@ -57,6 +57,7 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import lab_slurm  # noqa: E402
 from lab_apt import install_packages  # noqa: E402
 from lab_builder import (  # noqa: E402
     RELAY_BUILDER,
@@ -157,7 +158,7 @@ def health() -> list[tuple[str, bool, str]]:
     if engine:
         good, detail = relay_builder_health()
         checks.append(("remote-driver builder", good, detail))
-    return checks + remote_health()
+    return checks + remote_health() + lab_slurm.health()
 
 
 def _engine_resolves(name: str) -> bool:
@@ -213,6 +214,7 @@ def write_env(user: str, password: str) -> dict:
         "remote_builder": RELAY_BUILDER,
         **remote_env(),
         **cosign_keys(),
+        **lab_slurm.env(),
     }
     _write_env_file(env)
     return env
@@ -286,11 +288,16 @@ def up() -> None:
         write_site_config()
         ensure_relay_builder()
         ensure_remote()
+        lab_slurm.up()
         checks = heal_engine_side(health())
         if not all(p for n, p, _ in checks if n.startswith("remote ")):
             # the second engine is the lab's own: restarted, never the first
             stop("remote-dockerd")
             ensure_remote()
+            checks = health()
+        if not all(p for n, p, _ in checks if n.startswith("slurm")):
+            lab_slurm.down()  # the cluster's daemons are the lab's own: started again, by PID
+            lab_slurm.up()
             checks = health()
         if not report(checks):
             raise SystemExit("[lab] not healthy after `up`: see the FAIL lines above")
@@ -303,6 +310,7 @@ def up() -> None:
 
 def down() -> None:
     with machine_lock():
+        lab_slurm.down()
         _remote_down()
         relay_builder_down()
         for name in ("registry-auth", "registry-plain", "dockerd"):
@@ -336,6 +344,7 @@ def remote_up() -> None:
 
 def remote_down() -> None:
     with machine_lock():
+        lab_slurm.down()  # node2 lives in the second engine's namespace
         _remote_down()
         with contextlib.suppress(OSError, ValueError):
             env = json.loads(ENV_JSON.read_text())
