@@ -123,6 +123,29 @@ def _files() -> None:
         path.chmod(mode)
 
 
+PODMAN_CONF = Path("/etc/containers/containers.conf")
+PODMAN_MARK = "# written by the ml-env lab"
+
+
+def podman_config() -> None:
+    """The machine's podman settings, for the podman launcher on both nodes: a process without
+    CAP_SYS_RESOURCE (this machine's) cannot raise RLIMIT_NOFILE to podman's default (1048576),
+    and crun refuses this machine's hybrid cgroups, so podman runs runc with the hard limit the
+    lab itself has. A containers.conf someone else wrote is left alone."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)  # podman's own default, never above ours
+    text = (f"{PODMAN_MARK}: podman for the Slurm launcher (lab_slurm.py)\n[containers]\n"
+            f'default_ulimits = ["nofile={hard}:{hard}", "nproc={nproc}:{nproc}"]\n\n[engine]\nruntime = "runc"\n')  # fmt: skip
+    if PODMAN_CONF.exists() and not PODMAN_CONF.read_text().startswith(PODMAN_MARK):
+        log(f"{PODMAN_CONF} is not the lab's: left as it is (the podman launcher may fail here)")
+        return
+    if not PODMAN_CONF.exists() or PODMAN_CONF.read_text() != text:
+        PODMAN_CONF.parent.mkdir(parents=True, exist_ok=True)
+        PODMAN_CONF.write_text(text)
+
+
 def nodes_idle() -> bool:
     code, text = output(["env", f"SLURM_CONF={CONF}", "sinfo", "-h", "-N", "-o", "%N %t"], timeout=10)
     states = dict(line.split() for line in text.splitlines() if len(line.split()) == 2) if code == 0 else {}
@@ -147,6 +170,7 @@ def up() -> None:
         run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT],
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)  # fmt: skip
     _files()
+    podman_config()
     if read_pid("munged") is None:
         sock = SLURM / "munge" / "munge.socket"
         start("munged", ["munged", "-F", "-f", f"--key-file={SLURM / 'munge-key' / 'munge.key'}",
@@ -159,7 +183,7 @@ def up() -> None:
         start("slurmd-node1", ["slurmd", "-D", "-N", "node1", "-f", str(CONF)])
     if read_pid("slurmd-node2") is None:
         hide = " ".join(HIDDEN_ON_NODE2)
-        script = (f"for d in {hide}; do mount -t tmpfs -o mode=0755,size=64m tmpfs $d; done; chmod 1777 /tmp; "
+        script = (f"for d in {hide}; do mount -t tmpfs -o mode=0755,size=4g tmpfs $d; done; chmod 1777 /tmp; "
                   'exec "$@"')  # fmt: skip
         start("slurmd-node2", ["nsenter", f"--net=/var/run/netns/{REMOTE_NETNS}", "unshare", "--mount",
                                "--propagation", "private", "sh", "-c", script, "sh",

@@ -50,6 +50,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "runs list": ("runs", "list runs"),
     "runs show": ("runs", "show one run"),
     "runs gc": ("runs", "mark runs whose ml-env process died as lost; remove their containers"),
+    "compute list": ("runs", "the compute targets the config files declare ([compute.NAME])"),
     "serve": ("serve", "run a scoring server locally; serve list|stop|logs"),
     "serve list": ("serve", "your services on the engine (--all: everyone's)"),
     "serve stop": ("serve", "stop and remove a service"),
@@ -78,6 +79,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 # the first word of a two-word command, when it is not a command itself
 GROUPS: dict[str, str] = {
     "runs": "run history: list, show, gc",
+    "compute": "compute targets: list",
     "ledger": "the release ledger: show",
     "model": "model versions in a registry: register, list, get, download",
 }

@@ -18,12 +18,12 @@ def _settable() -> list[options.Option]:
     seen: dict[str, options.Option] = {}
     g = groups
     every = (g.BUILD_WHERE, g.BUILD_HOW, g.RUN, g.PROMOTE, g.SIGN, g.TRUST,
-             (g.TRAIN_ENV, g.INFERENCE_ENV, g.VERSIONS, g.SPEC_ENV, g.MODEL_REPOSITORY, g.PACKAGE_REPOSITORY))  # fmt: skip
+             (g.TRAIN_ENV, g.INFERENCE_ENV, g.VERSIONS, g.SPEC_ENV, g.MODEL_REPOSITORY, g.PACKAGE_REPOSITORY), g.COMPUTE)  # fmt: skip
     for group in every:
         for o in group:
             if (o.config or o.env) and (o.config or o.name) not in seen:
                 seen[o.config or o.name] = o
-    missing = set(KEYS) - {o.config for o in seen.values()}
+    missing = set(KEYS) - {o.config for o in seen.values()} - {"compute"}  # tables: `ml-env compute list`
     assert not missing, f"config keys no option declares: {missing}"
     return list(seen.values())
 

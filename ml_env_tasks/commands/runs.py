@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from ..settings.groups import BUILD_HOW, BUILD_WHERE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS
+from typing import TYPE_CHECKING
+
+from ..settings.groups import BUILD_HOW, BUILD_WHERE, COMPUTE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS
 from ..settings.options import Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
+
+if TYPE_CHECKING:
+    from ..runs.runner import Runner
 from .common import build_options, cell, code, rows
 
 
@@ -73,6 +78,7 @@ def run_train(v: Values, io: Console) -> Outcome:
     if v.runner == "kubernetes" and v.register_model:
         raise UsageError("--register-model needs the run's outputs here: not with --runner kubernetes")
     model = parse_register_model(v.register_model, v.registry, flag("register-model"))
+    runner = _runner(v, io)
     kube = v.runner == "kubernetes"
     pairs = parse_pairs(v.inputs, flag("input"))
     paths, volumes = split_inputs(pairs)
@@ -112,7 +118,7 @@ def run_train(v: Values, io: Console) -> Outcome:
         emitted = emit_job(opts, kopts, info=io.info)
         return Outcome(emitted.to_json(), f"Job {emitted.job} (run {emitted.run_id}) written to {emitted.file}")
     with io.section(f"ml-env train {opts.script}"):
-        result = train(opts, on_line=io.log, info=io.info)
+        result = train(opts, on_line=io.log, info=io.info, runner=runner)
     record = result.record.to_dict()
     text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
     outputs = {
@@ -149,6 +155,52 @@ def run_train(v: Values, io: Console) -> Outcome:
     if str(result.status) != "completed":
         notes = (Annotation(f"run {result.run_id} {result.status}: {rec.reason or ''}", title="ml-env train"),)
     return Outcome(record, text, result.cli_exit_code, outputs, summary, notes)
+
+
+def _runner(v: Values, io: Console) -> Runner | None:
+    """The runner the compute target names (None: the command's engine, as without one)."""
+    from ..errors import UsageError
+
+    if not v.compute:
+        if v.nodes is not None:
+            raise UsageError("--nodes runs one container per node of a Slurm target: give --compute NAME")
+        return None
+    from ..settings.compute import target
+    from ..settings.files import load_layers
+
+    t = target(load_layers(), v.compute)
+    if t.type == "slurm":
+        from ..runs.slurm import SlurmRunner
+
+        return SlurmRunner(t, nodes=v.nodes, say=io.info)
+    if v.nodes is not None:
+        raise UsageError(f"--nodes: compute target {t.name} is a {t.type} target; several nodes need a Slurm one")
+    if t.type == "docker":
+        if t.get("context"):
+            from ..engine import select_context
+
+            select_context(t.get("context"))
+        return None
+    raise UsageError(f"compute target {t.name} is a Kubernetes target: --runner kubernetes --emit FILE writes its Job")
+
+
+def run_compute_list(v: Values, io: Console) -> Outcome:
+    import argparse
+
+    from ..settings.compute import targets
+    from ..settings.files import load_layers
+    from ..settings.options import resolve_options
+
+    layers = load_layers()
+    found = targets(layers)
+    chosen = [c for c in COMPUTE if c.name == "compute"]
+    default = resolve_options(chosen, argparse.Namespace(), layers=layers).values.get("compute")
+    rows = [f"{'NAME':20} {'TYPE':11} SETTINGS"] + [
+        f"{t.name + (' (default)' if t.name == default else ''):20} {t.type:11} "
+        + ", ".join(f"{k}={x}" for k, x in sorted(t.settings.items()))
+        for t in found.values()
+    ]
+    return Outcome({"default": default, "targets": [t.to_json() for t in found.values()]}, "\n".join(rows))
 
 
 def run_list(v: Values, io: Console) -> Outcome:
@@ -206,7 +258,7 @@ def run_gc(v: Values, io: Console) -> Outcome:
 COMMANDS = {
     "train": Command(
         "train", "run a training script inside an environment (built or reused by hash)",
-        TRAIN + RUN + KUBE + BUILD_WHERE + BUILD_HOW, run_train,
+        TRAIN + RUN + COMPUTE + KUBE + BUILD_WHERE + BUILD_HOW, run_train,
         usage="ml-env train [--env ENV] --source DIR --script FILE [options] [-- SCRIPT ARGS...]",
         required=("source", "script"), script_args=True,
         action=Action(
@@ -225,6 +277,8 @@ COMMANDS = {
         "runs show", "show one run", (Option("run_id", ("run_id",), help="a run id or a unique prefix"),) + RUNS_DIR,
         run_show,
     ),
+    "compute list": Command("compute list", "the compute targets the config files declare ([compute.NAME])", (),
+                            run_compute_list),
     "runs gc": Command("runs gc", "mark runs whose ml-env process died as lost; remove their containers", RUNS_DIR,
                        run_gc),
 }  # fmt: skip

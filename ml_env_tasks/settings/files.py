@@ -62,6 +62,8 @@ KEYS: dict[str, type] = {
     "verify_key": str,
     "certificate_identity": str,
     "certificate_oidc_issuer": str,
+    "compute": dict,  # [compute.NAME] tables: settings.compute
+    "default_compute": str,  # the target train uses without --compute
 }
 
 # what only the invoking user may set (never the project's table), and why
@@ -160,6 +162,8 @@ def _read(path: Path, *, table: tuple[str, ...] = (), project: bool = False) -> 
         if not isinstance(v, KEYS[k]):
             kind = "an array of strings" if KEYS[k] is list else f"a {KEYS[k].__name__}"
             raise UsageError(f"must be {kind}", file=str(path), key=key)
+        if isinstance(v, dict) and not all(isinstance(t, dict) for t in v.values()):
+            raise UsageError("must hold [compute.NAME] tables", file=str(path), key=key)
         texts = v if isinstance(v, list) else [v] if isinstance(v, str) else []
         if not all(isinstance(t, str) and t.isprintable() and len(t) <= 4096 for t in texts):
             what = "strings without" if isinstance(v, list) else "a string without"

@@ -27,6 +27,7 @@ __all__ = [
     "SPEC_ENV",
     "MODEL_REPOSITORY",
     "PACKAGE_REPOSITORY",
+    "COMPUTE",
 ]
 
 
@@ -194,3 +195,12 @@ SPEC_ENV = O("spec_env", "--spec-env", kind="list", env="ML_ENV_SPEC_ENV", confi
 INFERENCE_ENV = O("env", "--env", env="ML_ENV_INFERENCE_ENV", config="inference_env",
                   help='inference environment (inference = true, or [inference] server = "azureml"), curated/NAME, '
                        "NAME:VERSION or an image")  # fmt: skip
+# where a run goes: a compute target ([compute.NAME], settings.compute); none: the command's engine
+COMPUTE = (
+    O("compute", "--compute", env="ML_ENV_COMPUTE", config="default_compute", metavar="NAME",
+      help="the compute target to run on ([compute.NAME] in the config: docker, slurm or kubernetes); "
+           "default_compute in the config, else the command's engine"),
+    O("nodes", "--nodes", kind="int",
+      help="nodes for a run on a Slurm target (default: the target's nodes, else 1); one container per node "
+           "with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, NODE_RANK, LOCAL_RANK set"),
+)  # fmt: skip
