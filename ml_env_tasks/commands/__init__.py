@@ -50,6 +50,9 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "runs list": ("runs", "list runs"),
     "runs show": ("runs", "show one run"),
     "runs gc": ("runs", "mark runs whose ml-env process died as lost; remove their containers"),
+    "runs logs": ("runs", "a run's log (a cluster run's, so far)"),
+    "runs wait": ("runs", "follow a cluster run to its end; exit with its exit code"),
+    "runs cancel": ("runs", "cancel a cluster run (scancel) and record it cancelled"),
     "compute list": ("runs", "the compute targets the config files declare ([compute.NAME])"),
     "serve": ("serve", "run a scoring server locally; serve list|stop|logs"),
     "serve list": ("serve", "your services on the engine (--all: everyone's)"),
@@ -78,7 +81,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 # the first word of a two-word command, when it is not a command itself
 GROUPS: dict[str, str] = {
-    "runs": "run history: list, show, gc",
+    "runs": "run history: list, show, logs, wait, cancel, gc",
     "compute": "compute targets: list",
     "ledger": "the release ledger: show",
     "model": "model versions in a registry: register, list, get, download",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..settings.groups import BUILD_HOW, BUILD_WHERE, COMPUTE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS
 from ..settings.options import Option, Source
@@ -29,6 +29,8 @@ TRAIN = (
     Option("script", ("--script",), help="script path inside --source"),
     Option("args", ("--args",), gha="args", help="arguments for the script, in one string (actions; on the CLI put them after --)"),
     VERSIONS,
+    Option("detach", ("--detach",), kind="flag", default=False, gha=None,
+           help="with a Slurm --compute target: submit, print the run id and return (runs show|logs|wait|cancel)"),
     Option("register_model", ("--register-model",), metavar="NAME=outputs/PATH",
            help="after a completed run, register that folder of its outputs as the next version of model NAME "
                 "(needs --registry)"),
@@ -48,6 +50,7 @@ KUBE = (
            help="with --runner kubernetes: seconds a finished Job (and its logs) is kept (default 7 days)"),
 )  # fmt: skip
 RUNS_DIR = tuple(o for o in RUN if o.name == "runs_dir")
+RUN_REF = (Option("run_id", ("run_id",), help="a run id or a unique prefix"),)
 OUTPUTS = {
     "run-id": "The run's id (runs/<run-id>/run.json holds its record)",
     "status": "completed, failed, canceled, timed_out or lost",
@@ -79,6 +82,10 @@ def run_train(v: Values, io: Console) -> Outcome:
         raise UsageError("--register-model needs the run's outputs here: not with --runner kubernetes")
     model = parse_register_model(v.register_model, v.registry, flag("register-model"))
     runner = _runner(v, io)
+    if v.detach and (runner is None or not hasattr(runner, "submit")):
+        raise UsageError("--detach leaves a run to a cluster: give --compute NAME of a Slurm target")
+    if v.detach and model:
+        raise UsageError("--register-model needs the run's end: with --detach, register after `ml-env runs wait`")
     kube = v.runner == "kubernetes"
     pairs = parse_pairs(v.inputs, flag("input"))
     paths, volumes = split_inputs(pairs)
@@ -118,8 +125,12 @@ def run_train(v: Values, io: Console) -> Outcome:
         emitted = emit_job(opts, kopts, info=io.info)
         return Outcome(emitted.to_json(), f"Job {emitted.job} (run {emitted.run_id}) written to {emitted.file}")
     with io.section(f"ml-env train {opts.script}"):
-        result = train(opts, on_line=io.log, info=io.info, runner=runner)
+        result = train(opts, on_line=io.log, info=io.info, runner=runner, detach=v.detach)
     record = result.record.to_dict()
+    if v.detach:
+        job = (result.record.engine or {}).get("job_id")
+        return Outcome(record, f"{result.run_id}  submitted (job {job}); ml-env runs wait {result.run_id}", 0,
+                       {"run-id": result.run_id, "status": "running", "exit-code": "", "outputs": str(result.outputs)})  # fmt: skip
     text = f"run {result.run_id}: {result.status}; outputs in {result.outputs}"
     outputs = {
         "run-id": result.run_id,
@@ -211,22 +222,70 @@ def run_list(v: Values, io: Console) -> Outcome:
     runs = [r for r in list_runs(v.runs_dir, warn=io.warn) if not v.experiment or r.experiment == v.experiment]
 
     def text() -> str:
-        rows = [f"{'RUN':52} {'STATUS':10} {'EXIT':>4}  {'STARTED':24} METRICS"]
+        rows = [f"{'RUN':52} {'STATUS':10} {'EXIT':>4}  {'STARTED':24} {'WHERE':22} METRICS"]
         for r in runs:
             metrics = ", ".join(f"{printable(k, 30)}={printable(x, 30)}" for k, x in list(r.metrics.items())[:3])
             code = "" if r.exit_code is None else str(r.exit_code)
-            rows.append(f"{r.run_id:52} {r.status:10} {code:>4}  {printable(r.started, 24):24} {metrics}")
+            rows.append(
+                f"{r.run_id:52} {r.status:10} {code:>4}  {printable(r.started, 24):24} {_where(r):22} {metrics}"
+            )
         return "\n".join(rows)
 
     return Outcome([r.to_dict() for r in runs], text)
 
 
+def _where(r: Any) -> str:
+    """Where a run ran, in a few words: the compute target and job, or the engine."""
+    from ..safe.grammar import printable
+
+    e = r.engine or {}
+    if e.get("type") == "slurm":
+        return printable(f"{e.get('compute')} job {e.get('job_id')}", 22)
+    return printable(str(e.get("endpoint") or "-"), 22)
+
+
+def _cluster_run(v: Values, io: Console) -> tuple[Any, Any]:
+    """(run folder, record) of ``v.run_id``, a cluster run asked of Slurm now."""
+    from ..runs import load_run
+    from ..runs.detached import refresh
+
+    r = load_run(v.runs_dir, v.run_id)
+    return v.runs_dir / r.run_id, refresh(v.runs_dir / r.run_id, r, io.info)
+
+
+def run_logs(v: Values, io: Console) -> Outcome:
+    from ..runs.detached import log_text
+
+    run_dir, r = _cluster_run(v, io)
+    text = log_text(run_dir, r)
+    return Outcome({"run_id": r.run_id, "status": str(r.status), "log": text}, text.rstrip("\n"))
+
+
+def run_wait(v: Values, io: Console) -> Outcome:
+    from ..runs.detached import wait
+    from ..runs.train import RunResult
+
+    run_dir, r = _cluster_run(v, io)
+    r = wait(run_dir, r, io.log, io.info)
+    result = RunResult(r, run_dir)
+    return Outcome(r.to_dict(), f"run {r.run_id}: {r.status}" + (f" (exit {r.exit_code})" if r.exit_code is not None
+                                                                   else ""), result.cli_exit_code)  # fmt: skip
+
+
+def run_cancel(v: Values, io: Console) -> Outcome:
+    from ..runs.detached import cancel_run
+
+    run_dir, r = _cluster_run(v, io)
+    r = cancel_run(run_dir, r, io.info)
+    return Outcome(r.to_dict(), f"run {r.run_id}: {r.status}")
+
+
 def run_show(v: Values, io: Console) -> Outcome:
-    from ..runs import load_run, reap_lost
+    from ..runs import reap_lost
     from ..safe.grammar import printable as pr
 
     reap_lost(v.runs_dir, warn=io.warn)
-    r = load_run(v.runs_dir, v.run_id)
+    _, r = _cluster_run(v, io)
 
     def text() -> str:
         env, src = r.environment, r.source
@@ -237,6 +296,10 @@ def run_show(v: Values, io: Console) -> Outcome:
             f"environment: {pr(env.name or '-')}  {pr(env.image)}  {pr(env.digest or '')}",
             f"source:      {pr(src.path)}  snapshot {src.snapshot_hash[:16]}  git {pr(src.git_commit or '-')}{dirty}",
             f"command:     {pr(' '.join(r.command), 500)}",
+            f"where:       {pr(_where(r), 200)}"
+            + (
+                f"  nodes {pr((r.engine or {}).get('nodes') or '-')}" if (r.engine or {}).get("type") == "slurm" else ""
+            ),
             f"time:        {pr(r.started)} -> {pr(r.ended or '(running)')}",
         ]
         rows += [f"metric:      {pr(k, 60)} = {pr(x, 60)}" for k, x in r.metrics.items()]
@@ -279,6 +342,11 @@ COMMANDS = {
     ),
     "compute list": Command("compute list", "the compute targets the config files declare ([compute.NAME])", (),
                             run_compute_list),
+    "runs logs": Command("runs logs", "a run's log (a cluster run's, so far)", RUN_REF + RUNS_DIR, run_logs),
+    "runs wait": Command("runs wait", "follow a cluster run to its end; exit with its exit code", RUN_REF + RUNS_DIR,
+                         run_wait),
+    "runs cancel": Command("runs cancel", "cancel a cluster run (scancel) and record it cancelled", RUN_REF + RUNS_DIR,
+                           run_cancel),
     "runs gc": Command("runs gc", "mark runs whose ml-env process died as lost; remove their containers", RUNS_DIR,
                        run_gc),
 }  # fmt: skip

@@ -134,22 +134,32 @@ def launch_script(job: Job, settings: dict[str, object], layout: Layout) -> str:
     if launcher == "podman" and is_loopback(job.image.split("/", 1)[0]):
         flags.append("--tls-verify=false")  # a loopback registry speaks plain HTTP, as everywhere here
     run = f"{launcher} run {' '.join(flags)} {q(job.image)} {' '.join(q(a) for a in job.command)}"
+    lines = [
+        "#!/bin/bash",
+        "# written by ml-env: this node's part of the run",
+        "set -u",
+        'export RANK="$SLURM_NODEID" NODE_RANK="$SLURM_NODEID" LOCAL_RANK=0',
+        f'name="ml-env-run-{job.run_id[:80]}-$SLURM_NODEID"',
+        f'cleanup() {{ {launcher} rm -f "$name" >/dev/null 2>&1 || true; }}',
+        "trap cleanup EXIT",
+        "trap 'cleanup; exit 143' TERM INT",
+        f"{run} &",
+        "pid=$!",
+    ]
     if job.timeout:
-        run = f"timeout --kill-after=10 {math.ceil(job.timeout)} {run}"
-    return (
-        "\n".join(
-            [
-                "#!/bin/bash",
-                "# written by ml-env: this node's part of the run",
-                "set -u",
-                'export RANK="$SLURM_NODEID" NODE_RANK="$SLURM_NODEID" LOCAL_RANK=0',
-                f'name="ml-env-run-{job.run_id[:80]}-$SLURM_NODEID"',
-                f'cleanup() {{ {launcher} rm -f "$name" >/dev/null 2>&1 || true; }}',
-                "trap cleanup EXIT",
-                "trap 'cleanup; exit 143' TERM INT",
-                f"{run} &",
-                'wait "$!"',
-            ]
-        )
-        + "\n"
-    )
+        # the limit is ml-env's own: the container is stopped (TERM, then KILL 10 s later) and the
+        # node's part ends with 124, whatever the script's PID 1 does with TERM
+        marker = q(str(layout.root / "timed-out"))
+        lines += [
+            f"( sleep {math.ceil(job.timeout)}; touch {marker}; "
+            f'echo "ml-env: the run reached its time limit ({math.ceil(job.timeout)} s): stopping it"; '
+            f'{launcher} stop -t 10 "$name" >/dev/null 2>&1 ) &',
+            "watch=$!",
+            'wait "$pid"; code=$?',
+            'kill "$watch" 2>/dev/null',
+            f"if [ -e {marker} ]; then exit 124; fi",
+            'exit "$code"',
+        ]
+    else:
+        lines.append('wait "$pid"')
+    return "\n".join(lines) + "\n"

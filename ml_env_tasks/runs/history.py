@@ -40,6 +40,8 @@ def reap_lost(runs_dir: Path, *, warn: Callable[[str], None] | None = None) -> l
     for d, rec in _records(runs_dir, None):
         if rec.status is not RunStatus.RUNNING or rec.cli is None or rec.cli.alive() is not False:
             continue
+        if rec.engine and rec.engine.get("type") == "slurm":
+            continue  # the cluster runs it, not that process: `runs show`/`wait` ask Slurm
         rec.status = RunStatus.LOST
         rec.ended = now()
         rec.reason = f"the ml-env process that ran it (pid {rec.cli.pid}) ended without finishing the run"

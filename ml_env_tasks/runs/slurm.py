@@ -33,7 +33,7 @@ from .record import RunStatus
 from .runner import Job, Outcome, on_stop_signals
 from .snapshot import tar_chunks
 
-__all__ = ["SlurmRunner", "JobState", "job_state", "cancel"]
+__all__ = ["SlurmRunner", "JobState", "job_state", "cancel", "follow_job", "conclude"]
 
 POLL_S = 0.25
 TIMEOUT_S = 60.0  # one Slurm command
@@ -115,6 +115,22 @@ class SlurmRunner:
         if not 1 <= self.nodes <= 64:
             raise UsageError("--nodes must be between 1 and 64")
 
+    def precheck(self, opts: Any) -> None:
+        """What a run's options alone say will fail: refused before anything is built or made."""
+        if opts.secrets:
+            raise UsageError("--secret is not passed to Slurm jobs: the controller keeps a job's environment",
+                             hint="give the job its secrets the cluster's own way (a file only its user reads)")  # fmt: skip
+        if opts.input_volumes:
+            raise UsageError("--input NAME=volume:... names one engine's volume: not on a Slurm target")
+        registry = getattr(opts.build, "registry", None)
+        if not registry and "@sha256:" not in opts.environment:
+            raise UsageError(
+                "a Slurm run pulls the environment by digest on its nodes: the image must be in a registry",
+                hint="give --registry (the nodes must reach it)",
+            )
+        if not self.shared.is_dir():
+            raise UsageError(f"compute target {self.target.name}: its shared folder {self.shared} does not exist here")
+
     def check(self, job: Job) -> None:
         """What can fail before anything is submitted."""
         if "@" not in job.image or "/" not in job.image.split("@")[0]:
@@ -149,49 +165,20 @@ class SlurmRunner:
         return job_id, layout
 
     def follow(self, job_id: str, layout: Layout, outputs: Path, on_line: Callable[[str], None]) -> Outcome:
-        canceled: list[bool] = []
+        state, canceled = follow_job(job_id, layout, on_line, self.say)
+        return self.finish(state, layout, outputs, canceled=canceled)
 
-        def stop(_signum: int) -> None:
-            if not canceled:
-                canceled.append(True)
-                self.say(f"cancelling job {job_id} (scancel)")
-                cancel(job_id)
-
-        with on_stop_signals(stop), _tail(layout.log) as lines:
-            while True:
-                for line in lines():
-                    on_line(line)
-                state = job_state(job_id)
-                if state.ended:
-                    time.sleep(POLL_S)  # the last lines reach the shared log after the state changes
-                    for line in lines():
-                        on_line(line)
-                    break
-                time.sleep(POLL_S)
-        return self.finish(state, layout, outputs, canceled=bool(canceled))
+    def where(self, job_id: str, layout: Layout) -> dict[str, Any]:
+        """What the run record keeps of where it runs: enough to follow it from another process."""
+        return {
+            "compute": self.target.name, "type": "slurm", "job_id": job_id, "shared_dir": str(layout.root),
+            "node_count": self.nodes, "launcher": self.target.get("launcher", "docker"),
+            **({"partition": self.target.get("partition")} if self.target.get("partition") else {}),
+            "files": "shared folder",
+        }  # fmt: skip
 
     def finish(self, state: JobState, layout: Layout, outputs: Path, *, canceled: bool = False) -> Outcome:
-        if layout.outputs.is_dir():
-            shutil.copytree(layout.outputs, outputs, symlinks=True, dirs_exist_ok=True)
-        shutil.rmtree(layout.root, ignore_errors=True)
-        where: dict[str, Any] = {
-            "compute": self.target.name, "type": "slurm", "job_id": state.job_id, "state": state.state,
-            "nodes": state.nodes, "node_count": self.nodes, "launcher": self.target.get("launcher", "docker"),
-            **({"partition": self.target.get("partition")} if self.target.get("partition") else {}),
-            "times": state.times, "files": "shared folder",
-        }  # fmt: skip
-        code = state.exit_code
-        if state.state == "COMPLETED":
-            return Outcome(RunStatus.COMPLETED, 0, None, where)
-        if state.state == "CANCELLED" or canceled:
-            return Outcome(RunStatus.CANCELED, code, "the Slurm job was cancelled", where)
-        if state.state in ("TIMEOUT", "DEADLINE") or code == 124:
-            return Outcome(RunStatus.TIMED_OUT, 124, "the run reached its time limit", where)
-        if state.state == "VANISHED":
-            return Outcome(RunStatus.LOST, None, f"job {state.job_id} vanished from the Slurm controller", where)
-        why = {"NODE_FAIL": "a node failed", "OUT_OF_MEMORY": "out of memory", "BOOT_FAIL": "a node did not boot",
-               "PREEMPTED": "the job was preempted"}.get(state.state, f"the script exited with {code}")  # fmt: skip
-        return Outcome(RunStatus.FAILED, code, why, where)
+        return conclude(state, layout, outputs, self.where(state.job_id, layout), canceled=canceled)
 
     def _stage(self, job: Job, layout: Layout) -> None:
         """The code (its snapshot, hashes checked as it is read), the inputs and the outputs
@@ -216,6 +203,54 @@ class SlurmRunner:
         if (uid, gid) != (os.getuid(), os.getgid()):
             for p in [layout.root, *layout.root.rglob("*")]:
                 os.chown(p, uid, gid, follow_symlinks=False)
+
+
+def follow_job(
+    job_id: str, layout: Layout, on_line: Callable[[str], None], say: Callable[[str], None]
+) -> tuple[JobState, bool]:
+    """Follow a submitted job until it ends: its log lines as they come; Ctrl-C cancels it."""
+    canceled: list[bool] = []
+
+    def stop(_signum: int) -> None:
+        if not canceled:
+            canceled.append(True)
+            say(f"cancelling job {job_id} (scancel)")
+            cancel(job_id)
+
+    with on_stop_signals(stop), _tail(layout.log) as lines:
+        while True:
+            for line in lines():
+                on_line(line)
+            state = job_state(job_id)
+            if state.ended:
+                time.sleep(POLL_S)  # the last lines reach the shared log after the state changes
+                for line in lines():
+                    on_line(line)
+                return state, bool(canceled)
+            time.sleep(POLL_S)
+
+
+def conclude(
+    state: JobState, layout: Layout, outputs: Path, where: dict[str, Any], *, canceled: bool = False
+) -> Outcome:
+    """How an ended job ends the run: its outputs brought back, its shared folder removed."""
+    if layout.outputs.is_dir():
+        shutil.copytree(layout.outputs, outputs, symlinks=True, dirs_exist_ok=True)
+    shutil.rmtree(layout.root, ignore_errors=True)
+    where = {k: v for k, v in where.items() if k != "shared_dir"}
+    where.update(state=state.state, nodes=state.nodes, times=state.times)
+    code = state.exit_code
+    if state.state == "COMPLETED":
+        return Outcome(RunStatus.COMPLETED, 0, None, where)
+    if state.state == "CANCELLED" or canceled:
+        return Outcome(RunStatus.CANCELED, code, "the Slurm job was cancelled", where)
+    if state.state in ("TIMEOUT", "DEADLINE") or code == 124:
+        return Outcome(RunStatus.TIMED_OUT, 124, "the run reached its time limit", where)
+    if state.state == "VANISHED":
+        return Outcome(RunStatus.LOST, None, f"job {state.job_id} vanished from the Slurm controller", where)
+    why = {"NODE_FAIL": "a node failed", "OUT_OF_MEMORY": "out of memory", "BOOT_FAIL": "a node did not boot",
+           "PREEMPTED": "the job was preempted"}.get(state.state, f"the script exited with {code}")  # fmt: skip
+    return Outcome(RunStatus.FAILED, code, why, where)
 
 
 def _ids(user: str | None) -> tuple[int, int]:

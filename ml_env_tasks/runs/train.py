@@ -34,7 +34,16 @@ from .record import CliProcess, RunEnvironment, RunRecord, RunStatus, SourceInfo
 from .runner import INPUTS_DIR, Job, LocalDockerRunner, Outcome, Runner
 from .snapshot import SNAPSHOT_MAX_MB, SNAPSHOT_WARN_MB, Snapshot, content_hash, snapshot
 
-__all__ = ["RunOptions", "RunResult", "train", "parse_pairs", "split_inputs"]
+__all__ = [
+    "RunOptions",
+    "RunResult",
+    "train",
+    "parse_pairs",
+    "split_inputs",
+    "finish_run",
+    "METRIC_LINE",
+    "metric_value",
+]
 
 METRIC_LINE = re.compile(r"ML_ENV_METRIC\s+([A-Za-z0-9_.\-/]+)\s*=\s*(\S+)\s*", re.ASCII)
 
@@ -112,7 +121,7 @@ def _parse_metrics(outputs: Path, stdout_metrics: dict[str, Any]) -> dict[str, A
     return metrics
 
 
-def _metric_value(v: str) -> Any:
+def metric_value(v: str) -> Any:
     for conv in (int, float):
         try:
             return conv(v)
@@ -127,10 +136,16 @@ def train(
     on_line: Callable[[str], None] | None = None,
     info: Callable[[str], None] | None = None,
     runner: Runner | None = None,
+    detach: bool = False,
 ) -> RunResult:
+    """Run ``opts`` and wait for its end; ``detach``: submit it to ``runner`` (a cluster's, which
+    has ``submit``) and return at once, the run ``running`` (``runs wait`` follows it)."""
     say = info or (lambda m: print(f"ml-env: {m}", file=sys.stderr, flush=True))
     emit = on_line or (lambda line: print(line, flush=True))
     _validate(opts)
+    precheck = getattr(runner, "precheck", None)
+    if precheck is not None:
+        precheck(opts)  # a cluster's refusals come before the snapshot and the build
     args, output_names = expand(opts.args, [*opts.inputs, *opts.input_volumes])
     for lost in reap_lost(opts.runs_dir, warn=lambda m: say("warning: " + m)):
         say(f"warning: run {lost} had lost its ml-env process: marked lost, its container removed")
@@ -217,7 +232,7 @@ def train(
             log.flush()
             m = METRIC_LINE.fullmatch(line)
             if m:
-                stdout_metrics[m.group(1)] = _metric_value(m.group(2))
+                stdout_metrics[m.group(1)] = metric_value(m.group(2))
             emit(line)
 
         job = Job(
@@ -234,6 +249,15 @@ def train(
             timeout=opts.timeout,
             volumes=dict(opts.input_volumes),
         )
+        if detach:
+            submit = getattr(runner, "submit", None)
+            if submit is None or runner is None:
+                raise UsageError("--detach leaves a run to a cluster: give --compute NAME of a Slurm target")
+            job_id, layout = submit(job)
+            record.engine = runner.where(job_id, layout)  # type: ignore[attr-defined]
+            record.save(run_dir)
+            say(f"run {run_id}: job {job_id}, detached; `ml-env runs wait {run_id}` follows it to its end")
+            return RunResult(record, run_dir)
         if runner is None:
             runner = LocalDockerRunner()
             if runner.remote:
@@ -241,10 +265,10 @@ def train(
         try:
             outcome = runner.run(job, line_out)
         except MlEnvError as e:
-            _finish(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics, say)
+            finish_run(run_dir, record, Outcome(RunStatus.FAILED, None, str(e)), outputs, stdout_metrics, say)
             raise
         except BaseException as e:
-            _finish(
+            finish_run(
                 run_dir,
                 record,
                 Outcome(RunStatus.FAILED, None, f"{type(e).__name__}: {e}"),
@@ -253,7 +277,7 @@ def train(
                 say,
             )
             raise
-    _finish(run_dir, record, outcome, outputs, stdout_metrics, say)
+    finish_run(run_dir, record, outcome, outputs, stdout_metrics, say)
     say(
         f"run {run_id}: {record.status}"
         + (f" (exit {record.exit_code})" if record.exit_code is not None else "")
@@ -277,7 +301,7 @@ def _without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
     return replace(snap, files=kept)
 
 
-def _finish(
+def finish_run(
     run_dir: Path,
     record: RunRecord,
     outcome: Outcome,
