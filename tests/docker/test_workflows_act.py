@@ -4,8 +4,11 @@ Each test copies the checkout (tracked and new files, as a push would have them)
 scratch folder, runs act there with its own cache folder (so the actions' virtual environment
 is installed as on a fresh runner), and asserts on what act reports: each step's result, the
 jobs' outputs, the step summaries and the annotations. GitHub's own actions cannot be fetched
-on the lab: actions/checkout is act's copy of the folder, and actions/upload-artifact is a
-local stand-in (tests/workflows/upload-artifact) that copies the paths it is given.
+on the lab: a plain actions/checkout is act's copy of the folder, one of another repository or
+ref is a local stand-in (tests/workflows/checkout) that clones a local repository, and
+actions/upload-artifact is a local stand-in (tests/workflows/upload-artifact) that copies the
+paths it is given. Another repository's workflow or action comes from a folder through act's
+--local-repository, as GitHub would fetch it at the ref named.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] |
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
     env.update({"XDG_CACHE_HOME": str(home), "CI": "", **(extra_env or {})})
     cmd = [act_binary(), "push", "-P", "ubuntu-latest=-self-hosted", "--json", "--env", f"ACT_ARTIFACTS={home / 'artifacts'}",
-           "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}", *args]  # fmt: skip
+           "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}",
+           "--local-repository", f"actions/checkout@v4={HERE / 'checkout'}", *args]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
     return ActRun(proc)
 
