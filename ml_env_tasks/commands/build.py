@@ -259,7 +259,7 @@ COMMANDS = {
             "ml-env matrix",
             "The environment files of a folder as a GitHub Actions matrix ({\"include\": [{env, spec, name, "
             "inference}]}), each parsed first: a broken one fails here, before any job starts.",
-            {"matrix": "The matrix as JSON, for strategy.matrix: ${{ fromJson(...) }}"},
+            {"matrix": "The matrix as JSON, for strategy.matrix through fromJson"},
         ),
         session=Session("env_matrix", "Print the environments as a GitHub Actions matrix (JSON; also to $GITHUB_OUTPUT)."),
     ),

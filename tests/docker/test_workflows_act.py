@@ -4,14 +4,18 @@ Each test copies the checkout (tracked and new files, as a push would have them)
 scratch folder, runs act there with its own cache folder (so the actions' virtual environment
 is installed as on a fresh runner), and asserts on what act reports: each step's result, the
 jobs' outputs, the step summaries and the annotations. GitHub's own actions cannot be fetched
-on the lab: actions/checkout is act's copy of the folder, and actions/upload-artifact is a
-local stand-in (tests/workflows/upload-artifact) that copies the paths it is given.
+on the lab: a plain actions/checkout is act's copy of the folder, one of another repository or
+ref is a local stand-in (tests/workflows/checkout) that clones a local repository, and
+actions/upload-artifact is a local stand-in (tests/workflows/upload-artifact) that copies the
+paths it is given. Another repository's workflow or action comes from a folder through act's
+--local-repository, as GitHub would fetch it at the ref named.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -82,7 +86,8 @@ def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] |
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
     env.update({"XDG_CACHE_HOME": str(home), "CI": "", **(extra_env or {})})
     cmd = [act_binary(), "push", "-P", "ubuntu-latest=-self-hosted", "--json", "--env", f"ACT_ARTIFACTS={home / 'artifacts'}",
-           "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}", *args]  # fmt: skip
+           "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}",
+           "--local-repository", f"actions/checkout@v4={HERE / 'checkout'}", *args]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
     return ActRun(proc)
 
@@ -201,3 +206,104 @@ def test_reusable_workflow_from_a_caller_with_two_registries(
         from .helpers import delete_repository
 
         delete_repository(lab["registry"], destination.split("/", 1)[1])
+
+
+CALLED_VERSION = "0.1.0+acme.v1"  # the called ref's version: no other ml-env-tasks has it
+
+
+def _called_repository(dest: Path) -> str:
+    """This checkout as acme-org/ml_env_tasks, tagged v1, at a version of its own; its commit."""
+    lib = copy_checkout(dest)
+    pyproject = lib / "pyproject.toml"
+    text = pyproject.read_text()
+    assert '\nversion = "0.1.0"\n' in text
+    pyproject.write_text(text.replace('\nversion = "0.1.0"\n', f'\nversion = "{CALLED_VERSION}"\n', 1))
+    git = ["git", "-c", "user.name=act", "-c", "user.email=act@localhost"]
+    subprocess.run([*git, "commit", "-qam", "v1"], cwd=lib, check=True)
+    subprocess.run([*git, "tag", "v1"], cwd=lib, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=lib, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _adopter(dest: Path) -> Path:
+    """A repository of its own: an environment file, a training script, an entry script and its
+    cases, a pyproject.toml naming where its images go, and the workflow. It also has a
+    ci/github/install.sh of its own that fails: a workflow that ran the caller's files would stop."""
+    for src, rel in (
+        ("envs/requirements/sklearn.txt", "envs/requirements/sklearn.txt"),
+        ("examples/train/train.py", "src/train/train.py"),
+        ("examples/serve/score.py", "serve/score.py"),
+        ("examples/serve/cases.jsonl", "serve/cases.jsonl"),
+        ("tests/workflows/adopter.yml", ".github/workflows/ml.yml"),
+    ):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / src, dest / rel)
+    spec = (ROOT / "envs/sklearn-inference.toml").read_text()
+    (dest / "envs/scoring.toml").write_text(spec.replace('name = "sklearn-inference"', 'name = "scoring"', 1))
+    (dest / "pyproject.toml").write_text(
+        '[project]\nname = "acme-models"\nversion = "2.0.0"\n\n'
+        '[tool.ml-env]\nrepository = "acme/{name}"\npackage_repository = "acme/packages/{name}"\n'
+        'model_repository = "acme/models/{name}"\n'
+    )
+    decoy = dest / "ci/github/install.sh"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text("echo 'DECOY: the caller repository was used as ml-env-tasks' >&2\nexit 3\n")
+    git = ["git", "-c", "user.name=acme", "-c", "user.email=acme@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://github.com/acme/models.git"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "models"], cwd=dest, check=True)
+    return dest
+
+
+def test_an_adopter_calls_the_workflow_and_an_action_at_a_tag(tmp_path: Path, act_home: Path, lab: dict) -> None:
+    """Another repository calls `acme-org/ml_env_tasks/.github/workflows/ml-env-pipeline.yml@v1`
+    and `acme-org/ml_env_tasks/ci/github/build@v1`: every ml-env that runs is the library of v1
+    (installed from that ref, never from the caller's checkout nor the machine's Python), and the
+    images go where the adopter's pyproject.toml says, with no repository given anywhere."""
+    called = tmp_path / "ml_env_tasks"
+    sha = _called_repository(called)
+    repo = _adopter(tmp_path / "adopter")
+    report = tmp_path / "report.json"
+    run = run_act(
+        repo,
+        act_home,
+        ["-W", ".github/workflows/ml.yml", "--local-repository", f"acme-org/ml_env_tasks@v1={called}",
+         "--env", f"ACT_REPOSITORIES=acme-org/ml_env_tasks={called}", "--env", f"REPORT={report}"],
+    )  # fmt: skip
+    assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
+    results = run.jobs()
+    assert set(results.values()) == {"success"}, results
+    for job in ("/matrix", "/build", "/pipeline", "env", "report"):
+        assert any(job in j for j in results), (job, results)
+    log = run.log()
+    assert "DECOY" not in log
+    # each job of the reusable workflow checked out the workflow's own repository at v1 ...
+    assert log.count(f"ml-env-tasks from acme-org/ml_env_tasks@v1 ({sha})") == 3, run.tail()
+    # ... and every ml-env installed in this run is v1's: a virtual environment of its own in the
+    # runner's tool cache, whose ml-env-tasks has the called ref's version
+    installs = re.findall(r"ml-env-tasks: (/\S+)", log)
+    assert len(installs) >= 4, run.tail()  # matrix, build, pipeline and the adopter's own job
+    for venv in set(installs):
+        assert venv.startswith(str(act_home)), venv  # the tool cache, not the machine's Python
+        version = subprocess.run([f"{venv}/bin/python", "-I", "-c", "import importlib.metadata as m; print(m.version('ml-env-tasks'))"],
+                                 capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        assert version == CALLED_VERSION, (venv, version)
+    assert re.search(
+        rf"ml-env-tasks {re.escape(CALLED_VERSION)} from {re.escape(str(act_home))}\S+/ml_env_tasks/__init__.py", log
+    )
+    # the images are the adopter's: acme/... as its pyproject.toml says
+    needs = json.loads(report.read_text())
+    out = needs["ml"]["outputs"]
+    assert out["image"].startswith("127.0.0.1:5000/acme/packages/scoring:"), out
+    assert out["model"].startswith("model:") and out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
+    built = needs["env"]["outputs"]
+    assert built["image"].startswith("127.0.0.1:5000/acme/scoring:"), built
+    from ml_env_tasks.registry import RegistryClient
+
+    client = RegistryClient(lab["registry"])
+    tag = built["image"].rsplit(":", 1)[1]
+    found = client.head_manifest("acme/scoring", tag)
+    assert found is not None and found.digest == built["ref"].rsplit("@", 1)[1]
+    assert client.head_manifest("acme/packages/scoring", out["image"].rsplit(":", 1)[1]) is not None

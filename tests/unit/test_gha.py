@@ -60,6 +60,9 @@ def test_action_files_are_well_formed(path: Path) -> None:
     assert doc["runs"]["using"] == "composite"
     for name, spec in doc["inputs"].items():
         assert spec.get("description"), f"input {name} has no description"
+    for section in ("inputs", "outputs"):  # act evaluates expressions in descriptions too
+        for name, spec in (doc.get(section) or {}).items():
+            assert "${{" not in spec["description"], f"{section[:-1]} {name}: an expression in its description"
     ids = {s.get("id") for s in doc["runs"]["steps"]}
     for step in doc["runs"]["steps"]:
         if "run" in step:
