@@ -37,10 +37,8 @@ SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "2>", "2>&1", "&>"
 CLOUD = re.compile(r"(azureml|https?|wasbs?|abfss?|adl|s3|gs):", re.I)
 LITERAL_TYPES = {"string", "integer", "number", "boolean"}
 KNOWN = {"$schema", "type", "command", "code", "inputs", "outputs", "environment", "environment_variables",
-         "experiment_name", "limits", "resources"}  # fmt: skip
+         "experiment_name", "limits", "resources", "compute", "distribution"}  # fmt: skip
 NOT_MAPPED = {
-    "compute": "the run goes to the engine DOCKER_HOST names",
-    "distribution": "one process in one container",
     "identity": "the run has your local credentials only through --secret",
     "services": "no interactive services",
     "queue_settings": "no queue",
@@ -158,6 +156,7 @@ def import_command_job(
     if experiment:
         argv += ["--experiment", experiment]
     argv += _limits(j)
+    argv += _compute(j)
     if args:
         argv += ["--", *args]
     return ImportedJob(env_ref, argv, environment, j.warnings)
@@ -322,6 +321,41 @@ def _limits(j: _Job) -> list[str]:
         if not isinstance(shm, str) or not re.fullmatch(r"\d{1,6}[kmgKMG]?[bB]?", shm):
             raise j.err("resources.shm_size", "must be a size such as 2g")
         out += ["--shm-size", shm]
-    for k in sorted(set(res) - {"shm_size"}):
+    for k in sorted(set(res) - {"shm_size", "instance_count"}):
         j.warnings.append(f"resources.{printable(k, 40)} is not mapped (use --cpus, --memory, --gpus)")
+    return out
+
+
+def _compute(j: _Job) -> list[str]:
+    """``compute:`` names a compute target of the same name ([compute.NAME] in your config),
+    ``resources.instance_count`` the nodes, ``distribution`` how processes meet: PyTorch's, one
+    process per node with torchrun's variables, is what a Slurm target gives."""
+    out = []
+    compute = j.text(j.data, "compute", "compute")
+    if compute:
+        name = compute.removeprefix("azureml:")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name, re.A):
+            raise j.err("compute", "must name a compute target (letters, digits, '_', '.', '-')")
+        out += ["--compute", name]
+        j.warnings.append(f"compute: {name} must be declared as [compute.{name}] in your config (ml-env compute list)")
+    count = j.table(j.data, "resources", "resources").get("instance_count")
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
+            raise j.err("resources.instance_count", "must be a number of nodes from 1 to 64")
+        if count > 1 and not compute:
+            raise j.err(
+                "resources.instance_count", "several nodes need a compute target: add compute: <a Slurm target>"
+            )
+        if count > 1:
+            out += ["--nodes", str(count)]
+    dist = j.table(j.data, "distribution", "distribution")
+    if dist:
+        kind = dist.get("type")
+        if kind != "pytorch":
+            j.warnings.append(f"distribution.type {printable(str(kind), 30)} is not mapped: every node runs one "
+                              "process with torchrun's variables (MASTER_ADDR, WORLD_SIZE, RANK), as pytorch's")  # fmt: skip
+        per = dist.get("process_count_per_instance", 1)
+        if per != 1:
+            j.warnings.append(f"distribution.process_count_per_instance {printable(str(per), 10)} is not mapped: one "
+                              "process per node (start more from the script, e.g. torchrun --nproc-per-node)")  # fmt: skip
     return out

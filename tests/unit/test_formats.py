@@ -142,15 +142,28 @@ def job(work: Path, monkeypatch: pytest.MonkeyPatch, **changes):
     return import_source(Path("job.yml"), stem="job-env")
 
 
+def test_a_distributed_job_maps_onto_a_compute_target(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute, resources.instance_count and a PyTorch distribution: a Slurm target's nodes."""
+    imp = job(work, monkeypatch, compute="azureml:gpu-cluster", resources={"instance_count": 2},
+              distribution={"type": "pytorch", "process_count_per_instance": 4})  # fmt: skip
+    argv = imp.argv(Path("job-env.toml"))
+    assert argv[argv.index("--compute") : argv.index("--compute") + 4] == ["--compute", "gpu-cluster", "--nodes", "2"]
+    assert any("process_count_per_instance 4 is not mapped" in w for w in imp.warnings)
+    mpi = job(work, monkeypatch, distribution={"type": "mpi"})
+    assert any("distribution.type mpi is not mapped" in w for w in mpi.warnings)
+    with pytest.raises(MlEnvError, match="several nodes need a compute target"):
+        job(work, monkeypatch, compute=None, resources={"instance_count": 3})
+
+
 def test_command_job_becomes_a_train_invocation(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     imp = job(work, monkeypatch)
     assert imp.argv(Path("job-env.toml")) == [
         "train", "--env", "job-env.toml", "--source", "src", "--script", "train.py",
         "--input", "training_data=data", "--env-var", "MODE=ci", "--experiment", "digits", "--timeout", "600",
-        "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
+        "--compute", "cpu-cluster", "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
         "--note", "two words",
     ]  # fmt: skip
-    assert "compute is not mapped: the run goes to the engine DOCKER_HOST names" in imp.warnings
+    assert "compute: cpu-cluster must be declared as [compute.cpu-cluster] in your config (ml-env compute list)" in imp.warnings
     assert any("display_name" in w for w in imp.warnings)
     # the inline environment went through the environment importer and loads
     imp.environment.write(Path("job-env.toml"))
