@@ -163,7 +163,10 @@ def test_command_job_becomes_a_train_invocation(work: Path, monkeypatch: pytest.
         "--compute", "cpu-cluster", "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
         "--note", "two words",
     ]  # fmt: skip
-    assert "compute: cpu-cluster must be declared as [compute.cpu-cluster] in your config (ml-env compute list)" in imp.warnings
+    assert (
+        "compute: cpu-cluster must be declared as [compute.cpu-cluster] in your config (ml-env compute list)"
+        in imp.warnings
+    )
     assert any("display_name" in w for w in imp.warnings)
     # the inline environment went through the environment importer and loads
     imp.environment.write(Path("job-env.toml"))
