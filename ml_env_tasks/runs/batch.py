@@ -87,18 +87,24 @@ def sbatch_lines(job: Job, settings: dict[str, object], nodes: int, layout: Layo
 def render(job: Job, settings: dict[str, object], nodes: int, layout: Layout) -> tuple[str, str]:
     """(the batch script, the per-node launch script)."""
     q = shlex.quote
+    if nodes == 1:  # one node: no step to launch, no one to meet (torchrun's single-node values)
+        head = ["export MASTER_ADDR=127.0.0.1", "export WORLD_SIZE=1", f"exec bash {q(str(layout.launch))}"]
+    else:
+        head = [
+            'first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            "MASTER_ADDR=\"$(scontrol show node \"$first\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')\"",
+            'export MASTER_ADDR="${MASTER_ADDR:-$first}"',
+            'export WORLD_SIZE="$SLURM_JOB_NUM_NODES"',
+            f"exec srun --kill-on-bad-exit=1 --export=ALL bash {q(str(layout.launch))}",
+        ]
     batch = "\n".join(
         [
             "#!/bin/bash",
             *sbatch_lines(job, settings, nodes, layout),
             "# written by ml-env: one task per node runs launch.sh",
             "set -u",
-            'first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-            'MASTER_ADDR="$(scontrol show node "$first" | sed -n \'s/.*NodeAddr=\\([^ ]*\\).*/\\1/p\')"',
-            'export MASTER_ADDR="${MASTER_ADDR:-$first}"',
             f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % 1000 ))",
-            'export WORLD_SIZE="$SLURM_JOB_NUM_NODES"',
-            f"exec srun --kill-on-bad-exit=1 --export=ALL bash {q(str(layout.launch))}",
+            *head,
         ]
     )
     return batch + "\n", launch_script(job, settings, layout)
@@ -138,8 +144,8 @@ def launch_script(job: Job, settings: dict[str, object], layout: Layout) -> str:
         "#!/bin/bash",
         "# written by ml-env: this node's part of the run",
         "set -u",
-        'export RANK="$SLURM_NODEID" NODE_RANK="$SLURM_NODEID" LOCAL_RANK=0',
-        f'name="ml-env-run-{job.run_id[:80]}-$SLURM_NODEID"',
+        'export RANK="${SLURM_NODEID:-0}" NODE_RANK="${SLURM_NODEID:-0}" LOCAL_RANK=0',
+        f'name="ml-env-run-{job.run_id[:80]}-$RANK"',
         f'cleanup() {{ {launcher} rm -f "$name" >/dev/null 2>&1 || true; }}',
         "trap cleanup EXIT",
         "trap 'cleanup; exit 143' TERM INT",

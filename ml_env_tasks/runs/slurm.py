@@ -35,7 +35,7 @@ from .snapshot import tar_chunks
 
 __all__ = ["SlurmRunner", "JobState", "job_state", "cancel", "follow_job", "conclude"]
 
-POLL_S = 0.25
+POLL_S = 0.1
 TIMEOUT_S = 60.0  # one Slurm command
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE", "SPECIAL_EXIT", "REVOKED"}  # fmt: skip
