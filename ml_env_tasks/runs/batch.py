@@ -92,7 +92,7 @@ def render(job: Job, settings: dict[str, object], nodes: int, layout: Layout) ->
     else:
         head = [
             'first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-            "MASTER_ADDR=\"$(scontrol show node \"$first\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')\"",
+            'MASTER_ADDR="$(scontrol show node "$first" | sed -n \'s/.*NodeAddr=\\([^ ]*\\).*/\\1/p\')"',
             'export MASTER_ADDR="${MASTER_ADDR:-$first}"',
             'export WORLD_SIZE="$SLURM_JOB_NUM_NODES"',
             f"exec srun --kill-on-bad-exit=1 --export=ALL bash {q(str(layout.launch))}",

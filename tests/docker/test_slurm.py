@@ -180,6 +180,13 @@ def test_a_detached_run_is_followed_after_the_client_is_gone(cluster) -> None:
     c = ml_env("runs", "cancel", other, *base, env=cluster["env"], timeout=120)
     assert c.returncode == 0 and "canceled" in c.stdout, c.stderr
     assert record(cluster, other)["status"] == "canceled"
+    # a job the controller no longer knows (purged, or another cluster's id): lost, never "running"
+    rec = record(cluster, other)
+    rec.update(status="running", exit_code=None, ended=None)
+    rec["engine"] = {**rec["engine"], "job_id": "987654321", "shared_dir": str(cluster["runs"] / "gone")}
+    (cluster["runs"] / other / "run.json").write_text(json.dumps(rec))
+    shown = ml_env("runs", "show", other, *base, env=cluster["env"])
+    assert shown.returncode == 0 and "lost" in shown.stdout and "vanished from the Slurm controller" in shown.stdout
 
 
 def test_what_a_slurm_target_cannot_do_is_refused_before_anything_runs(cluster, ws) -> None:
