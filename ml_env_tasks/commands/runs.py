@@ -33,7 +33,7 @@ KUBE = (
     Option("runner", ("--runner",), kind="choice", choices=("local", "kubernetes"), default="local", gha=None,
            help="local: a container on the engine; kubernetes: write a batch/v1 Job (--emit), run nothing"),
     Option("emit", ("--emit",), kind="path", metavar="FILE", gha=None,
-           help="with --runner kubernetes: where the Job's YAML goes (a ConfigMap with the code, then the Job)"),
+           help="with --runner kubernetes: where the Job's YAML goes (ConfigMaps with the code, then the Job)"),
     Option("output_pvc", ("--output-pvc",), metavar="CLAIM[/SUBPATH]", gha=None,
            help="with --runner kubernetes: the claim outputs go to, in a folder named after the run id"),
     Option("namespace", ("--namespace",), gha=None, help="with --runner kubernetes: the Job's namespace"),
