@@ -40,7 +40,7 @@ KUBE = (
     Option("runner", ("--runner",), kind="choice", choices=("local", "kubernetes"), default="local", gha=None,
            help="local: a container on the engine; kubernetes: write a batch/v1 Job (--emit), run nothing"),
     Option("emit", ("--emit",), kind="path", metavar="FILE", gha=None,
-           help="with --runner kubernetes: where the Job's YAML goes (a ConfigMap with the code, then the Job)"),
+           help="with --runner kubernetes: where the Job's YAML goes (ConfigMaps with the code, then the Job)"),
     Option("output_pvc", ("--output-pvc",), metavar="CLAIM[/SUBPATH]", gha=None,
            help="with --runner kubernetes: the claim outputs go to, in a folder named after the run id"),
     Option("namespace", ("--namespace",), gha=None, help="with --runner kubernetes: the Job's namespace"),
@@ -74,6 +74,7 @@ def run_train(v: Values, io: Console) -> Outcome:
     script_args = tuple(v.values.get("script_args") or ())
     if v.args and script_args:
         raise UsageError("give the script's arguments after -- or in --args, not both")
+    v = _kubernetes_target(v)
     if v.emit is not None and v.runner != "kubernetes":
         raise UsageError("--emit writes a Kubernetes Job: add --runner kubernetes")
     if v.runner == "kubernetes" and v.emit is None:
@@ -168,6 +169,25 @@ def run_train(v: Values, io: Console) -> Outcome:
     return Outcome(record, text, result.cli_exit_code, outputs, summary, notes)
 
 
+def _kubernetes_target(v: Values) -> Values:
+    """A Kubernetes compute target is ``--runner kubernetes`` with its settings as defaults."""
+    if not v.compute or v.runner == "kubernetes":
+        return v
+    from pathlib import Path
+
+    from ..settings.compute import target
+    from ..settings.files import load_layers
+
+    t = target(load_layers(), v.compute)
+    if t.type != "kubernetes":
+        return v
+    return v.with_values(
+        runner="kubernetes", compute=None,
+        emit=v.emit or (Path(t.get("emit")) if t.get("emit") else None),
+        namespace=v.namespace or t.get("namespace"), output_pvc=v.output_pvc or t.get("output_claim"),
+    )  # fmt: skip
+
+
 def _runner(v: Values, io: Console) -> Runner | None:
     """The runner the compute target names (None: the command's engine, as without one)."""
     from ..errors import UsageError
@@ -192,7 +212,7 @@ def _runner(v: Values, io: Console) -> Runner | None:
 
             select_context(t.get("context"))
         return None
-    raise UsageError(f"compute target {t.name} is a Kubernetes target: --runner kubernetes --emit FILE writes its Job")
+    raise UsageError(f"compute target {t.name} is a {t.type} target: ml-env cannot run on it")  # pragma: no cover
 
 
 def run_compute_list(v: Values, io: Console) -> Outcome:

@@ -23,8 +23,11 @@ PLACEHOLDER = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 REFERENCE = re.compile(r"\s*(inputs|outputs)\.([A-Za-z][A-Za-z0-9_]{0,62})\s*", re.A)
 
 
-def expand(args: Iterable[str], inputs: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(the arguments with every placeholder replaced, the output names they refer to, in order)."""
+def expand(args: Iterable[str], inputs: Iterable[str], *, given_as: str = "PATH") -> tuple[list[str], list[str]]:
+    """(the arguments with every placeholder replaced, the output names they refer to, in order).
+
+    The same for every runner: a local run and a Kubernetes Job resolve (or refuse) alike;
+    ``given_as`` is what the hint says an input is given as (``pvc:CLAIM`` for a Job)."""
     known = set(inputs)
     outputs: list[str] = []
 
@@ -42,7 +45,7 @@ def expand(args: Iterable[str], inputs: Iterable[str]) -> tuple[list[str], list[
                 have = ", ".join(sorted(known)) or "none"
                 raise UsageError(
                     f"argument placeholder {shown}: no input named {name!r} (inputs: {have})",
-                    hint=f"add --input {name}=PATH",
+                    hint=f"add --input {name}={given_as}",
                 )
             return f"{INPUTS_DIR}/{name}"
         if name not in outputs:

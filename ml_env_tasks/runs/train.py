@@ -43,6 +43,8 @@ __all__ = [
     "finish_run",
     "METRIC_LINE",
     "metric_value",
+    "check_script",
+    "without_outputs",
 ]
 
 METRIC_LINE = re.compile(r"ML_ENV_METRIC\s+([A-Za-z0-9_.\-/]+)\s*=\s*(\S+)\s*", re.ASCII)
@@ -153,7 +155,7 @@ def train(
     run_id = _new_run_id(re.sub(r"[^A-Za-z0-9_.-]", "-", experiment))
     run_dir = opts.runs_dir / run_id
     outputs = run_dir / "outputs"
-    snap = _without_outputs(
+    snap = without_outputs(
         snapshot(
             opts.source, warn_mb=opts.snapshot_warn_mb, max_mb=opts.snapshot_max_mb, warn=lambda m: say("warning: " + m)
         ),
@@ -286,7 +288,7 @@ def train(
     return RunResult(record, run_dir)
 
 
-def _without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
+def without_outputs(snap: Snapshot, warn: Callable[[str], None]) -> Snapshot:
     """The snapshot less its top-level ``outputs``: in the container ``./outputs`` is the run's
     outputs directory (as Azure ML collects it), so files left there by an earlier local run are
     neither shipped as code nor reported as this run's outputs."""
@@ -392,12 +394,18 @@ def _validate(opts: RunOptions) -> None:
         raise UsageError("--user must be NAME, UID or UID:GID")
     if opts.user is not None and any(p.isdigit() and int(p) > 2**31 - 1 for p in opts.user.split(":")):
         raise UsageError("--user: a uid or gid is at most 2147483647")
-    script = Path(opts.script)
-    if "\0" in opts.script or script.is_absolute() or ".." in script.parts:
-        raise UsageError(f"--script {printable(opts.script)} must be a path inside --source")
-    if script.parts and script.parts[0] == "outputs":
+    check_script(opts.script)
+
+
+def check_script(script: str) -> None:
+    """A script inside the source and not under ``outputs/`` (the run's outputs folder there),
+    for every runner."""
+    path = Path(script)
+    if "\0" in script or path.is_absolute() or ".." in path.parts:
+        raise UsageError(f"--script {printable(script)} must be a path inside --source")
+    if path.parts and path.parts[0] == "outputs":
         raise UsageError(
-            f"--script {printable(opts.script)} is under outputs/, which in the run is the outputs directory",
+            f"--script {printable(script)} is under outputs/, which in the run is the outputs directory",
             hint="move the script out of outputs/",
         )
 

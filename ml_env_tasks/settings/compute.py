@@ -7,7 +7,8 @@ in ``pyproject.toml``), each a ``type`` and its settings, and ``default_compute`
   ``qos``, ``nodes`` (default 1), ``launcher`` (``docker`` or ``podman``: what runs the image on
   each node), ``shared`` (a folder every node sees at the same path, where a run's code, inputs
   and outputs travel).
-- ``type = "kubernetes"``: a Job written out (``emit``: a folder), ``namespace``, claims.
+- ``type = "kubernetes"``: a Job written out, as ``--runner kubernetes``: ``emit`` (the file),
+  ``namespace``, ``output_claim`` (``--output-pvc``); flags given win.
 
 A field of the same target may come from several files: the project's wins, then the user's,
 then the machine's. The project may declare targets but not choose a host folder (``shared``)
@@ -35,11 +36,12 @@ LAUNCHERS = ("docker", "podman")  # run and tested here; enroot/pyxis and apptai
 FIELDS: dict[str, dict[str, type]] = {
     "docker": {"context": str},
     "slurm": {"partition": str, "account": str, "qos": str, "nodes": int, "launcher": str, "shared": str},
-    "kubernetes": {"namespace": str, "emit": str, "input_claim": str, "output_claim": str},
+    "kubernetes": {"namespace": str, "emit": str, "output_claim": str},
 }
 USER_ONLY = {
     "shared": "chooses a host folder runs are written to and read from",
     "context": "chooses the engine code and secrets run on",
+    "emit": "chooses a host file written",
 }
 
 

@@ -36,6 +36,7 @@ def test_a_target_is_merged_from_the_project_and_the_user() -> None:
     [
         ({"c": {"type": "slurm", "shared": "/home/runner"}}, None, "cannot set this: it chooses a host folder"),
         ({"c": {"type": "docker", "context": "prod"}}, None, "chooses the engine code and secrets run on"),
+        ({"c": {"type": "kubernetes", "emit": "/etc/cron.d/x"}}, None, "chooses a host file written"),
         (None, {"c": {"type": "lsf"}}, "type must be one of docker, slurm, kubernetes"),
         (None, {"c": {"type": "slurm", "sbatch_args": "--output=/etc/x"}}, "unknown key for a slurm target"),
         (None, {"c": {"type": "slurm", "nodes": "2"}}, "must be a int"),

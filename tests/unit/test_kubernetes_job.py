@@ -135,7 +135,16 @@ def test_a_full_job_is_valid_and_says_what_was_asked(src: Path, monkeypatch: pyt
     )
     mounts = {m["mountPath"]: m for m in train["volumeMounts"]}
     assert mounts["/mnt/inputs/data"]["readOnly"] is True and mounts["/mnt/inputs/data"]["subPath"] == "mnist/v1"
-    assert mounts["/mnt/outputs"]["subPath"] == f"team-a/{j.run_id}"
+    # the run's folder on the claim, as $ML_ENV_OUTPUT_DIR and as ./outputs (Azure ML's, a local run's)
+    assert mounts["/mnt/outputs"] == {"name": "outputs", "mountPath": "/mnt/outputs", "subPath": f"team-a/{j.run_id}"}
+    assert mounts["/mnt/code/outputs"] == {**mounts["/mnt/outputs"], "mountPath": "/mnt/code/outputs"}
+    init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    assert init_mounts[k8s.model.OUTPUT_ROOT] == {
+        "name": "outputs",
+        "mountPath": k8s.model.OUTPUT_ROOT,
+        "subPath": "team-a",
+    }
+    assert init["command"][4:] == [f"{k8s.model.OUTPUT_ROOT}/{j.run_id}", k8s.model.ARCHIVE_DIR, "1", "/mnt/code"]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols[mounts["/mnt/inputs/data"]["name"]]["persistentVolumeClaim"] == {
         "claimName": "datasets",
@@ -159,6 +168,9 @@ def test_a_minimal_job_is_valid(src: Path) -> None:
     assert "activeDeadlineSeconds" not in the_job(docs)["spec"]
     assert {v["name"]: v for v in pod["volumes"]}["outputs"] == {"name": "outputs", "emptyDir": {}}
     assert "resources" not in pod["containers"][0]
+    # an emptyDir is laid out as a claim is: the run's folder, at /mnt/outputs and ./outputs
+    mounts = {m["mountPath"]: m.get("subPath") for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/outputs"] == mounts["/mnt/code/outputs"] == the_job(docs)["metadata"]["labels"]["ml-env.run-id"]
 
 
 def test_the_validation_can_fail(src: Path) -> None:
@@ -185,40 +197,51 @@ def test_root_only_when_asked(src: Path) -> None:
             k8s.parse_user(bad)
 
 
+def _play_init(docs: list[dict[str, Any]], root: Path, **swap: str) -> subprocess.CompletedProcess:
+    """The init container's own command, run with this python: the ConfigMaps' keys in one folder
+    (as their projected volume is), its paths moved under ``root``."""
+    parts = root / "archive"
+    parts.mkdir(parents=True, exist_ok=True)
+    for cm in docs[:-1]:
+        for key, b64 in cm["binaryData"].items():
+            (parts / key).write_bytes(base64.b64decode(b64))
+    (init,) = the_job(docs)["spec"]["template"]["spec"]["initContainers"]
+    _python, dash_c, script, digest, out, archive, count, code, *named = init["command"]
+    assert out.startswith(k8s.model.OUTPUT_ROOT + "/") and archive == k8s.model.ARCHIVE_DIR and code == "/mnt/code"
+    argv = dict(digest=digest, out=str(root / "out" / out.rsplit("/", 1)[1]), archive=str(parts), count=count,
+                code=str(root / "code"))  # fmt: skip
+    argv.update(swap)
+    Path(argv["code"]).mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, dash_c, script, *argv.values(), *named], capture_output=True, text=True)
+
+
 def test_the_init_script_unpacks_exactly_the_snapshot(src: Path, tmp_path: Path) -> None:
-    """The init container's own script, run with this python: the code it unpacks is the snapshot."""
-    j = job(src)
-    cm, job_doc = k8s.manifests(j)
-    archive = tmp_path / "archive" / k8s.ARCHIVE_KEY
-    archive.parent.mkdir()
-    archive.write_bytes(base64.b64decode(cm["binaryData"][k8s.ARCHIVE_KEY]))
-    (init,) = job_doc["spec"]["template"]["spec"]["initContainers"]
-    _python, dash_c, script, digest, _out, _arch, _code = init["command"]
-    code, out = tmp_path / "code", tmp_path / "out" / j.run_id
-    code.mkdir()
-    p = subprocess.run(
-        [sys.executable, dash_c, script, digest, str(out), str(archive), str(code)], capture_output=True, text=True
-    )
+    (src / "blob.bin").write_bytes(os.urandom(2 * k8s.PART_BYTES + 100))  # three parts
+    j = job(src, output_names=("model", "logs"))
+    docs = k8s.manifests(j)
+    assert len(docs) == 4
+    p = _play_init(docs, tmp_path)
     assert p.returncode == 0, p.stderr
-    assert out.is_dir()
+    assert "in 3 parts" in p.stdout
+    code, out = tmp_path / "code", tmp_path / "out" / j.run_id
+    assert sorted(x.name for x in out.iterdir()) == ["logs", "model"]  # ${{outputs.NAME}} made first
     assert (code / "train.py").read_bytes() == (src / "train.py").read_bytes()
+    assert (code / "blob.bin").read_bytes() == (src / "blob.bin").read_bytes()
     assert os.readlink(code / "pkg" / "link.py") == "util.py"
     assert snapshot(code, warn=lambda _m: None).hash == j.snapshot_hash
-    # another archive under the same name is refused, nothing unpacked
-    archive.write_bytes(k8s.code_archive(snapshot(src / "pkg", warn=lambda _m: None)))
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    p = subprocess.run(
-        [sys.executable, "-c", script, digest, "", str(archive), str(fresh)], capture_output=True, text=True
-    )
+    # a part of another archive under the same name is refused, nothing unpacked
+    swapped = copy.deepcopy(docs)
+    swapped[1]["binaryData"] = {"code.tar.gz.001": k8s.manifests(job(src / "pkg"))[0]["binaryData"]["code.tar.gz.000"]}
+    p = _play_init(swapped, tmp_path, code=str(tmp_path / "fresh"))
     assert p.returncode != 0 and "not the one the Job was written for" in p.stderr
-    assert not any(fresh.iterdir())
+    assert not any((tmp_path / "fresh").iterdir())
 
 
-def test_the_archive_is_reproducible_and_names_the_configmap(src: Path) -> None:
+def test_the_archive_is_reproducible_and_names_its_configmaps(src: Path) -> None:
     a, b = job(src), job(src)
     assert a.archive == b.archive
-    assert k8s.names(a)[1] == k8s.names(b)[1] == "ml-env-code-" + hashlib.sha256(a.archive).hexdigest()[:40]
+    digest = hashlib.sha256(a.archive).hexdigest()
+    assert k8s.names(a)[1] == k8s.names(b)[1] == [f"ml-env-code-{digest[:40]}-0"]
     with tarfile.open(fileobj=io.BytesIO(a.archive), mode="r:gz") as t:
         assert {m.name for m in t.getmembers()} >= {"train.py", "pkg/util.py", "pkg/link.py"}
 
@@ -274,21 +297,65 @@ def test_pvc_references() -> None:
             k8s.parse_pvc(bad, "input data")
 
 
-def test_a_snapshot_over_a_configmap_is_refused_clearly(src: Path) -> None:
-    (src / "weights.bin").write_bytes(os.urandom(1_200_000))  # incompressible
+def test_a_snapshot_over_what_a_job_carries_is_refused_clearly(src: Path) -> None:
+    (src / "weights.bin").write_bytes(os.urandom(300_000))  # incompressible
     snap = snapshot(src, warn=lambda _m: None)
     with pytest.raises(UsageError) as e:
-        k8s.code_archive(snap)
+        k8s.code_archive(snap, limit=200_000)
     msg = str(e.value)
-    assert "does not fit a ConfigMap" in msg and "weights.bin" in msg and "pvc:" in msg
+    assert "too big for a Job" in msg and "weights.bin" in msg and "pvc:" in msg and "\n" not in msg
+    assert k8s.code_archive(snap, limit=400_000)
 
 
-def test_a_snapshot_just_under_the_limit_fits_one_configmap(src: Path) -> None:
-    (src / "blob.bin").write_bytes(os.urandom(k8s.archive_limit() - 4096))
-    j = job(src)
-    cm = k8s.manifests(j)[0]
-    assert len(json.dumps(cm).encode()) < k8s.CONFIGMAP_LIMIT
-    validate([cm])
+def _last_applied_bytes(doc: dict[str, Any]) -> int:
+    """What client-side ``kubectl apply`` makes of an object's annotations: its own, plus the whole
+    object as JSON under ``kubectl.kubernetes.io/last-applied-configuration`` (the API server's
+    limit on annotations counts keys and values)."""
+    key = "kubectl.kubernetes.io/last-applied-configuration"
+    annotations = dict(doc["metadata"].get("annotations") or {})
+    applied = copy.deepcopy(doc)
+    applied["metadata"]["annotations"] = annotations
+    annotations[key] = json.dumps(applied, separators=(",", ":"), sort_keys=True) + "\n"
+    return sum(len(k) + len(v.encode()) for k, v in annotations.items())
+
+
+def test_code_beyond_one_configmap_travels_in_several_each_fit_for_kubectl_apply(src: Path) -> None:
+    """Code over one ConfigMap: cut into parts that each pass the API server's ConfigMap limit and
+    the 256 KiB of annotations client-side ``kubectl apply`` fills, with the longest names."""
+    (src / "blob.bin").write_bytes(os.urandom(5 * k8s.PART_BYTES // 2))
+    j = job(src, run_id=k8s.new_run_id("x" * 300), namespace="n" * 63, env_hash="e" * 64)
+    docs = k8s.manifests(j)
+    validate(docs)
+    cms, job_doc = docs[:-1], docs[-1]
+    assert len(cms) == 3 and [d["kind"] for d in cms] == ["ConfigMap"] * 3
+    assert [c["metadata"]["name"] for c in cms] == k8s.names(j)[1]
+    assert b"".join(base64.b64decode(c["binaryData"][f"code.tar.gz.{i:03d}"]) for i, c in enumerate(cms)) == j.archive
+    for c in cms:
+        assert sum(len(k) + len(base64.b64decode(v)) for k, v in c["binaryData"].items()) <= k8s.CONFIGMAP_LIMIT
+        assert _last_applied_bytes(c) < k8s.ANNOTATIONS_LIMIT, c["metadata"]["name"]
+        assert c["metadata"]["labels"]["ml-env.code"] == hashlib.sha256(j.archive).hexdigest()[:40]
+    assert _last_applied_bytes(job_doc) < k8s.ANNOTATIONS_LIMIT
+    (vol,) = [v for v in job_doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "code-archive"]
+    assert vol == {
+        "name": "code-archive",
+        "projected": {"sources": [{"configMap": {"name": n}} for n in k8s.names(j)[1]]},
+    }
+    # a whole part is as big as a part gets
+    assert _last_applied_bytes(cms[0]) > k8s.ANNOTATIONS_LIMIT * 0.9
+
+
+def test_dollars_reach_the_script_as_written(src: Path) -> None:
+    """Kubernetes expands ``$(VAR)`` in command, args and env values and makes ``$$`` one ``$``:
+    what ml-env writes, expanded the way Kubernetes does, is what was given."""
+    from ..docker.kube_replay import expand
+
+    given = ["$(HOME)", "$$", "cost$", "$(UNSET)", "a$$(HOME)b", "$", "$("]
+    j = job(src, command=["python3", "train.py", *given], env_vars={"MODE": "$(HOME)$$x", "PLAIN": "p"})
+    (train,) = the_job(k8s.manifests(j))["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: expand(e["value"], {}) for e in train["env"] if "value" in e}
+    assert env["MODE"] == "$(HOME)$$x" and env["PLAIN"] == "p" and env["HOME"] == "/tmp"
+    assert [expand(a, env) for a in train["args"]] == ["python3", "train.py", *given]
+    assert expand("$(HOME)$$x", env) == "/tmp$x"  # what an unescaped argument would have become
 
 
 @pytest.mark.parametrize(
@@ -360,3 +427,46 @@ def test_cli_emit_into_a_directory_is_refused(tmp_path: Path, src: Path) -> None
 def test_cli_runner_and_emit_go_together(tmp_path: Path, args: list[str], message: str) -> None:
     line = one_clean_line(cli("train", "--env", "e.toml", "--source", ".", "--script", "t.py", *args, cwd=tmp_path), 2)
     assert message in line
+
+
+def _kube_cli(tmp_path: Path, src: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = tmp_path / "env.toml"
+    env.write_text('[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
+    args = ["train", "--runner", "kubernetes", "--emit", str(tmp_path / "job.yaml"), "--env", str(env)]
+    args += ["--source", str(src), "--registry", "127.0.0.1:9"]  # never reached: the refusal comes first
+    if "--script" not in extra:
+        args += ["--script", "train.py"]
+    return cli(*args, *extra, cwd=tmp_path, env={"ML_ENV_REGISTRY": ""})
+
+
+@pytest.mark.parametrize(
+    "arg", ["${{inputs.nope}}", "${{parent.inputs.data}}", "--x=${{inputs.data", "${{ outputs.a-b }}"]
+)
+def test_placeholders_are_refused_as_a_local_run_refuses_them(tmp_path: Path, src: Path, arg: str) -> None:
+    """The same resolver, the same line and exit code; only the hint says how a Job takes an input."""
+    (tmp_path / "data").mkdir()
+    local = one_clean_line(
+        cli("train", "--env", "e.toml", "--source", str(src), "--script", "train.py", "--input", "data=./data",
+            "--", "--data", arg, cwd=tmp_path),
+        2,
+    )  # fmt: skip
+    kube = one_clean_line(_kube_cli(tmp_path, src, "--input", "data=pvc:datasets", "--", "--data", arg), 2)
+    assert "placeholder" in local
+    assert kube.split(" (add --input")[0] == local.split(" (add --input")[0]
+    if "(add --input" in local:
+        assert "(add --input nope=PATH)" in local and "(add --input nope=pvc:CLAIM)" in kube
+    assert not (tmp_path / "job.yaml").exists()
+
+
+def test_a_script_under_outputs_is_refused_as_for_a_local_run(tmp_path: Path, src: Path) -> None:
+    (src / "outputs").mkdir()
+    (src / "outputs" / "t.py").write_text("print(1)\n")
+    line = one_clean_line(_kube_cli(tmp_path, src, "--script", "outputs/t.py"), 2)
+    assert "is under outputs/" in line
+
+
+def test_cli_code_over_what_a_job_carries(tmp_path: Path, src: Path) -> None:
+    (src / "weights.bin").write_bytes(os.urandom(k8s.CODE_LIMIT + 100_000))
+    line = one_clean_line(_kube_cli(tmp_path, src), 2)
+    assert "too big for a Job" in line and "weights.bin" in line and "pvc:CLAIM" in line
+    assert not (tmp_path / "job.yaml").exists()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ml_env_tasks.errors import MlEnvError
 from ml_env_tasks.runs import RunOptions
 from ml_env_tasks.runs.snapshot import snapshot, tar_chunks
-from ml_env_tasks.runs.train import _validate, _without_outputs
+from ml_env_tasks.runs.train import _validate, without_outputs
 
 
 def tree(d: Path, files: dict[str, str | bytes]) -> Path:
@@ -106,18 +106,18 @@ def test_a_top_level_outputs_is_left_out_of_a_run_snapshot(tmp_path: Path) -> No
     tree(tmp_path, {"train.py": "", "outputs/model.pkl": "old", "outputs/a/b.txt": "", "outputs.py": "",
                     "pkg/outputs/keep.txt": ""})  # fmt: skip
     said: list[str] = []
-    snap = _without_outputs(snapshot(tmp_path, warn=said.append), said.append)
+    snap = without_outputs(snapshot(tmp_path, warn=said.append), said.append)
     assert names(snap) == ["outputs.py", "pkg/outputs/keep.txt", "train.py"]
     assert said == [f"2 file(s) under outputs/ in {tmp_path} are left out of the snapshot: "
                     "./outputs in the run is the run's outputs directory"]  # fmt: skip
     (tmp_path / "outputs" / "model.pkl").unlink()
     (tmp_path / "outputs" / "a" / "b.txt").unlink()
-    assert _without_outputs(snapshot(tmp_path, warn=print), said.append).hash == snap.hash  # of the kept files
+    assert without_outputs(snapshot(tmp_path, warn=print), said.append).hash == snap.hash  # of the kept files
     # a file (or a link) named outputs is left out the same way: the mount point must be free
     (tmp_path / "outputs" / "a").rmdir()
     (tmp_path / "outputs").rmdir()
     (tmp_path / "outputs").write_text("a file")
-    assert "outputs" not in names(_without_outputs(snapshot(tmp_path, warn=print), print))
+    assert "outputs" not in names(without_outputs(snapshot(tmp_path, warn=print), print))
 
 
 def test_symlinks_inside_are_kept_as_links_outside_are_left_out(tmp_path: Path) -> None:

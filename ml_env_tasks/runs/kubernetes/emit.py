@@ -9,6 +9,8 @@ from typing import Any
 
 from ...errors import UsageError
 from ...safe.grammar import printable
+from ..placeholders import expand
+from ..train import check_script, without_outputs
 from .manifest import check, manifests, names, to_yaml
 from .model import Emitted, KubeJob, KubeOptions, code_archive, new_run_id, parse_pvc, parse_user
 
@@ -45,9 +47,8 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     say = info or (lambda m: print(m, flush=True))
     inputs = {name: parse_pvc(text, f"input {printable(name, 60)}") for name, text in kube.inputs.items()}
     output = parse_pvc(kube.output_pvc, "--output-pvc", prefix=False) if kube.output_pvc is not None else None
+    check_script(run.script)
     script = Path(run.script)
-    if "\0" in run.script or script.is_absolute() or ".." in script.parts:
-        raise UsageError(f"--script {printable(run.script)} must be a path inside --source")
     if run.build is not None and not run.build.registry and _built_here(run.environment, run.versions):
         raise UsageError("--runner kubernetes needs --registry: the cluster pulls the environment's image from it")
     experiment = run.experiment or Path(run.script).stem
@@ -59,11 +60,18 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
         ttl_after_finished=kube.ttl_after_finished,
     )  # fmt: skip
     check(pre)  # every user mistake before anything is built
+    # ${{inputs.NAME}} and ${{outputs.NAME}}: resolved (or refused) exactly as for a local run
+    args, output_names = expand(run.args, inputs, given_as="pvc:CLAIM")
     if kube.emit.is_dir():
         raise UsageError(f"--emit {printable(kube.emit)} is a directory: give a file name, e.g. job.yaml")
     from ..snapshot import snapshot
 
-    snap = snapshot(run.source, max_mb=run.snapshot_max_mb, warn=lambda m: say("warning: " + m))
+    def warn(m: str) -> None:
+        say("warning: " + m)
+
+    # ./outputs in the pod is the run's outputs folder: an outputs/ left in the source by a local
+    # run is not code, as for a local run
+    snap = without_outputs(snapshot(run.source, max_mb=run.snapshot_max_mb, warn=warn), warn=warn)
     if not snap.has(script.as_posix()):
         raise UsageError(
             f"script {run.script} is not in the source snapshot of {run.source}", hint="is it ignored, or misspelt?"
@@ -84,7 +92,8 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     job = dataclasses.replace(
         pre,
         image=image,
-        command=[resolved.python, run.script, *run.args],
+        command=[resolved.python, run.script, *args],
+        output_names=tuple(output_names),
         archive=archive,
         snapshot_hash=snap.hash,
         env_hash=resolved.hash,
@@ -99,11 +108,11 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
         write_atomic(kube.emit, to_yaml(docs))
     except OSError as e:
         raise UsageError(f"--emit {printable(kube.emit)}: cannot write it ({e.strerror or type(e).__name__})") from None
-    job_name, cm_name = names(job)
+    job_name, cm_names = names(job)
     if output is None:
         say("warning: no --output-pvc: the run's outputs are in an emptyDir, gone with the pod")
     say(f"run {run_id}: Job {job_name} written to {kube.emit} (image {image}; not submitted)")
-    return Emitted(run_id, job_name, cm_name, kube.emit, image, len(archive))
+    return Emitted(run_id, job_name, cm_names, kube.emit, image, len(archive))
 
 
 def _built_here(ref: str, versions: Path | None) -> bool:

@@ -1,4 +1,4 @@
-"""The ConfigMap and the Job of a run, as Kubernetes objects, and YAML that a cluster reads the same way."""
+"""The ConfigMaps and the Job of a run, as Kubernetes objects, and YAML that a cluster reads the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from ...engine.resources import Resources
 from ...errors import UsageError
 from ...safe.grammar import ENV_NAME, INPUT_NAME, matches, printable
-from ..runner import CODE_DIR, INPUTS_DIR, OUTPUT_DIR
+from ..runner import CODE_DIR, INPUTS_DIR, OUTPUT_DIR, WORKDIR_OUTPUTS
 from .model import (
     _DNS_LABEL,
     _GPU_COUNT,
@@ -19,11 +19,14 @@ from .model import (
     ARCHIVE_DIR,
     ARCHIVE_KEY,
     INIT_SCRIPT,
+    LABEL_CODE,
     LABEL_HASH,
     LABEL_RUN,
     OUTPUT_ROOT,
     KubeJob,
+    archive_parts,
     dns_label,
+    literal,
     secret_ref,
 )
 
@@ -54,22 +57,23 @@ def _env(job: KubeJob) -> list[dict[str, Any]]:
         "HOME": "/tmp",
         **{f"ML_ENV_INPUT_{name.upper()}": f"{INPUTS_DIR}/{name}" for name in job.inputs},
     }
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
+    env: list[dict[str, Any]] = [{"name": k, "value": literal(v)} for k, v in values.items()]
     for n in job.secret_names:
         secret, key = secret_ref(n)
         env.append({"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return env
 
 
-def names(job: KubeJob) -> tuple[str, str]:
-    """(Job name, ConfigMap name): the Job's from the run id, the ConfigMap's from the archive."""
+def names(job: KubeJob) -> tuple[str, list[str]]:
+    """(Job name, ConfigMap names): the Job's from the run id, the ConfigMaps' from the archive
+    (its digest, then the part's number)."""
     digest = hashlib.sha256(job.archive).hexdigest()
-    return dns_label(job.run_id), f"ml-env-code-{digest[:40]}"
+    return dns_label(job.run_id), [f"ml-env-code-{digest[:40]}-{i}" for i in range(len(archive_parts(job.archive)))]
 
 
 def manifests(job: KubeJob) -> list[dict[str, Any]]:
-    """The ConfigMap and the Job, as dicts in the order ``kubectl apply`` needs them."""
-    job_name, cm_name = names(job)
+    """The ConfigMaps with the code, then the Job, as dicts in the order ``kubectl apply`` needs them."""
+    job_name, cm_names = names(job)
     digest = hashlib.sha256(job.archive).hexdigest()
     labels = {LABEL_RUN: job.run_id, "app.kubernetes.io/managed-by": "ml-env"}
     if job.env_hash:
@@ -94,27 +98,30 @@ def manifests(job: KubeJob) -> list[dict[str, Any]]:
         "capabilities": {"drop": ["ALL"]},
     }
     code_mount = {"name": "code", "mountPath": CODE_DIR}
-    out_mount: dict[str, Any] = {"name": "outputs", "mountPath": OUTPUT_DIR}
+    # the outputs volume (the claim, or an emptyDir gone with the pod): the init container makes
+    # the run's folder in it; the script sees that folder at /mnt/outputs and, as in a local run
+    # and on Azure ML, as ./outputs in its working folder (the code has no outputs/ of its own)
+    root_mount: dict[str, Any] = {"name": "outputs", "mountPath": OUTPUT_ROOT}
+    run_path = job.run_id
+    if job.output is not None and job.output.sub_path:
+        root_mount["subPath"] = job.output.sub_path
+        run_path = f"{job.output.sub_path}/{job.run_id}"
     init_mounts: list[dict[str, Any]] = [
         {"name": "code-archive", "mountPath": ARCHIVE_DIR, "readOnly": True},
         code_mount,
+        root_mount,
     ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "code-archive", "configMap": {"name": cm_name}},
-        {"name": "code", "emptyDir": {}},
-    ]
-    out_dir = ""
+    archive = {"name": "code-archive", "projected": {"sources": [{"configMap": {"name": n}} for n in cm_names]}}
+    volumes: list[dict[str, Any]] = [archive, {"name": "code", "emptyDir": {}}]
     if job.output is not None:
-        root_mount: dict[str, Any] = {"name": "outputs", "mountPath": OUTPUT_ROOT}
-        if job.output.sub_path:
-            root_mount["subPath"] = job.output.sub_path
-        init_mounts.append(root_mount)
-        out_dir = f"{OUTPUT_ROOT}/{job.run_id}"
-        out_mount["subPath"] = "/".join(p for p in (job.output.sub_path, job.run_id) if p)
         volumes.append({"name": "outputs", "persistentVolumeClaim": {"claimName": job.output.claim}})
     else:
         volumes.append({"name": "outputs", "emptyDir": {}})
-    mounts: list[dict[str, Any]] = [code_mount, out_mount]
+    mounts: list[dict[str, Any]] = [
+        code_mount,
+        {"name": "outputs", "mountPath": OUTPUT_DIR, "subPath": run_path},
+        {"name": "outputs", "mountPath": WORKDIR_OUTPUTS, "subPath": run_path},
+    ]
     for i, (name, ref) in enumerate(job.inputs.items()):
         vol = f"input-{i}"
         m: dict[str, Any] = {"name": vol, "mountPath": f"{INPUTS_DIR}/{name}", "readOnly": True}
@@ -125,11 +132,14 @@ def manifests(job: KubeJob) -> list[dict[str, Any]]:
     if job.resources.shm_size:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(job.resources.shm_size)}})
+    parts = archive_parts(job.archive)
+    init_command = [job.python, "-c", INIT_SCRIPT, digest, f"{OUTPUT_ROOT}/{job.run_id}", ARCHIVE_DIR,
+                    str(len(parts)), CODE_DIR, *job.output_names]  # fmt: skip
     init = {
         "name": "code",
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": [job.python, "-c", INIT_SCRIPT, digest, out_dir, f"{ARCHIVE_DIR}/{ARCHIVE_KEY}", CODE_DIR],
+        "command": [literal(x) for x in init_command],
         "volumeMounts": init_mounts,
         "securityContext": container_sc,
         **({"resources": r} if (r := _resources(job.resources, gpus=False)) else {}),
@@ -138,7 +148,7 @@ def manifests(job: KubeJob) -> list[dict[str, Any]]:
         "name": "train",
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": list(job.command),
+        "args": [literal(x) for x in job.command],
         "workingDir": CODE_DIR,
         "env": _env(job),
         "volumeMounts": mounts,
@@ -169,20 +179,29 @@ def manifests(job: KubeJob) -> list[dict[str, Any]]:
     }
     if job.timeout is not None:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(job.timeout))
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": cm_name, **meta, "annotations": {"ml-env/code-archive-sha256": digest}},
-        "immutable": True,
-        "binaryData": {ARCHIVE_KEY: base64.b64encode(job.archive).decode("ascii")},
-    }
+    code_labels = {**labels, LABEL_CODE: digest[:40]}
+    configmaps = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": cm_name,
+                **meta,
+                "labels": code_labels,
+                "annotations": {"ml-env/code-archive-sha256": digest, "ml-env/code-part": f"{i + 1}/{len(parts)}"},
+            },
+            "immutable": True,
+            "binaryData": {f"{ARCHIVE_KEY}.{i:03d}": base64.b64encode(part).decode("ascii")},
+        }
+        for i, (cm_name, part) in enumerate(zip(cm_names, parts, strict=True))
+    ]
     job_doc = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": job_name, **meta, "annotations": annotations},
         "spec": spec,
     }
-    return [configmap, job_doc]
+    return [*configmaps, job_doc]
 
 
 def to_yaml(docs: Iterable[dict[str, Any]]) -> str:

@@ -1,5 +1,5 @@
 """What a Kubernetes run is made of: its options, the Job to write, references to claims and
-Secrets, and the code archive; each value checked before it reaches a manifest."""
+Secrets, the code archive and its parts; each value checked before it reaches a manifest."""
 
 from __future__ import annotations
 
@@ -16,15 +16,23 @@ from ...errors import UsageError
 from ...safe.grammar import ENV_NAME, has_control, matches, printable
 from ..snapshot import Snapshot, tar_chunks
 
-CONFIGMAP_LIMIT = 2**20  # what the API server accepts for one ConfigMap (etcd's object limit)
-_CONFIGMAP_OVERHEAD = 4096  # metadata and key names, with room to spare
-ARCHIVE_KEY = "code.tar.gz"
+# The code travels as a gzipped tar cut into parts, one ConfigMap each. The API server takes up to
+# 1 MiB of data in a ConfigMap, but `kubectl apply` (client side) also copies the whole object, as
+# JSON with the data base64-encoded, into its `last-applied-configuration` annotation, and all of
+# an object's annotations hold 256 KiB: a part of PART_BYTES (240 KiB base64) leaves room for the
+# metadata, so the file applies with plain `kubectl apply`, `--server-side` or `kubectl create`.
+CONFIGMAP_LIMIT = 2**20  # what the API server accepts as one ConfigMap's data
+ANNOTATIONS_LIMIT = 2**18  # what it accepts as one object's annotations, kubectl's copy included
+PART_BYTES = 180 * 1024
+CODE_LIMIT = 8 * 2**20  # the compressed code a Job carries at most: 46 ConfigMaps
+ARCHIVE_KEY = "code.tar.gz"  # the parts' keys: code.tar.gz.000, code.tar.gz.001, ...
 ARCHIVE_DIR = "/mnt/ml-env-code-archive"
 OUTPUT_ROOT = "/mnt/ml-env-output-root"
 DEFAULT_USER = (1000, 1000)
 DEFAULT_TTL = 7 * 86400
 LABEL_RUN = "ml-env.run-id"
 LABEL_HASH = "ml-env.env-hash"
+LABEL_CODE = "ml-env.code"  # on the ConfigMaps: the archive's digest (40 hex digits), one per code
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.ASCII)
@@ -32,20 +40,22 @@ _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?", r
 _SUBPATH_PART = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 _GPU_COUNT = re.compile(r"[0-9]{1,3}", re.ASCII)
 
-# Run by the init container with the environment image's python: argv[1] the archive's sha256,
-# argv[2] the run's output folder to create ("" for none). Standard library only.
+# Run by the init container with the environment image's python (standard library only):
+# argv[1] the archive's sha256, argv[2] the run's output folder, argv[3] the folder of the
+# archive's parts, argv[4] how many, argv[5] where to unpack, argv[6:] the named outputs
+# (${{outputs.NAME}}) to make in the output folder before the script starts.
 INIT_SCRIPT = """\
 import hashlib, io, os, sys, tarfile
-want, out = sys.argv[1], sys.argv[2]
-data = open(sys.argv[3], "rb").read()
+want, out, parts, count, code = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+data = b"".join(open(os.path.join(parts, "code.tar.gz.%03d" % i), "rb").read() for i in range(count))
 got = hashlib.sha256(data).hexdigest()
 if got != want:
     sys.exit("ml-env: the code archive is not the one the Job was written for: sha256 %s, expected %s" % (got, want))
 with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-    tar.extractall(sys.argv[4], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-if out:
-    os.makedirs(out, exist_ok=True)
-print("ml-env: code unpacked (%d bytes, sha256 %s)" % (len(data), got[:16]))
+    tar.extractall(code, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+for name in [""] + sys.argv[6:]:
+    os.makedirs(os.path.join(out, name), exist_ok=True)
+print("ml-env: code unpacked (%d bytes in %d parts, sha256 %s)" % (len(data), count, got[:16]))
 """
 
 
@@ -76,7 +86,7 @@ class KubeJob:
 
     run_id: str
     image: str  # repository@sha256:...
-    command: list[str]
+    command: list[str]  # as run: placeholders replaced
     archive: bytes  # the snapshot as a gzipped tar
     snapshot_hash: str
     env_hash: str | None = None
@@ -91,13 +101,14 @@ class KubeJob:
     backoff_limit: int = 0
     ttl_after_finished: int = DEFAULT_TTL
     python: str = "python3"  # the image's interpreter, for the init container
+    output_names: tuple[str, ...] = ()  # ${{outputs.NAME}} in the arguments: folders made first
 
 
 @dataclass(frozen=True)
 class Emitted:
     run_id: str
     job: str
-    configmap: str
+    configmaps: list[str]
     file: Path
     image: str
     archive_bytes: int
@@ -118,6 +129,12 @@ def dns_label(text: str, max_len: int = 63) -> str:
     if not s:
         raise UsageError(f"{printable(text, 60)!r} has nothing a Kubernetes name can be made of")
     return s
+
+
+def literal(text: str) -> str:
+    """``text`` as Kubernetes passes it on: it expands ``$(VAR)`` in a container's command, args
+    and env values and turns ``$$`` into ``$``; every ``$`` doubled, it is taken as written."""
+    return text.replace("$", "$$")
 
 
 def secret_ref(name: str) -> tuple[str, str]:
@@ -180,15 +197,9 @@ def new_run_id(experiment: str) -> str:
 # --- the code archive ----------------------------------------------------------------------
 
 
-def archive_limit() -> int:
-    """The largest gzipped snapshot whose base64 still fits a ConfigMap."""
-    return (CONFIGMAP_LIMIT - _CONFIGMAP_OVERHEAD) // 4 * 3
-
-
-def code_archive(snap: Snapshot, *, limit: int | None = None) -> bytes:
+def code_archive(snap: Snapshot, *, limit: int = CODE_LIMIT) -> bytes:
     """The snapshot as a gzipped tar (the same stream a local run gets, reproducible: no
-    timestamps), refused as soon as it outgrows a ConfigMap."""
-    limit = archive_limit() if limit is None else limit
+    timestamps), refused as soon as it outgrows what a Job carries."""
     z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip wrapper, mtime 0
     out = bytearray()
     for chunk in tar_chunks(snap):
@@ -202,11 +213,17 @@ def code_archive(snap: Snapshot, *, limit: int | None = None) -> bytes:
             f"{e.rel} ({e.size / 2**20:.1f} MiB)" for e in sorted(snap.files, key=lambda e: -e.size)[:3]
         )
         raise UsageError(
-            f"the source snapshot ({len(snap.files)} files, {snap.size / 2**20:.1f} MiB) does not fit a ConfigMap: "
-            f"compressed it is over {limit // 1024} KiB (ConfigMaps hold 1 MiB, base64-encoded); biggest files: {biggest}",
+            f"the source snapshot ({len(snap.files)} files, {snap.size / 2**20:.1f} MiB) is too big for a Job: "
+            f"compressed it is over {limit // 1024} KiB (the code travels in ConfigMaps of "
+            f"{PART_BYTES // 1024} KiB); biggest files: {biggest}",
             hint="leave data out of --source (.amlignore) and pass it as --input NAME=pvc:CLAIM",
         )
     return bytes(out)
+
+
+def archive_parts(archive: bytes) -> list[bytes]:
+    """The archive cut into the parts the ConfigMaps hold, in order."""
+    return [archive[i : i + PART_BYTES] for i in range(0, len(archive), PART_BYTES)] or [b""]
 
 
 # --- the manifests -------------------------------------------------------------------------
