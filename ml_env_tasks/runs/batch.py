@@ -87,8 +87,10 @@ def sbatch_lines(job: Job, settings: dict[str, object], nodes: int, layout: Layo
 def render(job: Job, settings: dict[str, object], nodes: int, layout: Layout) -> tuple[str, str]:
     """(the batch script, the per-node launch script)."""
     q = shlex.quote
-    if nodes == 1:  # one node: no step to launch, no one to meet (torchrun's single-node values)
-        head = ["export MASTER_ADDR=127.0.0.1", "export WORLD_SIZE=1", f"exec bash {q(str(layout.launch))}"]
+    if str(settings.get("launcher")) == "enroot":  # pyxis: srun runs the image itself, on every node
+        head = [*_master(nodes), *_pyxis(job, layout)]
+    elif nodes == 1:  # one node: no step to launch, no one to meet (torchrun's single-node values)
+        head = [*_master(1), f"exec bash {q(str(layout.launch))}"]
     else:
         head = [
             'first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
@@ -110,17 +112,58 @@ def render(job: Job, settings: dict[str, object], nodes: int, layout: Layout) ->
     return batch + "\n", launch_script(job, settings, layout)
 
 
-def launch_script(job: Job, settings: dict[str, object], layout: Layout) -> str:
-    q = shlex.quote
-    launcher = str(settings.get("launcher") or "docker")
-    r = job.resources
-    envs = {
+def _envs(job: Job) -> dict[str, str]:
+    return {
         **job.env_vars,
         "ML_ENV_RUN_ID": job.run_id,
         "ML_ENV_OUTPUT_DIR": OUTPUT_DIR,
         "HOME": "/tmp",
         **{f"ML_ENV_INPUT_{n.upper()}": f"{INPUTS_DIR}/{n}" for n in job.inputs},
     }
+
+
+def _mounts(job: Job, layout: Layout) -> list[tuple[str, str, str]]:
+    """(source, destination, "ro"|"rw") of a node's part: code, outputs (twice), inputs."""
+    out = [(str(layout.code), CODE_DIR, "rw"), (str(layout.outputs), OUTPUT_DIR, "rw"),
+           (str(layout.outputs), WORKDIR_OUTPUTS, "rw")]  # fmt: skip
+    return out + [(str(layout.inputs / n), f"{INPUTS_DIR}/{n}", "ro") for n in job.inputs]
+
+
+def _master(nodes: int) -> list[str]:
+    if nodes == 1:
+        return ["export MASTER_ADDR=127.0.0.1", "export WORLD_SIZE=1"]
+    return [
+        'first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        'MASTER_ADDR="$(scontrol show node "$first" | sed -n \'s/.*NodeAddr=\\([^ ]*\\).*/\\1/p\')"',
+        'export MASTER_ADDR="${MASTER_ADDR:-$first}"',
+        'export WORLD_SIZE="$SLURM_JOB_NUM_NODES"',
+    ]
+
+
+def _pyxis(job: Job, layout: Layout) -> list[str]:
+    """enroot through pyxis (rendered, not run here): srun pulls and starts the image on each node.
+    enroot names an image ``REGISTRY#REPOSITORY@DIGEST``; the node's credentials are enroot's."""
+    q = shlex.quote
+    host, _, path = job.image.partition("/")
+    mounts = ",".join(f"{src}:{dst}" + (":ro" if mode == "ro" else "") for src, dst, mode in _mounts(job, layout))
+    rank = 'export RANK="$SLURM_NODEID" NODE_RANK="$SLURM_NODEID" LOCAL_RANK=0; exec "$@"'
+    srun = (f"srun --kill-on-bad-exit=1 --export=ALL --container-image={q(f'{host}#{path}')} "
+            f"--container-mounts={q(mounts)} --container-workdir={CODE_DIR} --no-container-mount-home "
+            f"bash -c {q(rank)} bash {' '.join(q(a) for a in job.command)}")  # fmt: skip
+    if job.timeout:
+        srun = f"timeout --kill-after=10 {math.ceil(job.timeout)} {srun}"
+    return [*(f"export {k}={q(v)}" for k, v in _envs(job).items()), f"exec {srun}"]
+
+
+def launch_script(job: Job, settings: dict[str, object], layout: Layout) -> str:
+    q = shlex.quote
+    launcher = str(settings.get("launcher") or "docker")
+    if launcher == "enroot":
+        return "#!/bin/bash\n# enroot: pyxis runs the image from the batch script's srun (job.sh)\n"
+    if launcher == "apptainer":
+        return _apptainer(job, layout)
+    r = job.resources
+    envs = _envs(job)
     flags = ["--rm", '--name "$name"', "--network host", "--security-opt no-new-privileges", "--cap-drop ALL",
              f"--workdir {CODE_DIR}", f"-v {q(f'{layout.code}:{CODE_DIR}')}",
              f"-v {q(f'{layout.outputs}:{OUTPUT_DIR}')}", f"-v {q(f'{layout.outputs}:{WORKDIR_OUTPUTS}')}",
@@ -152,20 +195,47 @@ def launch_script(job: Job, settings: dict[str, object], layout: Layout) -> str:
         f"{run} &",
         "pid=$!",
     ]
-    if job.timeout:
-        # the limit is ml-env's own: the container is stopped (TERM, then KILL 10 s later) and the
-        # node's part ends with 124, whatever the script's PID 1 does with TERM
-        marker = q(str(layout.root / "timed-out"))
-        lines += [
-            f"( sleep {math.ceil(job.timeout)}; touch {marker}; "
-            f'echo "ml-env: the run reached its time limit ({math.ceil(job.timeout)} s): stopping it"; '
-            f'{launcher} stop -t 10 "$name" >/dev/null 2>&1 ) &',
-            "watch=$!",
-            'wait "$pid"; code=$?',
-            'kill "$watch" 2>/dev/null',
-            f"if [ -e {marker} ]; then exit 124; fi",
-            'exit "$code"',
-        ]
-    else:
-        lines.append('wait "$pid"')
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _wait(job, layout, f'{launcher} stop -t 10 "$name" >/dev/null 2>&1')) + "\n"
+
+
+def _wait(job: Job, layout: Layout, stop: str) -> list[str]:
+    """The end of a launch script: wait for the container; with a timeout, ``stop`` it when the
+    time is up (the node's part then ends with 124, whatever its PID 1 does with TERM)."""
+    if not job.timeout:
+        return ['wait "$pid"']
+    marker = shlex.quote(str(layout.root / "timed-out"))
+    t = math.ceil(job.timeout)
+    return [
+        f'( sleep {t}; touch {marker}; echo "ml-env: the run reached its time limit ({t} s): stopping it"; {stop} ) &',
+        "watch=$!",
+        'wait "$pid"; code=$?',
+        'kill "$watch" 2>/dev/null',
+        f"if [ -e {marker} ]; then exit 124; fi",
+        'exit "$code"',
+    ]
+
+
+def _apptainer(job: Job, layout: Layout) -> str:
+    """Apptainer (rendered, not run here): ``apptainer exec`` of the image by digest, the job's own
+    user, a clean environment with the run's variables, the same folders bound."""
+    q = shlex.quote
+    flags = ["--containall", "--cleanenv", "--no-home", f"--pwd {CODE_DIR}"]
+    flags += [f"--bind {q(f'{src}:{dst}:{mode}')}" for src, dst, mode in _mounts(job, layout)]
+    flags += [f"--env {q(f'{k}={v}')}" for k, v in _envs(job).items()]
+    flags += ['--env "RANK=$RANK,NODE_RANK=$NODE_RANK,LOCAL_RANK=0,WORLD_SIZE=$WORLD_SIZE"',
+              '--env "MASTER_ADDR=$MASTER_ADDR,MASTER_PORT=$MASTER_PORT"']  # fmt: skip
+    if job.resources.gpus:
+        flags.append("--nv")
+    if is_loopback(job.image.split("/", 1)[0]):
+        flags.append("--nohttps")
+    run = f"apptainer exec {' '.join(flags)} {q('docker://' + job.image)} {' '.join(q(a) for a in job.command)}"
+    lines = [
+        "#!/bin/bash",
+        "# written by ml-env: this node's part of the run (apptainer)",
+        "set -u",
+        'export RANK="${SLURM_NODEID:-0}" NODE_RANK="${SLURM_NODEID:-0}" LOCAL_RANK=0',
+        "trap 'kill \"$pid\" 2>/dev/null; exit 143' TERM INT",
+        f"{run} &",
+        "pid=$!",
+    ]
+    return "\n".join(lines + _wait(job, layout, 'kill "$pid"; sleep 10; kill -9 "$pid" 2>/dev/null')) + "\n"

@@ -4,8 +4,8 @@ in ``pyproject.toml``), each a ``type`` and its settings, and ``default_compute`
 
 - ``type = "docker"``: a Docker engine; ``context`` (a docker context) or none (the current one).
 - ``type = "slurm"``: a Slurm cluster (the machine's ``SLURM_CONF``); ``partition``, ``account``,
-  ``qos``, ``nodes`` (default 1), ``launcher`` (``docker`` or ``podman``: what runs the image on
-  each node), ``shared`` (a folder every node sees at the same path, where a run's code, inputs
+  ``qos``, ``nodes`` (default 1), ``launcher`` (what runs the image on each node: ``docker`` or
+  ``podman``, run in the tests; ``apptainer`` or ``enroot`` through pyxis, rendered only), ``shared`` (a folder every node sees at the same path, where a run's code, inputs
   and outputs travel).
 - ``type = "kubernetes"``: a Job written out, as ``--runner kubernetes``: ``emit`` (the file),
   ``namespace``, ``output_claim`` (``--output-pvc``); flags given win.
@@ -31,7 +31,7 @@ __all__ = ["Target", "targets", "target", "TYPES", "FIELDS", "LAUNCHERS"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)  # a target's, a partition's, an account's
 
 TYPES = ("docker", "slurm", "kubernetes")
-LAUNCHERS = ("docker", "podman")  # run and tested here; enroot/pyxis and apptainer: see README
+LAUNCHERS = ("docker", "podman", "apptainer", "enroot")  # docker and podman run in the tests; the others are rendered
 # each type's settings and the type of each; "type" itself is every target's
 FIELDS: dict[str, dict[str, type]] = {
     "docker": {"context": str},
@@ -105,8 +105,7 @@ def _check(name: str, table: dict[str, Any], where: dict[str, str]) -> Target:
     if kind == "slurm":
         if settings.get("launcher", "docker") not in LAUNCHERS:
             raise UsageError(f"launcher must be one of {', '.join(LAUNCHERS)}", file=where.get("launcher"),
-                             key=f"compute.{name}.launcher",
-                             hint="enroot/pyxis and Apptainer: see the README's Scaling out")  # fmt: skip
+                             key=f"compute.{name}.launcher")  # fmt: skip
         if not 1 <= int(settings.get("nodes", 1)) <= 64:
             raise UsageError("nodes must be between 1 and 64", file=where.get("nodes"), key=f"compute.{name}.nodes")
         for k in ("partition", "account", "qos"):

@@ -41,7 +41,11 @@ def test_a_target_is_merged_from_the_project_and_the_user() -> None:
         (None, {"c": {"type": "slurm", "sbatch_args": "--output=/etc/x"}}, "unknown key for a slurm target"),
         (None, {"c": {"type": "slurm", "nodes": "2"}}, "must be a int"),
         (None, {"c": {"type": "slurm", "nodes": 0}}, "nodes must be between 1 and 64"),
-        (None, {"c": {"type": "slurm", "launcher": "enroot"}}, "launcher must be one of docker, podman"),
+        (
+            None,
+            {"c": {"type": "slurm", "launcher": "singularity"}},
+            "launcher must be one of docker, podman, apptainer",
+        ),
         (None, {"c": {"type": "slurm", "partition": "a b"}}, "must be a Slurm name"),
         (None, {"c": {"type": "slurm", "shared": "rel/dir"}}, "must be an absolute path"),
         (None, {"c d": {"type": "slurm"}}, "must be a table named with letters"),
@@ -85,3 +89,22 @@ def test_podman_is_told_a_loopback_registry_speaks_plain_http(tmp_path: Path) ->
     _, launch = render(_job(tmp_path, image="registry.example.com/x@sha256:" + "b" * 64), {"launcher": "podman"}, 1,
                        Layout(Path("/s/r")))  # fmt: skip
     assert "--tls-verify" not in launch
+
+
+def test_apptainer_and_enroot_are_rendered_with_the_same_folders_and_variables(tmp_path: Path) -> None:
+    """Rendered only (neither can be installed here): the scripts parse, bind the same folders,
+    pass the run's variables and torchrun's, and stop at the timeout with 124."""
+    layout = Layout(Path("/shared/r"))
+    _, launch = render(_job(tmp_path), {"launcher": "apptainer"}, 2, layout)
+    line = next(x for x in launch.splitlines() if x.startswith("apptainer exec"))
+    words = shlex.split(line.removesuffix(" &"))
+    assert "docker://127.0.0.1:5000/x/fit@sha256:" + "a" * 64 in words and "--nohttps" in words and "--nv" in words
+    assert "/shared/r/code:/mnt/code:rw" in words and "/shared/r/outputs:/mnt/code/outputs:rw" in words
+    assert "MODE=a'b; rm -rf /" in words and "--cleanenv" in words and "exit 124" in launch
+    batch, _ = render(_job(tmp_path), {"launcher": "enroot"}, 2, layout)
+    srun = next(x for x in batch.splitlines() if "srun" in x)
+    assert "--container-image='127.0.0.1:5000#x/fit@sha256:" in srun and "timeout --kill-after=10 90" in srun
+    assert "--container-mounts=" in srun and "/shared/r/inputs/data:/mnt/inputs/data:ro" in srun
+    assert "export MODE='a'\"'\"'b; rm -rf /'" in batch  # quoted for bash
+    for text in (launch, batch):
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
