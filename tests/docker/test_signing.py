@@ -18,17 +18,10 @@ from ml_env_tasks.registry import RegistryClient, parse_ref
 from ml_env_tasks.registry import artifacts as art
 
 from .helpers import ml_env
+from .test_models_package import SCORE  # the same scoring script: a model's factor times x
 
 pytestmark = pytest.mark.docker
 
-SCORE = """
-import json, os
-def init():
-    global factor
-    factor = float(open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "factor.txt")).read())
-def run(raw):
-    return {"y": [x * factor for x in json.loads(raw)["x"]]}
-"""
 SMOKE_TYPE = "urn:ml-env:smoke-test:v1"
 
 
