@@ -236,7 +236,7 @@ def test_a_bad_setting_names_where_it_was_set(
     if where == "project":
         assert (
             err
-            == f"ml-env: error: --require 'bogus': the gates are smoke-test (set by require in project ({tmp_path / 'pyproject.toml'}))"
+            == f"ml-env: error: --require 'bogus': the gates are smoke-test, signed (set by require in project ({tmp_path / 'pyproject.toml'}))"
         )
     else:
         assert err.startswith("ml-env: error: --ledger oci://...: give") and err.endswith(
@@ -244,4 +244,4 @@ def test_a_bad_setting_names_where_it_was_set(
         )
     # typed on the command line: no source said
     assert run(["promote", "127.0.0.1:9/a/b:1", "127.0.0.1:9/c/d", "--tag", "x", "--require", "nope"]) == 2
-    assert capsys.readouterr().err.strip() == "ml-env: error: --require 'nope': the gates are smoke-test"
+    assert capsys.readouterr().err.strip() == "ml-env: error: --require 'nope': the gates are smoke-test, signed"
