@@ -18,6 +18,7 @@ __all__ = [
     "SERVE",
     "SMOKE",
     "PROMOTE",
+    "TESTED",
     "SIGN",
     "TRUST",
     "DEFAULT_TRAIN_ENV",
@@ -143,6 +144,14 @@ PROMOTE = (
            "it), signed (its signature verifies with --verify-key; with smoke-test, a signed record of the pass)"),
     O("spec", "--spec", kind="path", gha="spec",
       help="with --require smoke-test: the environment file whose lock the tested image must hold"),
+)  # fmt: skip
+# with the smoke-test gate: what runs on an environment image, as smoke-test took it (hashed the same way)
+TESTED = (
+    O("entry", "--entry", kind="path",
+      help="with --require smoke-test: the entry script that runs with the image; only smoke tests of this entry "
+           "(and these --model) count (none given: the newest test of every combination tested must have passed)"),
+    O("model", "--model", kind="list", metavar="[NAME=]DIR",
+      help="with --entry: a model mounted with it, as smoke-test took it (several: NAME=DIR each)"),
 )  # fmt: skip
 
 
