@@ -5,6 +5,12 @@ store when no registry is given). An error there is an error, never "exists", un
 caller asks to build anyway. Two builds of the same environment on one machine serialise on a
 file lock and the second finds the first one's image.
 
+``--no-push`` (a pull request's build): the same question is asked of the registry, and an
+image there is reused as it is (nothing built, nothing pulled); otherwise the image is built,
+locked and checked, and left in the engine under its hash tag. Nothing is written to the
+registry: no image, no cache export, no moving cache ref, no SBOM (the registry cache is still
+read).
+
 A build runs twice through BuildKit: the first builds (and loads) the image so the resolved
 package versions can be read from it; the second, all cached, adds the lock as a label,
 exports the build cache and pushes. Nothing is pushed unless every step succeeded.
@@ -160,6 +166,9 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
         extra = extras.parse(opts)
         cache = with_user_cache(choose_cache(env, opts, caps, ref), extra, caps)
+        if opts.registry and not opts.pushes and cache.target and cache.target.get("type") == "registry":
+            cache = CachePlan(cache.backend, cache.sources, None, None)
+            rep.info("--no-push: the registry cache is read, not written")
         cache_from = existing_sources(cache, opts, rep)
         log_path = _log_path(env, p, opts)
         rep.info(f"building {ref} (cache: {cache.backend}, engine {caps.server_version}, buildx {caps.buildx_version})")
@@ -171,7 +180,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 rep.log(clean)
 
             labels = {**extra.labels, **_labels(env, p), **_base_label(env, opts, rep)}
-            extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
+            extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.pushes else []
             how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
                                    "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
             # a docker-driver builder puts what it builds in the engine; any other (docker-container,
@@ -194,7 +203,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 for attempt in range(1, PUSH_ATTEMPTS + 1):
                     try:
                         names = [ref, *extra_tags]
-                        push = bool(opts.registry)
+                        push = opts.pushes
                         output = None
                         loads = load and not push
                         if extra.annotations:  # only an --output carries them; it names and pushes (or loads) too
@@ -203,7 +212,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         second = engine.build(
                             context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
                             cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
-                            provenance={"mode": "max"} if opts.registry else None, load=loads, **how,
+                            provenance={"mode": "max"} if push else None, load=loads, **how,
                         )  # fmt: skip
                         partial = False
                         break
@@ -232,7 +241,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     engine.remove_image(ref)
                 raise
         digest = second.digest or first.digest
-        if opts.registry and digest:
+        if opts.pushes and digest:
             digest = _attach_sbom(env, p, ref, digest, lock_text, engine, opts)
             digest = _verify_pushed(ref, digest, opts)
             if load:  # the engine holds the first pass (no lock label) under the tag: the registry has the image
@@ -242,13 +251,15 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             lp = lock_path_for(env.path)
             write_atomic(lp, lock_text)
             lock_written = str(lp)
-        rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s")
+        kept = "" if opts.pushes or not opts.registry else " (not pushed: --no-push; the image is in the engine)"
+        rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s{kept}")
         return BuildResult(
             ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=cache.backend,
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
             cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
-            python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second), reproducible=repro,
+            python=p.python, registry=opts.registry if opts.pushes else None, image_id=_image_id(engine, ref, second),
+            reproducible=repro,
             metadata=_metadata(second.metadata, digest),
         )  # fmt: skip
     finally:

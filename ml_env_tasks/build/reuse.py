@@ -55,9 +55,14 @@ def _check_extras(opts: BuildOptions) -> bool:
     """Check build-push-action style values before anything runs; True when there are tags to apply."""
     if not (opts.labels or opts.annotations or opts.cache_from or opts.cache_to or opts.platforms or opts.tags):
         return False
+    from ..errors import UsageError
     from .extras import parse, tag_refs
 
-    parse(opts)
+    extra = parse(opts)
+    if opts.no_push and extra.cache_to and extra.cache_to["type"] == "registry":
+        raise UsageError(
+            "cache-to type=registry writes to a registry, and --no-push (push: false) writes nothing there"
+        )
     tag_refs("x/y:z", opts.tags, registry=opts.registry)
     if opts.platforms:
         from .. import engine
@@ -70,7 +75,9 @@ def _check_extras(opts: BuildOptions) -> bool:
 
 def apply_tags(result: BuildResult, opts: BuildOptions, rep: Reporter) -> BuildResult:
     """Give the image its extra tags: in a registry by copying its manifest (moving a tag that
-    named another image, as a build does), in the engine with ``docker tag``."""
+    named another image, as a build does), in the engine with ``docker tag``. With --no-push, in
+    the engine only, to an image built there: one reused from the registry is not in the engine,
+    and gets none (said, and left out of the result's tags)."""
     import dataclasses
 
     from .extras import tag_refs
@@ -78,7 +85,11 @@ def apply_tags(result: BuildResult, opts: BuildOptions, rep: Reporter) -> BuildR
     refs = tag_refs(result.image, opts.tags, registry=opts.registry)
     if not refs:
         return result
-    if opts.registry and result.digest:
+    if opts.no_push and opts.registry and not result.built:
+        rep.info(f"not tagged {', '.join(refs)}: {result.image} is in the registry, not in the engine, and --no-push "
+                 "writes nothing to the registry")  # fmt: skip
+        return result
+    if opts.pushes and result.digest:
         from ..registry import parse_ref
         from ..release.promote import PromoteOptions, promote
 

@@ -82,6 +82,10 @@ BUILD_ONLY = (
       help="export the cache here instead of ml-env's choice, buildx syntax: type=registry,ref=...,mode=max"),
     O("platforms", "--platform", kind="list", gha="platforms", metavar="OS/ARCH",
       help="target platform: the engine's own only (the content hash names no platform)"),
+    # the build action's input is build-push-action's `push: false` (commands.build: an alias)
+    O("no_push", "--no-push", kind="flag", default=False, gha=None,
+      help="build and check, push nothing (image, cache, tags): the image stays in the engine under its hash tag; "
+           "one the registry already has is reused, not built"),
 )  # fmt: skip
 
 RUN = (

@@ -325,3 +325,44 @@ def test_sign_action_signs_by_digest_with_a_key_from_a_secret(ws, cosign_keys, m
     said = proc.stdout + proc.stderr + summary + "".join(outputs.values())
     secret_lines = Path(key["key"]).read_text().splitlines()[1:-1]
     assert key["password"] not in said and not [ln for ln in secret_lines if ln in said]
+
+
+def test_build_action_push_false_builds_and_checks_and_pushes_nothing(ws) -> None:
+    """A pull request's build: `push: false` builds, locks and checks the image and leaves it in the
+    engine under its hash tag; nothing reaches the registry (image, tags, cache). An image the
+    registry already has is reused as it is, nothing built."""
+    from ml_env_tasks import engine
+    from ml_env_tasks.registry import RegistryClient, parse_ref
+
+    reg = ws.lab["registry"]
+    ws.extra_repos.append((reg, f"{ws.repo}-cache"))
+    f = ws.spec(f'name = "pr"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[env]\nPR = "{ws.repo}"\n')
+    inputs = {
+        "spec": str(f), "registry": reg, "repository": ws.repo, "network": ws.lab["build_network"],
+        "install": "false", "push": "false", "tags": "pr-1", "cache": "registry",
+        "cache-ref": f"{reg}/{ws.repo}-cache:deps",
+    }  # fmt: skip
+    action = ROOT / "ci/github/build/action.yml"
+    client, eng = RegistryClient(reg), engine.current()
+    proc, out, summary = run_action(action, inputs, ws.dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out["built"] == "true" and out["image"] == f"{reg}/{ws.repo}:{out['hash']}"
+    assert out["ref"] == out["image"]  # no registry digest: the hash tag in the engine
+    assert "not pushed" in summary and "the registry cache is read, not written" in proc.stdout
+    assert client.head_manifest(ws.repo, out["hash"]) is None and client.head_manifest(ws.repo, "pr-1") is None
+    cache = parse_ref(f"{reg}/{ws.repo}-cache:deps")
+    assert client.head_manifest(cache.repository, "deps") is None  # no cache export either
+    assert eng.local_image_id(out["image"]) and eng.local_image_id(f"{reg}/{ws.repo}:pr-1")
+    assert (ws.dir / "env.lock").exists()  # built, locked and checked all the same
+    # the same environment once pushed (main): a pull request's build reuses it, builds nothing
+    pushed, out2, _ = run_action(action, {**inputs, "push": "", "tags": ""}, ws.dir)
+    assert pushed.returncode == 0 and out2["built"] == "true", pushed.stdout + pushed.stderr
+    assert client.head_manifest(ws.repo, out["hash"]).digest == out2["digest"]
+    again, out3, _ = run_action(action, {**inputs, "tags": "pr-2"}, ws.dir)
+    assert again.returncode == 0 and out3["built"] == "false" and out3["digest"] == out2["digest"], again.stdout
+    assert client.head_manifest(ws.repo, "pr-2") is None and "not tagged" in again.stdout
+    bad, _, _ = run_action(action, {**inputs, "push": "nope"}, ws.dir)
+    assert bad.returncode == 2 and "input 'push' must be true or false" in bad.stdout + bad.stderr
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "build", str(f), *ws.cli_args(), "--no-push",
+                        "--cache-to", f"type=registry,ref={reg}/{ws.repo}-cache:x"], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and "--no-push" in p.stderr and "Traceback" not in p.stderr
