@@ -114,7 +114,9 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
     if opts.cache not in CACHE_BACKENDS:
         raise UsageError(f"unknown cache backend {opts.cache!r}; choose one of {', '.join(CACHE_BACKENDS)}")
     if opts.upgrade and opts.locked:
-        raise UsageError("--upgrade re-resolves packages and --locked installs the lock: choose one")
+        raise UsageError(
+            "--upgrade (the build action's no-cache) re-resolves packages and --locked installs the lock: choose one"
+        )
     p = render(env)
     ref = image_ref(env, opts, p.hash)
     if not opts.pin_base:
@@ -165,6 +167,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         caps = engine.capabilities(opts.builder)
         platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
         extra = extras.parse(opts)
+        own_labels = _labels(env, p, extra.labels)  # a --label the environment file contradicts: refused now
         cache = with_user_cache(choose_cache(env, opts, caps, ref), extra, caps)
         if opts.registry and not opts.pushes and cache.target and cache.target.get("type") == "registry":
             cache = CachePlan(cache.backend, cache.sources, None, None)
@@ -179,7 +182,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 logf.write(clean + "\n")
                 rep.log(clean)
 
-            labels = {**extra.labels, **_labels(env, p), **_base_label(env, opts, rep)}
+            labels = {**own_labels, **_base_label(env, opts, rep)}
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.pushes else []
             how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
                                    "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
@@ -359,9 +362,11 @@ def with_user_cache(plan: CachePlan, extra: extras.Extras, caps: Any) -> CachePl
     return CachePlan(plan.backend, sources, plan.target, plan.moving)
 
 
-def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
-    labels = dict(env.labels)
-    labels["org.opencontainers.image.title"] = env.name
+def _labels(env: Environment, p: BuildPlan, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The image's labels: the OCI ones ml-env fills in (title, description, version, revision),
+    which a --label of the same key replaces; the environment file's own (hashed: a --label that
+    would change one is refused, never dropped); ml-env's."""
+    labels = {"org.opencontainers.image.title": env.name}
     if env.description:
         labels["org.opencontainers.image.description"] = env.description
     if env.version:
@@ -369,6 +374,14 @@ def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
     git = git_info(env.path.parent)
     if git.commit:
         labels["org.opencontainers.image.revision"] = git.commit
+    for key, value in (extra or {}).items():
+        if env.labels.get(key, value) != value:
+            raise UsageError(
+                f"label {key}: {env.path.name} sets it to another value (its labels are part of the content hash)",
+                hint="change it in the environment file, or drop the label",
+            )
+        labels[key] = value
+    labels.update(env.labels)
     labels["ml-env.name"] = env.name
     labels["ml-env.hash"] = p.hash
     labels["ml-env.spec"] = p.canonical

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
+from .exists import BASE_DIGEST_LABEL, announce, check_reused, image_exists, warn_if_base_moved
 from .lockfile import lock_from_registry_if_missing
 from .model import BuildOptions, BuildResult, Reporter, repository_for_name
 
@@ -42,10 +42,7 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
 
         result = build_env(load_env(path, opts), opts, rep)
     if not result.built and (opts.labels or opts.annotations):
-        rep.info(
-            f"{result.image} was reused: labels and annotations are written when an image is built (they are not "
-            "part of the content hash); --force rebuilds it with them"
-        )
+        check_reused(result.image, result.digest, opts)  # on it already, or refused: never dropped
     if asked:
         result = apply_tags(result, opts, rep)
     return result

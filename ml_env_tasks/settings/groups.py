@@ -73,9 +73,11 @@ BUILD_ONLY = (
     O("tags", "--tag", kind="list", gha="tags", metavar="TAG", words=True,
       help="extra tag, TAG or host/repository:TAG (several allowed); applied to a reused image too"),
     O("labels", "--label", kind="list", commas=False, gha="labels", metavar="KEY=VALUE",
-      help="extra image label (one per line in an input), not part of the content hash (written when the image is built)"),
+      help="extra image label (one per line in an input), not part of the content hash: written when the image is "
+           "built; for a reused image it must be on it already (else refused)"),
     O("annotations", "--annotation", kind="list", commas=False, gha="annotations", metavar="KEY=VALUE",
-      help="manifest annotation (one per line in an input), not part of the content hash (written when the image is pushed by a build)"),
+      help="manifest annotation (one per line in an input), not part of the content hash: written when the image is "
+           "built; for a reused image it must be on it already (else refused)"),
     O("cache_from", "--cache-from", kind="list", commas=False, gha="cache-from", metavar="SPEC",
       help="extra cache to import, buildx syntax: type=registry,ref=host/repo:tag (several: one per line)"),
     O("cache_to", "--cache-to", metavar="SPEC",

@@ -143,19 +143,36 @@ def test_build_action_takes_build_push_action_inputs(ws) -> None:
         doc = json.loads(client.get_manifest(ws.repo, child["digest"])[1])
     assert doc["annotations"]["org.example.note"] == 'built by a test, with "quotes"'
 
-    # labels do not enter the hash: the same environment is reused; a new tag still lands
-    proc2, out2, summary2 = run_action(action, {**inputs, "tags": "v2", "labels": "team=other"}, ws.dir)
+    # labels do not enter the hash: the same environment is reused; given again as they are, they
+    # are on it already, and a new tag still lands
+    proc2, out2, summary2 = run_action(action, {**inputs, "tags": "v2"}, ws.dir)
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr
     assert out2["built"] == "false" and out2["digest"] == digest and out2["imageid"] == out["imageid"]
     assert client.head_manifest(ws.repo, "v2").digest == digest
-    assert "labels and annotations are written when an image is built" in proc2.stdout
     assert "| tags |" in summary2
+    # a label or an annotation the reused image does not carry is refused, not dropped: nothing is written
+    for changed, words in (({"labels": "team=other"}, "label team: "), ({"annotations": "org.example.note=x"},
+                           "annotation org.example.note: "), ({"labels": "new.key=1"}, "does not carry it")):  # fmt: skip
+        p, o, _ = run_action(action, {**inputs, "tags": "v3", **changed}, ws.dir)
+        assert p.returncode == 2 and words in p.stdout and "reused, not built" in p.stdout, (changed, p.stdout)
+        assert "digest" not in o and client.head_manifest(ws.repo, "v3") is None
+    # a label ml-env fills in itself (the OCI title) is the user's to set, not silently replaced
+    assert labels["org.opencontainers.image.title"] == "extras"
+    # (rebuilt with build-push-action's no-cache: true, which is --upgrade: the hash is there, it builds anyway)
+    p, o, _ = run_action(
+        action, {**inputs, "labels": "org.opencontainers.image.title=mine", "no-cache": "true"}, ws.dir
+    )
+    assert p.returncode == 0 and o["built"] == "true", p.stdout
+    assert client.image_config(ws.repo, o["digest"])["config"]["Labels"]["org.opencontainers.image.title"] == "mine"
 
     for bad, exit_code, words in (
         ({"platforms": "linux/amd64,linux/arm64"}, 3, "builder 'default' (driver docker)"),
         ({"builder": "no-such-builder", "force": "true"}, 3, "no-such-builder"),
         ({"labels": "ml-env.hash=forged"}, 2, "ml-env.* keys are set by ml-env"),
         ({"cache-to": "type=ftp,ref=x"}, 2, "cache type 'ftp'"),
+        ({"build-args": "A=1"}, 2, "input 'build-args': build arguments change the image but not its content hash"),
+        ({"outputs": "type=local,dest=out"}, 2, "input 'outputs': ml-env decides where the image goes"),
+        ({"no-cache": "true", "locked": "true"}, 2, "--upgrade (the build action's no-cache)"),
     ):
         p, o, _ = run_action(action, {**inputs, **bad}, ws.dir)
         assert p.returncode == exit_code, (bad, p.stdout, p.stderr)

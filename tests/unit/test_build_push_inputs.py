@@ -70,3 +70,69 @@ def test_signing_needs_a_pushed_image(capsys: pytest.CaptureFixture[str], tmp_pa
     spec.write_text('name = "x"\n[base]\nimage = "127.0.0.1:9/b:1"\n')
     assert run(["build", str(spec), "--registry", "127.0.0.1:9", "--no-push", "--sign-keyless"]) == 2
     assert "without --no-push" in capsys.readouterr().err
+
+
+def test_no_cache_is_upgrade_and_the_inputs_that_do_not_fit_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert build_inputs(monkeypatch, tmp_path, **{"no-cache": "true"})["upgrade"] is True
+    assert build_inputs(monkeypatch, tmp_path, **{"no-cache": "false"})["upgrade"] is False
+    with pytest.raises(UsageError, match=r"input 'build-args': .*docker.build_args"):
+        build_inputs(monkeypatch, tmp_path, **{"build-args": "A=1"})
+    with pytest.raises(UsageError, match="input 'outputs': ml-env decides where the image goes"):
+        build_inputs(monkeypatch, tmp_path, outputs="type=local,dest=out")
+    assert build_inputs(monkeypatch, tmp_path, **{"build-args": "  "})["spec"]  # empty is not given
+
+
+def test_labels_given_for_a_reused_image_are_on_it_or_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused image keeps the labels and annotations of the build that made it: given again they
+    must already be there, with the same value; anything else is one line, never dropped."""
+    import json
+
+    import ml_env_tasks.build.exists as exists
+    import ml_env_tasks.registry as registry
+    from ml_env_tasks.build.exists import check_reused
+
+    image = "r:5000/envs/x:" + "a" * 64
+    monkeypatch.setattr(
+        exists, "_image_labels", lambda ref, opts: {"team": "ml", "org.opencontainers.image.title": "x"}
+    )
+    child = json.dumps({"annotations": {"note": "n"}}).encode()
+    index = json.dumps({"manifests": [{"digest": "sha256:att", "platform": {"os": "unknown"}},
+                                      {"digest": "sha256:img", "platform": {"os": "linux"}}]}).encode()  # fmt: skip
+
+    class Client:
+        def __init__(self, *_a: object, **_k: object) -> None:
+            pass
+
+        def get_manifest(self, repo: str, ref: str) -> tuple[None, bytes]:
+            return None, child if ref == "sha256:img" else index
+
+    monkeypatch.setattr(registry, "RegistryClient", Client)
+    opts = BuildOptions(registry="r:5000", labels=("team=ml",), annotations=("note=n",))
+    check_reused(image, "sha256:idx", opts)  # the same values: a re-run converges
+    for changed, words in (
+        ({"labels": ("team=other",)}, "label team: .* has another value"),
+        ({"labels": ("org.opencontainers.image.revision=abc",)}, "does not carry it"),
+        ({"annotations": ("note=m",)}, "annotation note: .*its manifest has another value"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            check_reused(image, "sha256:idx", BuildOptions(**{**opts.__dict__, **changed}))
+    with pytest.raises(UsageError, match="the engine does not show"):
+        check_reused("envs/x:" + "a" * 64, None, BuildOptions(annotations=("note=n",)))
+
+
+def test_a_label_the_environment_file_sets_is_not_replaced_silently(tmp_path: Path) -> None:
+    from ml_env_tasks.build.dockerfile import render
+    from ml_env_tasks.build.flow import _labels
+    from ml_env_tasks.spec import load
+
+    spec = tmp_path / "x.toml"
+    spec.write_text('name = "x"\ndescription = "d"\n[base]\nimage = "b:1"\n[labels]\nteam = "ml"\n')
+    env = load(spec)
+    p = render(env)
+    got = _labels(env, p, {"org.opencontainers.image.description": "mine", "team": "ml", "extra": "1"})
+    assert got["org.opencontainers.image.description"] == "mine" and got["team"] == "ml" and got["extra"] == "1"
+    assert got["ml-env.hash"] == p.hash
+    with pytest.raises(UsageError, match="label team: x.toml sets it to another value"):
+        _labels(env, p, {"team": "other"})
