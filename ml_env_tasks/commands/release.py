@@ -94,7 +94,12 @@ def tested(v: Values, io: Console) -> Combination | None:
     """The combination --entry/--model name, hashed as a smoke test of them hashes it (None: none named)."""
     if not v.entry and not v.model:
         return None
+    from ..errors import UsageError
+    from ..release.attest import check_gates
     from ..release.tested import from_files
+
+    if "smoke-test" not in check_gates(v.require):  # before hashing anything
+        raise UsageError("--entry/--model name what a smoke test must have tested: they go with --require smoke-test")
 
     return from_files(
         Path(v.entry) if v.entry else None, parse_models(v.model), warn=lambda m: io.info(f"warning: {m}")

@@ -153,7 +153,7 @@ def test_the_entry_and_models_go_with_the_smoke_test_gate(capsys: pytest.Capture
         run(["promote", "127.0.0.1:9/a:1", "127.0.0.1:9/b", "--tag", "x", "--entry", str(tmp_path / "score.py")]) == 2
     )
     assert "go with --require smoke-test" in capsys.readouterr().err
-    assert run(["verify", "127.0.0.1:9/a:1", "--model", str(tmp_path)]) == 2
+    assert run(["verify", "127.0.0.1:9/a:1", "--require", "smoke-test", "--model", str(tmp_path)]) == 2
     assert "give --entry too" in capsys.readouterr().err
 
 
