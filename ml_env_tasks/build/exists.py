@@ -1,15 +1,17 @@
 """Is the image there already: the registry's (or the engine's) answer for a content-hash tag,
 what a build announces before it starts, and the warning when the base tag moved since the image
-was built. Used by the no-op fast path (``reuse``) and by the build (``flow``) alike."""
+was built; and whether the labels and annotations a build is given are on a reused image already
+(``check_reused``). Used by the no-op fast path (``reuse``) and by the build (``flow``) alike."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from ..errors import MlEnvError, RegistryError
+from ..errors import MlEnvError, RegistryError, UsageError
 from .model import BuildOptions, Reporter
 
-__all__ = ["BASE_DIGEST_LABEL", "announce", "image_exists", "warn_if_base_moved"]
+__all__ = ["BASE_DIGEST_LABEL", "announce", "image_exists", "warn_if_base_moved", "check_reused"]
 
 BASE_DIGEST_LABEL = "ml-env.base.digest"  # what the base tag named at build time; not part of the hash
 
@@ -130,3 +132,60 @@ def _tag_digest(image: str, opts: BuildOptions) -> str | None:
         return engine.current().containers.distribution(image, "docker.io")
     info = RegistryClient(r.host, insecure=opts.insecure).head_manifest(r.repository, r.reference)
     return info.digest if info else None
+
+
+def check_reused(image: str, digest: str | None, opts: BuildOptions) -> None:
+    """Labels and annotations given for a reused image: each must be on it already, with that value.
+    Otherwise one ``UsageError`` naming the first that is not (they are not part of the content
+    hash, so the image that hash names cannot take them without becoming another image)."""
+    from .extras import parse
+
+    extra = parse(opts)
+    hint = ("labels and annotations describe the build that made an image; put lasting labels in the environment "
+            "file (they are hashed), drop this one, or rebuild with --force (force: true): a new digest under the "
+            "same hash tag")  # fmt: skip
+    why = f"{image} exists (its content hash is already there) and was reused, not built:"
+    if extra.labels:
+        have = _image_labels(image, opts)
+        for key, value in extra.labels.items():
+            if have.get(key) != value:
+                said = "has another value" if key in have else "does not carry it"
+                raise UsageError(f"label {key}: {why} it {said}", hint=hint)
+    if extra.annotations:
+        written = _manifest_annotations(image, digest, opts)
+        for key, value in extra.annotations.items():
+            if written is None:
+                raise UsageError(f"annotation {key}: {why} the engine does not show an image's annotations", hint=hint)
+            if written.get(key) != value:
+                said = "has another value" if key in written else "does not carry it"
+                raise UsageError(f"annotation {key}: {why} its manifest {said}", hint=hint)
+
+
+def _manifest_annotations(image: str, digest: str | None, opts: BuildOptions) -> dict[str, str] | None:
+    """The annotations of the image manifest a build wrote them on (an index's image for a real
+    platform); None for an image in the engine only, which does not show them."""
+    import json
+
+    from ..registry import RegistryClient, parse_ref
+
+    if not opts.registry:
+        return None
+    r = parse_ref(image)
+    client = RegistryClient(r.host, insecure=opts.insecure)
+    doc: Any = None
+    ref: Any = digest or r.reference
+    for _ in range(2):  # the index, then its image
+        got = client.get_manifest(r.repository, ref)
+        try:
+            doc = json.loads(got[1]) if got is not None else None
+        except ValueError:
+            return {}
+        children = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(children, list):
+            break
+        ref = next((m.get("digest") for m in children if isinstance(m, dict)
+                    and (m.get("platform") or {}).get("os") not in (None, "unknown")), None)  # fmt: skip
+        if not isinstance(ref, str):
+            return {}
+    found = doc.get("annotations") if isinstance(doc, dict) else None
+    return {str(k): v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}

@@ -9,7 +9,10 @@ image reference. Values reach buildx as separate arguments (labels) or as quoted
 
 Tags are applied to built and reused images alike (a reused image gets them too: a re-run
 converges). Labels and annotations are written when the image is built: the image tagged by a
-content hash is never rebuilt for them.
+content hash is never rebuilt for them, nor copied into a variant that carries them. Given for a
+reused image, they must be on it already (a re-run with the same values converges); any other is
+refused in one line (``exists.check_reused``), never dropped. A label the environment file sets is part
+of the content hash: one given here with another value is refused as well.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ store when no registry is given). An error there is an error, never "exists", un
 caller asks to build anyway. Two builds of the same environment on one machine serialise on a
 file lock and the second finds the first one's image.
 
+``--no-push`` (a pull request's build): the same question is asked of the registry, and an
+image there is reused as it is (nothing built, nothing pulled); otherwise the image is built,
+locked and checked, and left in the engine under its hash tag. Nothing is written to the
+registry: no image, no cache export, no moving cache ref, no SBOM (the registry cache is still
+read).
+
 A build runs twice through BuildKit: the first builds (and loads) the image so the resolved
 package versions can be read from it; the second, all cached, adds the lock as a label,
 exports the build cache and pushes. Nothing is pushed unless every step succeeded.
@@ -108,7 +114,9 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
     if opts.cache not in CACHE_BACKENDS:
         raise UsageError(f"unknown cache backend {opts.cache!r}; choose one of {', '.join(CACHE_BACKENDS)}")
     if opts.upgrade and opts.locked:
-        raise UsageError("--upgrade re-resolves packages and --locked installs the lock: choose one")
+        raise UsageError(
+            "--upgrade (the build action's no-cache) re-resolves packages and --locked installs the lock: choose one"
+        )
     p = render(env)
     ref = image_ref(env, opts, p.hash)
     if not opts.pin_base:
@@ -159,7 +167,11 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         caps = engine.capabilities(opts.builder)
         platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
         extra = extras.parse(opts)
+        own_labels = _labels(env, p, extra.labels)  # a --label the environment file contradicts: refused now
         cache = with_user_cache(choose_cache(env, opts, caps, ref), extra, caps)
+        if opts.registry and not opts.pushes and cache.target and cache.target.get("type") == "registry":
+            cache = CachePlan(cache.backend, cache.sources, None, None)
+            rep.info("--no-push: the registry cache is read, not written")
         cache_from = existing_sources(cache, opts, rep)
         log_path = _log_path(env, p, opts)
         rep.info(f"building {ref} (cache: {cache.backend}, engine {caps.server_version}, buildx {caps.buildx_version})")
@@ -170,8 +182,8 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 logf.write(clean + "\n")
                 rep.log(clean)
 
-            labels = {**extra.labels, **_labels(env, p), **_base_label(env, opts, rep)}
-            extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.registry else []
+            labels = {**own_labels, **_base_label(env, opts, rep)}
+            extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.pushes else []
             how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
                                    "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
             # a docker-driver builder puts what it builds in the engine; any other (docker-container,
@@ -194,7 +206,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 for attempt in range(1, PUSH_ATTEMPTS + 1):
                     try:
                         names = [ref, *extra_tags]
-                        push = bool(opts.registry)
+                        push = opts.pushes
                         output = None
                         loads = load and not push
                         if extra.annotations:  # only an --output carries them; it names and pushes (or loads) too
@@ -203,7 +215,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         second = engine.build(
                             context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
                             cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
-                            provenance={"mode": "max"} if opts.registry else None, load=loads, **how,
+                            provenance={"mode": "max"} if push else None, load=loads, **how,
                         )  # fmt: skip
                         partial = False
                         break
@@ -232,7 +244,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     engine.remove_image(ref)
                 raise
         digest = second.digest or first.digest
-        if opts.registry and digest:
+        if opts.pushes and digest:
             digest = _attach_sbom(env, p, ref, digest, lock_text, engine, opts)
             digest = _verify_pushed(ref, digest, opts)
             if load:  # the engine holds the first pass (no lock label) under the tag: the registry has the image
@@ -242,13 +254,15 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             lp = lock_path_for(env.path)
             write_atomic(lp, lock_text)
             lock_written = str(lp)
-        rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s")
+        kept = "" if opts.pushes or not opts.registry else " (not pushed: --no-push; the image is in the engine)"
+        rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s{kept}")
         return BuildResult(
             ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=cache.backend,
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
             cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
-            python=p.python, registry=opts.registry, image_id=_image_id(engine, ref, second), reproducible=repro,
+            python=p.python, registry=opts.registry if opts.pushes else None, image_id=_image_id(engine, ref, second),
+            reproducible=repro,
             metadata=_metadata(second.metadata, digest),
         )  # fmt: skip
     finally:
@@ -348,9 +362,11 @@ def with_user_cache(plan: CachePlan, extra: extras.Extras, caps: Any) -> CachePl
     return CachePlan(plan.backend, sources, plan.target, plan.moving)
 
 
-def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
-    labels = dict(env.labels)
-    labels["org.opencontainers.image.title"] = env.name
+def _labels(env: Environment, p: BuildPlan, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The image's labels: the OCI ones ml-env fills in (title, description, version, revision),
+    which a --label of the same key replaces; the environment file's own (hashed: a --label that
+    would change one is refused, never dropped); ml-env's."""
+    labels = {"org.opencontainers.image.title": env.name}
     if env.description:
         labels["org.opencontainers.image.description"] = env.description
     if env.version:
@@ -358,6 +374,14 @@ def _labels(env: Environment, p: BuildPlan) -> dict[str, str]:
     git = git_info(env.path.parent)
     if git.commit:
         labels["org.opencontainers.image.revision"] = git.commit
+    for key, value in (extra or {}).items():
+        if env.labels.get(key, value) != value:
+            raise UsageError(
+                f"label {key}: {env.path.name} sets it to another value (its labels are part of the content hash)",
+                hint="change it in the environment file, or drop the label",
+            )
+        labels[key] = value
+    labels.update(env.labels)
     labels["ml-env.name"] = env.name
     labels["ml-env.hash"] = p.hash
     labels["ml-env.spec"] = p.canonical

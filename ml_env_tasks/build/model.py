@@ -57,6 +57,12 @@ class BuildOptions:
     cache_to: str | None = None
     platforms: tuple[str, ...] = ()
     check_reproducible: bool = False  # build again with no cache and compare the two images
+    no_push: bool = False  # build and check, write nothing to a registry: the image stays in the engine
+
+    @property
+    def pushes(self) -> bool:
+        """A build writes to the registry (image, cache, SBOM): a registry given and --no-push not."""
+        return bool(self.registry) and not self.no_push
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> BuildOptions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
+from .exists import BASE_DIGEST_LABEL, announce, check_reused, image_exists, warn_if_base_moved
 from .lockfile import lock_from_registry_if_missing
 from .model import BuildOptions, BuildResult, Reporter, repository_for_name
 
@@ -42,10 +42,7 @@ def build(path: str | Path, opts: BuildOptions | None = None, reporter: Reporter
 
         result = build_env(load_env(path, opts), opts, rep)
     if not result.built and (opts.labels or opts.annotations):
-        rep.info(
-            f"{result.image} was reused: labels and annotations are written when an image is built (they are not "
-            "part of the content hash); --force rebuilds it with them"
-        )
+        check_reused(result.image, result.digest, opts)  # on it already, or refused: never dropped
     if asked:
         result = apply_tags(result, opts, rep)
     return result
@@ -55,9 +52,14 @@ def _check_extras(opts: BuildOptions) -> bool:
     """Check build-push-action style values before anything runs; True when there are tags to apply."""
     if not (opts.labels or opts.annotations or opts.cache_from or opts.cache_to or opts.platforms or opts.tags):
         return False
+    from ..errors import UsageError
     from .extras import parse, tag_refs
 
-    parse(opts)
+    extra = parse(opts)
+    if opts.no_push and extra.cache_to and extra.cache_to["type"] == "registry":
+        raise UsageError(
+            "cache-to type=registry writes to a registry, and --no-push (push: false) writes nothing there"
+        )
     tag_refs("x/y:z", opts.tags, registry=opts.registry)
     if opts.platforms:
         from .. import engine
@@ -70,7 +72,9 @@ def _check_extras(opts: BuildOptions) -> bool:
 
 def apply_tags(result: BuildResult, opts: BuildOptions, rep: Reporter) -> BuildResult:
     """Give the image its extra tags: in a registry by copying its manifest (moving a tag that
-    named another image, as a build does), in the engine with ``docker tag``."""
+    named another image, as a build does), in the engine with ``docker tag``. With --no-push, in
+    the engine only, to an image built there: one reused from the registry is not in the engine,
+    and gets none (said, and left out of the result's tags)."""
     import dataclasses
 
     from .extras import tag_refs
@@ -78,7 +82,11 @@ def apply_tags(result: BuildResult, opts: BuildOptions, rep: Reporter) -> BuildR
     refs = tag_refs(result.image, opts.tags, registry=opts.registry)
     if not refs:
         return result
-    if opts.registry and result.digest:
+    if opts.no_push and opts.registry and not result.built:
+        rep.info(f"not tagged {', '.join(refs)}: {result.image} is in the registry, not in the engine, and --no-push "
+                 "writes nothing to the registry")  # fmt: skip
+        return result
+    if opts.pushes and result.digest:
         from ..registry import parse_ref
         from ..release.promote import PromoteOptions, promote
 

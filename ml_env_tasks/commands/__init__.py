@@ -155,6 +155,11 @@ class Action:
     extra: tuple[tuple[str, str, str], ...] = ()  # (input, description, default) of the action's own
     secret_inputs: tuple[str, ...] = ()  # inputs masked before anything runs
     defaults: dict[str, Any] = field(default_factory=dict)  # option defaults that differ in CI
+    # another action's inputs (docker/build-push-action's), so that a step moved over keeps them
+    # and none is silently ignored: mapped onto a flag option (input -> (option, the input's value
+    # that sets it, description)), or refused with the reason (input -> reason, one line, exit 2)
+    aliases: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -28,6 +28,22 @@ OUTPUTS = {
 }
 
 
+# docker/build-push-action's inputs that ml-env's own do not already cover under the same name
+BUILD_PUSH_ACTION_ALIASES = {
+    "push": ("no_push", "false", "Push when a registry is given (the default); false, as in docker/build-push-action, is "
+             "--no-push: build and check, push nothing (the image stays in the engine under its hash tag; one the "
+             "registry already has is reused, not built)"),
+    "no-cache": ("upgrade", "true", "True, as in docker/build-push-action, is upgrade (--upgrade): build again without "
+                 "cache, even when the hash is in the registry (unpinned packages re-resolve; the lock is rewritten)"),
+}  # fmt: skip
+BUILD_PUSH_ACTION_REFUSED = {
+    "build-args": "build arguments change the image but not its content hash; set them in the environment file "
+                  "(docker.build_args), where the hash sees them",
+    "outputs": "ml-env decides where the image goes: the registry under its content hash, or the engine with push: "
+               "false (docker save exports it from there)",
+}  # fmt: skip
+
+
 def run_build(v: Values, io: Console) -> Outcome:
     from ..build import build
     from ..errors import UsageError
@@ -35,9 +51,10 @@ def run_build(v: Values, io: Console) -> Outcome:
     opts = build_options(v, where="input 'registry'" if io.actions else "--registry")
     path = spec_path(v.spec)
     key = signing_key(v)  # a missing key file is an error before the build, not after it
-    if key is not None and not opts.registry:
+    if key is not None and not opts.pushes:
         raise UsageError(
-            "--sign-key signs an image in a registry: give --registry (an engine's image has no digest to sign)"
+            "--sign-key signs an image in a registry: give --registry, without --no-push (an engine's image has "
+            "no digest to sign)"
         )
     with io.section(f"ml-env build {v.spec}"):
         result = build(path, opts, reporter(io, stream_logs=not v.quiet))
@@ -58,6 +75,8 @@ def run_build(v: Values, io: Console) -> Outcome:
         }  # fmt: skip
 
     reused = "built" if result.built else "reused (hash already in the registry)"
+    if result.built and opts.no_push and opts.registry:
+        reused = "built, not pushed (push: false): in the engine only"
     summary = (
         f"### ml-env build: {code(result.name)}\n\n| field | value |\n|---|---|\n"
         f"| environment | {code(v.spec)} |\n| image | {code(result.image)} |\n| digest | {code(str(result.digest))} |\n"
@@ -225,6 +244,7 @@ COMMANDS = {
             "Build an ML environment image tagged by the content hash of its environment file, with BuildKit "
             "caching; an unchanged environment is not rebuilt. Outputs the image and its digest.",
             OUTPUTS, required=("spec",),
+            aliases=BUILD_PUSH_ACTION_ALIASES, refused=BUILD_PUSH_ACTION_REFUSED,
         ),
         session=Session("env_build", "Build an environment image, or reuse it when its hash is already in the registry.",
                         per_env=True),

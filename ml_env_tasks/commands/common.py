@@ -4,9 +4,11 @@ reporter speaking through the command's console, ``curated/NAME`` as a path, mar
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..safe.grammar import bounded
+from ..safe.grammar import MODEL_NAME, bounded, matches, printable
+from ..safe.paths import no_link_out
 from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE
 from ..settings.options import Option
 from . import Console, Values
@@ -28,6 +30,7 @@ __all__ = [
     "rows",
     "visible",
     "SPEC",
+    "parse_models",
 ]
 
 BUILD_NAMES = tuple(dict.fromkeys(o.name for o in BUILD_WHERE + BUILD_HOW + BUILD_ONLY))
@@ -67,14 +70,42 @@ def trusted(v: Values) -> Trust | None:
     return Trust.parse(v.verify_key, v.certificate_identity, v.certificate_oidc_issuer)
 
 
-def sign_pushed(pinned: str | None, key: Key | None, kinds: tuple[str, ...], v: Values, io: Console) -> Signed | None:
-    """With a key: ``pinned`` (host/repository@digest) signed, and what it carries attested."""
+def sign_pushed(
+    pinned: str | None,
+    key: Key | None,
+    kinds: tuple[str, ...],
+    v: Values,
+    io: Console,
+    smoke_record: dict[str, Any] | None = None,
+) -> Signed | None:
+    """With a key: ``pinned`` (host/repository@digest) signed, and what it carries attested (with
+    ``smoke_record``, that smoke-test record rather than the newest of each combination)."""
     if key is None or not pinned or "@" not in pinned:
         return None
     from ..release.signing import sign_release
 
     ca = v.values.get("ca_bundle")
-    return sign_release(pinned, key, kinds=kinds, insecure=bool(v.values.get("insecure")), ca_bundle=ca, say=io.info)
+    return sign_release(pinned, key, kinds=kinds, insecure=bool(v.values.get("insecure")), ca_bundle=ca,
+                        smoke_record=smoke_record, say=io.info)  # fmt: skip
+
+
+def parse_models(items: list[str]) -> dict[str, Path]:
+    """``--model PATH`` (one model, at AZUREML_MODEL_DIR) or ``--model NAME=PATH`` (several)."""
+    from ..errors import UsageError
+
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = "", item
+        elif not matches(MODEL_NAME, name):
+            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
+        if name in out:
+            raise UsageError(f"--model {name or '(unnamed)'} given twice")
+        out[name] = no_link_out(Path(path), "--model")
+    if "" in out and len(out) > 1:
+        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
+    return out
 
 
 def reporter(io: Console, *, stream_logs: bool) -> Reporter:

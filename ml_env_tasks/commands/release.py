@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..settings.groups import PROMOTE, SIGN, TRUST
+from ..settings.groups import PROMOTE, SIGN, TESTED, TRUST
 from ..settings.options import Option, Source
 from . import Action, Command, Console, Outcome, Session, Values
-from .common import cell, code, signing_key, trusted
+from .common import cell, code, parse_models, signing_key, trusted
+
+if TYPE_CHECKING:
+    from ..release.tested import Combination
 
 __all__ = ["COMMANDS"]
 
@@ -44,6 +48,7 @@ def run_promote(v: Values, io: Console) -> Outcome:
         jobs=v.jobs,
         require=check_gates(v.require),
         spec=Path(v.spec) if v.spec else None,
+        tested=tested(v, io),
         sign=signing_key(v),
         trust=trusted(v),
     )
@@ -83,6 +88,22 @@ def run_promote(v: Values, io: Console) -> Outcome:
         "no-op": "true" if r.no_op else "false", "ledger": where,
     }  # fmt: skip
     return Outcome(r.to_json(), text, 0, outputs, summary)
+
+
+def tested(v: Values, io: Console) -> Combination | None:
+    """The combination --entry/--model name, hashed as a smoke test of them hashes it (None: none named)."""
+    if not v.entry and not v.model:
+        return None
+    from ..errors import UsageError
+    from ..release.attest import check_gates
+    from ..release.tested import from_files
+
+    if "smoke-test" not in check_gates(v.require):  # before hashing anything
+        raise UsageError("--entry/--model name what a smoke test must have tested: they go with --require smoke-test")
+
+    return from_files(
+        Path(v.entry) if v.entry else None, parse_models(v.model), warn=lambda m: io.info(f"warning: {m}")
+    )
 
 
 def run_show(v: Values, io: Console) -> Outcome:
@@ -146,7 +167,7 @@ def run_verify(v: Values, io: Console) -> Outcome:
 
     given = v.origin("ledger").source is not Source.DEFAULT
     checks = verify(v.image, ledger=v.ledger, require=check_gates(v.require), insecure=v.insecure, ledger_given=given,
-                    trust=trusted(v))  # fmt: skip
+                    trust=trusted(v), tested=tested(v, io))  # fmt: skip
     failed = [c for c in checks if c.ok is False]
     return Outcome(
         {"image": v.image, "ok": not failed, "checks": [c.to_json() for c in checks]},
@@ -163,7 +184,7 @@ VERIFY_TRUST = tuple(replace(o, flags=("--key", "--verify-key"), gha="verify-key
 COMMANDS = {
     "promote": Command(
         "promote", "copy an image by digest to another registry/repository and record it in the ledger",
-        WHAT + PROMOTE + SIGN + TRUST, run_promote,
+        WHAT + PROMOTE + TESTED + SIGN + TRUST, run_promote,
         usage="ml-env promote SOURCE DEST[:TAG] --tag T [--tag T2] [--allow-overwrite] [--dry-run]",
         action=Action(
             "ml-env promote",
@@ -186,9 +207,10 @@ COMMANDS = {
     "verify": Command(
         "verify", "check an image: content hash, tag, SBOM, provenance, ledger record, smoke test, signatures",
         (Option("image", ("image",), help="host/repository:tag or @digest"),)
-        + tuple(o for o in PROMOTE if o.name in ("ledger", "require", "insecure")) + VERIFY_TRUST,
+        + tuple(o for o in PROMOTE if o.name in ("ledger", "require", "insecure")) + TESTED + VERIFY_TRUST,
         run_verify,
-        usage="ml-env verify IMAGE [--key cosign.pub] [--ledger FILE|oci://...] [--require smoke-test] [--json]",
+        usage="ml-env verify IMAGE [--key cosign.pub] [--ledger FILE|oci://...] [--require smoke-test "
+              "[--entry score.py --model DIR]] [--json]",
     ),
     "sign": Command(
         "sign", "sign an image by digest with cosign, and attest its SBOM, provenance and smoke-test record",

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..safe.grammar import MODEL_NAME, matches, printable
-from ..safe.paths import no_link_out
 from ..settings.groups import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SIGN, SMOKE, VERSIONS
 from ..settings.options import Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell, code, rows, sign_pushed, signing_key, visible
+from .common import build_options, cell, code, parse_models, rows, sign_pushed, signing_key, visible
 
 
 def _input(name: str) -> str:
@@ -42,23 +39,6 @@ OUTPUTS = {
     "junit": "Path of the JUnit XML report",
     "record": "Digest of the result attached to the tested image (empty when it is not in a registry)",
 }
-
-
-def parse_models(items: list[str]) -> dict[str, Path]:
-    """``--model PATH`` (one model, at AZUREML_MODEL_DIR) or ``--model NAME=PATH`` (several)."""
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = "", item
-        elif not matches(MODEL_NAME, name):
-            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
-        if name in out:
-            raise UsageError(f"--model {name or '(unnamed)'} given twice")
-        out[name] = no_link_out(Path(path), "--model")
-    if "" in out and len(out) > 1:
-        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
-    return out
 
 
 def serve_options(v: Values, io: Console, **extra: Any) -> Any:
@@ -163,10 +143,13 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
     if key is not None and v.no_record:
         raise UsageError("--sign-key signs the smoke test's record: it cannot go with --no-record")
     with io.section(f"ml-env smoke-test {cases}"):
-        report = run_smoke_test(opts, cases, repeat=v.repeat, ready_timeout=v.ready_timeout, info=io.info)
+        report = run_smoke_test(opts, cases, repeat=v.repeat, ready_timeout=v.ready_timeout, info=io.info,
+                                name_tested=not v.no_record)  # fmt: skip
     js, xml = write_reports(report, Path(v.report_dir), cases)
-    recorded = None if v.no_record else record_result(report, cases, insecure=v.insecure, info=io.info)
-    signed = sign_pushed(report.image, key, ("smoke-test",), v, io) if recorded else None
+    att = None if v.no_record else record_result(report, cases, insecure=v.insecure, info=io.info)
+    recorded = att.digest if att else None
+    # the record this test wrote, not whichever is newest when signing runs (another job's, maybe)
+    signed = sign_pushed(report.image, key, ("smoke-test",), v, io, smoke_record=att.record) if att else None
     if key is not None and not recorded:
         io.info("warning: nothing signed: the result is recorded only for an image in a registry, by digest")
 

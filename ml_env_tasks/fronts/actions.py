@@ -43,6 +43,8 @@ def _inputs(cmd: Command) -> list[tuple[str, str, bool, str]]:
             help_ += f" (default: ${opt.env}, then the config files)"
         # a value the config files can give is not required of the step, only of the run
         out.append((name, help_, opt.name in action.required and not opt.config, ""))
+    out += [(n, d, False, "") for n, (_o, _v, d) in action.aliases.items()]
+    out += [(n, f"Not an input of this action: {why}", False, "") for n, why in action.refused.items()]
     out += [(n, d, False, default) for n, d, default in action.extra + COMMON]
     return out
 

@@ -188,19 +188,33 @@ def resolve_inputs(command: Command, environ: Mapping[str, str] | None = None) -
     """The step's inputs, resolved like the CLI's options (input > env > config > default), with
     the action's own defaults where nothing was given; what the action requires, checked."""
     from ..settings.files import load_layers
-    from ..settings.options import Source, from_inputs
+    from ..settings.options import FALSE, TRUE, Origin, Source, from_inputs
 
     assert command.action is not None
     values = from_inputs(command.options, environ, layers=load_layers())
     for name, default in command.action.defaults.items():
         if values.origin(name).source is Source.DEFAULT:
             values.values[name] = default
+    env = os.environ if environ is None else environ
+    for name, why in command.action.refused.items():
+        if env.get(_input_var(name), "").strip():
+            raise UsageError(f"input '{name}': {why}")
+    for name, (option, sets, _d) in command.action.aliases.items():
+        raw = env.get(_input_var(name), "").strip().lower()
+        if raw and raw not in TRUE + FALSE:
+            raise UsageError(f"input '{name}' must be true or false")
+        if raw and (raw in TRUE) == (sets == "true"):
+            values.values[option], values.sources[option] = True, Origin(Source.INPUT)
     for name in command.action.required:
         if values.values.get(name) in (None, "", []):
             opt = command.option(name)
             also = f" (or {opt.config} in [tool.ml-env])" if opt.config else ""
             raise UsageError(f"input '{opt.input_name}' is required{also}")
     return values
+
+
+def _input_var(name: str) -> str:
+    return f"INPUT_{name.upper().replace('-', '_')}"
 
 
 def run_action(name: str) -> int:

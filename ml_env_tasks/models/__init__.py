@@ -45,6 +45,7 @@ __all__ = [
     "download",
     "parse_model_ref",
     "model_layer",
+    "model_digest",
     "run_metadata",
 ]
 
@@ -106,18 +107,40 @@ def _repository(registry: str, name: str, repository: str | None) -> tuple[Any, 
 
 def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print) -> tuple[str, int]:
     """Write the folder's deterministic tar (under MODEL_PREFIX) to ``out``: (digest, size)."""
-    from ..runs.snapshot import snapshot, tar_chunks
+    with open(out, "wb") as f:
+        return _layer(_model_snapshot(folder, warn), f.write)
+
+
+def model_digest(folder: Path, *, warn: Callable[[str], None] = print) -> tuple[str, list[str]]:
+    """The digest ``model_layer`` gives the folder (a registered version's layer, what ``package``
+    puts in an image), written nowhere; and the files of the folder it leaves out (its ignore
+    rules, the names no snapshot takes): a folder mounted whole shows them, the digest does not."""
+    from ..runs.snapshot import folder_snapshot
+
+    snap = _model_snapshot(folder, warn, empty=True)  # an empty folder mounted is a model too, here
+    digest, _ = _layer(snap, lambda _chunk: 0)
+    listed = {e.rel for e in folder_snapshot(folder, warn=lambda _m: None).files}
+    return digest, sorted(listed - {e.rel for e in snap.files})
+
+
+def _model_snapshot(folder: Path, warn: Callable[[str], None], *, empty: bool = False) -> Any:
+    from ..runs.snapshot import snapshot
 
     snap = snapshot(folder, warn_mb=MAX_MODEL_MB, max_mb=MAX_MODEL_MB, warn=warn)
-    if not snap.files:
+    if not snap.files and not empty:
         raise UsageError(f"model folder {folder} has no files")
+    return snap
+
+
+def _layer(snap: Any, write: Callable[[bytes], Any]) -> tuple[str, int]:
+    from ..runs.snapshot import tar_chunks
+
     h = hashlib.sha256()
     size = 0
-    with open(out, "wb") as f:
-        for chunk in tar_chunks(snap, MODEL_PREFIX):
-            h.update(chunk)
-            size += len(chunk)
-            f.write(chunk)
+    for chunk in tar_chunks(snap, MODEL_PREFIX):
+        h.update(chunk)
+        size += len(chunk)
+        write(chunk)
     return "sha256:" + h.hexdigest(), size
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
 from ..registry.reference import repository_named
-from ..safe.grammar import printable
+from ..safe.grammar import ENTRY_SCRIPT, printable
 from ..safe.untrusted import json_loads
 
 __all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LABEL"]
@@ -38,7 +37,6 @@ __all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LAB
 APP_PREFIX = "var/azureml-app"
 PACKAGE_LABEL = "ml-env.package.entry"
 OCI_MANIFEST, OCI_CONFIG, LAYER_TAR = art.OCI_MANIFEST, art.OCI_CONFIG, art.LAYER_TAR
-ENTRY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ def package(
     registry = build.registry
     if not registry:
         raise UsageError("a packaged image lives in a registry: give --registry (or set registry in the config)")
-    if not ENTRY_RE.fullmatch(entry.name) or not entry.is_file():
+    if not ENTRY_SCRIPT.fullmatch(entry.name) or not entry.is_file():
         raise UsageError(f"entry script {printable(entry, 120)} not found (a NAME.py file)")
 
     class _Say(Reporter):

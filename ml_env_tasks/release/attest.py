@@ -1,7 +1,9 @@
 """Records attached to an image in its registry: OCI artifacts whose ``subject`` is the image's
 digest (OCI distribution 1.1 referrers). A smoke test's result is one: it names the exact digest
 it tested, travels with the image when it is promoted (promotion copies referrers), and is what
-``promote --require smoke-test`` and ``ml-env verify`` ask for.
+``promote --require smoke-test`` and ``ml-env verify`` ask for. A record also names what ran on
+the digest (the entry script's folder and the models mounted, or nothing for a packaged image);
+which records a gate counts is ``tested``'s rule.
 
 Registries without the referrers API get the spec's fallback: an image index under the tag
 ``sha256-<hex>`` listing the referrers, kept up to date by whoever attaches one (read, append,
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..registry import artifacts as art
 from ..safe.digests import is_digest
 from ..safe.grammar import printable
 from ..safe.untrusted import json_loads
+from .tested import Combination, of_record
 
 __all__ = [
     "GATES",
@@ -32,7 +35,6 @@ __all__ = [
     "referrers",
     "smoke_records",
     "record_smoke",
-    "latest_passing",
 ]
 
 SMOKE_TYPE = "application/vnd.ml-env.smoke-test.v1+json"
@@ -76,6 +78,7 @@ def _fallback_tag(digest: str) -> str:
 class Attached:
     digest: str
     fallback_tag: str | None  # the tag index written, when the registry has no referrers API
+    record: dict[str, Any] = field(default_factory=dict)  # what was attached (a smoke-test record)
 
 
 def attach(
@@ -107,8 +110,11 @@ def attach(
     raise RegistryError(f"could not list the record in {client.host}/{repo}:{tag} (concurrent writers)")
 
 
-def record_smoke(image: str, report: Any, cases_sha256: str, *, insecure: bool = False) -> Attached | None:
-    """Attach a smoke test's result to the digest it tested (an image in a registry; None otherwise)."""
+def record_smoke(
+    image: str, report: Any, cases_sha256: str, *, tested: Combination, insecure: bool = False
+) -> Attached | None:
+    """Attach a smoke test's result to the digest it tested (an image in a registry; None
+    otherwise), naming what ran on it (``tested``; nothing mounted for a packaged image)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from ..registry import RegistryClient, parse_ref
@@ -126,7 +132,7 @@ def record_smoke(image: str, report: Any, cases_sha256: str, *, insecure: bool =
     client = RegistryClient(ref.host, insecure=insecure)
     labels = ((client.image_config(ref.repository, ref.digest) or {}).get("config") or {}).get("Labels") or {}
     lock = labels.get("ml-env.lock") if isinstance(labels, dict) else None
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")  # two records in one second keep their order
     doc = {
         "tested": ref.digest,
         "time": now,
@@ -136,13 +142,15 @@ def record_smoke(image: str, report: Any, cases_sha256: str, *, insecure: bool =
         "lock_sha256": hashlib.sha256(lock.encode()).hexdigest() if isinstance(lock, str) else "",
         "p95_ms": round(report.p95_ms, 3),
         "tool": tool,
+        **tested.fields(),
     }
     payload = json.dumps(doc, sort_keys=True).encode()
     annotations = {
         "org.opencontainers.image.created": now,
         "ml-env.smoke-test.passed": "true" if not report.failed else "false",
     }
-    return attach(client, ref.repository, ref.digest, SMOKE_TYPE, payload, annotations)
+    att = attach(client, ref.repository, ref.digest, SMOKE_TYPE, payload, annotations)
+    return Attached(att.digest, att.fallback_tag, doc)
 
 
 def smoke_records(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
@@ -173,9 +181,7 @@ def smoke_records(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
             continue
         if not all(isinstance(rec.get(k), t) for k, t in (("time", str), ("passed", int), ("failed", int))):
             continue
+        if of_record(rec) is None:  # names what it tested in a shape no record of ours has
+            continue
         out.append(rec)
     return sorted(out, key=lambda r: str(r["time"]), reverse=True)
-
-
-def latest_passing(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((r for r in records if r["failed"] == 0 and r["passed"] > 0), None)

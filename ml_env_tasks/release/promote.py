@@ -44,6 +44,7 @@ from .copy import Progress, Tree, collect, copy_blobs, copy_referrers, validate_
 from .cosign import Key, Trust
 from .ledger import Ledger, Promotion, environment_hash, environment_name
 from .ledger_oci import open_ledger
+from .tested import Combination
 
 __all__ = ["PromoteOptions", "PromoteResult", "Progress", "promote", "TagConflict"]
 
@@ -61,6 +62,7 @@ class PromoteOptions:
     jobs: int = 4  # blobs copied at once
     require: tuple[str, ...] = ()  # gates the digest must have passed: "smoke-test"
     spec: Path | None = None  # with the smoke-test gate: the environment file whose lock was tested
+    tested: Combination | None = None  # with the smoke-test gate: the combination that runs (None: every one tested)
     sign: Key | None = None  # sign the destination digest (and attest what it carries) with this key
     trust: Trust | None = None  # with the signed gate: whose signature the source digest must carry
     ca_bundle: Path | None = None  # for cosign's TLS
@@ -140,6 +142,8 @@ def promote(
         )
     if opts.spec is not None and "smoke-test" not in opts.require:
         raise UsageError("--spec names the lock a smoke test must have used: it goes with --require smoke-test")
+    if opts.tested is not None and "smoke-test" not in opts.require:
+        raise UsageError("--entry/--model name what a smoke test must have tested: they go with --require smoke-test")
     _not_the_ledger(dst, tags, opts.ledger)
     expected_lock = _spec_lock(opts.spec) if opts.spec is not None and "smoke-test" in opts.require else None
     opened: contextlib.AbstractContextManager[Ledger | None] = contextlib.nullcontext(None)
@@ -186,26 +190,23 @@ def _check_gates(sc: RegistryClient, src: Reference, digest: str, opts: PromoteO
     """Refuse (exit 5) a digest that has not passed the required gates; a line saying it has."""
     from ..errors import GateRefused
     from .attest import smoke_records
+    from .tested import gate
 
     where = src.pinned(digest)
-    records = smoke_records(sc, src.repository, digest)
-    if not records:
+    verdict = gate(smoke_records(sc, src.repository, digest), opts.tested, where)
+    if not verdict.ok:
         raise GateRefused(
-            f"{where} has no smoke test recorded against it",
-            hint="`ml-env smoke-test --env <that image@digest>` (or the smoke-test action) records one",
+            verdict.line,
+            hint="`ml-env smoke-test --env <that image@digest>` (or the smoke-test action) records one"
+            if not verdict.counted
+            else None,
         )
-    last = records[0]
-    if last["failed"] or not last["passed"]:
-        raise GateRefused(
-            f"the last smoke test of {where} ({printable(last['time'], 40)}) failed: {last['failed']} of "
-            f"{last['passed'] + last['failed']} cases"
-        )
-    if lock is not None and last.get("lock_sha256") != lock:
+    if lock is not None and any(r.get("lock_sha256") != lock for r in verdict.counted):
         raise GateRefused(
             f"{where} was smoke-tested with another lock than {opts.spec}'s: the lock changed since the test",
             hint="build, smoke-test and promote the image of the current lock",
         )
-    return f"gate smoke-test: passed {last['passed']} cases at {printable(last['time'], 40)}"
+    return f"gate smoke-test: {verdict.line}"
 
 
 def _promote(
@@ -234,7 +235,7 @@ def _promote(
         from .signing import check_signed
 
         say("gate signed: " + check_signed(src.pinned(digest), opts.trust, smoke_test="smoke-test" in opts.require,
-                                           insecure=opts.insecure, ca_bundle=opts.ca_bundle))  # fmt: skip
+                                           tested=opts.tested, insecure=opts.insecure, ca_bundle=opts.ca_bundle))  # fmt: skip
     result = PromoteResult(
         digest, src.pinned(digest), f"{dst.host}/{dst.repository}", [f"{dst.host}/{dst.repository}:{t}" for t in tags]
     )

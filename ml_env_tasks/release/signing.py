@@ -2,11 +2,12 @@
 
 Signing a digest (``sign_release``) puts, with cosign, a signature on the image and in-toto
 attestations about it: the SBOM (SPDX, and CycloneDX when there is one) and the provenance the
-image already carries in BuildKit's layout, and its latest smoke-test record. Each is signed once
-per key: what already verifies with the key is left as it is (cosign would add a second
-signature). The gate (``check_signed``) asks cosign whether the digest's signature verifies with
-the trusted key or keyless identity, and, with ``smoke-test`` also required, whether a signed
-smoke-test record says that very digest passed.
+image already carries in BuildKit's layout, and its smoke-test records: the record a smoke test
+just wrote, or (signing an image as it is) the newest record of each combination tested against
+it (``tested``). Each is signed once per key: what already verifies with the key is left as it
+is (cosign would add a second signature). The gate (``check_signed``) asks cosign whether the
+digest's signature verifies with the trusted key or keyless identity, and, with ``smoke-test``
+also required, applies the smoke-test gate's rule (``tested.gate``) to the signed records alone.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import GateRefused, RegistryError, UsageError
 from ..registry import RegistryClient, parse_ref
 from ..safe.grammar import printable
-from .attest import latest_passing, smoke_records
+from .attest import smoke_records
 from .cosign import Cosign, Key, SignatureMissing, Trust
 from .sbom import CYCLONEDX, SLSA_V1, SPDX, attested
+from .tested import Combination, gate, newest_each
 
 __all__ = ["KINDS", "SMOKE_PREDICATE", "PREDICATES", "Signed", "sign_release", "check_signed", "fingerprint"]
 
@@ -127,12 +129,10 @@ def _predicates(
                 if found.get(pt) and kind in kinds:
                     out.setdefault(kind, []).append((pt, found[pt][0][1]["predicate"]))
     if "smoke-test" in kinds:
-        record = smoke
-        if record is None:
-            records = smoke_records(client, repo, digest)
-            record = records[0] if records else None
-        if record is not None:
-            out["smoke-test"] = [(SMOKE_PREDICATE, record)]
+        # the record just written, else the newest of each combination: what the gate counts
+        records = [smoke] if smoke is not None else [r for _, r in newest_each(smoke_records(client, repo, digest))]
+        if records:
+            out["smoke-test"] = [(SMOKE_PREDICATE, r) for r in records]
     return out
 
 
@@ -156,11 +156,13 @@ def check_signed(
     trust: Trust | None,
     *,
     smoke_test: bool = False,
+    tested: Combination | None = None,
     insecure: bool = False,
     ca_bundle: str | Path | None = None,
 ) -> str:
-    """The ``signed`` gate: the digest's signature verifies with ``trust``; with ``smoke_test``, a
-    signed smoke-test record says this digest passed. One line saying so, else ``GateRefused``."""
+    """The ``signed`` gate: the digest's signature verifies with ``trust``; with ``smoke_test``, the
+    smoke-test gate (``tested.gate``, for the combination ``tested`` or every one) holds over the
+    signed records alone. One line saying so, else ``GateRefused``."""
     if trust is None:
         raise UsageError(
             "--require signed needs who is trusted: --verify-key (a public key file, env://NAME or a KMS URI), "
@@ -182,19 +184,25 @@ def check_signed(
             statements = cs.verify_attestations(ref, trust, SMOKE_PREDICATE)
         except SignatureMissing:
             statements = []
-        records = [s.get("predicate") for s in statements if _about(s, digest)]
-        passing = latest_passing([p for p in records if _record(p, digest)])  # type: ignore[misc]
-        if passing is None:
+        verdict = gate(
+            _signed_records(statements, digest), tested, f"{printable(ref, 160)}, signed by {trust.describe()},"
+        )
+        if not verdict.ok:
             raise GateRefused(
-                f"{printable(ref, 160)} has no signed smoke-test record of a pass by {trust.describe()}",
+                f"no signed smoke-test record of a pass: {verdict.line}",
                 hint="run ml-env smoke-test on this digest with --sign-key",
             )
-        line += f"; signed smoke test of {printable(str(passing['time']), 40)} passed"
+        line += f"; signed smoke test {verdict.line}"
     return line
 
 
 def signed_checks(
-    ref: str, trust: Trust, *, insecure: bool = False, ca_bundle: str | Path | None = None
+    ref: str,
+    trust: Trust,
+    *,
+    tested: Combination | None = None,
+    insecure: bool = False,
+    ca_bundle: str | Path | None = None,
 ) -> list[tuple[str, bool, str]]:
     """For ``verify``: (check, passed, detail) for the signature and each kind of attestation."""
     r = parse_ref(ref)
@@ -213,11 +221,9 @@ def signed_checks(
             except (SignatureMissing, RegistryError):
                 continue
         if kind == "smoke-test":
-            records = [st.get("predicate") for _, st in hits]
-            passing = latest_passing([p for p in records if _record(p, r.digest or "")])  # type: ignore[misc]
-            out.append((f"signed {kind}", passing is not None,
-                        f"signed record: passed {passing['passed']} cases at {printable(str(passing['time']), 40)}"
-                        if passing else "no signed smoke-test record of a pass"))  # fmt: skip
+            verdict = gate(_signed_records([st for _, st in hits], r.digest or ""), tested, "this digest")
+            out.append((f"signed {kind}", verdict.ok, f"signed record: {verdict.line}" if verdict.ok
+                        else f"no signed smoke-test record of a pass: {verdict.line}"))  # fmt: skip
             continue
         names = sorted({pt for pt, _ in hits})
         out.append((f"signed {kind}", bool(hits), ", ".join(names) if hits else f"no signed {kind} attestation"))
@@ -232,7 +238,18 @@ def _about(statement: dict[str, Any], digest: str) -> bool:
     )
 
 
-def _record(p: Any, digest: str) -> bool:
+def _signed_records(statements: list[dict[str, Any]], digest: str) -> list[dict[str, Any]]:
+    """The smoke-test records of signed statements about ``digest``, newest first (cosign lists
+    them in no particular order)."""
+    found: list[dict[str, Any]] = []
+    for statement in statements:
+        p = statement.get("predicate")
+        if _about(statement, digest) and _record(p, digest):
+            found.append(p)
+    return sorted(found, key=lambda r: str(r["time"]), reverse=True)
+
+
+def _record(p: Any, digest: str) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(p, dict)
         and p.get("tested") == digest

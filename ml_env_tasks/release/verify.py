@@ -5,7 +5,7 @@ printed escaped): the image's embedded canonical environment hashes to its ``ml-
 label; a hash tag names that hash (a packaged image's tag, its package hash); an SBOM and a
 provenance attestation are attached in BuildKit's layout (attestation manifests in the index);
 the release ledger (when one is given or found) records this digest; with ``--require
-smoke-test``, a passing smoke test is recorded against it.
+smoke-test``, the smoke-test gate (``tested.gate``) holds for its records.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..safe.digests import is_digest
 from ..safe.grammar import printable
 from .cosign import Trust
 from .sbom import CYCLONEDX, SLSA_V1, SPDX, attestations, attested
+from .tested import Combination
 
 __all__ = ["Check", "verify", "attestations", "attested", "SBOM_TYPES", "PROVENANCE_TYPES"]
 
@@ -51,15 +52,19 @@ def verify(
     insecure: bool = False,
     ledger_given: bool = True,
     trust: Trust | None = None,
+    tested: Combination | None = None,
 ) -> list[Check]:
     """``ledger_given``: the ledger was named (flag, variable, config), so a missing one fails;
     False for the default ``releases.toml``, which may simply not exist here (a skip).
     ``trust``: whose cosign signatures count; with it the signature and each kind of signed
-    attestation are checked (``--require signed`` without it is a usage error)."""
+    attestation are checked (``--require signed`` without it is a usage error). ``tested``: the
+    combination that runs on the image, whose records alone the smoke-test checks count."""
     from ..registry import RegistryClient, check_registry_host, parse_ref
     from .attest import check_gates, smoke_records
 
     check_gates(require)
+    if tested is not None and "smoke-test" not in require:
+        raise UsageError("--entry/--model name what a smoke test must have tested: they go with --require smoke-test")
     if "signed" in require and trust is None:
         raise UsageError("--require signed needs who is trusted: --key (a public key file, env://NAME or a KMS URI), "
                          "or --certificate-identity with --certificate-oidc-issuer")  # fmt: skip
@@ -112,21 +117,17 @@ def verify(
     if trust is not None:
         from .signing import signed_checks
 
-        for name, ok, detail in signed_checks(where, trust, insecure=insecure):
+        for name, ok, detail in signed_checks(where, trust, tested=tested, insecure=insecure):
             if name == "signed smoke-test":
                 if not ok and "smoke-test" not in require:
                     checks.append(Check(name, None, detail + " (not required)"))
                     continue
             checks.append(Check(name, ok, detail))
     if "smoke-test" in require:
-        records = smoke_records(client, ref.repository, digest)
-        last = records[0] if records else None
-        if last is None:
-            checks.append(Check("smoke-test", False, "no smoke test recorded against this digest"))
-        else:
-            ok = not last["failed"] and last["passed"] > 0
-            checks.append(Check("smoke-test", ok, f"last run {printable(last['time'], 40)}: {last['passed']} passed, "
-                                                  f"{last['failed']} failed"))  # fmt: skip
+        from .tested import gate
+
+        verdict = gate(smoke_records(client, ref.repository, digest), tested, "this digest")
+        checks.append(Check("smoke-test", verdict.ok, verdict.line))
     return checks
 
 

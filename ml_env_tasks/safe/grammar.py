@@ -23,6 +23,7 @@ __all__ = [
     "INTERPRETER",
     "SERVICE_NAME",
     "MODEL_NAME",
+    "ENTRY_SCRIPT",
     "matches",
     "has_control",
     "printable",
@@ -43,6 +44,7 @@ CONDA_CHANNEL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/+-]*", A)
 INTERPRETER: Final = re.compile(r"(/[\w.+-]+)+|[\w.+-]+", A)
 SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,60}", A)
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", A)
+ENTRY_SCRIPT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py", A)  # a scoring entry script's file name
 _SIZE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([kmgtp]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_LINE: Final = 2000

@@ -1,7 +1,6 @@
 """The local web service: an inference image running the entry script (LocalWebservice analogue).
 
-The entry script's directory is mounted read-only as ``$AML_APP_ROOT`` (/var/azureml-app),
-model directories read-only under ``$AZUREML_MODEL_DIR``. The service listens on 127.0.0.1.
+The entry script's folder is ``$AML_APP_ROOT`` (/var/azureml-app), models are under ``$AZUREML_MODEL_DIR``.
 
 ``ml-env serve`` publishes the port from a **front** (``front.py``): a stdlib HTTP forwarder
 copied (archive upload) into a container of the service's own image, on a network of the
@@ -66,21 +65,8 @@ from .services import (
     stop,
 )
 
-__all__ = [
-    "ServeOptions",
-    "Service",
-    "ServiceInfo",
-    "start",
-    "replace",
-    "current",
-    "stop",
-    "logs",
-    "follow",
-    "wait_ready",
-    "remove",
-    "ServiceFailed",
-    "list_services",
-]
+__all__ = ["ServeOptions", "Service", "ServiceInfo", "start", "replace", "current", "stop", "logs", "follow",
+           "wait_ready", "remove", "ServiceFailed", "list_services"]  # fmt: skip
 
 APP_ROOT = "/var/azureml-app"
 MODEL_ROOT = "/var/azureml-models"
@@ -118,6 +104,7 @@ class Service:
     server: str = "builtin"  # the image's scoring server (inference.server)
     front_id: str | None = None  # the front that publishes the port (``ml-env serve``)
     backend_url: str | None = None  # the scoring container's own URL, behind a front
+    entry: tuple[str, str] | None = None  # the entry script's name and its folder's snapshot hash, as copied in
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,6 +133,7 @@ class _Plan:
     volumes: list[tuple[str, str, str]]
     copies: list[Any]  # on a remote engine: what is copied in instead of mounted (snapshot.TarPart)
     remote: bool
+    entry: tuple[str, str] | None = None  # (name, folder snapshot hash) of the entry copied in
 
 
 def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
@@ -208,7 +196,8 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
         if not 0 < opts.read_timeout <= 3600:
             raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
-    return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes, copies, remote)
+    return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes, copies, remote,
+                 (entry.name, app.hash) if entry is not None else None)  # fmt: skip
 
 
 def _copy_in(box: Any, plan: _Plan) -> None:
@@ -269,7 +258,7 @@ def start(
         except BaseException:
             box.remove()
             raise
-        service = Service(name, box.id, _url(port), plan.image, port, plan.server)
+        service = Service(name, box.id, _url(port), plan.image, port, plan.server, entry=plan.entry)
     if plan.remote and info:
         info(
             f"the service runs on {_endpoint().describe()}: reached at {service.url} (the engine host's published port)"

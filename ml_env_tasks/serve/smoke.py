@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MlEnvError, ServiceFailed, SpecError
+from ..release.tested import Combination, model_digests
 from ..safe.fsutil import read_text_bounded, write_atomic
 from ..safe.untrusted import json_loads
 from . import client
@@ -85,6 +86,7 @@ class SmokeReport:
     p95_ms: float
     max_ms: float
     logs_tail: str = ""
+    tested: Combination | None = None  # what ran on the image (None: not named, and the result is not recorded)
 
     @property
     def passed(self) -> int:
@@ -96,7 +98,7 @@ class SmokeReport:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(passed=self.passed, failed=self.failed)
+        d.update(passed=self.passed, failed=self.failed, tested=self.tested.fields() if self.tested else None)
         return d
 
 
@@ -240,11 +242,15 @@ def run_smoke_test(
     ready_timeout: float = 120.0,
     request_timeout: float = 60.0,
     info: Any = None,
+    name_tested: bool = True,
 ) -> SmokeReport:
-    """Build or reuse, start, wait, send, check, report; the container is removed in every path."""
+    """Build or reuse, start, wait, send, check, report; the container is removed in every path.
+    ``name_tested``: the report names what ran (the entry folder's hash, each model's digest), as a
+    record of it must; a model folder whose digest would leave out files it shows is refused."""
     cases = load_cases(cases_path)
     if repeat < 1:
         raise MlEnvError("--repeat must be at least 1")
+    models = model_digests(opts.models, complete=True, warn=info or print) if name_tested else None
     service: Service | None = None
     from ..runs import on_stop_signals
 
@@ -270,6 +276,7 @@ def run_smoke_test(
             p95_ms=_percentile(lat, 95),
             max_ms=max(lat) if lat else 0.0,
             logs_tail=logs_tail,
+            tested=None if models is None else Combination(*(service.entry or ("", "")), models),
         )
     finally:
         if service is not None:
@@ -340,7 +347,7 @@ def write_reports(report: SmokeReport, directory: Path, cases_path: Path) -> tup
     return js, xml
 
 
-def record_result(report: SmokeReport, cases_path: Path, *, insecure: bool = False, info: Any = None) -> str | None:
+def record_result(report: SmokeReport, cases_path: Path, *, insecure: bool = False, info: Any = None) -> Any:
     """Attach the result to the digest it tested, in the image's registry (``attest``): what
     ``promote --require smoke-test`` asks for. An image only in the local engine has nowhere to
     carry it; a registry that refuses is a warning, never a failed smoke test."""
@@ -348,12 +355,19 @@ def record_result(report: SmokeReport, cases_path: Path, *, insecure: bool = Fal
     from ..release.attest import record_smoke
     from ..safe.digests import file_sha256
 
+    if report.tested is None:
+        if info:
+            info("warning: not recorded: the report does not name the entry and models that ran")
+        return None
     try:
-        att = record_smoke(report.image, report, file_sha256(cases_path, use_cache=False), insecure=insecure)
+        att = record_smoke(
+            report.image, report, file_sha256(cases_path, use_cache=False), tested=report.tested, insecure=insecure
+        )
     except RegistryError as e:
         if info:
             info(f"warning: the result could not be attached to {report.image}: {e.message}")
         return None
     if att and info:
-        info(f"recorded the result against {report.image} ({att.digest[:19]})")
-    return att.digest if att else None
+        what = report.tested.describe() if report.tested else "the image as it is"
+        info(f"recorded the result against {report.image} ({att.digest[:19]}): {what}")
+    return att

@@ -18,6 +18,7 @@ __all__ = [
     "SERVE",
     "SMOKE",
     "PROMOTE",
+    "TESTED",
     "SIGN",
     "TRUST",
     "DEFAULT_TRAIN_ENV",
@@ -73,15 +74,21 @@ BUILD_ONLY = (
     O("tags", "--tag", kind="list", gha="tags", metavar="TAG", words=True,
       help="extra tag, TAG or host/repository:TAG (several allowed); applied to a reused image too"),
     O("labels", "--label", kind="list", commas=False, gha="labels", metavar="KEY=VALUE",
-      help="extra image label (one per line in an input), not part of the content hash (written when the image is built)"),
+      help="extra image label (one per line in an input), not part of the content hash: written when the image is "
+           "built; for a reused image it must be on it already (else refused)"),
     O("annotations", "--annotation", kind="list", commas=False, gha="annotations", metavar="KEY=VALUE",
-      help="manifest annotation (one per line in an input), not part of the content hash (written when the image is pushed by a build)"),
+      help="manifest annotation (one per line in an input), not part of the content hash: written when the image is "
+           "built; for a reused image it must be on it already (else refused)"),
     O("cache_from", "--cache-from", kind="list", commas=False, gha="cache-from", metavar="SPEC",
       help="extra cache to import, buildx syntax: type=registry,ref=host/repo:tag (several: one per line)"),
     O("cache_to", "--cache-to", metavar="SPEC",
       help="export the cache here instead of ml-env's choice, buildx syntax: type=registry,ref=...,mode=max"),
     O("platforms", "--platform", kind="list", gha="platforms", metavar="OS/ARCH",
       help="target platform: the engine's own only (the content hash names no platform)"),
+    # the build action's input is build-push-action's `push: false` (commands.build: an alias)
+    O("no_push", "--no-push", kind="flag", default=False, gha=None,
+      help="build and check, push nothing (image, cache, tags): the image stays in the engine under its hash tag; "
+           "one the registry already has is reused, not built"),
 )  # fmt: skip
 
 RUN = (
@@ -144,6 +151,14 @@ PROMOTE = (
            "it), signed (its signature verifies with --verify-key; with smoke-test, a signed record of the pass)"),
     O("spec", "--spec", kind="path", gha="spec",
       help="with --require smoke-test: the environment file whose lock the tested image must hold"),
+)  # fmt: skip
+# with the smoke-test gate: what runs on an environment image, as smoke-test took it (hashed the same way)
+TESTED = (
+    O("entry", "--entry", kind="path",
+      help="with --require smoke-test: the entry script that runs with the image; only smoke tests of this entry "
+           "(and these --model) count (none given: the newest test of every combination tested must have passed)"),
+    O("model", "--model", kind="list", metavar="[NAME=]DIR",
+      help="with --entry: a model mounted with it, as smoke-test took it (several: NAME=DIR each)"),
 )  # fmt: skip
 
 

@@ -143,19 +143,36 @@ def test_build_action_takes_build_push_action_inputs(ws) -> None:
         doc = json.loads(client.get_manifest(ws.repo, child["digest"])[1])
     assert doc["annotations"]["org.example.note"] == 'built by a test, with "quotes"'
 
-    # labels do not enter the hash: the same environment is reused; a new tag still lands
-    proc2, out2, summary2 = run_action(action, {**inputs, "tags": "v2", "labels": "team=other"}, ws.dir)
+    # labels do not enter the hash: the same environment is reused; given again as they are, they
+    # are on it already, and a new tag still lands
+    proc2, out2, summary2 = run_action(action, {**inputs, "tags": "v2"}, ws.dir)
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr
     assert out2["built"] == "false" and out2["digest"] == digest and out2["imageid"] == out["imageid"]
     assert client.head_manifest(ws.repo, "v2").digest == digest
-    assert "labels and annotations are written when an image is built" in proc2.stdout
     assert "| tags |" in summary2
+    # a label or an annotation the reused image does not carry is refused, not dropped: nothing is written
+    for changed, words in (({"labels": "team=other"}, "label team: "), ({"annotations": "org.example.note=x"},
+                           "annotation org.example.note: "), ({"labels": "new.key=1"}, "does not carry it")):  # fmt: skip
+        p, o, _ = run_action(action, {**inputs, "tags": "v3", **changed}, ws.dir)
+        assert p.returncode == 2 and words in p.stdout and "reused, not built" in p.stdout, (changed, p.stdout)
+        assert "digest" not in o and client.head_manifest(ws.repo, "v3") is None
+    # a label ml-env fills in itself (the OCI title) is the user's to set, not silently replaced
+    assert labels["org.opencontainers.image.title"] == "extras"
+    # (rebuilt with build-push-action's no-cache: true, which is --upgrade: the hash is there, it builds anyway)
+    p, o, _ = run_action(
+        action, {**inputs, "labels": "org.opencontainers.image.title=mine", "no-cache": "true"}, ws.dir
+    )
+    assert p.returncode == 0 and o["built"] == "true", p.stdout
+    assert client.image_config(ws.repo, o["digest"])["config"]["Labels"]["org.opencontainers.image.title"] == "mine"
 
     for bad, exit_code, words in (
         ({"platforms": "linux/amd64,linux/arm64"}, 3, "builder 'default' (driver docker)"),
         ({"builder": "no-such-builder", "force": "true"}, 3, "no-such-builder"),
         ({"labels": "ml-env.hash=forged"}, 2, "ml-env.* keys are set by ml-env"),
         ({"cache-to": "type=ftp,ref=x"}, 2, "cache type 'ftp'"),
+        ({"build-args": "A=1"}, 2, "input 'build-args': build arguments change the image but not its content hash"),
+        ({"outputs": "type=local,dest=out"}, 2, "input 'outputs': ml-env decides where the image goes"),
+        ({"no-cache": "true", "locked": "true"}, 2, "--upgrade (the build action's no-cache)"),
     ):
         p, o, _ = run_action(action, {**inputs, **bad}, ws.dir)
         assert p.returncode == exit_code, (bad, p.stdout, p.stderr)
@@ -363,3 +380,44 @@ def test_sign_action_signs_by_digest_with_a_key_from_a_secret(ws, cosign_keys, m
     said = proc.stdout + proc.stderr + summary + "".join(outputs.values())
     secret_lines = Path(key["key"]).read_text().splitlines()[1:-1]
     assert key["password"] not in said and not [ln for ln in secret_lines if ln in said]
+
+
+def test_build_action_push_false_builds_and_checks_and_pushes_nothing(ws) -> None:
+    """A pull request's build: `push: false` builds, locks and checks the image and leaves it in the
+    engine under its hash tag; nothing reaches the registry (image, tags, cache). An image the
+    registry already has is reused as it is, nothing built."""
+    from ml_env_tasks import engine
+    from ml_env_tasks.registry import RegistryClient, parse_ref
+
+    reg = ws.lab["registry"]
+    ws.extra_repos.append((reg, f"{ws.repo}-cache"))
+    f = ws.spec(f'name = "pr"\n[base]\nimage = "{ws.lab["base_image_tiny"]}"\n[env]\nPR = "{ws.repo}"\n')
+    inputs = {
+        "spec": str(f), "registry": reg, "repository": ws.repo, "network": ws.lab["build_network"],
+        "install": "false", "push": "false", "tags": "pr-1", "cache": "registry",
+        "cache-ref": f"{reg}/{ws.repo}-cache:deps",
+    }  # fmt: skip
+    action = ROOT / "ci/github/build/action.yml"
+    client, eng = RegistryClient(reg), engine.current()
+    proc, out, summary = run_action(action, inputs, ws.dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out["built"] == "true" and out["image"] == f"{reg}/{ws.repo}:{out['hash']}"
+    assert out["ref"] == out["image"]  # no registry digest: the hash tag in the engine
+    assert "not pushed" in summary and "the registry cache is read, not written" in proc.stdout
+    assert client.head_manifest(ws.repo, out["hash"]) is None and client.head_manifest(ws.repo, "pr-1") is None
+    cache = parse_ref(f"{reg}/{ws.repo}-cache:deps")
+    assert client.head_manifest(cache.repository, "deps") is None  # no cache export either
+    assert eng.local_image_id(out["image"]) and eng.local_image_id(f"{reg}/{ws.repo}:pr-1")
+    assert (ws.dir / "env.lock").exists()  # built, locked and checked all the same
+    # the same environment once pushed (main): a pull request's build reuses it, builds nothing
+    pushed, out2, _ = run_action(action, {**inputs, "push": "", "tags": ""}, ws.dir)
+    assert pushed.returncode == 0 and out2["built"] == "true", pushed.stdout + pushed.stderr
+    assert client.head_manifest(ws.repo, out["hash"]).digest == out2["digest"]
+    again, out3, _ = run_action(action, {**inputs, "tags": "pr-2"}, ws.dir)
+    assert again.returncode == 0 and out3["built"] == "false" and out3["digest"] == out2["digest"], again.stdout
+    assert client.head_manifest(ws.repo, "pr-2") is None and "not tagged" in again.stdout
+    bad, _, _ = run_action(action, {**inputs, "push": "nope"}, ws.dir)
+    assert bad.returncode == 2 and "input 'push' must be true or false" in bad.stdout + bad.stderr
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "build", str(f), *ws.cli_args(), "--no-push",
+                        "--cache-to", f"type=registry,ref={reg}/{ws.repo}-cache:x"], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and "--no-push" in p.stderr and "Traceback" not in p.stderr

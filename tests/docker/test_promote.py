@@ -274,3 +274,72 @@ def test_ledger_kept_in_the_registry_is_shared_by_every_clone(ws, regs) -> None:
     p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:two", dst, "--tag", "2.0.0", "--ledger", "registry")
     assert p.returncode == 2 and location in p.stderr and "not an ml-env ledger" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and auth.head_manifest(ws.repo, "2.0.0") is None  # nothing copied
+
+
+SCORE = """
+import json, os
+def init():
+    global factor
+    factor = float(open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "factor.txt")).read())
+def run(raw):
+    return {"y": [x * factor for x in json.loads(raw)["x"]]}
+"""
+
+
+def test_a_smoke_record_names_what_ran_and_the_gate_counts_that_combination(ws, tmp_path: Path) -> None:
+    """Two workflows smoke-test one environment image: one its real entry script (it passes), one
+    another script on purpose (it fails). The record names entry folder and model; promoting with
+    the real entry named passes, and the failing test of the other entry does not block it."""
+    from ml_env_tasks.release.attest import smoke_records
+
+    lab = ws.lab
+    reg, prod = lab["registry"], f"{ws.repo}-prod"
+    ws.extra_repos.append((reg, prod))
+    env = ws.spec(f'name = "light"\ninference = true\n[base]\nimage = "{lab["base_image_python"]}"\n', name="l.toml")
+    app, model = tmp_path / "app", tmp_path / "model"
+    app.mkdir()
+    model.mkdir()
+    (app / "score.py").write_text(SCORE)
+    (app / "score_bad.py").write_text(SCORE.replace("x * factor", "x * factor + 1"))  # another entry, wrong answers
+    (model / "factor.txt").write_text("2")
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"request": {"x": [1]}, "expect_json": {"y": [2.0]}}\n')
+    image = build(str(env), ws.opts()).pinned
+
+    def smoke(entry: str, code: int) -> dict:
+        p = ml_env("smoke-test", "--env", image, "--entry", str(app / entry), "--model", str(model), "--cases",
+                   str(cases), *ws.cli_args(), "--report-dir", str(tmp_path / entry), "--json")  # fmt: skip
+        assert p.returncode == code, p.stderr[-2000:]
+        return json.loads(p.stdout)
+
+    good = smoke("score.py", 0)
+    bad = smoke("score_bad.py", 1)  # the other workflow's deliberate failure, recorded last
+    assert good["tested"]["entry"] == "score.py" and bad["tested"]["entry"] == "score_bad.py"
+    assert good["tested"]["entry_folder_sha256"] == bad["tested"]["entry_folder_sha256"]  # one folder
+    assert good["tested"]["models"][""].startswith("sha256:") and "score.py" in good["tested"]["entry"]
+    records = smoke_records(RegistryClient(reg), ws.repo, image.rsplit("@", 1)[1])
+    assert [(r["entry"], r["failed"]) for r in records] == [("score_bad.py", 1), ("score.py", 0)]
+    assert records[1]["models"] == good["tested"]["models"]
+
+    def promote_cli(*named: str) -> subprocess.CompletedProcess:
+        return ml_env("promote", image, f"{reg}/{prod}", "--tag", "1.0.0", "--require", "smoke-test", "--ledger",
+                      str(tmp_path / "r.toml"), *named)  # fmt: skip
+
+    # nothing named: every combination tested against the image counts, and one failed
+    p = promote_cli()
+    assert p.returncode == 5 and "score_bad.py" in p.stderr and "--entry/--model" in p.stderr, p.stderr
+    p = promote_cli("--entry", str(app / "score_bad.py"), "--model", str(model))
+    assert p.returncode == 5 and "failed: 1 of 1 cases" in p.stderr, p.stderr
+    (tmp_path / "other-model").mkdir()
+    (tmp_path / "other-model" / "factor.txt").write_text("3")
+    p = promote_cli("--entry", str(app / "score.py"), "--model", str(tmp_path / "other-model"))
+    assert p.returncode == 5 and "no smoke test of entry score.py" in p.stderr, p.stderr
+    # the combination that runs: its own newest record passed
+    p = promote_cli("--entry", str(app / "score.py"), "--model", str(model))
+    assert p.returncode == 0 and "gate smoke-test: passed 1 cases" in p.stderr, p.stderr
+    v = ml_env("verify", f"{reg}/{prod}:1.0.0", "--require", "smoke-test", "--entry", str(app / "score.py"),
+               "--model", str(model), "--ledger", str(tmp_path / "r.toml"), "--json")  # fmt: skip
+    checks = {c["name"]: c for c in json.loads(v.stdout)["checks"]}
+    assert checks["smoke-test"]["ok"], checks["smoke-test"]
+    v = ml_env("verify", f"{reg}/{prod}:1.0.0", "--require", "smoke-test", "--json")
+    assert v.returncode == 1 and "score_bad.py" in v.stdout

@@ -75,7 +75,7 @@ def fake_train(monkeypatch: pytest.MonkeyPatch, metrics: dict[str, Any], command
     )  # fmt: skip
     result = SimpleNamespace(run_id="run-1", status="failed", exit_code=1, outputs=Path("runs/run-1/outputs"),
                              cli_exit_code=1, record=record)  # fmt: skip
-    monkeypatch.setattr(runs, "train", lambda opts, on_line, info: result)
+    monkeypatch.setattr(runs, "train", lambda opts, on_line, info, runner=None, detach=False: result)
 
 
 def test_metric_names_and_values_cannot_inject_markdown(

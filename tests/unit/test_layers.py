@@ -13,7 +13,7 @@ PKG = ROOT / "ml_env_tasks"
 MAX_LINES = 460
 # not split yet, each held where it is (a ratchet: it may shrink, never grow; below the limit it
 # leaves this list): the service's front and its engine side
-NOT_YET_SPLIT = {"ml_env_tasks/serve/front.py": 547, "ml_env_tasks/serve/local.py": 479}
+NOT_YET_SPLIT = {"ml_env_tasks/serve/front.py": 547, "ml_env_tasks/serve/local.py": 468}
 
 
 def _name(path: Path) -> str:
