@@ -104,8 +104,9 @@ def _repository(registry: str, name: str, repository: str | None) -> tuple[Any, 
     return RegistryClient(registry), repo
 
 
-def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print) -> tuple[str, int]:
-    """Write the folder's deterministic tar (under MODEL_PREFIX) to ``out``: (digest, size)."""
+def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print, under: str = "") -> tuple[str, int]:
+    """Write the folder's deterministic tar (under MODEL_PREFIX, or its subfolder ``under``: a
+    named model, as ``serve --model NAME=DIR`` mounts it) to ``out``: (digest, size)."""
     from ..runs.snapshot import snapshot, tar_chunks
 
     snap = snapshot(folder, warn_mb=MAX_MODEL_MB, max_mb=MAX_MODEL_MB, warn=warn)
@@ -114,7 +115,7 @@ def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print)
     h = hashlib.sha256()
     size = 0
     with open(out, "wb") as f:
-        for chunk in tar_chunks(snap, MODEL_PREFIX):
+        for chunk in tar_chunks(snap, f"{MODEL_PREFIX}/{under}" if under else MODEL_PREFIX):
             h.update(chunk)
             size += len(chunk)
             f.write(chunk)
