@@ -34,9 +34,9 @@ def run_import(args: Values, io: Console) -> Outcome:
         return _import_job(args, out, result)
     if isinstance(result, ImportedDeployment):
         return _import_deployment(args, out, result)
-    if args.request or args.registry:
-        out.warn(f"--request and --registry go with an online deployment or inference config: "
-                 f"{args.source} is neither, they are not used")  # fmt: skip
+    if args.request:
+        out.warn(f"--request goes with an online deployment or inference config: {args.source} is neither, "
+                 "it is not used")  # fmt: skip
     for w in result.warnings:
         out.warn(w)
     written: list[Path] = []

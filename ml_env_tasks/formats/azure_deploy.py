@@ -30,6 +30,7 @@ from ..catalog import DEFAULT_BASE
 from ..errors import SpecError, UsageError
 from ..safe.grammar import MODEL_NAME, SERVICE_NAME, matches, printable
 from ..safe.paths import MAX_TEXT_FILE, project_root, read_inside, resolve_inside
+from ..safe.untrusted import json_loads
 from ..safe.yamlsafe import load_yaml
 from .azure_common import Imported, _carry, _conda, _read, _registry, _start
 from .azure_fields import DEPLOYMENT, ENDPOINT, INFERENCE_CONFIG, _Fields, triage
@@ -94,8 +95,8 @@ def cases_from_request(request: Path) -> bytes:
     its body sent as it is, a 200 expected."""
     data = _read(request)
     try:
-        body: dict[str, Any] = {"request": json.loads(data)}
-    except ValueError:
+        body: dict[str, Any] = {"request": json_loads(data, error=SpecError, file=str(request))}
+    except ValueError:  # not JSON: sent as text (nesting too deep is a SpecError)
         body = {"request_text": data.decode("utf-8", errors="replace")}
     return (json.dumps({"name": printable(request.name, 80), **body}) + "\n").encode()
 

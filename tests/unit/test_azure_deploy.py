@@ -163,3 +163,14 @@ def test_a_model_file_and_a_scoring_script_in_a_subfolder_are_said(d: Path) -> N
     w = "\n".join(imp.warnings)
     assert "code_configuration.scoring_script: the app root is the script's own folder" in w
     assert "model.path: a file: its folder model is mounted at AZUREML_MODEL_DIR" in w
+
+
+def test_a_request_file_is_untrusted(d: Path) -> None:
+    from ml_env_tasks.formats.azure_deploy import cases_from_request
+
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SpecError) as e:
+        cases_from_request(d / "deep.json")
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+    (d / "text.txt").write_text("not json\n")
+    assert json.loads(cases_from_request(d / "text.txt")) == {"name": "text.txt", "request_text": "not json\n"}
