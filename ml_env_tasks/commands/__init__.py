@@ -63,7 +63,10 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ledger show": ("release", "print promotions; with --tag, which digest the tag is now and since when"),
     "verify": ("release", "check an image: content hash, tag, SBOM, provenance, ledger record, smoke test, signatures"),
     "sign": ("release", "sign an image by digest with cosign, and attest its SBOM, provenance and smoke-test record"),
-    "import": ("catalog", "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements)"),
+    "import": (
+        "catalog",
+        "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements), job or deployment",
+    ),
     "export": ("catalog", "export an environment file to Azure ML v1 (directory) or v2 (YAML)"),
     "register": ("catalog", "build (or reuse) and record a new version when the hash changed"),
     "list": ("catalog", "registered environments and curated ones"),

@@ -15,6 +15,8 @@ from .common import build_options, reporter
 __all__ = ["COMMANDS"]
 
 VERSIONS = (VERSIONS_OPTION,)
+# a deployment's printed commands name it: where its model is registered, where the package goes
+REGISTRY = next(o for o in BUILD_WHERE if o.name == "registry")
 
 
 def _jsonable(v: Any) -> Any:
@@ -24,12 +26,17 @@ def _jsonable(v: Any) -> Any:
 
 
 def run_import(args: Values, io: Console) -> Outcome:
-    from ..formats.azure import ImportedJob, import_source
+    from ..formats.azure import ImportedDeployment, ImportedJob, import_source
 
     out = io
-    result = import_source(args.source, stem=args.output.stem if args.output else None)
+    result = import_source(args.source, stem=args.output.stem if args.output else None, endpoint=args.endpoint)
     if isinstance(result, ImportedJob):
         return _import_job(args, out, result)
+    if isinstance(result, ImportedDeployment):
+        return _import_deployment(args, out, result)
+    if args.request:
+        out.warn(f"--request goes with an online deployment or inference config: {args.source} is neither, "
+                 "it is not used")  # fmt: skip
     for w in result.warnings:
         out.warn(w)
     written: list[Path] = []
@@ -70,6 +77,42 @@ def _import_job(args: Values, out: Console, job: Any) -> Outcome:
          "warnings": job.warnings},
         job.command(args.output),
     )  # fmt: skip
+
+
+def _import_deployment(args: Values, out: Console, dep: Any) -> Outcome:
+    """An online deployment or inference config: its environment written with -o (with a
+    smoke-test case from --request beside it), and the commands that serve, smoke-test and
+    package it, printed as they run."""
+    import shlex
+
+    from ..errors import UsageError
+    from ..formats.azure_deploy import cases_from_request
+
+    if args.request and not args.output:
+        raise UsageError("--request writes a smoke-test case beside the environment file: give -o FILE.toml")
+    cases = args.output.with_name(f"{args.output.stem}.cases.jsonl") if args.request else None
+    commands = dep.commands(args.output, registry=args.registry, cases=cases)  # a usage error writes nothing
+    for w in dep.warnings:
+        out.warn(w)
+    written: list[Path] = []
+    if dep.environment is not None:
+        if cases is not None:
+            dep.environment.files[cases.name] = cases_from_request(args.request)
+        written = dep.environment.write(args.output)
+    else:
+        if args.output and cases is None:
+            out.warn(f"the deployment's environment is registered ({dep.env_ref}): nothing written to {args.output}")
+        if cases is not None:
+            if cases.exists() or cases.is_symlink():
+                raise UsageError(f"not overwriting {cases}", hint="choose another -o, or move it away")
+            cases.parent.mkdir(parents=True, exist_ok=True)
+            cases.write_bytes(cases_from_request(args.request))
+            written = [cases]
+    if not args.registry:
+        out.info("no package command: a packaged image lives in a registry (give --registry to get one)")
+    argv = [["ml-env", *c] for c in commands]
+    return Outcome({"commands": argv, "files": [str(p) for p in written], "warnings": dep.warnings},
+                   "\n".join(shlex.join(a) for a in argv))  # fmt: skip
 
 
 def run_export(args: Values, io: Console) -> Outcome:
@@ -178,9 +221,12 @@ def run_scaffold(args: Values, io: Console) -> Outcome:
 
 
 COMMANDS = {
-    "import": Command("import", "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements)", (
-        Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file, requirements file, or a v2 command job YAML"),
-        Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout); for a job, its inline environment"),
+    "import": Command("import", "import an Azure ML environment (v1 directory, v2 YAML, conda file, requirements), job or deployment", (
+        Option("source", ("source",), kind="path", help="v1 directory, v2 YAML, conda file, requirements file, a v2 command job or online deployment YAML, or inferenceconfig.json"),
+        Option("output", ("-o", "--output"), kind="path", help="write the environment file here (default: stdout); for a job or a deployment, its inline environment"),
+        Option("endpoint", ("--endpoint",), kind="path", help="with an online deployment YAML: its endpoint's YAML"),
+        Option("request", ("--request",), kind="path", help="with a deployment: a request file (as for az ml online-endpoint invoke), written as a smoke-test case beside -o"),
+        REGISTRY,
     ), run_import),
     "export": Command("export", "export an environment file to Azure ML v1 (directory) or v2 (YAML)", (
         Option("spec", ("spec",), help="environment file"),

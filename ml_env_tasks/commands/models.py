@@ -22,7 +22,7 @@ REGISTRY = tuple(o for o in BUILD_WHERE if o.name in ("registry", "insecure"))
 REPO = (MODEL_REPOSITORY,)
 PACKAGE = (
     INFERENCE_ENV,
-    Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), or a folder"),
+    Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), a folder, or NAME=FOLDER (under AZUREML_MODEL_DIR/NAME)"),
     PACKAGE_REPOSITORY,
     VERSIONS,
 )  # fmt: skip

@@ -4,9 +4,10 @@ In: a v1 environment directory (``azureml_environment.json`` + ``conda_dependenc
 ``Environment.save_to_directory`` and ``az ml environment scaffold`` write it), a CLI v2
 environment YAML, a conda environment file, a pip requirements file. Out: a commented TOML
 environment file (tomlkit) and copies of the files it names (a conda file, a Dockerfile, a
-requirements file), written beside it. Every source field is mapped, or named in a warning as
-unsupported: nothing is dropped silently. A registry password never reaches the output: it
-becomes the name of an environment variable to hold it.
+requirements file), written beside it. Every source field is carried, refused, or named in a
+one-line warning (the tables of ``azure_fields``): nothing is dropped silently. A registry
+password never reaches the output: it becomes the name of an environment variable to hold it.
+An online deployment YAML and an ``inferenceconfig.json`` go to ``azure_deploy``.
 
 The files imported are untrusted: every field is type-checked (one error naming file and key),
 the files they name must lie inside the source's project, sizes are capped, YAML is read with
@@ -27,31 +28,37 @@ import yaml
 
 from ..build.stack import AZUREML_PACKAGES
 from ..catalog import DEFAULT_BASE
-from ..errors import SpecError
+from ..errors import SpecError, UsageError
 from ..safe.grammar import printable
 from ..safe.untrusted import json_loads
 from ..safe.yamlsafe import load_yaml
-from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
-from .azure_fields import (
+from .azure_common import (
     AZURE_INFERENCE_PACKAGES,
     Imported,
     _azureml_server,
     _carry,
     _conda,
-    _Fields,
     _inference_from_conda,
-    _password_env,
     _read,
+    _registry,
     _start,
 )
+from .azure_deploy import ImportedDeployment, import_deployment, import_inference_config
+from .azure_export import V1_CONDA, V1_JSON, export_v1, export_v2
+from .azure_fields import CARRIED, CONDA, REQUIREMENTS, V1_ENVIRONMENT, V2_ENVIRONMENT, _Fields, triage
 from .azure_job import ImportedJob, import_command_job, is_command_job
 
-__all__ = ["Imported", "ImportedJob", "import_source", "export_v1", "export_v2"]
+__all__ = ["Imported", "ImportedJob", "ImportedDeployment", "import_source", "export_v1", "export_v2"]
 
 
-def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
+def import_source(
+    src: Path, stem: str | None = None, *, endpoint: Path | None = None
+) -> Imported | ImportedJob | ImportedDeployment:
     """Import whatever ``src`` is: a v1 directory or JSON, a v2 YAML, a conda file, a requirements
-    file — or a v2 command job YAML, which becomes an ``ml-env train`` invocation (``ImportedJob``).
+    file — or a v2 command job YAML, which becomes an ``ml-env train`` invocation (``ImportedJob``),
+    or an online deployment YAML (with its ``endpoint`` YAML) or an ``inferenceconfig.json``,
+    which become an environment and the ``ml-env serve``/``smoke-test``/``package`` commands
+    (``ImportedDeployment``).
 
     Files the result names (a conda file, a Dockerfile, a requirements file) are called
     ``<stem>.conda.yml`` and so on: ``stem`` is the output file's stem (default: the name)."""
@@ -59,30 +66,60 @@ def import_source(src: Path, stem: str | None = None) -> Imported | ImportedJob:
         src.stat()
     except OSError as e:  # not there, a name too long, a loop of links...
         raise SpecError("not found" if e.errno == 2 else f"cannot be read: {e.strerror}", file=str(src)) from None
+    result: Imported | ImportedJob | ImportedDeployment
     if src.is_dir():
-        if (src / V1_JSON).exists():
-            return import_v1(src, stem=stem)
-        raise SpecError(f"a directory without {V1_JSON}: not an Azure ML v1 environment directory", file=str(src))
-    if not src.is_file():
+        if not (src / V1_JSON).exists():
+            raise SpecError(f"a directory without {V1_JSON}: not an Azure ML v1 environment directory", file=str(src))
+        result = import_v1(src, stem=stem)
+    elif not src.is_file():
         raise SpecError("not a regular file", file=str(src))
-    if src.suffix in (".yml", ".yaml"):
+    elif src.suffix in (".yml", ".yaml"):
         data = load_yaml(_read(src), file=str(src))
         if not isinstance(data, dict):
             raise SpecError("expected a YAML mapping at the top", file=str(src))
-        if is_command_job(data):
-            return import_command_job(src, data, stem, import_v2)
-        if "dependencies" in data and not ({"image", "build"} & set(data)):
-            return import_conda(src, data, stem)
-        return import_v2(src, data, stem)
-    if src.suffix == ".json":
-        return import_v1(src.parent, json_path=src, stem=stem)
-    return import_requirements(src, stem)
+        kind = yaml_kind(data)
+        if kind == "job":
+            result = import_command_job(src, data, stem, import_v2)
+        elif kind == "deployment":
+            result = import_deployment(src, data, stem, import_v2, endpoint=endpoint)
+        elif kind == "endpoint":
+            raise SpecError(
+                "an online endpoint YAML: what it serves is in its deployment's YAML",
+                file=str(src),
+                hint=f"ml-env import DEPLOYMENT.yml --endpoint {printable(src, 80)} -o envs/NAME.toml",
+            )
+        elif kind == "conda":
+            result = import_conda(src, data, stem)
+        else:
+            result = import_v2(src, data, stem)
+    elif src.suffix == ".json":
+        result = import_v1(src.parent, json_path=src, stem=stem)
+    else:
+        result = import_requirements(src, stem)
+    if endpoint is not None and not isinstance(result, ImportedDeployment):
+        raise UsageError("--endpoint goes with an online deployment YAML (the endpoint it belongs to)")
+    return result
+
+
+def yaml_kind(data: dict[str, Any]) -> str:
+    """Which Azure YAML this is: ``job``, ``deployment``, ``endpoint``, ``conda`` or ``environment``."""
+    schema = data.get("$schema")
+    s = schema.lower() if isinstance(schema, str) else ""
+    if "onlinedeployment" in s or (not s and ({"endpoint_name", "code_configuration"} & set(data))):
+        return "deployment"
+    if "onlineendpoint" in s or (not s and "auth_mode" in data):
+        return "endpoint"
+    if is_command_job(data):
+        return "job"
+    if "dependencies" in data and not ({"image", "build"} & set(data)) and not s:
+        return "conda"
+    return "environment"
 
 
 # --- v1 -----------------------------------------------------------------------------------
 
 
-def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -> Imported:
+def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -> Imported | ImportedDeployment:
     jp = json_path or d / V1_JSON
     try:
         data = json_loads(_read(jp), error=SpecError, file=str(jp))
@@ -91,22 +128,23 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
         raise SpecError(f"not valid JSON{where}", file=str(jp)) from None
     if not isinstance(data, dict):
         raise SpecError("expected a JSON object at the top", file=str(jp))
-    f = _Fields(jp)
-    if isinstance(data.get("environment"), dict) and "entryScript" in data:
-        data = data["environment"]  # an inference config with the environment inline
-    doc, w, name = _start(d, "the Azure ML v1 environment directory", f.text(data, "name", "name"))
+    if "entryScript" in data:
+        return import_inference_config(jp, data, stem, v1_environment)
+    return v1_environment(d, jp, data, stem)
+
+
+def v1_environment(d: Path, jp: Path, data: dict[str, Any], stem: str | None, prefix: str = "") -> Imported:
+    """An ``azureml_environment.json``'s document (``prefix``: where it sits in its file, as in an
+    inference config's ``environment``)."""
+    f = _Fields(jp, prefix)
+    w = triage(data, V1_ENVIRONMENT, file=jp, prefix=prefix)
+    kind = "the inference config" if prefix else "the Azure ML v1 environment directory"
+    doc, more, name = _start(jp if prefix else d, kind, f.text(data, "name", "name"))
+    w += more
     version = f.text(data, "version", "version", numbers=True)
     if version is not None:
         doc.add("version", version)
-    known = {"name", "version", "python", "docker", "environmentVariables", "inferencingStackVersion"}
-    known |= {"spark", "databricks", "r"}
-    for k in sorted(set(data) - known):
-        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
-    for k in ("spark", "databricks", "r"):
-        v = data.get(k)
-        if v and (not isinstance(v, dict) or any(x for x in v.values() if x not in (None, [], {}, False))):
-            w.append(f"unsupported field {k!r} with settings (not imported)")
-    if str(f.text(data, "inferencingStackVersion", "inferencingStackVersion") or "").lower() == "latest":
+    if f.text(data, "inferencingStackVersion", "inferencingStackVersion"):
         doc.add("inference", True)
     docker = f.table(data, "docker", "docker")
     base = tomlkit.table()
@@ -117,33 +155,9 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
     elif image:
         base.add("image", image)
     else:
-        raise SpecError("neither docker.baseImage nor docker.baseDockerfile is set", file=str(jp), key="docker")
-    reg = f.table(docker, "baseImageRegistry", "docker.baseImageRegistry")
-    address = f.text(reg, "address", "docker.baseImageRegistry.address")
-    if address:
-        r = tomlkit.inline_table()
-        r.add("address", address)
-        user = f.text(reg, "username", "docker.baseImageRegistry.username")
-        if user:
-            r.add("username", user)
-            var = _password_env(address)
-            r.add("password_env", var)
-            w.append(
-                f"docker.baseImageRegistry.password is not written: set the environment variable {var} to it, "
-                f"and allow the environment file to read it for that registry: ML_ENV_SPEC_ENV={var}@{address}"
-            )
-        base.add("registry", r)
+        raise f.err("docker", "neither docker.baseImage nor docker.baseDockerfile is set")
+    _registry(f, f.table(docker, "baseImageRegistry", "docker.baseImageRegistry"), "docker.baseImageRegistry", base, w)
     doc.add("base", base)
-    handled = {"baseImage", "baseDockerfile", "baseImageRegistry", "shmSize", "enabled", "arguments", "sharedVolumes"}
-    for k in sorted(set(docker) - handled):
-        w.append(f"unsupported field docker.{printable(k, 60)!r} (not imported)")
-    args = docker.get("arguments")
-    if args:
-        w.append(
-            f"unsupported field docker.arguments {printable(args, 120)}: pass run options to `ml-env train` instead"
-        )
-    if docker.get("sharedVolumes") is False:
-        w.append("docker.sharedVolumes = false has no equivalent (runs get their own mounts)")
 
     py = f.table(data, "python", "python")
     pyt = tomlkit.table()
@@ -153,20 +167,23 @@ def import_v1(d: Path, json_path: Path | None = None, stem: str | None = None) -
     interpreter = f.text(py, "interpreterPath", "python.interpreterPath")
     if interpreter and interpreter not in ("python", "python3"):
         pyt.add("interpreter", interpreter)
-    if py.get("baseCondaEnvironment"):
-        w.append("unsupported field python.baseCondaEnvironment (not imported)")
     files: dict[str, bytes] = {}
-    if not user_managed:
-        conda_rel = f.text(py, "condaDependenciesFile", "python.condaDependenciesFile") or V1_CONDA
-        conda_bytes = None
-        if (d / conda_rel).exists() or conda_rel != V1_CONDA:
-            conda_bytes = _carry(d, conda_rel, file=jp, key="python.condaDependenciesFile", what="conda file")
-        elif py.get("condaDependencies") is not None:
-            inline = f.table(py, "condaDependencies", "python.condaDependencies")
-            conda_bytes = yaml.safe_dump(inline, sort_keys=False).encode()
-            w.append(f"python.condaDependencies is inline: it is written to {stem or name}.conda.yml beside the output")
-        if conda_bytes is not None:
-            _conda(conda_bytes, f"{stem or name}.conda.yml", files, pyt, doc, w)
+    conda_rel = f.text(py, "condaDependenciesFile", "python.condaDependenciesFile") or V1_CONDA
+    conda_bytes = None
+    if (d / conda_rel).exists() or conda_rel != V1_CONDA:
+        conda_bytes = _carry(d, conda_rel, file=jp, key=f"{prefix}python.condaDependenciesFile", what="conda file")
+    elif py.get("condaDependencies") is not None:
+        inline = f.table(py, "condaDependencies", "python.condaDependencies")
+        conda_bytes = yaml.safe_dump(inline, sort_keys=False).encode()
+        w.append(
+            f"{prefix}python.condaDependencies is inline: it is written to {stem or name}.conda.yml beside the output"
+        )
+    if conda_bytes is not None and user_managed:
+        w.append(
+            f"{prefix}python.userManagedDependencies is true: the conda file is not installed (nor is it by Azure)"
+        )
+    elif conda_bytes is not None:
+        _conda(conda_bytes, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
     envs = f.scalars(data, "environmentVariables", "environmentVariables")
@@ -191,15 +208,27 @@ def _route_warnings(ic: dict[str, Any], f: _Fields, doc: tomlkit.TOMLDocument, w
     for route, default in (("liveness_route", "/"), ("readiness_route", ready), ("scoring_route", "/score")):
         r = f.table(ic, route, f"inference_config.{route}")
         if r and (r.get("path") not in (None, default) or r.get("port") not in (None, 5001)):
-            w.append(f"inference_config.{route} {printable(r, 120)} differs from {who} fixed {default} on port 5001")
+            w.append(
+                f"{f.prefix}inference_config.{route} {printable(r, 120)} differs from {who} fixed {default} on port 5001"
+            )
 
 
 # --- v2 -----------------------------------------------------------------------------------
 
 
-def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Imported:
-    f = _Fields(src)
-    doc, w, name = _start(src, "the Azure ML v2 environment YAML", f.text(data, "name", "name", numbers=True))
+def import_v2(src: Path, data: dict[str, Any], stem: str | None = None, prefix: str = "") -> Imported:
+    """A v2 environment YAML's document (``prefix``: ``environment.`` inline in a job or deployment)."""
+    f = _Fields(src, prefix)
+    schema = data.get("$schema")
+    if isinstance(schema, str) and "environment" not in schema.lower():
+        raise f.err(
+            "$schema",
+            f"{printable(schema.rsplit('/', 1)[-1], 60)} {V2_ENVIRONMENT['$schema'].note}",
+            hint="ml-env import takes environment, command job and online deployment YAML",
+        )
+    w = triage(data, V2_ENVIRONMENT, file=src, prefix=prefix)
+    doc, more, name = _start(src, "the Azure ML v2 environment YAML", f.text(data, "name", "name", numbers=True))
+    w += more
     version = f.text(data, "version", "version", numbers=True)
     if version is not None:
         doc.add("version", version)
@@ -207,43 +236,46 @@ def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Impor
     if description:
         doc.add("description", description)
     ic = f.table(data, "inference_config", "inference_config")
-    if ic:
+    if "inference_config" in data:
         doc.add("inference", True)
-    known = {"$schema", "name", "version", "description", "tags", "image", "conda_file", "build"}
-    known |= {"inference_config", "os_type"}
-    for k in sorted(set(data) - known):
-        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
-    os_type = f.text(data, "os_type", "os_type") or "linux"
-    if os_type.lower() != "linux":
-        raise SpecError(
-            f"os_type {printable(os_type, 40)!r}: only linux images are built", file=str(src), key="os_type"
-        )
     base = tomlkit.table()
     files: dict[str, bytes] = {}
     build = f.table(data, "build", "build") if "build" in data else None
     image = f.text(data, "image", "image")
+    if build is not None and image:
+        raise f.err("image", "goes with build in Azure neither: give one")
     if build is not None:
         ctx_rel = f.text(build, "path", "build.path") or "."
         df_rel = f.text(build, "dockerfile_path", "build.dockerfile_path") or "Dockerfile"
+        if "://" in ctx_rel or ctx_rel.startswith(("azureml:", "git+")):
+            raise f.err("build.path", "a build context in git or a datastore cannot be read here",
+                        hint="download it and name the local folder")  # fmt: skip
         ctx = src.parent / ctx_rel
         files[f"{stem or name}.Dockerfile"] = _carry(
-            ctx, df_rel, file=src, key="build.dockerfile_path", what="Dockerfile"
+            ctx, df_rel, file=src, key=f"{prefix}build.dockerfile_path", what="Dockerfile"
         )
         base.add("dockerfile", f"{stem or name}.Dockerfile")
         if ctx.is_dir() and any(p.name != Path(df_rel).name for p in ctx.iterdir()):
             w.append(
-                "build.path holds other files besides the Dockerfile; a base Dockerfile here has no build context: "
-                "COPY from it is refused"
+                f"{prefix}build.path holds other files besides the Dockerfile; a base Dockerfile here has no build "
+                "context: COPY from it is refused"
             )
     elif image:
         base.add("image", image)
     else:
-        raise SpecError("needs image or build", file=str(src))
+        nested = "environment" in data
+        raise f.err(
+            "environment" if nested else "image",
+            "needs image or build" + (": its environment is under environment:" if nested else ""),
+            hint="a command job has command:, an online deployment endpoint_name: or code_configuration:"
+            if nested
+            else "an environment YAML names a base image (image:) or a Docker build folder (build: path:)",
+        )
     doc.add("base", base)
     pyt = tomlkit.table()
     conda_rel = f.text(data, "conda_file", "conda_file")
     if conda_rel:
-        conda = _carry(src.parent, conda_rel, file=src, key="conda_file", what="conda file")
+        conda = _carry(src.parent, conda_rel, file=src, key=f"{prefix}conda_file", what="conda file")
         _conda(conda, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
@@ -264,7 +296,9 @@ def import_v2(src: Path, data: dict[str, Any], stem: str | None = None) -> Impor
 
 def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Imported:
     f = _Fields(src)
-    doc, w, name = _start(src, "the conda environment file", f.text(data, "name", "name"))
+    w = triage(data, CONDA, file=src)
+    doc, more, name = _start(src, "the conda environment file", f.text(data, "name", "name"))
+    w += more
     base = tomlkit.table()
     base.add("image", DEFAULT_BASE)
     base["image"].comment("a base with the Python the conda file asks for")
@@ -272,10 +306,12 @@ def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Im
     pyt = tomlkit.table()
     pyt.add("conda_file", f"{stem or name}.conda.yml")
     doc.add("python", pyt)
-    for k in sorted(set(data) - {"name", "channels", "dependencies", "prefix"}):
-        w.append(f"unsupported field {printable(k, 60)!r} (not imported)")
-    if data.get("prefix"):
-        w.append("prefix is ignored: the environment lives in the image")
+    variables = f.scalars(data, "variables", "variables")
+    if variables:
+        t = tomlkit.table()
+        for k, v in variables.items():
+            t.add(k, v)
+        doc.add("env", t)
     conda = _read(src)
     _inference_from_conda(conda, doc, w)
     return Imported(name, doc, w, {f"{stem or name}.conda.yml": conda})
@@ -293,15 +329,14 @@ def import_requirements(src: Path, stem: str | None = None) -> Imported:
     data = _read(src)
     for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         s = line.strip()
-        if s.startswith(("-r ", "-c ", "--requirement", "--constraint")):
-            w.append(
-                f"line {n} ({printable(s, 80)}): included files are installed but not hashed "
-                "(the content hash covers this file only)"
-            )
-        elif s.startswith(("--index-url", "-i ", "--extra-index-url")):
-            w.append(
-                f"line {n} ({s.split()[0]}): set python.index_url_env / extra_index_urls_env instead (credentials)"
-            )
+        if not s.startswith("-"):
+            continue  # a requirement (or a comment): carried in the file
+        option = re.split(r"[\s=]", s, maxsplit=1)[0]
+        field = REQUIREMENTS.get(option)
+        if field is None:
+            w.append(f"line {n} ({printable(option, 40)}): an option ml-env does not know: passed to pip as written")
+        elif field.fate != CARRIED:
+            w.append(f"line {n} ({printable(s if option in ('-r', '-c') else option, 80)}): {field.note}")
     _inference_from_requirements(data, doc, w)
     return Imported(name, doc, w, {f"{stem or name}.requirements.txt": data})
 

@@ -8,7 +8,7 @@ the run's outputs), ``environment`` (``azureml:NAME:VERSION`` → a registered `
 inline → the environment importer), ``environment_variables``, ``experiment_name``,
 ``limits.timeout``, ``resources.shm_size``. What cannot be mapped is an error when the run would
 differ without it (a cloud datastore input, a shell pipeline in ``command``), else a warning
-(compute, outputs uploaded to a datastore): never dropped silently.
+(compute, outputs uploaded to a datastore): never dropped silently (``azure_fields.V2_JOB``).
 
 The YAML is untrusted: read bounded (``yamlsafe``), every field type-checked, every local path
 resolved (symlinks included) inside the job's project; errors name the file and key and never
@@ -29,6 +29,7 @@ from ..errors import SpecError, UsageError
 from ..runs.placeholders import PLACEHOLDER, REFERENCE
 from ..safe.grammar import ENV_NAME, INPUT_NAME, NAME, has_control, matches, printable
 from ..safe.paths import project_root, resolve_inside
+from .azure_fields import V2_JOB, triage
 
 __all__ = ["ImportedJob", "import_command_job", "is_command_job"]
 
@@ -36,13 +37,6 @@ PYTHONS = re.compile(r"python(3(\.\d{1,2})?)?", re.A)
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "2>", "2>&1", "&>"}
 CLOUD = re.compile(r"(azureml|https?|wasbs?|abfss?|adl|s3|gs):", re.I)
 LITERAL_TYPES = {"string", "integer", "number", "boolean"}
-KNOWN = {"$schema", "type", "command", "code", "inputs", "outputs", "environment", "environment_variables",
-         "experiment_name", "limits", "resources", "compute", "distribution"}  # fmt: skip
-NOT_MAPPED = {
-    "identity": "the run has your local credentials only through --secret",
-    "services": "no interactive services",
-    "queue_settings": "no queue",
-}
 
 
 @dataclass
@@ -115,21 +109,16 @@ class _Job:
 
 
 def import_command_job(
-    src: Path, data: dict[str, Any], stem: str | None, import_environment: Callable[[Path, Any, str | None], Any]
+    src: Path, data: dict[str, Any], stem: str | None, import_environment: Callable[..., Any]
 ) -> ImportedJob:
     """The ``ml-env train`` invocation for an Azure ML v2 command job YAML (already parsed, bounded);
     an inline environment is imported by ``import_environment`` (``azure.import_v2``, which calls
     this module: passed in, so the two stay one-way)."""
     j = _Job(src, data)
     schema = data.get("$schema")
-    if (isinstance(schema, str) and "commandJob" not in schema) or data.get("type", "command") != "command":
-        raise j.err("type", "only command jobs are imported (not pipeline, sweep or other jobs)")
-    for k in sorted(set(data) - KNOWN):
-        why = NOT_MAPPED.get(k)
-        if why:
-            j.warnings.append(f"{k} is not mapped: {why}")
-        else:
-            j.warnings.append(f"field {printable(k, 60)!r} is not mapped (not imported)")
+    if isinstance(schema, str) and "commandjob" not in schema.lower():
+        raise j.err("$schema", V2_JOB["$schema"].note)
+    j.warnings += triage(data, V2_JOB, file=src)  # every field not carried; a non-command type refused
 
     environment, env_ref = _environment(j, stem, import_environment)
     script, raw_args = _command(j)
@@ -162,13 +151,11 @@ def import_command_job(
     return ImportedJob(env_ref, argv, environment, j.warnings)
 
 
-def _environment(
-    j: _Job, stem: str | None, import_environment: Callable[[Path, Any, str | None], Any]
-) -> tuple[Any, str | None]:
+def _environment(j: _Job, stem: str | None, import_environment: Callable[..., Any]) -> tuple[Any, str | None]:
     env = j.data.get("environment")
     if isinstance(env, dict):
-        imported = import_environment(j.src, env, stem)
-        j.warnings += [f"environment: {w}" for w in imported.warnings]
+        imported = import_environment(j.src, env, stem, "environment.")
+        j.warnings += imported.warnings
         return imported, None
     if not isinstance(env, str) or has_control(env):
         raise j.err("environment", "is required: azureml:NAME:VERSION or an inline environment")
@@ -321,8 +308,6 @@ def _limits(j: _Job) -> list[str]:
         if not isinstance(shm, str) or not re.fullmatch(r"\d{1,6}[kmgKMG]?[bB]?", shm):
             raise j.err("resources.shm_size", "must be a size such as 2g")
         out += ["--shm-size", shm]
-    for k in sorted(set(res) - {"shm_size", "instance_count"}):
-        j.warnings.append(f"resources.{printable(k, 40)} is not mapped (use --cpus, --memory, --gpus)")
     return out
 
 
@@ -348,14 +333,4 @@ def _compute(j: _Job) -> list[str]:
             )
         if count > 1:
             out += ["--nodes", str(count)]
-    dist = j.table(j.data, "distribution", "distribution")
-    if dist:
-        kind = dist.get("type")
-        if kind != "pytorch":
-            j.warnings.append(f"distribution.type {printable(str(kind), 30)} is not mapped: every node runs one "
-                              "process with torchrun's variables (MASTER_ADDR, WORLD_SIZE, RANK), as pytorch's")  # fmt: skip
-        per = dist.get("process_count_per_instance", 1)
-        if per != 1:
-            j.warnings.append(f"distribution.process_count_per_instance {printable(str(per), 10)} is not mapped: one "
-                              "process per node (start more from the script, e.g. torchrun --nproc-per-node)")  # fmt: skip
-    return out
+    return out  # distribution: its fields' fates are azure_fields.V2_JOB's (pytorch's is what a target gives)

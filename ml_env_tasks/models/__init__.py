@@ -105,20 +105,21 @@ def _repository(registry: str, name: str, repository: str | None) -> tuple[Any, 
     return RegistryClient(registry), repo
 
 
-def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print) -> tuple[str, int]:
-    """Write the folder's deterministic tar (under MODEL_PREFIX) to ``out``: (digest, size)."""
+def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print, under: str = "") -> tuple[str, int]:
+    """Write the folder's deterministic tar (under MODEL_PREFIX, or its subfolder ``under``: a
+    named model, as ``serve --model NAME=DIR`` mounts it) to ``out``: (digest, size)."""
     with open(out, "wb") as f:
-        return _layer(_model_snapshot(folder, warn), f.write)
+        return _layer(_model_snapshot(folder, warn), f.write, under)
 
 
-def model_digest(folder: Path, *, warn: Callable[[str], None] = print) -> tuple[str, list[str]]:
+def model_digest(folder: Path, *, warn: Callable[[str], None] = print, under: str = "") -> tuple[str, list[str]]:
     """The digest ``model_layer`` gives the folder (a registered version's layer, what ``package``
     puts in an image), written nowhere; and the files of the folder it leaves out (its ignore
     rules, the names no snapshot takes): a folder mounted whole shows them, the digest does not."""
     from ..runs.snapshot import folder_snapshot
 
     snap = _model_snapshot(folder, warn, empty=True)  # an empty folder mounted is a model too, here
-    digest, _ = _layer(snap, lambda _chunk: 0)
+    digest, _ = _layer(snap, lambda _chunk: 0, under)
     listed = {e.rel for e in folder_snapshot(folder, warn=lambda _m: None).files}
     return digest, sorted(listed - {e.rel for e in snap.files})
 
@@ -132,12 +133,12 @@ def _model_snapshot(folder: Path, warn: Callable[[str], None], *, empty: bool = 
     return snap
 
 
-def _layer(snap: Any, write: Callable[[bytes], Any]) -> tuple[str, int]:
+def _layer(snap: Any, write: Callable[[bytes], Any], under: str = "") -> tuple[str, int]:
     from ..runs.snapshot import tar_chunks
 
     h = hashlib.sha256()
     size = 0
-    for chunk in tar_chunks(snap, MODEL_PREFIX):
+    for chunk in tar_chunks(snap, f"{MODEL_PREFIX}/{under}" if under else MODEL_PREFIX):
         h.update(chunk)
         size += len(chunk)
         write(chunk)

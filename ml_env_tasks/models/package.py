@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
 from ..registry.reference import repository_named
-from ..safe.grammar import ENTRY_SCRIPT, printable
+from ..safe.grammar import ENTRY_SCRIPT, MODEL_NAME, matches, printable
 from ..safe.untrusted import json_loads
 
 __all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LABEL"]
@@ -140,13 +140,17 @@ def package(
         app_path = Path(tmp) / "app.tar"
         app_digest, app_size = _tar_to(tar_chunks(snap, APP_PREFIX), app_path)
         # the model: a registered version's own blob, or a folder made into the same kind of layer
-        model_dir = Path(model)
+        named, sep, folder = model.partition("=")  # NAME=DIR: under AZUREML_MODEL_DIR/NAME, as serve mounts it
+        under = named if sep and matches(MODEL_NAME, named) and Path(folder).is_dir() else ""
+        model_dir = Path(folder if under else model)
         model_repo: str | None = None
         if model_dir.is_dir():
             made = Path(tmp) / "model.tar"
-            model_digest, model_size = models.model_layer(model_dir, made, warn=lambda m: info(f"warning: {m}"))
+            model_digest, model_size = models.model_layer(
+                model_dir, made, warn=lambda m: info(f"warning: {m}"), under=under
+            )
             model_path: Path | None = made
-            model_label = str(model_dir)
+            model_label = f"{under}={model_dir}" if under else str(model_dir)
         else:
             repo_given = None
             if "/" in model:  # REPOSITORY:V, a model kept in a repository of its own naming

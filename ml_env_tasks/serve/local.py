@@ -59,6 +59,7 @@ from .services import (
     _remove_service,
     _serving,
     _url,
+    exit_reason,
     list_services,
     logs,
     owner,
@@ -364,10 +365,9 @@ def _poll(cid: str, url: str, t0: float, timeout: float, what: str = "the scorin
     while True:
         state = c.state(cid)
         if state.status not in ("running", "created"):
+            why, hint = exit_reason(log := c.logs_text(cid, tail=60))
             raise ServiceFailed(
-                f"{what} exited (code {state.exit_code}) before it was ready",
-                details=c.logs_text(cid, tail=60),
-                hint="init() failed? its traceback is above",
+                f"{what} exited (code {state.exit_code}) before it was ready{why}", details=log, hint=hint
             )
         try:
             if client.request("GET", url, timeout=2).status == 200:

@@ -38,6 +38,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -74,7 +75,8 @@ class State:
 
 
 class NeedsAzureml(Exception):
-    """The entry script is written for azmlinfsrv in a way this server cannot serve."""
+    """The entry script is written for azmlinfsrv in a way this server cannot serve, or needs a
+    part of Azure's SDK the image lacks: one line says what to change."""
 
 
 AZUREML_HINT = 'set inference.server = "azureml" in the environment file'
@@ -88,6 +90,19 @@ def _import_entry(spec: Any, module: Any, path: Path) -> None:
         if root == "azureml_inference_server_http":
             raise NeedsAzureml(
                 f"the entry script {path} imports {e.name} (Azure's scoring server): {AZUREML_HINT}"
+            ) from None
+        if root == "azureml":  # only the top name is missing: the script says which module it wanted
+            named = re.findall(r"\bazureml(?:\.\w+)+", path.read_text(errors="replace")[: 2**20]) or ["azureml"]
+            rawhttp = [n for n in named if n.startswith("azureml.contrib.services")]
+            if rawhttp:
+                raise NeedsAzureml(
+                    f"the entry script {path} imports {rawhttp[0]} (@rawhttp, AMLRequest/AMLResponse of Azure's "
+                    f"SDK v1): {AZUREML_HINT}, and import them from azureml_inference_server_http.api.aml_request "
+                    "and .aml_response"
+                ) from None
+            raise NeedsAzureml(
+                f"the entry script {path} imports {named[0]} (Azure ML's SDK v1), which this image lacks: add the "
+                "package that has it to python.packages, or drop the import"
             ) from None
         if root == "inference_schema":
             raise NeedsAzureml(
@@ -131,8 +146,10 @@ def load_entry() -> Any:
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     t0 = time.monotonic()
+    step = "importing the entry script failed (before init())"
     try:
         State.module = load_entry()
+        step = "init() failed"
         await run_in_threadpool(State.module.init)
     except NeedsAzureml as e:
         print(f"ml-env-serve: {e}", file=sys.stderr, flush=True)  # one line, no traceback: nothing to debug
@@ -140,7 +157,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     except BaseException:
         # the traceback goes to the container log; the process exits non-zero
         traceback.print_exc()
-        print("ml-env-serve: init() failed; exiting", file=sys.stderr, flush=True)
+        print(f"ml-env-serve: {step}; exiting", file=sys.stderr, flush=True)
         sys.stderr.flush()
         os._exit(3)
     State.ready = True

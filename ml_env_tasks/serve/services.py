@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import ServiceFailed, UsageError
 from ..safe.grammar import printable
 
-__all__ = ["ServiceInfo", "list_services", "stop", "logs", "owner", "LABEL", "OWNER"]
+__all__ = ["ServiceInfo", "list_services", "stop", "logs", "owner", "exit_reason", "LABEL", "OWNER"]
 
 CONTAINER_PORT = 5001
 LABEL = "ml-env.serve"  # the container that publishes a service's port: its front, or the scoring container
@@ -21,6 +21,19 @@ BACKEND = "ml-env.serve.backend"  # a fronted service's scoring containers
 GENERATION = "ml-env.serve.generation"  # which of them: 1, 2, ... one per --replace
 NETWORK = "ml-env.serve.network"
 OWNER = "ml-env.serve.owner"  # the uid that started it: `serve list` shows the caller's own
+
+
+SAID = "ml-env-serve: "  # how the scoring server begins the one line that says why it stopped
+
+
+def exit_reason(log: str) -> tuple[str, str | None]:
+    """Why a scoring container stopped before it was ready, from its log: (``": <the server's
+    own line>"`` or ``""``, the hint). The server says at which step (the entry script's import,
+    or init()) and, when it knows, what to change; Azure's server says nothing of the kind."""
+    said = [line.removeprefix(SAID) for line in log.splitlines() if line.startswith(SAID)]
+    if not said:
+        return "", "init() failed? its traceback is above"
+    return f": {printable(said[-1], 600)}", ("its traceback is above" if "Traceback" in log else None)
 
 
 def owner() -> str:

@@ -39,6 +39,13 @@ CONDA_TO_PYPI = {
     "matplotlib-base": "matplotlib",
     "pytables": "tables",
 }
+# `conda env export` lists every package of the environment with its build string (_libgcc_mutex,
+# openssl, ...): what was asked for is what --from-history exports
+EXPORTED = (
+    "this is `conda env export` output (every package, with build strings): export again with "
+    '`conda env export --from-history` (the packages you asked for), or set python.conda_installer = "conda" '
+    "on a base image with conda"
+)
 # [channel::]name [op version]; spaces only (never a newline), so a package can be rendered safely
 _DEP = re.compile(r"(?:([\w.-]+)::)?([A-Za-z0-9_.-]+) *(?:([=<>!~ ]+) *([A-Za-z0-9_.*+!,|<>=~ -]*))?", re.ASCII)
 
@@ -111,9 +118,12 @@ def parse_conda(data: bytes, installer: str, *, file: str | None, key: str) -> C
         else:
             unsupported.append(m.group(0).strip())
     if unsupported:
+        exported = "prefix" in doc or any(d.startswith("_") or d.count("=") >= 2 for d in unsupported)
         raise err(
             f"these conda packages have no known PyPI name and no conda can install them: {listed(unsupported)}",
-            hint='move them to the pip: section, or set python.conda_installer = "conda" on a base image with conda',
+            hint=EXPORTED
+            if exported
+            else 'move them to the pip: section, or set python.conda_installer = "conda" on a base image with conda',
         )
     return CondaParts(python_ver, tuple(pip_items), tuple(conda_pkgs), tuple(channels), tuple(mapped))
 

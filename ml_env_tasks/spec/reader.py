@@ -38,6 +38,14 @@ __all__ = [
 ]
 
 MAX_SPEC_BYTES = 1 * 2**20
+FOREIGN = (".yml", ".yaml", ".json", ".txt")  # what `ml-env import` reads
+
+
+def _import_hint(shown: str) -> str:
+    return (
+        f"not an environment file: an Azure ML, conda or requirements file? `ml-env import {printable(shown, 120)} "
+        "-o envs/NAME.toml`, then use envs/NAME.toml"
+    )
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -57,14 +65,22 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
     except OSError as e:
         raise SpecError(f"cannot be read: {e.strerror}", file=printable(shown)) from None
     if p.is_dir():
-        raise SpecError("is a directory, expected an environment .toml file", file=shown)
+        v1 = (p / "azureml_environment.json").is_file()
+        raise SpecError(
+            "is a directory, expected an environment .toml file", file=shown, hint=_import_hint(shown) if v1 else None
+        )
     from ..safe.fsutil import read_text_bounded
 
     try:
         text = read_text_bounded(p, MAX_SPEC_BYTES, error=SpecError, what="environment file", shown=shown)
     except OSError as e:
         raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
-    env = parse(text, p, shown=shown)
+    try:
+        env = parse(text, p, shown=shown)
+    except SpecError as e:  # an Azure, conda or requirements file given where an environment file goes
+        if e.hint is None and p.suffix in FOREIGN or (p.suffix != ".toml" and e.message.startswith("invalid TOML")):
+            e.hint = _import_hint(shown)
+        raise
     if locked:
         lp = lock_to_read(p)
         if not lp.exists():

@@ -147,6 +147,21 @@ def test_rawhttp_on_azureml_and_a_clear_refusal_on_the_builtin_server(ws, setup)
     assert leftovers() == []
 
 
+def test_an_sdk_v1_rawhttp_script_on_the_builtin_server_names_the_setting(ws, setup) -> None:
+    """Reported: a traceback ending `No module named 'azureml'`, then "init() failed?", and no word of
+    `[inference] server = "azureml"`: the error now says it, and that the failure was at import."""
+    (ws.dir / "v1raw").mkdir()
+    script = ws.dir / "v1raw" / "score.py"
+    script.write_text(RAWHTTP.replace("azureml_inference_server_http.api", "azureml.contrib.services"))
+    with pytest.raises(ServiceFailed) as exc:
+        run_smoke_test(opts(ws, setup["builtin"], script, setup["model"]), cases(ws, "raw", RAW_CASES))
+    message = str(exc.value)
+    assert "before it was ready: the entry script /var/azureml-app/score.py imports azureml.contrib.services" in message
+    assert 'set inference.server = "azureml" in the environment file' in message and "init() failed?" not in message
+    assert "Traceback" not in exc.value.details
+    assert leftovers() == []
+
+
 def _swagger(ws, setup, server: str) -> tuple[dict, dict]:
     svc = local.start(opts(ws, setup[server], setup["decorated"], setup["model"], port=0))
     try:
