@@ -314,23 +314,29 @@ def _limits(j: _Job) -> list[str]:
 def _compute(j: _Job) -> list[str]:
     """``compute:`` names a compute target of the same name ([compute.NAME] in your config),
     ``resources.instance_count`` the nodes, ``distribution`` how processes meet: PyTorch's, one
-    process per node with torchrun's variables, is what a Slurm target gives."""
-    out = []
+    process per node with torchrun's variables, is what a Slurm target gives. A target that is
+    not declared here is not named in the command (it must run as printed): one line says so."""
+    from ..settings.compute import targets
+    from ..settings.files import load_layers
+
+    out: list[str] = []
     compute = j.text(j.data, "compute", "compute")
-    if compute:
-        name = compute.removeprefix("azureml:")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name, re.A):
-            raise j.err("compute", "must name a compute target (letters, digits, '_', '.', '-')")
+    name = compute.removeprefix("azureml:") if compute else None
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name, re.A):
+        raise j.err("compute", "must name a compute target (letters, digits, '_', '.', '-')")
+    declared = name is not None and name in targets(load_layers())
+    if name is not None and declared:
         out += ["--compute", name]
-        j.warnings.append(f"compute: {name} must be declared as [compute.{name}] in your config (ml-env compute list)")
+    elif name is not None:
+        j.warnings.append(f"compute: {name}: no [compute.{name}] is declared here (ml-env compute list): the run "
+                          "goes to the command's engine; declare it to send the run there")  # fmt: skip
     count = j.table(j.data, "resources", "resources").get("instance_count")
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
             raise j.err("resources.instance_count", "must be a number of nodes from 1 to 64")
-        if count > 1 and not compute:
-            raise j.err(
-                "resources.instance_count", "several nodes need a compute target: add compute: <a Slurm target>"
-            )
-        if count > 1:
+        if count > 1 and declared:
             out += ["--nodes", str(count)]
+        elif count > 1:
+            j.warnings.append(f"resources.instance_count {count}: one node: several need a declared Slurm compute "
+                              "target (compute: NAME)")  # fmt: skip
     return out  # distribution: its fields' fates are azure_fields.V2_JOB's (pytorch's is what a target gives)

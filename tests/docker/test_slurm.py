@@ -171,7 +171,7 @@ def test_a_detached_run_is_followed_after_the_client_is_gone(cluster) -> None:
     shown = ml_env("runs", "show", run_id, *base, env=cluster["env"])
     assert shown.returncode == 0 and "cluster job" in shown.stdout
     waited = ml_env("runs", "wait", run_id, *base, env=cluster["env"], timeout=120)
-    assert waited.returncode == 0 and "tick 2" in waited.stdout and "completed" in waited.stdout
+    assert waited.returncode == 0 and "completed" in waited.stdout  # (its lines, unless `show` saw the end first)
     assert record(cluster, run_id)["status"] == "completed"
     assert "tick 2" in ml_env("runs", "logs", run_id, *base, env=cluster["env"]).stdout
     # another detached run, cancelled from another process: recorded cancelled, never "running"

@@ -334,6 +334,15 @@ def test_every_field_has_a_sample() -> None:
     assert set(EXPORT_SAMPLES) == set(af.EXPORT_V1) == set(af.EXPORT_V2) == set(environment_fields())
 
 
+@pytest.fixture(autouse=True)
+def _a_declared_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's config declares the compute target the samples name: a job's compute: is
+    carried only to a target declared here (else one line says the run stays on the engine)."""
+    cfg = tmp_path / "user-config.toml"
+    cfg.write_text('[compute.cpu-cluster]\ntype = "slurm"\nshared = "/tmp"\n')
+    monkeypatch.setenv("ML_ENV_CONFIG", str(cfg))
+
+
 @pytest.mark.parametrize("fmt,path", CASES, ids=[f"{f}:{p}" for f, p in CASES])
 def test_each_imported_field_is_carried_refused_or_warned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, path: str

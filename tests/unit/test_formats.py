@@ -144,7 +144,11 @@ def job(work: Path, monkeypatch: pytest.MonkeyPatch, **changes):
 
 
 def test_a_distributed_job_maps_onto_a_compute_target(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """compute, resources.instance_count and a PyTorch distribution: a Slurm target's nodes."""
+    """compute, resources.instance_count and a PyTorch distribution: a declared Slurm target's
+    nodes; a target not declared here stays out of the command, which must run as printed."""
+    cfg = work / "user.toml"
+    cfg.write_text('[compute.gpu-cluster]\ntype = "slurm"\nshared = "/tmp"\n')
+    monkeypatch.setenv("ML_ENV_CONFIG", str(cfg))
     imp = job(work, monkeypatch, compute="azureml:gpu-cluster", resources={"instance_count": 2},
               distribution={"type": "pytorch", "process_count_per_instance": 4})  # fmt: skip
     argv = imp.argv(Path("job-env.toml"))
@@ -154,8 +158,10 @@ def test_a_distributed_job_maps_onto_a_compute_target(work: Path, monkeypatch: p
     )
     mpi = job(work, monkeypatch, distribution={"type": "mpi"})
     assert any(w.startswith("distribution.type mpi: not mapped") for w in mpi.warnings), mpi.warnings
-    with pytest.raises(MlEnvError, match="several nodes need a compute target"):
-        job(work, monkeypatch, compute=None, resources={"instance_count": 3})
+    alone = job(work, monkeypatch, compute="azureml:elsewhere", resources={"instance_count": 3})
+    assert "--compute" not in alone.argv(Path("e.toml")) and "--nodes" not in alone.argv(Path("e.toml"))
+    assert any(w.startswith("compute: elsewhere: no [compute.elsewhere] is declared here") for w in alone.warnings)
+    assert any(w.startswith("resources.instance_count 3: one node") for w in alone.warnings)
 
 
 def test_command_job_becomes_a_train_invocation(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,12 +169,12 @@ def test_command_job_becomes_a_train_invocation(work: Path, monkeypatch: pytest.
     assert imp.argv(Path("job-env.toml")) == [
         "train", "--env", "job-env.toml", "--source", "src", "--script", "train.py",
         "--input", "training_data=data", "--env-var", "MODE=ci", "--experiment", "digits", "--timeout", "600",
-        "--compute", "cpu-cluster", "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
+        "--", "--data", "${{inputs.training_data}}", "--alpha", "0.5", "--model-dir", "${{outputs.model}}",
         "--note", "two words",
     ]  # fmt: skip
     assert (
-        "compute: cpu-cluster must be declared as [compute.cpu-cluster] in your config (ml-env compute list)"
-        in imp.warnings
+        "compute: cpu-cluster: no [compute.cpu-cluster] is declared here (ml-env compute list): the run goes to the "
+        "command's engine; declare it to send the run there" in imp.warnings
     )
     assert any("display_name" in w for w in imp.warnings)
     # the inline environment went through the environment importer and loads
