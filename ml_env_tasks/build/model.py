@@ -58,6 +58,7 @@ class BuildOptions:
     platforms: tuple[str, ...] = ()
     check_reproducible: bool = False  # build again with no cache and compare the two images
     no_push: bool = False  # build and check, write nothing to a registry: the image stays in the engine
+    rebuild: bool = False  # a registered NAME:VERSION: build its recorded file, not use its registered image
 
     @property
     def pushes(self) -> bool:

@@ -5,18 +5,24 @@ a registered version (``NAME:VERSION``, from the versions file), or an image (``
 ``...@sha256:...``). Files are loaded once (pinned with ``--pin-base``), built or reused by
 hash, and what the build decided — the image, its digest, the interpreter its packages are
 installed for — is carried along; nothing downstream loads the spec again or guesses.
+
+A registered version is its registered image, by digest, where the versions file says it lives
+(its registry and repository, whatever ``--registry``/``--repository`` say): nothing is built.
+A curated environment registered here with its current hash is that registered image too.
+``--rebuild`` (``BuildOptions.rebuild``) builds the recorded environment file instead, and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SpecError, UsageError
 from ..safe.grammar import digits
 
 if TYPE_CHECKING:
+    from ..catalog.versions import VersionEntry
     from ..spec.environment import Environment
     from . import BuildOptions, Reporter
 
@@ -39,6 +45,7 @@ class ResolvedEnv:
     env: Environment | None = None  # the loaded environment, when it had to be loaded
     labels: dict[str, str] | None = None  # an image given by reference: its labels
     inference_server: str = "builtin"  # which scoring server the image runs (inference.server)
+    registered: str | None = None  # NAME:VERSION, when this is a registered version's image
 
     @property
     def pinned(self) -> str:
@@ -81,10 +88,22 @@ def resolve_environment(
         from ..catalog import resolve_curated
 
         path = resolve_curated(ref)
+        if versions is not None and not (need_env or bopts.rebuild):
+            found = _registered_curated(ref, path, versions, bopts, rep, need_inference)
+            if found is not None:
+                return found
     elif is_environment_file(ref):
         path = Path(ref)
     elif versions is not None and _looks_registered(ref, versions):
+        from ..catalog.versions import Versions
+
+        entry = Versions(versions).get(ref)
+        if not bopts.rebuild:
+            return _registered(ref, entry, versions, bopts, rep, need_inference)
         path = _restore_registered(ref, versions)
+        bopts = _rebuild_where(entry, versions, bopts)
+        rep.info(f"{entry.ref}: --rebuild: building its recorded environment file (the registered image is "
+                 f"{entry.image.rsplit(':', 1)[0]}@{entry.digest or '-'})")  # fmt: skip
     if path is not None:
         if not (need_env or bopts.pin_base or bopts.force or bopts.upgrade):
             fast = _unchanged(ref, path, bopts, rep, need_inference)
@@ -142,34 +161,134 @@ def _image(ref: str, opts: BuildOptions) -> ResolvedEnv:
     """An image given by reference: its digest from the engine or its registry, and the
     interpreter its ml-env label names (``python3`` for an image ml-env did not build)."""
     from .. import engine
-    from ..registry import RegistryClient, parse_ref
+    from ..registry import parse_ref
     from ..spec import check_image_ref
 
-    insecure = opts.insecure
     check_image_ref(ref, None, "--env")
     c = engine.current().containers
     digest = c.image_digest(ref)
     labels = c.image_labels(ref) if digest else {}
     in_registry = False
     if digest is None:
-        r = parse_ref(ref)
-        client = RegistryClient(r.host, insecure=insecure)
-        found = client.head_manifest(r.repository, r.reference)
+        found = _in_registry(parse_ref(ref), opts)
         if found is None:
             raise UsageError(f"image {ref} is neither in the local engine nor in its registry")
-        digest, in_registry = found.digest, True
-        cfg = client.image_config(r.repository, found.digest) or {}
-        got = (cfg.get("config") or {}).get("Labels") or {}
-        labels = {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
-    python = labels.get("ml-env.python") or "python3"
-    if not python.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum():
-        python = "python3"  # a label from the registry is untrusted: only a plain path is used
-    server = labels.get("ml-env.inference.server", "builtin")  # untrusted too: one of the known names
+        (digest, labels), in_registry = found, True
+    python, server = _from_labels(labels)
+    return ResolvedEnv(ref, ref, digest, python, None, labels.get("ml-env.name"), labels.get("ml-env.hash"),
+                       in_registry=in_registry, labels=labels, inference_server=server)  # fmt: skip
+
+
+def _in_registry(r: Any, opts: BuildOptions) -> tuple[str, dict[str, str]] | None:
+    """(digest, labels) of an image in its registry; None when the registry does not have it."""
+    from ..registry import RegistryClient
+
+    client = RegistryClient(r.host, insecure=opts.insecure)
+    found = client.head_manifest(r.repository, r.reference)
+    if found is None:
+        return None
+    cfg = client.image_config(r.repository, found.digest) or {}
+    got = (cfg.get("config") or {}).get("Labels") or {}
+    return found.digest, ({str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {})
+
+
+def _from_labels(labels: dict[str, str]) -> tuple[str, str]:
+    """(interpreter, scoring server) an image's labels name, each only when it is a plain value:
+    a label from a registry is untrusted."""
     from ..spec.environment import INFERENCE_SERVERS
 
-    return ResolvedEnv(ref, ref, digest, python, None, labels.get("ml-env.name"), labels.get("ml-env.hash"),
-                       in_registry=in_registry, labels=labels,
-                       inference_server=server if server in INFERENCE_SERVERS else "builtin")  # fmt: skip
+    python = labels.get("ml-env.python") or "python3"
+    if not python.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum():
+        python = "python3"
+    server = labels.get("ml-env.inference.server", "builtin")
+    return python, server if server in INFERENCE_SERVERS else "builtin"
+
+
+REBUILD_HINT = "--rebuild builds it from its recorded environment file"
+
+
+def _registered(
+    given: str, entry: VersionEntry, versions: Path, opts: BuildOptions, rep: Reporter, need_inference: bool
+) -> ResolvedEnv:
+    """A registered version's own image, by its recorded digest, where the entry says it lives."""
+    file = str(versions)
+    if not entry.digest:
+        raise UsageError(f"{entry.ref} was registered without a digest", file=file, hint=REBUILD_HINT)
+    where = entry.location(file)
+    if where is not None:
+        from ..registry import parse_ref
+
+        image = f"{where[0]}/{where[1]}@{entry.digest}"
+        found = _in_registry(parse_ref(image), opts)
+        if found is None:
+            raise UsageError(
+                f"{entry.ref}: its image {image} is not in {where[0]} any more", file=file, hint=REBUILD_HINT
+            )
+        labels = found[1]
+    else:  # registered without a registry: the image of the engine that built it, if it still is
+        from .. import engine
+
+        image = entry.image
+        c = engine.current().containers
+        img = c.image(image) or {}
+        have = {str(d).split("@", 1)[-1] for d in img.get("RepoDigests") or []} | {str(img.get("Id"))}
+        if entry.digest not in have:
+            raise UsageError(f"{entry.ref}: its image {image} is not in this engine as registered "
+                             f"({entry.digest[:19]})", file=file, hint=REBUILD_HINT)  # fmt: skip
+        labels = c.image_labels(image)
+    if labels.get("ml-env.hash") != entry.hash:
+        raise UsageError(f"{entry.ref}: {image} is not the image of its recorded hash {entry.hash[:12]}", file=file)
+    if need_inference and "ml-env.inference.server" not in labels:
+        raise SpecError(
+            "this environment has no scoring server",
+            file=file,
+            key=entry.ref,
+            hint="register one with inference = true",
+        )
+    if opts.registry and where is not None and opts.registry != where[0]:
+        rep.info(f"{entry.ref} is in {where[0]} (the versions file says so): --registry {opts.registry} is not used")
+    rep.info(f"environment {entry.ref}: its registered image {image}")
+    python, server = _from_labels(labels)
+    return ResolvedEnv(given, image, entry.digest, python, None, entry.name, entry.hash, False, 0.0, where is not None,
+                       entry.shm_size, labels=labels, inference_server=server, registered=entry.ref)  # fmt: skip
+
+
+def _registered_curated(
+    given: str, path: Path, versions: Path, opts: BuildOptions, rep: Reporter, need_inference: bool
+) -> ResolvedEnv | None:
+    """``curated/NAME`` registered here (``register curated/NAME``) with the hash its file has now:
+    that registered image. None when no version of it has this hash (the file is built or reused)."""
+    from ..catalog.versions import Versions
+    from . import speccache
+
+    if not versions.is_file():
+        return None
+    s = speccache.lookup(path, locked=opts.locked)
+    if s is not None and not opts.pin_base:
+        name, h = s.name, s.hash
+    else:
+        from ..spec.hashing import env_hash
+        from .flow import load_env
+
+        env = load_env(path, opts)
+        name, h = env.name, env_hash(env)
+    mine = Versions(versions).entries(name)
+    same = [e for e in mine if e.hash == h]
+    if not same:
+        if mine:
+            rep.info(f"{given}: no registered version of {name} has its current hash {h[:12]}: building it")
+        return None
+    return _registered(given, same[-1], versions, opts, rep, need_inference)
+
+
+def _rebuild_where(entry: VersionEntry, versions: Path, opts: BuildOptions) -> BuildOptions:
+    """``--rebuild``: where the image goes, the given registry and repository, else the entry's."""
+    import dataclasses
+
+    where = entry.location(str(versions))
+    if where is None or opts.registry:
+        return opts
+    return dataclasses.replace(opts, registry=where[0], repository=opts.repository or where[1])
 
 
 def _looks_registered(ref: str, versions: Path) -> bool:

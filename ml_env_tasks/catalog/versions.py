@@ -52,6 +52,34 @@ class VersionEntry:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def location(self, file: str) -> tuple[str, str] | None:
+        """(registry, repository) the registered image lives in, from this entry (None: it was
+        registered without a registry, so it is in the engine that built it). The versions file is
+        repository content: the image must parse and be in the registry the entry names."""
+        if not self.registry:
+            return None
+        from ..registry import check_registry_host, parse_ref
+
+        check_registry_host(self.registry, f"{file}: {self.ref} registry")
+        r = parse_ref(self.image)
+        if r.host != self.registry:
+            raise UsageError(f"{self.ref}: its image is not in its registry {self.registry}", file=file)
+        return r.host, r.repository
+
+    @property
+    def shm_size(self) -> str | None:
+        """``docker.shm_size`` of the recorded environment file (a run setting, outside the hash)."""
+        from ..safe.grammar import parse_size
+        from ..safe.untrusted import toml_loads
+
+        try:
+            doc = toml_loads(self.spec, error=SpecError, file=self.ref)
+        except ValueError:
+            return None
+        docker = doc.get("docker")
+        shm = docker.get("shm_size") if isinstance(docker, dict) else None
+        return str(shm) if isinstance(shm, (str, int)) and parse_size(shm) is not None else None
+
     def summary(self) -> dict[str, Any]:
         """What ``list``/``register --json`` show: everything but the file texts."""
         return {k: v for k, v in self.to_dict().items() if k not in ("spec", "files")}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..safe.grammar import MODEL_NAME, bounded, matches, printable
 from ..safe.paths import no_link_out
-from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE
+from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, REBUILD
 from ..settings.options import Option
 from . import Console, Values
 
@@ -33,7 +33,7 @@ __all__ = [
     "parse_models",
 ]
 
-BUILD_NAMES = tuple(dict.fromkeys(o.name for o in BUILD_WHERE + BUILD_HOW + BUILD_ONLY))
+BUILD_NAMES = tuple(dict.fromkeys(o.name for o in BUILD_WHERE + BUILD_HOW + BUILD_ONLY + (REBUILD,)))
 SPEC = (Option("spec", ("spec",), help="environment file (envs/NAME.toml) or curated/NAME", gha="spec"),)
 
 

@@ -8,6 +8,7 @@ from ..settings.groups import (
     INFERENCE_ENV,
     MODEL_REPOSITORY,
     PACKAGE_REPOSITORY,
+    REBUILD,
     SERVE,
     SIGN,
     VERSIONS,
@@ -25,6 +26,7 @@ PACKAGE = (
     Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), a folder, or NAME=FOLDER (under AZUREML_MODEL_DIR/NAME)"),
     PACKAGE_REPOSITORY,
     VERSIONS,
+    REBUILD,
 )  # fmt: skip
 
 

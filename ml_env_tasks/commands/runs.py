@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..settings.groups import BUILD_HOW, BUILD_WHERE, COMPUTE, DEFAULT_TRAIN_ENV, RUN, TRAIN_ENV, VERSIONS
+from ..settings.groups import BUILD_HOW, BUILD_WHERE, COMPUTE, DEFAULT_TRAIN_ENV, REBUILD, RUN, TRAIN_ENV, VERSIONS
 from ..settings.options import Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 
@@ -31,6 +31,7 @@ TRAIN = (
     VERSIONS,
     Option("detach", ("--detach",), kind="flag", default=False, gha=None,
            help="with a Slurm --compute target: submit, print the run id and return (runs show|logs|wait|cancel)"),
+    REBUILD,
     Option("register_model", ("--register-model",), metavar="NAME=outputs/PATH",
            help="after a completed run, register that folder of its outputs as the next version of model NAME "
                 "(needs --registry)"),

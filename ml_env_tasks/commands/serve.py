@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..settings.groups import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, SERVE, SIGN, SMOKE, VERSIONS
+from ..settings.groups import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, REBUILD, SERVE, SIGN, SMOKE, VERSIONS
 from ..settings.options import Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 from .common import build_options, cell, code, parse_models, rows, sign_pushed, signing_key, visible
@@ -21,7 +21,7 @@ def _flag(name: str) -> str:
 
 __all__ = ["COMMANDS", "serve_options"]
 
-ENV = (INFERENCE_ENV, VERSIONS)
+ENV = (INFERENCE_ENV, VERSIONS, REBUILD)
 START = (
     Option("port", ("--port",), kind="port", default=5001, help="host port on 127.0.0.1, or on a remote engine's host (0 picks a free one)"),
     Option("name", ("--name",), help="service name (default: the environment's name)"),

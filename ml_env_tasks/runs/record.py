@@ -55,6 +55,7 @@ class RunEnvironment:
     hash: str | None
     image: str
     digest: str | None
+    registered: str | None = None  # NAME:VERSION, when the run used that registered version's image
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,6 +68,7 @@ class RunEnvironment:
             _str(d, "hash", optional=True),
             _str(d, "image"),
             _str(d, "digest", optional=True),
+            _str(d, "registered", optional=True),
         )
 
 

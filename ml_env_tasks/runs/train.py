@@ -178,7 +178,9 @@ def train(
     resolved = resolve_environment(
         opts.environment, opts.build, reporter=_Say(stream_logs=False), versions=opts.versions
     )
-    environment = RunEnvironment(resolved.spec, resolved.name, resolved.hash, resolved.pinned, resolved.digest)
+    environment = RunEnvironment(
+        resolved.spec, resolved.name, resolved.hash, resolved.pinned, resolved.digest, resolved.registered
+    )
     python, shm = resolved.python, resolved.shm_size
     try:
         outputs.mkdir(parents=True)

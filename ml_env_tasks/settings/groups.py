@@ -25,6 +25,7 @@ __all__ = [
     "TRAIN_ENV",
     "INFERENCE_ENV",
     "VERSIONS",
+    "REBUILD",
     "SPEC_ENV",
     "MODEL_REPOSITORY",
     "PACKAGE_REPOSITORY",
@@ -188,6 +189,9 @@ DEFAULT_TRAIN_ENV = "curated/minimal"
 TRAIN_ENV = O("env", "--env", default=DEFAULT_TRAIN_ENV, env="ML_ENV_TRAIN_ENV", config="train_env",
               help="environment file, curated/NAME, NAME:VERSION, or an image reference (none given: train_env from the "
                    f"config files, else {DEFAULT_TRAIN_ENV}, as Azure ML gives a run that names none a default environment)")  # fmt: skip
+REBUILD = O("rebuild", "--rebuild", kind="flag", default=False,
+            help="a registered NAME:VERSION (or curated/NAME registered here): build its recorded environment file "
+                 "instead of using its registered image (default: the registered image, by digest)")  # fmt: skip
 VERSIONS = O(
     "versions",
     "--versions",

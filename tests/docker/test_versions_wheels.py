@@ -64,12 +64,16 @@ def test_a_version_with_a_private_wheel_restores_and_builds_in_a_fresh_folder(ws
     again = ml_env("get", "w:1", "-o", "out", "--versions", "versions.toml")
     assert again.returncode == 2 and "not overwriting" in again.stderr and WHEEL in again.stderr
 
-    # NAME:VERSION where an environment is expected: restored into the user cache with its wheel
+    # NAME:VERSION where an environment is expected: its registered image, nothing restored
     monkeypatch.setenv("XDG_CACHE_HOME", str(ws.dir / "cache"))
     from ml_env_tasks.build.resolve import resolve_environment
 
     r = resolve_environment("w:1", ws.opts(), versions=fresh / "versions.toml")
-    assert (r.hash, r.digest, r.built) == (entry["hash"], entry["digest"], False)
+    assert (r.hash, r.digest, r.built, r.registered) == (entry["hash"], entry["digest"], False, "w:1")
+    assert not list((ws.dir / "cache").rglob(WHEEL))
+    # --rebuild: the recorded file, restored into the user cache with its wheel, built or reused by hash
+    r = resolve_environment("w:1", ws.opts(rebuild=True), versions=fresh / "versions.toml")
+    assert (r.hash, r.digest, r.built, r.registered) == (entry["hash"], entry["digest"], False, None)
     assert list((ws.dir / "cache").rglob(WHEEL))
 
 

@@ -49,7 +49,7 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     output = parse_pvc(kube.output_pvc, "--output-pvc", prefix=False) if kube.output_pvc is not None else None
     check_script(run.script)
     script = Path(run.script)
-    if run.build is not None and not run.build.registry and _built_here(run.environment, run.versions):
+    if run.build is not None and not run.build.registry and _built_here(run.environment, run.versions, run.build):
         raise UsageError("--runner kubernetes needs --registry: the cluster pulls the environment's image from it")
     experiment = run.experiment or Path(run.script).stem
     run_id = new_run_id(experiment)
@@ -115,8 +115,15 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     return Emitted(run_id, job_name, cm_names, kube.emit, image, len(archive))
 
 
-def _built_here(ref: str, versions: Path | None) -> bool:
-    """An environment ml-env builds (a file, curated, a registered version), not an image reference."""
+def _built_here(ref: str, versions: Path | None, build: Any) -> bool:
+    """An environment ml-env builds (a file, curated, a registered version with --rebuild or kept in
+    no registry), not an image reference nor a registered version's image in its registry."""
     from ...build.resolve import _looks_registered, is_environment_file
 
-    return ref.startswith("curated/") or is_environment_file(ref) or bool(versions and _looks_registered(ref, versions))
+    if ref.startswith("curated/") or is_environment_file(ref):
+        return True
+    if not (versions and _looks_registered(ref, versions)):
+        return False
+    from ...catalog.versions import Versions
+
+    return bool(build.rebuild) or not Versions(versions).get(ref).registry
