@@ -64,6 +64,11 @@ def run_import(args: Values, io: Console) -> Outcome:
 def _import_job(args: Values, out: Console, job: Any) -> Outcome:
     """A command job: the ``ml-env train`` command that runs it (its inline environment written
     with -o first, and only when the command can name it)."""
+    from ..settings.options import Source
+
+    if args.origin("versions").source is Source.FLAG:
+        job.versions = args.versions  # the command reads the default file otherwise
+    job.check_registered(args.versions)
     argv = job.argv(args.output)  # an inline environment without -o is a usage error, nothing written
     for w in job.warnings:
         out.warn(w)
@@ -227,7 +232,7 @@ COMMANDS = {
         Option("endpoint", ("--endpoint",), kind="path", help="with an online deployment YAML: its endpoint's YAML"),
         Option("request", ("--request",), kind="path", help="with a deployment: a request file (as for az ml online-endpoint invoke), written as a smoke-test case beside -o"),
         REGISTRY,
-    ), run_import),
+    ) + VERSIONS, run_import),
     "export": Command("export", "export an environment file to Azure ML v1 (directory) or v2 (YAML)", (
         Option("spec", ("spec",), help="environment file"),
         Option("format", ("--format",), kind="choice", choices=("v1", "v2"), required=True, help="Azure ML format"),

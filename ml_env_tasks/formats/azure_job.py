@@ -48,6 +48,7 @@ class ImportedJob:
     rest: list[str]  # every argument after --env ENV
     environment: Any = None  # an azure.Imported, for an inline environment
     warnings: list[str] = field(default_factory=list)
+    versions: Path | None = None  # a versions file the command must name (not the default one)
 
     def argv(self, env_file: Path | None = None) -> list[str]:
         env = self.env_ref or (str(env_file) if env_file else None)
@@ -55,10 +56,26 @@ class ImportedJob:
             raise UsageError(
                 "the job's environment is inline: give -o FILE.toml to write it; the command then names that file"
             )
-        return ["train", "--env", env, *self.rest]
+        named = ["--versions", _shown(self.versions.absolute())] if self.env_ref and self.versions else []
+        return ["train", "--env", env, *named, *self.rest]
 
     def command(self, env_file: Path | None = None) -> str:
         return shlex.join(["ml-env", *self.argv(env_file)])
+
+    def check_registered(self, versions: Path) -> None:
+        """A registered environment the command names must be in the versions file it reads: a
+        warning now, not a failure when the printed command runs."""
+        if self.env_ref is None:
+            return
+        from ..catalog.versions import Versions
+
+        name, _, version = self.env_ref.partition(":")
+        have = [e.version for e in Versions(versions).entries(name)] if versions.is_file() else []
+        if int(version) not in have:
+            self.warnings.append(
+                f"environment {self.env_ref} is not registered in {versions}: `ml-env register` it before running "
+                "the command (it runs that version's registered image)"
+            )
 
 
 def is_command_job(data: dict[str, Any]) -> bool:

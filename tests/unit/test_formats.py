@@ -190,6 +190,31 @@ def test_command_job_with_a_registered_environment(work: Path, monkeypatch: pyte
     assert any("'Team-Env' became 'team-env'" in w for w in imp.warnings)
 
 
+def test_the_printed_command_reads_the_versions_file_import_read(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registered environment the versions file does not have is said at import time; a versions
+    file named with --versions is named in the printed command, which reads the default one otherwise."""
+    import shlex
+
+    from ml_env_tasks.fronts.cli import run
+
+    job(work, monkeypatch, environment="azureml:team-env:3")
+    assert run(["import", "job.yml"]) == 0
+    out, err = capsys.readouterr()
+    assert shlex.split(out)[:4] == ["ml-env", "train", "--env", "team-env:3"] and "--versions" not in out
+    assert "team-env:3 is not registered in envs/versions.toml" in err
+    other = work / "other.toml"
+    other.write_text(
+        '[[environment]]\nname = "team-env"\nversion = 3\nhash = "' + "a" * 64 + '"\ndigest = "sha256:' + "b" * 64
+        + '"\nimage = "127.0.0.1:5000/ml-envs/team-env:' + "a" * 64 + '"\nregistry = "127.0.0.1:5000"\n'
+        'registered = "2024-01-01T00:00:00+00:00"\nspec = "name = \'team-env\'"\n'
+    )  # fmt: skip
+    assert run(["import", "job.yml", "--versions", str(other)]) == 0
+    out, err = capsys.readouterr()
+    assert shlex.split(out)[4:6] == ["--versions", str(other)] and "not registered" not in err
+
+
 @pytest.mark.parametrize(
     "changes,key,msg",
     [
