@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..safe.grammar import MODEL_NAME, bounded, matches, printable
-from ..safe.paths import no_link_out
+from ..safe.grammar import bounded, printable
 from ..settings.groups import BUILD_HOW, BUILD_ONLY, BUILD_WHERE, REBUILD
 from ..settings.options import Option
 from . import Console, Values
@@ -90,21 +89,20 @@ def sign_pushed(
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
-    """``--model PATH`` (one model, at AZUREML_MODEL_DIR) or ``--model NAME=PATH`` (several)."""
+    """``--model`` as model folders by mount name ("": AZUREML_MODEL_DIR itself), read with the one
+    model grammar (models/refs.py): ``FOLDER`` or several ``NAME=FOLDER``. Where only folders are
+    hashed (promote/verify --model), a registered model is refused with the way to name it."""
     from ..errors import UsageError
+    from ..models.refs import parse_model_args
 
     out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = "", item
-        elif not matches(MODEL_NAME, name):
-            raise UsageError(f"--model: {printable(name, 60)!r} is not a model name")
-        if name in out:
-            raise UsageError(f"--model {name or '(unnamed)'} given twice")
-        out[name] = no_link_out(Path(path), "--model")
-    if "" in out and len(out) > 1:
-        raise UsageError("give either one unnamed --model PATH or several --model NAME=PATH")
+    for m in parse_model_args(items):
+        if m.folder is None:
+            raise UsageError(
+                f"--model {printable(m.given, 120)!r}: no such folder here",
+                hint="name the model folder the smoke test mounted (a registered model: model download it first)",
+            )
+        out[m.mount] = m.folder
     return out
 
 

@@ -7,6 +7,7 @@ from ..settings.groups import (
     BUILD_WHERE,
     INFERENCE_ENV,
     MODEL_REPOSITORY,
+    MODEL_SOURCE_REPOSITORY,
     PACKAGE_REPOSITORY,
     REBUILD,
     SERVE,
@@ -23,19 +24,29 @@ REGISTRY = tuple(o for o in BUILD_WHERE if o.name in ("registry", "insecure"))
 REPO = (MODEL_REPOSITORY,)
 PACKAGE = (
     INFERENCE_ENV,
-    Option("model", ("--model",), help="a registered model NAME:VERSION (NAME: its latest; REPOSITORY:VERSION for --repository), a folder, or NAME=FOLDER (under AZUREML_MODEL_DIR/NAME)"),
+    Option("model", ("--model",), kind="list", metavar="[NAME=]DIR|MODEL",
+           help="a registered model (NAME, NAME:VERSION, REPOSITORY/NAME:VERSION; no version: the latest) or a folder, "
+                "at AZUREML_MODEL_DIR; several: NAME=MODEL or NAME=DIR each, at AZUREML_MODEL_DIR/NAME"),
+    MODEL_SOURCE_REPOSITORY,
     PACKAGE_REPOSITORY,
     VERSIONS,
     REBUILD,
 )  # fmt: skip
 
 
-def _registry(args: Values) -> str:
+def _where(args: Values, ref: str) -> str:
+    """The model reference, once its registry and repository are not named twice: a reference that
+    names them wins over the config; over a flag that names others, it is an error."""
     from ..errors import UsageError
+    from ..models import parse_model_ref
+    from ..settings.options import Source
 
-    if not args.registry:
-        raise UsageError("models live in a registry: give --registry (or set registry in the config)")
-    return str(args.registry)
+    m = parse_model_ref(ref)
+    for named, opt in ((m.registry, "registry"), (m.repository, "repository")):
+        given = args.values.get(opt)
+        if named and given and given != named and args.origin(opt).source in (Source.FLAG, Source.INPUT):
+            raise UsageError(f"--{opt} {given} and the model {ref} name another {opt}: give it once")
+    return ref
 
 
 def _row(m: object) -> str:
@@ -53,7 +64,7 @@ def run_register(args: Values, io: Console) -> Outcome:
     from .. import models
 
     mv = models.register(
-        _registry(args), args.name, args.path, repository=args.repository, framework=args.framework or "",
+        args.registry, _where(args, args.name), args.path, repository=args.repository, framework=args.framework or "",
         run_id=args.run_id or "", info=io.info,
     )  # fmt: skip
     return Outcome(mv.to_json(), f"{mv.ref}@{mv.digest}  {'reused (same bytes)' if mv.reused else 'registered'}")
@@ -62,21 +73,21 @@ def run_register(args: Values, io: Console) -> Outcome:
 def run_list(args: Values, io: Console) -> Outcome:
     from .. import models
 
-    found = models.list_versions(_registry(args), args.name, repository=args.repository)
+    found = models.list_versions(args.registry, _where(args, args.name), repository=args.repository)
     return Outcome([m.to_json() for m in found], "\n".join(_row(m) for m in found) or "no versions")
 
 
 def run_get(args: Values, io: Console) -> Outcome:
     from .. import models
 
-    m = models.get(_registry(args), args.ref, repository=args.repository)
+    m = models.get(args.registry, _where(args, args.ref), repository=args.repository)
     return Outcome(m.to_json(), _row(m))
 
 
 def run_download(args: Values, io: Console) -> Outcome:
     from .. import models
 
-    m = models.download(_registry(args), args.ref, args.dest, repository=args.repository, force=args.force)
+    m = models.download(args.registry, _where(args, args.ref), args.dest, repository=args.repository, force=args.force)
     return Outcome(m.to_json(), f"{m.name}:{m.version} -> {args.dest}")
 
 
@@ -87,7 +98,7 @@ def run_package(args: Values, io: Console) -> Outcome:
     with io.section(f"ml-env package {args.env}"):
         r = package(
             args.env, args.entry, args.model, build=build_options(args), repository=args.package_repository,
-            versions=args.versions, info=io.info,
+            versions=args.versions, model_repository=args.model_repository, info=io.info,
         )  # fmt: skip
         signed = sign_pushed(r.ref, key, ("image", "sbom", "provenance"), args, io)
     summary = (
@@ -101,8 +112,15 @@ def run_package(args: Values, io: Console) -> Outcome:
     return Outcome({**r.to_json(), "signed": signed.to_json() if signed else None}, text, 0, outputs, summary)
 
 
-NAME = (Option("name", ("name",), help="model name"),)
-REF = (Option("ref", ("ref",), help="NAME:VERSION or NAME"),)
+NAME = (Option("name", ("name",), help="model name, or REPOSITORY/NAME"),)
+REF = (
+    Option(
+        "ref",
+        ("ref",),
+        metavar="MODEL",
+        help="NAME, NAME:VERSION, REPOSITORY/NAME:VERSION or HOST/REPOSITORY/NAME:VERSION (no version: the latest)",
+    ),
+)
 COMMANDS = {
     "model register": Command(
         "model register", "store a model folder as the next version (same bytes: the same version)",
@@ -122,7 +140,7 @@ COMMANDS = {
     "package": Command(
         "package", "an inference image with its entry script and model inside (serve, smoke-test, promote it)",
         PACKAGE + tuple(o for o in SERVE if o.name == "entry") + BUILD_WHERE + BUILD_HOW + SIGN, run_package,
-        usage="ml-env package [--env ENV] --entry score.py --model NAME:V|DIR --registry HOST [--json]",
+        usage="ml-env package [--env ENV] --entry score.py --model [NAME=]MODEL|DIR ... --registry HOST [--json]",
         required=("env", "entry", "model"),
         action=Action(
             "ml-env package",

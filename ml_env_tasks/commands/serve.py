@@ -5,10 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..settings.groups import BUILD_HOW, BUILD_WHERE, INFERENCE_ENV, REBUILD, SERVE, SIGN, SMOKE, VERSIONS
+from ..errors import UsageError
+from ..settings.groups import (
+    BUILD_HOW,
+    BUILD_WHERE,
+    INFERENCE_ENV,
+    MODEL_SOURCE_REPOSITORY,
+    REBUILD,
+    SERVE,
+    SIGN,
+    SMOKE,
+    VERSIONS,
+)
 from ..settings.options import Option
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
-from .common import build_options, cell, code, parse_models, rows, sign_pushed, signing_key, visible
+from .common import build_options, cell, code, rows, sign_pushed, signing_key, visible
 
 
 def _input(name: str) -> str:
@@ -21,7 +32,7 @@ def _flag(name: str) -> str:
 
 __all__ = ["COMMANDS", "serve_options"]
 
-ENV = (INFERENCE_ENV, VERSIONS, REBUILD)
+ENV = (INFERENCE_ENV, VERSIONS, REBUILD, MODEL_SOURCE_REPOSITORY)
 START = (
     Option("port", ("--port",), kind="port", default=5001, help="host port on 127.0.0.1, or on a remote engine's host (0 picks a free one)"),
     Option("name", ("--name",), help="service name (default: the environment's name)"),
@@ -41,9 +52,24 @@ OUTPUTS = {
 }
 
 
+def model_folders(v: Values, io: Console) -> dict[str, Path]:
+    """``--model`` as folders to mount, by mount name ("": AZUREML_MODEL_DIR itself): a folder as
+    it is, a registered model fetched (once, into the user cache) from its registry."""
+    from ..models import fetch, parse_model_args
+
+    flag = _input if io.actions else _flag
+    out: dict[str, Path] = {}
+    for m in parse_model_args(v.model, what=flag("model")):
+        if m.folder is not None:
+            out[m.mount] = m.folder
+        else:
+            assert m.ref is not None
+            out[m.mount] = fetch(v.registry, m.ref, repository=v.model_repository, info=io.info)
+    return out
+
+
 def serve_options(v: Values, io: Console, **extra: Any) -> Any:
     from ..engine.resources import Resources
-    from ..errors import UsageError
     from ..safe.grammar import parse_size
     from ..serve.local import ServeOptions
 
@@ -58,7 +84,7 @@ def serve_options(v: Values, io: Console, **extra: Any) -> Any:
     return ServeOptions(
         environment=v.env,
         entry=Path(v.entry) if v.entry else None,
-        models=parse_models(v.model),
+        models=model_folders(v, io),
         scoring_timeout_ms=v.scoring_timeout_ms,
         workers=v.workers,
         build=build_options(v, where=flag("registry")),
@@ -71,7 +97,6 @@ def serve_options(v: Values, io: Console, **extra: Any) -> Any:
 
 
 def run_serve(v: Values, io: Console) -> Outcome:
-    from ..errors import UsageError
     from ..serve import local
 
     if v.replace:
@@ -132,7 +157,6 @@ def run_logs(v: Values, io: Console) -> Outcome:
 
 
 def run_smoke_test(v: Values, io: Console) -> Outcome:
-    from ..errors import UsageError
     from ..serve.smoke import record_result, run_smoke_test, write_reports
 
     if v.repeat < 1:

@@ -35,6 +35,7 @@ from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
 from ..safe.grammar import MODEL_NAME, digits, matches, printable
 from ..safe.tars import Extracted, Refuse, check_links, extract
+from .refs import ModelArg, ModelRef, parse_model_args, parse_model_ref
 
 __all__ = [
     "ModelVersion",
@@ -44,6 +45,11 @@ __all__ = [
     "get",
     "download",
     "parse_model_ref",
+    "parse_model_args",
+    "ModelRef",
+    "ModelArg",
+    "locate",
+    "fetch",
     "model_layer",
     "model_digest",
     "run_metadata",
@@ -81,28 +87,23 @@ class ModelVersion:
         return d
 
 
-def parse_model_ref(text: str) -> tuple[str, int | None]:
-    """``NAME`` or ``NAME:VERSION``."""
-    name, sep, version = text.partition(":")
-    if not matches(MODEL_NAME, name):
-        raise UsageError(f"model {printable(name, 70)!r} is not a model name", hint="letters, digits, '_', '.', '-'")
-    if not sep:
-        return name, None
-    if not digits(version) or len(version) > 9 or int(version) < 1:
-        raise UsageError(f"model {name}: version {printable(version, 20)!r} is not a version number (1, 2, ...)")
-    return name, int(version)
-
-
-def _repository(registry: str, name: str, repository: str | None) -> tuple[Any, str]:
-    from ..registry import RegistryClient, check_registry_host
+def locate(registry: str | None, ref: ModelRef | str, repository: str | None = None) -> tuple[Any, str, str, ModelRef]:
+    """(client, registry, repository, reference) of a model: the registry and repository the
+    reference names, else ``registry`` and ``repository`` (``{name}``: the name), else ``models/NAME``."""
+    from ..registry import RegistryClient, check_registry_host, parse_ref
     from ..registry.reference import repository_named
 
-    check_registry_host(registry)
-    repo = repository_named(repository, "models/{name}", name.lower())
-    from ..registry import parse_ref
-
-    parse_ref(f"{registry}/{repo}")  # a repository name the distribution spec accepts
-    return RegistryClient(registry), repo
+    ref = parse_model_ref(ref) if isinstance(ref, str) else ref
+    host = ref.registry or registry
+    if not host:
+        raise UsageError(
+            "models live in a registry: give --registry (or set registry in the config)",
+            hint="or name it in the reference, HOST/REPOSITORY/NAME:VERSION",
+        )
+    check_registry_host(host)
+    repo = ref.repository or repository_named(repository, "models/{name}", ref.name.lower())
+    parse_ref(f"{host}/{repo}")  # a repository name the distribution spec accepts
+    return RegistryClient(host), host, repo, ref
 
 
 def model_layer(folder: Path, out: Path, *, warn: Callable[[str], None] = print, under: str = "") -> tuple[str, int]:
@@ -178,14 +179,14 @@ def register(
     info: Callable[[str], None] = lambda _m: None,
 ) -> ModelVersion:
     """Store ``folder`` as the next version of ``name`` (or answer the version that holds these bytes)."""
-    name, version = parse_model_ref(name)
-    if version is not None:
+    if parse_model_ref(name).version is not None:
         raise UsageError("model register takes a NAME; versions are numbered by the registry (1, 2, ...)")
     if framework and (not matches(MODEL_NAME, framework)):
         raise UsageError(f"--framework {printable(framework, 40)!r}: letters, digits, '_', '.', '-'")
     if not folder.is_dir():
         raise UsageError(f"model folder {folder} not found")
-    client, repo = _repository(registry, name, repository)
+    client, registry, repo, where = locate(registry, name, repository)
+    name = where.name
     meta = run_metadata(folder)
     run_id = run_id or meta.get("run_id", "")
     metrics = metrics if metrics is not None else meta.get("metrics", {})
@@ -269,21 +270,22 @@ def _read(client: Any, registry: str, repo: str, reference: str) -> ModelVersion
     return _version(registry, repo, info.digest, ann, layers[0]["digest"], layers[0]["size"])
 
 
-def get(registry: str, ref: str, *, repository: str | None = None) -> ModelVersion:
-    """One version (``NAME:V``; ``NAME`` alone: the latest)."""
-    name, version = parse_model_ref(ref)
-    client, repo = _repository(registry, name, repository)
+def get(registry: str | None, ref: ModelRef | str, *, repository: str | None = None) -> ModelVersion:
+    """One version (``NAME:V``; no version: the latest) of any reference the grammar takes."""
+    client, registry, repo, where = locate(registry, ref, repository)
+    version = where.version
     if version is None:
         numbers = sorted(int(t) for t in client.tags(repo) if digits(t) and len(t) < 10)
         if not numbers:
-            raise UsageError(f"model {name} has no versions in {registry}/{repo}")
+            raise UsageError(f"model {where.name} has no versions in {registry}/{repo}")
         version = numbers[-1]
     return _read(client, registry, repo, str(version))
 
 
-def list_versions(registry: str, name: str, *, repository: str | None = None) -> list[ModelVersion]:
-    name, _ = parse_model_ref(name)
-    client, repo = _repository(registry, name, repository)
+def list_versions(registry: str | None, name: str, *, repository: str | None = None) -> list[ModelVersion]:
+    if parse_model_ref(name).version is not None:
+        raise UsageError("model list takes a NAME (or REPOSITORY/NAME): it lists every version")
+    client, registry, repo, _ = locate(registry, name, repository)
     try:
         tags = client.tags(repo)
     except RegistryError:
@@ -293,12 +295,12 @@ def list_versions(registry: str, name: str, *, repository: str | None = None) ->
 
 
 def download(
-    registry: str, ref: str, dest: Path, *, repository: str | None = None, force: bool = False
+    registry: str | None, ref: ModelRef | str, dest: Path, *, repository: str | None = None, force: bool = False
 ) -> ModelVersion:
     """The version's files into ``dest`` (new or empty, unless ``force``), verified and contained."""
     _check_destination(dest, force)
-    mv = get(registry, ref, repository=repository)
-    client, repo = _repository(registry, mv.name, repository)
+    client, registry, repo, where = locate(registry, ref, repository)
+    mv = get(registry, where, repository=repository)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         tmp_dir = tempfile.TemporaryDirectory(prefix="ml-env-model-", dir=dest.parent)
@@ -377,6 +379,30 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
+def fetch(
+    registry: str | None, ref: ModelRef, *, repository: str | None = None, info: Callable[[str], None] = lambda _m: None
+) -> Path:
+    """A registered version as a folder to mount (``serve --model NAME:VERSION``): downloaded once
+    into the user cache under its layer's digest, verified; read-only from then on."""
+    from ..safe.digests import cache_dir
+
+    mv = get(registry, ref, repository=repository)
+    root = cache_dir() / "models"
+    folder = root / mv.layer.split(":", 1)[1]
+    if folder.is_dir():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root) as tmp:
+        download(registry, ref, Path(tmp) / "model", repository=repository)
+        try:
+            os.replace(Path(tmp) / "model", folder)
+        except OSError:
+            if not folder.is_dir():  # a concurrent fetch of the same bytes won the rename
+                raise
+    info(f"model {mv.name}:{mv.version} ({mv.layer[:19]}) fetched into {folder}")
+    return folder
+
+
 def parse_register_model(
     value: str | None, registry: str | None, where: str = "--register-model"
 ) -> tuple[str, str] | None:
@@ -388,7 +414,7 @@ def parse_register_model(
     if not sep:
         raise UsageError(f"{where} NAME=outputs/PATH")
     rel = rel.removeprefix("./").removeprefix("outputs/").removeprefix("outputs") or "."
-    if parse_model_ref(name)[1] is not None:
+    if parse_model_ref(name, what=where).version is not None:
         raise UsageError(f"{where} takes a NAME; the registry numbers the versions")
     if not registry:
         raise UsageError(f"{where} needs a registry: models are kept in one")

@@ -138,8 +138,24 @@ def package_hash(labels: dict[str, str]) -> str | None:
     env_digest = env.rpartition("@")[2]
     if not (is_digest(env_digest) and is_digest(model) and entry and HEX64.fullmatch(entry_hash)):
         return None
-    from ..models.package import package_key
+    from ..models.package import models_digest, package_key
 
+    listed = labels.get("ml-env.package.models")
+    if listed is not None:  # several models: the digest they hash to, from the layers the label lists
+        from ..safe.untrusted import json_loads
+
+        try:
+            got = json_loads(listed, error=UsageError, file="ml-env.package.models")
+        except (ValueError, UsageError):
+            return None
+        pairs: list[tuple[str, str]] = []
+        for m in got if isinstance(got, list) else []:
+            mount, digest = (m.get("mount"), m.get("digest")) if isinstance(m, dict) else (None, None)
+            if not (isinstance(mount, str) and isinstance(digest, str) and is_digest(digest)):
+                return None
+            pairs.append((mount, digest))
+        if not pairs or models_digest(pairs) != model:
+            return None
     return package_key(env_digest, entry_hash, entry, model)
 
 

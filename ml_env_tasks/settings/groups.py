@@ -28,6 +28,7 @@ __all__ = [
     "REBUILD",
     "SPEC_ENV",
     "MODEL_REPOSITORY",
+    "MODEL_SOURCE_REPOSITORY",
     "PACKAGE_REPOSITORY",
     "COMPUTE",
 ]
@@ -113,8 +114,9 @@ RUN = (
 
 SERVE = (
     O("entry", "--entry", kind="path", help="entry script: init() and run(raw_data) (not for a packaged image)"),
-    O("model", "--model", kind="list", metavar="[NAME=]DIR",
-      help="model directory, mounted read-only at AZUREML_MODEL_DIR (several: NAME=DIR each)"),
+    O("model", "--model", kind="list", metavar="[NAME=]DIR|MODEL",
+      help="a model folder or a registered model (NAME, NAME:VERSION, REPOSITORY/NAME:VERSION), at AZUREML_MODEL_DIR "
+           "(several: NAME=DIR or NAME=MODEL each, at AZUREML_MODEL_DIR/NAME)"),
     O("scoring_timeout_ms", "--scoring-timeout-ms", kind="int", help="SCORING_TIMEOUT_MS for run()"),
     O("workers", "--workers", kind="int", help="WORKER_COUNT"),
     O("cpus", "--cpus", help="CPU limit of the scoring container"),
@@ -204,6 +206,11 @@ VERSIONS = O(
 # where model versions and packaged images go (the model and package commands)
 MODEL_REPOSITORY = O("repository", "--repository", env="ML_ENV_MODEL_REPOSITORY", config="model_repository",
                      help="repository of the model; {name} is the model's name (default models/{name})")  # fmt: skip
+# where a registered --model NAME[:VERSION] is read from (package, serve, smoke-test)
+MODEL_SOURCE_REPOSITORY = O("model_repository", "--model-repository", env="ML_ENV_MODEL_REPOSITORY",
+                            config="model_repository",
+                            help="repository of a registered --model NAME[:VERSION]; {name} is the model's name "
+                                 "(default models/{name})")  # fmt: skip
 PACKAGE_REPOSITORY = O("package_repository", "--package-repository", env="ML_ENV_PACKAGE_REPOSITORY",
                        config="package_repository",
                        help="repository of the image; {name} is the environment's name (default ml-packages/{name})")  # fmt: skip
