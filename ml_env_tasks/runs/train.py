@@ -191,7 +191,7 @@ def train(
     for name in output_names:  # ${{outputs.NAME}} is a folder that exists, as Azure ML mounts it
         (outputs / name).mkdir()
         _give_outputs_to(outputs / name, user)
-    git = git_info(opts.source)
+    git = git_info(opts.source, [e.rel for e in snap.files])  # an untracked file it ships makes it dirty
     redactor = Redactor([os.environ[n] for n in opts.secrets])
     resources = opts.resources.with_default_shm(shm)
     record = RunRecord(

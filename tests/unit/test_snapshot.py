@@ -198,3 +198,43 @@ def test_fixed_names_match_as_gitignore_does(parts: list[str], is_dir: bool) -> 
     ours = _matcher(list(ALWAYS_IGNORED))
     assert type(ours).__name__ == "_FixedNames"
     assert ours.match_file(rel) == pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED).match_file(rel), rel
+
+
+def test_an_untracked_file_the_snapshot_ships_makes_the_source_dirty(tmp_path: Path) -> None:
+    """Reported: run.json said git_dirty: false with a commit that did not hold the training
+    script, because untracked files were not counted. One the snapshot ships counts; one git
+    ignores, or one the snapshot leaves out, does not."""
+    import shutil
+    import subprocess
+
+    from ml_env_tasks.release.provenance import git_info
+
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=tmp_path,
+                       check=True, capture_output=True)  # fmt: skip
+
+    git("init", "-q")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "util.py").write_text("X = 1\n")
+    (src / ".gitignore").write_text("*.log\n")
+    (src / ".amlignore").write_text("scratch.py\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+
+    def dirty() -> bool | None:
+        return git_info(src, [e.rel for e in snapshot(src, warn=lambda m: None).files]).dirty
+
+    assert dirty() is False
+    (src / "train.log").write_text("ignored by git\n")
+    (src / "scratch.py").write_text("left out of the snapshot by .amlignore\n")
+    assert dirty() is False
+    (src / "train.py").write_text("print('not committed')\n")
+    assert git_info(src).dirty is False  # tracked files only: what was reported
+    assert dirty() is True
+    git("add", "src/train.py")
+    git("commit", "-q", "-m", "second")
+    assert dirty() is False
