@@ -14,6 +14,7 @@ A curated environment registered here with its current hash is that registered i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,11 +75,14 @@ def resolve_environment(
     need_inference: bool = False,
     versions: Path | None = None,
     need_env: bool = False,
+    before_build: Callable[[Environment], object] | None = None,
 ) -> ResolvedEnv:
     """Build (or reuse) an environment file's image, or look an image reference up.
 
     An unchanged environment file whose image exists is answered without parsing it again
-    (``speccache``), unless ``need_env`` asks for the loaded Environment itself."""
+    (``speccache``), unless ``need_env`` asks for the loaded Environment itself. ``before_build``
+    is the caller's checks of a loaded environment (a command's checks that need the file's
+    content): they run before anything is built."""
     from . import BuildOptions, Reporter
 
     bopts = opts or BuildOptions()
@@ -116,6 +120,8 @@ def resolve_environment(
             raise SpecError(
                 "this environment has no scoring server", file=str(path), key="inference", hint="set inference = true"
             )
+        if before_build is not None:
+            before_build(env)
         result = build_env(env, bopts, rep)
         rep.info(f"environment {result.name}: {'built' if result.built else 'reused'} {result.image}")
         return ResolvedEnv(

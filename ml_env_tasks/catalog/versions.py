@@ -136,25 +136,7 @@ class Versions(TomlLog):
             mine = self.entries(env.name)
             if mine and mine[-1].hash == h:
                 return mine[-1], False
-            files = {}
-            base = env.path.parent.resolve()
-            for ref in (
-                list(env.requirements)
-                + ([env.conda_file] if env.conda_file else [])
-                + ([env.base.dockerfile] if env.base.dockerfile else [])
-            ):
-                try:
-                    files[ref.path.resolve().relative_to(base).as_posix()] = ref.text
-                except ValueError:
-                    raise UsageError(
-                        f"{ref.path} is outside the environment's directory; versions keep only files beside it"
-                    ) from None
-            for w in env.wheels:
-                if not w.path.resolve().is_relative_to(base):
-                    raise UsageError(
-                        f"wheel {w.path} is outside the environment's directory; a version restores its wheels "
-                        "only beside the environment file"
-                    )
+            files = self.recordable(env)
             entry = VersionEntry(
                 name=env.name,
                 version=max((e.version for e in mine), default=0) + 1,
@@ -169,6 +151,35 @@ class Versions(TomlLog):
             )
             self.append_raw(entry.to_dict())
         return entry, True
+
+    def recordable(self, env: spec.Environment) -> dict[str, str]:
+        """The text files a version of ``env`` keeps (path beside the environment file -> text);
+        an error for a file or a wheel it could not restore (outside the environment's folder).
+        ``register`` asks before it builds: what would be refused is refused first."""
+        files = {}
+        base = env.path.parent.resolve()
+        where = str(env.path)
+        for ref in (
+            list(env.requirements)
+            + ([env.conda_file] if env.conda_file else [])
+            + ([env.base.dockerfile] if env.base.dockerfile else [])
+        ):
+            try:
+                files[ref.path.resolve().relative_to(base).as_posix()] = ref.text
+            except ValueError:
+                raise UsageError(
+                    f"{ref.path} is outside the environment's directory; versions keep only files beside it",
+                    file=where,
+                ) from None
+        for w in env.wheels:
+            if not w.path.resolve().is_relative_to(base):
+                raise UsageError(
+                    f"wheel {w.path} is outside the environment's directory; a version restores its wheels "
+                    "only beside the environment file",
+                    file=where,
+                    key="python.wheels",
+                )
+        return files
 
     def get(self, ref: str) -> VersionEntry:
         name, _, version = ref.partition(":")

@@ -137,8 +137,14 @@ def run_register(args: Values, io: Console) -> Outcome:
     from ..catalog.versions import Versions
 
     out = io
+    versions = Versions(args.versions)
+    versions.entries()  # a versions file that does not read is refused now, not after the build
     resolved = resolve_environment(
-        args.spec, build_options(args), reporter=reporter(out, stream_logs=False), need_env=True
+        args.spec,
+        build_options(args),
+        reporter=reporter(out, stream_logs=False),
+        need_env=True,
+        before_build=versions.recordable,  # a file or wheel a version could not restore: before the build
     )
     assert resolved.env is not None
     if resolved.env.wheels:  # their bytes first: a version is recorded once it can be restored
@@ -154,7 +160,7 @@ def run_register(args: Values, io: Console) -> Outcome:
             out.warn("without --registry the private wheels are recorded by digest only: this version restores "
                      "elsewhere only where its wheels are")  # fmt: skip
     # the environment the image was built from (pinned with --pin-base) is the one recorded
-    entry, created = Versions(args.versions).register(
+    entry, created = versions.register(
         resolved.env, image=resolved.image, digest=resolved.digest, registry=args.registry
     )
     state = "registered" if created else "unchanged, still"

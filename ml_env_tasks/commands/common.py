@@ -54,12 +54,15 @@ def build_options(v: Values, *, where: str = "--registry") -> BuildOptions:
 
 
 def signing_key(v: Values) -> Key | None:
-    """The key the SIGN options name (None: sign nothing)."""
+    """The key the SIGN options name (None: sign nothing), and cosign to sign with it: both checked
+    when the command starts, never after the build or the test they would sign."""
     if not v.sign_key and not v.sign_keyless:
         return None  # the no-op build loads nothing of signing
-    from ..release.cosign import Key
+    from ..release.cosign import Key, cosign_binary
 
-    return Key.parse(v.sign_key, keyless=bool(v.sign_keyless))
+    key = Key.parse(v.sign_key, keyless=bool(v.sign_keyless))
+    cosign_binary()
+    return key
 
 
 def trusted(v: Values) -> Trust | None:

@@ -166,6 +166,10 @@ def run_smoke_test(v: Values, io: Console) -> Outcome:
     key = signing_key(v)
     if key is not None and v.no_record:
         raise UsageError("--sign-key signs the smoke test's record: it cannot go with --no-record")
+    try:  # the reports are written at the end: where they go is asked for now
+        Path(v.report_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--report-dir {v.report_dir}: cannot make it ({e.strerror or type(e).__name__})") from None
     with io.section(f"ml-env smoke-test {cases}"):
         report = run_smoke_test(opts, cases, repeat=v.repeat, ready_timeout=v.ready_timeout, info=io.info,
                                 name_tested=not v.no_record)  # fmt: skip

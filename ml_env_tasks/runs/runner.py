@@ -106,17 +106,22 @@ class LocalDockerRunner:
         self.endpoint = eng.endpoint
         self.remote = (not eng.endpoint.local) if remote is None else remote
 
-    def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome:
+    def check(self, resources: Resources, volumes: dict[str, str]) -> None:
+        """What the engine must have for a job (GPUs, the input volumes): ``train`` asks before it
+        builds anything, ``run`` again before it creates the container."""
         c = self.containers
-        r = job.resources
-        if r.gpus and not c.gpus_available():
-            raise EngineError(f"--gpus {r.gpus} asked for, but this engine has no GPU runtime or device")
-        for name, vol in job.volumes.items():
+        if resources.gpus and not c.gpus_available():
+            raise EngineError(f"--gpus {resources.gpus} asked for, but this engine has no GPU runtime or device")
+        for name, vol in volumes.items():
             if not c.volume_exists(vol):
                 raise EngineError(
                     f"input {name}: the engine ({self.endpoint.describe()}) has no volume {vol}",
                     hint="docker volume ls on that engine",
                 )
+
+    def run(self, job: Job, on_line: Callable[[str], None]) -> Outcome:
+        c = self.containers
+        self.check(job.resources, job.volumes)
         volumes = [(vol, f"{INPUTS_DIR}/{name}", "ro") for name, vol in job.volumes.items()]
         if not self.remote:
             volumes += [(str(p.resolve()), f"{INPUTS_DIR}/{name}", "ro") for name, p in job.inputs.items()]
@@ -141,7 +146,7 @@ class LocalDockerRunner:
             labels={RUN_LABEL: job.run_id, CLI_LABEL: CliProcess.this().label()},
             workdir=CODE_DIR,
             user=job.user,
-            resources=r,
+            resources=job.resources,
         )
         stop_reason: list[RunStatus] = []
 

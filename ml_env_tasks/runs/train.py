@@ -165,6 +165,14 @@ def train(
         raise UsageError(
             f"script {opts.script} is not in the source snapshot of {opts.source}", hint="is it ignored, or misspelt?"
         )
+    # what would stop the run once the image is there stops it before anything is built
+    user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
+    _check_runs_dir(opts.runs_dir, user)
+    if detach and getattr(runner, "submit", None) is None:
+        raise UsageError("--detach leaves a run to a cluster: give --compute NAME of a Slurm target")
+    if runner is None:
+        runner = LocalDockerRunner()
+        runner.check(opts.resources, dict(opts.input_volumes))
     from ..build import Reporter
     from ..build.resolve import resolve_environment
 
@@ -186,7 +194,6 @@ def train(
         outputs.mkdir(parents=True)
     except OSError as e:
         raise UsageError(f"--runs-dir {opts.runs_dir}: cannot make a run folder there ({e.strerror})") from None
-    user = opts.user if opts.user is not None else f"{os.getuid()}:{os.getgid()}"
     _give_outputs_to(outputs, user)
     for name in output_names:  # ${{outputs.NAME}} is a folder that exists, as Azure ML mounts it
         (outputs / name).mkdir()
@@ -254,18 +261,13 @@ def train(
             volumes=dict(opts.input_volumes),
         )
         if detach:
-            submit = getattr(runner, "submit", None)
-            if submit is None or runner is None:
-                raise UsageError("--detach leaves a run to a cluster: give --compute NAME of a Slurm target")
-            job_id, layout = submit(job)
+            job_id, layout = runner.submit(job)  # type: ignore[attr-defined]
             record.engine = runner.where(job_id, layout)  # type: ignore[attr-defined]
             record.save(run_dir)
             say(f"run {run_id}: job {job_id}, detached; `ml-env runs wait {run_id}` follows it to its end")
             return RunResult(record, run_dir)
-        if runner is None:
-            runner = LocalDockerRunner()
-            if runner.remote:
-                say(f"on {runner.endpoint.describe()}: code and inputs go in, outputs come back, through its API")
+        if isinstance(runner, LocalDockerRunner) and runner.remote:
+            say(f"on {runner.endpoint.describe()}: code and inputs go in, outputs come back, through its API")
         try:
             outcome = runner.run(job, line_out)
         except MlEnvError as e:
@@ -332,6 +334,23 @@ def finish_run(
             )
     record.outputs = files
     record.save(run_dir)
+
+
+def _check_runs_dir(runs_dir: Path, user: str) -> None:
+    """A run folder can be made in ``runs_dir`` and handed to the run's user: a probe folder,
+    made and removed, through the same steps the run's own takes."""
+    import shutil
+    import tempfile
+
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=runs_dir))
+    except OSError as e:
+        raise UsageError(f"--runs-dir {runs_dir}: cannot make a run folder there ({e.strerror})") from None
+    try:
+        _give_outputs_to(probe, user)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def _give_outputs_to(outputs: Path, user: str) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..engine.resources import Resources
 from ..errors import ServiceFailed, UsageError
-from ..safe.grammar import SERVICE_NAME, matches, printable
+from ..safe.grammar import printable
 from . import client
 from .services import (
     BACKEND,
@@ -59,6 +59,7 @@ from .services import (
     _remove_service,
     _serving,
     _url,
+    claim,
     exit_reason,
     list_services,
     logs,
@@ -140,6 +141,7 @@ class _Plan:
 def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     from ..build import Reporter
     from ..build.resolve import resolve_environment
+    from ..runs.snapshot import TarPart, folder_snapshot, snapshot
 
     entry = opts.entry
     if entry is not None and not entry.is_file():
@@ -147,21 +149,29 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     for name, path in opts.models.items():
         if not path.is_dir():
             raise UsageError(f"model {name or ''} directory {path} not found".replace("  ", " "))
+    if opts.read_timeout is not None and not 0 < opts.read_timeout <= 3600:
+        raise UsageError("--read-timeout must be between 0 and 3600 seconds")
+    # its snapshot on every engine, as a run's source: never .git, .ml-env, runs or what is ignored
+    app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m)) if entry is not None else None
+    if entry is not None and app is not None and not app.has(entry.name):
+        raise UsageError(f"entry script {entry} is ignored by its folder's ignore file")
 
     class _Say(Reporter):
         def info(self, msg: str) -> None:
             if info:
                 info(msg)
 
-    resolved = resolve_environment(
-        opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True, versions=opts.versions
-    )
+    def limits(server: str) -> None:  # asked of a loaded environment file before its build, and of the image
+        if server == "azureml" and (opts.max_body or opts.read_timeout is not None):
+            raise UsageError(
+                "--max-body and --read-timeout set limits of ml-env's own scoring server; this image runs azmlinfsrv "
+                '(inference.server = "azureml"), which does not read them'
+            )
+
+    resolved = resolve_environment(opts.environment, opts.build, reporter=_Say(stream_logs=False), need_inference=True,
+                                   versions=opts.versions, before_build=lambda env: limits(env.inference_server))  # fmt: skip
     server = resolved.inference_server
-    if server == "azureml" and (opts.max_body or opts.read_timeout is not None):
-        raise UsageError(
-            "--max-body and --read-timeout set limits of ml-env's own scoring server; this image runs azmlinfsrv "
-            '(inference.server = "azureml"), which does not read them'
-        )
+    limits(server)
     packaged = (resolved.labels or {}).get("ml-env.package.entry")
     if entry is None and not packaged:
         raise UsageError(
@@ -173,14 +183,8 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     envs: dict[str, str] = {}  # a packaged image has its own AZUREML_* settings
     copies: list[Any] = []
     remote = not _endpoint().local
-    if entry is not None:  # one unnamed model is AZUREML_MODEL_DIR itself; named ones sit under it
+    if entry is not None and app is not None:  # one unnamed model is AZUREML_MODEL_DIR itself; named ones under it
         models = {(f"{MODEL_ROOT}/{n}" if n else MODEL_ROOT): p for n, p in opts.models.items()}
-        from ..runs.snapshot import TarPart, folder_snapshot, snapshot
-
-        # its snapshot on every engine, as a run's source: never .git, .ml-env, runs or what is ignored
-        app = snapshot(entry.parent, warn=lambda m: info and info("warning: " + m))
-        if not app.has(entry.name):
-            raise UsageError(f"entry script {entry} is ignored by its folder's ignore file")
         copies = [TarPart(APP_ROOT.strip("/"), app)]
         if remote:
             copies += [TarPart(dst.strip("/"), folder_snapshot(p)) for dst, p in models.items()]
@@ -194,11 +198,9 @@ def _plan(opts: ServeOptions, info: Callable[[str], None] | None) -> _Plan:
     if opts.max_body:
         envs["ML_ENV_MAX_BODY_BYTES"] = str(opts.max_body)
     if opts.read_timeout is not None:
-        if not 0 < opts.read_timeout <= 3600:
-            raise UsageError("--read-timeout must be between 0 and 3600 seconds")
         envs["ML_ENV_HEADER_TIMEOUT_S"] = envs["ML_ENV_BODY_TIMEOUT_S"] = str(opts.read_timeout)
     return _Plan(resolved.pinned, server, resolved.python, resolved.name or "service", envs, volumes, copies, remote,
-                 (entry.name, app.hash) if entry is not None else None)  # fmt: skip
+                 (entry.name, app.hash) if entry is not None and app is not None else None)  # fmt: skip
 
 
 def _copy_in(box: Any, plan: _Plan) -> None:
@@ -220,29 +222,19 @@ def start(
     (a smoke test's container: two jobs on one runner may test one environment at once).
     ``front``: the port is published by a front (``front.py``) that forwards to the scoring
     container, so that ``replace`` can swap it (``ml-env serve``); else by the container itself."""
-    plan = _plan(opts, info)
-    name = opts.name or plan.name
-    if unique and not opts.name:
-        name = f"{name}-smoke-{os.urandom(3).hex()}"
-    if not matches(SERVICE_NAME, name):
-        raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = _containers()
-    held, stale = c.list_by_label(f"{LABEL}={name}"), ("created", "exited", "dead", "removing")
-    for gone in (i for i in held if i.state in stale):  # never started, stopped or being removed: no service
-        c.remove(gone.id)
-    if live := [i for i in held if i.state not in stale]:
-        raise UsageError(
-            f"a service named {name} is already running ({live[0].name}, {live[0].state})",
-            hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",
-        )
-    if plan.remote:
-        port = opts.port  # the engine's host says whether it is free (0: the engine picks one)
-    elif opts.port == 0:
+    # a taken port and a given name that is not free: said before the image is built, not after
+    port, local = opts.port, _endpoint().local  # remote: the engine's host says whether it is free (0: it picks)
+    if local and port and _port_taken(port):
+        raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
+    if opts.name:
+        claim(opts.name)
+    plan = _plan(opts, info)
+    name = opts.name or (f"{plan.name}-smoke-{os.urandom(3).hex()}" if unique else plan.name)
+    if not opts.name:
+        claim(name)
+    if local and port == 0:
         port = free_port()
-    else:
-        port = opts.port
-        if _port_taken(port):
-            raise UsageError(f"port {port} on 127.0.0.1 is taken", hint="--port 0 picks a free one")
     if front:
         service = _start_fronted(plan, name, port, opts)
     else:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ServiceFailed, UsageError
-from ..safe.grammar import printable
+from ..safe.grammar import SERVICE_NAME, matches, printable
 
-__all__ = ["ServiceInfo", "list_services", "stop", "logs", "owner", "exit_reason", "LABEL", "OWNER"]
+__all__ = ["ServiceInfo", "list_services", "stop", "logs", "owner", "claim", "exit_reason", "LABEL", "OWNER"]
 
 CONTAINER_PORT = 5001
 LABEL = "ml-env.serve"  # the container that publishes a service's port: its front, or the scoring container
@@ -65,6 +65,21 @@ def _endpoint() -> Any:
     from .. import engine
 
     return engine.current().endpoint
+
+
+def claim(name: str) -> None:
+    """``name`` is a service name no running service has (what is left of a stopped one goes)."""
+    if not matches(SERVICE_NAME, name):
+        raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
+    c = _containers()
+    held, stale = c.list_by_label(f"{LABEL}={name}"), ("created", "exited", "dead", "removing")
+    for gone in (i for i in held if i.state in stale):  # never started, stopped or being removed: no service
+        c.remove(gone.id)
+    if live := [i for i in held if i.state not in stale]:
+        raise UsageError(
+            f"a service named {name} is already running ({live[0].name}, {live[0].state})",
+            hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",
+        )
 
 
 def _url(port: int) -> str:

@@ -134,8 +134,8 @@ def test_deploy_journey_register_package_smoke_promote_serve(ws, tmp_path: Path)
         assert docker.container.inspect(svc.container_id).mounts == []  # the image is the deployable artefact
     finally:
         local.remove(svc)
-    with pytest.raises(UsageError, match="packaged image"):
-        local.start(ServeOptions(environment=r.ref, entry=app / "score.py", models={}, build=ws.opts()))
+    with pytest.raises(UsageError, match="packaged image"):  # port 0: a taken port is said first
+        local.start(ServeOptions(environment=r.ref, entry=app / "score.py", models={}, port=0, build=ws.opts()))
 
 
 def test_train_registers_its_model_in_one_step(ws, tmp_path: Path) -> None:

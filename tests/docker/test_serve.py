@@ -180,7 +180,8 @@ def test_cli_smoke_test_exit_codes_and_port_handling(ws, app) -> None:
 def test_a_training_environment_is_not_an_inference_one(ws, app) -> None:
     _, entry, model = app
     env = ws.spec(f'name = "notinf"\n[base]\nimage = "{ws.lab["base_image_python"]}"\n', name="n.toml")
-    p = ml_env("serve", "--env", str(env), "--entry", str(entry), "--model", str(model), timeout=60)
+    # --port 0: a taken port (the lab's registry has 5001) is refused first, before the environment is read
+    p = ml_env("serve", "--env", str(env), "--entry", str(entry), "--model", str(model), "--port", "0", timeout=60)
     assert p.returncode == 2 and "inference: this environment has no scoring server (set inference = true)" in p.stderr
 
 

@@ -64,6 +64,8 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     args, output_names = expand(run.args, inputs, given_as="pvc:CLAIM")
     if kube.emit.is_dir():
         raise UsageError(f"--emit {printable(kube.emit)} is a directory: give a file name, e.g. job.yaml")
+    if not kube.emit.absolute().parent.is_dir():  # written after the build: its folder is asked for now
+        raise UsageError(f"--emit {printable(kube.emit)}: the folder {printable(kube.emit.parent)} does not exist")
     from ..snapshot import snapshot
 
     def warn(m: str) -> None:
