@@ -88,6 +88,10 @@ def run_train(v: Values, io: Console) -> Outcome:
         raise UsageError("--detach leaves a run to a cluster: give --compute NAME of a Slurm target")
     if v.detach and model:
         raise UsageError("--register-model needs the run's end: with --detach, register after `ml-env runs wait`")
+    if model:
+        from ..models import check_access
+
+        check_access(v.registry, model[0])  # before the build and the run, not after them
     kube = v.runner == "kubernetes"
     pairs = parse_pairs(v.inputs, flag("input"))
     paths, volumes = split_inputs(pairs)

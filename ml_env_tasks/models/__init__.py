@@ -50,6 +50,7 @@ __all__ = [
     "ModelArg",
     "locate",
     "fetch",
+    "check_access",
     "model_layer",
     "model_digest",
     "run_metadata",
@@ -421,6 +422,14 @@ def parse_register_model(
     if rel.startswith("/") or ".." in Path(rel).parts:
         raise UsageError(f"{where}: the folder is a path inside the run's outputs (no '..', not absolute)")
     return name, rel
+
+
+def check_access(registry: str | None, name: str) -> None:
+    """The repository a model will be registered in answers, with the credentials there are (a
+    registry that is down, or that refuses them, says so now): asked before a run that registers
+    its model at its end, so that hours of training do not end in that error."""
+    client, _, repo, _ = locate(registry, name)
+    client.tags(repo)
 
 
 def register_run_output(

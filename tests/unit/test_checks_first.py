@@ -184,3 +184,18 @@ def test_train_asks_the_engine_for_gpus_and_volumes_before_building(builds: list
     assert code == 3 and "input data: the engine (the test's engine) has no volume gone" in err
     assert builds == []
     assert refused([*train, "--input", "data=volume:there"], capsys)[1] == "ml-env: error: BUILD STARTED"
+
+
+def test_train_asks_the_model_registry_before_building(builds: list[str], monkeypatch, capsys) -> None:
+    """--register-model registers at the end of the run: a registry that is down or refuses the
+    credentials is said before the build and the run, not after hours of training."""
+    from ml_env_tasks.errors import RegistryError
+    from ml_env_tasks.registry import RegistryClient
+
+    def refuse(self: RegistryClient, repository: str) -> list[str]:
+        raise RegistryError(f"registry {self.host} refused the credentials for {repository}")
+
+    monkeypatch.setattr(RegistryClient, "tags", refuse)
+    code, err = refused(["train", "--env", "envs/e.toml", "--source", "src", "--script", "t.py",
+                         "--registry", "127.0.0.1:9", "--register-model", "digits=outputs/model"], capsys)  # fmt: skip
+    assert code == 4 and "refused the credentials for models/digits" in err and builds == []
