@@ -186,12 +186,7 @@ def v1_environment(d: Path, jp: Path, data: dict[str, Any], stem: str | None, pr
         _conda(conda_bytes, f"{stem or name}.conda.yml", files, pyt, doc, w)
     if len(pyt):
         doc.add("python", pyt)
-    envs = f.scalars(data, "environmentVariables", "environmentVariables")
-    if envs:
-        t = tomlkit.table()
-        for k, v in envs.items():
-            t.add(k, v)
-        doc.add("env", t)
+    _env(doc, f.scalars(data, "environmentVariables", "environmentVariables"))
     shm = f.text(docker, "shmSize", "docker.shmSize", numbers=True)
     if shm:
         dt = tomlkit.table()
@@ -306,12 +301,7 @@ def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Im
     pyt = tomlkit.table()
     pyt.add("conda_file", f"{stem or name}.conda.yml")
     doc.add("python", pyt)
-    variables = f.scalars(data, "variables", "variables")
-    if variables:
-        t = tomlkit.table()
-        for k, v in variables.items():
-            t.add(k, v)
-        doc.add("env", t)
+    _env(doc, f.scalars(data, "variables", "variables"))
     conda = _read(src)
     _inference_from_conda(conda, doc, w)
     return Imported(name, doc, w, {f"{stem or name}.conda.yml": conda})
@@ -354,3 +344,12 @@ def _inference_from_requirements(data: bytes, doc: tomlkit.TOMLDocument, w: list
                 f"(the inference layer installs {AZUREML_PACKAGES[0]} and runs azmlinfsrv)"
             )
             return
+
+
+def _env(doc: Any, variables: dict[str, Any]) -> None:
+    """An ``[env]`` table of the environment file, when there are variables."""
+    if variables:
+        t = tomlkit.table()
+        for k, v in variables.items():
+            t.add(k, v)
+        doc.add("env", t)

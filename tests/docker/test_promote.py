@@ -15,6 +15,7 @@ from ml_env_tasks.release.ledger import Ledger
 from ml_env_tasks.release.promote import PromoteOptions, TagConflict, promote
 
 from .helpers import fault_proxy, ml_env, push_single_image
+from .test_models_package import SCORE  # the same scoring script: a model's factor times x
 
 pytestmark = pytest.mark.docker
 
@@ -274,16 +275,6 @@ def test_ledger_kept_in_the_registry_is_shared_by_every_clone(ws, regs) -> None:
     p = ml_env("promote", f"{ws.lab['registry']}/{ws.repo}:two", dst, "--tag", "2.0.0", "--ledger", "registry")
     assert p.returncode == 2 and location in p.stderr and "not an ml-env ledger" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and auth.head_manifest(ws.repo, "2.0.0") is None  # nothing copied
-
-
-SCORE = """
-import json, os
-def init():
-    global factor
-    factor = float(open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "factor.txt")).read())
-def run(raw):
-    return {"y": [x * factor for x in json.loads(raw)["x"]]}
-"""
 
 
 def test_a_smoke_record_names_what_ran_and_the_gate_counts_that_combination(ws, tmp_path: Path) -> None:
