@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..settings.groups import BUILD_HOW, BUILD_WHERE, COMPUTE, DEFAULT_TRAIN_ENV, REBUILD, RUN, TRAIN_ENV, VERSIONS
+from ..settings.groups import (
+    BUILD_HOW,
+    BUILD_WHERE,
+    COMPUTE,
+    DEFAULT_TRAIN_ENV,
+    MODEL_SOURCE_REPOSITORY,
+    REBUILD,
+    RUN,
+    TRAIN_ENV,
+    VERSIONS,
+)
 from ..settings.options import Option, Source
 from . import Action, Annotation, Command, Console, Outcome, Session, Values
 
@@ -91,7 +101,7 @@ def run_train(v: Values, io: Console) -> Outcome:
     if model:
         from ..models import check_access
 
-        check_access(v.registry, model[0])  # before the build and the run, not after them
+        check_access(v.registry, model[0], v.model_repository)  # before the build and the run, not after them
     kube = v.runner == "kubernetes"
     pairs = parse_pairs(v.inputs, flag("input"))
     paths, volumes = split_inputs(pairs)
@@ -148,7 +158,8 @@ def run_train(v: Values, io: Console) -> Outcome:
     if model and result.cli_exit_code == 0:
         from ..models import register_run_output
 
-        mv = register_run_output(v.registry, model, result.outputs, result.run_id, io.info)
+        mv = register_run_output(v.registry, model, result.outputs, result.run_id, io.info,
+                                 repository=v.model_repository)  # fmt: skip
         record["registered_model"] = mv.to_json()
         text += f"\nmodel {mv.ref}@{mv.digest} {'(same bytes as before)' if mv.reused else 'registered'}"
         outputs |= {"model": f"{mv.name}:{mv.version}", "model-ref": mv.ref}
@@ -346,7 +357,7 @@ def run_gc(v: Values, io: Console) -> Outcome:
 COMMANDS = {
     "train": Command(
         "train", "run a training script inside an environment (built or reused by hash)",
-        TRAIN + RUN + COMPUTE + KUBE + BUILD_WHERE + BUILD_HOW, run_train,
+        TRAIN + RUN + COMPUTE + KUBE + BUILD_WHERE + BUILD_HOW + (MODEL_SOURCE_REPOSITORY,), run_train,
         usage="ml-env train [--env ENV] --source DIR --script FILE [options] [-- SCRIPT ARGS...]",
         required=("source", "script"), script_args=True,
         action=Action(

@@ -424,20 +424,27 @@ def parse_register_model(
     return name, rel
 
 
-def check_access(registry: str | None, name: str) -> None:
+def check_access(registry: str | None, name: str, repository: str | None = None) -> None:
     """The repository a model will be registered in answers, with the credentials there are (a
     registry that is down, or that refuses them, says so now): asked before a run that registers
     its model at its end, so that hours of training do not end in that error."""
-    client, _, repo, _ = locate(registry, name)
+    client, _, repo, _ = locate(registry, name, repository)
     client.tags(repo)
 
 
 def register_run_output(
-    registry: str, asked: tuple[str, str], outputs: Path, run_id: str, info: Callable[[str], None]
+    registry: str,
+    asked: tuple[str, str],
+    outputs: Path,
+    run_id: str,
+    info: Callable[[str], None],
+    *,
+    repository: str | None = None,
 ) -> ModelVersion:
-    """After a completed run: register the asked folder of its outputs (contained in them)."""
+    """After a completed run: register the asked folder of its outputs (contained in them), in
+    ``repository`` (``model_repository``: where package and serve look for NAME:VERSION too)."""
     from ..safe.paths import resolve_inside
 
     name, rel = asked
     folder = resolve_inside(outputs, rel, outputs, file=None, key=None, what="the model folder")
-    return register(registry, name, folder, run_id=run_id, info=info)
+    return register(registry, name, folder, run_id=run_id, info=info, repository=repository)
