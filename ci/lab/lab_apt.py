@@ -81,7 +81,6 @@ def install_packages() -> None:
     need_cosign = not shutil.which("cosign")
     if not need_engine and not need_tools and not need_cosign:
         return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     trixie = Path("/etc/apt/sources.list.d/ml-env-lab-trixie.list")
     if (need_engine or need_cosign) and not trixie.exists():
         trixie.write_text(
@@ -90,9 +89,15 @@ def install_packages() -> None:
         Path("/etc/apt/preferences.d/ml-env-lab-trixie-low").write_text(
             "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
         )
-    run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
     pkgs = (APT_PACKAGES_TRIXIE if need_engine else []) + ([COSIGN] if need_cosign else []) + APT_PACKAGES
-    # policy-rc.d keeps the packages' init scripts from starting a dockerd we did not start
+    apt_install(pkgs)
+
+
+def apt_install(pkgs: list[str]) -> None:
+    """``apt-get update`` and install ``pkgs``, no package's init script started meanwhile."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+    # policy-rc.d keeps the packages' init scripts from starting a daemon we did not start
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = not policy.exists()
     if made_policy:

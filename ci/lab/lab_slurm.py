@@ -23,11 +23,11 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
-from lab_proc import PROGRAMS, RUN, STATE, log, ok, output, read_pid, run, start, stop, wait_for
+from lab_apt import apt_install
+from lab_proc import PROGRAMS, RUN, STATE, log, ok, output, read_pid, start, stop, wait_for
 from lab_remote import REMOTE, REMOTE_HOST_IP, REMOTE_NETNS, REMOTE_NS_IP, REMOTE_PORT
 
 SLURM = Path(f"{STATE}-slurm")
@@ -167,8 +167,7 @@ def health() -> list[tuple[str, bool, str]]:
 def up() -> None:
     """Install what is missing, write the files, start what is not running, wait for both nodes."""
     if not installed():
-        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)  # fmt: skip
+        apt_install(APT)  # no package's init script starts a munged or slurmd the lab does not own
     _files()
     podman_config()
     if read_pid("munged") is None:
