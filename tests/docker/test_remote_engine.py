@@ -67,12 +67,16 @@ def sha256(p: Path) -> str:
 
 
 def watch_mounts(context: str, label: str, proc: subprocess.Popen) -> list[list[dict]]:
-    """The Mounts of every container carrying ``label`` on that engine, seen while ``proc`` runs."""
+    """The Mounts of every container carrying ``label`` on that engine that ``proc`` started (its
+    ``ml-env.cli`` label names its pid: another test's container on the same engine is not ours),
+    seen while ``proc`` runs."""
     seen: dict[str, list[dict]] = {}
     while proc.poll() is None:
         for cid in docker_on(context, "ps", "-q", "--filter", f"label={label}").split():
             try:
-                seen[cid] = json.loads(docker_on(context, "inspect", "--format", "{{json .Mounts}}", cid))
+                cli = docker_on(context, "inspect", "--format", '{{index .Config.Labels "ml-env.cli"}}', cid)
+                if f"/{proc.pid}/" in cli:
+                    seen[cid] = json.loads(docker_on(context, "inspect", "--format", "{{json .Mounts}}", cid))
             except subprocess.CalledProcessError:  # gone meanwhile
                 pass
         time.sleep(0.2)
