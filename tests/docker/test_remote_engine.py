@@ -75,7 +75,7 @@ def watch_mounts(context: str, label: str, proc: subprocess.Popen) -> list[list[
         for cid in docker_on(context, "ps", "-q", "--filter", f"label={label}").split():
             try:
                 cli = docker_on(context, "inspect", "--format", '{{index .Config.Labels "ml-env.cli"}}', cid)
-                if f"/{proc.pid}/" in cli:
+                if label != "ml-env.run" or f"/{proc.pid}/" in cli:  # a run's container names its CLI
                     seen[cid] = json.loads(docker_on(context, "inspect", "--format", "{{json .Mounts}}", cid))
             except subprocess.CalledProcessError:  # gone meanwhile
                 pass
