@@ -34,17 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RegistryError, TagConflict, UsageError
 from ..registry import Reference, RegistryClient, check_registry_host, parse_ref
 from ..safe.fsutil import locked
 from ..safe.grammar import TAG, matches, printable
 from .copy import Progress, Tree, collect, copy_blobs, copy_referrers, validate_manifest
-from .cosign import Key, Trust
 from .ledger import Ledger, Promotion, environment_hash, environment_name
 from .ledger_oci import open_ledger
 from .tested import Combination
+
+if TYPE_CHECKING:  # a promotion that signs nothing never loads cosign's edge
+    from .cosign import Key, Trust
 
 __all__ = ["PromoteOptions", "PromoteResult", "Progress", "promote", "TagConflict"]
 
