@@ -23,7 +23,7 @@ from ..safe.grammar import has_control
 from ..spec import Environment, FileRef
 from ..spec.dockerlint import last_user
 from ..spec.hashing import canonical_json, env_hash
-from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
+from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, SPLIT_SOURCE, UV_VERSION, inference_stack
 
 __all__ = [
     "BuildPlan",
@@ -74,8 +74,10 @@ def _q(value: str, key: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool, installer: str) -> str:
-    """One dependency layer: pip (or uv) installing the files bind-mounted from ``ml-env/<subdir>``.
+def _installer_parts(python: str, installer: str, *, user_managed: bool) -> tuple[list[str], str, str]:
+    """What every step running the installer shares: its mounts (the CA and the private index as
+    secrets, the download cache), the shell lines that read those secrets, and the command that
+    installs (``pip install`` or ``uv pip install`` for ``python``, options included).
 
     The installers' download caches are BuildKit cache mounts: a rebuilt layer does not download
     every wheel again, and nothing of the cache lands in a layer. uv itself lives in a cache mount
@@ -92,32 +94,39 @@ def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, loc
         ]
     else:
         mounts.append(f"--mount=type=cache,id=ml-env-pip-cache,target={CACHE_ROOT}/pip,sharing=locked")
-    mounts.append(f"--mount=type=bind,source=ml-env/{subdir},target={MOUNT_ROOT}/{subdir}")
-    constraint = ""
-    if locked:
-        mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
-        constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
-    prefix = "PIP_BREAK_SYSTEM_PACKAGES=1 " if user_managed else ""
     setup = (
         f"if [ -s /run/secrets/{SECRET_CA} ]; then export PIP_CERT=/run/secrets/{SECRET_CA} "
         f"SSL_CERT_FILE=/run/secrets/{SECRET_CA}; fi; \\\n"
         f"    if [ -s /run/secrets/{SECRET_PIP} ]; then export PIP_CONFIG_FILE=/run/secrets/{SECRET_PIP}; fi; \\\n"
     )
     if installer == "uv":
-        body = (
-            setup + f"    if [ -s /run/secrets/{SECRET_UV} ]; then . /run/secrets/{SECRET_UV}; fi; \\\n"
+        setup += (
+            f"    if [ -s /run/secrets/{SECRET_UV} ]; then . /run/secrets/{SECRET_UV}; fi; \\\n"
             f"    if [ ! -x {UV_HOME}/bin/uv ]; then PIP_BREAK_SYSTEM_PACKAGES=1 {python} -m pip install -q "
             f"--no-cache-dir --disable-pip-version-check --no-input --target {UV_HOME} uv=={UV_VERSION}; fi; \\\n"
-            f"    UV_LINK_MODE=copy {UV_HOME}/bin/uv pip install --python {python} --cache-dir {CACHE_ROOT}/uv"
-            + (" --break-system-packages" if user_managed else "")
-            + f"{constraint} {args}"
+        )
+        command = f"UV_LINK_MODE=copy {UV_HOME}/bin/uv pip install --python {python} --cache-dir {CACHE_ROOT}/uv" + (
+            " --break-system-packages" if user_managed else ""
         )
     else:
-        body = setup + (
-            f"    {prefix}{python} -m pip install --cache-dir {CACHE_ROOT}/pip --disable-pip-version-check --no-input"
-            f"{constraint} {args}"
-        )
+        prefix = "PIP_BREAK_SYSTEM_PACKAGES=1 " if user_managed else ""
+        command = f"{prefix}{python} -m pip install --cache-dir {CACHE_ROOT}/pip --disable-pip-version-check --no-input"
+    return mounts, setup, command
+
+
+def _run(mounts: list[str], body: str) -> str:
     return "RUN " + " \\\n    ".join(mounts) + " \\\n    " + body
+
+
+def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool, installer: str) -> str:
+    """One dependency layer: pip (or uv) installing the files bind-mounted from ``ml-env/<subdir>``."""
+    mounts, setup, command = _installer_parts(python, installer, user_managed=user_managed)
+    mounts.append(f"--mount=type=bind,source=ml-env/{subdir},target={MOUNT_ROOT}/{subdir}")
+    constraint = ""
+    if locked:
+        mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
+        constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
+    return _run(mounts, setup + f"    {command}{constraint} {args}")
 
 
 # Reproducible layers. BuildKit's rewrite-timestamp cannot be used with the engine's own image
@@ -139,6 +148,98 @@ def _dated(run: str) -> str:
     i = next(n for n, part in enumerate(parts) if not part.startswith("--mount="))
     parts[i] = _DATE_START + parts[i]
     return "RUN " + " \\\n    ".join(parts) + _DATE_END
+
+
+# python.layers = "split": the stages that install a layer per declared package (see split.py)
+BASE_STAGE = "ml-env-base"  # the base image, apt and the Python environment: every stage starts here
+RESOLVE_STAGE = "ml-env-resolve"
+LAYERS_OUT = "/ml-env-layers"  # the resolve stage's output: a file of pins per layer
+LAYER_OUT = "/ml-env-layer"  # a layer stage's output: what its install created, at its own paths
+SPLIT_SCRIPT = f"{MOUNT_ROOT}/split/split.py"
+WORK = "/tmp/ml-env-work"  # a tmpfs: the installer's report (it can name a private index) stays out of layers
+MAX_NAMED = 48  # declared packages with a layer of their own (by name); the others share the rest's
+
+
+def declared_names(env: Environment) -> list[str]:
+    """The top-level packages the environment names (PEP 503 names, sorted): each gets a layer."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    texts = [*env.packages, *env.conda_pip]
+    for r in env.requirements:
+        texts += r.read().decode("utf-8", "replace").replace("\\\n", " ").splitlines()
+    names: set[str] = set()
+    for text in texts:
+        text = text.split(" #", 1)[0].strip()
+        if not text or text.startswith(("#", "-")):
+            continue
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue  # the installer says what is wrong with it
+        if req.url is None:
+            names.add(canonicalize_name(req.name))
+    return sorted(names)[:MAX_NAMED]
+
+
+def _split_stages(
+    env: Environment,
+    python: str,
+    steps: list[tuple[str, str]],
+    files: dict[str, bytes | FileRef],
+    stage_args: list[str],
+    *,
+    locked: bool,
+) -> list[str]:
+    """The resolve stage, a stage per layer, then the final stage copying each layer in with
+    ``COPY --link`` (a layer's digest then depends on its own files only). The ordinary install
+    steps follow in the final stage: they find everything installed and add what no layer holds
+    (packages from a URL or a file, an upgrade of what the base already had)."""
+    named = declared_names(env)
+    files["ml-env/split/split.py"] = SPLIT_SOURCE.read_bytes()
+    files["ml-env/split/named.txt"] = "".join(n + "\n" for n in named).encode()
+    mounts, setup, command = _installer_parts(python, env.installer, user_managed=env.user_managed)
+    lines = [f"FROM {BASE_STAGE} AS {RESOLVE_STAGE}", *stage_args]
+    resolve_mounts = [*mounts, f"--mount=type=bind,source=ml-env/split,target={MOUNT_ROOT}/split"]
+    resolve_mounts += [f"--mount=type=bind,source=ml-env/{sub},target={MOUNT_ROOT}/{sub}" for sub, _ in steps]
+    constraint = ""
+    if locked:
+        resolve_mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
+        constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
+    resolve_mounts.append(f"--mount=type=tmpfs,target={WORK}")
+    script = f"{python} -B {SPLIT_SCRIPT}"
+    args = " ".join(a for _, a in steps)
+    if env.installer == "uv":
+        wheels = ""
+        if env.wheels:  # uv pip compile reads requirement files only
+            args = args.replace(f"{MOUNT_ROOT}/wheels/*.whl", f"-r {WORK}/wheels.txt")
+            wheels = f"    printf '%s\\n' {MOUNT_ROOT}/wheels/*.whl > {WORK}/wheels.txt; \\\n"
+        compile_ = command.replace(" pip install ", " pip compile --quiet ", 1)
+        body = wheels + (
+            f"    {script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
+            f"--pins {WORK}/pins.txt -- {compile_.removeprefix('UV_LINK_MODE=copy ')}{constraint} -o {WORK}/pins.txt {args}"
+        )
+    else:
+        body = (
+            f"    {script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
+            f"--report {WORK}/report.json -- {command} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
+        )
+    lines.append(_run(resolve_mounts, setup + body))
+    layers = [(f"ml-env-layer-{n}", f"{n}.txt") for n in named] + [("ml-env-rest", "_rest.txt")]
+    for stage, file in layers:
+        layer_mounts = [
+            *mounts,
+            f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}",
+            f"--mount=type=bind,from={RESOLVE_STAGE},source={LAYERS_OUT}/{file},target={MOUNT_ROOT}/layer.txt",
+        ]
+        body = (
+            f"    {script} install --layer {MOUNT_ROOT}/layer.txt --into {LAYER_OUT} -- "
+            f"{command} --no-deps -r {MOUNT_ROOT}/layer.txt"
+        )
+        lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, _run(layer_mounts, setup + body)]
+    lines += [f"FROM {BASE_STAGE}", *stage_args]
+    lines += [f"COPY --link --from={stage} {LAYER_OUT}/ /" for stage, _ in layers]
+    return lines
 
 
 def render(env: Environment) -> BuildPlan:
@@ -210,23 +311,30 @@ def render(env: Environment) -> BuildPlan:
                 interpreter, sub, args, user_managed=env.user_managed, locked=locked, installer=env.installer
             )
 
+        steps: list[tuple[str, str]] = []  # (folder in the context, the installer's arguments)
         if env.conda_pip:
             files["ml-env/conda/requirements.txt"] = ("\n".join(sorted(env.conda_pip)) + "\n").encode()
-            lines.append(pip("conda", f"-r {MOUNT_ROOT}/conda/requirements.txt"))
+            steps.append(("conda", f"-r {MOUNT_ROOT}/conda/requirements.txt"))
         if env.requirements:
             names = []
             for r in sorted(env.requirements, key=lambda r: r.sha256):
                 name = f"{r.sha256[:16]}.txt"
                 files[f"ml-env/requirements/{name}"] = r.read()
                 names.append(f"-r {MOUNT_ROOT}/requirements/{name}")
-            lines.append(pip("requirements", " ".join(dict.fromkeys(names))))
+            steps.append(("requirements", " ".join(dict.fromkeys(names))))
         if env.packages:
             files["ml-env/packages/requirements.txt"] = ("\n".join(sorted(env.packages)) + "\n").encode()
-            lines.append(pip("packages", f"-r {MOUNT_ROOT}/packages/requirements.txt"))
+            steps.append(("packages", f"-r {MOUNT_ROOT}/packages/requirements.txt"))
         if env.wheels:
             for w in env.wheels:
                 files[f"ml-env/wheels/{w.path.name}"] = w  # copied (and re-checked) when the context is made
-            lines.append(pip("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
+            steps.append(("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
+        if env.splits_layers:
+            stage_args = ["ARG SOURCE_DATE_EPOCH", *(x for x in lines[own:] if x.startswith("ARG "))]
+            lines[0] += f" AS {BASE_STAGE}"
+            lines += _split_stages(env, interpreter, steps, files, stage_args, locked=locked)
+        for sub, args in steps:
+            lines.append(pip(sub, args))
         if env.inference and env.inference_server == "azureml":
             # Microsoft's azmlinfsrv (gunicorn + flask, inference-schema): its own routes and swagger
             files["ml-env/inference/requirements.txt"] = ("\n".join(AZUREML_PACKAGES) + "\n").encode()
@@ -253,7 +361,8 @@ def render(env: Environment) -> BuildPlan:
     if restore_user:
         lines.append(f"USER {_v(restore_user, 'base.dockerfile')}")
     if any(x.startswith("RUN ") for x in lines[own:]):
-        lines[own:] = [_dated(x) if x.startswith("RUN ") else x for x in lines[own:]]
+        # a layer stage dates its own files (split.py); its RUN is not dated twice
+        lines[own:] = [_dated(x) if x.startswith("RUN ") and SPLIT_SCRIPT not in x else x for x in lines[own:]]
     else:
         del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ __all__ = ["Summary", "lookup", "store"]
 RACY_SECONDS = 2.0
 # the modules whose code decides an environment's hash or its fast-path facts
 _CODE = ("spec/hashing.py", "spec/validate.py", "spec/environment.py", "build/stack.py", "build/dockerfile.py",
-         "spec/conda.py", "spec/dockerlint.py", "build/speccache.py", "serve/server.py")  # fmt: skip
+         "spec/conda.py", "spec/dockerlint.py", "build/speccache.py", "serve/server.py", "build/split.py")  # fmt: skip
 
 
 @dataclass(frozen=True)

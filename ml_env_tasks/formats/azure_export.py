@@ -33,7 +33,7 @@ def exported_values(env: Environment) -> dict[str, Any]:
         "base.image": env.base.image, "base.dockerfile": env.base.dockerfile,
         "base.dockerfile_text": env.base.dockerfile_text, "base.registry.address": r.address if r else None,
         "base.registry.username": r.username if r else None, "base.registry.password_env": r.password_env if r else None,
-        "python.installer": env.installer, "python.conda_installer": env.conda_installer,
+        "python.installer": env.installer, "python.layers": env.layers, "python.conda_installer": env.conda_installer,
         "python.user_managed_dependencies": env.user_managed, "python.interpreter": env.interpreter,
         "python.packages": list(env.packages), "python.requirements": list(env.requirements),
         "python.conda_file": env.conda_file, "python.wheels": list(env.wheels), "python.index_url": ix.index_url,

@@ -106,6 +106,7 @@ class Environment:
     conda_python: str | None = None
     conda_installer: str = "pip"
     installer: str = "pip"  # what installs the Python packages: pip, or uv (opt-in)
+    layers: str = "split"  # python.layers: a layer per declared package ("split"), or all in one step ("one")
     conda_packages: tuple[str, ...] = ()  # installed with the base image's conda (conda_installer = "conda")
     conda_channels: tuple[str, ...] = ()
     wheels: tuple[FileRef, ...] = ()
@@ -121,6 +122,22 @@ class Environment:
     @property
     def has_python_deps(self) -> bool:
         return bool(self.packages or self.requirements or self.conda_pip or self.wheels or self.inference)
+
+    @property
+    def splits_layers(self) -> bool:
+        """Whether the dependencies are installed a layer per declared package (``python.layers``):
+        on a base image (a base Dockerfile's stages are the user's), with something to install."""
+        if self.layers != "split" or self.base.image is None:
+            return False
+        if not (self.packages or self.requirements or self.conda_pip or self.wheels):
+            return False
+        # a requirements file with options of its own (an index, --hash, --no-binary) is
+        # installed as written: a layer installs bare pins, which would drop them
+        return not any(
+            line.lstrip().startswith("-") and not line.lstrip().startswith(("-r ", "-c "))
+            for r in self.requirements
+            for line in r.read().decode("utf-8", "replace").splitlines()
+        )
 
     @property
     def unpinned(self) -> list[str]:

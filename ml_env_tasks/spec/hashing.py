@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..build.stack import UV_VERSION, inference_stack
+from ..build.stack import UV_VERSION, inference_stack, split_stack
 from .environment import Environment
 from .pins import lock_packages
 
@@ -64,6 +64,8 @@ def canonical(env: Environment) -> dict[str, Any]:
             python["conda_installer"] = env.conda_installer
     if env.installer != "pip":  # only when set, so existing hashes stay
         python["installer"] = {"name": env.installer, "version": UV_VERSION}
+    if env.splits_layers:  # a layer per declared package; "one" (all in one step) keeps the hashes it had
+        python["layers"] = split_stack()
     ix = env.index
     if not ix.empty:
         python["index"] = {

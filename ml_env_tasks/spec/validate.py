@@ -53,20 +53,11 @@ TOP_KEYS = {"name", "version", "description", "inference", "base", "python", "ap
 BASE_KEYS = {"image", "dockerfile", "dockerfile_text", "registry"}
 REGISTRY_KEYS = {"address", "username", "password_env"}
 INSTALLERS_PY = ("pip", "uv")
+LAYERS = ("split", "one")
 PYTHON_KEYS = {
-    "installer",
-    "conda_installer",
-    "user_managed_dependencies",
-    "interpreter",
-    "packages",
-    "requirements",
-    "conda_file",
-    "wheels",
-    "index_url",
-    "index_url_env",
-    "extra_index_urls",
-    "extra_index_urls_env",
-}
+    "installer", "layers", "conda_installer", "user_managed_dependencies", "interpreter", "packages", "requirements",
+    "conda_file", "wheels", "index_url", "index_url_env", "extra_index_urls", "extra_index_urls_env",
+}  # fmt: skip
 APT_KEYS = {"packages"}
 DOCKER_KEYS = {"shm_size", "build_args"}
 INFERENCE_KEYS = {"server"}
@@ -116,6 +107,13 @@ class _Validator:
             if k not in allowed:
                 near = ", ".join(sorted(allowed))
                 raise self.err(f"{where}.{k}" if where else k, "unknown key", hint=f"known keys: {near}")
+
+    def choice(self, d: dict[str, Any], key: str, table: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices`` (the first when the key is absent)."""
+        value = self.string(d, key, f"{table}.{key}") or choices[0]
+        if value not in choices:
+            raise self.err(f"{table}.{key}", f"choose one of {', '.join(choices)}")
+        return value
 
     def string(
         self, d: dict[str, Any], key: str, where: str, *, required: bool = False, multiline: bool = False
@@ -246,12 +244,9 @@ class _Validator:
                 ref.read().decode("utf-8")
             except UnicodeDecodeError:
                 raise self.err(f"python.requirements[{i}]", "is not UTF-8 text") from None
-        installer = self.string(py, "installer", "python.installer") or "pip"
-        if installer not in INSTALLERS_PY:
-            raise self.err("python.installer", f"choose one of {', '.join(INSTALLERS_PY)}")
-        conda_installer = self.string(py, "conda_installer", "python.conda_installer") or "pip"
-        if conda_installer not in INSTALLERS:
-            raise self.err("python.conda_installer", f"choose one of {', '.join(INSTALLERS)}")
+        installer = self.choice(py, "installer", "python", INSTALLERS_PY)
+        layers = self.choice(py, "layers", "python", LAYERS)
+        conda_installer = self.choice(py, "conda_installer", "python", INSTALLERS)
         conda_rel = self.string(py, "conda_file", "python.conda_file")
         conda_file, conda_python = None, None
         conda_pip: tuple[str, ...] = ()
@@ -317,6 +312,7 @@ class _Validator:
             conda_python=conda_python,
             conda_installer=conda_installer,
             installer=installer,
+            layers=layers,
             conda_packages=conda_packages,
             conda_channels=conda_channels,
             warnings=tuple(self.warnings),

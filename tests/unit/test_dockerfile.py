@@ -39,7 +39,7 @@ def load(tmp_path: Path, text: str = FULL):
 
 
 def test_layer_order_and_mounts(tmp_path: Path) -> None:
-    env = load(tmp_path)
+    env = load(tmp_path, FULL.replace("[python]\n", '[python]\nlayers = "one"\n'))
     p = render(env)
     df = p.dockerfile
     assert not df.lstrip().startswith("# syntax")
@@ -110,7 +110,9 @@ def test_locked_adds_constraints(tmp_path: Path) -> None:
     env = load(tmp_path)
     (tmp_path / "env.lock").write_text("six==1.16.0\n")
     p = render(spec.load(env.path, locked=True))
-    assert p.dockerfile.count("-c /tmp/ml-env/lock/lock.txt") == 4
+    assert p.dockerfile.count("-c /tmp/ml-env/lock/lock.txt") == 5  # the resolution and the four steps
+    resolve = p.dockerfile.split("AS ml-env-resolve", 1)[1].split("\nFROM ", 1)[0]
+    assert "-c /tmp/ml-env/lock/lock.txt" in resolve
     assert p.files["ml-env/lock/lock.txt"] == b"six==1.16.0\n"
 
 

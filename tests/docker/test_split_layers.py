@@ -1,0 +1,46 @@
+"""Layers that follow the resolution, built for real: one line added to a requirements file
+re-installs and ships one new layer, and every other layer keeps its digest."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml_env_tasks.build import build
+from ml_env_tasks.engine import Engine
+from ml_env_tasks.registry import RegistryClient
+
+pytestmark = pytest.mark.docker
+
+ENV = """
+name = "split"
+[base]
+image = "{base}"
+[python]
+requirements = ["requirements.txt"]
+packages = ["tomli==2.0.2"]
+"""
+
+
+def layers(ws, tag: str) -> list[str]:
+    return RegistryClient(ws.lab["registry"]).image_config(ws.repo, tag)["rootfs"]["diff_ids"]
+
+
+def test_one_more_line_ships_one_new_layer_and_keeps_the_others(ws) -> None:
+    f = ws.spec(ENV.format(base=ws.lab["base_image_python"]), files={"requirements.txt": b"six==1.16.0\n"})
+    first = build(f, ws.opts())
+    (f.parent / "requirements.txt").write_text("six==1.16.0\nidna==3.7\n")
+    second = build(f, ws.opts())
+    assert first.built and second.built and second.hash != first.hash
+    a, b = layers(ws, first.hash), layers(ws, second.hash)
+    new = [d for d in b if d not in a]
+    assert len(new) == 1, (a, b)  # idna's layer; six's, tomli's, the rest and the steps after them stay
+    assert len(b) == len(a) + 1
+    out = Engine().run_capture(
+        second.image, ["python", "-c", "import six, tomli, idna, sys; print(idna.__file__, sys.prefix)"]
+    )
+    assert out.strip() == "/opt/ml-env/lib/python3.11/site-packages/idna/__init__.py /opt/ml-env"
+    # installed as one install would have: metadata whole, nothing broken, nothing left of the stages
+    check = Engine().run_capture(second.image, ["sh", "-c", "pip check && ls / | grep -c ml-env || true"])
+    assert check.splitlines() == ["No broken requirements found.", "0"]
+    lock = (f.parent / "env.lock").read_text()
+    assert "idna==3.7" in lock and "six==1.16.0" in lock and "tomli==2.0.2" in lock

@@ -1,0 +1,168 @@
+"""Layers that follow the resolution (``python.layers = "split"``): what the renderer writes and
+what ``build/split.py`` does inside the build, tested here without an engine (the build itself:
+tests/docker/test_split_layers.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ml_env_tasks import spec
+from ml_env_tasks.build import split
+from ml_env_tasks.build.dockerfile import MAX_NAMED, declared_names, render
+
+ENV = """
+name = "s"
+[base]
+image = "127.0.0.1:5000/base/debian-python:bookworm"
+[python]
+packages = ["six==1.16.0", "Tomli_W>=1"]
+requirements = ["req.txt"]
+index_url_env = "IDX"
+[docker]
+build_args = { MODE = "fast" }
+"""
+
+
+def load(tmp_path: Path, text: str = ENV, req: str = "numpy==2.1.3\nscikit-learn  # the model\n"):
+    (tmp_path / "req.txt").write_text(req)
+    (tmp_path / "Dockerfile").write_text("FROM 127.0.0.1:5000/base/debian-python:bookworm\n")
+    f = tmp_path / "env.toml"
+    f.write_text(text)
+    return spec.load(f)
+
+
+def test_a_layer_per_declared_name_then_the_rest_copied_in_with_link(tmp_path: Path) -> None:
+    env = load(tmp_path)
+    assert declared_names(env) == ["numpy", "scikit-learn", "six", "tomli-w"]
+    df = render(env).dockerfile
+    assert df.startswith("FROM 127.0.0.1:5000/base/debian-python:bookworm AS ml-env-base\n")
+    stages = [line.split()[-1] for line in df.splitlines() if line.startswith("FROM ml-env-base AS ")]
+    assert stages == ["ml-env-resolve", *(f"ml-env-layer-{n}" for n in declared_names(env)), "ml-env-rest"]
+    copies = [line for line in df.splitlines() if line.startswith("COPY")]
+    assert copies == [f"COPY --link --from={s} /ml-env-layer/ /" for s in stages[1:]]
+    # each stage has the build's arguments; the final stage copies, then the ordinary steps run
+    assert df.count("ARG MODE=") == len(stages) + 2
+    final = df.rindex("\nFROM ml-env-base\n")
+    assert final < df.index("COPY --link") < df.index("-r /tmp/ml-env/requirements/", df.index("COPY --link"))
+    # a layer's RUN names its own file only: adding a package changes no other layer's step
+    assert "source=/ml-env-layers/numpy.txt,target=/tmp/ml-env/layer.txt" in df
+    assert "--mount=type=bind,source=ml-env/split/split.py,target=/tmp/ml-env/split/split.py" in df
+    # the report (it can name the private index) is written to a tmpfs, never to a layer
+    assert "--mount=type=tmpfs,target=/tmp/ml-env-work" in df and "--report /tmp/ml-env-work/report.json" in df
+    assert "--no-deps -r /tmp/ml-env/layer.txt" in df
+
+
+def test_a_layer_step_does_not_change_when_another_package_is_added(tmp_path: Path) -> None:
+    def layer_steps(req: str) -> dict[str, str]:
+        df = render(load(tmp_path, req=req)).dockerfile
+        parts = df.split("\nFROM ml-env-base AS ")[1:]
+        return {p.split("\n", 1)[0]: p for p in parts}
+
+    before = layer_steps("numpy==2.1.3\n")
+    after = layer_steps("numpy==2.1.3\nsix==1.16.0\npandas\n")
+    assert before["ml-env-layer-numpy"] == after["ml-env-layer-numpy"]
+    assert "ml-env-layer-pandas" in after and "ml-env-layer-pandas" not in before
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        "--index-url https://example.com/simple\nnumpy\n",
+        "numpy==2.1.3 \\\n    --hash=sha256:" + "0" * 64 + "\n",
+        "--no-binary :all:\nnumpy\n",
+    ],
+)
+def test_a_requirements_file_with_options_of_its_own_is_installed_as_written(tmp_path: Path, req: str) -> None:
+    env = load(tmp_path, req=req)
+    assert not env.splits_layers
+    assert "ml-env-resolve" not in render(env).dockerfile
+
+
+def test_one_layer_and_a_base_dockerfile_render_no_stages(tmp_path: Path) -> None:
+    one = load(tmp_path, ENV.replace("[python]\n", '[python]\nlayers = "one"\n'))
+    assert "COPY" not in render(one).dockerfile and " AS " not in render(one).dockerfile
+    dockerfile = ENV.replace('image = "127.0.0.1:5000/base/debian-python:bookworm"', 'dockerfile = "Dockerfile"')
+    assert "COPY" not in render(load(tmp_path, dockerfile)).dockerfile
+
+
+def test_a_wrong_layers_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="python.layers"):
+        load(tmp_path, ENV.replace("[python]\n", '[python]\nlayers = "many"\n'))
+
+
+def test_past_the_cap_declared_names_share_the_rest(tmp_path: Path) -> None:
+    req = "".join(f"pkg{i:03d}==1\n" for i in range(MAX_NAMED + 5))
+    env = load(tmp_path, req=req)
+    assert len(declared_names(env)) == MAX_NAMED
+
+
+def test_uv_resolves_with_compile_and_wheels_through_a_file(tmp_path: Path) -> None:
+    (tmp_path / "w-1-py3-none-any.whl").write_bytes(b"PK\x03\x04")
+    text = ENV.replace("[python]\n", '[python]\ninstaller = "uv"\nwheels = ["w-1-py3-none-any.whl"]\n')
+    df = render(load(tmp_path, text)).dockerfile
+    assert "uv pip compile --quiet --python /opt/ml-env/bin/python" in df
+    assert "-r /tmp/ml-env-work/wheels.txt" in df and "--pins /tmp/ml-env-work/pins.txt" in df
+
+
+# --- split.py, the part that runs inside the build ---------------------------------------
+
+
+def test_assign_gives_declared_names_their_layer_and_leaves_the_base_alone() -> None:
+    resolved = [("numpy", "2.1.3"), ("scipy", "1.14.1"), ("pip", "24.0"), ("joblib", "1.4.2")]
+    layers = split.assign(resolved, ["numpy", "six"], have={"pip"})
+    assert layers == {"numpy": ["numpy==2.1.3"], "six": [], split.REST: ["joblib==1.4.2", "scipy==1.14.1"]}
+
+
+def test_a_report_never_puts_a_url_or_a_file_in_a_layer(tmp_path: Path) -> None:
+    report = {
+        "install": [
+            {"is_direct": False, "metadata": {"name": "Scikit_Learn", "version": "1.5.2"}},
+            {"is_direct": True, "metadata": {"name": "mylib", "version": "0.1"}},
+        ]
+    }
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert split.from_report(str(tmp_path / "r.json")) == [("scikit-learn", "1.5.2")]
+    (tmp_path / "pins.txt").write_text("# header\nnumpy==2.1.3\n    # via x\nmylib @ file:///tmp/w.whl\n")
+    assert split.from_pins(str(tmp_path / "pins.txt")) == [("numpy", "2.1.3")]
+
+
+def test_collect_moves_what_was_created_and_keeps_owners_and_modes_of_the_folders_above(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "opt"
+    site = root / "env" / "site-packages"
+    site.mkdir(parents=True)
+    os.chmod(root / "env", 0o750)
+    (site / "old.py").write_text("old")
+    (site / "changed.pth").write_text("a")
+    monkeypatch.setattr(split, "ROOTS", (str(root),))
+    before = split.snapshot()
+    (site / "pkg" / "sub").mkdir(parents=True)
+    (site / "pkg" / "sub" / "m.py").write_text("new")
+    (site / "pkg-1.0.dist-info").mkdir()
+    (site / "tool.py").write_text("new")
+    os.symlink("tool.py", site / "link")
+    (site / "changed.pth").write_text("b")
+    into = tmp_path / "layer"
+    into.mkdir()
+    assert split.collect(before, str(into)) == 5
+    got = into / str(site).lstrip("/")
+    assert (got / "pkg" / "sub" / "m.py").read_text() == "new" and not (site / "pkg").exists()
+    assert (got / "tool.py").exists() and os.readlink(got / "link") == "tool.py"
+    assert (got / "changed.pth").read_text() == "b" and (site / "changed.pth").exists()  # copied, not moved
+    assert not (got / "old.py").exists() and (site / "old.py").exists()
+    assert oct((into / str(root / "env").lstrip("/")).stat().st_mode & 0o777) == oct(0o750)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "7")
+    split.date(str(into))
+    assert {p.lstat().st_mtime for p in into.rglob("*")} == {7}
+
+
+def test_install_of_an_empty_layer_runs_nothing_and_leaves_an_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "layer.txt").write_text("")
+    into = tmp_path / "out"
+    code = split.main(["install", "--layer", str(tmp_path / "layer.txt"), "--into", str(into), "--", "false"])
+    assert code == 0 and into.is_dir() and not any(into.iterdir())
