@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,14 +211,13 @@ def _split_stages(
     script = f"{python} -B {SPLIT_SCRIPT}"
     args = " ".join(a for _, a in steps)
     if env.installer == "uv":
-        wheels = ""
-        if env.wheels:  # uv pip compile reads requirement files only
-            args = args.replace(f"{MOUNT_ROOT}/wheels/*.whl", f"-r {WORK}/wheels.txt")
-            wheels = f"    printf '%s\\n' {MOUNT_ROOT}/wheels/*.whl > {WORK}/wheels.txt; \\\n"
-        compile_ = command.replace(" pip install ", " pip compile --quiet ", 1)
+        # uv pip compile takes requirement files as arguments (no -r), and wheels through a file
+        args = args.replace(f"{MOUNT_ROOT}/wheels/*.whl", f"{WORK}/wheels.txt").replace("-r ", "")
+        wheels = f"    printf '%s\\n' {MOUNT_ROOT}/wheels/*.whl > {WORK}/wheels.txt; \\\n" if env.wheels else ""
+        compile_ = f"{UV_HOME}/bin/uv pip compile --quiet --python {python} --cache-dir {CACHE_ROOT}/uv"
         body = wheels + (
             f"    {script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
-            f"--pins {WORK}/pins.txt -- {compile_.removeprefix('UV_LINK_MODE=copy ')}{constraint} -o {WORK}/pins.txt {args}"
+            f"--pins {WORK}/pins.txt -- {compile_}{constraint} -o {WORK}/pins.txt {args}"
         )
     else:
         body = (
@@ -232,9 +232,12 @@ def _split_stages(
             f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}",
             f"--mount=type=bind,from={RESOLVE_STAGE},source={LAYERS_OUT}/{file},target={MOUNT_ROOT}/layer.txt",
         ]
+        # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the
+        # script, which passes its environment on to the command it runs
+        env_vars, installer = re.match(r"((?:[A-Z_]+=\S+ )*)(.*)", command).groups()  # type: ignore[union-attr]
         body = (
-            f"    {script} install --layer {MOUNT_ROOT}/layer.txt --into {LAYER_OUT} -- "
-            f"{command} --no-deps -r {MOUNT_ROOT}/layer.txt"
+            f"    {env_vars}{script} install --layer {MOUNT_ROOT}/layer.txt --into {LAYER_OUT} -- "
+            f"{installer} --no-deps -r {MOUNT_ROOT}/layer.txt"
         )
         lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, _run(layer_mounts, setup + body)]
     lines += [f"FROM {BASE_STAGE}", *stage_args]

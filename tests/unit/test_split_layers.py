@@ -105,7 +105,14 @@ def test_uv_resolves_with_compile_and_wheels_through_a_file(tmp_path: Path) -> N
     text = ENV.replace("[python]\n", '[python]\ninstaller = "uv"\nwheels = ["w-1-py3-none-any.whl"]\n')
     df = render(load(tmp_path, text)).dockerfile
     assert "uv pip compile --quiet --python /opt/ml-env/bin/python" in df
-    assert "-r /tmp/ml-env-work/wheels.txt" in df and "--pins /tmp/ml-env-work/pins.txt" in df
+    resolve = df.split("AS ml-env-resolve", 1)[1].split("\nFROM ", 1)[0]
+    # uv pip compile takes requirement files as arguments, the wheels through a file of their paths
+    assert " -r " not in resolve and "-o /tmp/ml-env-work/pins.txt /tmp/ml-env/requirements/" in resolve
+    assert resolve.rstrip().endswith("/tmp/ml-env/packages/requirements.txt /tmp/ml-env-work/wheels.txt")
+    assert "--pins /tmp/ml-env-work/pins.txt" in resolve
+    # the installer's variables are set for the script, which runs the installer
+    assert "UV_LINK_MODE=copy /opt/ml-env/bin/python -B /tmp/ml-env/split/split.py install" in df
+    assert "-- /tmp/ml-env-uv/bin/uv pip install" in df
 
 
 # --- split.py, the part that runs inside the build ---------------------------------------

@@ -1,0 +1,207 @@
+"""A one-line change to a big environment's requirements (``nox -s bench -- layers``).
+
+For ``envs/sklearn.toml`` (and, with ``ML_ENV_BENCH_BIG=1``, ``tests/bench/envs/big.toml``, over
+1 GB installed: it is built in this benchmark only, never in CI), each round appends a line no
+earlier round added to the environment's requirements file, and builds that variant three ways:
+
+- **ml-env**, on a pruned builder, with the registry cache the original's build wrote (the moving
+  ref); afterwards the original is built again so that the next round starts from it;
+- **the baseline**, what a user would write: a plain Dockerfile (the same base, apt packages,
+  ``COPY requirements.txt`` and one ``pip install -r``) built by ``docker buildx build`` on a
+  pruned builder with a registry cache of the original's build (``mode=max``);
+- **cold**: ml-env with no cache on a pruned builder.
+
+Reported: the rebuild's time against cold and against the baseline, and the compressed bytes the
+variant adds to what the registry already holds of the original, as a share of the variant
+image. Checked: the rebuild took layers from the cache and the cold build none; the baseline
+imported its cache; every image holds the added package. Goals: rebuild <= 0.25x cold and new
+bytes <= 10% (sklearn); <= 0.15x and <= 5% (big).
+
+Run it alone: it prunes the build cache. Writes .bench/layers.json; exit 3 when a run did not
+do what its figure claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import ROOT, figure, invalid, lab, mlenv, prune_builder, rounds, run, write  # noqa: E402
+
+# (requirement line, module): small packages without dependencies, one per round, never added before
+ADDED = [("six==1.16.0", "six"), ("idna==3.7", "idna"), ("colorama==0.4.6", "colorama"),
+         ("tomli-w==1.0.0", "tomli_w"), ("pyparsing==3.1.2", "pyparsing"), ("attrs==23.2.0", "attr"),
+         ("iniconfig==2.0.0", "iniconfig")]  # fmt: skip
+ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+
+def compressed_layers(ref: str) -> dict[str, int]:
+    """digest -> compressed size of an image's layers in the registry (the linux image of an index)."""
+    host, rest = ref.split("/", 1)
+    repo, tag = rest.rsplit(":", 1)
+
+    def get(reference: str) -> dict:
+        req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    doc = get(tag)
+    if "manifests" in doc:
+        doc = get(next(m["digest"] for m in doc["manifests"] if m.get("platform", {}).get("os") != "unknown"))
+    return {layer["digest"]: layer["size"] for layer in doc["layers"]}
+
+
+def new_share(variant: str, original: str) -> tuple[int, int]:
+    """(bytes of the variant's layers the original does not have, the variant's total)."""
+    v, o = compressed_layers(variant), compressed_layers(original)
+    return sum(s for d, s in v.items() if d not in o), sum(v.values())
+
+
+def plain_dockerfile(base: str, apt: list[str], packages: list[str], env: dict[str, str]) -> str:
+    """What a user writes for the same environment. The CA secret is the lab's proxy (the same
+    one ml-env's build gets); nothing else differs from the textbook Dockerfile."""
+    lines = [f"FROM {base}"]
+    if apt:
+        lines.append(f"RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(apt)} "
+                     "&& rm -rf /var/lib/apt/lists/*")  # fmt: skip
+    lines += ["RUN python3 -m venv /opt/venv", "ENV PATH=/opt/venv/bin:$PATH", "COPY requirements.txt /tmp/"]
+    pip = "RUN --mount=type=secret,id=ca,required=false PIP_CERT=/run/secrets/ca pip install --no-cache-dir"
+    lines.append(f"{pip} -r /tmp/requirements.txt")
+    if packages:
+        lines.append(f"{pip} {' '.join(packages)}")
+    lines.append("ENV " + " ".join(f"{k}={v}" for k, v in env.items()))
+    return "\n".join(lines) + "\n"
+
+
+def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: dict, work: Path) -> tuple[dict, str]:
+    import tomllib
+
+    cli = mlenv()
+    doc = tomllib.loads(spec.read_text())
+    envs = work / name
+    shutil.copytree(spec.parent, envs, ignore=shutil.ignore_patterns("*.lock", "curated"))
+    original = envs / spec.name
+    req = envs / doc["python"]["requirements"][0]
+    req_text = req.read_text()
+    repo = f"bench/layers-{name}-{os.getpid()}"
+    common = ["--registry", lb["registry"], "--repository", repo, "--log-dir", str(work / "logs")]
+    common += ["--network", lb["build_network"]] + (["--ca-bundle", lb["ca_bundle"]] if lb.get("ca_bundle") else [])
+    build = [*cli, "build", str(original), *common, "--json", "--quiet"]
+
+    print(f"bench: {name}: building the original (ml-env, registry cache)")
+    first = run([*build, "--cache", "registry"]).json()
+    orig_image = first["image"]
+
+    # the baseline's original, and its registry cache
+    ctx = work / f"{name}-plain"
+    ctx.mkdir()
+    dockerfile = plain_dockerfile(doc["base"]["image"], doc.get("apt", {}).get("packages", []),
+                                  doc["python"].get("packages", []), doc.get("env", {}))  # fmt: skip
+    (ctx / "Dockerfile").write_text(dockerfile)
+    base_repo = f"{lb['registry']}/{repo}-plain"
+    cache = f"{base_repo}:cache"
+    buildx = ["docker", "buildx", "build", "--progress", "plain", "--network", lb["build_network"], "--push"]
+    if lb.get("ca_bundle"):
+        buildx += ["--secret", f"id=ca,src={lb['ca_bundle']}"]
+    (ctx / "requirements.txt").write_text(req_text)
+    print(f"bench: {name}: building the original (plain Dockerfile, buildx, registry cache)")
+    run([*buildx, "--cache-to", f"type=registry,ref={cache},mode=max", "-t", f"{base_repo}:original", str(ctx)])
+
+    n = min(rounds(5), len(ADDED))
+    print(f"bench: {name}: {n} rounds, a line added to {req.name} each: ml-env rebuild, buildx rebuild, cold")
+    incr, plain, cold, shares, plain_shares = [], [], [], [], []
+    for i in range(n):
+        line, module = ADDED[i]
+        req.write_text(req_text.rstrip("\n") + f"\n{line}\n")
+        prune_builder()
+        r = run([*build, "--cache", "registry"])
+        out = r.json()
+        if not out["built"] or not out["cache_from"] or out["cached_steps"] < 3:
+            invalid(f"{name}: the rebuild did not take the unchanged layers from the cache: {out}")
+        new, total = new_share(out["image"], orig_image)
+        incr.append(r.seconds)
+        shares.append(new / total)
+        has(out["image"], module)
+
+        (ctx / "requirements.txt").write_text(req.read_text())
+        prune_builder()
+        tag = f"{base_repo}:variant-{i}"
+        r = run([*buildx, "--cache-from", f"type=registry,ref={cache}", "-t", tag, str(ctx)])
+        if f"importing cache manifest from {cache}" not in r.stderr or "CACHED" not in r.stderr:
+            invalid(f"{name}: the buildx baseline did not take its unchanged steps from the cache")
+        plain.append(r.seconds)
+        new, total = new_share(tag, f"{base_repo}:original")
+        plain_shares.append(new / total)
+        has(tag, module)
+
+        prune_builder()
+        run(["docker", "image", "rm", "-f", out["image"]], check=False)
+        r = run([*build, "--cache", "none", "--force"])
+        c = r.json()
+        if not c["built"] or c["cached_steps"] != 0:
+            invalid(f"{name}: the cold build took layers from a cache: {c}")
+        cold.append(r.seconds)
+        # the moving ref back to the original, as if the variant had never been built
+        req.write_text(req_text)
+        run([*build, "--cache", "registry", "--force"])
+
+    i_, c_, p_ = statistics.median(incr), statistics.median(cold), statistics.median(plain)
+    share, pshare = statistics.median(shares), statistics.median(plain_shares)
+    fig = figure(
+        incr, cold, baseline_name="cold build of the same variant (no cache, pruned)",
+        goal=f"<= {goal_time}x cold and new bytes <= {goal_share:.0%} of the image",
+        met=i_ / c_ <= goal_time and share <= goal_share,
+        new_bytes_share={"median": share, "min": min(shares), "max": max(shares)},
+        image_bytes=total, plain_dockerfile_s=figure(plain, None, goal="(reported)", met=True)["ml_env_s"],
+        plain_new_bytes_share={"median": pshare, "min": min(plain_shares), "max": max(plain_shares)},
+        vs_plain=i_ / p_,
+    )  # fmt: skip
+    text = (
+        f"{name}: one line added: ml-env {i_:.1f}s ({min(incr):.1f}-{max(incr):.1f}) vs cold {c_:.1f}s "
+        f"({min(cold):.1f}-{max(cold):.1f}) -> {i_ / c_:.2f}x (goal <= {goal_time}x); new bytes {share:.2%} "
+        f"of {total / 1e6:.0f} MB (goal <= {goal_share:.0%}); plain Dockerfile + buildx cache {p_:.1f}s "
+        f"({min(plain):.1f}-{max(plain):.1f}), new bytes {pshare:.1%} -> ml-env {i_ / p_:.2f}x"
+    )
+    return fig, text
+
+
+def has(image: str, module: str) -> None:
+    got = run(["docker", "run", "--rm", image, "python", "-c", f"import {module}"], check=False)
+    if got.code != 0:
+        invalid(f"{image} does not hold the added package ({module}): {got.stderr[-300:]}")
+
+
+def main() -> int:
+    lb = lab()
+    work = Path(tempfile.mkdtemp(prefix="ml-env-bench-layers-"))
+    figures, lines = {}, []
+    try:
+        chosen = [("sklearn", ROOT / "envs" / "sklearn.toml", 0.25, 0.10)]
+        if os.environ.get("ML_ENV_BENCH_BIG") == "1":
+            chosen.append(("big", ROOT / "tests" / "bench" / "envs" / "big.toml", 0.15, 0.05))
+        for name, spec, goal_time, goal_share in chosen:
+            figures[name], text = bench_env(name, spec, goal_time, goal_share, lb, work)
+            lines.append(text)
+        write("layers", figures, lines)
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
