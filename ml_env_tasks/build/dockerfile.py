@@ -226,6 +226,8 @@ def _split_stages(
         )
     lines.append(_run(resolve_mounts, setup + body))
     layers = [(f"ml-env-layer-{n}", f"{n}.txt") for n in named] + [("ml-env-rest", "_rest.txt")]
+    env_vars, installer = re.match(r"((?:[A-Z_]+=\S+ )*)(.*)", command).groups()  # type: ignore[union-attr]
+    lines += _wheel_stages(env, script, mounts, setup, env_vars, installer, stage_args)
     for stage, file in layers:
         layer_mounts = [
             *mounts,
@@ -234,14 +236,37 @@ def _split_stages(
         ]
         # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the
         # script, which passes its environment on to the command it runs
-        env_vars, installer = re.match(r"((?:[A-Z_]+=\S+ )*)(.*)", command).groups()  # type: ignore[union-attr]
         body = (
             f"    {env_vars}{script} install --layer {MOUNT_ROOT}/layer.txt --into {LAYER_OUT} -- "
             f"{installer} --no-deps -r {MOUNT_ROOT}/layer.txt"
         )
         lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, _run(layer_mounts, setup + body)]
+    wheel_stages = [_wheel_stage(w) for w in sorted(env.wheels, key=lambda w: w.path.name)]
     lines += [f"FROM {BASE_STAGE}", *stage_args]
-    lines += [f"COPY --link --from={stage} {LAYER_OUT}/ /" for stage, _ in layers]
+    lines += [f"COPY --link --from={s} {LAYER_OUT}/ /" for s in [s for s, _ in layers[:-1]] + wheel_stages]
+    lines.append(f"COPY --link --from={layers[-1][0]} {LAYER_OUT}/ /")
+    return lines
+
+
+def _wheel_stage(wheel: FileRef) -> str:
+    return f"ml-env-wheel-{wheel.sha256[:16]}"  # by content: a wheel's name may hold what a stage name may not
+
+
+def _wheel_stages(
+    env: Environment, script: str, mounts: list[str], setup: str, env_vars: str, installer: str, stage_args: list[str]
+) -> list[str]:
+    """A layer for each private wheel: a wheel is a file, known before the build, so its stage
+    needs no resolution (its dependencies are resolved with the rest)."""
+    lines = []
+    for w in sorted(env.wheels, key=lambda w: w.path.name):
+        path = f"{MOUNT_ROOT}/wheels/{w.path.name}"
+        layer_mounts = [
+            *mounts,
+            f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}",
+            f"--mount=type=bind,source=ml-env/wheels/{w.path.name},target={path}",
+        ]
+        body = f"    {env_vars}{script} install --layer {path} --into {LAYER_OUT} -- {installer} --no-deps {path}"
+        lines += [f"FROM {BASE_STAGE} AS {_wheel_stage(w)}", *stage_args, _run(layer_mounts, setup + body)]
     return lines
 
 

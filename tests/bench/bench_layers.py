@@ -1,8 +1,10 @@
 """A one-line change to a big environment's requirements (``nox -s bench -- layers``).
 
-For ``envs/sklearn.toml`` (and, with ``ML_ENV_BENCH_BIG=1``, ``tests/bench/envs/big.toml``, over
-1 GB installed: it is built in this benchmark only, never in CI), each round appends a line no
-earlier round added to the environment's requirements file, and builds that variant three ways:
+For ``envs/sklearn.toml`` (and, with ``ML_ENV_BENCH_BIG=1``, a big environment written here: a
+CPU build of PyTorch as a private wheel, fetched with this machine's own pip configuration, plus
+numpy, scipy, pandas and scikit-learn from the index, over 1 GB installed; it is built in this
+benchmark only, never in CI), each round appends a line no earlier round added to the
+environment's requirements file, and builds that variant three ways:
 
 - **ml-env**, on a pruned builder, with the registry cache the original's build wrote (the moving
   ref); afterwards the original is built again so that the next round starts from it;
@@ -34,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import ROOT, figure, invalid, lab, mlenv, prune_builder, rounds, run, write  # noqa: E402
+from _common import OUT, ROOT, figure, invalid, lab, mlenv, prune_builder, rounds, run, write  # noqa: E402
 
 # (requirement line, module): small packages without dependencies, one per round, never added before
 ADDED = [("six==1.16.0", "six"), ("idna==3.7", "idna"), ("colorama==0.4.6", "colorama"),
@@ -72,7 +74,37 @@ def new_share(variant: str, original: str) -> tuple[int, int]:
     return sum(s for d, s in v.items() if d not in o), sum(v.values())
 
 
-def plain_dockerfile(base: str, apt: list[str], packages: list[str], env: dict[str, str]) -> str:
+BIG = """# written by tests/bench/bench_layers.py: over 1 GB installed
+name = "big"
+[base]
+image = "python:3.11-slim-bookworm"
+[python]
+requirements = ["requirements/big.txt"]
+wheels = ["wheels/{wheel}"]
+[apt]
+packages = ["libgomp1"]
+[env]
+OMP_NUM_THREADS = "1"
+"""
+BIG_REQUIREMENTS = "numpy==2.1.3\nscipy==1.14.1\npandas==2.2.3\nscikit-learn==1.5.2\n"
+TORCH = "torch==2.13.0+cpu"
+
+
+def big_env(work: Path) -> Path:
+    """The big environment's folder: its file, its requirements and the PyTorch wheel, which
+    ``pip download`` takes from wherever this machine's pip configuration says."""
+    d = work / "big-env"
+    (d / "requirements").mkdir(parents=True)
+    (d / "wheels").mkdir()
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--python-version", "3.11",
+         "--platform", "manylinux_2_28_x86_64", "-d", str(d / "wheels"), TORCH])  # fmt: skip
+    wheel = next((d / "wheels").glob("torch-*.whl")).name
+    (d / "big.toml").write_text(BIG.format(wheel=wheel))
+    (d / "requirements" / "big.txt").write_text(BIG_REQUIREMENTS)
+    return d / "big.toml"
+
+
+def plain_dockerfile(base: str, apt: list[str], packages: list[str], env: dict[str, str], wheels: bool) -> str:
     """What a user writes for the same environment. The CA secret is the lab's proxy (the same
     one ml-env's build gets); nothing else differs from the textbook Dockerfile."""
     lines = [f"FROM {base}"]
@@ -80,8 +112,10 @@ def plain_dockerfile(base: str, apt: list[str], packages: list[str], env: dict[s
         lines.append(f"RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(apt)} "
                      "&& rm -rf /var/lib/apt/lists/*")  # fmt: skip
     lines += ["RUN python3 -m venv /opt/venv", "ENV PATH=/opt/venv/bin:$PATH", "COPY requirements.txt /tmp/"]
+    if wheels:
+        lines.append("COPY wheels/ /tmp/wheels/")
     pip = "RUN --mount=type=secret,id=ca,required=false PIP_CERT=/run/secrets/ca pip install --no-cache-dir"
-    lines.append(f"{pip} -r /tmp/requirements.txt")
+    lines.append(f"{pip} -r /tmp/requirements.txt" + (" /tmp/wheels/*.whl" if wheels else ""))
     if packages:
         lines.append(f"{pip} {' '.join(packages)}")
     lines.append("ENV " + " ".join(f"{k}={v}" for k, v in env.items()))
@@ -111,8 +145,10 @@ def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: di
     ctx = work / f"{name}-plain"
     ctx.mkdir()
     dockerfile = plain_dockerfile(doc["base"]["image"], doc.get("apt", {}).get("packages", []),
-                                  doc["python"].get("packages", []), doc.get("env", {}))  # fmt: skip
+                                  doc["python"].get("packages", []), doc.get("env", {}), bool(doc["python"].get("wheels")))  # fmt: skip
     (ctx / "Dockerfile").write_text(dockerfile)
+    if doc["python"].get("wheels"):
+        shutil.copytree(spec.parent / "wheels", ctx / "wheels")
     base_repo = f"{lb['registry']}/{repo}-plain"
     cache = f"{base_repo}:cache"
     buildx = ["docker", "buildx", "build", "--progress", "plain", "--network", lb["build_network"], "--push"]
@@ -191,12 +227,17 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ml-env-bench-layers-"))
     figures, lines = {}, []
     try:
-        chosen = [("sklearn", ROOT / "envs" / "sklearn.toml", 0.25, 0.10)]
+        chosen = []
+        if os.environ.get("ML_ENV_BENCH_SKLEARN", "1") == "1":
+            chosen.append(("sklearn", ROOT / "envs" / "sklearn.toml", 0.25, 0.10))
         if os.environ.get("ML_ENV_BENCH_BIG") == "1":
-            chosen.append(("big", ROOT / "tests" / "bench" / "envs" / "big.toml", 0.15, 0.05))
+            chosen.append(("big", big_env(work), 0.15, 0.05))
         for name, spec, goal_time, goal_share in chosen:
             figures[name], text = bench_env(name, spec, goal_time, goal_share, lb, work)
             lines.append(text)
+        earlier = OUT / "layers.json"  # the sklearn and big figures may come from separate runs
+        if earlier.exists():
+            figures = {**json.loads(earlier.read_text())["figures"], **figures}
         write("layers", figures, lines)
         return 0
     finally:

@@ -110,6 +110,15 @@ def test_uv_resolves_with_compile_and_wheels_through_a_file(tmp_path: Path) -> N
     assert " -r " not in resolve and "-o /tmp/ml-env-work/pins.txt /tmp/ml-env/requirements/" in resolve
     assert resolve.rstrip().endswith("/tmp/ml-env/packages/requirements.txt /tmp/ml-env-work/wheels.txt")
     assert "--pins /tmp/ml-env-work/pins.txt" in resolve
+    # a private wheel is a layer of its own, named by its content, copied in before the rest
+    wheel = "ml-env-wheel-" + spec.load(tmp_path / "env.toml").wheels[0].sha256[:16]
+    assert f"FROM ml-env-base AS {wheel}\n" in df
+    assert "--no-deps /tmp/ml-env/wheels/w-1-py3-none-any.whl" in df
+    copies = [line for line in df.splitlines() if line.startswith("COPY")]
+    assert copies[-2:] == [
+        f"COPY --link --from={wheel} /ml-env-layer/ /",
+        "COPY --link --from=ml-env-rest /ml-env-layer/ /",
+    ]
     # the installer's variables are set for the script, which runs the installer
     assert "UV_LINK_MODE=copy /opt/ml-env/bin/python -B /tmp/ml-env/split/split.py install" in df
     assert "-- /tmp/ml-env-uv/bin/uv pip install" in df
