@@ -115,6 +115,14 @@ def _installer_parts(python: str, installer: str, *, user_managed: bool) -> tupl
     return mounts, setup, command
 
 
+def _variables_first(command: str) -> tuple[str, str]:
+    """``VAR=value ... program args`` as (the variables, the rest): the variables go before
+    split.py, which passes its environment on to the command it runs."""
+    m = re.fullmatch(r"((?:[A-Z_]+=\S+ )*)(.*)", command, re.S)
+    assert m is not None  # the pattern matches every string
+    return m.group(1), m.group(2)
+
+
 def _run(mounts: list[str], body: str) -> str:
     return "RUN " + " \\\n    ".join(mounts) + " \\\n    " + body
 
@@ -220,13 +228,14 @@ def _split_stages(
             f"--pins {WORK}/pins.txt -- {compile_}{constraint} -o {WORK}/pins.txt {args}"
         )
     else:
+        env_vars, installer = _variables_first(command)
         body = (
-            f"    {script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
-            f"--report {WORK}/report.json -- {command} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
+            f"    {env_vars}{script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
+            f"--report {WORK}/report.json -- {installer} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
         )
     lines.append(_run(resolve_mounts, setup + body))
     layers = [(f"ml-env-layer-{n}", f"{n}.txt") for n in named] + [("ml-env-rest", "_rest.txt")]
-    env_vars, installer = re.match(r"((?:[A-Z_]+=\S+ )*)(.*)", command).groups()  # type: ignore[union-attr]
+    env_vars, installer = _variables_first(command)
     lines += _wheel_stages(env, script, mounts, setup, env_vars, installer, stage_args)
     for stage, file in layers:
         layer_mounts = [

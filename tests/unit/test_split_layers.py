@@ -89,6 +89,14 @@ def test_one_layer_and_a_base_dockerfile_render_no_stages(tmp_path: Path) -> Non
     assert "COPY" not in render(load(tmp_path, dockerfile)).dockerfile
 
 
+def test_a_user_managed_interpreter_gets_its_variables_before_the_script(tmp_path: Path) -> None:
+    text = ENV.replace("[python]\n", "[python]\nuser_managed_dependencies = true\n")
+    df = render(load(tmp_path, text)).dockerfile
+    assert "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -B /tmp/ml-env/split/split.py resolve" in df
+    assert "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -B /tmp/ml-env/split/split.py install" in df
+    assert "-- PIP_BREAK" not in df
+
+
 def test_a_wrong_layers_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="python.layers"):
         load(tmp_path, ENV.replace("[python]\n", '[python]\nlayers = "many"\n'))
