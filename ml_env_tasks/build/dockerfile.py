@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from ..safe.grammar import has_control
 from ..spec import Environment, FileRef
 from ..spec.dockerlint import last_user
 from ..spec.hashing import canonical_json, env_hash
-from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, SPLIT_SOURCE, UV_VERSION, inference_stack
+from .installer import MOUNT_ROOT, SECRET_CA, SECRET_PIP, SECRET_UV, installer_parts, run_line
+from .layering import BASE_STAGE, SPLIT_SCRIPT, resolve_dockerfile, split_stages
+from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
 
 __all__ = [
     "BuildPlan",
@@ -39,12 +41,6 @@ __all__ = [
 ]
 
 VENV = "/opt/ml-env"
-SECRET_CA = "ml-env-ca"
-SECRET_PIP = "ml-env-pip"
-SECRET_UV = "ml-env-uv"  # a shell snippet exporting UV_INDEX_URL / UV_EXTRA_INDEX_URL for a private index
-MOUNT_ROOT = "/tmp/ml-env"
-CACHE_ROOT = "/tmp/ml-env-cache"  # installers' download caches (BuildKit cache mounts)
-UV_HOME = "/tmp/ml-env-uv"  # uv itself, in a cache mount: never part of the image
 SERVE_DIR = "/opt/ml-env-serve"  # where the inference layer puts the scoring server
 SERVE_PORT = 5001  # both servers listen here (azmlinfsrv's default too): serve.local.CONTAINER_PORT
 
@@ -56,6 +52,8 @@ class BuildPlan:
     files: dict[str, bytes | FileRef] = field(default_factory=dict)  # context files: bytes, or a file to copy
     python: str | None = None  # the interpreter the lock is read with; None: no Python layer
     canonical: str = ""
+    # python.layers = "split" without a resolution: the build that resolves (build.layering)
+    resolve_dockerfile: str | None = None
 
     def tag(self) -> str:
         return self.hash
@@ -75,67 +73,15 @@ def _q(value: str, key: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-def _installer_parts(python: str, installer: str, *, user_managed: bool) -> tuple[list[str], str, str]:
-    """What every step running the installer shares: its mounts (the CA and the private index as
-    secrets, the download cache), the shell lines that read those secrets, and the command that
-    installs (``pip install`` or ``uv pip install`` for ``python``, options included).
-
-    The installers' download caches are BuildKit cache mounts: a rebuilt layer does not download
-    every wheel again, and nothing of the cache lands in a layer. uv itself lives in a cache mount
-    too (installed there with pip once), so it is never part of the image."""
-    mounts = [
-        f"--mount=type=secret,id={SECRET_CA},required=false",
-        f"--mount=type=secret,id={SECRET_PIP},required=false",
-    ]
-    if installer == "uv":
-        mounts += [
-            f"--mount=type=secret,id={SECRET_UV},required=false",
-            f"--mount=type=cache,id=ml-env-uv-{UV_VERSION},target={UV_HOME},sharing=locked",
-            f"--mount=type=cache,id=ml-env-uv-cache,target={CACHE_ROOT}/uv,sharing=locked",
-        ]
-    else:
-        mounts.append(f"--mount=type=cache,id=ml-env-pip-cache,target={CACHE_ROOT}/pip,sharing=locked")
-    setup = (
-        f"if [ -s /run/secrets/{SECRET_CA} ]; then export PIP_CERT=/run/secrets/{SECRET_CA} "
-        f"SSL_CERT_FILE=/run/secrets/{SECRET_CA}; fi; \\\n"
-        f"    if [ -s /run/secrets/{SECRET_PIP} ]; then export PIP_CONFIG_FILE=/run/secrets/{SECRET_PIP}; fi; \\\n"
-    )
-    if installer == "uv":
-        setup += (
-            f"    if [ -s /run/secrets/{SECRET_UV} ]; then . /run/secrets/{SECRET_UV}; fi; \\\n"
-            f"    if [ ! -x {UV_HOME}/bin/uv ]; then PIP_BREAK_SYSTEM_PACKAGES=1 {python} -m pip install -q "
-            f"--no-cache-dir --disable-pip-version-check --no-input --target {UV_HOME} uv=={UV_VERSION}; fi; \\\n"
-        )
-        command = f"UV_LINK_MODE=copy {UV_HOME}/bin/uv pip install --python {python} --cache-dir {CACHE_ROOT}/uv" + (
-            " --break-system-packages" if user_managed else ""
-        )
-    else:
-        prefix = "PIP_BREAK_SYSTEM_PACKAGES=1 " if user_managed else ""
-        command = f"{prefix}{python} -m pip install --cache-dir {CACHE_ROOT}/pip --disable-pip-version-check --no-input"
-    return mounts, setup, command
-
-
-def _variables_first(command: str) -> tuple[str, str]:
-    """``VAR=value ... program args`` as (the variables, the rest): the variables go before
-    split.py, which passes its environment on to the command it runs."""
-    m = re.fullmatch(r"((?:[A-Z_]+=\S+ )*)(.*)", command, re.S)
-    assert m is not None  # the pattern matches every string
-    return m.group(1), m.group(2)
-
-
-def _run(mounts: list[str], body: str) -> str:
-    return "RUN " + " \\\n    ".join(mounts) + " \\\n    " + body
-
-
 def _install_run(python: str, subdir: str, args: str, *, user_managed: bool, locked: bool, installer: str) -> str:
     """One dependency layer: pip (or uv) installing the files bind-mounted from ``ml-env/<subdir>``."""
-    mounts, setup, command = _installer_parts(python, installer, user_managed=user_managed)
+    mounts, setup, command = installer_parts(python, installer, user_managed=user_managed)
     mounts.append(f"--mount=type=bind,source=ml-env/{subdir},target={MOUNT_ROOT}/{subdir}")
     constraint = ""
     if locked:
         mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
         constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
-    return _run(mounts, setup + f"    {command}{constraint} {args}")
+    return run_line(mounts, setup + f"    {command}{constraint} {args}")
 
 
 # Reproducible layers. BuildKit's rewrite-timestamp cannot be used with the engine's own image
@@ -159,132 +105,15 @@ def _dated(run: str) -> str:
     return "RUN " + " \\\n    ".join(parts) + _DATE_END
 
 
-# python.layers = "split": the stages that install a layer per declared package (see split.py)
-BASE_STAGE = "ml-env-base"  # the base image, apt and the Python environment: every stage starts here
-RESOLVE_STAGE = "ml-env-resolve"
-LAYERS_OUT = "/ml-env-layers"  # the resolve stage's output: a file of pins per layer
-LAYER_OUT = "/ml-env-layer"  # a layer stage's output: what its install created, at its own paths
-SPLIT_SCRIPT = f"{MOUNT_ROOT}/split/split.py"
-WORK = "/tmp/ml-env-work"  # a tmpfs: the installer's report (it can name a private index) stays out of layers
-MAX_NAMED = 48  # declared packages with a layer of their own (by name); the others share the rest's
-
-
-def declared_names(env: Environment) -> list[str]:
-    """The top-level packages the environment names (PEP 503 names, sorted): each gets a layer."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
-    texts = [*env.packages, *env.conda_pip]
-    for r in env.requirements:
-        texts += r.read().decode("utf-8", "replace").replace("\\\n", " ").splitlines()
-    names: set[str] = set()
-    for text in texts:
-        text = text.split(" #", 1)[0].strip()
-        if not text or text.startswith(("#", "-")):
-            continue
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            continue  # the installer says what is wrong with it
-        if req.url is None:
-            names.add(canonicalize_name(req.name))
-    return sorted(names)[:MAX_NAMED]
-
-
-def _split_stages(
-    env: Environment,
-    python: str,
-    steps: list[tuple[str, str]],
-    files: dict[str, bytes | FileRef],
-    stage_args: list[str],
-    *,
-    locked: bool,
-) -> list[str]:
-    """The resolve stage, a stage per layer, then the final stage copying each layer in with
-    ``COPY --link`` (a layer's digest then depends on its own files only). The ordinary install
-    steps follow in the final stage: they find everything installed and add what no layer holds
-    (packages from a URL or a file, an upgrade of what the base already had)."""
-    named = declared_names(env)
-    files["ml-env/split/split.py"] = SPLIT_SOURCE.read_bytes()
-    files["ml-env/split/named.txt"] = "".join(n + "\n" for n in named).encode()
-    mounts, setup, command = _installer_parts(python, env.installer, user_managed=env.user_managed)
-    lines = [f"FROM {BASE_STAGE} AS {RESOLVE_STAGE}", *stage_args]
-    resolve_mounts = [*mounts, f"--mount=type=bind,source=ml-env/split,target={MOUNT_ROOT}/split"]
-    resolve_mounts += [f"--mount=type=bind,source=ml-env/{sub},target={MOUNT_ROOT}/{sub}" for sub, _ in steps]
-    constraint = ""
-    if locked:
-        resolve_mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
-        constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
-    resolve_mounts.append(f"--mount=type=tmpfs,target={WORK}")
-    script = f"{python} -B {SPLIT_SCRIPT}"
-    args = " ".join(a for _, a in steps)
-    if env.installer == "uv":
-        # uv pip compile takes requirement files as arguments (no -r), and wheels through a file
-        args = args.replace(f"{MOUNT_ROOT}/wheels/*.whl", f"{WORK}/wheels.txt").replace("-r ", "")
-        wheels = f"    printf '%s\\n' {MOUNT_ROOT}/wheels/*.whl > {WORK}/wheels.txt; \\\n" if env.wheels else ""
-        compile_ = f"{UV_HOME}/bin/uv pip compile --quiet --python {python} --cache-dir {CACHE_ROOT}/uv"
-        body = wheels + (
-            f"    {script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
-            f"--pins {WORK}/pins.txt -- {compile_}{constraint} -o {WORK}/pins.txt {args}"
-        )
-    else:
-        env_vars, installer = _variables_first(command)
-        body = (
-            f"    {env_vars}{script} resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT} "
-            f"--report {WORK}/report.json -- {installer} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
-        )
-    lines.append(_run(resolve_mounts, setup + body))
-    layers = [(f"ml-env-layer-{n}", f"{n}.txt") for n in named] + [("ml-env-rest", "_rest.txt")]
-    env_vars, installer = _variables_first(command)
-    lines += _wheel_stages(env, script, mounts, setup, env_vars, installer, stage_args)
-    for stage, file in layers:
-        layer_mounts = [
-            *mounts,
-            f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}",
-            f"--mount=type=bind,from={RESOLVE_STAGE},source={LAYERS_OUT}/{file},target={MOUNT_ROOT}/layer.txt",
-        ]
-        # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the
-        # script, which passes its environment on to the command it runs
-        body = (
-            f"    {env_vars}{script} install --layer {MOUNT_ROOT}/layer.txt --into {LAYER_OUT} -- "
-            f"{installer} --no-deps -r {MOUNT_ROOT}/layer.txt"
-        )
-        lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, _run(layer_mounts, setup + body)]
-    wheel_stages = [_wheel_stage(w) for w in sorted(env.wheels, key=lambda w: w.path.name)]
-    lines += [f"FROM {BASE_STAGE}", *stage_args]
-    lines += [f"COPY --link --from={s} {LAYER_OUT}/ /" for s in [s for s, _ in layers[:-1]] + wheel_stages]
-    lines.append(f"COPY --link --from={layers[-1][0]} {LAYER_OUT}/ /")
-    return lines
-
-
-def _wheel_stage(wheel: FileRef) -> str:
-    return f"ml-env-wheel-{wheel.sha256[:16]}"  # by content: a wheel's name may hold what a stage name may not
-
-
-def _wheel_stages(
-    env: Environment, script: str, mounts: list[str], setup: str, env_vars: str, installer: str, stage_args: list[str]
-) -> list[str]:
-    """A layer for each private wheel: a wheel is a file, known before the build, so its stage
-    needs no resolution (its dependencies are resolved with the rest)."""
-    lines = []
-    for w in sorted(env.wheels, key=lambda w: w.path.name):
-        path = f"{MOUNT_ROOT}/wheels/{w.path.name}"
-        layer_mounts = [
-            *mounts,
-            f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}",
-            f"--mount=type=bind,source=ml-env/wheels/{w.path.name},target={path}",
-        ]
-        body = f"    {env_vars}{script} install --layer {path} --into {LAYER_OUT} -- {installer} --no-deps {path}"
-        lines += [f"FROM {BASE_STAGE} AS {_wheel_stage(w)}", *stage_args, _run(layer_mounts, setup + body)]
-    return lines
-
-
-def render(env: Environment) -> BuildPlan:
+def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) -> BuildPlan:
+    """The build plan. With ``python.layers = "split"``, ``layers`` is the resolution (from the
+    plan's ``resolve_dockerfile``, built first): each layer's pins go into its stage's command."""
     h = env_hash(env)
     lines: list[str] = []
     files: dict[str, bytes | FileRef] = {}
     b = env.base
     restore_user = None
+    split_at, resolve = 0, list[str]()  # python.layers = "split": where its stages begin; the resolve stage
     if b.image is not None:
         ref = b.image
         if b.digest:
@@ -369,7 +198,9 @@ def render(env: Environment) -> BuildPlan:
         if env.splits_layers:
             stage_args = ["ARG SOURCE_DATE_EPOCH", *(x for x in lines[own:] if x.startswith("ARG "))]
             lines[0] += f" AS {BASE_STAGE}"
-            lines += _split_stages(env, interpreter, steps, files, stage_args, locked=locked)
+            split_at = len(lines)
+            resolve, stages = split_stages(env, interpreter, steps, files, stage_args, locked=locked, layers=layers)
+            lines += (resolve if layers is None else []) + stages
         for sub, args in steps:
             lines.append(pip(sub, args))
         if env.inference and env.inference_server == "azureml":
@@ -403,7 +234,11 @@ def render(env: Environment) -> BuildPlan:
     else:
         del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"
-    return BuildPlan(hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env))
+    resolving = resolve_dockerfile(lines[:split_at], resolve) if split_at and layers is None else None
+    return BuildPlan(
+        hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env),
+        resolve_dockerfile=resolving,
+    )  # fmt: skip
 
 
 def _serve_cmd(env: Environment, python: str | None) -> str:

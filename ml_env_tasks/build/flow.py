@@ -44,6 +44,7 @@ from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref
 from .dockerfile import BuildPlan, render, write_context
 from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .extras import check_platforms, output_spec
+from .layering import read_layers
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
 from .secrets import build_secrets, docker_config_for, env_secret
@@ -193,6 +194,8 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             # stops before the second pass, the tag goes too (a later build must not reuse it)
             partial = False
             try:
+                if p.resolve_dockerfile is not None and len(platforms or []) <= 1:
+                    p = _resolve_layers(engine, env, p, context, workdir, secrets, cache_from, on_line, opts, how, rep)
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
                     cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
@@ -267,6 +270,26 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _resolve_layers(engine: Any, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
+                    cache_from: list[dict[str, str]], on_line: Any, opts: BuildOptions, how: dict[str, Any],
+                    rep: Reporter) -> BuildPlan:  # fmt: skip
+    """``python.layers = "split"``: resolve in a small build whose output is the pins (its base
+    stage is the image's own, so it is cached with it), then write each layer's pins into the
+    Dockerfile, where BuildKit finds the layer by its text alone (``build.layering``)."""
+    rep.info("resolving the dependencies, a layer per declared package")
+    dockerfile = workdir / "resolve.Dockerfile"
+    dockerfile.write_text(p.resolve_dockerfile or "")
+    out = workdir / "layers"
+    engine.build(
+        context, file=dockerfile, tags=[], push=False, labels={}, secrets=secrets, network=opts.network,
+        cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
+        output={"type": "local", "dest": str(out)}, **how,
+    )  # fmt: skip
+    resolved = render(env, layers=read_layers(out))
+    (context / "Dockerfile").write_text(resolved.dockerfile)
+    return resolved
 
 
 def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:

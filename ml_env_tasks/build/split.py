@@ -221,7 +221,7 @@ def date(into: str) -> None:
 
 def install(args: argparse.Namespace) -> int:
     os.makedirs(args.into, mode=0o755, exist_ok=True)
-    if os.path.getsize(args.layer) > 0:
+    if args.layer is None or os.path.getsize(args.layer) > 0:
         before = snapshot()
         code = subprocess.run(args.command, check=False).returncode
         if code != 0:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--pins")
     r.add_argument("command", nargs=argparse.REMAINDER)
     i = sub.add_parser("install")
-    i.add_argument("--layer", required=True)
+    i.add_argument("--layer")  # a file of pins (or a wheel): an empty one installs nothing
     i.add_argument("--into", required=True)
     i.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)

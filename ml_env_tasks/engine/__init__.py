@@ -189,6 +189,7 @@ class Engine:
         provenance: dict[str, str] | None = None,
         build_args: dict[str, str] | None = None,
         load: bool = False,
+        file: Path | None = None,
     ) -> BuildOutcome:
         """Run one buildx build, streaming plain progress lines to ``on_line``.
 
@@ -205,7 +206,7 @@ class Engine:
                 context, tags=tags, push=push, labels=labels, secrets=secrets, network=network,
                 cache_from=cache_from or None, cache_to=cache_to, cache=not no_cache, metadata_file=metadata_file,
                 progress="plain", stream_logs=True, builder=builder, platforms=platforms or None, output=output or {},
-                provenance=provenance, build_args=build_args or {}, load=load,
+                provenance=provenance, build_args=build_args or {}, load=load, file=file,
             )  # fmt: skip
             for raw in lines(stream):
                 last.append(raw)

@@ -177,17 +177,20 @@ def test_pin_base_follows_a_moved_tag(ws) -> None:
 
 @pytest.mark.exclusive  # it prunes the build cache
 def steps_that_ran(log: str) -> list[str]:
-    """The RUN steps of the first pass in a plain BuildKit log (the second, which adds the lock
-    label, numbers its steps afresh) that neither said CACHED nor came from an imported cache."""
-    steps: dict[str, str] = {}
-    cached: set[str] = set()
-    first = log.split("#1 [internal] load build definition", 2)
-    for line in ("".join(first[:2]) if len(first) > 2 else log).splitlines():
-        if m := re.match(r"^(#\d+) (\[.*\] RUN .*)", line):
-            steps.setdefault(m.group(1), m.group(2))
-        elif m := re.match(r"^(#\d+) (CACHED$|sha256:[0-9a-f]{64} )", line):
-            cached.add(m.group(1))
-    return [s for n, s in steps.items() if n not in cached]
+    """The RUN steps of a plain BuildKit log that neither said CACHED nor came from an imported
+    cache, in every build the log holds (the resolution, the two passes: each numbers its steps
+    afresh)."""
+    ran = []
+    for one in log.split("#1 [internal] load build definition")[1:]:
+        steps: dict[str, str] = {}
+        cached: set[str] = set()
+        for line in one.splitlines():
+            if m := re.match(r"^(#\d+) (\[.*\] RUN .*)", line):
+                steps.setdefault(m.group(1), m.group(2))
+            elif m := re.match(r"^(#\d+) (CACHED$|sha256:[0-9a-f]{64} )", line):
+                cached.add(m.group(1))
+        ran += [s for n, s in steps.items() if n not in cached]
+    return ran
 
 
 def test_a_changed_dependency_reuses_the_moving_cache_after_a_prune(ws) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from ml_env_tasks import spec
 from ml_env_tasks.build import split
-from ml_env_tasks.build.dockerfile import MAX_NAMED, declared_names, render
+from ml_env_tasks.build.dockerfile import render
+from ml_env_tasks.build.layering import MAX_NAMED, declared_names, read_layers
 
 ENV = """
 name = "s"
@@ -54,6 +55,41 @@ def test_a_layer_per_declared_name_then_the_rest_copied_in_with_link(tmp_path: P
     # the report (it can name the private index) is written to a tmpfs, never to a layer
     assert "--mount=type=tmpfs,target=/tmp/ml-env-work" in df and "--report /tmp/ml-env-work/report.json" in df
     assert "--no-deps -r /tmp/ml-env/layer.txt" in df
+
+
+def test_a_resolved_build_writes_each_layers_pins_into_its_command(tmp_path: Path) -> None:
+    env = load(tmp_path)
+    plan = render(env)
+    # unresolved (``ml-env plan``): the resolve stage is in the build; the build resolves first
+    assert "AS ml-env-resolve" in plan.dockerfile and plan.resolve_dockerfile is not None
+    assert plan.resolve_dockerfile.endswith(
+        "FROM scratch AS ml-env-pins\nCOPY --from=ml-env-resolve /ml-env-layers/ /\n"
+    )
+    assert plan.resolve_dockerfile.startswith(plan.dockerfile.split("\nFROM ml-env-base AS ml-env-resolve")[0])
+    layers = {"numpy": ["numpy==2.1.3"], "scikit-learn": ["scikit-learn==1.5.2"], "six": [], "tomli-w": ["tomli-w==1.0.0"],
+              "_rest": ["joblib==1.4.2", "scipy==1.14.1"]}  # fmt: skip
+    df = render(env, layers=layers).dockerfile
+    assert "ml-env-resolve" not in df and "/ml-env-layers/" not in df
+    assert "--no-deps numpy==2.1.3\n" in df and "--no-deps joblib==1.4.2 scipy==1.14.1\n" in df
+    assert "ml-env-layer-six" not in df  # an empty layer is no layer
+    copies = [line.split()[2] for line in df.splitlines() if line.startswith("COPY")]
+    assert copies == ["--from=ml-env-layer-numpy", "--from=ml-env-layer-scikit-learn", "--from=ml-env-layer-tomli-w",
+                      "--from=ml-env-rest"]  # fmt: skip
+    assert render(env, layers=layers).hash == plan.hash  # the hash is the declaration's
+
+
+def test_the_resolution_sent_back_is_checked_before_it_reaches_a_dockerfile(tmp_path: Path) -> None:
+    out = tmp_path / "layers"
+    out.mkdir()
+    (out / "numpy.txt").write_text("numpy==2.1.3\n")
+    (out / "_rest.txt").write_text("")
+    (out / "provenance.json").write_text("{}")  # buildx's own record beside the pins
+    assert read_layers(out) == {"numpy": ["numpy==2.1.3"], "_rest": []}
+    for name, text in [("numpy.txt", "numpy==2.1.3; rm -rf /\n"), ("Bad Name.txt", ""), ("x.txt", "x==1 $(id)\n")]:
+        (out / name).write_text(text)
+        with pytest.raises(Exception, match="resolution"):
+            read_layers(out)
+        (out / name).unlink()
 
 
 def test_a_layer_step_does_not_change_when_another_package_is_added(tmp_path: Path) -> None:

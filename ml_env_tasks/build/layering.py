@@ -1,0 +1,187 @@
+"""Layers that follow the resolution (``python.layers = "split"``): the build stages that install a
+layer per declared package and per private wheel, and the resolution they are laid out by.
+
+A build resolves first, in a small build of its own (``resolve_dockerfile``: the base stage and
+the resolve stage, whose pins come back to the client), and then renders every layer's pins
+into its stage's command. Each layer stage's cache key is then its own text: BuildKit finds it
+in a registry cache by definition alone, whatever else changed. (A layer stage reading its pins
+from the resolve stage inside the same build has a content-based key, which BuildKit matches
+against an imported cache only sometimes: it re-installed unchanged layers in about half the
+rebuilds measured.) Without a resolution (``ml-env plan``), the stages read their pins from the
+resolve stage: the same image, built in one pass.
+
+What runs inside the build is ``build/split.py``; the final stage copies each layer in with
+``COPY --link`` so that a layer's digest depends on its own files only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import BuildError
+from ..spec import Environment, FileRef
+from .installer import CACHE_ROOT, MOUNT_ROOT, UV_HOME, installer_parts, run_line, variables_first
+from .stack import SPLIT_SOURCE
+
+__all__ = [
+    "declared_names", "split_stages", "resolve_dockerfile", "read_layers", "BASE_STAGE", "RESOLVE_STAGE",
+    "SPLIT_SCRIPT", "MAX_NAMED", "REST",
+]  # fmt: skip
+
+BASE_STAGE = "ml-env-base"  # the base image, apt and the Python environment: every stage starts here
+RESOLVE_STAGE = "ml-env-resolve"
+PINS_STAGE = "ml-env-pins"  # the resolve build's output: the pins only
+LAYERS_OUT = "/ml-env-layers"  # the resolve stage's output: a file of pins per layer
+LAYER_OUT = "/ml-env-layer"  # a layer stage's output: what its install created, at its own paths
+SPLIT_SCRIPT = f"{MOUNT_ROOT}/split/split.py"
+WORK = "/tmp/ml-env-work"  # a tmpfs: the installer's report (it can name a private index) stays out of layers
+MAX_NAMED = 48  # declared packages with a layer of their own (by name); the others share the rest's
+REST = "_rest"  # the layer of what the declared packages pull in (no package name starts with _)
+_LAYER_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*", re.A)
+_PIN = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*==[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}", re.A)
+MAX_PINS = 4000
+MAX_PINS_FILE = 256 * 1024
+
+
+def declared_names(env: Environment) -> list[str]:
+    """The top-level packages the environment names (PEP 503 names, sorted): each gets a layer."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    texts = [*env.packages, *env.conda_pip]
+    for r in env.requirements:
+        texts += r.read().decode("utf-8", "replace").replace("\\\n", " ").splitlines()
+    names: set[str] = set()
+    for text in texts:
+        text = text.split(" #", 1)[0].strip()
+        if not text or text.startswith(("#", "-")):
+            continue
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue  # the installer says what is wrong with it
+        if req.url is None:
+            names.add(canonicalize_name(req.name))
+    return sorted(names)[:MAX_NAMED]
+
+
+def _resolve_stage(
+    env: Environment, python: str, steps: list[tuple[str, str]], stage_args: list[str], *, locked: bool
+) -> list[str]:
+    """The stage that runs the installer's resolution and writes a file of pins per layer."""
+    mounts, setup, command = installer_parts(python, env.installer, user_managed=env.user_managed)
+    mounts = [*mounts, f"--mount=type=bind,source=ml-env/split,target={MOUNT_ROOT}/split"]
+    mounts += [f"--mount=type=bind,source=ml-env/{sub},target={MOUNT_ROOT}/{sub}" for sub, _ in steps]
+    constraint = ""
+    if locked:
+        mounts.append(f"--mount=type=bind,source=ml-env/lock,target={MOUNT_ROOT}/lock")
+        constraint = f" -c {MOUNT_ROOT}/lock/lock.txt"
+    mounts.append(f"--mount=type=tmpfs,target={WORK}")
+    script = f"{python} -B {SPLIT_SCRIPT}"
+    args = " ".join(a for _, a in steps)
+    resolve = f"resolve --python {python} --named {MOUNT_ROOT}/split/named.txt --out {LAYERS_OUT}"
+    if env.installer == "uv":
+        # uv pip compile takes requirement files as arguments (no -r), and wheels through a file
+        args = args.replace(f"{MOUNT_ROOT}/wheels/*.whl", f"{WORK}/wheels.txt").replace("-r ", "")
+        wheels = f"    printf '%s\\n' {MOUNT_ROOT}/wheels/*.whl > {WORK}/wheels.txt; \\\n" if env.wheels else ""
+        compile_ = f"{UV_HOME}/bin/uv pip compile --quiet --python {python} --cache-dir {CACHE_ROOT}/uv"
+        body = (
+            wheels
+            + f"    {script} {resolve} --pins {WORK}/pins.txt -- {compile_}{constraint} -o {WORK}/pins.txt {args}"
+        )
+    else:
+        env_vars, installer = variables_first(command)
+        body = (
+            f"    {env_vars}{script} {resolve} --report {WORK}/report.json -- "
+            f"{installer} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
+        )
+    return [f"FROM {BASE_STAGE} AS {RESOLVE_STAGE}", *stage_args, run_line(mounts, setup + body)]
+
+
+def split_stages(
+    env: Environment,
+    python: str,
+    steps: list[tuple[str, str]],
+    files: dict[str, bytes | FileRef],
+    stage_args: list[str],
+    *,
+    locked: bool,
+    layers: Mapping[str, Sequence[str]] | None,
+) -> tuple[list[str], list[str]]:
+    """(the resolve stage, the layer stages and the final stage's copies). With ``layers`` (the
+    resolution, from ``read_layers``) each stage installs its pins, written into its command;
+    without, each reads them from the resolve stage, which is then part of the build."""
+    named = declared_names(env)
+    files["ml-env/split/split.py"] = SPLIT_SOURCE.read_bytes()
+    files["ml-env/split/named.txt"] = "".join(n + "\n" for n in named).encode()
+    resolve = _resolve_stage(env, python, steps, stage_args, locked=locked)
+    mounts, setup, command = installer_parts(python, env.installer, user_managed=env.user_managed)
+    # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the script,
+    # which passes its environment on to the command it runs
+    env_vars, installer = variables_first(command)
+    script = f"{env_vars}{python} -B {SPLIT_SCRIPT} install --into {LAYER_OUT}"
+    own = [*mounts, f"--mount=type=bind,source=ml-env/split/split.py,target={SPLIT_SCRIPT}"]
+    lines: list[str] = []
+    stages = []
+    if layers is None:
+        chosen: list[tuple[str, str]] = [(n, f"ml-env-layer-{n}") for n in named] + [(REST, "ml-env-rest")]
+    else:
+        chosen = [(n, f"ml-env-layer-{n}") for n in sorted(layers) if n != REST and layers[n]]
+        chosen += [(REST, "ml-env-rest")] if layers.get(REST) else []
+    for name, stage in chosen:
+        if layers is None:
+            src = f"--mount=type=bind,from={RESOLVE_STAGE},source={LAYERS_OUT}/{name}.txt,target={MOUNT_ROOT}/layer.txt"
+            body = f"    {script} --layer {MOUNT_ROOT}/layer.txt -- {installer} --no-deps -r {MOUNT_ROOT}/layer.txt"
+            run = run_line([*own, src], setup + body)
+        else:
+            pins = " ".join(shlex.quote(p) for p in layers[name])
+            run = run_line(own, setup + f"    {script} -- {installer} --no-deps {pins}")
+        lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, run]
+        stages.append(stage)
+    for w in sorted(env.wheels, key=lambda w: w.path.name):
+        # a wheel is a file known before the build: its stage needs no resolution (its
+        # dependencies are resolved with the rest); named by content, which a file name may not be
+        path, stage = f"{MOUNT_ROOT}/wheels/{w.path.name}", f"ml-env-wheel-{w.sha256[:16]}"
+        mount = f"--mount=type=bind,source=ml-env/wheels/{w.path.name},target={path}"
+        run = run_line([*own, mount], setup + f"    {script} --layer {path} -- {installer} --no-deps {path}")
+        lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, run]
+        stages.insert(len(stages) - (1 if stages and stages[-1] == "ml-env-rest" else 0), stage)
+    lines += [f"FROM {BASE_STAGE}", *stage_args]
+    lines += [f"COPY --link --from={s} {LAYER_OUT}/ /" for s in stages]
+    return resolve, lines
+
+
+def resolve_dockerfile(base: list[str], resolve: list[str]) -> str:
+    """The resolve build: the base stage, the resolve stage, and a stage holding the pins only
+    (what ``--output type=local`` sends back)."""
+    out = [*base, *resolve, f"FROM scratch AS {PINS_STAGE}", f"COPY --from={RESOLVE_STAGE} {LAYERS_OUT}/ /"]
+    return "\n".join(out) + "\n"
+
+
+def read_layers(folder: Path) -> dict[str, list[str]]:
+    """The pins the resolve build sent back, checked: it ran the installer over an index, and
+    nothing it says reaches a Dockerfile unless it is a layer name and ``name==version`` pins."""
+    out: dict[str, list[str]] = {}
+    # buildx may add its own records (provenance.json) beside what the stage holds
+    found = sorted(f for f in folder.iterdir() if f.suffix != ".json") if folder.is_dir() else []
+    if len(found) > MAX_NAMED + 1:
+        raise BuildError(f"the resolution wrote {len(found)} layer files, more than {MAX_NAMED + 1}")
+    total = 0
+    for f in found:
+        name = f.name.removesuffix(".txt")
+        if not f.name.endswith(".txt") or not (name == REST or _LAYER_NAME.fullmatch(name)) or not f.is_file():
+            raise BuildError(f"the resolution wrote {f.name[:80]!r}, which is not a layer file")
+        if f.stat().st_size > MAX_PINS_FILE:
+            raise BuildError(f"the resolution's layer file {f.name} is larger than {MAX_PINS_FILE} bytes")
+        pins = f.read_text(encoding="utf-8", errors="replace").split()
+        bad = [p for p in pins if not _PIN.fullmatch(p)]
+        if bad:
+            raise BuildError(f"the resolution's layer file {f.name} holds {bad[0][:80]!r}, which is not a pin")
+        total += len(pins)
+        out[name] = pins
+    if total > MAX_PINS:
+        raise BuildError(f"the resolution named {total} packages, more than {MAX_PINS}")
+    return out
