@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .cache import CachePlan, cache_refs, choose_cache
     from .flow import build_env, load_env, pin_base, plan
     from .model import BuildOptions, BuildResult, Reporter, image_ref, repository_for
+    from .resolution import resolve_plan
     from .reuse import build
 
 _WHERE = {
@@ -31,6 +32,7 @@ _WHERE = {
     "load_env": ".flow",
     "pin_base": ".flow",
     "plan": ".flow",
+    "resolve_plan": ".resolution",
     "BuildOptions": ".model",
     "BuildResult": ".model",
     "Reporter": ".model",
@@ -53,6 +55,7 @@ __all__ = [
     "pin_base",
     "plan",
     "repository_for",
+    "resolve_plan",
 ]
 
 

@@ -13,6 +13,7 @@ from ..registry import RegistryClient, parse_ref
 from ..safe.digests import cache_dir
 from ..spec import Environment
 from ..spec.hashing import dependency_key
+from .extras import Extras
 from .model import BuildOptions, Reporter, repository_for
 
 __all__ = ["CachePlan", "cache_refs", "choose_cache", "existing_sources", "point_moving_ref"]
@@ -124,3 +125,16 @@ def point_moving_ref(plan: CachePlan, opts: BuildOptions, rep: Reporter) -> None
             client.put_manifest(moving.repository, moving.reference, got[1], got[0].media_type)
     except RegistryError as e:
         rep.warn(f"the build succeeded, but its cache could not be named {plan.moving}: {e.message}")
+
+
+def with_user_cache(plan: CachePlan, extra: Extras, caps: Any) -> CachePlan:
+    """ml-env's cache choice plus the user's --cache-from; a --cache-to replaces the export."""
+    if extra.cache_to and extra.cache_to["type"] not in caps.cache_backends:
+        raise EngineError(
+            f"--cache-to type={extra.cache_to['type']}: builder {caps.builder!r} (driver {caps.driver}) exports "
+            f"only {', '.join(caps.cache_backends)}"
+        )
+    sources = plan.sources + tuple(s for s in extra.cache_from if s not in plan.sources)
+    if extra.cache_to:
+        return CachePlan(plan.backend, sources, extra.cache_to, None)
+    return CachePlan(plan.backend, sources, plan.target, plan.moving)

@@ -187,7 +187,9 @@ def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ",\"'") else text
 
 
-def output_spec(names: list[str], *, push: bool, annotations: dict[str, str], load: bool = False) -> dict[str, str]:
+def output_spec(
+    names: list[str], *, push: bool, annotations: dict[str, str], load: bool = False, compression: str | None = None
+) -> dict[str, str]:
     """buildx's ``--output type=image,...`` carrying manifest annotations (``type=docker``: loaded
     into the engine, for a builder that does not put images there itself).
 
@@ -196,6 +198,8 @@ def output_spec(names: list[str], *, push: bool, annotations: dict[str, str], lo
     fields = [("type", "docker" if load else "image"), ("name", ",".join(names))]
     fields += [] if load else [("push", "true" if push else "false")]
     fields += [(f"annotation-manifest.{k}", v) for k, v in annotations.items()]
+    if compression:  # every layer, the base's too, recompressed; zstd needs OCI media types
+        fields += [("compression", compression), ("force-compression", "true"), ("oci-mediatypes", "true")]
     out: dict[str, str] = {}
     for k, v in fields:
         whole = _csv_field(f"{k}={v}")

@@ -29,24 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from .. import spec as spec_mod
-from ..errors import BuildError, EngineError, MlEnvError, RegistryError, SpecError, UsageError
+from ..errors import BuildError, MlEnvError, RegistryError, SpecError, UsageError
 from ..registry import RegistryClient, parse_ref
 from ..registry.refs import DOCKER_HUB
 from ..release.provenance import git_info
 from ..safe.digests import cache_dir
 from ..safe.fsutil import locked, write_atomic
-from ..safe.grammar import digits
 from ..safe.redact import Redactor
 from ..settings.options import CACHE_BACKENDS
 from ..spec import Environment, lock_path_for
 from . import extras
-from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref
+from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref, with_user_cache
 from .dockerfile import BuildPlan, render, write_context
 from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .extras import check_platforms, output_spec
-from .layering import read_layers
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
+from .resolution import resolve_layers, source_date_epoch
 from .secrets import build_secrets, docker_config_for, env_secret
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
@@ -193,9 +192,12 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             # the first pass carries the image's tag in the engine without its lock: if the build
             # stops before the second pass, the tag goes too (a later build must not reuse it)
             partial = False
+            ran_before: frozenset[str] = frozenset()  # steps the resolution ran, which the first pass finds
             try:
                 if p.resolve_dockerfile is not None and len(platforms or []) <= 1:
-                    p = _resolve_layers(engine, env, p, context, workdir, secrets, cache_from, on_line, opts, how, rep)
+                    p, ran_before = resolve_layers(
+                        engine, env, p, context, workdir, secrets, cache_from, on_line, opts, how, rep
+                    )
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
                     cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
@@ -212,12 +214,18 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                         push = opts.pushes
                         output = None
                         loads = load and not push
-                        if extra.annotations:  # only an --output carries them; it names and pushes (or loads) too
-                            output = output_spec(names, push=push, annotations=extra.annotations, load=loads)
+                        zstd = "zstd" if opts.compression == "zstd" and push else None
+                        if extra.annotations or zstd:  # only an --output carries them; it names and pushes too
+                            output = output_spec(
+                                names, push=push, annotations=extra.annotations, load=loads, compression=zstd
+                            )
                             names, push, loads = [], False, False
+                        target = cache.target
+                        if zstd and target and target.get("type") == "registry":  # the same blobs as the image's
+                            target = {**target, "compression": "zstd", "force-compression": "true"}
                         second = engine.build(
                             context, tags=names, push=push, labels=labels, secrets=secrets, network=opts.network,
-                            cache_from=[], cache_to=cache.target, no_cache=False, on_line=on_line, output=output,
+                            cache_from=[], cache_to=target, no_cache=False, on_line=on_line, output=output,
                             provenance={"mode": "max"} if push else None, load=loads, **how,
                         )  # fmt: skip
                         partial = False
@@ -260,36 +268,17 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         kept = "" if opts.pushes or not opts.registry else " (not pushed: --no-push; the image is in the engine)"
         rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s{kept}")
         return BuildResult(
-            ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=cache.backend,
+            ref, digest, p.hash, built=True, cache_hit=first.all_cached and not first.reused & ran_before,
+            name=env.name, cache_backend=cache.backend,
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
-            cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
+            cached_steps=first.cached - len(first.reused & ran_before), cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
             python=p.python, registry=opts.registry if opts.pushes else None, image_id=_image_id(engine, ref, second),
             reproducible=repro,
             metadata=_metadata(second.metadata, digest),
         )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _resolve_layers(engine: Any, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
-                    cache_from: list[dict[str, str]], on_line: Any, opts: BuildOptions, how: dict[str, Any],
-                    rep: Reporter) -> BuildPlan:  # fmt: skip
-    """``python.layers = "split"``: resolve in a small build whose output is the pins (its base
-    stage is the image's own, so it is cached with it), then write each layer's pins into the
-    Dockerfile, where BuildKit finds the layer by its text alone (``build.layering``)."""
-    rep.info("resolving the dependencies, a layer per declared package")
-    dockerfile = workdir / "resolve.Dockerfile"
-    dockerfile.write_text(p.resolve_dockerfile or "")
-    out = workdir / "layers"
-    engine.build(
-        context, file=dockerfile, tags=[], push=False, labels={}, secrets=secrets, network=opts.network,
-        cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
-        output={"type": "local", "dest": str(out)}, **how,
-    )  # fmt: skip
-    resolved = render(env, layers=read_layers(out))
-    (context / "Dockerfile").write_text(resolved.dockerfile)
-    return resolved
 
 
 def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:
@@ -321,16 +310,6 @@ def _check_reproducible(engine: Any, context: Path, ref: str, p: BuildPlan, labe
             ([f"layers {', '.join(str(i + 1) for i in found.differing_layers)} differ"] if found.differing_layers else [])
             + ([f"config {', '.join(found.config_differs)} differs"] if found.config_differs else [])))  # fmt: skip
     return found.to_json()
-
-
-def source_date_epoch() -> str:
-    """SOURCE_DATE_EPOCH for the build: the caller's, else 0. A constant, so that editing an
-    environment never changes the cache keys of the steps before the edit (a date that moved with
-    each commit would rebuild every layer)."""
-    import os
-
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
-    return raw if digits(raw) and len(raw) < 12 else "0"
 
 
 def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:
@@ -370,19 +349,6 @@ def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_tex
 
     client = RegistryClient(r.host, insecure=opts.insecure)
     return attach_attestations(client, r.repository, r.tag or p.hash, digest, make)
-
-
-def with_user_cache(plan: CachePlan, extra: extras.Extras, caps: Any) -> CachePlan:
-    """ml-env's cache choice plus the user's --cache-from; a --cache-to replaces the export."""
-    if extra.cache_to and extra.cache_to["type"] not in caps.cache_backends:
-        raise EngineError(
-            f"--cache-to type={extra.cache_to['type']}: builder {caps.builder!r} (driver {caps.driver}) exports "
-            f"only {', '.join(caps.cache_backends)}"
-        )
-    sources = plan.sources + tuple(s for s in extra.cache_from if s not in plan.sources)
-    if extra.cache_to:
-        return CachePlan(plan.backend, sources, extra.cache_to, None)
-    return CachePlan(plan.backend, sources, plan.target, plan.moving)
 
 
 def _labels(env: Environment, p: BuildPlan, extra: dict[str, str] | None = None) -> dict[str, str]:

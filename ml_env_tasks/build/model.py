@@ -49,6 +49,7 @@ class BuildOptions:
     log_dir: Path = field(default_factory=lambda: Path(".ml-env/logs"))
     lock_dir: Path | None = None  # where concurrent builds serialise; default the user cache's locks/
     builder: str | None = None  # a buildx builder (docker driver)
+    compression: str = "gzip"  # the pushed layers' compression: gzip or zstd (force-compression, OCI media types)
     # what build-push-action users add (``extras``): none of it enters the content hash
     tags: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()

@@ -138,10 +138,14 @@ def build_metadata(result: Any, image_id: str | None) -> dict[str, Any]:
 def run_plan(v: Values, io: Console) -> Outcome:
     from ..build import plan
     from ..build.dockerfile import describe, plan_json
-    from ..build.flow import source_date_epoch
+    from ..build.resolution import source_date_epoch
 
     opts = build_options(v)
     env, p, ref = plan(spec_path(v.spec), opts)
+    if v.resolve:
+        from ..build import resolve_plan
+
+        p = resolve_plan(env, p, opts, reporter(io, stream_logs=False))
     cache = None
     if opts.registry or opts.cache_ref:
         from ..build import cache_refs
@@ -251,9 +255,12 @@ COMMANDS = {
     ),
     "plan": Command(
         "plan", "print the Dockerfile, hash and image tag without building",
-        SPEC + BUILD_WHERE + (
+        SPEC + BUILD_WHERE + BUILD_HOW + (
             Option("context_dir", ("--write-context",), metavar="DIR", gha=None,
                    help="also write the build context (Dockerfile and files) to DIR, new or empty, for another builder"),
+            Option("resolve", ("--resolve",), kind="flag", default=False, gha=None,
+                   help="with python.layers = \"split\": resolve as a build does (with the engine) and show each "
+                        "layer's pins, the Dockerfile ml-env builds"),
         ), run_plan,
         session=Session("env_plan", "Print an environment's Dockerfile, hash and image tag without building.",
                         per_env=True),

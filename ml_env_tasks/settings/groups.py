@@ -65,6 +65,10 @@ BUILD_HOW = (
       help="where build logs are saved"),
     O("builder", "--builder", env="ML_ENV_BUILDER", config="builder",
       help="buildx builder to build with, any driver; none given: the current one"),
+    O("compression", "--compression", kind="choice", choices=("gzip", "zstd"), default="gzip",
+      env="ML_ENV_COMPRESSION", config="compression",
+      help="how a pushed image's layers are compressed: gzip (every engine pulls it) or zstd (OCI media types; "
+           "engines with containerd's image store); an image already in the registry is reused as it is"),
 )  # fmt: skip
 
 BUILD_ONLY = (

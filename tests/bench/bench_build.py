@@ -158,7 +158,9 @@ def main() -> int:
         for ref in (exact, moving):
             if manifest_digest(ref) is None:
                 invalid(f"the cache ref {ref} ml-env writes is not in the registry")
-        run([*cli, "plan", str(original), *where, "--write-context", str(ctx)])
+        # the Dockerfile ml-env built: its layers' pins resolved as the build resolved them
+        how = ["--network", lb["build_network"]] + (["--ca-bundle", lb["ca_bundle"]] if lb.get("ca_bundle") else [])
+        run([*cli, "plan", str(original), *where, *how, "--resolve", "--write-context", str(ctx)])
         baseline_tag = f"{lb['registry']}/{repo}:buildx-baseline"
         baseline = ["docker", "buildx", "build", "--progress", "plain", "--network", lb["build_network"]]
         if lb.get("ca_bundle"):

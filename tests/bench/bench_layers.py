@@ -195,7 +195,7 @@ def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: di
         run(["docker", "image", "rm", "-f", out["image"]], check=False)
         r = run([*build, "--cache", "none", "--force"])
         c = r.json()
-        if not c["built"] or c["cached_steps"] != 0:
+        if not c["built"] or c["cached_steps"] != 0 or c["cache_from"]:
             invalid(f"{name}: the cold build took layers from a cache: {c}")
         if compressed_layers(c["image"]) != rebuilt:  # the same layers, whichever way they were built
             invalid(f"{name}: the cold build gave other layers than the rebuild")

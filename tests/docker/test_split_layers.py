@@ -44,3 +44,25 @@ def test_one_more_line_ships_one_new_layer_and_keeps_the_others(ws) -> None:
     assert check.splitlines() == ["No broken requirements found.", "0"]
     lock = (f.parent / "env.lock").read_text()
     assert "idna==3.7" in lock and "six==1.16.0" in lock and "tomli==2.0.2" in lock
+
+
+def test_plan_resolve_shows_the_dockerfile_the_build_builds(ws) -> None:
+    """Another builder (build-push-action) given ``plan --resolve --write-context`` builds the
+    image ml-env built, every step from the cache ml-env wrote."""
+    import json
+    import subprocess
+
+    f = ws.spec(ENV.format(base=ws.lab["base_image_python"]), files={"requirements.txt": b"six==1.16.0\n"})
+    built = build(f, ws.opts(cache="registry"))
+    ctx = ws.dir / "ctx"
+    p = subprocess.run(
+        ["ml-env", "plan", str(f), *ws.cli_args(), "--resolve", "--write-context", str(ctx), "--json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    planned = json.loads(p.stdout)
+    assert planned["hash"] == built.hash
+    df = (ctx / "Dockerfile").read_text()
+    assert "--no-deps six==1.16.0" in df and "--no-deps tomli==2.0.2" in df and "ml-env-resolve" not in df
+    unresolved = subprocess.run(["ml-env", "plan", str(f), *ws.cli_args(), "--json"], capture_output=True, text=True)
+    assert "ml-env-resolve" in json.loads(unresolved.stdout)["dockerfile"]

@@ -87,6 +87,12 @@ def expected(env: spec.Environment) -> list[str]:
     if env.has_python_deps:
         if not env.user_managed:
             out += ["RUN", "ENV"]  # the venv and its PATH
+        if env.splits_layers:  # unresolved: the resolve stage, a stage per layer, the final stage's copies
+            from ml_env_tasks.build.layering import declared_names
+
+            args = ["ARG"] * (1 + len(env.build_args))
+            layers = len(declared_names(env)) + 1 + len(env.wheels)
+            out += ["FROM", *args, "RUN"] * (1 + layers) + ["FROM", *args] + ["COPY"] * layers
         out += ["RUN"] * sum(bool(x) for x in (env.conda_pip, env.requirements, env.packages, env.wheels))
         out += ["RUN"] if env.inference else []
     out += ["ENV"] if env.variables else []
