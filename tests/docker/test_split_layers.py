@@ -66,3 +66,28 @@ def test_plan_resolve_shows_the_dockerfile_the_build_builds(ws) -> None:
     assert "--no-deps six==1.16.0" in df and "--no-deps tomli==2.0.2" in df and "ml-env-resolve" not in df
     unresolved = subprocess.run(["ml-env", "plan", str(f), *ws.cli_args(), "--json"], capture_output=True, text=True)
     assert "ml-env-resolve" in json.loads(unresolved.stdout)["dockerfile"]
+
+
+def test_compression_zstd_pushes_zstd_layers_that_an_engine_runs(ws) -> None:
+    import json
+    import urllib.request
+
+    f = ws.spec(ENV.format(base=ws.lab["base_image_python"]), files={"requirements.txt": b"six==1.16.0\n"})
+    built = build(f, ws.opts(compression="zstd"))
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+
+    def get(ref: str) -> dict:
+        req = urllib.request.Request(
+            f"http://{ws.lab['registry']}/v2/{ws.repo}/manifests/{ref}", headers={"Accept": accept}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    doc = get(built.hash)
+    if "manifests" in doc:
+        doc = get(next(m["digest"] for m in doc["manifests"] if m.get("platform", {}).get("os") != "unknown"))
+    kinds = {layer["mediaType"] for layer in doc["layers"]}
+    assert kinds == {"application/vnd.oci.image.layer.v1.tar+zstd"}, kinds  # the base's layers too
+    Engine().remove_image(built.image)
+    out = Engine().run_capture(built.image, ["python", "-c", "import six; print(six.__version__)"])
+    assert out.strip() == "1.16.0"
