@@ -25,7 +25,7 @@ from ..spec import Environment, FileRef
 from ..spec.dockerlint import last_user
 from ..spec.hashing import canonical_json, env_hash
 from .installer import MOUNT_ROOT, SECRET_CA, SECRET_PIP, SECRET_UV, installer_parts, run_line
-from .layering import BASE_STAGE, SPLIT_SCRIPT, resolve_dockerfile, split_stages
+from .layering import BASE_STAGE, SPLIT_SCRIPT, split_stages
 from .stack import AZUREML_PACKAGES, INFERENCE_PACKAGES, SERVER_SOURCE, UV_VERSION, inference_stack
 
 __all__ = [
@@ -113,7 +113,7 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
     files: dict[str, bytes | FileRef] = {}
     b = env.base
     restore_user = None
-    split_at, resolve = 0, list[str]()  # python.layers = "split": where its stages begin; the resolve stage
+    resolving: str | None = None  # python.layers = "split": the resolve build's Dockerfile
     if b.image is not None:
         ref = b.image
         if b.digest:
@@ -197,9 +197,11 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
             steps.append(("wheels", f"{MOUNT_ROOT}/wheels/*.whl"))
         if env.splits_layers:
             stage_args = ["ARG SOURCE_DATE_EPOCH", *(x for x in lines[own:] if x.startswith("ARG "))]
+            base = lines[0].removeprefix("FROM ")
             lines[0] += f" AS {BASE_STAGE}"
-            split_at = len(lines)
-            resolve, stages = split_stages(env, interpreter, steps, files, stage_args, locked=locked, layers=layers)
+            resolve, stages, resolving = split_stages(
+                env, interpreter, steps, files, stage_args, locked=locked, layers=layers, base=base
+            )
             lines += (resolve if layers is None else []) + stages
         for sub, args in steps:
             lines.append(pip(sub, args))
@@ -234,7 +236,7 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
     else:
         del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"
-    resolving = resolve_dockerfile(lines[:split_at], resolve) if split_at and layers is None else None
+    resolving = resolving if layers is None else None
     return BuildPlan(
         hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env),
         resolve_dockerfile=resolving,

@@ -1,14 +1,16 @@
 """Layers that follow the resolution (``python.layers = "split"``): the build stages that install a
 layer per declared package and per private wheel, and the resolution they are laid out by.
 
-A build resolves first, in a small build of its own (``resolve_dockerfile``: the base stage and
-the resolve stage, whose pins come back to the client), and then renders every layer's pins
-into its stage's command. Each layer stage's cache key is then its own text: BuildKit finds it
-in a registry cache by definition alone, whatever else changed. (A layer stage reading its pins
-from the resolve stage inside the same build has a content-based key, which BuildKit matches
-against an imported cache only sometimes: it re-installed unchanged layers in about half the
-rebuilds measured.) Without a resolution (``ml-env plan``), the stages read their pins from the
-resolve stage: the same image, built in one pass.
+A build resolves first, in a small build of its own (``resolve_dockerfile`` of the plan: the
+resolve stage on the base image, whose pins come back to the client), and then renders every
+layer's pins into its stage's command, so a layer stage's cache key is its own text. (A layer
+stage that read its pins from the resolve stage inside the same build had a content-based key,
+which BuildKit matched against an imported cache in about one rebuild of two.) On a fresh builder
+with only a registry cache BuildKit still installs some unchanged layers again, less often: an
+export written by a build that took layer stages from the imported cache without their files
+leaves their results out. They come out with the same digests, so nothing new is pushed or
+pulled. Without a resolution (``ml-env plan``), the stages read their pins from the resolve
+stage: the same image, built in one pass.
 
 What runs inside the build is ``build/split.py``; the final stage copies each layer in with
 ``COPY --link`` so that a layer's digest depends on its own files only.
@@ -27,7 +29,7 @@ from .installer import CACHE_ROOT, MOUNT_ROOT, UV_HOME, installer_parts, run_lin
 from .stack import SPLIT_SOURCE
 
 __all__ = [
-    "declared_names", "split_stages", "resolve_dockerfile", "read_layers", "BASE_STAGE", "RESOLVE_STAGE",
+    "declared_names", "split_stages", "read_layers", "BASE_STAGE", "RESOLVE_STAGE",
     "SPLIT_SCRIPT", "MAX_NAMED", "REST",
 ]  # fmt: skip
 
@@ -69,10 +71,26 @@ def declared_names(env: Environment) -> list[str]:
 
 
 def _resolve_stage(
-    env: Environment, python: str, steps: list[tuple[str, str]], stage_args: list[str], *, locked: bool
+    env: Environment,
+    python: str,
+    steps: list[tuple[str, str]],
+    stage_args: list[str],
+    *,
+    locked: bool,
+    base: str | None = None,
 ) -> list[str]:
-    """The stage that runs the installer's resolution and writes a file of pins per layer."""
+    """The stage that runs the installer's resolution and writes a file of pins per layer: in the
+    build (on the base stage), or with ``base`` (a ``FROM`` line's image) on the base image alone,
+    in a throwaway virtualenv made as the image's is. The resolve build uses the latter: it then
+    needs nothing from a cache (BuildKit re-ran the apt and venv steps rather than take them from
+    a registry cache when a step had to run on top of them) and leaves nothing built behind that
+    the image's own build would find instead of the cache."""
+    venv = ""
+    if base is not None and not env.user_managed:
+        venv = f"{env.interpreter} -m venv {WORK}/venv; \\\n    "
+        python = f"{WORK}/venv/bin/python"
     mounts, setup, command = installer_parts(python, env.installer, user_managed=env.user_managed)
+    setup = venv + setup
     mounts = [*mounts, f"--mount=type=bind,source=ml-env/split,target={MOUNT_ROOT}/split"]
     mounts += [f"--mount=type=bind,source=ml-env/{sub},target={MOUNT_ROOT}/{sub}" for sub, _ in steps]
     constraint = ""
@@ -98,7 +116,7 @@ def _resolve_stage(
             f"    {env_vars}{script} {resolve} --report {WORK}/report.json -- "
             f"{installer} --dry-run --quiet --report {WORK}/report.json{constraint} {args}"
         )
-    return [f"FROM {BASE_STAGE} AS {RESOLVE_STAGE}", *stage_args, run_line(mounts, setup + body)]
+    return [f"FROM {base or BASE_STAGE} AS {RESOLVE_STAGE}", *stage_args, run_line(mounts, setup + body)]
 
 
 def split_stages(
@@ -110,14 +128,17 @@ def split_stages(
     *,
     locked: bool,
     layers: Mapping[str, Sequence[str]] | None,
-) -> tuple[list[str], list[str]]:
-    """(the resolve stage, the layer stages and the final stage's copies). With ``layers`` (the
+    base: str,
+) -> tuple[list[str], list[str], str]:
+    """(the resolve stage, the layer stages and the final stage's copies, the resolve build's
+    Dockerfile; ``base`` is the image the base stage starts from). With ``layers`` (the
     resolution, from ``read_layers``) each stage installs its pins, written into its command;
     without, each reads them from the resolve stage, which is then part of the build."""
     named = declared_names(env)
     files["ml-env/split/split.py"] = SPLIT_SOURCE.read_bytes()
     files["ml-env/split/named.txt"] = "".join(n + "\n" for n in named).encode()
     resolve = _resolve_stage(env, python, steps, stage_args, locked=locked)
+    alone = _resolve_stage(env, python, steps, stage_args, locked=locked, base=base)
     mounts, setup, command = installer_parts(python, env.installer, user_managed=env.user_managed)
     # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the script,
     # which passes its environment on to the command it runs
@@ -151,13 +172,13 @@ def split_stages(
         stages.insert(len(stages) - (1 if stages and stages[-1] == "ml-env-rest" else 0), stage)
     lines += [f"FROM {BASE_STAGE}", *stage_args]
     lines += [f"COPY --link --from={s} {LAYER_OUT}/ /" for s in stages]
-    return resolve, lines
+    return resolve, lines, _resolve_dockerfile(alone)
 
 
-def resolve_dockerfile(base: list[str], resolve: list[str]) -> str:
-    """The resolve build: the base stage, the resolve stage, and a stage holding the pins only
+def _resolve_dockerfile(resolve: list[str]) -> str:
+    """The resolve build: the resolve stage on the base image, and a stage holding the pins only
     (what ``--output type=local`` sends back)."""
-    out = [*base, *resolve, f"FROM scratch AS {PINS_STAGE}", f"COPY --from={RESOLVE_STAGE} {LAYERS_OUT}/ /"]
+    out = [*resolve, f"FROM scratch AS {PINS_STAGE}", f"COPY --from={RESOLVE_STAGE} {LAYERS_OUT}/ /"]
     return "\n".join(out) + "\n"
 
 

@@ -127,8 +127,8 @@ class Environment:
     def splits_layers(self) -> bool:
         """Whether the dependencies are installed a layer per declared package (``python.layers``):
         on a base image (a base Dockerfile's stages are the user's), with something to install."""
-        if self.layers != "split" or self.base.image is None:
-            return False
+        if self.layers != "split" or self.base.image is None or self.conda_packages:
+            return False  # a base Dockerfile's stages are the user's; conda's own packages are the base's
         if not (self.packages or self.requirements or self.conda_pip or self.wheels):
             return False
         # a requirements file with options of its own (an index, --hash, --no-binary) is

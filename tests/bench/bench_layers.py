@@ -219,7 +219,56 @@ def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: di
         f"({min(plain):.1f}-{max(plain):.1f}), new bytes {pshare:.1%} -> ml-env {i_ / p_:.2f}x; "
         f"steps run per rebuild {reinstalled}"
     )
+    extra = {"image": previous, "build": build} if name == "big" else {}
+    return {**fig, **({"_extra": extra} if extra else {})}, text
+
+
+def pulls(name: str, gzip_image: str, spec: Path, build: list[str], lb: dict, work: Path) -> tuple[dict, str]:
+    """A fresh engine's pull-to-first-log of the environment, gzip against zstd: the lab's second
+    engine (its own store and network namespace), the image removed there before each round, then
+    ``docker run IMAGE python -c print`` timed to its exit. Checked: the image was not in that
+    engine before the round and was after."""
+    zstd = run([*build, "--compression", "zstd", "--force", "--repository", f"bench/layers-{name}-zstd-{os.getpid()}"])
+    zstd_image = zstd.json()["image"]
+    kinds = {m for m in compressed_media_types(zstd_image)}
+    if kinds != {"application/vnd.oci.image.layer.v1.tar+zstd"}:
+        invalid(f"{name}: the zstd image's layers are {kinds}")
+    remote = ["docker", "--context", lb["remote_context"]]
+    n = rounds(5)
+    print(f"bench: {name}: a fresh engine's pull to first log, gzip and zstd, {n} rounds each")
+    times: dict[str, list[float]] = {"gzip": [], "zstd": []}
+    for _ in range(n):
+        for kind, image in (("gzip", gzip_image), ("zstd", zstd_image)):
+            run([*remote, "image", "rm", "-f", image], check=False)
+            if run([*remote, "image", "inspect", image], check=False).code == 0:
+                invalid(f"{image} is still in the second engine")
+            r = run([*remote, "run", "--rm", image, "python", "-c", "print('first')"])
+            if r.stdout.strip() != "first":
+                invalid(f"{image} did not print its first line on the second engine: {r.stderr[-300:]}")
+            times[kind].append(r.seconds)
+    for image in (gzip_image, zstd_image):
+        run([*remote, "image", "rm", "-f", image], check=False)
+    g, z = statistics.median(times["gzip"]), statistics.median(times["zstd"])
+    fig = figure(times["zstd"], times["gzip"], baseline_name="the same image with gzip layers (the default)",
+                 goal="<= 0.7x gzip to make zstd the default", met=z / g <= 0.7)  # fmt: skip
+    text = (f"{name}: fresh engine pull to first log: zstd {z:.1f}s ({min(times['zstd']):.1f}-{max(times['zstd']):.1f}) "
+            f"vs gzip {g:.1f}s ({min(times['gzip']):.1f}-{max(times['gzip']):.1f}) -> {z / g:.2f}x")  # fmt: skip
     return fig, text
+
+
+def compressed_media_types(ref: str) -> set[str]:
+    host, rest = ref.split("/", 1)
+    repo, tag = rest.rsplit(":", 1)
+
+    def get(reference: str) -> dict:
+        req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    doc = get(tag)
+    if "manifests" in doc:
+        doc = get(next(m["digest"] for m in doc["manifests"] if m.get("platform", {}).get("os") != "unknown"))
+    return {layer["mediaType"] for layer in doc["layers"]}
 
 
 def has(image: str, module: str) -> None:
@@ -241,6 +290,10 @@ def main() -> int:
         for name, spec, goal_time, goal_share in chosen:
             figures[name], text = bench_env(name, spec, goal_time, goal_share, lb, work)
             lines.append(text)
+            extra = figures[name].pop("_extra", None)
+            if extra:
+                figures[f"{name}_pull"], text = pulls(name, extra["image"], spec, extra["build"], lb, work)
+                lines.append(text)
         earlier = OUT / "layers.json"  # the sklearn and big figures may come from separate runs
         if earlier.exists():
             figures = {**json.loads(earlier.read_text())["figures"], **figures}

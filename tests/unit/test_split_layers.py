@@ -65,7 +65,9 @@ def test_a_resolved_build_writes_each_layers_pins_into_its_command(tmp_path: Pat
     assert plan.resolve_dockerfile.endswith(
         "FROM scratch AS ml-env-pins\nCOPY --from=ml-env-resolve /ml-env-layers/ /\n"
     )
-    assert plan.resolve_dockerfile.startswith(plan.dockerfile.split("\nFROM ml-env-base AS ml-env-resolve")[0])
+    # the resolve build starts from the base image alone (a throwaway venv made as the image's)
+    assert plan.resolve_dockerfile.startswith("FROM 127.0.0.1:5000/base/debian-python:bookworm AS ml-env-resolve\n")
+    assert "python3 -m venv /tmp/ml-env-work/venv;" in plan.resolve_dockerfile
     layers = {"numpy": ["numpy==2.1.3"], "scikit-learn": ["scikit-learn==1.5.2"], "six": [], "tomli-w": ["tomli-w==1.0.0"],
               "_rest": ["joblib==1.4.2", "scipy==1.14.1"]}  # fmt: skip
     df = render(env, layers=layers).dockerfile
