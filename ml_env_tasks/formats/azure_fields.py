@@ -258,7 +258,7 @@ EXPORT_V1: dict[str, Field] = {
     "base.registry.username": carried("docker.baseImageRegistry.username"),
     "base.registry.password_env": warned("not exported: docker.baseImageRegistry.password is left empty: set it there"),
     "python.installer": warned("{value}: not exported: Azure installs with conda and pip", "pip"),
-    "python.layers": warned("{value}: not exported: Azure installs every package in one layer", "split"),
+    "python.layers": warned("{value}: not exported: Azure installs every package in one layer", "one"),
     "python.conda_installer": carried("the conda file (Azure installs it with conda)"),
     "python.user_managed_dependencies": carried("python.userManagedDependencies"),
     "python.interpreter": carried("python.interpreterPath"),

@@ -106,7 +106,7 @@ class Environment:
     conda_python: str | None = None
     conda_installer: str = "pip"
     installer: str = "pip"  # what installs the Python packages: pip, or uv (opt-in)
-    layers: str = "split"  # python.layers: a layer per declared package ("split"), or all in one step ("one")
+    layers: str = "one"  # python.layers: every dependency by kind ("one"), or a layer per declared package ("split")
     conda_packages: tuple[str, ...] = ()  # installed with the base image's conda (conda_installer = "conda")
     conda_channels: tuple[str, ...] = ()
     wheels: tuple[FileRef, ...] = ()

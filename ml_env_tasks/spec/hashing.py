@@ -64,7 +64,7 @@ def canonical(env: Environment) -> dict[str, Any]:
             python["conda_installer"] = env.conda_installer
     if env.installer != "pip":  # only when set, so existing hashes stay
         python["installer"] = {"name": env.installer, "version": UV_VERSION}
-    if env.splits_layers:  # a layer per declared package; "one" (all in one step) keeps the hashes it had
+    if env.splits_layers:  # a layer per declared package; "one", the default, keeps the hashes environments had
         python["layers"] = split_stack()
     ix = env.index
     if not ix.empty:

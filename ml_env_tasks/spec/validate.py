@@ -53,7 +53,7 @@ TOP_KEYS = {"name", "version", "description", "inference", "base", "python", "ap
 BASE_KEYS = {"image", "dockerfile", "dockerfile_text", "registry"}
 REGISTRY_KEYS = {"address", "username", "password_env"}
 INSTALLERS_PY = ("pip", "uv")
-LAYERS = ("split", "one")
+LAYERS = ("one", "split")
 PYTHON_KEYS = {
     "installer", "layers", "conda_installer", "user_managed_dependencies", "interpreter", "packages", "requirements",
     "conda_file", "wheels", "index_url", "index_url_env", "extra_index_urls", "extra_index_urls_env",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -176,23 +175,6 @@ def test_pin_base_follows_a_moved_tag(ws) -> None:
 
 
 @pytest.mark.exclusive  # it prunes the build cache
-def steps_that_ran(log: str) -> list[str]:
-    """The RUN steps of a plain BuildKit log that neither said CACHED nor came from an imported
-    cache, in every build the log holds (the resolution, the two passes: each numbers its steps
-    afresh)."""
-    ran = []
-    for one in log.split("#1 [internal] load build definition")[1:]:
-        steps: dict[str, str] = {}
-        cached: set[str] = set()
-        for line in one.splitlines():
-            if m := re.match(r"^(#\d+) (\[.*\] RUN .*)", line):
-                steps.setdefault(m.group(1), m.group(2))
-            elif m := re.match(r"^(#\d+) (CACHED$|sha256:[0-9a-f]{64} )", line):
-                cached.add(m.group(1))
-        ran += [s for n, s in steps.items() if n not in cached]
-    return ran
-
-
 def test_a_changed_dependency_reuses_the_moving_cache_after_a_prune(ws) -> None:
     """Adding a package used to read a cache ref that did not exist yet: every change was cold."""
     text = f"""
@@ -216,12 +198,8 @@ UNIQUE = "{ws.repo}"
     again = build(f, ws.opts(cache="registry"))
     exact, moving = cache_refs(spec.load(f), ws.opts())
     assert again.built and again.cache_from == (moving,)  # the exact ref is new; the moving one serves
-    # apt, the venv and six's layer come from the cache; the resolution, tomli's layer and the
-    # steps after the layers run again
-    log = Path(again.log_path).read_text()
-    ran = steps_that_ran(log)
-    assert ran and not any(("apt-get" in s or "-m venv" in s or "ml-env-layer-six" in s) for s in ran), log
-    assert any("ml-env-layer-tomli" in s for s in ran) and any("ml-env-resolve" in s for s in ran), log
+    # apt and the venv come from the cache; only the packages layer (and the lock pass) run again
+    assert again.cached_steps >= 2 and again.cached_steps == again.steps - 1, Path(again.log_path).read_text()
     assert "six==1.16.0" in (ws.dir / "env.lock").read_text() and "tomli==2.0.2" in (ws.dir / "env.lock").read_text()
 
 

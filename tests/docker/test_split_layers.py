@@ -16,6 +16,7 @@ name = "split"
 [base]
 image = "{base}"
 [python]
+layers = "split"
 requirements = ["requirements.txt"]
 packages = ["tomli==2.0.2"]
 """

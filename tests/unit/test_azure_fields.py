@@ -422,7 +422,7 @@ EXPORT_SAMPLES: dict[str, tuple[Any, ...]] = {
     "base.registry.username": ("puller", REG, {"base.registry.password_env": "ACR_PASSWORD"}),
     "base.registry.password_env": ("ACR_PASSWORD", REG, {"base.registry.username": "puller"}),
     "python.installer": ("uv", {}),
-    "python.layers": ("one", {}),
+    "python.layers": ("split", {}),
     "python.conda_installer": ("conda", {"python.conda_file": "deps.yml"}),  # as_is: Azure installs it with conda
     "python.user_managed_dependencies": (True, PKG),
     "python.interpreter": ("/usr/local/bin/python3.11", {}),

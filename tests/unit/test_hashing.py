@@ -60,16 +60,17 @@ CANONICAL_MINIMAL = (
 
 
 def test_golden_full(tmp_path: Path) -> None:
-    """``python.layers = "one"`` (every dependency in one step, as before layers followed the
-    resolution) keeps the hash an environment had."""
+    """``python.layers = "one"`` (the default: every dependency in the steps by kind) keeps the
+    hash an environment had."""
     env = spec.load(write(tmp_path, FULL.replace("[python]\n", '[python]\nlayers = "one"\n', 1)))
+    assert env_hash(env) == env_hash(spec.load(write(tmp_path, FULL)))
     assert env_hash(env) == GOLDEN_FULL, canonical_json(env)
 
 
 def test_split_layers_enter_the_hash_with_the_script_that_lays_them_out(tmp_path: Path) -> None:
     from ml_env_tasks.build.stack import split_stack
 
-    env = spec.load(write(tmp_path, FULL))
+    env = spec.load(write(tmp_path, FULL.replace("[python]\n", '[python]\nlayers = "split"\n', 1)))
     assert env.layers == "split" and env.splits_layers
     assert canonical(env)["python"]["layers"] == split_stack()
     assert env_hash(env) != GOLDEN_FULL

@@ -20,6 +20,7 @@ name = "s"
 [base]
 image = "127.0.0.1:5000/base/debian-python:bookworm"
 [python]
+layers = "split"
 packages = ["six==1.16.0", "Tomli_W>=1"]
 requirements = ["req.txt"]
 index_url_env = "IDX"
@@ -121,7 +122,7 @@ def test_a_requirements_file_with_options_of_its_own_is_installed_as_written(tmp
 
 
 def test_one_layer_and_a_base_dockerfile_render_no_stages(tmp_path: Path) -> None:
-    one = load(tmp_path, ENV.replace("[python]\n", '[python]\nlayers = "one"\n'))
+    one = load(tmp_path, ENV.replace('layers = "split"\n', ""))  # the default
     assert "COPY" not in render(one).dockerfile and " AS " not in render(one).dockerfile
     dockerfile = ENV.replace('image = "127.0.0.1:5000/base/debian-python:bookworm"', 'dockerfile = "Dockerfile"')
     assert "COPY" not in render(load(tmp_path, dockerfile)).dockerfile
@@ -137,7 +138,7 @@ def test_a_user_managed_interpreter_gets_its_variables_before_the_script(tmp_pat
 
 def test_a_wrong_layers_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="python.layers"):
-        load(tmp_path, ENV.replace("[python]\n", '[python]\nlayers = "many"\n'))
+        load(tmp_path, ENV.replace('layers = "split"', 'layers = "many"'))
 
 
 def test_past_the_cap_declared_names_share_the_rest(tmp_path: Path) -> None:
