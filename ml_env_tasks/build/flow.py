@@ -40,13 +40,13 @@ from ..settings.options import CACHE_BACKENDS
 from ..spec import Environment, lock_path_for
 from . import extras
 from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref, with_user_cache
-from .dockerfile import BuildPlan, render, write_context
+from .dockerfile import BuildPlan, render
 from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .extras import check_platforms, output_spec
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
-from .resolution import resolve_layers, source_date_epoch
-from .secrets import build_secrets, docker_config_for, env_secret
+from .resolution import resolve_layers, source_date_epoch, workspace
+from .secrets import env_secret
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
 
@@ -152,19 +152,10 @@ def _build_lock(h: str, opts: BuildOptions, rep: Reporter) -> Iterator[None]:
 
 
 def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Reporter, t0: float) -> BuildResult:
-    from ..engine import Engine
-
     redactor = Redactor()
     workdir = Path(tempfile.mkdtemp(prefix="ml-env-build-"))
     try:
-        context = workdir / "context"
-        context.mkdir()
-        write_context(p, context)
-        secrets_dir = workdir / "secrets"
-        secrets_dir.mkdir(mode=0o700)
-        secrets = build_secrets(env, opts, secrets_dir, redactor)
-        engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
-        caps = engine.capabilities(opts.builder)
+        context, secrets, engine, caps = workspace(env, p, opts, workdir, redactor)
         platforms = check_platforms(opts.platforms, caps.platform, caps.builder, caps.driver)
         extra = extras.parse(opts)
         own_labels = _labels(env, p, extra.labels)  # a --label the environment file contradicts: refused now

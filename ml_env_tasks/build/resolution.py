@@ -22,28 +22,37 @@ from .layering import read_layers
 from .model import BuildOptions, Reporter, image_ref
 from .secrets import build_secrets, docker_config_for
 
-__all__ = ["resolve_layers", "resolve_plan", "source_date_epoch"]
+__all__ = ["resolve_layers", "resolve_plan", "source_date_epoch", "workspace"]
+
+
+def workspace(
+    env: Environment, p: BuildPlan, opts: BuildOptions, workdir: Path, redactor: Redactor
+) -> tuple[Path, list[str], Any, Any]:
+    """What a build runs in: the context written under ``workdir``, the secrets (files in a 0700
+    folder, their values added to ``redactor``), the engine with the environment's registry
+    credentials, and its capabilities."""
+    from ..engine import Engine
+
+    context = workdir / "context"
+    context.mkdir()
+    write_context(p, context)
+    secrets_dir = workdir / "secrets"
+    secrets_dir.mkdir(mode=0o700)
+    secrets = build_secrets(env, opts, secrets_dir, redactor)
+    engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
+    return context, secrets, engine, engine.capabilities(opts.builder)
 
 
 def resolve_plan(env: Environment, p: BuildPlan, opts: BuildOptions, rep: Reporter) -> BuildPlan:
     """``ml-env plan --resolve``: the resolution run as a build runs it (the same engine, cache,
     secrets and network), and the plan with each layer's pins: what another builder needs to
     build the image ml-env builds. A plan with nothing to resolve comes back as it is."""
-    from ..engine import Engine
-
     if p.resolve_dockerfile is None:
         return p
     redactor = Redactor()
     workdir = Path(tempfile.mkdtemp(prefix="ml-env-resolve-"))
     try:
-        context = workdir / "context"
-        context.mkdir()
-        write_context(p, context)
-        secrets_dir = workdir / "secrets"
-        secrets_dir.mkdir(mode=0o700)
-        secrets = build_secrets(env, opts, secrets_dir, redactor)
-        engine = Engine(config_dir=docker_config_for(env, workdir, redactor))
-        caps = engine.capabilities(opts.builder)
+        context, secrets, engine, caps = workspace(env, p, opts, workdir, redactor)
         cache = with_user_cache(choose_cache(env, opts, caps, image_ref(env, opts, p.hash)), extras.parse(opts), caps)
         how: dict[str, Any] = {"builder": opts.builder, "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}
         on_line = lambda line: rep.log(redactor(line))  # noqa: E731

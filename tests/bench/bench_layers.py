@@ -53,8 +53,8 @@ ACCEPT = ", ".join(
 )
 
 
-def compressed_layers(ref: str) -> dict[str, int]:
-    """digest -> compressed size of an image's layers in the registry (the linux image of an index)."""
+def image_manifest(ref: str) -> dict:
+    """An image's manifest in the registry (the linux image of an index)."""
     host, rest = ref.split("/", 1)
     repo, tag = rest.rsplit(":", 1)
 
@@ -66,7 +66,12 @@ def compressed_layers(ref: str) -> dict[str, int]:
     doc = get(tag)
     if "manifests" in doc:
         doc = get(next(m["digest"] for m in doc["manifests"] if m.get("platform", {}).get("os") != "unknown"))
-    return {layer["digest"]: layer["size"] for layer in doc["layers"]}
+    return doc
+
+
+def compressed_layers(ref: str) -> dict[str, int]:
+    """digest -> compressed size of an image's layers in the registry."""
+    return {layer["digest"]: layer["size"] for layer in image_manifest(ref)["layers"]}
 
 
 def new_share(variant: str, original: str) -> tuple[int, int]:
@@ -259,18 +264,7 @@ def pulls(name: str, gzip_image: str, spec: Path, build: list[str], lb: dict, wo
 
 
 def compressed_media_types(ref: str) -> set[str]:
-    host, rest = ref.split("/", 1)
-    repo, tag = rest.rsplit(":", 1)
-
-    def get(reference: str) -> dict:
-        req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-    doc = get(tag)
-    if "manifests" in doc:
-        doc = get(next(m["digest"] for m in doc["manifests"] if m.get("platform", {}).get("os") != "unknown"))
-    return {layer["mediaType"] for layer in doc["layers"]}
+    return {layer["mediaType"] for layer in image_manifest(ref)["layers"]}
 
 
 def has(image: str, module: str) -> None:
