@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import BuildError
+from ..safe.grammar import printable
 from ..spec import Environment, FileRef
 from .installer import CACHE_ROOT, MOUNT_ROOT, UV_HOME, installer_parts, run_line, variables_first
 from .stack import SPLIT_SOURCE
@@ -183,26 +185,41 @@ def _resolve_dockerfile(resolve: list[str]) -> str:
 
 
 def read_layers(folder: Path) -> dict[str, list[str]]:
-    """The pins the resolve build sent back, checked: it ran the installer over an index, and
-    nothing it says reaches a Dockerfile unless it is a layer name and ``name==version`` pins."""
+    """The pins the resolve build sent back, checked: it ran the installer over an index (and
+    building an sdist's metadata runs its code), so nothing it says reaches a Dockerfile unless
+    it is a layer name and ``name==version`` pins, and nothing it left is followed: a link, a
+    folder or a device there is refused, never read through."""
     out: dict[str, list[str]] = {}
-    # buildx may add its own records (provenance.json) beside what the stage holds
-    found = sorted(f for f in folder.iterdir() if f.suffix != ".json") if folder.is_dir() else []
-    if len(found) > MAX_NAMED + 1:
-        raise BuildError(f"the resolution wrote {len(found)} layer files, more than {MAX_NAMED + 1}")
     total = 0
-    for f in found:
+    found = []
+    for i, f in enumerate(folder.iterdir() if folder.is_dir() else ()):
+        if i > MAX_NAMED + 8:  # the layer files and buildx's own records; more is not ours
+            raise BuildError(f"the resolution wrote more than {MAX_NAMED + 8} files")
+        found.append(f)
+    for f in sorted(found):
+        if f.suffix == ".json" and f.is_file() and not f.is_symlink():
+            continue  # buildx's own records (provenance.json) beside what the stage holds
         name = f.name.removesuffix(".txt")
-        if not f.name.endswith(".txt") or not (name == REST or _LAYER_NAME.fullmatch(name)) or not f.is_file():
-            raise BuildError(f"the resolution wrote {f.name[:80]!r}, which is not a layer file")
-        if f.stat().st_size > MAX_PINS_FILE:
+        st = f.lstat()
+        if (
+            not f.name.endswith(".txt")
+            or not (name == REST or _LAYER_NAME.fullmatch(name))
+            or not stat.S_ISREG(st.st_mode)
+        ):
+            raise BuildError(f"the resolution wrote {printable(f.name, 80)!r}, which is not a layer file")
+        if st.st_size > MAX_PINS_FILE:
             raise BuildError(f"the resolution's layer file {f.name} is larger than {MAX_PINS_FILE} bytes")
-        pins = f.read_text(encoding="utf-8", errors="replace").split()
-        bad = [p for p in pins if not _PIN.fullmatch(p)]
+        with open(f, "rb") as fh:
+            pins = fh.read(MAX_PINS_FILE + 1)[:MAX_PINS_FILE].decode("utf-8", "replace").split()
+        bad = [x for x in pins if not _PIN.fullmatch(x)]
         if bad:
-            raise BuildError(f"the resolution's layer file {f.name} holds {bad[0][:80]!r}, which is not a pin")
+            raise BuildError(
+                f"the resolution's layer file {f.name} holds {printable(bad[0], 80)!r}, which is not a pin"
+            )
         total += len(pins)
         out[name] = pins
+    if len(out) > MAX_NAMED + 1:
+        raise BuildError(f"the resolution wrote {len(out)} layer files, more than {MAX_NAMED + 1}")
     if total > MAX_PINS:
         raise BuildError(f"the resolution named {total} packages, more than {MAX_PINS}")
     return out

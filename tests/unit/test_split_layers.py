@@ -88,6 +88,14 @@ def test_the_resolution_sent_back_is_checked_before_it_reaches_a_dockerfile(tmp_
     (out / "_rest.txt").write_text("")
     (out / "provenance.json").write_text("{}")  # buildx's own record beside the pins
     assert read_layers(out) == {"numpy": ["numpy==2.1.3"], "_rest": []}
+    # what an sdist's setup.py can leave there: a link to a host file is refused, never read
+    secret = tmp_path / "host-secret"
+    secret.write_text("numpy==2.1.3 s3cr3t-token\n")
+    (out / "scipy.txt").symlink_to(secret)
+    with pytest.raises(Exception, match="not a layer file") as e:
+        read_layers(out)
+    assert "s3cr3t" not in str(e.value)
+    (out / "scipy.txt").unlink()
     for name, text in [("numpy.txt", "numpy==2.1.3; rm -rf /\n"), ("Bad Name.txt", ""), ("x.txt", "x==1 $(id)\n")]:
         (out / name).write_text(text)
         with pytest.raises(Exception, match="resolution"):
