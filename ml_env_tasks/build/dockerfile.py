@@ -236,7 +236,6 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
     else:
         del lines[own - 1]  # nothing of ml-env's runs: no date to give (an ENV-only image stays FROM + ENV)
     dockerfile = "\n".join(lines) + "\n"
-    resolving = resolving if layers is None else None
     return BuildPlan(
         hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env),
         resolve_dockerfile=resolving,

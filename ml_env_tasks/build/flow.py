@@ -183,12 +183,9 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
             # the first pass carries the image's tag in the engine without its lock: if the build
             # stops before the second pass, the tag goes too (a later build must not reuse it)
             partial = False
-            ran_before: frozenset[str] = frozenset()  # steps the resolution ran, which the first pass finds
             try:
                 if p.resolve_dockerfile is not None and len(platforms or []) <= 1:
-                    p, ran_before = resolve_layers(
-                        engine, env, p, context, workdir, secrets, cache_from, on_line, opts, how, rep
-                    )
+                    p = resolve_layers(engine, env, p, context, workdir, secrets, cache_from, on_line, opts, how, rep)
                 first = engine.build(
                     context, tags=[ref], push=False, labels=labels, secrets=secrets, network=opts.network,
                     cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
@@ -259,11 +256,10 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         kept = "" if opts.pushes or not opts.registry else " (not pushed: --no-push; the image is in the engine)"
         rep.info(f"built {ref}@{digest} in {time.monotonic() - t0:.1f}s{kept}")
         return BuildResult(
-            ref, digest, p.hash, built=True, cache_hit=first.all_cached and not first.reused & ran_before,
-            name=env.name, cache_backend=cache.backend,
+            ref, digest, p.hash, built=True, cache_hit=first.all_cached, name=env.name, cache_backend=cache.backend,
             lock_path=lock_written or (str(env.lock.path) if env.lock else None), log_path=str(log_path),
             seconds=time.monotonic() - t0, unpinned=tuple(env.unpinned), steps=first.steps,
-            cached_steps=first.cached - len(first.reused & ran_before), cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
+            cached_steps=first.cached, cache_from=tuple(c.get("ref") or c.get("src") or c.get("scope") or "" for c in cache_from),
             python=p.python, registry=opts.registry if opts.pushes else None, image_id=_image_id(engine, ref, second),
             reproducible=repro,
             metadata=_metadata(second.metadata, digest),

@@ -131,16 +131,15 @@ def split_stages(
     locked: bool,
     layers: Mapping[str, Sequence[str]] | None,
     base: str,
-) -> tuple[list[str], list[str], str]:
+) -> tuple[list[str], list[str], str | None]:
     """(the resolve stage, the layer stages and the final stage's copies, the resolve build's
-    Dockerfile; ``base`` is the image the base stage starts from). With ``layers`` (the
+    Dockerfile when there is no resolution yet; ``base`` is the image the base stage starts from). With ``layers`` (the
     resolution, from ``read_layers``) each stage installs its pins, written into its command;
     without, each reads them from the resolve stage, which is then part of the build."""
     named = declared_names(env)
     files["ml-env/split/split.py"] = SPLIT_SOURCE.read_bytes()
     files["ml-env/split/named.txt"] = "".join(n + "\n" for n in named).encode()
     resolve = _resolve_stage(env, python, steps, stage_args, locked=locked)
-    alone = _resolve_stage(env, python, steps, stage_args, locked=locked, base=base)
     mounts, setup, command = installer_parts(python, env.installer, user_managed=env.user_managed)
     # the installer's variables (UV_LINK_MODE, PIP_BREAK_SYSTEM_PACKAGES) go before the script,
     # which passes its environment on to the command it runs
@@ -174,7 +173,9 @@ def split_stages(
         stages.insert(len(stages) - (1 if stages and stages[-1] == "ml-env-rest" else 0), stage)
     lines += [f"FROM {BASE_STAGE}", *stage_args]
     lines += [f"COPY --link --from={s} {LAYER_OUT}/ /" for s in stages]
-    return resolve, lines, _resolve_dockerfile(alone)
+    if layers is not None:
+        return resolve, lines, None
+    return resolve, lines, _resolve_dockerfile(_resolve_stage(env, python, steps, stage_args, locked=locked, base=base))
 
 
 def _resolve_dockerfile(resolve: list[str]) -> str:

@@ -59,7 +59,7 @@ def resolve_plan(env: Environment, p: BuildPlan, opts: BuildOptions, rep: Report
         try:
             return resolve_layers(
                 engine, env, p, context, workdir, secrets, existing_sources(cache, opts, rep), on_line, opts, how, rep
-            )[0]
+            )
         except MlEnvError as e:
             e.message = redactor(e.message)
             e.details = redactor(e.details) if e.details else e.details
@@ -70,22 +70,22 @@ def resolve_plan(env: Environment, p: BuildPlan, opts: BuildOptions, rep: Report
 
 def resolve_layers(engine: Any, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
                     cache_from: list[dict[str, str]], on_line: Any, opts: BuildOptions, how: dict[str, Any],
-                    rep: Reporter) -> tuple[BuildPlan, frozenset[str]]:  # fmt: skip
-    """``python.layers = "split"``: resolve in a small build whose output is the pins (its base
-    stage is the image's own, so it is cached with it), then write each layer's pins into the
+                    rep: Reporter) -> BuildPlan:  # fmt: skip
+    """``python.layers = "split"``: resolve in a small build whose output is the pins (on the base
+    image alone: it shares no step with the image's build), then write each layer's pins into the
     Dockerfile, where BuildKit finds the layer by its text alone (``build.layering``)."""
     rep.info("resolving the dependencies, a layer per declared package")
     dockerfile = workdir / "resolve.Dockerfile"
     dockerfile.write_text(p.resolve_dockerfile or "")
     out = workdir / "layers"
-    done = engine.build(
+    engine.build(
         context, file=dockerfile, tags=[], push=False, labels={}, secrets=secrets, network=opts.network,
         cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line,
         output={"type": "local", "dest": str(out)}, **how,
     )  # fmt: skip
     resolved = render(env, layers=read_layers(out))
     (context / "Dockerfile").write_text(resolved.dockerfile)
-    return resolved, done.ran
+    return resolved
 
 
 def source_date_epoch() -> str:

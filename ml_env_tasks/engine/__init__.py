@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, EngineError, RegistryAuthError, UsageError
-from .buildlog import TAIL_LINES, count_step, failure_message, last_error_line, lines, step_label, tail, text
+from .buildlog import TAIL_LINES, count_step, failure_message, last_error_line, lines, tail, text
 from .context import Endpoint, current_endpoint, select_context
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ class BuildOutcome:
     metadata: dict[str, Any]
     steps: int  # RUN/COPY-like steps seen
     cached: int  # of which CACHED
-    ran: frozenset[str] = frozenset()  # the labels of the steps that ran (buildlog.step_label)
-    reused: frozenset[str] = frozenset()  # the labels of the steps taken from a cache
 
     @property
     def digest(self) -> str | None:
@@ -203,7 +201,6 @@ class Engine:
         last: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         steps: set[str] = set()
         cached: set[str] = set()
-        step_labels: dict[str, str] = {}
         try:
             stream = self.docker.buildx.build(
                 context, tags=tags, push=push, labels=labels, secrets=secrets, network=network,
@@ -215,8 +212,6 @@ class Engine:
                 last.append(raw)
                 on_line(raw)
                 count_step(raw, steps, cached)
-                if (got := step_label(raw)) is not None:
-                    step_labels.setdefault(*got)
         except DockerException as e:
             err = "\n".join(last) or text(e.stderr)
             if "Cannot connect to the Docker daemon" in err:
@@ -235,9 +230,7 @@ class Engine:
         if metadata_file.exists():
             meta = json.loads(metadata_file.read_text() or "{}")
             metadata_file.unlink()
-        ran = frozenset(label for n, label in step_labels.items() if n not in cached)
-        reused = frozenset(label for n, label in step_labels.items() if n in cached)
-        return BuildOutcome(meta, len(steps), len(cached & steps), ran, reused)
+        return BuildOutcome(meta, len(steps), len(cached & steps))
 
     # images --------------------------------------------------------------------------------
     def run_capture(self, image: str, command: list[str], *, entrypoint: str | None = None) -> str:

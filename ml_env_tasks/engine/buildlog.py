@@ -29,13 +29,6 @@ def lines(stream: Iterator[str]) -> Iterator[str]:
             yield line if len(line) <= MAX_LOG_LINE else line[:MAX_LOG_LINE] + " … (line cut)"
 
 
-def step_label(line: str) -> tuple[str, str] | None:
-    """``(#7, "[stage 2/3] RUN ...")`` for a step's first line: the label names the step across
-    builds of the same Dockerfile (its number does not)."""
-    m = _STEP.match(line)
-    return (m.group(1), line[len(m.group(1)) + 1 :][:200]) if m else None
-
-
 def count_step(line: str, steps: set[str], cached: set[str]) -> None:
     """Count build steps and those that did not run.
 

@@ -228,7 +228,7 @@ def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: di
     return {**fig, **({"_extra": extra} if extra else {})}, text
 
 
-def pulls(name: str, gzip_image: str, spec: Path, build: list[str], lb: dict, work: Path) -> tuple[dict, str]:
+def pulls(name: str, gzip_image: str, build: list[str], lb: dict) -> tuple[dict, str]:
     """A fresh engine's pull-to-first-log of the environment, gzip against zstd: the lab's second
     engine (its own store and network namespace), the image removed there before each round, then
     ``docker run IMAGE python -c print`` timed to its exit. Checked: the image was not in that
@@ -286,7 +286,7 @@ def main() -> int:
             lines.append(text)
             extra = figures[name].pop("_extra", None)
             if extra:
-                figures[f"{name}_pull"], text = pulls(name, extra["image"], spec, extra["build"], lb, work)
+                figures[f"{name}_pull"], text = pulls(name, extra["image"], extra["build"], lb)
                 lines.append(text)
         earlier = OUT / "layers.json"  # the sklearn and big figures may come from separate runs
         if earlier.exists():
