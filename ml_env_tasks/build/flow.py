@@ -45,7 +45,7 @@ from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_move
 from .extras import check_platforms, output_spec
 from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
-from .resolution import resolve_layers, source_date_epoch, workspace
+from .resolution import build_how, resolve_layers, workspace
 from .secrets import env_secret
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
@@ -175,8 +175,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
 
             labels = {**own_labels, **_base_label(env, opts, rep)}
             extra_tags = [ref.rsplit(":", 1)[0] + ":buildcache"] if cache.backend == "inline" and opts.pushes else []
-            how: dict[str, Any] = {"builder": opts.builder, "platforms": platforms,
-                                   "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}  # fmt: skip
+            how = build_how(opts, platforms)
             # a docker-driver builder puts what it builds in the engine; any other (docker-container,
             # remote, kubernetes) keeps it in its own cache unless told to load it (a tar sent back)
             load = caps.driver != "docker"

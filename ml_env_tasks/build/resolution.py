@@ -54,7 +54,7 @@ def resolve_plan(env: Environment, p: BuildPlan, opts: BuildOptions, rep: Report
     try:
         context, secrets, engine, caps = workspace(env, p, opts, workdir, redactor)
         cache = with_user_cache(choose_cache(env, opts, caps, image_ref(env, opts, p.hash)), extras.parse(opts), caps)
-        how: dict[str, Any] = {"builder": opts.builder, "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}
+        how = build_how(opts, None)
         on_line = lambda line: rep.log(redactor(line))  # noqa: E731
         try:
             return resolve_layers(
@@ -66,6 +66,11 @@ def resolve_plan(env: Environment, p: BuildPlan, opts: BuildOptions, rep: Report
             raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_how(opts: BuildOptions, platforms: list[str] | None) -> dict[str, Any]:
+    """What every build a command runs shares with the others: builder, platforms, the date."""
+    return {"builder": opts.builder, "platforms": platforms, "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}
 
 
 def resolve_layers(engine: Any, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
