@@ -266,7 +266,7 @@ def _front_tar(generation: int, host: str, *, script: bool) -> Iterator[bytes]:
 
     files = {"target.json": json.dumps({"generation": generation, "host": host, "port": CONTAINER_PORT}).encode()}
     if script:
-        files["front.py"] = (Path(__file__).parent / "front.py").read_bytes()
+        files.update({f: (Path(__file__).parent / f).read_bytes() for f in ("front.py", "front_wire.py")})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         d = tarfile.TarInfo(FRONT_DIR.lstrip("/"))

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "ml_env_tasks"
 MAX_LINES = 460
 # not split yet, each held where it is (a ratchet: it may shrink, never grow; below the limit it
-# leaves this list): the service's front
-NOT_YET_SPLIT = {"ml_env_tasks/serve/front.py": 547}
+# leaves this list): none left
+NOT_YET_SPLIT: dict[str, int] = {}
 
 
 def _name(path: Path) -> str:
