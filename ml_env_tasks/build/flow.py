@@ -23,10 +23,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import spec as spec_mod
 from ..errors import BuildError, MlEnvError, RegistryError, SpecError, UsageError
@@ -47,6 +47,9 @@ from .lockfile import check_locked, check_python_version, lock_from_registry_if_
 from .model import BuildOptions, BuildResult, Reporter, image_ref
 from .resolution import build_how, resolve_layers, workspace
 from .secrets import env_secret
+
+if TYPE_CHECKING:
+    from ..engine import BuildOutcome, Engine
 
 __all__ = ["build_env", "load_env", "plan", "pin_base"]
 
@@ -267,14 +270,14 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _image_id(engine: Any, ref: str, outcome: Any) -> str | None:
+def _image_id(engine: Engine, ref: str, outcome: BuildOutcome) -> str | None:
     """The ID the engine gives the image (``docker images``); buildx's report if it has none."""
     got = engine.local_image_id(ref) or outcome.metadata.get("containerimage.config.digest")
     return got if isinstance(got, str) else None
 
 
-def _check_reproducible(engine: Any, context: Path, ref: str, p: BuildPlan, labels: dict[str, str],
-                        secrets: list[str], opts: BuildOptions, on_line: Any, how: dict[str, Any],
+def _check_reproducible(engine: Engine, context: Path, ref: str, p: BuildPlan, labels: dict[str, str],
+                        secrets: list[str], opts: BuildOptions, on_line: Callable[[str], None], how: dict[str, Any],
                         rep: Reporter) -> dict[str, Any]:  # fmt: skip
     """Build the same context again with no cache (kept in the engine only) and compare."""
     from .reproducible import compare_images
@@ -307,7 +310,7 @@ def _metadata(meta: dict[str, Any], digest: str | None) -> dict[str, Any]:
     return out
 
 
-def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_text: str, engine: Any,
+def _attach_sbom(env: Environment, p: BuildPlan, ref: str, digest: str, lock_text: str, engine: Engine,
                  opts: BuildOptions) -> str:  # fmt: skip
     """The pushed image's SBOM (``sbom``), attached beside BuildKit's provenance: the new digest."""
     from ..release.sbom import (

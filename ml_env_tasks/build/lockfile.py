@@ -4,7 +4,7 @@ and brought into a fresh checkout from the image's label."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import BuildError, MlEnvError, RegistryError
 from ..safe.fsutil import write_atomic
@@ -12,6 +12,7 @@ from ..spec.pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for,
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
+    from ..engine import Engine
     from ..spec.environment import Environment
 
 __all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
@@ -26,7 +27,7 @@ _DISTRIBUTIONS = (
 )
 
 
-def read_lock(engine: Any, env: Environment, python: str | None, ref: str) -> str:
+def read_lock(engine: Engine, env: Environment, python: str | None, ref: str) -> str:
     body = ""
     if python is not None:
         out = engine.run_capture(
@@ -48,7 +49,7 @@ def _freeze(out: str) -> str:
     )
 
 
-def check_python_version(engine: Any, env: Environment, python: str | None, ref: str, rep: Reporter) -> None:
+def check_python_version(engine: Engine, env: Environment, python: str | None, ref: str, rep: Reporter) -> None:
     """A conda file that pins python is installed with the base's Python: say when they differ."""
     if not env.conda_python or python is None:
         return

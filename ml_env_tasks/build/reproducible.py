@@ -18,7 +18,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = ["Reproducibility", "compare_images", "differing_files"]
 
@@ -38,7 +41,7 @@ class Reproducibility:
                 "config_differs": list(self.config_differs)}  # fmt: skip
 
 
-def _inspect(engine: Any, ref: str) -> dict[str, Any]:
+def _inspect(engine: Engine, ref: str) -> dict[str, Any]:
     found = engine.containers.image(ref)
     if not isinstance(found, dict):
         from ..errors import EngineError
@@ -47,7 +50,7 @@ def _inspect(engine: Any, ref: str) -> dict[str, Any]:
     return found
 
 
-def compare_images(engine: Any, a: str, b: str) -> Reproducibility:
+def compare_images(engine: Engine, a: str, b: str) -> Reproducibility:
     ia, ib = _inspect(engine, a), _inspect(engine, b)
     la = list((ia.get("RootFS") or {}).get("Layers") or [])
     lb = list((ib.get("RootFS") or {}).get("Layers") or [])
@@ -63,7 +66,7 @@ def compare_images(engine: Any, a: str, b: str) -> Reproducibility:
     return Reproducibility(same, len(la), differing, keys, files)
 
 
-def _fingerprint(engine: Any, image: str, workdir: Path) -> dict[str, tuple[Any, ...]]:
+def _fingerprint(engine: Engine, image: str, workdir: Path) -> dict[str, tuple[Any, ...]]:
     """path -> (kind, sha256 or link target, mode, uid, gid, mtime) of an image's filesystem."""
     d = engine.docker
     box = d.container.create(image, entrypoint="", command=["/"])
@@ -89,7 +92,7 @@ def _fingerprint(engine: Any, image: str, workdir: Path) -> dict[str, tuple[Any,
         d.container.remove(box, force=True)
 
 
-def differing_files(engine: Any, a: str, b: str, warn: Callable[[str], None] | None = None) -> list[str]:
+def differing_files(engine: Engine, a: str, b: str, warn: Callable[[str], None] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="ml-env-repro-") as tmp:
         fa = _fingerprint(engine, a, Path(tmp))
         fb = _fingerprint(engine, b, Path(tmp))

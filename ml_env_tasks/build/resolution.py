@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlEnvError
 from ..safe.grammar import digits
@@ -21,6 +22,9 @@ from .dockerfile import BuildPlan, render, write_context
 from .layering import read_layers
 from .model import BuildOptions, Reporter, image_ref
 from .secrets import build_secrets, docker_config_for
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = ["resolve_layers", "resolve_plan", "source_date_epoch", "workspace"]
 
@@ -73,8 +77,8 @@ def build_how(opts: BuildOptions, platforms: list[str] | None) -> dict[str, Any]
     return {"builder": opts.builder, "platforms": platforms, "build_args": {"SOURCE_DATE_EPOCH": source_date_epoch()}}
 
 
-def resolve_layers(engine: Any, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
-                    cache_from: list[dict[str, str]], on_line: Any, opts: BuildOptions, how: dict[str, Any],
+def resolve_layers(engine: Engine, env: Environment, p: BuildPlan, context: Path, workdir: Path, secrets: list[str],
+                    cache_from: list[dict[str, str]], on_line: Callable[[str], None], opts: BuildOptions, how: dict[str, Any],
                     rep: Reporter) -> BuildPlan:  # fmt: skip
     """``python.layers = "split"``: resolve in a small build whose output is the pins (on the base
     image alone: it shares no step with the image's build), then write each layer's pins into the

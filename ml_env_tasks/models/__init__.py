@@ -29,13 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
 from ..safe.grammar import MODEL_NAME, digits, matches, printable
 from ..safe.tars import Extracted, Refuse, check_links, extract
 from .refs import ModelArg, ModelRef, parse_model_args, parse_model_ref
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 
 __all__ = [
     "ModelVersion",
@@ -257,7 +260,7 @@ def _version(registry: str, repo: str, digest: str, ann: dict[str, Any], layer: 
     )
 
 
-def _read(client: Any, registry: str, repo: str, reference: str) -> ModelVersion:
+def _read(client: RegistryClient, registry: str, repo: str, reference: str) -> ModelVersion:
     got = client.get_manifest(repo, reference)
     if got is None:
         raise UsageError(f"model {registry}/{repo}:{printable(reference, 80)} not found")

@@ -33,13 +33,17 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
 from ..registry.reference import repository_named
 from ..safe.grammar import ENTRY_SCRIPT, printable
 from ..safe.untrusted import json_loads
+
+if TYPE_CHECKING:
+    from ..build.model import BuildOptions
+    from ..registry import RegistryClient
 
 __all__ = ["PackageResult", "package", "package_key", "APP_PREFIX", "PACKAGE_LABEL"]
 
@@ -80,7 +84,7 @@ class _Model:
     repo: str | None  # the repository of a registered layer used as it is (mounted from there)
 
 
-def _from_registry(env: Any, build: Any) -> Any:
+def _from_registry(env: Any, build: BuildOptions) -> Any:
     """An environment image given by reference is found in the local engine first; a package is
     assembled in its registry, so the registry is asked (its digest is the one that counts)."""
     import dataclasses
@@ -122,7 +126,7 @@ def package(
     entry: Path,
     model: str | list[str],
     *,
-    build: Any,
+    build: BuildOptions,
     repository: str | None = None,
     versions: Path | None = None,
     model_repository: str | None = None,
@@ -255,7 +259,7 @@ def _models(
 PACKAGE_BUILD_TYPE = "https://ml-env.invalid/package/v1"
 
 
-def _attest(client: Any, repo: str, tag: str, image_digest: str, env_repo: str, env_digest: str, env_ref: str,
+def _attest(client: RegistryClient, repo: str, tag: str, image_digest: str, env_repo: str, env_digest: str, env_ref: str,
             env_config: dict[str, Any], entry: tuple[str, str], models: list[tuple[str, str]]) -> str:  # fmt: skip
     """Attach the package's SBOM and provenance in BuildKit's layout, as a build does, and tag the
     index ``tag``: the index digest. The SBOM is the environment's (the lock's Python packages, the
@@ -311,7 +315,7 @@ def _attest(client: Any, repo: str, tag: str, image_digest: str, env_repo: str, 
     return attach_attestations(client, repo, tag, image_digest, make, replace_types=(CYCLONEDX, SPDX, SLSA_V1))
 
 
-def _platform_image(client: Any, repo: str, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _platform_image(client: RegistryClient, repo: str, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The environment's image manifest (for an index: its image for a real platform) and config."""
     got = client.get_manifest(repo, digest)
     if got is None:
@@ -379,7 +383,9 @@ def _config(
     return cfg
 
 
-def _ensure(client: Any, repo: str, digest: str, from_repo: str | None, path: Path | None, size: int | None) -> None:
+def _ensure(
+    client: RegistryClient, repo: str, digest: str, from_repo: str | None, path: Path | None, size: int | None
+) -> None:
     if client.blob_exists(repo, digest):
         return
     if from_repo and client.mount_blob(repo, digest, from_repo):

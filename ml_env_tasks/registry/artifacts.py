@@ -14,7 +14,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import RegistryClient
 
 __all__ = [
     "OCI_MANIFEST",
@@ -50,7 +53,7 @@ def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def put_blob(client: Any, repo: str, data: bytes) -> str:
+def put_blob(client: RegistryClient, repo: str, data: bytes) -> str:
     """A small blob (a config, a record), uploaded unless the repository has it: its digest."""
     d = sha256(data)
     if not client.blob_exists(repo, d):
@@ -65,7 +68,7 @@ def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def put_empty_config(client: Any, repo: str) -> None:
+def put_empty_config(client: RegistryClient, repo: str) -> None:
     put_blob(client, repo, EMPTY)
 
 

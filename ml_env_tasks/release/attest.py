@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RegistryError, UsageError
 from ..registry import artifacts as art
@@ -25,6 +25,9 @@ from ..safe.digests import is_digest
 from ..safe.grammar import printable
 from ..safe.untrusted import json_loads
 from .tested import Combination, of_record
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 
 __all__ = [
     "GATES",
@@ -53,7 +56,7 @@ def check_gates(require: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return named
 
 
-def referrers(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
+def referrers(client: RegistryClient, repo: str, digest: str) -> list[dict[str, Any]]:
     """The referrers of ``digest``: the API's answer, else the fallback tag's index."""
     found = client.referrers(repo, digest)
     if found is None:
@@ -82,7 +85,7 @@ class Attached:
 
 
 def attach(
-    client: Any, repo: str, subject: str, artifact_type: str, payload: bytes, annotations: dict[str, str]
+    client: RegistryClient, repo: str, subject: str, artifact_type: str, payload: bytes, annotations: dict[str, str]
 ) -> Attached:
     """Attach ``payload`` to the manifest ``subject`` (which must be in ``repo``)."""
     head = client.head_manifest(repo, subject)
@@ -153,7 +156,7 @@ def record_smoke(
     return Attached(att.digest, att.fallback_tag, doc)
 
 
-def smoke_records(client: Any, repo: str, digest: str) -> list[dict[str, Any]]:
+def smoke_records(client: RegistryClient, repo: str, digest: str) -> list[dict[str, Any]]:
     """The smoke-test records attached to ``digest``, newest first; malformed ones are left out."""
     out = []
     for m in referrers(client, repo, digest):

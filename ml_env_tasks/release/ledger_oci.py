@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LogError, RegistryError, UsageError
 from ..registry import artifacts as art
@@ -33,6 +33,9 @@ from ..safe.fsutil import write_atomic
 from ..safe.grammar import TAG, matches, printable
 from ..safe.tomllog import MAX_LOG_BYTES, TomlLog
 from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 
 __all__ = ["LEDGER_TAG", "ARTIFACT_TYPE", "RemoteLedger", "is_remote", "open_ledger", "ledger_location"]
 
@@ -65,7 +68,7 @@ def with_ledger_tag(reference: str) -> str:
 class RemoteLedger(Ledger):
     """A ledger read from (and written back to) a registry; a private file holds it meanwhile."""
 
-    def __init__(self, location: str, *, insecure: bool = False, client: Any = None) -> None:
+    def __init__(self, location: str, *, insecure: bool = False, client: RegistryClient | None = None) -> None:
         from ..registry import RegistryClient, check_registry_host, parse_ref
 
         rest = location[len(PREFIX) :]

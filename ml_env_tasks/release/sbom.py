@@ -24,13 +24,17 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RegistryError
 from ..registry import artifacts as art
 from ..safe.digests import is_digest
 from ..safe.grammar import digits
 from ..safe.untrusted import json_loads
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..registry import RegistryClient
 
 __all__ = [
     "Contents",
@@ -70,7 +74,7 @@ def source_date() -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def deb_packages(engine: Any, ref: str) -> list[tuple[str, str, str]]:
+def deb_packages(engine: Engine, ref: str) -> list[tuple[str, str, str]]:
     """What dpkg says is installed in the image (empty when it has no dpkg)."""
     from ..errors import MlEnvError
 
@@ -197,7 +201,13 @@ def statement(predicate_type: str, predicate: dict[str, Any], subject_name: str,
 
 
 def attach_attestations(
-    client: Any, repo: str, tag: str, top: str, make: Any, *, replace_types: tuple[str, ...] = (CYCLONEDX, SPDX)
+    client: RegistryClient,
+    repo: str,
+    tag: str,
+    top: str,
+    make: Any,
+    *,
+    replace_types: tuple[str, ...] = (CYCLONEDX, SPDX),
 ) -> str:
     """Add an attestation manifest (from ``make(image_manifest_digest) -> [(predicate type, statement)]``)
     to the index ``top`` and write it under ``tag``; the new index digest. A single manifest is
@@ -248,7 +258,7 @@ def attach_attestations(
     return str(put)
 
 
-def _carries(client: Any, repo: str, m: dict[str, Any], types: tuple[str, ...]) -> bool:
+def _carries(client: RegistryClient, repo: str, m: dict[str, Any], types: tuple[str, ...]) -> bool:
     got = client.get_manifest(repo, m.get("digest", ""))
     if got is None:
         return False
@@ -263,12 +273,12 @@ def _carries(client: Any, repo: str, m: dict[str, Any], types: tuple[str, ...]) 
 # --- reading attestations back (verify, package) ------------------------------------------
 
 
-def attestations(client: Any, repo: str, digest: str) -> dict[str, list[str]]:
+def attestations(client: RegistryClient, repo: str, digest: str) -> dict[str, list[str]]:
     """predicate type -> the attestation manifests carrying it, for the images of an index (``attested``)."""
     return {pt: [m for m, _ in found] for pt, found in attested(client, repo, digest).items()}
 
 
-def attested(client: Any, repo: str, digest: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+def attested(client: RegistryClient, repo: str, digest: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """predicate type -> (attestation manifest, in-toto statement) for the images of an index.
 
     An attestation counts only when it is about an image of this very index: its manifest's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from ...safe.grammar import printable
@@ -13,6 +13,9 @@ from ..placeholders import expand
 from ..train import check_script, without_outputs
 from .manifest import check, manifests, names, to_yaml
 from .model import Emitted, KubeJob, KubeOptions, code_archive, new_run_id, parse_pvc, parse_user
+
+if TYPE_CHECKING:
+    from ...build.model import BuildOptions
 
 
 def _pinned_in_registry(resolved: Any, insecure: bool) -> str:
@@ -117,7 +120,7 @@ def emit_job(run: Any, kube: KubeOptions, *, info: Callable[[str], None] | None 
     return Emitted(run_id, job_name, cm_names, kube.emit, image, len(archive))
 
 
-def _built_here(ref: str, versions: Path | None, build: Any) -> bool:
+def _built_here(ref: str, versions: Path | None, build: BuildOptions) -> bool:
     """An environment ml-env builds (a file, curated, a registered version with --rebuild or kept in
     no registry), not an image reference nor a registered version's image in its registry."""
     from ...build.resolve import _looks_registered, is_environment_file
