@@ -163,6 +163,9 @@ class Action:
     # that sets it, description)), or refused with the reason (input -> reason, one line, exit 2)
     aliases: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    # ... or honoured in some steps only: input -> (description, check(value, the step's values)
+    # -> the reason it is refused in this step, or None)
+    checked: dict[str, tuple[str, Callable[[str, Values], str | None]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False, repr=False)

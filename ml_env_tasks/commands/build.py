@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,33 @@ BUILD_PUSH_ACTION_REFUSED = {
                   "(docker.build_args), where the hash sees them",
     "outputs": "ml-env decides where the image goes: the registry under its content hash, or the engine with push: "
                "false (docker save exports it from there)",
+    "target": "ml-env writes the Dockerfile from the environment file (spec) and builds all of it; there is no "
+              "stage to choose: another image is another environment file",
+    "file": "ml-env writes the Dockerfile from the environment file given in spec; a Dockerfile of your own is its "
+            "base (base.dockerfile in that file), where the content hash sees it",
+}  # fmt: skip
+
+
+def _load(value: str, v: Values) -> str | None:
+    """build-push-action's ``load``: the image in the engine. That is where push: false (or no
+    registry) leaves it; a pushed image is in the registry by digest, where every later step takes
+    it from, so load with a push is refused rather than half done."""
+    from ..settings.options import FALSE, TRUE
+
+    if value not in TRUE + FALSE:
+        return "must be true or false"
+    if value in TRUE and v.values.get("registry") and not v.values.get("no_push"):
+        return (
+            "true with a push: the image goes to the registry under its digest, and the later steps (train, "
+            "package, smoke-test) pull that digest; push: false keeps it in the engine instead (load is then implied)"
+        )
+    return None
+
+
+BUILD_PUSH_ACTION_CHECKED: dict[str, tuple[str, Callable[[str, Values], str | None]]] = {
+    "load": ("True, as in docker/build-push-action, keeps the image in the engine: what push: false already does "
+             "(there it is implied); refused with a push (the image is in the registry by digest); false: the default",
+             _load),
 }  # fmt: skip
 
 
@@ -249,6 +277,7 @@ COMMANDS = {
             "caching; an unchanged environment is not rebuilt. Outputs the image and its digest.",
             OUTPUTS, required=("spec",),
             aliases=BUILD_PUSH_ACTION_ALIASES, refused=BUILD_PUSH_ACTION_REFUSED,
+            checked=BUILD_PUSH_ACTION_CHECKED,
         ),
         session=Session("env_build", "Build an environment image, or reuse it when its hash is already in the registry.",
                         per_env=True),

@@ -44,6 +44,7 @@ def _inputs(cmd: Command) -> list[tuple[str, str, bool, str]]:
         # a value the config files can give is not required of the step, only of the run
         out.append((name, help_, opt.name in action.required and not opt.config, ""))
     out += [(n, d, False, "") for n, (_o, _v, d) in action.aliases.items()]
+    out += [(n, d, False, "") for n, (d, _check) in action.checked.items()]
     out += [(n, f"Not an input of this action: {why}", False, "") for n, why in action.refused.items()]
     out += [(n, d, False, default) for n, d, default in action.extra + COMMON]
     return out

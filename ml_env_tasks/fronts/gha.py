@@ -205,6 +205,11 @@ def resolve_inputs(command: Command, environ: Mapping[str, str] | None = None) -
             raise UsageError(f"input '{name}' must be true or false")
         if raw and (raw in TRUE) == (sets == "true"):
             values.values[option], values.sources[option] = True, Origin(Source.INPUT)
+    for name, (_d, check) in command.action.checked.items():
+        given = env.get(_input_var(name), "").strip()
+        refusal = check(given.lower(), values) if given else None
+        if refusal:
+            raise UsageError(f"input '{name}': {refusal}")
     for name in command.action.required:
         if values.values.get(name) in (None, "", []):
             opt = command.option(name)

@@ -136,3 +136,44 @@ def test_a_label_the_environment_file_sets_is_not_replaced_silently(tmp_path: Pa
     assert got["ml-env.hash"] == p.hash
     with pytest.raises(UsageError, match="label team: x.toml sets it to another value"):
         _labels(env, p, {"team": "other"})
+
+
+def test_target_and_file_are_refused_naming_the_environment_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ml-env writes the Dockerfile from the environment file: a stage to pick or a Dockerfile of
+    one's own would change the image without its content hash (a base Dockerfile is the file's)."""
+    with pytest.raises(UsageError, match=r"^input 'target': .*environment file \(spec\).*no stage to choose"):
+        build_inputs(monkeypatch, tmp_path, target="runtime")
+    with pytest.raises(UsageError, match=r"^input 'file': .*given in spec.*base\.dockerfile"):
+        build_inputs(monkeypatch, tmp_path, file="docker/Dockerfile")
+    assert build_inputs(monkeypatch, tmp_path, target=" ", file="")["spec"]  # empty is not given
+
+
+def test_load_is_what_push_false_does_and_refused_with_a_push(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """load keeps the image in the engine: push: false (or no registry) leaves it there already; a
+    pushed image lives in the registry by digest, so load with a push is one line, not half done."""
+    got = build_inputs(monkeypatch, tmp_path, load="true", push="false", registry="r:5000")
+    assert got["no_push"] is True and got["registry"] == "r:5000"
+    assert build_inputs(monkeypatch, tmp_path, load="true")["no_push"] is False  # no registry: the engine's
+    with pytest.raises(UsageError, match=r"^input 'load': true with a push: .*push: false keeps it in the engine"):
+        build_inputs(monkeypatch, tmp_path, load="true", registry="r:5000")
+    monkeypatch.setenv("ML_ENV_REGISTRY", "r:5000")  # a registry from anywhere pushes: the same refusal
+    with pytest.raises(UsageError, match=r"^input 'load': true with a push"):
+        resolve_inputs(load("build"))
+    monkeypatch.delenv("ML_ENV_REGISTRY")
+    assert build_inputs(monkeypatch, tmp_path, load="false", registry="r:5000")["no_push"] is False  # the default
+    with pytest.raises(UsageError, match="input 'load': must be true or false"):
+        build_inputs(monkeypatch, tmp_path, load="maybe", push="false")
+
+
+def test_every_build_push_input_named_here_is_in_the_action_file() -> None:
+    """The build action declares each of them (the runner warns of an undeclared input and drops it)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    inputs = yaml.safe_load((root / "ci/github/build/action.yml").read_text())["inputs"]
+    for name in ("push", "no-cache", "build-args", "outputs", "load", "target", "file"):
+        assert name in inputs, name
+    env = yaml.safe_load((root / "ci/github/build/action.yml").read_text())["runs"]["steps"][1]["env"]
+    assert env["INPUT_LOAD"] == "${{ inputs.load }}" and env["INPUT_FILE"] == "${{ inputs.file }}"
