@@ -7,6 +7,9 @@
 # a matrix) share it read-only; two jobs that need it at once take turns on a lock, and the
 # second finds it built. The job's later steps get ML_ENV_BIN through GITHUB_ENV.
 #
+# ML_ENV_EXTRAS (an action's `extras` input: nox, ...) installs those extras too, into an
+# environment of their own (the key names them): the job's later steps run "${ML_ENV_BIN}nox".
+#
 # A tool cache can be shared with others (a self-hosted runner's users, /tmp as the fallback), so
 # nothing found there is run unless it is trusted (cache_tree.py, run by the runner's interpreter
 # in isolated mode): the cache folder must be this user's and writable by nobody else, else the
@@ -17,8 +20,14 @@
 set -euo pipefail
 python="${ML_ENV_PYTHON:-python3}"
 src="$(cd "${ML_ENV_SRC:?ML_ENV_SRC is not set}" && pwd)"
-if [ -n "${ML_ENV_BIN:-}" ] && [ -x "${ML_ENV_BIN}python" ]; then
-    exit 0  # an earlier ml-env action of this job installed it
+extras="$(printf '%s' "${ML_ENV_EXTRAS:-}" | tr -d ' \t\n' | tr 'A-Z_' 'a-z-')"
+if [[ ! "$extras" =~ ^([a-z0-9][a-z0-9-]*(,[a-z0-9][a-z0-9-]*)*)?$ ]]; then
+    echo "::error title=ml-env::extras: names of ml-env-tasks' extras, comma-separated (such as nox)"
+    exit 2
+fi
+with="${extras:+-with-${extras//,/-}}"
+if [ -n "${ML_ENV_BIN:-}" ] && [ -x "${ML_ENV_BIN}python" ] && [[ -z "$with" || "$ML_ENV_BIN" == *"$with/bin/" ]]; then
+    exit 0  # an earlier ml-env action of this job installed it (with these extras)
 fi
 version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 if rev="$(git -C "$src" rev-parse HEAD 2>/dev/null)" \
@@ -36,7 +45,7 @@ if ! tree safe "$base"; then
     echo "::warning title=ml-env::the tool cache $base is not this user's own: ml-env is installed for this job only"
     base="$(mktemp -d "$private/ml-env-tasks.XXXXXXXX")"
 fi
-cache="$base/py${version}-${key:0:16}"
+cache="$base/py${version}-${key:0:16}${with}"
 exec 9>"$cache.lock"
 flock 9
 if [ -e "$cache/.complete" ] && ! tree verify "$cache"; then
@@ -49,7 +58,7 @@ if [ ! -f "$cache/.complete" ]; then
         echo "::error title=ml-env::cannot create a virtual environment with $python (Debian/Ubuntu: apt-get install python3-venv)"
         exit 1
     }
-    (umask 022 && "$cache/bin/python" -m pip install -q --disable-pip-version-check "$src")
+    (umask 022 && "$cache/bin/python" -m pip install -q --disable-pip-version-check "$src${extras:+[$extras]}")
     tree seal "$cache"
 fi
 flock -u 9

@@ -22,7 +22,9 @@ def actions() -> dict[str, Command]:
 COMMON = (
     ("install", "Install ml-env-tasks from this action's repository first (set false if it is installed)", "true"),
     ("python", "Python interpreter to create ml-env's virtual environment with", "python3"),
-)
+    ("extras", "Extras of ml-env-tasks to install with it, comma-separated (nox: the nox sessions, for the job's "
+               "later steps to run \"${ML_ENV_BIN}nox\" on a noxfile)", ""),
+)  # fmt: skip
 
 
 def _inputs(cmd: Command) -> list[tuple[str, str, bool, str]]:
@@ -79,6 +81,7 @@ def render(cmd: Command) -> str:
         "      shell: bash",
         "      env:",
         "        ML_ENV_PYTHON: ${{ inputs.python }}",
+        "        ML_ENV_EXTRAS: ${{ inputs.extras }}",
         "        ML_ENV_SRC: ${{ github.action_path }}/../../..",
         '      run: bash "$ML_ENV_SRC/ci/github/install.sh"',
         f"    - name: {action.title}",
@@ -88,7 +91,7 @@ def render(cmd: Command) -> str:
     ]
     lines.append("        ML_ENV_PYTHON: ${{ inputs.python }}")
     for name, _d, _r, _default in _inputs(cmd):
-        if name in ("install", "python"):
+        if name in ("install", "python", "extras"):
             continue
         lines.append(f"        INPUT_{name.upper().replace('-', '_')}: ${{{{ inputs.{name} }}}}")
     lines += [

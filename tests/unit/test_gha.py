@@ -103,10 +103,10 @@ def test_action_files_are_rendered_from_the_option_declarations(name: str) -> No
     doc = yaml.safe_load(committed)
     step_env = doc["runs"]["steps"][-1]["env"]
     for inp in doc["inputs"]:
-        if inp not in ("install", "python"):
+        if inp not in ("install", "python", "extras"):
             assert step_env[f"INPUT_{inp.upper().replace('-', '_')}"] == f"${{{{ inputs.{inp} }}}}"
     option_inputs = {o.input_name for o in actions()[name].options if o.input_name}
-    own = {n for n, _, _ in ACTIONS[name].extra} | {"install", "python"}
+    own = {n for n, _, _ in ACTIONS[name].extra} | {"install", "python", "extras"}
     # another action's names: mapped, refused, or honoured in some steps only
     theirs = set(ACTIONS[name].aliases) | set(ACTIONS[name].refused) | set(ACTIONS[name].checked)
     own |= theirs

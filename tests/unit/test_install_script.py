@@ -42,14 +42,14 @@ def key_of(src: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
-def install(src: Path, tmp_path: Path) -> tuple[Path, str]:
+def install(src: Path, tmp_path: Path, **extra_env: str) -> tuple[Path, str]:
     """Run install.sh as an action step does; (ML_ENV_BIN, its output)."""
     env_file = tmp_path / "github_env"
     env_file.write_text("")
     (tmp_path / "runner-temp").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
     env.update(ML_ENV_SRC=str(src), ML_ENV_PYTHON=sys.executable, GITHUB_ENV=str(env_file),
-               RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"), RUNNER_TEMP=str(tmp_path / "runner-temp"))  # fmt: skip
+               RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"), RUNNER_TEMP=str(tmp_path / "runner-temp"), **extra_env)  # fmt: skip
     p = subprocess.run(["bash", str(src / "ci" / "github" / "install.sh")], env=env, capture_output=True,
                        text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
@@ -120,3 +120,43 @@ def test_the_cache_is_reused_and_a_changed_entry_is_installed_again(src: Path, t
     third, out = install(src, tmp_path)
     assert third == first and "not trusted" in out, out
     check_installed(third, tmp_path / "pwned")
+
+
+def test_extras_are_installed_into_an_environment_of_their_own(src: Path, tmp_path: Path) -> None:
+    """An action's `extras` (ML_ENV_EXTRAS): the package with those extras, under a key that names
+    them, so a job whose earlier step installed it without them gets them, and one that has them
+    keeps them; anything but extras' names is refused before pip sees it."""
+    dep = tmp_path / "dep"
+    (dep / "fake_extra").mkdir(parents=True)
+    (dep / "fake_extra" / "__init__.py").write_text("Y = 7\n")
+    (dep / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "fake-extra"\nversion = "0"\n[tool.setuptools]\npackages = ["fake_extra"]\n'
+    )
+    pyproject = src / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace(
+            "[tool.setuptools]",
+            f'[project.optional-dependencies]\ndemo = ["fake-extra @ {dep.as_uri()}"]\n[tool.setuptools]',
+        )
+    )
+    plain, _ = install(src, tmp_path)
+    with_demo, _ = install(src, tmp_path, ML_ENV_EXTRAS="demo", ML_ENV_BIN=f"{plain}/")
+    assert with_demo != plain and with_demo.parent.name == f"py{version()}-{key_of(src)}-with-demo", with_demo
+    got = subprocess.run([str(with_demo / "python"), "-c", "import fake_extra, ml_env_tasks; print(fake_extra.Y)"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert got.stdout.strip() == "7", got.stderr
+    assert subprocess.run([str(plain / "python"), "-c", "import fake_extra"], capture_output=True).returncode != 0
+    # a later step of the job with or without them: the environment it has serves (no line to GITHUB_ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
+    for extras in ("demo", ""):
+        again = subprocess.run(["bash", str(src / "ci/github/install.sh")], capture_output=True, text=True, timeout=60,
+                               env={**env, "ML_ENV_SRC": str(src), "ML_ENV_BIN": f"{with_demo}/", "ML_ENV_EXTRAS": extras,
+                                    "GITHUB_ENV": str(tmp_path / "later")})  # fmt: skip
+        assert again.returncode == 0 and not (tmp_path / "later").exists(), again.stdout + again.stderr
+    for bad in (f"demo]; touch {tmp_path}/pwned", "../x", "demo,,nox", "-e"):
+        refused = subprocess.run(["bash", str(src / "ci/github/install.sh")], capture_output=True, text=True,
+                                 timeout=60, env={**env, "ML_ENV_SRC": str(src), "ML_ENV_EXTRAS": bad})  # fmt: skip
+        assert refused.returncode == 2 and "::error title=ml-env::extras:" in refused.stdout, (bad, refused.stdout)
+        assert "touch" not in refused.stdout  # the value given is not echoed into a workflow command
+    assert not (tmp_path / "pwned").exists()
