@@ -228,14 +228,16 @@ def _called_repository(dest: Path) -> str:
 
 def _adopter(dest: Path) -> Path:
     """A repository of its own: an environment file, a training script, an entry script and its
-    cases, a pyproject.toml naming where its images go, and the workflow. It also has a
-    ci/github/install.sh of its own that fails: a workflow that ran the caller's files would stop."""
+    cases, a pyproject.toml naming where its images go, a noxfile with a `train` session of its own
+    and ml-env's registered under a prefix, and the workflow. It also has a ci/github/install.sh of
+    its own that fails: a workflow that ran the caller's files would stop."""
     for src, rel in (
         ("envs/requirements/sklearn.txt", "envs/requirements/sklearn.txt"),
         ("examples/train/train.py", "src/train/train.py"),
         ("examples/serve/score.py", "serve/score.py"),
         ("examples/serve/cases.jsonl", "serve/cases.jsonl"),
         ("tests/workflows/adopter.yml", ".github/workflows/ml.yml"),
+        ("tests/workflows/adopter_noxfile.py", "noxfile.py"),
     ):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / src, dest / rel)
@@ -259,51 +261,100 @@ def _adopter(dest: Path) -> Path:
 
 def test_an_adopter_calls_the_workflow_and_an_action_at_a_tag(tmp_path: Path, act_home: Path, lab: dict) -> None:
     """Another repository calls `acme-org/ml_env_tasks/.github/workflows/ml-env-pipeline.yml@v1`
-    and `acme-org/ml_env_tasks/ci/github/build@v1`: every ml-env that runs is the library of v1
-    (installed from that ref, never from the caller's checkout nor the machine's Python), and the
-    images go where the adopter's pyproject.toml says, with no repository given anywhere."""
+    and `acme-org/ml_env_tasks/ci/github/build@v1`, and runs ml-env's nox sessions from its own
+    noxfile: every ml-env that runs is the library of v1 (installed from that ref, never from the
+    caller's checkout nor the machine's Python), and build, train, package, smoke-test and promote
+    all land where the adopter's pyproject.toml says, with no repository given anywhere. Its
+    registry needs a login: the password is a secret, and never shows in the log."""
     called = tmp_path / "ml_env_tasks"
     sha = _called_repository(called)
     repo = _adopter(tmp_path / "adopter")
     report = tmp_path / "report.json"
+    password = lab["auth_password"]
+    secrets = tmp_path / "secrets"
+    secrets.write_text(f"REGISTRY_PASSWORD={password}\n")
+    secrets.chmod(0o600)
+    auth = lab["auth_registry"]
+    destination = f"{auth}/acme/prod/scoring-{os.getpid()}"
     run = run_act(
         repo,
         act_home,
         ["-W", ".github/workflows/ml.yml", "--local-repository", f"acme-org/ml_env_tasks@v1={called}",
-         "--env", f"ACT_REPOSITORIES=acme-org/ml_env_tasks={called}", "--env", f"REPORT={report}"],
+         "--env", f"ACT_REPOSITORIES=acme-org/ml_env_tasks={called}", "--env", f"REPORT={report}",
+         "--secret-file", str(secrets), "--var", f"PROMOTE_TO={destination}"],
     )  # fmt: skip
-    assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
-    results = run.jobs()
-    assert set(results.values()) == {"success"}, results
-    for job in ("/matrix", "/build", "/pipeline", "env", "report"):
-        assert any(job in j for j in results), (job, results)
-    log = run.log()
-    assert "DECOY" not in log
-    # each job of the reusable workflow checked out the workflow's own repository at v1 ...
-    assert log.count(f"ml-env-tasks from acme-org/ml_env_tasks@v1 ({sha})") == 3, run.tail()
-    # ... and every ml-env installed in this run is v1's: a virtual environment of its own in the
-    # runner's tool cache, whose ml-env-tasks has the called ref's version
-    installs = re.findall(r"ml-env-tasks: (/\S+)", log)
-    assert len(installs) >= 4, run.tail()  # matrix, build, pipeline and the adopter's own job
-    for venv in set(installs):
-        assert venv.startswith(str(act_home)), venv  # the tool cache, not the machine's Python
-        version = subprocess.run([f"{venv}/bin/python", "-I", "-c", "import importlib.metadata as m; print(m.version('ml-env-tasks'))"],
-                                 capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        assert version == CALLED_VERSION, (venv, version)
-    assert re.search(
-        rf"ml-env-tasks {re.escape(CALLED_VERSION)} from {re.escape(str(act_home))}\S+/ml_env_tasks/__init__.py", log
-    )
-    # the images are the adopter's: acme/... as its pyproject.toml says
-    needs = json.loads(report.read_text())
-    out = needs["ml"]["outputs"]
-    assert out["image"].startswith("127.0.0.1:5000/acme/packages/scoring:"), out
-    assert out["model"].startswith("model:") and out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
-    built = needs["env"]["outputs"]
-    assert built["image"].startswith("127.0.0.1:5000/acme/scoring:"), built
     from ml_env_tasks.registry import RegistryClient
 
-    client = RegistryClient(lab["registry"])
-    tag = built["image"].rsplit(":", 1)[1]
-    found = client.head_manifest("acme/scoring", tag)
-    assert found is not None and found.digest == built["ref"].rsplit("@", 1)[1]
-    assert client.head_manifest("acme/packages/scoring", out["image"].rsplit(":", 1)[1]) is not None
+    client = RegistryClient(auth, credentials=(lab["auth_user"], password))
+    try:
+        assert run.proc.returncode == 0 and not run.failed_steps(), run.tail()
+        results = run.jobs()
+        assert set(results.values()) == {"success"}, results
+        for job in ("/matrix", "/build", "/pipeline", "env", "nox", "report"):
+            assert any(job in j for j in results), (job, results)
+        log = run.log()
+        assert "DECOY" not in log
+        # each job of the reusable workflow checked out the workflow's own repository at v1 ...
+        assert log.count(f"ml-env-tasks from acme-org/ml_env_tasks@v1 ({sha})") == 3, run.tail()
+        # ... and every ml-env installed in this run is v1's: a virtual environment of its own in
+        # the runner's tool cache, whose ml-env-tasks has the called ref's version
+        installs = re.findall(r"ml-env-tasks: (/\S+)", log)
+        assert len(installs) >= 5, run.tail()  # matrix, build, pipeline, the adopter's build and nox jobs
+        for venv in set(installs):
+            assert venv.startswith(str(act_home)), venv  # the tool cache, not the machine's Python
+            version = subprocess.run([f"{venv}/bin/python", "-I", "-c", "import importlib.metadata as m; print(m.version('ml-env-tasks'))"],
+                                     capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+            assert version == CALLED_VERSION, (venv, version)
+        assert re.search(
+            rf"ml-env-tasks {re.escape(CALLED_VERSION)} from {re.escape(str(act_home))}\S+/ml_env_tasks/__init__.py",
+            log,
+        )
+        # the nox job's ml-env is v1's with the nox extra, and nox ran from it
+        [with_nox] = {v for v in installs if v.endswith("-with-nox")}
+        assert Path(with_nox, "bin", "nox").is_file()
+        # the password went in as a secret only: not in the log, the summaries, or the report
+        assert password not in log + run.summaries() + report.read_text()
+        assert "--repository" not in log and "INPUT_REPOSITORY" not in log  # no repository flag, no input
+
+        needs = json.loads(report.read_text())
+        out = needs["ml"]["outputs"]
+        # package: the adopter's package repository, in the registry with a login
+        assert out["image"].startswith(f"{auth}/acme/packages/scoring:"), out
+        assert client.head_manifest("acme/packages/scoring", out["image"].rsplit(":", 1)[1]).digest == out["digest"]
+        # train: in the adopter's environment image, the model registered in its model repository
+        assert out["model"].startswith("model:"), out
+        assert client.head_manifest("acme/models/model", out["model"].split(":", 1)[1]) is not None
+        [record] = [json.loads(p.read_text()) for p in act_home.glob("artifacts/ml-env-run-pipeline-*/runs/*/run.json")]
+        assert record["environment"]["image"].startswith(f"{auth}/acme/scoring@sha256:"), record["environment"]
+        # smoke-test: that packaged image, by digest, passed
+        assert out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
+        smoke = run.summaries().split("### ml-env smoke-test", 1)[1].split("###", 1)[0]
+        assert f"acme/packages/scoring@{out['digest']}" in smoke, smoke
+        # promote: exactly the tested digest, at the adopter's name in the registry with a login,
+        # recorded in the ledger next to it
+        promoted = client.head_manifest(destination.split("/", 1)[1], "prod")
+        assert promoted is not None and promoted.digest == out["digest"]
+        assert out["ledger"] == f"oci://{destination}:ml-env-ledger", out
+        assert "gate smoke-test: passed" in log and "### ml-env promote" in run.summaries()
+        # the adopter's own build job: acme/scoring in the open registry
+        built = needs["env"]["outputs"]
+        assert built["image"].startswith(f"{lab['registry']}/acme/scoring:"), built
+        found = RegistryClient(lab["registry"]).head_manifest("acme/scoring", built["image"].rsplit(":", 1)[1])
+        assert found is not None and found.digest == built["ref"].rsplit("@", 1)[1]
+        # nox: the adopter's own train session ran as it is, ml-env's under the prefix built and
+        # trained in acme/scoring (the environment's hash, the same image as the pipeline's)
+        assert "acme-models: our own train session, left alone by ml-env" in log
+        env_tag = built["image"].rsplit(":", 1)[1]
+        assert re.search(rf"{re.escape(auth)}/acme/scoring:{env_tag}@sha256:[0-9a-f]{{64}}", log), run.tail()
+        [nox_run] = [json.loads(p.read_text()) for p in act_home.glob("artifacts/nox-runs-nox-*/runs/*/run.json")]
+        assert nox_run["environment"]["hash"] == env_tag, nox_run["environment"]
+        assert nox_run["environment"]["image"] == record["environment"]["image"], nox_run["environment"]
+        assert nox_run["status"] == "completed", nox_run
+        registered = re.search(rf"model {re.escape(auth)}/acme/models/nox-model:(\S+)@(sha256:[0-9a-f]{{64}})", log)
+        assert registered, run.tail()
+        found = client.head_manifest("acme/models/nox-model", registered[1])
+        assert found is not None and found.digest == registered[2]
+    finally:
+        from .helpers import delete_repository
+
+        delete_repository(auth, destination.split("/", 1)[1], (lab["auth_user"], password))
