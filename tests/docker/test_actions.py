@@ -172,6 +172,9 @@ def test_build_action_takes_build_push_action_inputs(ws) -> None:
         ({"cache-to": "type=ftp,ref=x"}, 2, "cache type 'ftp'"),
         ({"build-args": "A=1"}, 2, "input 'build-args': build arguments change the image but not its content hash"),
         ({"outputs": "type=local,dest=out"}, 2, "input 'outputs': ml-env decides where the image goes"),
+        ({"load": "true"}, 2, "input 'load': true with a push"),
+        ({"target": "runtime"}, 2, "input 'target': ml-env writes the Dockerfile from the environment file"),
+        ({"file": "Dockerfile"}, 2, "input 'file': ml-env writes the Dockerfile from the environment file"),
         ({"no-cache": "true", "locked": "true"}, 2, "--upgrade (the build action's no-cache)"),
     ):
         p, o, _ = run_action(action, {**inputs, **bad}, ws.dir)
