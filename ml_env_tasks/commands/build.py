@@ -46,6 +46,31 @@ BUILD_PUSH_ACTION_REFUSED = {
               "stage to choose: another image is another environment file",
     "file": "ml-env writes the Dockerfile from the environment file given in spec; a Dockerfile of your own is its "
             "base (base.dockerfile in that file), where the content hash sees it",
+    # the rest of docker/build-push-action's inputs: each would change the image or its build behind the hash
+    "context": "ml-env makes the build context from the environment file (spec): the files it names, nothing else",
+    "build-contexts": "a named context adds files the content hash does not see; name them in the environment file "
+                      "(requirements, wheels, base.dockerfile)",
+    "secrets": "build secrets come from the environment file's *_env names, read only where you allow them "
+               "(ML_ENV_SPEC_ENV), and from ca-bundle; a secret from the step would reach a build the hash describes "
+               "without it",
+    "secret-envs": "as secrets: an environment file's *_env names, allowed by ML_ENV_SPEC_ENV",
+    "secret-files": "as secrets: an environment file's *_env names, allowed by ML_ENV_SPEC_ENV; ca-bundle for a CA",
+    "ssh": "no build step reaches an SSH agent: private packages come from an index (python.index_url_env) or "
+           "as wheels in the environment's folder",
+    "github-token": "ml-env builds no git context, so it needs no token",
+    "add-hosts": "host entries change what a build reaches, not its hash: give the build network with network",
+    "allow": "entitlements are the builder's: network is the only one offered (network: host)",
+    "attests": "ml-env attaches an SBOM and BuildKit's provenance to every pushed image itself",
+    "sbom": "ml-env attaches an SBOM (SPDX and CycloneDX) to every pushed image itself",
+    "provenance": "ml-env asks BuildKit for provenance (mode=max) on every pushed image itself",
+    "pull": "the base is checked at every build (a moved tag is said); pin it by digest with pin-base",
+    "no-cache-filters": "no-cache: true (upgrade) builds the whole environment again; a stage rebuilt alone would "
+                        "not be what the hash and the lock describe",
+    "call": "a build check is not a build: ml-env plan prints the Dockerfile, hash and tag",
+    "cgroup-parent": "the builder's resources are the builder's; the image's limits at run time are train's and "
+                     "serve's options",
+    "ulimit": "the builder's limits are the builder's; the image's at run time are train's and serve's options",
+    "shm-size": "build-time /dev/shm is the builder's; the run-time size is docker.shm_size in the environment file",
 }  # fmt: skip
 
 

@@ -177,3 +177,29 @@ def test_every_build_push_input_named_here_is_in_the_action_file() -> None:
         assert name in inputs, name
     env = yaml.safe_load((root / "ci/github/build/action.yml").read_text())["runs"]["steps"][1]["env"]
     assert env["INPUT_LOAD"] == "${{ inputs.load }}" and env["INPUT_FILE"] == "${{ inputs.file }}"
+
+
+# docker/build-push-action's inputs (its action.yml, v6): a step moved over from it keeps every one
+BUILD_PUSH_ACTION_INPUTS = (
+    "add-hosts allow annotations attests build-args build-contexts builder cache-from cache-to call cgroup-parent "
+    "context file labels load network no-cache no-cache-filters outputs platforms provenance pull push sbom secrets "
+    "secret-envs secret-files shm-size ssh tags target ulimit github-token"
+).split()
+
+
+def test_every_input_of_build_push_action_is_declared() -> None:
+    """None gets only the runner's "unexpected input" warning: each is an input of ml-env's build
+    action, honoured, mapped, checked or refused."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    declared = yaml.safe_load((root / "ci/github/build/action.yml").read_text())["inputs"]
+    assert [i for i in BUILD_PUSH_ACTION_INPUTS if i not in declared] == []
+
+
+@pytest.mark.parametrize("name", ["context", "secrets", "ssh", "sbom", "pull", "shm-size", "build-contexts"])
+def test_the_inputs_that_would_change_the_image_behind_its_hash_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(UsageError, match=f"'{name}'"):
+        build_inputs(monkeypatch, tmp_path, **{name: "x"})
