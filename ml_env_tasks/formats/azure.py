@@ -308,7 +308,9 @@ def import_conda(src: Path, data: dict[str, Any], stem: str | None = None) -> Im
 
 
 def import_requirements(src: Path, stem: str | None = None) -> Imported:
-    raw_name = src.stem if src.stem != "requirements" else src.resolve().parent.name
+    # a requirements file has no name of its own: the output file's, as Azure's
+    # from_pip_requirements(name=...) takes one; else the file's (its folder's for requirements.txt)
+    raw_name = stem or (src.stem if src.stem != "requirements" else src.resolve().parent.name)
     doc, w, name = _start(src, "the pip requirements file", raw_name)
     base = tomlkit.table()
     base.add("image", DEFAULT_BASE)
