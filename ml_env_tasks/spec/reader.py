@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SpecError
 from ..registry.refs import check_image_ref
-from ..safe.grammar import printable
+from ..safe.grammar import NAME, digits, matches, printable
 from .environment import (
     CURATED_DIR,
     RESERVED_PREFIX,
@@ -48,6 +48,17 @@ def _import_hint(shown: str) -> str:
     )
 
 
+def _registered_hint(shown: str) -> str | None:
+    """A missing file named like a registered version (``myenv:2``): where that version's file is."""
+    name, sep, version = shown.partition(":")
+    if not (sep and matches(NAME, name) and digits(version)):
+        return None
+    return (
+        f"a registered version? `ml-env get {shown} -o DIR` writes its environment file into DIR, to plan or "
+        f"build from there; train, serve, smoke-test and package take {shown} as it is"
+    )
+
+
 # --- loading -----------------------------------------------------------------------------
 
 
@@ -61,7 +72,7 @@ def load(path: str | Path, *, locked: bool = False) -> Environment:
     try:
         p.stat()
     except FileNotFoundError:
-        raise SpecError("environment file not found", file=printable(shown)) from None
+        raise SpecError("environment file not found", file=printable(shown), hint=_registered_hint(shown)) from None
     except OSError as e:
         raise SpecError(f"cannot be read: {e.strerror}", file=printable(shown)) from None
     if p.is_dir():
