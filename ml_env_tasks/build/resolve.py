@@ -297,6 +297,17 @@ def _rebuild_where(entry: VersionEntry, versions: Path, opts: BuildOptions) -> B
     return dataclasses.replace(opts, registry=where[0], repository=opts.repository or where[1])
 
 
+def registered_location(ref: str, versions: Path | None) -> tuple[str, str] | None:
+    """(registry, repository) of a registered ``NAME:VERSION``'s image, from its versions file
+    entry; None for anything else (a file, ``curated/NAME``, an image, a version registered
+    without a registry)."""
+    if versions is None or is_environment_file(ref) or not _looks_registered(ref, versions):
+        return None  # curated/NAME is no NAME:VERSION
+    from ..catalog.versions import Versions
+
+    return Versions(versions).get(ref).location(str(versions))
+
+
 def _looks_registered(ref: str, versions: Path) -> bool:
     from ..catalog.versions import Versions
     from ..safe.grammar import NAME, matches

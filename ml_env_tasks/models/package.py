@@ -27,6 +27,7 @@ what was smoke-tested is byte for byte what is promoted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -87,8 +88,6 @@ class _Model:
 def _from_registry(env: Any, build: BuildOptions) -> Any:
     """An environment image given by reference is found in the local engine first; a package is
     assembled in its registry, so the registry is asked (its digest is the one that counts)."""
-    import dataclasses
-
     from ..registry import RegistryClient, parse_ref
 
     try:
@@ -133,14 +132,19 @@ def package(
     info: Callable[[str], None] = lambda _m: None,
 ) -> PackageResult:
     from ..build import Reporter
-    from ..build.resolve import resolve_environment
+    from ..build.resolve import registered_location, resolve_environment
     from ..registry import RegistryClient, parse_ref
     from ..runs.snapshot import snapshot, tar_chunks
     from .refs import parse_model_args
 
     registry = build.registry
-    if not registry:
-        raise UsageError("a packaged image lives in a registry: give --registry (or set registry in the config)")
+    if not registry:  # a registered NAME:VERSION: its registry, where the package must go anyway
+        where = registered_location(environment, versions)
+        if where is None:
+            raise UsageError("a packaged image lives in a registry: give --registry (or set registry in the config)")
+        registry = where[0]
+        build = dataclasses.replace(build, registry=registry)
+        info(f"package: into {registry}, where {environment} is (the versions file says so)")
     if not ENTRY_SCRIPT.fullmatch(entry.name) or not entry.is_file():
         raise UsageError(f"entry script {printable(entry, 120)} not found (a NAME.py file)")
     given = parse_model_args([model] if isinstance(model, str) else model)
@@ -233,8 +237,6 @@ def _models(
 ) -> list[_Model]:
     """Each ``--model`` as a layer, in mount order: one unnamed registered model is its registered
     blob itself; a folder, or a named model (laid out under its own folder), a layer made here."""
-    import dataclasses
-
     from .. import models
 
     out = []
