@@ -92,3 +92,28 @@ def test_a_conda_env_export_names_from_history_and_the_conda_installer(project: 
     (project / "hand.toml").write_text('name = "h"\n[base]\nimage = "python:3.11"\n[python]\nconda_file = "hand.yml"\n')
     line = one_line(ml_env("build", "hand.toml", cwd=project))
     assert "libfoo=1.2" in line and "--from-history" not in line and "move them to the pip: section" in line
+
+
+def test_a_registered_version_where_a_file_goes_says_get_it(project: Path) -> None:
+    """Met in the README's walkthrough of Azure's "debug the image build": `ml-env plan myenv:2`
+    answered `environment file not found`, no word of `ml-env get`."""
+    line = one_line(ml_env("plan", "myenv:2", cwd=project))
+    assert "environment file not found" in line and "`ml-env get myenv:2 -o DIR`" in line
+    assert "train, serve, smoke-test and package take myenv:2 as it is" in line
+    # a missing file that does not look like NAME:VERSION keeps the plain message
+    assert "ml-env get" not in one_line(ml_env("plan", "envs/nope.toml", cwd=project))
+
+
+def test_a_requirements_file_imported_takes_the_output_name(project: Path) -> None:
+    """Azure's from_pip_requirements(name="myenv", ...): a requirements file has no name of its own,
+    so `-o envs/myenv.toml` names it (it was named after the requirements file: `sklearn`)."""
+    (project / "requirements").mkdir()
+    (project / "requirements" / "sklearn.txt").write_text("six==1.16.0\n")
+    p = ml_env("import", "requirements/sklearn.txt", "-o", "envs/myenv.toml", cwd=project)
+    assert p.returncode == 0, p.stderr
+    from ml_env_tasks import spec
+
+    assert spec.load(project / "envs" / "myenv.toml").name == "myenv"
+    assert (project / "envs" / "myenv.requirements.txt").read_text() == "six==1.16.0\n"
+    # to stdout, with no output file: the file's own stem, as before
+    assert 'name = "sklearn"' in ml_env("import", "requirements/sklearn.txt", cwd=project).stdout

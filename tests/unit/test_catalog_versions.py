@@ -251,3 +251,30 @@ def test_a_hostile_lock_is_never_echoed_nor_waited_on(tmp_path: Path, monkeypatc
 
     assert is_lock_text(LOCK_HEADER + "numpy==2.1.3\ntorch==2.5.1+cpu\n")
     assert not is_lock_text(LOCK_HEADER + "pkg==1\x1b[5m\n") and not is_lock_text("numpy==2.1.3\n")
+
+
+def test_a_registered_version_names_its_registry_for_a_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`package --env NAME:VERSION` without --registry packages where the version's image is: the
+    versions file entry says which registry. Anything else still needs --registry."""
+    from ml_env_tasks.build import BuildOptions
+    from ml_env_tasks.build.resolve import registered_location
+    from ml_env_tasks.models.package import package
+
+    monkeypatch.chdir(tmp_path)
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    f = envs / "e.toml"
+    f.write_text('name = "e"\ninference = true\n[base]\nimage = "a/b:1"\n')
+    versions = envs / "versions.toml"
+    Versions(versions).register(spec.load(f), image="reg.example:5000/team/e:h1", digest="sha256:1",
+                                registry="reg.example:5000")  # fmt: skip
+    assert registered_location("e:1", versions) == ("reg.example:5000", "team/e")
+    for other in ("e", "e:9x", "curated/minimal", "envs/e.toml", "reg.example:5000/team/e:1"):
+        assert registered_location(other, versions) is None, other
+    assert registered_location("e:1", tmp_path / "none.toml") is None
+    said: list[str] = []
+    with pytest.raises(UsageError, match="entry script"):  # past the registry: the entry is checked next
+        package("e:1", tmp_path / "score.py", "m:1", build=BuildOptions(), versions=versions, info=said.append)
+    assert said == ["package: into reg.example:5000, where e:1 is (the versions file says so)"]
+    with pytest.raises(UsageError, match="give --registry"):
+        package("envs/e.toml", tmp_path / "score.py", "m:1", build=BuildOptions(), versions=versions)
