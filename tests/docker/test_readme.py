@@ -43,7 +43,10 @@ def run_lines(block: str, cwd: Path, env: dict) -> list[subprocess.CompletedProc
 
 
 def test_the_blocks_are_there() -> None:
-    assert set(blocks()) == {"cli", "noxfile", "nox", "gha"}
+    assert set(blocks()) == {
+        "cli", "noxfile", "nox", "gha",
+        "azure-environments", "azure-train-custom-image", "azure-deploy-custom-image",
+    }  # fmt: skip
 
 
 def test_cli_example(checkout) -> None:
@@ -64,6 +67,112 @@ def test_nox_example(checkout) -> None:
         "sklearn",
         "sklearn-inference",
     ]
+
+
+# The Azure walkthroughs push what the CLI example pushes, into localhost:5000: images tagged by
+# their content hash (and myimage:v1, the same digest each time), a model whose same bytes are the
+# same version, packages keyed by their parts. A re-run reuses every one of them (that is what
+# keeps these tests fast on a warm lab), so nothing is deleted afterwards; each run's versions file
+# is its own checkout's, so the versions it checks are always that run's 1 and 2.
+
+
+def _run_record(cwd: Path, train: subprocess.CompletedProcess) -> dict:
+    run_id = re.search(r"^run (\S+): completed", train.stdout, re.M)
+    assert run_id, train.stdout[-2000:]
+    return json.loads((cwd / "runs" / run_id.group(1) / "run.json").read_text())
+
+
+def _entry(cwd: Path, ref: str):
+    from ml_env_tasks.catalog.versions import Versions
+
+    return Versions(cwd / "envs" / "versions.toml").get(ref)
+
+
+def _config(image: str) -> dict:
+    from ml_env_tasks.registry import RegistryClient, parse_ref
+
+    r = parse_ref(image)
+    config = RegistryClient(r.host).image_config(r.repository, r.reference)
+    assert config is not None, image
+    return config
+
+
+def test_azure_environments_walkthrough(checkout) -> None:
+    """Azure's "reuse environments" guide: curated ones, conda and pip files imported, a package
+    and a private wheel added, two registered versions listed, got and compared; a run in the
+    second by NAME:VERSION alone, on its registered digest; the Dockerfile it builds."""
+    cwd, env = checkout
+    out = run_lines(blocks()["azure-environments"], cwd, env)
+    listed, curated, conda, pip, reg1, _, _, _, reg2, listed_all, got, diff, train, _, plan = out
+    assert "curated/sklearn  (ml-env-sklearn:1)" in listed.stdout and "FROM python:3.11-slim" in curated.stdout
+    from ml_env_tasks import spec
+
+    assert spec.load(cwd / "envs/myenv-conda.toml").conda_file is not None
+    assert spec.load(cwd / "envs/myenv.toml").name == "myenv"  # the name -o gives, as from_pip_requirements(name=)
+    one, two = _entry(cwd, "myenv:1"), _entry(cwd, "myenv:2")
+    assert "myenv:1 registered" in reg1.stdout and "myenv:2 registered" in reg2.stdout and one.hash != two.hash
+    assert "kept 1 wheel(s) in the registry" in reg2.stderr and set(two.wheels) == {"mylib-0.1-py3-none-any.whl"}
+    assert all(f"myenv:{v} " in listed_all.stdout for v in (1, 2))
+    assert got.stdout.startswith("# Imported") and "packages" not in got.stdout and "wheels" not in got.stdout
+    assert "python.packages" in diff.stdout and "python.wheels" in diff.stdout
+    # what pip installed in myenv:2's image (its lock label): the package and the wheel
+    lock = _config(f"localhost:5000/ml-envs/myenv@{two.digest}")["config"]["Labels"]["ml-env.lock"].splitlines()
+    assert "tomli==2.0.2" in lock and "mylib==0.1" in lock
+    # the run: myenv:2's registered image by digest, nothing built, no --registry
+    record = _run_record(cwd, train)
+    assert record["status"] == "completed" and record["environment"]["registered"] == "myenv:2"
+    assert record["environment"]["image"] == f"localhost:5000/ml-envs/myenv@{two.digest}"
+    assert "building" not in train.stderr and "its registered image" in train.stderr
+    # the downloaded version plans to the registered hash, its Dockerfile installing the wheel
+    assert f"# hash: {two.hash}" in plan.stdout and "ml-env/wheels/mylib-0.1-py3-none-any.whl" in plan.stdout
+
+
+def test_azure_train_custom_image_walkthrough(checkout) -> None:
+    """Azure's "train with a custom Docker image" guide: the custom image built from a Dockerfile,
+    a run in it by reference (its own Python, nothing installed), then by its registered
+    NAME:VERSION alone: the same digest, recorded as that version."""
+    cwd, env = checkout
+    build, by_ref, reg, by_name, runs = run_lines(blocks()["azure-train-custom-image"], cwd, env)
+    assert "also localhost:5000/ml-envs/myimage:v1" in build.stdout
+    entry = _entry(cwd, "myimage:1")
+    assert "myimage:1 registered" in reg.stdout and entry.registry == "localhost:5000"
+    first, second = _run_record(cwd, by_ref), _run_record(cwd, by_name)
+    assert first["experiment"] == second["experiment"] == "custom-image"
+    assert first["status"] == second["status"] == "completed"
+    assert first["environment"]["digest"] == second["environment"]["digest"] == entry.digest
+    assert first["environment"]["registered"] is None and second["environment"]["registered"] == "myimage:1"
+    assert "building" not in by_name.stderr and "python3 train.py" in by_name.stderr  # the image's own Python
+    assert sum(r in runs.stdout for r in (first["run_id"], second["run_id"])) == 2
+    # the image is the Dockerfile's: its step is in the image's history
+    history = _config(f"localhost:5000/ml-envs/myimage@{entry.digest}")["history"]
+    assert any("Hello from custom container!" in h.get("created_by", "") for h in history)
+
+
+def test_azure_deploy_custom_image_walkthrough(checkout) -> None:
+    """Azure's "deploy with a custom Docker base image" guide: the base image built and tagged,
+    a model trained and registered, an inference environment on that base registered, then
+    smoke-tested and packaged by NAME:VERSION alone (the package goes to that version's registry)."""
+    cwd, env = checkout
+    build, train, reg, smoke, package = run_lines(blocks()["azure-deploy-custom-image"], cwd, env)
+    assert "also localhost:5000/ml-envs/myimage:v1" in build.stdout
+    model = re.search(r"^model localhost:5000/models/mymodel:(\d+)@(sha256:\w+)", train.stdout, re.M)
+    assert model, train.stdout[-2000:]
+    entry = _entry(cwd, "myimage-deploy:1")
+    assert "myimage-deploy:1 registered" in reg.stdout
+    pinned = f"localhost:5000/ml-envs/myimage-deploy@{entry.digest}"
+    # the inference environment is built FROM the custom image: its layers, then the scoring server's
+    base = _config("localhost:5000/ml-envs/myimage:v1")["rootfs"]["diff_ids"]
+    deploy = _config(pinned)["rootfs"]["diff_ids"]
+    assert deploy[: len(base)] == base and len(deploy) > len(base)
+    # smoke-tested: the registered image by digest, nothing built, every case passed
+    assert "3 passed, 0 failed" in smoke.stdout
+    assert f"environment myimage-deploy:1: its registered image {pinned}" in smoke.stderr
+    assert "building" not in smoke.stderr
+    # packaged without --registry: into the registry the versions file names
+    got = json.loads(package.stdout)
+    assert got["environment"] == pinned and got["model"] == f"mymodel:{model.group(1)}"
+    assert got["ref"].startswith("localhost:5000/ml-packages/myimage-deploy@sha256:")
+    assert "package: into localhost:5000, where myimage-deploy:1 is" in package.stderr
 
 
 def test_github_actions_example_uses_real_inputs() -> None:
