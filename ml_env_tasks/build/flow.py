@@ -193,7 +193,7 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                     cache_from=cache_from, cache_to=None, no_cache=opts.upgrade, on_line=on_line, load=load, **how,
                 )  # fmt: skip
                 partial = True
-                lock_text = read_lock(engine, env, p.python, ref)
+                lock_text = read_lock(engine, env, p.python, ref, p.hash)
                 check_python_version(engine, env, p.python, ref, rep)
                 if env.lock is not None:
                     check_locked(env, lock_text)

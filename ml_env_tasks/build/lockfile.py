@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..spec.environment import Environment
 
-__all__ = ["LOCK_HEADER", "read_lock", "check_python_version", "check_locked", "lock_from_registry_if_missing"]
+__all__ = [
+    "LOCK_HEADER",
+    "lock_hash",
+    "read_lock",
+    "check_python_version",
+    "check_locked",
+    "lock_from_registry_if_missing",
+]
 
 
 # what `pip list --format=freeze` says, without needing pip: every distribution the interpreter sees
@@ -27,7 +34,9 @@ _DISTRIBUTIONS = (
 )
 
 
-def read_lock(engine: Engine, env: Environment, python: str | None, ref: str) -> str:
+def read_lock(engine: Engine, env: Environment, python: str | None, ref: str, env_hash: str) -> str:
+    """The image's lock: what its Python has installed, and the environment hash it was built for
+    (a comment line: the packages alone are hashed, with --locked)."""
     body = ""
     if python is not None:
         out = engine.run_capture(
@@ -40,7 +49,25 @@ def read_lock(engine: Engine, env: Environment, python: str | None, ref: str) ->
             body = _freeze(engine.run_capture(ref, [env.interpreter, "-c", _DISTRIBUTIONS], entrypoint=""))
         except MlEnvError:
             body = ""  # a base without that interpreter (or too old a Python): nothing to list
-    return LOCK_HEADER + f"# environment: {env.name}\n" + body
+    return LOCK_HEADER + f"# environment: {env.name}\n{HASH_LINE}{env_hash}\n" + body
+
+
+HASH_LINE = "# hash: "
+
+
+def lock_hash(path: Path) -> str | None:
+    """The environment hash a lock file says it was written for (its first lines); None when it
+    says none (written before locks named it, or not by ml-env)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in head.splitlines()[:3]:
+        if line.startswith(HASH_LINE):
+            value = line[len(HASH_LINE) :].strip()
+            return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
+    return None
 
 
 def _freeze(out: str) -> str:
@@ -81,9 +108,19 @@ def check_locked(env: Environment, got: str) -> None:
 
 
 def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:
-    """A fresh checkout reuses an image built elsewhere: bring its lock file along from the label."""
+    """A fresh checkout reuses an image built elsewhere: bring its lock file along from the label.
+    So does a reuse whose lock file names another hash (the environment was changed back to one
+    whose image exists, or to one built elsewhere): the lock is the reused image's, else it would
+    list what another image installed. Under --locked the lock is the build's input: left as is."""
     have = lock_to_read(spec_path)
-    if have.exists() or not opts.registry:
+    stale = None
+    if have.exists() and not opts.locked and have == lock_path_for(spec_path):
+        written_for = lock_hash(have)
+        stale = written_for if written_for not in (None, ref.rsplit(":", 1)[-1]) else None
+    if (have.exists() and stale is None) or not opts.registry:
+        if stale is not None:
+            rep.warn(f"{have} is the lock of another hash ({stale[:12]}), not of {ref}; give a registry to bring "
+                     "the image's lock, or build to write it")  # fmt: skip
         return str(have) if have.exists() else None
     lp = lock_path_for(spec_path)
     from ..registry import RegistryClient, parse_ref
@@ -98,8 +135,12 @@ def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions,
     text = labels.get("ml-env.lock") if isinstance(labels, dict) else None
     if isinstance(text, str) and is_lock_text(text):
         write_atomic(lp, text)
-        rep.info(f"wrote {lp} from the image's label")
+        why = f" (it held the lock of another hash, {stale[:12]})" if stale else ""
+        rep.info(f"wrote {lp} from the image's label{why}")
         return str(lp)
     if text is not None:
         rep.warn(f"{ref}: its ml-env.lock label is not a lock ml-env wrote; no lock file written from it")
+    if stale:
+        rep.warn(f"{lp} is the lock of another hash ({stale[:12]}), and {ref} carries no lock to replace it")
+        return str(lp)
     return None

@@ -138,6 +138,32 @@ def test_python_lock_label_and_locked_build(ws) -> None:
         build(f, ws.opts(locked=True))
 
 
+def test_a_reuse_brings_the_lock_of_the_image_it_reuses(ws) -> None:
+    """Changed back to an environment whose image exists, the reuse rewrites the lock the change
+    wrote (it named the other image's packages) from the reused image's label, and says so."""
+    from ml_env_tasks.build import Reporter
+
+    said: list[str] = []
+
+    class Rep(Reporter):
+        def info(self, msg: str) -> None:
+            said.append(msg)
+
+    text = PY.format(base=ws.lab["base_image_python"])
+    f = ws.spec(text)
+    first = build(f, ws.opts())
+    lock = (ws.dir / "env.lock").read_text()
+    assert f"# hash: {first.hash}\n" in lock
+    ws.spec(text.replace('["six"]', '["six", "tomli==2.0.2"]'))
+    changed = build(f, ws.opts())
+    assert changed.built and "tomli==2.0.2" in (ws.dir / "env.lock").read_text()
+    ws.spec(text)  # changed back: the first image is reused
+    again = build(f, ws.opts(), reporter=Rep())
+    assert not again.built and again.digest == first.digest
+    assert (ws.dir / "env.lock").read_text() == lock
+    assert any("another hash" in m and changed.hash[:12] in m for m in said), said
+
+
 def test_failing_run_step_pushes_nothing(ws) -> None:
     text = PY.format(base=ws.lab["base_image_python"]).replace('["six"]', '["ml-env-no-such-package-xyz==9.9.9"]')
     f = ws.spec(text)
