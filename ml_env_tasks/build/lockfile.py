@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BuildError, MlEnvError, RegistryError
 from ..safe.fsutil import write_atomic
-from ..spec.pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for, lock_to_read
+from ..spec.pins import LOCK_HEADER, is_lock_text, lock_packages, lock_path_for, lock_to_read, read_lock_file
 from .model import BuildOptions, Reporter
 
 if TYPE_CHECKING:
@@ -57,13 +57,9 @@ HASH_LINE = "# hash: "
 
 def lock_hash(path: Path) -> str | None:
     """The environment hash a lock file says it was written for (its first lines); None when it
-    says none (written before locks named it, or not by ml-env)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(512).decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in head.splitlines()[:3]:
+    says none (written before locks named it, or not by ml-env), or is no regular file."""
+    text = read_lock_file(path)
+    for line in (text or "").splitlines()[:3]:
         if line.startswith(HASH_LINE):
             value = line[len(HASH_LINE) :].strip()
             return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
