@@ -72,10 +72,12 @@ def claim(name: str) -> None:
     if not matches(SERVICE_NAME, name):
         raise UsageError(f"service name {printable(name, 60)!r} is not valid", hint="letters, digits, '_', '.', '-'")
     c = _containers()
-    held, stale = c.list_by_label(f"{LABEL}={name}"), ("created", "exited", "dead", "removing")
-    for gone in (i for i in held if i.state in stale):  # never started, stopped or being removed: no service
+    held, stale = c.list_by_label(f"{LABEL}={name}"), ("created", "exited", "dead", "removing", "gone")
+    # the listing's state can lag a container that has just exited: a running one is asked again
+    states = {i.id: i.state if i.state in stale else c.state(i.id).status for i in held}
+    for gone in (i for i in held if states[i.id] in stale):  # never started, stopped or being removed: no service
         c.remove(gone.id)
-    if live := [i for i in held if i.state not in stale]:
+    if live := [i for i in held if states[i.id] not in stale]:
         raise UsageError(
             f"a service named {name} is already running ({live[0].name}, {live[0].state})",
             hint=f"--replace {name} swaps it, ml-env serve stop {name}, or --name",

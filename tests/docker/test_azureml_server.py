@@ -5,6 +5,7 @@ Real builds on the lab, real containers, both servers."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def cases(ws, name: str, objs: list[dict]) -> Path:
 
 
 def opts(ws, env: Path, entry: Path, model: Path, **kw) -> ServeOptions:
+    # a name of its own: tests of one module run on two workers at once, and a service's name is
+    # the engine's (a second "light" would find the first and take it for its own)
+    kw.setdefault("name", f"t-{os.urandom(4).hex()}")
     return ServeOptions(environment=str(env), entry=entry, models={"": model}, build=ws.opts(), **kw)
 
 

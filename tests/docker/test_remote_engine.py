@@ -72,7 +72,8 @@ def watch_mounts(context: str, label: str, proc: subprocess.Popen) -> list[list[
     seen while ``proc`` runs."""
     seen: dict[str, list[dict]] = {}
     while proc.poll() is None:
-        for cid in docker_on(context, "ps", "-q", "--filter", f"label={label}").split():
+        # -a: a container counts from its creation to its removal (its mounts are set when created)
+        for cid in docker_on(context, "ps", "-aq", "--filter", f"label={label}").split():
             try:
                 cli = docker_on(context, "inspect", "--format", '{{index .Config.Labels "ml-env.cli"}}', cid)
                 if label != "ml-env.run" or f"/{proc.pid}/" in cli:  # a run's container names its CLI

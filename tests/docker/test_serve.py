@@ -59,6 +59,9 @@ def app(ws) -> tuple[Path, Path, Path]:
 
 
 def opts(ws, env: Path, entry: Path, model: Path, **kw) -> ServeOptions:
+    # a name of its own: tests of one module run on two workers at once, and a service's name is
+    # the engine's (a second "light" would find the first and take it for its own)
+    kw.setdefault("name", f"t-{os.urandom(4).hex()}")
     return ServeOptions(environment=str(env), entry=entry, models={"": model}, build=ws.opts(), **kw)
 
 
@@ -262,12 +265,13 @@ def test_a_stopped_container_left_under_the_name_does_not_hold_it(ws, app) -> No
 
     env, entry, model = app
     c = engine.current().containers
+    name = f"stale-{os.urandom(4).hex()}"
     box = c.create(ws.lab["base_image_tiny"], ["true"], name=f"ml-env-serve-stale-{ws.repo[-6:]}", envs={},
-                   volumes=[], labels={local.LABEL: "light"}, workdir="/", user=None)  # fmt: skip
+                   volumes=[], labels={local.LABEL: name}, workdir="/", user=None)  # fmt: skip
     try:
         box.start()
         c.wait(box.id)
-        svc = local.start(opts(ws, env, entry, model, port=0))
+        svc = local.start(opts(ws, env, entry, model, port=0, name=name))
         try:
             local.wait_ready(svc)
         finally:

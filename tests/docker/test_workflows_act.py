@@ -82,10 +82,14 @@ def act_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("act-home")
 
 
-def run_act(repo: Path, home: Path, args: list[str], extra_env: dict[str, str] | None = None) -> ActRun:
+def run_act(
+    repo: Path, home: Path, args: list[str], extra_env: dict[str, str] | None = None, artifacts: Path | None = None
+) -> ActRun:
+    """act on ``repo`` with its cache under ``home``; what the run uploads goes to ``artifacts``
+    (the module's shared folder unless a test needs its own: the other tests upload there too)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "ML_ENV_"))}
     env.update({"XDG_CACHE_HOME": str(home), "CI": "", **(extra_env or {})})
-    cmd = [act_binary(), "push", "-P", "ubuntu-latest=-self-hosted", "--json", "--env", f"ACT_ARTIFACTS={home / 'artifacts'}",
+    cmd = [act_binary(), "push", "-P", "ubuntu-latest=-self-hosted", "--json", "--env", f"ACT_ARTIFACTS={artifacts or home / 'artifacts'}",
            "--local-repository", f"actions/upload-artifact@v4={HERE / 'upload-artifact'}",
            "--local-repository", f"actions/checkout@v4={HERE / 'checkout'}", *args]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
@@ -282,6 +286,7 @@ def test_an_adopter_calls_the_workflow_and_an_action_at_a_tag(tmp_path: Path, ac
         ["-W", ".github/workflows/ml.yml", "--local-repository", f"acme-org/ml_env_tasks@v1={called}",
          "--env", f"ACT_REPOSITORIES=acme-org/ml_env_tasks={called}", "--env", f"REPORT={report}",
          "--secret-file", str(secrets), "--var", f"PROMOTE_TO={destination}"],
+        artifacts=(uploads := tmp_path / "artifacts"),
     )  # fmt: skip
     from ml_env_tasks.registry import RegistryClient
 
@@ -324,7 +329,7 @@ def test_an_adopter_calls_the_workflow_and_an_action_at_a_tag(tmp_path: Path, ac
         # train: in the adopter's environment image, the model registered in its model repository
         assert out["model"].startswith("model:"), out
         assert client.head_manifest("acme/models/model", out["model"].split(":", 1)[1]) is not None
-        [record] = [json.loads(p.read_text()) for p in act_home.glob("artifacts/ml-env-run-pipeline-*/runs/*/run.json")]
+        [record] = [json.loads(p.read_text()) for p in uploads.glob("ml-env-run-pipeline-*/runs/*/run.json")]
         assert record["environment"]["image"].startswith(f"{auth}/acme/scoring@sha256:"), record["environment"]
         # smoke-test: that packaged image, by digest, passed
         assert out["smoke-failed"] == "0" and int(out["smoke-passed"]) > 0, out
@@ -346,7 +351,7 @@ def test_an_adopter_calls_the_workflow_and_an_action_at_a_tag(tmp_path: Path, ac
         assert "acme-models: our own train session, left alone by ml-env" in log
         env_tag = built["image"].rsplit(":", 1)[1]
         assert re.search(rf"{re.escape(auth)}/acme/scoring:{env_tag}@sha256:[0-9a-f]{{64}}", log), run.tail()
-        [nox_run] = [json.loads(p.read_text()) for p in act_home.glob("artifacts/nox-runs-nox-*/runs/*/run.json")]
+        [nox_run] = [json.loads(p.read_text()) for p in uploads.glob("nox-runs-nox-*/runs/*/run.json")]
         assert nox_run["environment"]["hash"] == env_tag, nox_run["environment"]
         assert nox_run["environment"]["image"] == record["environment"]["image"], nox_run["environment"]
         assert nox_run["status"] == "completed", nox_run
