@@ -168,7 +168,8 @@ def split_stages(
         # dependencies are resolved with the rest); named by content, which a file name may not be
         path, stage = f"{MOUNT_ROOT}/wheels/{w.path.name}", f"ml-env-wheel-{w.sha256[:16]}"
         mount = f"--mount=type=bind,source=ml-env/wheels/{w.path.name},target={path}"
-        run = run_line([*own, mount], setup + f"    {script} --layer {path} -- {installer} --no-deps {path}")
+        quoted = shlex.quote(path)  # the name is a wheel's (spec.validate), quoted all the same
+        run = run_line([*own, mount], setup + f"    {script} --layer {quoted} -- {installer} --no-deps {quoted}")
         lines += [f"FROM {BASE_STAGE} AS {stage}", *stage_args, run]
         stages.insert(len(stages) - (1 if stages and stages[-1] == "ml-env-rest" else 0), stage)
     lines += [f"FROM {BASE_STAGE}", *stage_args]

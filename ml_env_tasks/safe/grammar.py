@@ -14,6 +14,7 @@ __all__ = [
     "digits",
     "APT_PACKAGE",
     "ENV_NAME",
+    "WHEEL_FILE",
     "LABEL_KEY",
     "NAME",
     "RUN_ID",
@@ -36,6 +37,12 @@ A: Final = re.ASCII
 NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", A)
 APT_PACKAGE: Final = re.compile(r"[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:_-]+)?", A)
 ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", A)
+# a wheel's file name (the binary distribution format): name-version[-build]-python-abi-platform.whl,
+# each part of letters, digits, '_' and '.' (a version also '!' and '+'; a build tag starts with a
+# digit). Nothing a shell, a Dockerfile or a --mount option would read otherwise: no '$', ',', '='.
+WHEEL_FILE: Final = re.compile(
+    r"[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][A-Za-z0-9_.]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl", A
+)
 LABEL_KEY: Final = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", A)
 TAG: Final = re.compile(r"\w[\w.-]{0,127}", A)
 INPUT_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}", A)

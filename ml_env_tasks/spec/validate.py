@@ -27,6 +27,7 @@ from ..safe.grammar import (
     INTERPRETER,
     LABEL_KEY,
     NAME,
+    WHEEL_FILE,
     has_control,
     matches,
     parse_size,
@@ -273,6 +274,11 @@ class _Validator:
                 )
             if not w.endswith(".whl"):
                 raise self.err(where, f"{w!r} is not a .whl file")
+            if not matches(WHEEL_FILE, Path(w).name):
+                raise self.err(
+                    where, f"{printable(Path(w).name)!r} is not a wheel's file name",
+                    hint="name-version[-build]-python-abi-platform.whl, as pip and build write them",
+                )  # fmt: skip
             wheels.append(self.wheel_file(w, where))
         names = [w.path.name for w in wheels]
         if len(set(names)) != len(names):
