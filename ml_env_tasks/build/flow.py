@@ -120,6 +120,8 @@ def build_env(env: Environment, opts: BuildOptions, reporter: Reporter | None = 
         raise UsageError(
             "--upgrade (the build action's no-cache) re-resolves packages and --locked installs the lock: choose one"
         )
+    if env.lock is None and (lp := lock_path_for(env.path)).is_dir():  # said now, not after the build
+        raise SpecError("is a folder where the build writes the lock", file=str(lp), hint="remove or rename it")
     p = render(env)
     ref = image_ref(env, opts, p.hash)
     if not opts.pin_base:

@@ -44,10 +44,11 @@ def read_lock_file(path: Path) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LOCK:  # a folder opens too; fdopen would refuse it
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LOCK:
-            return None
         return f.read(MAX_LOCK + 1)[:MAX_LOCK].decode("utf-8", "replace")
 
 

@@ -33,3 +33,19 @@ def test_a_fifo_where_the_lock_goes_is_no_lock_and_never_waited_on(tmp_path: Pat
     t.start()
     t.join(5)
     assert not t.is_alive() and got == [None]
+
+
+def test_a_folder_where_the_lock_goes_is_said_before_any_build(tmp_path: Path) -> None:
+    """Not an internal error (exit 70) at the end of a build: one line naming it, exit 2."""
+    import subprocess
+    import sys
+
+    (tmp_path / "env.toml").write_text('name = "x"\n[base]\nimage = "127.0.0.1:5000/base/busybox:1"\n')
+    (tmp_path / "env.lock").mkdir()
+    assert lock_hash(tmp_path / "env.lock") is None
+    p = subprocess.run([sys.executable, "-m", "ml_env_tasks", "build", str(tmp_path / "env.toml")],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "ML_ENV_REGISTRY": ""})  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"ml-env: error: {tmp_path / 'env.lock'}: is a folder where the build writes the lock (remove or rename it)"
+    ]
