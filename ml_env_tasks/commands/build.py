@@ -92,7 +92,8 @@ def _load(value: str, v: Values) -> str | None:
 
 BUILD_PUSH_ACTION_CHECKED: dict[str, tuple[str, Callable[[str, Values], str | None]]] = {
     "load": ("True, as in docker/build-push-action, keeps the image in the engine: what push: false already does "
-             "(there it is implied); refused with a push (the image is in the registry by digest); false: the default",
+             "for an image it builds (one the registry already has is reused there, not pulled: force: true builds "
+             "it here); refused with a push (the image is in the registry by digest); false: the default",
              _load),
 }  # fmt: skip
 
