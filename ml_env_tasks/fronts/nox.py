@@ -163,7 +163,12 @@ def register(prefix: str = "", only: Iterable[str] | None = None, envs: str | Pa
     if taken:
         raise ValueError(
             f"ml_env_tasks.nox.register: your noxfile already has session(s) {taken}; ml-env leaves them alone. "
-            f"Register under a prefix (register(prefix='ml-')) or choose others with only=[...]"
+            + (
+                f"Register under another prefix than {prefix!r}"
+                if prefix
+                else "Register under a prefix (register(prefix='ml-'))"
+            )
+            + " or choose others with only=[...]"
         )
     for old in _registered:
         registry.pop(old, None)

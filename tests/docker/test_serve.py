@@ -59,8 +59,8 @@ def app(ws) -> tuple[Path, Path, Path]:
 
 
 def opts(ws, env: Path, entry: Path, model: Path, **kw) -> ServeOptions:
-    # a name of its own: tests of one module run on two workers at once, and a service's name is
-    # the engine's (a second "light" would find the first and take it for its own)
+    # a name of its own: a service's name is the engine's, and anything else serving "light" on the
+    # shared engine meanwhile would find this one and take it for its own
     kw.setdefault("name", f"t-{os.urandom(4).hex()}")
     return ServeOptions(environment=str(env), entry=entry, models={"": model}, build=ws.opts(), **kw)
 
