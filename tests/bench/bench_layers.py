@@ -203,8 +203,12 @@ def bench_env(name: str, spec: Path, goal_time: float, goal_share: float, lb: di
         c = r.json()
         if not c["built"] or c["cached_steps"] != 0 or c["cache_from"]:
             invalid(f"{name}: the cold build took layers from a cache: {c}")
-        if compressed_layers(c["image"]) != rebuilt:  # the same layers, whichever way they were built
-            invalid(f"{name}: the cold build gave other layers than the rebuild")
+        cold_layers = compressed_layers(c["image"])
+        if cold_layers != rebuilt:  # the same layers, whichever way they were built
+            a, b = list(rebuilt.items()), list(cold_layers.items())
+            diff = [(i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
+            invalid(f"{name}: the cold build gave other layers than the rebuild (round {i + 1}; rebuild "
+                    f"{out['digest']}, cold {c['digest']}; {len(a)} vs {len(b)} layers; differing: {diff[:4]})")  # fmt: skip
         cold.append(r.seconds)
 
     i_, c_, p_ = statistics.median(incr), statistics.median(cold), statistics.median(plain)
