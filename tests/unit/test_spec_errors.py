@@ -105,10 +105,18 @@ CASES: list[tuple[str, str, dict[str, bytes], str]] = [
     ("wheel-not-whl", OK + "[python]\nwheels = ['a.tar.gz']\n", {"a.tar.gz": b"x"}, "python.wheels[0]"),
     ("wheel-missing", OK + "[python]\nwheels = ['a-1-py3-none-any.whl']\n", {}, "python.wheels[0]"),
     # a file name that pip takes (its build tag is lax) but that would be read as shell or as mount options
-    ("wheel-name-shell", OK + "[python]\nwheels = ['m-0.1-1$(id)-py3-none-any.whl']\n",
-     {"m-0.1-1$(id)-py3-none-any.whl": b"PK"}, "python.wheels[0]"),  # fmt: skip
-    ("wheel-name-mount", OK + "[python]\nwheels = ['m-0.1-1,from=x,source=y-py3-none-any.whl']\n",
-     {"m-0.1-1,from=x,source=y-py3-none-any.whl": b"PK"}, "python.wheels[0]"),  # fmt: skip
+    (
+        "wheel-name-shell",
+        OK + "[python]\nwheels = ['m-0.1-1$(id)-py3-none-any.whl']\n",
+        {"m-0.1-1$(id)-py3-none-any.whl": b"PK"},
+        "python.wheels[0]",
+    ),  # fmt: skip
+    (
+        "wheel-name-mount",
+        OK + "[python]\nwheels = ['m-0.1-1,from=x,source=y-py3-none-any.whl']\n",
+        {"m-0.1-1,from=x,source=y-py3-none-any.whl": b"PK"},
+        "python.wheels[0]",
+    ),  # fmt: skip
     (
         "wheel-not-zip",
         OK + "[python]\nwheels = ['a-1-py3-none-any.whl']\n",
