@@ -54,8 +54,6 @@ class BuildPlan:
     canonical: str = ""
     # python.layers = "split" without a resolution: the build that resolves (build.layering)
     resolve_dockerfile: str | None = None
-    # ... with one: every pin its layers install, which the image is checked to hold
-    pins: tuple[str, ...] = ()
 
     def tag(self) -> str:
         return self.hash
@@ -205,10 +203,6 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
                 env, interpreter, steps, files, stage_args, locked=locked, layers=layers, base=base
             )
             lines += (resolve if layers is None else []) + stages
-            # the layers install every step's packages: nothing runs on top of them that would need
-            # their files (BuildKit then leaves an unchanged layer in the cache, never installs it
-            # again to run a step over it); the image is checked to hold each pin instead (build.flow)
-            steps = []
         for sub, args in steps:
             lines.append(pip(sub, args))
         if env.inference and env.inference_server == "azureml":
@@ -244,7 +238,7 @@ def render(env: Environment, layers: Mapping[str, Sequence[str]] | None = None) 
     dockerfile = "\n".join(lines) + "\n"
     return BuildPlan(
         hash=h, dockerfile=dockerfile, files=files, python=python, canonical=canonical_json(env),
-        resolve_dockerfile=resolving, pins=tuple(sorted({p for ps in (layers or {}).values() for p in ps})),
+        resolve_dockerfile=resolving,
     )  # fmt: skip
 
 

@@ -43,7 +43,7 @@ from .cache import CachePlan, choose_cache, existing_sources, point_moving_ref, 
 from .dockerfile import BuildPlan, render
 from .exists import BASE_DIGEST_LABEL, announce, image_exists, warn_if_base_moved
 from .extras import check_platforms, output_spec
-from .lockfile import check_locked, check_pins, check_python_version, lock_from_registry_if_missing, read_lock
+from .lockfile import check_locked, check_python_version, lock_from_registry_if_missing, read_lock
 from .model import BuildOptions, BuildResult, Reporter, image_ref
 from .resolution import build_how, resolve_layers, workspace
 from .secrets import env_secret
@@ -199,7 +199,6 @@ def _build(env: Environment, p: BuildPlan, ref: str, opts: BuildOptions, rep: Re
                 check_python_version(engine, env, p.python, ref, rep)
                 if env.lock is not None:
                     check_locked(env, lock_text)
-                check_pins(p.pins, lock_text)
                 labels["ml-env.lock"] = lock_text
                 for attempt in range(1, PUSH_ATTEMPTS + 1):
                     try:

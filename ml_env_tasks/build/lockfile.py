@@ -21,7 +21,6 @@ __all__ = [
     "read_lock",
     "check_python_version",
     "check_locked",
-    "check_pins",
     "lock_from_registry_if_missing",
 ]
 
@@ -102,17 +101,6 @@ def check_locked(env: Environment, got: str) -> None:
             file=str(env.lock.path),
             hint="the spec changed since the lock was written; build without --locked to refresh it",
         )
-
-
-def check_pins(pins: tuple[str, ...], got: str) -> None:
-    """python.layers = "split": the image holds every pin its layers installed (what the final
-    install steps used to confirm by running over them)."""
-    have = lock_packages(got)
-    want = lock_packages("".join(p + "\n" for p in pins))
-    wrong = sorted(f"{n}=={v}" + (f" (has {have[n]})" if n in have else " (missing)")
-                   for n, v in want.items() if have.get(n) != v)  # fmt: skip
-    if wrong:
-        raise BuildError(f"the image does not hold what its layers installed: {', '.join(wrong[:10])}")
 
 
 def lock_from_registry_if_missing(spec_path: Path, ref: str, opts: BuildOptions, rep: Reporter) -> str | None:

@@ -33,5 +33,4 @@ def inference_stack(server: str = "builtin") -> dict[str, object]:
 
 def split_stack() -> dict[str, str]:
     """What ``python.layers = "split"`` adds to the hash: the script that lays the layers out."""
-    # layout 2: nothing is installed over the layers (the image is checked to hold their pins)
-    return {"split_sha256": hashlib.sha256(SPLIT_SOURCE.read_bytes()).hexdigest(), "layout": "2"}
+    return {"split_sha256": hashlib.sha256(SPLIT_SOURCE.read_bytes()).hexdigest()}
