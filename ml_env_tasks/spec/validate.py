@@ -274,12 +274,10 @@ class _Validator:
                 )
             if not w.endswith(".whl"):
                 raise self.err(where, f"{w!r} is not a .whl file")
+            wheels.append(self.wheel_file(w, where))  # inside the project first, then its name
             if not matches(WHEEL_FILE, Path(w).name):
-                raise self.err(
-                    where, f"{printable(Path(w).name)!r} is not a wheel's file name",
-                    hint="name-version[-build]-python-abi-platform.whl, as pip and build write them",
-                )  # fmt: skip
-            wheels.append(self.wheel_file(w, where))
+                raise self.err(where, f"{printable(Path(w).name)!r} is not a wheel's file name (name-version"
+                               "[-build]-python-abi-platform.whl, as pip and build write them)")  # fmt: skip
         names = [w.path.name for w in wheels]
         if len(set(names)) != len(names):
             raise self.err("python.wheels", "two wheels share a file name")
